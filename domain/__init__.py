@@ -1,0 +1,1 @@
+"""The allocation domain: aggregates, events, value objects and the Ledger."""

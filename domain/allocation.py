@@ -1,0 +1,323 @@
+"""The Allocation aggregate: one request for capacity, from request to its end."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from domain.errors import AllocationNotLiveError, AllocationStateError
+from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from domain.values import (
+    AllocationRequest,
+    AllocationState,
+    Rejection,
+    Resources,
+)
+
+ALLOCATION_ID_PREFIX = "alloc-"
+
+
+def allocation_uuid(allocation_id: str) -> UUID:
+    """The aggregate id is derived from the public id: no lookup table needed."""
+    return uuid5(NAMESPACE_URL, f"allocation-ledger:allocation:{allocation_id}")
+
+
+def allocation_id_for_request(pool: str, request_id: str) -> str:
+    """Retries with the same (pool, request_id) name the same allocation."""
+    digest = hashlib.sha256(f"{pool}\x00{request_id}".encode()).hexdigest()
+    return ALLOCATION_ID_PREFIX + digest[:12]
+
+
+def is_allocation_id(value: str) -> bool:
+    suffix = value[len(ALLOCATION_ID_PREFIX) :]
+    return (
+        value.startswith(ALLOCATION_ID_PREFIX)
+        and len(suffix) == 12
+        and all(c in "0123456789abcdef" for c in suffix)
+    )
+
+
+def worker_id(allocation_id: str, index: int) -> str:
+    return f"{allocation_id}-worker-{index}"
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """What a release did. `status` is released, already_released or failed."""
+
+    status: str
+    allocation_id: str
+    freed: Resources
+    released_at: datetime | None
+    duration_seconds: float | None
+
+
+class Allocation(Aggregate):
+    TOPIC = "allocation-ledger:allocation"
+
+    class Event(Aggregate.Event):
+        TOPIC = "allocation-ledger:allocation:event"
+        actor: str
+
+    class Requested(Event, Aggregate.Created):
+        """A request was made. Unless a Rejected follows, its capacity is held."""
+
+        TOPIC = "allocation-ledger:allocation:requested"
+        allocation_id: str
+        pool: str
+        request: dict[str, Any]
+        request_id: str | None
+        resources: dict[str, int]
+        worker_ports: list[int]
+        servers: list[list[Any]]  # [name, port, started]
+        expires_at: datetime | None
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.allocation_id = self.allocation_id
+            aggregate.pool = self.pool
+            aggregate.request = AllocationRequest.restore(self.request)
+            aggregate.request_id = self.request_id
+            aggregate.resources = Resources.from_dict(self.resources)
+            aggregate.workers = [
+                WorkerSlot(worker_id(self.allocation_id, i), port)
+                for i, port in enumerate(self.worker_ports)
+            ]
+            aggregate.servers = [
+                ServerSlot(str(name), int(port), bool(started))
+                for name, port, started in self.servers
+            ]
+            aggregate.state = AllocationState.PENDING
+            aggregate.requested_at = self.timestamp
+            aggregate.expires_at = self.expires_at
+            aggregate.requested_by = self.actor
+
+    class Rejected(Event):
+        TOPIC = "allocation-ledger:allocation:rejected"
+        reason: dict[str, Any]
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.FAILED
+            aggregate.rejection = Rejection.from_dict(self.reason)
+            aggregate.expires_at = None
+            aggregate.ended_at = self.timestamp
+
+    class Activated(Event):
+        TOPIC = "allocation-ledger:allocation:activated"
+        worker_endpoints: dict[str, str]
+        server_endpoints: dict[str, str]
+        expires_at: datetime
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.ACTIVE
+            aggregate.endpoints = Endpoints(
+                dict(self.worker_endpoints), dict(self.server_endpoints)
+            )
+            aggregate.activated_at = self.timestamp
+            aggregate.expires_at = self.expires_at
+
+    class Renewed(Event):
+        TOPIC = "allocation-ledger:allocation:renewed"
+        ttl_seconds: int
+        expires_at: datetime
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.expires_at = self.expires_at
+            aggregate.renewals += 1
+
+    class ReleaseRequested(Event):
+        TOPIC = "allocation-ledger:allocation:release-requested"
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.RELEASING
+
+    class Released(Event):
+        TOPIC = "allocation-ledger:allocation:released"
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.RELEASED
+            aggregate.ended_at = self.timestamp
+
+    class Expired(Event):
+        TOPIC = "allocation-ledger:allocation:expired"
+        expires_at: datetime
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.EXPIRED
+            aggregate.ended_at = self.timestamp
+
+    class Failed(Event):
+        TOPIC = "allocation-ledger:allocation:failed"
+        error: str
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.FAILED
+            aggregate.error = self.error
+            aggregate.ended_at = self.timestamp
+
+    def __init__(self) -> None:
+        self.allocation_id = ""
+        self.pool = ""
+        self.request = AllocationRequest(job_id="-")
+        self.request_id: str | None = None
+        self.resources = Resources()
+        self.workers: list[WorkerSlot] = []
+        self.servers: list[ServerSlot] = []
+        self.state = AllocationState.PENDING
+        self.requested_at: datetime | None = None
+        self.requested_by = ""
+        self.activated_at: datetime | None = None
+        self.expires_at: datetime | None = None
+        self.ended_at: datetime | None = None
+        self.endpoints = Endpoints({}, {})
+        self.rejection: Rejection | None = None
+        self.error: str | None = None
+        self.renewals = 0
+
+    # -- creation ------------------------------------------------------------
+
+    @classmethod
+    def requested(
+        cls,
+        allocation_id: str,
+        *,
+        pool: str,
+        request: AllocationRequest,
+        request_id: str | None,
+        resources: Resources,
+        worker_ports: tuple[int, ...],
+        servers: tuple[tuple[str, int, bool], ...],
+        expires_at: datetime | None,
+        at: datetime,
+        actor: str,
+    ) -> Allocation:
+        return cast(
+            Allocation,
+            cls._create(
+                cls.Requested,
+                id=allocation_uuid(allocation_id),
+                timestamp=at,
+                actor=actor,
+                allocation_id=allocation_id,
+                pool=pool,
+                request=request.as_dict(),
+                request_id=request_id,
+                resources=resources.as_dict(),
+                worker_ports=list(worker_ports),
+                servers=[[name, port, started] for name, port, started in servers],
+                expires_at=expires_at,
+            ),
+        )
+
+    @classmethod
+    def rejected(
+        cls,
+        allocation_id: str,
+        *,
+        pool: str,
+        request: AllocationRequest,
+        request_id: str | None,
+        resources: Resources,
+        rejection: Rejection,
+        at: datetime,
+        actor: str,
+    ) -> Allocation:
+        allocation = cls.requested(
+            allocation_id,
+            pool=pool,
+            request=request,
+            request_id=request_id,
+            resources=resources,
+            worker_ports=(),
+            servers=(),
+            expires_at=None,
+            at=at,
+            actor=actor,
+        )
+        allocation.trigger_event(
+            cls.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
+        )
+        return allocation
+
+    # -- decisions -----------------------------------------------------------
+
+    @property
+    def holds_capacity(self) -> bool:
+        return self.state.is_live
+
+    def is_due(self, now: datetime) -> bool:
+        return (
+            self.state.is_live and self.expires_at is not None and self.expires_at <= now
+        )
+
+    def activate(self, endpoints: Endpoints, *, at: datetime, actor: str) -> None:
+        self._require(AllocationState.PENDING, "activate")
+        self.trigger_event(
+            self.Activated,
+            timestamp=at,
+            actor=actor,
+            worker_endpoints=dict(endpoints.workers),
+            server_endpoints=dict(endpoints.servers),
+            expires_at=at + timedelta(seconds=self.request.ttl_seconds),
+        )
+
+    def renew(self, ttl_seconds: int | None, *, at: datetime, actor: str) -> datetime:
+        self._require(AllocationState.ACTIVE, "renew")
+        ttl = self.request.ttl_seconds if ttl_seconds is None else ttl_seconds
+        expires_at = at + timedelta(seconds=ttl)
+        self.trigger_event(
+            self.Renewed,
+            timestamp=at,
+            actor=actor,
+            ttl_seconds=ttl,
+            expires_at=expires_at,
+        )
+        return expires_at
+
+    def request_release(self, *, at: datetime, actor: str) -> None:
+        if self.state is AllocationState.RELEASING:
+            return
+        if not self.state.is_live:
+            raise AllocationNotLiveError(self.allocation_id, self.state, "release")
+        self.trigger_event(self.ReleaseRequested, timestamp=at, actor=actor)
+
+    def release(self, *, at: datetime, actor: str) -> ReleaseResult:
+        self._require(AllocationState.RELEASING, "complete the release of")
+        self.trigger_event(self.Released, timestamp=at, actor=actor)
+        return ReleaseResult(
+            status="released",
+            allocation_id=self.allocation_id,
+            freed=self.resources,
+            released_at=at,
+            duration_seconds=self.held_seconds(at),
+        )
+
+    def expire(self, *, at: datetime, actor: str) -> None:
+        if not self.state.is_live:
+            raise AllocationNotLiveError(self.allocation_id, self.state, "expire")
+        assert self.expires_at is not None
+        self.trigger_event(
+            self.Expired, timestamp=at, actor=actor, expires_at=self.expires_at
+        )
+
+    def fail(self, error: str, *, at: datetime, actor: str) -> None:
+        if not self.state.is_live:
+            raise AllocationNotLiveError(self.allocation_id, self.state, "fail")
+        self.trigger_event(self.Failed, timestamp=at, actor=actor, error=error)
+
+    def held_seconds(self, until: datetime) -> float:
+        start = self.activated_at or self.requested_at
+        if start is None:
+            return 0.0
+        return max((until - start).total_seconds(), 0.0)
+
+    def _require(self, state: AllocationState, action: str) -> None:
+        if self.state is state:
+            return
+        if not self.state.is_live:
+            raise AllocationNotLiveError(self.allocation_id, self.state, action)
+        raise AllocationStateError(self.allocation_id, self.state, action)

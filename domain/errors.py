@@ -1,0 +1,103 @@
+"""Domain exceptions. Each carries the facts in fields; the edge words them."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+
+class InvalidRequestError(LedgerError):
+    """An argument is malformed or out of range; nothing was written."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AllocationNotFoundError(LedgerError):
+    def __init__(self, allocation_id: str) -> None:
+        super().__init__(f"allocation {allocation_id!r} not found")
+        self.allocation_id = allocation_id
+
+
+class PoolNotFoundError(LedgerError):
+    def __init__(self, pool: str) -> None:
+        super().__init__(f"pool {pool!r} not found")
+        self.pool = pool
+
+
+class PoolExistsError(LedgerError):
+    def __init__(self, pool: str) -> None:
+        super().__init__(f"pool {pool!r} already exists")
+        self.pool = pool
+
+
+class AllocationNotLiveError(LedgerError):
+    """The allocation is in a terminal state and cannot change."""
+
+    def __init__(self, allocation_id: str, state: str, action: str) -> None:
+        super().__init__(f"cannot {action} allocation {allocation_id!r}: it is {state}")
+        self.allocation_id = allocation_id
+        self.state = state
+        self.action = action
+
+
+class AllocationStateError(LedgerError):
+    """The allocation is live but not in a state that allows the action."""
+
+    def __init__(self, allocation_id: str, state: str, action: str) -> None:
+        super().__init__(
+            f"cannot {action} allocation {allocation_id!r} while it is {state}"
+        )
+        self.allocation_id = allocation_id
+        self.state = state
+        self.action = action
+
+
+class IdempotencyConflictError(LedgerError):
+    """A request_id was reused with a different request body."""
+
+    def __init__(
+        self, request_id: str, allocation_id: str, differing: list[str]
+    ) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already used for allocation "
+            f"{allocation_id} with a different request "
+            f"(differs in: {', '.join(differing)})"
+        )
+        self.request_id = request_id
+        self.allocation_id = allocation_id
+        self.differing = differing
+
+
+class ConcurrentUpdateError(LedgerError):
+    """A command kept losing to concurrent writers; it wrote nothing. Retry it."""
+
+    def __init__(self, command: str, attempts: int) -> None:
+        super().__init__(
+            f"{command} lost to concurrent updates {attempts} times and wrote "
+            "nothing; it is safe to retry"
+        )
+        self.command = command
+        self.attempts = attempts
+
+
+class ProvisioningError(LedgerError):
+    """A provisioner could not set up or tear down an allocation's resources."""
+
+    def __init__(self, allocation_id: str, reason: str) -> None:
+        super().__init__(f"provisioning of {allocation_id} failed: {reason}")
+        self.allocation_id = allocation_id
+        self.reason = reason
+
+
+class LeaseNotDueError(LedgerError):
+    """Only an allocation whose lease has run out can be expired."""
+
+    def __init__(self, allocation_id: str, expires_at: object) -> None:
+        super().__init__(
+            f"allocation {allocation_id!r} does not expire until {expires_at}"
+        )
+        self.allocation_id = allocation_id
+        self.expires_at = expires_at

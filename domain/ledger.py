@@ -1,0 +1,740 @@
+"""The Ledger application: the commands that change allocations and pools.
+
+Every command runs as a unit of work: load the aggregates it needs, let them
+decide, save all their new events in one transaction. A concurrent writer that
+got there first makes the save fail on an aggregate's version; the unit of work
+is then discarded and run again from a fresh read.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from domain.allocation import (
+    ALLOCATION_ID_PREFIX,
+    Allocation,
+    ReleaseResult,
+    allocation_id_for_request,
+    allocation_uuid,
+    is_allocation_id,
+)
+from domain.clock import Clock
+from domain.errors import (
+    AllocationNotFoundError,
+    AllocationNotLiveError,
+    ConcurrentUpdateError,
+    IdempotencyConflictError,
+    InvalidRequestError,
+    LeaseNotDueError,
+    PoolExistsError,
+    PoolNotFoundError,
+    ProvisioningError,
+)
+from domain.pool import (
+    DEFAULT_POOL,
+    WORKER_PORT_FIRST,
+    WORKER_PORT_LAST,
+    Pool,
+    PoolSettings,
+    pool_uuid,
+)
+from domain.provisioner import Endpoints, Provisioner
+from domain.registry import REGISTRY_ID, PoolRegistry
+from domain.values import (
+    MAX_TTL_SECONDS,
+    AllocationRequest,
+    AllocationState,
+    Resources,
+    validate_pool_name,
+    validate_request_id,
+    validate_ttl,
+)
+
+LOCAL_ACTOR = "local"
+SWEEPER_ACTOR = "system:sweeper"
+MAX_WORKERS_CAPACITY = WORKER_PORT_LAST - WORKER_PORT_FIRST + 1
+MAX_CPU_MILLICORES = 1_000_000 * 1000
+MAX_MEMORY_MIB = 1024 * 1024 * 1024
+MAX_IDLE_TIMEOUT_SECONDS = MAX_TTL_SECONDS
+SWEEP_BATCH = 500
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """What a request came to. `allocation` is a copy, safe to read at leisure."""
+
+    allocation: Allocation
+    position: int | None
+    replayed: bool = False
+    dry_run: bool = False
+    expired_first: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    result: ReleaseResult
+    allocation: Allocation
+    position: int | None
+
+
+@dataclass(frozen=True)
+class RenewOutcome:
+    allocation: Allocation
+    position: int | None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Allocations expired by a sweep, in the order they expired."""
+
+    expired: tuple[str, ...]
+    position: int | None
+    deprovision_errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoppedServer:
+    pool: str
+    name: str
+    port: int
+
+
+@dataclass(frozen=True)
+class IdleStopResult:
+    stopped: tuple[StoppedServer, ...]
+    position: int | None
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    pool: Pool
+    position: int | None
+    created: bool
+
+
+class _StaleReadError(Exception):
+    """A decision rested on a cached read; run the unit of work again, fresh."""
+
+
+@dataclass
+class _UnitOfWork:
+    ledger: Ledger
+    fresh: bool
+    touched: dict[UUID, Aggregate] = field(default_factory=dict)
+
+    def get(self, aggregate_id: UUID, *, fresh: bool = False) -> Aggregate | None:
+        if aggregate_id in self.touched:
+            return self.touched[aggregate_id]
+        if fresh or self.fresh:
+            self.ledger.forget(aggregate_id)
+        try:
+            aggregate: Aggregate = self.ledger.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        self.touched[aggregate_id] = aggregate
+        return aggregate
+
+    def allocation(self, allocation_id: str, *, fresh: bool = False) -> Allocation:
+        found = self.find_allocation(allocation_id, fresh=fresh)
+        if found is None:
+            raise AllocationNotFoundError(allocation_id)
+        return found
+
+    def find_allocation(
+        self, allocation_id: str, *, fresh: bool = False
+    ) -> Allocation | None:
+        if not is_allocation_id(allocation_id):
+            return None
+        found = self.get(allocation_uuid(allocation_id), fresh=fresh)
+        assert found is None or isinstance(found, Allocation)
+        return found
+
+    def pool(self, name: str) -> Pool:
+        found = self.get(pool_uuid(name))
+        if found is None:
+            if name != DEFAULT_POOL:
+                raise PoolNotFoundError(name)
+            return self.create_pool(name, PoolSettings(), actor=LOCAL_ACTOR)
+        assert isinstance(found, Pool)
+        return found
+
+    def create_pool(self, name: str, settings: PoolSettings, *, actor: str) -> Pool:
+        now = self.ledger.clock.now()
+        registry = self.get(REGISTRY_ID)
+        if registry is None:
+            registry = self.add(PoolRegistry.open(at=now, actor=actor))
+        assert isinstance(registry, PoolRegistry)
+        registry.register(name, at=now, actor=actor)
+        pool = Pool.create(name, settings, at=now, actor=actor)
+        self.add(pool)
+        return pool
+
+    def add(self, aggregate: Aggregate) -> Aggregate:
+        self.touched[aggregate.id] = aggregate
+        return aggregate
+
+    def save(self) -> int | None:
+        """Write every new event of this unit of work in one transaction."""
+        recordings = self.ledger.save(*self.touched.values())
+        if not recordings:
+            return None
+        return max(r.notification.id for r in recordings)
+
+    def discard(self) -> None:
+        """Forget every aggregate read here: they may hold unsaved changes."""
+        for aggregate_id in self.touched:
+            self.ledger.forget(aggregate_id)
+        self.touched.clear()
+
+
+def _random_allocation_id() -> str:
+    return ALLOCATION_ID_PREFIX + uuid4().hex[:12]
+
+
+def _no_pause(_: float) -> None:
+    return None
+
+
+class Ledger(Application[UUID]):
+    """Commands on allocations and pools. Queries belong to the read models."""
+
+    name = "AllocationLedger"
+    env = {
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+    }
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        clock: Clock,
+        provisioner: Provisioner,
+        new_allocation_id: Callable[[], str] = _random_allocation_id,
+        max_attempts: int = 8,
+        pause: Callable[[float], None] = _no_pause,
+        jitter: Callable[[], float] = lambda: 0.5,
+    ) -> None:
+        super().__init__(env)
+        self.clock = clock
+        self.provisioner = provisioner
+        self.new_allocation_id = new_allocation_id
+        self.max_attempts = max_attempts
+        self.pause = pause
+        self.jitter = jitter
+        self.conflicts = 0
+        self._lock = threading.RLock()
+
+    # -- the unit of work ------------------------------------------------------
+
+    def forget(self, aggregate_id: UUID) -> None:
+        """Drop an aggregate from the cache so the next read comes from the store."""
+        cache = self.repository.cache
+        if cache is not None:
+            try:
+                cache.get(aggregate_id, evict=True)
+            except KeyError:
+                pass
+
+    def _run(self, command: str, body: Callable[[_UnitOfWork], T]) -> T:
+        fresh = False
+        for attempt in range(1, self.max_attempts + 1):
+            with self._lock:
+                work = _UnitOfWork(self, fresh)
+                try:
+                    return body(work)
+                except _StaleReadError:
+                    work.discard()
+                    fresh = True
+                    continue
+                except IntegrityError:
+                    work.discard()
+                    self.conflicts += 1
+                    fresh = True
+                except BaseException:
+                    work.discard()
+                    raise
+            self.pause(min(0.002 * 2**attempt, 0.25) * (0.5 + self.jitter()))
+        raise ConcurrentUpdateError(command, self.max_attempts)
+
+    # -- pools -----------------------------------------------------------------
+
+    def create_pool(
+        self,
+        name: str,
+        settings: PoolSettings | None = None,
+        *,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        validate_pool_name(name)
+        chosen = settings or PoolSettings()
+        _validate_settings(chosen)
+
+        def body(work: _UnitOfWork) -> PoolResult:
+            if work.get(pool_uuid(name), fresh=True) is not None:
+                raise PoolExistsError(name)
+            pool = work.create_pool(name, chosen, actor=actor)
+            return PoolResult(copy.deepcopy(pool), work.save(), created=True)
+
+        return self._run("create_pool", body)
+
+    def configure_pool(
+        self,
+        name: str,
+        *,
+        capacity: Resources | None = None,
+        worker_size: Resources | None = None,
+        server_costs: dict[str, Resources] | None = None,
+        idle_timeout_seconds: int | None = None,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        """Create the pool with these settings, or change the ones given."""
+        validate_pool_name(name)
+
+        def body(work: _UnitOfWork) -> PoolResult:
+            found = work.get(pool_uuid(name))
+            base = found.settings if isinstance(found, Pool) else PoolSettings()
+            settings = PoolSettings(
+                capacity=capacity if capacity is not None else base.capacity,
+                worker_size=worker_size if worker_size is not None else base.worker_size,
+                server_costs=(
+                    server_costs if server_costs is not None else base.server_costs
+                ),
+                idle_timeout_seconds=(
+                    idle_timeout_seconds
+                    if idle_timeout_seconds is not None
+                    else base.idle_timeout_seconds
+                ),
+            )
+            _validate_settings(settings)
+            now = self.clock.now()
+            if not isinstance(found, Pool):
+                pool = work.create_pool(name, settings, actor=actor)
+                return PoolResult(copy.deepcopy(pool), work.save(), created=True)
+            found.change_capacity(settings.capacity, at=now, actor=actor)
+            found.reconfigure(settings, at=now, actor=actor)
+            return PoolResult(copy.deepcopy(found), work.save(), created=False)
+
+        return self._run("configure_pool", body)
+
+    def set_capacity(
+        self, capacity: Resources, *, pool: str = DEFAULT_POOL, actor: str = LOCAL_ACTOR
+    ) -> PoolResult:
+        """Set a pool's totals. Lowering never evicts: it only refuses new requests."""
+        validate_pool_name(pool)
+        _validate_capacity(capacity)
+        if pool != DEFAULT_POOL:
+
+            def exists(work: _UnitOfWork) -> None:
+                work.pool(pool)
+
+            self._run("set_capacity", exists)
+        return self.configure_pool(pool, capacity=capacity, actor=actor)
+
+    def pool_names(self) -> list[str]:
+        with self._lock:
+            self.forget(REGISTRY_ID)
+            try:
+                registry = self.repository.get(REGISTRY_ID)
+            except AggregateNotFoundError:
+                return []
+            assert isinstance(registry, PoolRegistry)
+            return list(registry.pools)
+
+    def pool(self, name: str) -> Pool:
+        """The pool aggregate as stored (a fresh read; for audits and tests)."""
+        with self._lock:
+            self.forget(pool_uuid(name))
+            try:
+                found = self.repository.get(pool_uuid(name))
+            except AggregateNotFoundError:
+                raise PoolNotFoundError(name) from None
+            assert isinstance(found, Pool)
+            return copy.deepcopy(found)
+
+    def allocation(self, allocation_id: str) -> Allocation:
+        """The allocation aggregate as stored (a fresh read; for audits and tests)."""
+        with self._lock:
+            work = _UnitOfWork(self, fresh=True)
+            return copy.deepcopy(work.allocation(allocation_id))
+
+    # -- allocations -----------------------------------------------------------
+
+    def request(
+        self,
+        request: AllocationRequest,
+        *,
+        pool: str = DEFAULT_POOL,
+        request_id: str | None = None,
+        dry_run: bool = False,
+        actor: str = LOCAL_ACTOR,
+    ) -> RequestResult:
+        """Reserve capacity for a request, then provision it.
+
+        A request that does not fit is recorded as rejected, with the reason;
+        before refusing, allocations whose lease already ran out are expired
+        in the same transaction, so a late sweep never costs capacity.
+        """
+        validate_pool_name(pool)
+        if request_id is not None:
+            validate_request_id(request_id)
+
+        def body(work: _UnitOfWork) -> RequestResult:
+            now = self.clock.now()
+            if request_id is not None:
+                allocation_id = allocation_id_for_request(pool, request_id)
+                existing = work.find_allocation(allocation_id, fresh=True)
+                if existing is not None:
+                    _check_same_request(existing, request, request_id)
+                    return RequestResult(
+                        copy.deepcopy(existing), None, replayed=True, dry_run=dry_run
+                    )
+            else:
+                allocation_id = self.new_allocation_id()
+            target = work.pool(pool)
+            rejection = target.shortfall(request)
+            expired: list[str] = []
+            if rejection is not None and target.due(now):
+                expired = self._expire_due(work, target, now, limit=None)
+                rejection = target.shortfall(request)
+            if rejection is not None and not work.fresh:
+                raise _StaleReadError
+            resources = target.settings.resources_for(request)
+            if rejection is not None:
+                allocation = Allocation.rejected(
+                    allocation_id,
+                    pool=pool,
+                    request=request,
+                    request_id=request_id,
+                    resources=resources,
+                    rejection=rejection,
+                    at=now,
+                    actor=actor,
+                )
+            else:
+                ports = target.reserve(
+                    allocation_id,
+                    request,
+                    expires_at=now + timedelta(seconds=request.ttl_seconds),
+                    at=now,
+                    actor=actor,
+                )
+                allocation = Allocation.requested(
+                    allocation_id,
+                    pool=pool,
+                    request=request,
+                    request_id=request_id,
+                    resources=resources,
+                    worker_ports=ports.worker_ports,
+                    servers=ports.servers,
+                    expires_at=now + timedelta(seconds=request.ttl_seconds),
+                    at=now,
+                    actor=actor,
+                )
+            work.add(allocation)
+            if dry_run:
+                snapshot = copy.deepcopy(allocation)
+                work.discard()
+                return RequestResult(snapshot, None, dry_run=True)
+            position = work.save()
+            return RequestResult(
+                copy.deepcopy(allocation), position, expired_first=tuple(expired)
+            )
+
+        reserved = self._run("request_resources", body)
+        if (
+            reserved.dry_run
+            or reserved.replayed
+            or reserved.allocation.state is not AllocationState.PENDING
+        ):
+            return reserved
+        return self._provision(reserved, actor=actor)
+
+    def _provision(self, reserved: RequestResult, *, actor: str) -> RequestResult:
+        pending = reserved.allocation
+        try:
+            endpoints = self.provisioner.provision(
+                pending.allocation_id, pending.workers, pending.servers
+            )
+        except Exception as error:  # noqa: BLE001 - any provisioner failure
+            return self._fail_provisioning(reserved, str(error) or type(error).__name__, actor)
+
+        def activate(work: _UnitOfWork) -> RequestResult:
+            allocation = work.allocation(pending.allocation_id)
+            if allocation.state is not AllocationState.PENDING:
+                return RequestResult(copy.deepcopy(allocation), reserved.position)
+            allocation.activate(
+                Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
+                at=self.clock.now(),
+                actor=actor,
+            )
+            position = work.save()
+            return RequestResult(
+                copy.deepcopy(allocation),
+                position,
+                expired_first=reserved.expired_first,
+            )
+
+        return self._run("activate", activate)
+
+    def _fail_provisioning(
+        self, reserved: RequestResult, error: str, actor: str
+    ) -> RequestResult:
+        allocation_id = reserved.allocation.allocation_id
+
+        def fail(work: _UnitOfWork) -> RequestResult:
+            allocation = work.allocation(allocation_id)
+            if not allocation.state.is_live:
+                return RequestResult(copy.deepcopy(allocation), reserved.position)
+            now = self.clock.now()
+            allocation.fail(error, at=now, actor=actor)
+            work.pool(allocation.pool).free(allocation_id, "failed", at=now, actor=actor)
+            return RequestResult(copy.deepcopy(allocation), work.save())
+
+        return self._run("fail_provisioning", fail)
+
+    def release(self, allocation_id: str, *, actor: str = LOCAL_ACTOR) -> ReleaseOutcome:
+        """Give an allocation's capacity back.
+
+        Releasing one that is already released or expired changes nothing and
+        says `already_released`; releasing a failed one changes nothing and
+        says `failed`.
+        """
+
+        def look(work: _UnitOfWork) -> Allocation:
+            return copy.deepcopy(work.allocation(allocation_id, fresh=True))
+
+        current = self._run("release_resources", look)
+        if not current.state.is_live:
+            return self._unchanged_release(current)
+        try:
+            self.provisioner.deprovision(
+                allocation_id, current.workers, current.servers
+            )
+        except Exception as error:  # noqa: BLE001 - any provisioner failure
+            self._mark_releasing(allocation_id, actor)
+            raise ProvisioningError(allocation_id, str(error)) from error
+
+        def body(work: _UnitOfWork) -> ReleaseOutcome:
+            allocation = work.allocation(allocation_id)
+            if not allocation.state.is_live:
+                return self._unchanged_release(copy.deepcopy(allocation))
+            now = self.clock.now()
+            allocation.request_release(at=now, actor=actor)
+            result = allocation.release(at=now, actor=actor)
+            work.pool(allocation.pool).free(
+                allocation_id, "released", at=now, actor=actor
+            )
+            return ReleaseOutcome(result, copy.deepcopy(allocation), work.save())
+
+        return self._run("release_resources", body)
+
+    def _mark_releasing(self, allocation_id: str, actor: str) -> None:
+        def body(work: _UnitOfWork) -> None:
+            allocation = work.allocation(allocation_id)
+            if allocation.state.is_live:
+                allocation.request_release(at=self.clock.now(), actor=actor)
+                work.save()
+
+        self._run("release_resources", body)
+
+    @staticmethod
+    def _unchanged_release(allocation: Allocation) -> ReleaseOutcome:
+        status = (
+            "failed" if allocation.state is AllocationState.FAILED else "already_released"
+        )
+        result = ReleaseResult(
+            status=status,
+            allocation_id=allocation.allocation_id,
+            freed=Resources(),
+            released_at=allocation.ended_at,
+            duration_seconds=None,
+        )
+        return ReleaseOutcome(result, allocation, None)
+
+    def renew(
+        self,
+        allocation_id: str,
+        ttl_seconds: int | None = None,
+        *,
+        actor: str = LOCAL_ACTOR,
+    ) -> RenewOutcome:
+        """Move an active allocation's expiry to now + ttl (its own ttl by default).
+
+        An allocation whose lease already ran out is expired, not renewed.
+        """
+        if ttl_seconds is not None:
+            validate_ttl(ttl_seconds)
+
+        def body(work: _UnitOfWork) -> RenewOutcome:
+            allocation = work.allocation(allocation_id)
+            now = self.clock.now()
+            pool = work.pool(allocation.pool)
+            if allocation.is_due(now):
+                allocation.expire(at=now, actor=SWEEPER_ACTOR)
+                pool.free(allocation_id, "expired", at=now, actor=SWEEPER_ACTOR)
+                return RenewOutcome(copy.deepcopy(allocation), work.save())
+            expires_at = allocation.renew(ttl_seconds, at=now, actor=actor)
+            pool.extend_lease(allocation_id, expires_at, at=now, actor=actor)
+            return RenewOutcome(copy.deepcopy(allocation), work.save())
+
+        outcome = self._run("renew_allocation", body)
+        if outcome.allocation.state is AllocationState.EXPIRED:
+            raise AllocationNotLiveError(allocation_id, outcome.allocation.state, "renew")
+        return outcome
+
+    def expire(self, allocation_id: str, *, actor: str = SWEEPER_ACTOR) -> RenewOutcome:
+        """Expire one allocation whose lease has run out."""
+
+        def body(work: _UnitOfWork) -> RenewOutcome:
+            allocation = work.allocation(allocation_id)
+            now = self.clock.now()
+            if not allocation.state.is_live:
+                raise AllocationNotLiveError(allocation_id, allocation.state, "expire")
+            if not allocation.is_due(now):
+                assert allocation.expires_at is not None
+                raise LeaseNotDueError(allocation_id, allocation.expires_at)
+            allocation.expire(at=now, actor=actor)
+            work.pool(allocation.pool).free(allocation_id, "expired", at=now, actor=actor)
+            return RenewOutcome(copy.deepcopy(allocation), work.save())
+
+        outcome = self._run("expire", body)
+        self._deprovision_quietly([outcome.allocation])
+        return outcome
+
+    def expire_due(self, *, actor: str = SWEEPER_ACTOR) -> SweepResult:
+        """Expire every allocation whose lease has run out, in (expires_at, id) order."""
+        expired: list[Allocation] = []
+        position: int | None = None
+        for name in self.pool_names():
+            while True:
+
+                def body(work: _UnitOfWork, name: str = name) -> tuple[list[Allocation], int | None]:
+                    pool = work.pool(name)
+                    now = self.clock.now()
+                    ids = self._expire_due(work, pool, now, limit=SWEEP_BATCH, actor=actor)
+                    done = [copy.deepcopy(work.allocation(i)) for i in ids]
+                    return done, (work.save() if ids else None)
+
+                batch, batch_position = self._run("cleanup_expired", body)
+                expired.extend(batch)
+                position = batch_position or position
+                if len(batch) < SWEEP_BATCH:
+                    break
+        errors = self._deprovision_quietly(expired)
+        return SweepResult(
+            tuple(a.allocation_id for a in expired), position, tuple(errors)
+        )
+
+    def _expire_due(
+        self,
+        work: _UnitOfWork,
+        pool: Pool,
+        now: datetime,
+        *,
+        limit: int | None,
+        actor: str = SWEEPER_ACTOR,
+    ) -> list[str]:
+        expired: list[str] = []
+        for reservation in _first(pool.due(now), limit):
+            allocation = work.allocation(reservation.allocation_id)
+            if allocation.state.is_live:
+                allocation.expire(at=now, actor=actor)
+            pool.free(reservation.allocation_id, "expired", at=now, actor=actor)
+            expired.append(reservation.allocation_id)
+        return expired
+
+    def _deprovision_quietly(self, allocations: Sequence[Allocation]) -> list[str]:
+        errors: list[str] = []
+        for allocation in allocations:
+            try:
+                self.provisioner.deprovision(
+                    allocation.allocation_id, allocation.workers, allocation.servers
+                )
+            except Exception as error:  # noqa: BLE001 - reported, not raised
+                errors.append(f"{allocation.allocation_id}: {error}")
+        return errors
+
+    def stop_idle_servers(self, *, actor: str = SWEEPER_ACTOR) -> IdleStopResult:
+        """Stop MCP servers idle for longer than their pool's idle timeout."""
+        stopped: list[StoppedServer] = []
+        position: int | None = None
+        for name in self.pool_names():
+
+            def body(work: _UnitOfWork, name: str = name) -> tuple[list[StoppedServer], int | None]:
+                pool = work.pool(name)
+                servers = pool.stop_idle_servers(self.clock.now(), actor=actor)
+                found = [StoppedServer(name, s.name, s.port) for s in servers]
+                return found, (work.save() if found else None)
+
+            batch, batch_position = self._run("stop_idle_servers", body)
+            stopped.extend(batch)
+            position = batch_position or position
+        errors: list[str] = []
+        for server in stopped:
+            try:
+                self.provisioner.stop_server(server.name, server.port)
+            except Exception as error:  # noqa: BLE001 - reported, not raised
+                errors.append(f"{server.name}: {error}")
+        return IdleStopResult(tuple(stopped), position, tuple(errors))
+
+
+def _first(items: list[T], limit: int | None) -> Iterator[T]:
+    return iter(items if limit is None else items[:limit])
+
+
+def _check_same_request(
+    existing: Allocation, request: AllocationRequest, request_id: str
+) -> None:
+    before: dict[str, Any] = existing.request.as_dict()
+    after = request.as_dict()
+    differing = [key for key in after if before.get(key) != after[key]]
+    if differing:
+        raise IdempotencyConflictError(request_id, existing.allocation_id, differing)
+
+
+def _validate_capacity(capacity: Resources) -> None:
+    limits = (
+        ("cpu", capacity.cpu_millicores, MAX_CPU_MILLICORES),
+        ("memory", capacity.memory_mib, MAX_MEMORY_MIB),
+        ("workers", capacity.workers, MAX_WORKERS_CAPACITY),
+    )
+    for name, value, limit in limits:
+        if isinstance(value, bool) or not isinstance(value, int):
+            msg = f"capacity {name} must be a whole number, got {value!r}"
+            raise InvalidRequestError(msg, field=name)
+        if not 0 <= value <= limit:
+            msg = f"capacity {name} must be between 0 and {limit}, got {value}"
+            raise InvalidRequestError(msg, field=name)
+
+
+def _validate_settings(settings: PoolSettings) -> None:
+    _validate_capacity(settings.capacity)
+    size = settings.worker_size
+    if size.cpu_millicores < 0 or size.memory_mib < 0:
+        msg = f"worker size must not be negative, got {size}"
+        raise InvalidRequestError(msg, field="worker_size")
+    for name, cost in (settings.server_costs or {}).items():
+        if cost.cpu_millicores < 0 or cost.memory_mib < 0 or cost.workers != 0:
+            msg = f"cost of MCP server {name!r} must be CPU and memory >= 0, got {cost}"
+            raise InvalidRequestError(msg, field="server_costs")
+    if not 0 <= settings.idle_timeout_seconds <= MAX_IDLE_TIMEOUT_SECONDS:
+        msg = (
+            f"idle_timeout_seconds must be between 0 and {MAX_IDLE_TIMEOUT_SECONDS}, "
+            f"got {settings.idle_timeout_seconds}"
+        )
+        raise InvalidRequestError(msg, field="idle_timeout_seconds")

@@ -1,0 +1,319 @@
+"""Value objects of the allocation domain: amounts, priorities, states, requests."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from domain.errors import InvalidRequestError
+
+MILLICORES_PER_CORE = 1000
+MIN_TTL_SECONDS = 60
+MAX_TTL_SECONDS = 30 * 24 * 3600
+DEFAULT_TTL_SECONDS = 3600
+MAX_WORKERS_PER_REQUEST = 10_000
+MAX_SERVERS_PER_REQUEST = 32
+MAX_METADATA_BYTES = 16_384
+MAX_JOB_ID_LENGTH = 200
+MAX_REQUEST_ID_LENGTH = 200
+
+SERVER_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+POOL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+JOB_ID_PATTERN = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+
+
+class Priority(StrEnum):
+    """How much a request matters; ordered from least to most."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {
+    Priority.LOW: 0,
+    Priority.NORMAL: 1,
+    Priority.HIGH: 2,
+    Priority.CRITICAL: 3,
+}
+
+
+class AllocationState(StrEnum):
+    """Where an allocation is in its life."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    RELEASING = "releasing"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+    @property
+    def is_live(self) -> bool:
+        """Live allocations hold capacity."""
+        return self in LIVE_STATES
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in LIVE_STATES
+
+
+LIVE_STATES = frozenset(
+    {AllocationState.PENDING, AllocationState.ACTIVE, AllocationState.RELEASING}
+)
+
+
+class Dimension(StrEnum):
+    """A kind of capacity a pool has, named as clients see it."""
+
+    WORKERS = "workers"
+    CPU = "cpu"
+    MEMORY = "memory"
+    MCP_PORTS = "mcp_ports"
+
+
+@dataclass(frozen=True, order=True)
+class Resources:
+    """An amount of capacity: CPU in millicores, memory in MiB, whole workers."""
+
+    cpu_millicores: int = 0
+    memory_mib: int = 0
+    workers: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu_millicores + other.cpu_millicores,
+            self.memory_mib + other.memory_mib,
+            self.workers + other.workers,
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu_millicores - other.cpu_millicores,
+            self.memory_mib - other.memory_mib,
+            self.workers - other.workers,
+        )
+
+    def amount(self, dimension: Dimension) -> int:
+        if dimension is Dimension.WORKERS:
+            return self.workers
+        if dimension is Dimension.CPU:
+            return self.cpu_millicores
+        if dimension is Dimension.MEMORY:
+            return self.memory_mib
+        msg = f"resources have no amount of {dimension}"
+        raise ValueError(msg)
+
+    def is_within(self, other: Resources) -> bool:
+        return (
+            self.cpu_millicores <= other.cpu_millicores
+            and self.memory_mib <= other.memory_mib
+            and self.workers <= other.workers
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "cpu_millicores": self.cpu_millicores,
+            "memory_mib": self.memory_mib,
+            "workers": self.workers,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> Resources:
+        return cls(data["cpu_millicores"], data["memory_mib"], data["workers"])
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a request did not fit: the first dimension short, with the amounts.
+
+    Amounts are in domain units (millicores, MiB, workers, ports).
+    """
+
+    code: str
+    dimension: Dimension
+    requested: int
+    available: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "dimension": str(self.dimension),
+            "requested": self.requested,
+            "available": self.available,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rejection:
+        return cls(
+            code=str(data["code"]),
+            dimension=Dimension(data["dimension"]),
+            requested=int(data["requested"]),
+            available=int(data["available"]),
+        )
+
+
+INSUFFICIENT_CAPACITY = "insufficient_capacity"
+
+
+@dataclass(frozen=True)
+class AllocationRequest:
+    """What a job asks for. Validated on construction."""
+
+    job_id: str
+    servers: tuple[str, ...] = ()
+    workers: int = 0
+    priority: Priority = Priority.NORMAL
+    ttl_seconds: int = DEFAULT_TTL_SECONDS
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_job_id(self.job_id)
+        for name in self.servers:
+            validate_server_name(name)
+        if len(self.servers) > MAX_SERVERS_PER_REQUEST:
+            msg = (
+                f"mcp_servers names {len(self.servers)} servers; "
+                f"at most {MAX_SERVERS_PER_REQUEST} are allowed"
+            )
+            raise InvalidRequestError(msg, field="mcp_servers")
+        duplicates = sorted({n for n in self.servers if self.servers.count(n) > 1})
+        if duplicates:
+            msg = f"mcp_servers names {', '.join(duplicates)} more than once"
+            raise InvalidRequestError(msg, field="mcp_servers")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int):
+            msg = f"workers must be a whole number, got {self.workers!r}"
+            raise InvalidRequestError(msg, field="workers")
+        if not 0 <= self.workers <= MAX_WORKERS_PER_REQUEST:
+            msg = (
+                f"workers must be between 0 and {MAX_WORKERS_PER_REQUEST}, "
+                f"got {self.workers}"
+            )
+            raise InvalidRequestError(msg, field="workers")
+        if not isinstance(self.priority, Priority):
+            object.__setattr__(self, "priority", parse_priority(self.priority))
+        validate_ttl(self.ttl_seconds)
+        object.__setattr__(self, "metadata", canonical_metadata(self.metadata))
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> AllocationRequest:
+        """Rebuild a recorded request without validating it again.
+
+        History must always replay, even if validation rules tighten later.
+        """
+        request = object.__new__(cls)
+        object.__setattr__(request, "job_id", data["job_id"])
+        object.__setattr__(request, "servers", tuple(data["servers"]))
+        object.__setattr__(request, "workers", data["workers"])
+        object.__setattr__(request, "priority", Priority(data["priority"]))
+        object.__setattr__(request, "ttl_seconds", data["ttl_seconds"])
+        object.__setattr__(request, "metadata", data["metadata"])
+        return request
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request as stored in events and compared for idempotent retries."""
+        return {
+            "job_id": self.job_id,
+            "servers": list(self.servers),
+            "workers": self.workers,
+            "priority": str(self.priority),
+            "ttl_seconds": self.ttl_seconds,
+            "metadata": self.metadata,
+        }
+
+
+def parse_priority(value: object) -> Priority:
+    try:
+        return Priority(str(value))
+    except ValueError:
+        allowed = ", ".join(p.value for p in Priority)
+        msg = f"priority must be one of {allowed}, got {value!r}"
+        raise InvalidRequestError(msg, field="priority") from None
+
+
+def validate_job_id(job_id: object) -> None:
+    if not isinstance(job_id, str) or not job_id:
+        msg = "job_id must be a non-empty string"
+        raise InvalidRequestError(msg, field="job_id")
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        msg = f"job_id is {len(job_id)} characters; at most {MAX_JOB_ID_LENGTH}"
+        raise InvalidRequestError(msg, field="job_id")
+    if not JOB_ID_PATTERN.match(job_id):
+        msg = (
+            f"job_id {job_id!r} must be printable ASCII without leading or "
+            "trailing spaces"
+        )
+        raise InvalidRequestError(msg, field="job_id")
+
+
+def validate_server_name(name: object) -> None:
+    if not isinstance(name, str) or not SERVER_NAME_PATTERN.match(name):
+        msg = (
+            f"MCP server name {name!r} is invalid: use 1-63 lowercase letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit"
+        )
+        raise InvalidRequestError(msg, field="mcp_servers")
+
+
+def validate_pool_name(name: object) -> None:
+    if not isinstance(name, str) or not POOL_NAME_PATTERN.match(name):
+        msg = (
+            f"pool name {name!r} is invalid: use 1-63 lowercase letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit"
+        )
+        raise InvalidRequestError(msg, field="pool")
+
+
+def validate_ttl(ttl_seconds: object) -> None:
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        msg = f"ttl_seconds must be a whole number of seconds, got {ttl_seconds!r}"
+        raise InvalidRequestError(msg, field="ttl_seconds")
+    if not MIN_TTL_SECONDS <= ttl_seconds <= MAX_TTL_SECONDS:
+        msg = (
+            f"ttl_seconds must be between {MIN_TTL_SECONDS} and "
+            f"{MAX_TTL_SECONDS}, got {ttl_seconds}"
+        )
+        raise InvalidRequestError(msg, field="ttl_seconds")
+
+
+def validate_request_id(request_id: object) -> None:
+    if not isinstance(request_id, str) or not request_id:
+        msg = "request_id must be a non-empty string"
+        raise InvalidRequestError(msg, field="request_id")
+    if len(request_id) > MAX_REQUEST_ID_LENGTH:
+        msg = (
+            f"request_id is {len(request_id)} characters; "
+            f"at most {MAX_REQUEST_ID_LENGTH}"
+        )
+        raise InvalidRequestError(msg, field="request_id")
+
+
+def canonical_metadata(metadata: object) -> dict[str, Any]:
+    """Validate metadata and return it as it reads back from JSON."""
+    if not isinstance(metadata, dict):
+        msg = f"metadata must be an object, got {type(metadata).__name__}"
+        raise InvalidRequestError(msg, field="metadata")
+    if any(not isinstance(key, str) for key in metadata):
+        msg = "metadata keys must be strings"
+        raise InvalidRequestError(msg, field="metadata")
+    try:
+        encoded = json.dumps(metadata, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        msg = f"metadata must be plain JSON: {error}"
+        raise InvalidRequestError(msg, field="metadata") from None
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        msg = (
+            f"metadata is {len(encoded.encode())} bytes as JSON; "
+            f"at most {MAX_METADATA_BYTES}"
+        )
+        raise InvalidRequestError(msg, field="metadata")
+    canonical: dict[str, Any] = json.loads(encoded)
+    return canonical
