@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -195,22 +195,19 @@ class Allocation(Aggregate):
         at: datetime,
         actor: str,
     ) -> Allocation:
-        return cast(
-            Allocation,
-            cls._create(
-                cls.Requested,
-                id=allocation_uuid(allocation_id),
-                timestamp=at,
-                actor=actor,
-                allocation_id=allocation_id,
-                pool=pool,
-                request=request.as_dict(),
-                request_id=request_id,
-                resources=resources.as_dict(),
-                worker_ports=list(worker_ports),
-                servers=[[name, port, started] for name, port, started in servers],
-                expires_at=expires_at,
-            ),
+        return cls._create(
+            cls.Requested,
+            id=allocation_uuid(allocation_id),
+            timestamp=at,
+            actor=actor,
+            allocation_id=allocation_id,
+            pool=pool,
+            request=request.as_dict(),
+            request_id=request_id,
+            resources=resources.as_dict(),
+            worker_ports=list(worker_ports),
+            servers=[[name, port, started] for name, port, started in servers],
+            expires_at=expires_at,
         )
 
     @classmethod
@@ -251,7 +248,9 @@ class Allocation(Aggregate):
 
     def is_due(self, now: datetime) -> bool:
         return (
-            self.state.is_live and self.expires_at is not None and self.expires_at <= now
+            self.state.is_live
+            and self.expires_at is not None
+            and self.expires_at <= now
         )
 
     def activate(self, endpoints: Endpoints, *, at: datetime, actor: str) -> None:

@@ -8,12 +8,13 @@ is then discarded and run again from a fresh read.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -212,7 +213,7 @@ class Ledger(Application[UUID]):
     """Commands on allocations and pools. Queries belong to the read models."""
 
     name = "AllocationLedger"
-    env = {
+    env: ClassVar[dict[str, str]] = {
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
@@ -245,10 +246,8 @@ class Ledger(Application[UUID]):
         """Drop an aggregate from the cache so the next read comes from the store."""
         cache = self.repository.cache
         if cache is not None:
-            try:
+            with contextlib.suppress(KeyError):
                 cache.get(aggregate_id, evict=True)
-            except KeyError:
-                pass
 
     def _run(self, command: str, body: Callable[[_UnitOfWork], T]) -> T:
         fresh = False
@@ -310,7 +309,9 @@ class Ledger(Application[UUID]):
             base = found.settings if isinstance(found, Pool) else PoolSettings()
             settings = PoolSettings(
                 capacity=capacity if capacity is not None else base.capacity,
-                worker_size=worker_size if worker_size is not None else base.worker_size,
+                worker_size=worker_size
+                if worker_size is not None
+                else base.worker_size,
                 server_costs=(
                     server_costs if server_costs is not None else base.server_costs
                 ),
@@ -349,7 +350,7 @@ class Ledger(Application[UUID]):
         with self._lock:
             self.forget(REGISTRY_ID)
             try:
-                registry = self.repository.get(REGISTRY_ID)
+                registry: Aggregate = self.repository.get(REGISTRY_ID)
             except AggregateNotFoundError:
                 return []
             assert isinstance(registry, PoolRegistry)
@@ -360,7 +361,7 @@ class Ledger(Application[UUID]):
         with self._lock:
             self.forget(pool_uuid(name))
             try:
-                found = self.repository.get(pool_uuid(name))
+                found: Aggregate = self.repository.get(pool_uuid(name))
             except AggregateNotFoundError:
                 raise PoolNotFoundError(name) from None
             assert isinstance(found, Pool)
@@ -471,7 +472,9 @@ class Ledger(Application[UUID]):
                 pending.allocation_id, pending.workers, pending.servers
             )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
-            return self._fail_provisioning(reserved, str(error) or type(error).__name__, actor)
+            return self._fail_provisioning(
+                reserved, str(error) or type(error).__name__, actor
+            )
 
         def activate(work: _UnitOfWork) -> RequestResult:
             allocation = work.allocation(pending.allocation_id)
@@ -502,12 +505,16 @@ class Ledger(Application[UUID]):
                 return RequestResult(copy.deepcopy(allocation), reserved.position)
             now = self.clock.now()
             allocation.fail(error, at=now, actor=actor)
-            work.pool(allocation.pool).free(allocation_id, "failed", at=now, actor=actor)
+            work.pool(allocation.pool).free(
+                allocation_id, "failed", at=now, actor=actor
+            )
             return RequestResult(copy.deepcopy(allocation), work.save())
 
         return self._run("fail_provisioning", fail)
 
-    def release(self, allocation_id: str, *, actor: str = LOCAL_ACTOR) -> ReleaseOutcome:
+    def release(
+        self, allocation_id: str, *, actor: str = LOCAL_ACTOR
+    ) -> ReleaseOutcome:
         """Give an allocation's capacity back.
 
         Releasing one that is already released or expired changes nothing and
@@ -525,7 +532,7 @@ class Ledger(Application[UUID]):
             self.provisioner.deprovision(
                 allocation_id, current.workers, current.servers
             )
-        except Exception as error:  # noqa: BLE001 - any provisioner failure
+        except Exception as error:
             self._mark_releasing(allocation_id, actor)
             raise ProvisioningError(allocation_id, str(error)) from error
 
@@ -555,7 +562,9 @@ class Ledger(Application[UUID]):
     @staticmethod
     def _unchanged_release(allocation: Allocation) -> ReleaseOutcome:
         status = (
-            "failed" if allocation.state is AllocationState.FAILED else "already_released"
+            "failed"
+            if allocation.state is AllocationState.FAILED
+            else "already_released"
         )
         result = ReleaseResult(
             status=status,
@@ -594,7 +603,9 @@ class Ledger(Application[UUID]):
 
         outcome = self._run("renew_allocation", body)
         if outcome.allocation.state is AllocationState.EXPIRED:
-            raise AllocationNotLiveError(allocation_id, outcome.allocation.state, "renew")
+            raise AllocationNotLiveError(
+                allocation_id, outcome.allocation.state, "renew"
+            )
         return outcome
 
     def expire(self, allocation_id: str, *, actor: str = SWEEPER_ACTOR) -> RenewOutcome:
@@ -609,7 +620,9 @@ class Ledger(Application[UUID]):
                 assert allocation.expires_at is not None
                 raise LeaseNotDueError(allocation_id, allocation.expires_at)
             allocation.expire(at=now, actor=actor)
-            work.pool(allocation.pool).free(allocation_id, "expired", at=now, actor=actor)
+            work.pool(allocation.pool).free(
+                allocation_id, "expired", at=now, actor=actor
+            )
             return RenewOutcome(copy.deepcopy(allocation), work.save())
 
         outcome = self._run("expire", body)
@@ -617,16 +630,20 @@ class Ledger(Application[UUID]):
         return outcome
 
     def expire_due(self, *, actor: str = SWEEPER_ACTOR) -> SweepResult:
-        """Expire every allocation whose lease has run out, in (expires_at, id) order."""
+        """Expire every allocation whose lease ran out, in (expires_at, id) order."""
         expired: list[Allocation] = []
         position: int | None = None
         for name in self.pool_names():
             while True:
 
-                def body(work: _UnitOfWork, name: str = name) -> tuple[list[Allocation], int | None]:
+                def body(
+                    work: _UnitOfWork, name: str = name
+                ) -> tuple[list[Allocation], int | None]:
                     pool = work.pool(name)
                     now = self.clock.now()
-                    ids = self._expire_due(work, pool, now, limit=SWEEP_BATCH, actor=actor)
+                    ids = self._expire_due(
+                        work, pool, now, limit=SWEEP_BATCH, actor=actor
+                    )
                     done = [copy.deepcopy(work.allocation(i)) for i in ids]
                     return done, (work.save() if ids else None)
 
@@ -675,7 +692,9 @@ class Ledger(Application[UUID]):
         position: int | None = None
         for name in self.pool_names():
 
-            def body(work: _UnitOfWork, name: str = name) -> tuple[list[StoppedServer], int | None]:
+            def body(
+                work: _UnitOfWork, name: str = name
+            ) -> tuple[list[StoppedServer], int | None]:
                 pool = work.pool(name)
                 servers = pool.stop_idle_servers(self.clock.now(), actor=actor)
                 found = [StoppedServer(name, s.name, s.port) for s in servers]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -243,19 +243,16 @@ class Pool(Aggregate):
     def create(
         cls, name: str, settings: PoolSettings, *, at: datetime, actor: str
     ) -> Pool:
-        return cast(
-            Pool,
-            cls._create(
-                cls.Created,
-                id=pool_uuid(name),
-                timestamp=at,
-                actor=actor,
-                name=name,
-                capacity=settings.capacity.as_dict(),
-                worker_size=settings.worker_size.as_dict(),
-                server_costs=_costs_to_event(settings.server_costs),
-                idle_timeout_seconds=settings.idle_timeout_seconds,
-            ),
+        return cls._create(
+            cls.Created,
+            id=pool_uuid(name),
+            timestamp=at,
+            actor=actor,
+            name=name,
+            capacity=settings.capacity.as_dict(),
+            worker_size=settings.worker_size.as_dict(),
+            server_costs=_costs_to_event(settings.server_costs),
+            idle_timeout_seconds=settings.idle_timeout_seconds,
         )
 
     def change_capacity(self, capacity: Resources, *, at: datetime, actor: str) -> bool:
@@ -394,7 +391,9 @@ class Pool(Aggregate):
             expires_at=expires_at,
         )
 
-    def free(self, allocation_id: str, outcome: str, *, at: datetime, actor: str) -> bool:
+    def free(
+        self, allocation_id: str, outcome: str, *, at: datetime, actor: str
+    ) -> bool:
         """Give back what an allocation held. False if it held nothing here."""
         reservation = self.reservations.get(allocation_id)
         if reservation is None:

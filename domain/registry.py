@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
 from uuid import NAMESPACE_URL, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -33,10 +32,7 @@ class PoolRegistry(Aggregate):
 
     @classmethod
     def open(cls, *, at: datetime, actor: str) -> PoolRegistry:
-        return cast(
-            PoolRegistry,
-            cls._create(cls.Opened, id=REGISTRY_ID, timestamp=at, actor=actor),
-        )
+        return cls._create(cls.Opened, id=REGISTRY_ID, timestamp=at, actor=actor)
 
     def register(self, name: str, *, at: datetime, actor: str) -> None:
         if name in self.pools:

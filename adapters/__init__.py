@@ -1,0 +1,1 @@
+"""Wiring: persistence, settings, provisioners, the command line and MCP server."""

@@ -1,0 +1,112 @@
+"""Settings: environment variables prefixed ALLOCATION_LEDGER_, or a TOML file.
+
+The file is named by ALLOCATION_LEDGER_CONFIG (or --config on the command
+line); environment variables override what it says.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "ALLOCATION_LEDGER_"
+DEFAULT_DATABASE = "allocation-ledger.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True
+    )
+
+    store: Literal["sqlite", "memory", "postgres"] = Field(
+        "sqlite", description="Where events and read models live."
+    )
+    database: Path = Field(
+        Path(DEFAULT_DATABASE),
+        description="SQLite file; relative paths are taken from the working directory.",
+    )
+    postgres_dsn: str | None = Field(
+        None, description="PostgreSQL connection string (overrides host/port/...)."
+    )
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(5432, ge=1, le=65535)
+    postgres_user: str = "postgres"
+    postgres_password: SecretStr = SecretStr("")
+    postgres_dbname: str = "postgres"
+    postgres_schema: str | None = None
+    postgres_pool_size: int = Field(5, ge=1, le=100)
+    postgres_connect_timeout: int = Field(5, ge=1, le=300)
+    sweep_interval_seconds: float = Field(300.0, gt=0)
+    idle_check_interval_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _postgres_dsn_parts(self) -> Settings:
+        if self.store == "postgres" and self.postgres_dsn:
+            from psycopg.conninfo import conninfo_to_dict
+
+            parts = conninfo_to_dict(self.postgres_dsn)
+            self.postgres_host = str(parts.get("host", self.postgres_host))
+            self.postgres_port = int(parts.get("port", self.postgres_port))
+            self.postgres_user = str(parts.get("user", self.postgres_user))
+            if "password" in parts:
+                self.postgres_password = SecretStr(str(parts["password"]))
+            self.postgres_dbname = str(parts.get("dbname", self.postgres_dbname))
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get(ENV_PREFIX + "CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, Path(config)))
+        return tuple(sources)
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """The persistence settings the event store reads."""
+        if self.store == "memory":
+            return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+        if self.store == "sqlite":
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(self.database),
+                "SQLITE_LOCK_TIMEOUT": "30",
+            }
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": self.postgres_dbname,
+            "POSTGRES_HOST": self.postgres_host,
+            "POSTGRES_PORT": str(self.postgres_port),
+            "POSTGRES_USER": self.postgres_user,
+            "POSTGRES_PASSWORD": self.postgres_password.get_secret_value(),
+            "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
+            "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout),
+        }
+        if self.postgres_schema:
+            env["POSTGRES_SCHEMA"] = self.postgres_schema
+        return env
+
+    def postgres_conninfo(self) -> dict[str, Any]:
+        return {
+            "host": self.postgres_host,
+            "port": self.postgres_port,
+            "user": self.postgres_user,
+            "password": self.postgres_password.get_secret_value() or None,
+            "dbname": self.postgres_dbname,
+            "connect_timeout": self.postgres_connect_timeout,
+        }

@@ -1,0 +1,334 @@
+"""Read models kept in SQL tables: in the SQLite file or in PostgreSQL.
+
+Rows and the position they reflect are written in one transaction, and only
+if the position is still the one the batch was folded from, so each event is
+applied exactly once even when several processes catch up at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from domain.allocation import allocation_uuid
+from domain.pool import pool_uuid
+from domain.values import LIVE_STATES
+from projections.codec import (
+    allocation_from_dict,
+    allocation_to_dict,
+    capacity_from_dict,
+    capacity_to_dict,
+)
+from projections.store import ListingQuery
+from projections.views import AllocationView, CapacityView
+
+POSITION_KEY = "read_models"
+_LIVE = tuple(sorted(s.value for s in LIVE_STATES))
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ledger_allocation_view (
+        aggregate_id TEXT PRIMARY KEY,
+        allocation_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        pool TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        expires_at DOUBLE PRECISION,
+        doc TEXT NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_sequence
+        ON ledger_allocation_view (sequence)""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_state
+        ON ledger_allocation_view (state, sequence)""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_job
+        ON ledger_allocation_view (job_id, sequence)""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_due
+        ON ledger_allocation_view (expires_at, allocation_id)
+        WHERE expires_at IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS ledger_capacity_view (
+        aggregate_id TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        doc TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS ledger_view_position (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )""",
+    f"""INSERT INTO ledger_view_position (name, position) VALUES ('{POSITION_KEY}', 0)
+        ON CONFLICT (name) DO NOTHING""",
+)
+
+UPSERT_ALLOCATION = """INSERT INTO ledger_allocation_view
+    (aggregate_id, allocation_id, sequence, pool, job_id, state, priority,
+     expires_at, doc)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (aggregate_id) DO UPDATE SET
+        state = excluded.state,
+        expires_at = excluded.expires_at,
+        doc = excluded.doc"""
+
+UPSERT_CAPACITY = """INSERT INTO ledger_capacity_view (aggregate_id, pool, doc)
+    VALUES (?, ?, ?)
+    ON CONFLICT (aggregate_id) DO UPDATE SET doc = excluded.doc"""
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Dialect(Protocol):
+    """How to reach one kind of SQL database."""
+
+    def transaction(self, *, write: bool) -> Iterator[Cursor]: ...
+
+    def sql(self, statement: str) -> str: ...
+
+
+class SQLiteDialect:
+    def __init__(self, path: str) -> None:
+        self._connection = sqlite3.connect(
+            path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA busy_timeout=30000")
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Cursor]:
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class PostgresDialect:
+    def __init__(self, connect: Callable[[], Any], schema: str | None = None) -> None:
+        self._connect = connect
+        self._connection: Any = None
+        self._schema = schema
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        if self._connection is None or self._connection.closed:
+            self._connection = self._connect()
+            if self._schema:
+                with self._connection.cursor() as cursor:
+                    cursor.execute(f'SET search_path TO "{self._schema}"')
+                self._connection.commit()
+        return self._connection
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Cursor]:
+        with self._lock:
+            connection = self._open()
+            try:
+                with connection.cursor() as cursor:
+                    yield cursor
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
+    live = view.state in _LIVE
+    return (
+        allocation_uuid(view.allocation_id).hex,
+        view.allocation_id,
+        view.sequence,
+        view.pool,
+        view.job_id,
+        view.state,
+        view.priority,
+        _epoch(view.expires_at) if live else None,
+        json.dumps(allocation_to_dict(view), separators=(",", ":")),
+    )
+
+
+class SQLReadModels:
+    """The read-model store on SQL tables (see `ReadModelStore`)."""
+
+    def __init__(self, dialect: SQLiteDialect | PostgresDialect) -> None:
+        self.dialect = dialect
+
+    def create_tables(self) -> None:
+        with self.dialect.transaction(write=True) as cursor:
+            for statement in SCHEMA:
+                cursor.execute(statement)
+
+    def _q(self, statement: str) -> str:
+        return self.dialect.sql(statement)
+
+    def position(self) -> int:
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute(
+                self._q("SELECT position FROM ledger_view_position WHERE name = ?"),
+                (POSITION_KEY,),
+            )
+            row = cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    def allocations(self, ids: Collection[UUID]) -> dict[UUID, AllocationView]:
+        if not ids:
+            return {}
+        keys = [i.hex for i in ids]
+        marks = ", ".join("?" for _ in keys)
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute(
+                self._q(
+                    "SELECT aggregate_id, doc FROM ledger_allocation_view "
+                    f"WHERE aggregate_id IN ({marks})"
+                ),
+                keys,
+            )
+            rows = cursor.fetchall()
+        return {UUID(row[0]): allocation_from_dict(json.loads(row[1])) for row in rows}
+
+    def capacities(self, ids: Collection[UUID]) -> dict[UUID, CapacityView]:
+        if not ids:
+            return {}
+        keys = [i.hex for i in ids]
+        marks = ", ".join("?" for _ in keys)
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute(
+                self._q(
+                    "SELECT aggregate_id, doc FROM ledger_capacity_view "
+                    f"WHERE aggregate_id IN ({marks})"
+                ),
+                keys,
+            )
+            rows = cursor.fetchall()
+        return {UUID(row[0]): capacity_from_dict(json.loads(row[1])) for row in rows}
+
+    def commit(
+        self,
+        *,
+        expected: int,
+        position: int,
+        allocations: Sequence[AllocationView],
+        capacities: Sequence[CapacityView],
+    ) -> bool:
+        with self.dialect.transaction(write=True) as cursor:
+            cursor.execute(
+                self._q(
+                    "SELECT position FROM ledger_view_position WHERE name = ? FOR UPDATE"
+                    if isinstance(self.dialect, PostgresDialect)
+                    else "SELECT position FROM ledger_view_position WHERE name = ?"
+                ),
+                (POSITION_KEY,),
+            )
+            row = cursor.fetchone()
+            if int(row[0]) != expected:
+                return False
+            if allocations:
+                cursor.executemany(
+                    self._q(UPSERT_ALLOCATION), [_allocation_row(v) for v in allocations]
+                )
+            if capacities:
+                cursor.executemany(
+                    self._q(UPSERT_CAPACITY),
+                    [
+                        (
+                            pool_uuid(c.pool).hex,
+                            c.pool,
+                            json.dumps(capacity_to_dict(c), separators=(",", ":")),
+                        )
+                        for c in capacities
+                    ],
+                )
+            cursor.execute(
+                self._q("UPDATE ledger_view_position SET position = ? WHERE name = ?"),
+                (position, POSITION_KEY),
+            )
+        return True
+
+    def get_allocation(self, allocation_id: str) -> AllocationView | None:
+        found = self.allocations([allocation_uuid(allocation_id)])
+        return next(iter(found.values()), None)
+
+    def list_allocations(self, query: ListingQuery) -> list[AllocationView]:
+        clauses = ["sequence > ?"]
+        params: list[Any] = [query.after]
+        for column, value in (
+            ("state", query.state),
+            ("job_id", query.job_id),
+            ("priority", query.priority),
+            ("pool", query.pool),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(str(value))
+        params.append(query.limit)
+        statement = (
+            "SELECT doc FROM ledger_allocation_view WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY sequence LIMIT ?"
+        )
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute(self._q(statement), params)
+            rows = cursor.fetchall()
+        return [allocation_from_dict(json.loads(row[0])) for row in rows]
+
+    def due_allocations(self, now: datetime, limit: int) -> list[AllocationView]:
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute(
+                self._q(
+                    "SELECT doc FROM ledger_allocation_view "
+                    "WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                    "ORDER BY expires_at, allocation_id LIMIT ?"
+                ),
+                (now.timestamp(), limit),
+            )
+            rows = cursor.fetchall()
+        return [allocation_from_dict(json.loads(row[0])) for row in rows]
+
+    def get_capacity(self, pool: str) -> CapacityView | None:
+        found = self.capacities([pool_uuid(pool)])
+        return next(iter(found.values()), None)
+
+    def list_capacities(self) -> list[CapacityView]:
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute("SELECT doc FROM ledger_capacity_view ORDER BY pool")
+            rows = cursor.fetchall()
+        return [capacity_from_dict(json.loads(row[0])) for row in rows]
+
+    def clear(self) -> None:
+        with self.dialect.transaction(write=True) as cursor:
+            cursor.execute("DELETE FROM ledger_allocation_view")
+            cursor.execute("DELETE FROM ledger_capacity_view")
+            cursor.execute(
+                self._q("UPDATE ledger_view_position SET position = 0 WHERE name = ?"),
+                (POSITION_KEY,),
+            )

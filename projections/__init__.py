@@ -1,0 +1,1 @@
+"""Read models folded from the ledger's events: capacity and allocation listing."""

@@ -1,0 +1,126 @@
+"""Read-model rows to and from plain JSON-ready dictionaries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from domain.values import Resources
+from projections.views import (
+    AllocationView,
+    CapacityView,
+    ServerUseView,
+    ServerView,
+    WorkerView,
+)
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value))
+
+
+def _parse_required(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value))
+
+
+def allocation_to_dict(view: AllocationView) -> dict[str, Any]:
+    return {
+        "allocation_id": view.allocation_id,
+        "sequence": view.sequence,
+        "pool": view.pool,
+        "job_id": view.job_id,
+        "state": view.state,
+        "priority": view.priority,
+        "workers_requested": view.workers_requested,
+        "servers_requested": list(view.servers_requested),
+        "ttl_seconds": view.ttl_seconds,
+        "metadata": view.metadata,
+        "request_id": view.request_id,
+        "resources": view.resources.as_dict(),
+        "workers": [[w.worker_id, w.port, w.endpoint] for w in view.workers],
+        "servers": [[s.name, s.port, s.started, s.endpoint] for s in view.servers],
+        "created_at": _time(view.created_at),
+        "requested_by": view.requested_by,
+        "updated_at": _time(view.updated_at),
+        "activated_at": _time(view.activated_at),
+        "expires_at": _time(view.expires_at),
+        "ended_at": _time(view.ended_at),
+        "release_requested_at": _time(view.release_requested_at),
+        "rejection": view.rejection,
+        "error": view.error,
+        "renewals": view.renewals,
+        "last_actor": view.last_actor,
+        "version": view.version,
+    }
+
+
+def allocation_from_dict(data: dict[str, Any]) -> AllocationView:
+    return AllocationView(
+        allocation_id=data["allocation_id"],
+        sequence=data["sequence"],
+        pool=data["pool"],
+        job_id=data["job_id"],
+        state=data["state"],
+        priority=data["priority"],
+        workers_requested=data["workers_requested"],
+        servers_requested=list(data["servers_requested"]),
+        ttl_seconds=data["ttl_seconds"],
+        metadata=data["metadata"],
+        request_id=data["request_id"],
+        resources=Resources.from_dict(data["resources"]),
+        workers=[WorkerView(w[0], w[1], w[2]) for w in data["workers"]],
+        servers=[ServerUseView(s[0], s[1], s[2], s[3]) for s in data["servers"]],
+        created_at=_parse_required(data["created_at"]),
+        requested_by=data["requested_by"],
+        updated_at=_parse_required(data["updated_at"]),
+        activated_at=_parse(data["activated_at"]),
+        expires_at=_parse(data["expires_at"]),
+        ended_at=_parse(data["ended_at"]),
+        release_requested_at=_parse(data["release_requested_at"]),
+        rejection=data["rejection"],
+        error=data["error"],
+        renewals=data["renewals"],
+        last_actor=data["last_actor"],
+        version=data["version"],
+    )
+
+
+def capacity_to_dict(view: CapacityView) -> dict[str, Any]:
+    return {
+        "pool": view.pool,
+        "total": view.total.as_dict(),
+        "reserved": view.reserved.as_dict(),
+        "worker_size": view.worker_size.as_dict(),
+        "idle_timeout_seconds": view.idle_timeout_seconds,
+        "live_allocations": view.live_allocations,
+        "servers": [
+            [s.name, s.port, s.references, _time(s.started_at), _time(s.idle_since)]
+            for s in view.servers.values()
+        ],
+        "worker_ports_in_use": view.worker_ports_in_use,
+        "updated_at": _time(view.updated_at),
+        "version": view.version,
+    }
+
+
+def capacity_from_dict(data: dict[str, Any]) -> CapacityView:
+    servers = [
+        ServerView(s[0], s[1], s[2], _parse_required(s[3]), _parse(s[4]))
+        for s in data["servers"]
+    ]
+    return CapacityView(
+        pool=data["pool"],
+        total=Resources.from_dict(data["total"]),
+        reserved=Resources.from_dict(data["reserved"]),
+        worker_size=Resources.from_dict(data["worker_size"]),
+        idle_timeout_seconds=data["idle_timeout_seconds"],
+        live_allocations=data["live_allocations"],
+        servers={s.name: s for s in servers},
+        worker_ports_in_use=data["worker_ports_in_use"],
+        updated_at=_parse(data["updated_at"]),
+        version=data["version"],
+    )

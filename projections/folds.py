@@ -1,0 +1,147 @@
+"""The folds: how each event changes a read model.
+
+One function per read model. The live read models and every replay (rebuild,
+point-in-time capacity, verify) use these same functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from domain.allocation import Allocation, worker_id
+from domain.pool import Pool
+from domain.values import AllocationState, Resources
+from projections.views import (
+    AllocationView,
+    CapacityView,
+    ServerUseView,
+    ServerView,
+    WorkerView,
+)
+
+
+def fold_allocation(
+    view: AllocationView | None, event: Allocation.Event
+) -> AllocationView:
+    """Apply one Allocation event to its listing row (mutated and returned)."""
+    if isinstance(event, Allocation.Requested):
+        request = event.request
+        return AllocationView(
+            allocation_id=event.allocation_id,
+            pool=event.pool,
+            job_id=request["job_id"],
+            state=AllocationState.PENDING.value,
+            priority=request["priority"],
+            workers_requested=request["workers"],
+            servers_requested=list(request["servers"]),
+            ttl_seconds=request["ttl_seconds"],
+            metadata=request["metadata"],
+            request_id=event.request_id,
+            resources=Resources.from_dict(event.resources),
+            workers=[
+                WorkerView(worker_id(event.allocation_id, i), port)
+                for i, port in enumerate(event.worker_ports)
+            ],
+            servers=[
+                ServerUseView(str(name), int(port), bool(started))
+                for name, port, started in event.servers
+            ],
+            created_at=event.timestamp,
+            requested_by=event.actor,
+            updated_at=event.timestamp,
+            expires_at=event.expires_at,
+            last_actor=event.actor,
+            version=event.originator_version,
+        )
+    if view is None:
+        msg = f"{type(event).__qualname__} arrived before the allocation's request"
+        raise ValueError(msg)
+    view.updated_at = event.timestamp
+    view.last_actor = event.actor
+    view.version = event.originator_version
+    if isinstance(event, Allocation.Rejected):
+        view.state = AllocationState.FAILED.value
+        view.rejection = dict(event.reason)
+        view.expires_at = None
+        view.ended_at = event.timestamp
+    elif isinstance(event, Allocation.Activated):
+        view.state = AllocationState.ACTIVE.value
+        view.activated_at = event.timestamp
+        view.expires_at = event.expires_at
+        for worker in view.workers:
+            worker.endpoint = event.worker_endpoints.get(worker.worker_id)
+        for server in view.servers:
+            server.endpoint = event.server_endpoints.get(server.name)
+    elif isinstance(event, Allocation.Renewed):
+        view.expires_at = event.expires_at
+        view.renewals += 1
+    elif isinstance(event, Allocation.ReleaseRequested):
+        view.state = AllocationState.RELEASING.value
+        view.release_requested_at = event.timestamp
+    elif isinstance(event, Allocation.Released):
+        view.state = AllocationState.RELEASED.value
+        view.ended_at = event.timestamp
+    elif isinstance(event, Allocation.Expired):
+        view.state = AllocationState.EXPIRED.value
+        view.ended_at = event.timestamp
+    elif isinstance(event, Allocation.Failed):
+        view.state = AllocationState.FAILED.value
+        view.error = event.error
+        view.ended_at = event.timestamp
+    return view
+
+
+def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
+    """Apply one Pool event to the pool's capacity view (mutated and returned)."""
+    if isinstance(event, Pool.Created):
+        return CapacityView(
+            pool=event.name,
+            total=Resources.from_dict(event.capacity),
+            reserved=Resources(),
+            worker_size=Resources.from_dict(event.worker_size),
+            idle_timeout_seconds=event.idle_timeout_seconds,
+            updated_at=event.timestamp,
+            version=event.originator_version,
+        )
+    if view is None:
+        msg = f"{type(event).__qualname__} arrived before the pool was created"
+        raise ValueError(msg)
+    view.updated_at = event.timestamp
+    view.version = event.originator_version
+    if isinstance(event, Pool.CapacityChanged):
+        view.total = Resources.from_dict(event.capacity)
+    elif isinstance(event, Pool.Reconfigured):
+        view.worker_size = Resources.from_dict(event.worker_size)
+        view.idle_timeout_seconds = event.idle_timeout_seconds
+    elif isinstance(event, Pool.ServerStarted):
+        view.servers[event.name] = ServerView(
+            name=event.name,
+            port=event.port,
+            references=0,
+            started_at=event.timestamp,
+            idle_since=event.timestamp,
+        )
+    elif isinstance(event, Pool.Reserved):
+        view.reserved = view.reserved + Resources.from_dict(event.resources)
+        view.live_allocations += 1
+        view.worker_ports_in_use += len(event.worker_ports)
+        for name in event.servers:
+            server = view.servers[name]
+            view.servers[name] = replace(
+                server, references=server.references + 1, idle_since=None
+            )
+    elif isinstance(event, Pool.Freed):
+        view.reserved = view.reserved - Resources.from_dict(event.resources)
+        view.live_allocations -= 1
+        view.worker_ports_in_use -= len(event.worker_ports)
+        for name in event.servers:
+            server = view.servers[name]
+            references = server.references - 1
+            view.servers[name] = replace(
+                server,
+                references=references,
+                idle_since=event.timestamp if references == 0 else None,
+            )
+    elif isinstance(event, Pool.ServerStopped):
+        view.servers.pop(event.name, None)
+    return view

@@ -1,0 +1,63 @@
+"""Queries on the read models, with read-your-writes.
+
+Every query first catches the read models up with the log, so it sees every
+command acknowledged before the query began, whichever process ran it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from domain.errors import AllocationNotFoundError
+from domain.pool import (
+    DEFAULT_CAPACITY,
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_POOL,
+    DEFAULT_WORKER_SIZE,
+)
+from domain.values import Resources
+from projections.catchup import Projector
+from projections.store import ListingQuery
+from projections.views import AllocationView, CapacityView
+
+
+class ReadModels:
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+        self.store = projector.store
+
+    def catch_up(self) -> int:
+        return self.projector.catch_up()
+
+    def allocation(self, allocation_id: str) -> AllocationView:
+        self.catch_up()
+        found = self.store.get_allocation(allocation_id)
+        if found is None:
+            raise AllocationNotFoundError(allocation_id)
+        return found
+
+    def allocations(self, query: ListingQuery | None = None) -> list[AllocationView]:
+        self.catch_up()
+        return self.store.list_allocations(query or ListingQuery())
+
+    def capacity(self, pool: str = DEFAULT_POOL) -> CapacityView | None:
+        """A pool's capacity; the default pool reads as new before first use."""
+        self.catch_up()
+        found = self.store.get_capacity(pool)
+        if found is None and pool == DEFAULT_POOL:
+            return CapacityView(
+                pool=DEFAULT_POOL,
+                total=DEFAULT_CAPACITY,
+                reserved=Resources(),
+                worker_size=DEFAULT_WORKER_SIZE,
+                idle_timeout_seconds=DEFAULT_IDLE_TIMEOUT_SECONDS,
+            )
+        return found
+
+    def capacities(self) -> list[CapacityView]:
+        self.catch_up()
+        return self.store.list_capacities()
+
+    def due(self, now: datetime, limit: int = 1000) -> list[AllocationView]:
+        self.catch_up()
+        return self.store.due_allocations(now, limit)

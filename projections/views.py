@@ -1,0 +1,94 @@
+"""The shapes of the read models: what queries return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from domain.values import Resources
+
+
+@dataclass
+class WorkerView:
+    worker_id: str
+    port: int
+    endpoint: str | None = None
+
+
+@dataclass
+class ServerUseView:
+    """An MCP server as one allocation uses it."""
+
+    name: str
+    port: int
+    started: bool
+    endpoint: str | None = None
+
+
+@dataclass
+class AllocationView:
+    """One allocation as the listing shows it."""
+
+    allocation_id: str
+    pool: str
+    job_id: str
+    state: str
+    priority: str
+    workers_requested: int
+    servers_requested: list[str]
+    ttl_seconds: int
+    metadata: dict[str, Any]
+    request_id: str | None
+    resources: Resources
+    workers: list[WorkerView]
+    servers: list[ServerUseView]
+    created_at: datetime
+    requested_by: str
+    updated_at: datetime
+    activated_at: datetime | None = None
+    expires_at: datetime | None = None
+    ended_at: datetime | None = None
+    release_requested_at: datetime | None = None
+    rejection: dict[str, Any] | None = None
+    error: str | None = None
+    renewals: int = 0
+    last_actor: str = ""
+    version: int = 0
+    sequence: int = 0
+    """Position of the allocation's first event in the log: the listing order."""
+
+
+@dataclass
+class ServerView:
+    """An MCP server running in a pool."""
+
+    name: str
+    port: int
+    references: int
+    started_at: datetime
+    idle_since: datetime | None
+
+    @property
+    def status(self) -> str:
+        return "running" if self.references > 0 else "idle"
+
+
+@dataclass
+class CapacityView:
+    """A pool's totals, what is reserved, and its MCP servers."""
+
+    pool: str
+    total: Resources
+    reserved: Resources
+    worker_size: Resources
+    idle_timeout_seconds: int
+    live_allocations: int = 0
+    servers: dict[str, ServerView] = field(default_factory=dict)
+    worker_ports_in_use: int = 0
+    updated_at: datetime | None = None
+    version: int = 0
+
+    @property
+    def available(self) -> Resources:
+        return self.total - self.reserved
