@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
             parts = conninfo_to_dict(self.postgres_dsn)
             self.postgres_host = str(parts.get("host", self.postgres_host))
-            self.postgres_port = int(parts.get("port", self.postgres_port))
+            self.postgres_port = int(str(parts.get("port", self.postgres_port)))
             self.postgres_user = str(parts.get("user", self.postgres_user))
             if "password" in parts:
                 self.postgres_password = SecretStr(str(parts["password"]))

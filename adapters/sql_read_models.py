@@ -18,7 +18,7 @@ from uuid import UUID
 
 from domain.allocation import allocation_uuid
 from domain.pool import pool_uuid
-from domain.values import LIVE_STATES
+from domain.values import LIVE_STATES, MILLICORES_PER_CORE
 from projections.codec import (
     allocation_from_dict,
     allocation_to_dict,
@@ -26,6 +26,7 @@ from projections.codec import (
     capacity_to_dict,
 )
 from projections.store import ListingQuery
+from projections.usage import UsageQuery, UsageRow, held_until
 from projections.views import AllocationView, CapacityView
 
 POSITION_KEY = "read_models"
@@ -41,8 +42,16 @@ SCHEMA = (
         state TEXT NOT NULL,
         priority TEXT NOT NULL,
         expires_at DOUBLE PRECISION,
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION,
+        cpu_millicores BIGINT NOT NULL,
+        memory_mib BIGINT NOT NULL,
+        workers INTEGER NOT NULL,
+        server_count INTEGER NOT NULL,
         doc TEXT NOT NULL
     )""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_started
+        ON ledger_allocation_view (started_at)""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_sequence
         ON ledger_allocation_view (sequence)""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_state
@@ -67,11 +76,13 @@ SCHEMA = (
 
 UPSERT_ALLOCATION = """INSERT INTO ledger_allocation_view
     (aggregate_id, allocation_id, sequence, pool, job_id, state, priority,
-     expires_at, doc)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+     expires_at, started_at, ended_at, cpu_millicores, memory_mib, workers,
+     server_count, doc)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (aggregate_id) DO UPDATE SET
         state = excluded.state,
         expires_at = excluded.expires_at,
+        ended_at = excluded.ended_at,
         doc = excluded.doc"""
 
 UPSERT_CAPACITY = """INSERT INTO ledger_capacity_view (aggregate_id, pool, doc)
@@ -118,6 +129,10 @@ class SQLiteDialect:
     def sql(self, statement: str) -> str:
         return statement
 
+    least = "MIN"
+    greatest = "MAX"
+    lock_row = ""  # BEGIN IMMEDIATE already holds the write lock
+
     def close(self) -> None:
         self._connection.close()
 
@@ -153,6 +168,10 @@ class PostgresDialect:
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
+    least = "LEAST"
+    greatest = "GREATEST"
+    lock_row = " FOR UPDATE"
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
@@ -173,6 +192,12 @@ def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
         view.state,
         view.priority,
         _epoch(view.expires_at) if live else None,
+        view.created_at.timestamp(),
+        None if live else _epoch(held_until(view, view.updated_at)),
+        view.resources.cpu_millicores,
+        view.resources.memory_mib,
+        view.resources.workers,
+        len(view.servers_requested),
         json.dumps(allocation_to_dict(view), separators=(",", ":")),
     )
 
@@ -243,9 +268,8 @@ class SQLReadModels:
         with self.dialect.transaction(write=True) as cursor:
             cursor.execute(
                 self._q(
-                    "SELECT position FROM ledger_view_position WHERE name = ? FOR UPDATE"
-                    if isinstance(self.dialect, PostgresDialect)
-                    else "SELECT position FROM ledger_view_position WHERE name = ?"
+                    "SELECT position FROM ledger_view_position WHERE name = ?"
+                    + self.dialect.lock_row
                 ),
                 (POSITION_KEY,),
             )
@@ -254,7 +278,8 @@ class SQLReadModels:
                 return False
             if allocations:
                 cursor.executemany(
-                    self._q(UPSERT_ALLOCATION), [_allocation_row(v) for v in allocations]
+                    self._q(UPSERT_ALLOCATION),
+                    [_allocation_row(v) for v in allocations],
                 )
             if capacities:
                 cursor.executemany(
@@ -323,6 +348,61 @@ class SQLReadModels:
             cursor.execute("SELECT doc FROM ledger_capacity_view ORDER BY pool")
             rows = cursor.fetchall()
         return [capacity_from_dict(json.loads(row[0])) for row in rows]
+
+    def usage(self, query: UsageQuery, now: datetime) -> list[UsageRow]:
+        """Summed in the database over indexed columns: no documents decoded."""
+        least, greatest = self.dialect.least, self.dialect.greatest
+        since = query.since.timestamp() if query.since else float("-inf")
+        until = query.until.timestamp() if query.until else now.timestamp()
+        # Live rows have no ended_at: they hold until now or their lease's end.
+        held = (
+            f"{greatest}(0, {least}(COALESCE(ended_at, expires_at, ?), ?, ?) "
+            f"- {greatest}(started_at, ?))"
+        )
+        filters, params = self._usage_filters(query)
+        statement = (
+            "SELECT job_id, pool, "
+            f"SUM(cpu_millicores * {held}), SUM(memory_mib * {held}), "
+            f"SUM(workers * {held}), SUM(server_count * {held}) "
+            "FROM ledger_allocation_view WHERE started_at < ? "
+            "AND (ended_at IS NULL OR ended_at > ?)"
+            + filters
+            + " GROUP BY job_id, pool"
+        )
+        window = (now.timestamp(), now.timestamp(), until, max(since, -1e18))
+        held_params = [*window, *window, *window, *window, until, max(since, -1e18)]
+        counts = (
+            "SELECT job_id, pool, state, COUNT(*) FROM ledger_allocation_view "
+            "WHERE started_at >= ? AND started_at < ?"
+            + filters
+            + " GROUP BY job_id, pool, state"
+        )
+        rows: dict[tuple[str, str], UsageRow] = {}
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute(self._q(statement), [*held_params, *params])
+            for job_id, pool, cpu, memory, workers, servers in cursor.fetchall():
+                row = rows.setdefault((job_id, pool), UsageRow(job_id, pool))
+                row.cpu_core_seconds = float(cpu or 0) / MILLICORES_PER_CORE
+                row.memory_mb_seconds = float(memory or 0)
+                row.worker_seconds = float(workers or 0)
+                row.mcp_server_seconds = float(servers or 0)
+            cursor.execute(self._q(counts), [max(since, -1e18), until, *params])
+            for job_id, pool, state, count in cursor.fetchall():
+                row = rows.setdefault((job_id, pool), UsageRow(job_id, pool))
+                row.allocations[state] = int(count)
+        return [rows[key] for key in sorted(rows)]
+
+    @staticmethod
+    def _usage_filters(query: UsageQuery) -> tuple[str, list[Any]]:
+        clauses = ""
+        params: list[Any] = []
+        if query.job_id is not None:
+            clauses += " AND job_id = ?"
+            params.append(query.job_id)
+        if query.pool is not None:
+            clauses += " AND pool = ?"
+            params.append(query.pool)
+        return clauses, params
 
     def clear(self) -> None:
         with self.dialect.transaction(write=True) as cursor:

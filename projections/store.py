@@ -13,6 +13,7 @@ from uuid import UUID
 from domain.allocation import allocation_uuid
 from domain.pool import pool_uuid
 from domain.values import LIVE_STATES, AllocationState, Priority
+from projections.usage import UsageQuery, UsageRow, usage_of
 from projections.views import AllocationView, CapacityView
 
 MAX_PAGE_SIZE = 1000
@@ -80,6 +81,10 @@ class ReadModelStore(Protocol):
     def get_capacity(self, pool: str) -> CapacityView | None: ...
 
     def list_capacities(self) -> list[CapacityView]: ...
+
+    def usage(self, query: UsageQuery, now: datetime) -> list[UsageRow]:
+        """Usage per (job, pool) in the query's window, live ones up to `now`."""
+        ...
 
     def clear(self) -> None:
         """Drop every row and go back to position 0."""
@@ -174,6 +179,10 @@ class InMemoryReadModels:
         with self._lock:
             views = sorted(self._capacities.values(), key=lambda v: v.pool)
             return copy.deepcopy(views)
+
+    def usage(self, query: UsageQuery, now: datetime) -> list[UsageRow]:
+        with self._lock:
+            return usage_of(self._allocations.values(), query, now)
 
     def clear(self) -> None:
         with self._lock:

@@ -1,0 +1,214 @@
+"""What the operator asks of the history: replays, checks, exports, accounting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from adapters.service import AllocationService
+from domain.allocation import allocation_uuid, is_allocation_id
+from domain.errors import AllocationNotFoundError, PoolNotFoundError
+from domain.pool import DEFAULT_POOL, Pool
+from domain.values import AllocationState
+from projections.catchup import Progress
+from projections.codec import allocation_to_dict, capacity_to_dict
+from projections.history import HistoryEntry, describe
+from projections.replay import logged_events, replay
+from projections.store import ListingQuery
+from projections.usage import UsageQuery, UsageRow
+from projections.verify import InvariantChecker, Violation
+from projections.views import AllocationView, CapacityView
+
+
+def allocation_history(
+    service: AllocationService, allocation_id: str
+) -> list[HistoryEntry]:
+    """Every event of one allocation, in order."""
+    if not is_allocation_id(allocation_id):
+        raise AllocationNotFoundError(allocation_id)
+    events = list(
+        service.ledger.repository.event_store.get(allocation_uuid(allocation_id))
+    )
+    if not events:
+        raise AllocationNotFoundError(allocation_id)
+    return [describe(event) for event in events]
+
+
+@dataclass(frozen=True)
+class CapacityAt:
+    """A pool as it was at a moment: totals, reservations and MCP servers."""
+
+    at: datetime
+    position: int
+    capacity: CapacityView
+    live: list[AllocationView]
+
+
+def capacity_at(
+    service: AllocationService,
+    at: datetime,
+    pool: str = DEFAULT_POOL,
+    progress: Progress | None = None,
+) -> CapacityAt:
+    """Replay the log up to `at` with the live folds and read the pool."""
+    replayed = replay(
+        service.ledger.recorder,
+        service.projector.decode,
+        until_time=at,
+        progress=progress,
+    )
+    capacity = replayed.models.get_capacity(pool)
+    if capacity is None:
+        msg = f"{pool} (it did not exist at {at.isoformat()})"
+        raise PoolNotFoundError(msg)
+    live = [
+        view
+        for state in (
+            AllocationState.PENDING,
+            AllocationState.ACTIVE,
+            AllocationState.RELEASING,
+        )
+        for view in replayed.models.list_allocations(
+            ListingQuery(state=state, pool=pool, limit=10**9)
+        )
+    ]
+    live.sort(key=lambda v: v.sequence)
+    return CapacityAt(at, replayed.position, capacity, live)
+
+
+@dataclass
+class VerifyReport:
+    events: int = 0
+    allocations: int = 0
+    pools: int = 0
+    seconds: float = 0.0
+    position: int = 0
+    violation: Violation | None = None
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.violation is None and not self.mismatches
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "events": self.events,
+            "allocations": self.allocations,
+            "pools": self.pools,
+            "seconds": round(self.seconds, 3),
+            "position": self.position,
+            "violation": None
+            if self.violation is None
+            else {
+                "position": self.violation.position,
+                "event": self.violation.event,
+                "invariant": self.violation.invariant,
+                "message": self.violation.message,
+            },
+            "mismatches": self.mismatches,
+        }
+
+
+def verify(
+    service: AllocationService, progress: Progress | None = None
+) -> VerifyReport:
+    """Replay everything, checking every invariant after every event, then
+    compare the result with the persisted read models and the Pool aggregates."""
+    started = time.perf_counter()
+    end = service.projector.catch_up()
+    checker = InvariantChecker()
+    for position, event in logged_events(
+        service.ledger.recorder,
+        service.projector.decode,
+        until=end,
+        progress=progress,
+    ):
+        checker.feed(position, event)
+        if checker.violation is not None:
+            break
+    violation = checker.finish()
+    report = VerifyReport(
+        events=checker.events,
+        allocations=len(checker.batch.allocations),
+        pools=len(checker.batch.capacities),
+        position=end,
+        violation=violation,
+    )
+    if violation is None:
+        report.mismatches = _compare(service, checker)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _compare(service: AllocationService, checker: InvariantChecker) -> list[str]:
+    mismatches: list[str] = []
+    store = service.store
+    replayed = list(checker.batch.allocations.items())
+    for start in range(0, len(replayed), 500):
+        chunk = replayed[start : start + 500]
+        stored_rows = store.allocations([key for key, _ in chunk])
+        for key, view in chunk:
+            stored = stored_rows.get(key)
+            if stored is None:
+                mismatches.append(
+                    f"allocation {view.allocation_id} is not in read model"
+                )
+            elif allocation_to_dict(stored) != allocation_to_dict(view):
+                mismatches.append(
+                    f"allocation {view.allocation_id} differs in read model"
+                )
+    for capacity in checker.batch.capacities.values():
+        stored_capacity = store.get_capacity(capacity.pool)
+        if stored_capacity is None or capacity_to_dict(
+            stored_capacity
+        ) != capacity_to_dict(capacity):
+            mismatches.append(
+                f"capacity of pool {capacity.pool!r} differs in read model"
+            )
+        mismatches.extend(_compare_pool(service.ledger.pool(capacity.pool), capacity))
+    return mismatches
+
+
+def _compare_pool(pool: Pool, capacity: CapacityView) -> list[str]:
+    found: list[str] = []
+    if pool.reserved != capacity.reserved:
+        found.append(
+            f"pool {pool.name!r} aggregate reserves {pool.reserved}, "
+            f"replay gives {capacity.reserved}"
+        )
+    if pool.settings.capacity != capacity.total:
+        found.append(f"pool {pool.name!r} aggregate capacity differs from replay")
+    servers = {s.name: (s.port, s.references) for s in pool.servers.values()}
+    replayed = {s.name: (s.port, s.references) for s in capacity.servers.values()}
+    if servers != replayed:
+        found.append(
+            f"pool {pool.name!r} aggregate servers {servers} differ from "
+            f"replay {replayed}"
+        )
+    if len(pool.reservations) != capacity.live_allocations:
+        found.append(
+            f"pool {pool.name!r} aggregate has {len(pool.reservations)} "
+            f"reservations, replay {capacity.live_allocations}"
+        )
+    return found
+
+
+def export_events(
+    service: AllocationService, since: int = 0
+) -> Iterator[dict[str, Any]]:
+    """The log as JSON-ready records, after position `since`."""
+    for position, event in logged_events(
+        service.ledger.recorder, service.projector.decode, after=since
+    ):
+        yield describe(event, position).as_dict()
+
+
+def usage(
+    service: AllocationService, query: UsageQuery, now: datetime | None = None
+) -> list[UsageRow]:
+    service.read_models.catch_up()
+    return service.store.usage(query, now or service.ledger.clock.now())

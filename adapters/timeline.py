@@ -1,0 +1,181 @@
+"""A chart of a pool's reserved against total capacity over time, as SVG."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from html import escape
+
+from domain.allocation import Allocation
+from domain.pool import Pool
+from domain.values import MILLICORES_PER_CORE, Dimension
+from projections.catchup import Batch, Decode, NotificationLog, Progress, fold_event
+from projections.replay import logged_events
+from projections.store import InMemoryReadModels
+
+DIMENSIONS = (
+    (Dimension.CPU, "CPU (cores)", MILLICORES_PER_CORE),
+    (Dimension.MEMORY, "memory (MB)", 1),
+    (Dimension.WORKERS, "workers", 1),
+)
+
+
+@dataclass
+class Timeline:
+    pool: str
+    # (time, reserved, total) per dimension, at every change
+    points: dict[Dimension, list[tuple[datetime, float, float]]] = field(
+        default_factory=lambda: {d: [] for d, _, _ in DIMENSIONS}
+    )
+    expiries: list[datetime] = field(default_factory=list)
+    rejections: list[datetime] = field(default_factory=list)
+
+
+def collect(
+    log: NotificationLog,
+    decode: Decode,
+    pool: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    progress: Progress | None = None,
+) -> Timeline:
+    """Replay the log with the live folds, noting the pool after each change."""
+    timeline = Timeline(pool)
+    batch = Batch()
+    empty = InMemoryReadModels()
+    for position, event in logged_events(log, decode, progress=progress):
+        moment = getattr(event, "timestamp", None)
+        if not isinstance(moment, datetime):
+            continue
+        if until is not None and moment > until:
+            break
+        fold_event(batch, event, position, empty)
+        if isinstance(event, Allocation.Rejected):
+            view = batch.allocations.get(event.originator_id)
+            if view is not None and view.pool == pool and _inside(moment, since):
+                timeline.rejections.append(moment)
+        if not isinstance(event, Pool.Event):
+            continue
+        capacity = batch.capacities.get(event.originator_id)
+        if capacity is None or capacity.pool != pool:
+            continue
+        expired = isinstance(event, Pool.Freed) and event.outcome == "expired"
+        if expired and _inside(moment, since):
+            timeline.expiries.append(moment)
+        for dimension, _, scale in DIMENSIONS:
+            series = timeline.points[dimension]
+            point = (
+                max(moment, since) if since is not None else moment,
+                capacity.reserved.amount(dimension) / scale,
+                capacity.total.amount(dimension) / scale,
+            )
+            if since is not None and moment < since and series:
+                series[-1] = point
+            else:
+                series.append(point)
+    return timeline
+
+
+def _inside(moment: datetime, since: datetime | None) -> bool:
+    return since is None or moment >= since
+
+
+WIDTH = 960
+PANEL = 180
+MARGIN_LEFT = 80
+MARGIN_RIGHT = 20
+TOP = 50
+
+
+def render_svg(timeline: Timeline, *, until: datetime | None = None) -> str:
+    """Three panels (CPU, memory, workers): reserved filled, total dashed."""
+    all_points = [p for series in timeline.points.values() for p in series]
+    height = TOP + len(DIMENSIONS) * (PANEL + 40) + 30
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{MARGIN_LEFT}" y="22" font-size="16" font-weight="bold">'
+        f"Pool {escape(timeline.pool)}: reserved vs. total capacity</text>",
+        f'<text x="{MARGIN_LEFT}" y="40" fill="#555">filled: reserved; dashed: '
+        "total; ▼ red: rejected request; ● orange: lease expired</text>",
+    ]
+    if not all_points:
+        parts.append(
+            f'<text x="{MARGIN_LEFT}" y="{TOP + 40}">no events for this pool '
+            "in the period</text></svg>"
+        )
+        return "\n".join(parts)
+    start = min(p[0] for p in all_points)
+    end = max([until or start, *(p[0] for p in all_points)])
+    if end <= start:
+        end = start + timedelta(seconds=1)
+    span = (end - start).total_seconds()
+    plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+
+    def x(moment: datetime) -> float:
+        return MARGIN_LEFT + plot_width * (moment - start).total_seconds() / span
+
+    for index, (dimension, label, _) in enumerate(DIMENSIONS):
+        top = TOP + index * (PANEL + 40) + 20
+        series = timeline.points[dimension]
+        peak = max([1.0, *(max(r, t) for _, r, t in series)]) * 1.1
+
+        def y(value: float, top: int = top, peak: float = peak) -> float:
+            return top + PANEL - PANEL * value / peak
+
+        parts.append(
+            f'<text x="{MARGIN_LEFT}" y="{top - 6}" font-weight="bold">'
+            f"{escape(label)}</text>"
+        )
+        parts.append(
+            f'<rect x="{MARGIN_LEFT}" y="{top}" width="{plot_width}" '
+            f'height="{PANEL}" fill="none" stroke="#ccc"/>'
+        )
+        for fraction in (0.0, 0.5, 1.0):
+            value = peak / 1.1 * fraction
+            parts.append(
+                f'<text x="{MARGIN_LEFT - 6}" y="{y(value) + 4:.1f}" '
+                f'text-anchor="end" fill="#555">{value:g}</text>'
+            )
+        reserved = _steps([(x(t), y(r)) for t, r, _ in series], x(end))
+        area = (
+            f"{reserved} L{x(end):.1f},{y(0):.1f} L{x(series[0][0]):.1f},{y(0):.1f} Z"
+        )
+        parts.append(f'<path d="{area}" fill="#4e79a7" fill-opacity="0.35"/>')
+        parts.append(f'<path d="{reserved}" fill="none" stroke="#4e79a7"/>')
+        total = _steps([(x(t), y(c)) for t, _, c in series], x(end))
+        parts.append(
+            f'<path d="{total}" fill="none" stroke="#333" stroke-dasharray="5,4"/>'
+        )
+        for moment in timeline.rejections:
+            px = x(moment)
+            parts.append(
+                f'<path d="M{px - 4:.1f},{top + 2} L{px + 4:.1f},{top + 2} '
+                f'L{px:.1f},{top + 10} Z" fill="#e15759"/>'
+            )
+        for moment in timeline.expiries:
+            parts.append(
+                f'<circle cx="{x(moment):.1f}" cy="{top + PANEL - 6}" r="4" '
+                'fill="#f28e2b"/>'
+            )
+    axis_y = TOP + len(DIMENSIONS) * (PANEL + 40) + 5
+    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+        moment = start + timedelta(seconds=span * fraction)
+        parts.append(
+            f'<text x="{x(moment):.1f}" y="{axis_y}" text-anchor="middle" '
+            f'fill="#555">{moment.strftime("%Y-%m-%d %H:%M:%S")}</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _steps(points: list[tuple[float, float]], end_x: float) -> str:
+    """A step path: each value holds until the next change."""
+    path = [f"M{points[0][0]:.1f},{points[0][1]:.1f}"]
+    for (_, previous_y), (px, py) in itertools.pairwise(points):
+        path.append(f"L{px:.1f},{previous_y:.1f} L{px:.1f},{py:.1f}")
+    path.append(f"L{end_x:.1f},{points[-1][1]:.1f}")
+    return " ".join(path)

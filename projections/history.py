@@ -1,0 +1,84 @@
+"""Events described for people and machines: allocation history and export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from domain.allocation import Allocation
+from domain.pool import Pool
+from domain.registry import PoolRegistry
+
+_BASE_FIELDS = frozenset(
+    {"originator_id", "originator_version", "timestamp", "actor", "originator_topic"}
+)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event: when, who, what kind, and what it changed."""
+
+    position: int | None
+    aggregate: str
+    aggregate_id: str
+    version: int
+    at: datetime
+    event: str
+    actor: str
+    changes: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "aggregate": self.aggregate,
+            "aggregate_id": self.aggregate_id,
+            "version": self.version,
+            "time": self.at.isoformat(),
+            "type": self.event,
+            "actor": self.actor,
+            "payload": self.changes,
+        }
+
+
+def json_safe(value: Any) -> Any:
+    """Event field values as plain JSON (times as ISO 8601 with offset)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def aggregate_kind(event: object) -> str:
+    if isinstance(event, Allocation.Event):
+        return "allocation"
+    if isinstance(event, Pool.Event):
+        return "pool"
+    if isinstance(event, PoolRegistry.Event):
+        return "pool-registry"
+    return "unknown"
+
+
+def describe(event: Any, position: int | None = None) -> HistoryEntry:
+    """Describe a decoded domain event."""
+    fields = {
+        name: json_safe(value)
+        for name, value in vars(event).items()
+        if name not in _BASE_FIELDS
+    }
+    return HistoryEntry(
+        position=position,
+        aggregate=aggregate_kind(event),
+        aggregate_id=str(event.originator_id),
+        version=int(event.originator_version),
+        at=event.timestamp,
+        event=type(event).__name__,
+        actor=str(getattr(event, "actor", "")),
+        changes=fields,
+    )

@@ -1,0 +1,124 @@
+"""Accounting: what each job held, for how long, per pool.
+
+Usage accrues while an allocation holds capacity: from its request (when its
+reservation is made) to its end (release, expiry or failure); a live one
+accrues until the moment of the query. Rejected requests hold nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from domain.values import MILLICORES_PER_CORE, AllocationState
+from projections.views import AllocationView
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    job_id: str | None = None
+    pool: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass
+class UsageRow:
+    """Usage of one job in one pool over the query's window."""
+
+    job_id: str
+    pool: str
+    cpu_core_seconds: float = 0.0
+    memory_mb_seconds: float = 0.0
+    worker_seconds: float = 0.0
+    mcp_server_seconds: float = 0.0
+    allocations: dict[str, int] = field(default_factory=dict)
+
+    def add_held(
+        self,
+        seconds: float,
+        cpu_millicores: int,
+        memory_mib: int,
+        workers: int,
+        servers: int,
+    ) -> None:
+        self.cpu_core_seconds += cpu_millicores * seconds / MILLICORES_PER_CORE
+        self.memory_mb_seconds += memory_mib * seconds
+        self.worker_seconds += workers * seconds
+        self.mcp_server_seconds += servers * seconds
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "job_id": self.job_id,
+            "pool": self.pool,
+            "cpu_core_seconds": round(self.cpu_core_seconds, 3),
+            "memory_mb_seconds": round(self.memory_mb_seconds, 3),
+            "worker_seconds": round(self.worker_seconds, 3),
+            "mcp_server_seconds": round(self.mcp_server_seconds, 3),
+            "allocations": dict(sorted(self.allocations.items())),
+        }
+
+
+def held_until(view: AllocationView, now: datetime) -> datetime:
+    """When the allocation stopped holding capacity, as far as accounting goes.
+
+    An expired allocation is charged up to its lease's end, not up to the
+    sweep that noticed; a live one up to now, or its lease's end if sooner.
+    """
+    if view.state == AllocationState.EXPIRED.value and view.expires_at is not None:
+        return view.expires_at
+    if view.ended_at is not None:
+        return view.ended_at
+    if view.expires_at is not None:
+        return min(now, view.expires_at)
+    return now
+
+
+def overlap_seconds(
+    start: datetime,
+    end: datetime | None,
+    query: UsageQuery,
+    now: datetime,
+) -> float:
+    """Seconds of [start, end or now] that fall inside the query's window."""
+    finish = end or now
+    if query.until is not None:
+        finish = min(finish, query.until)
+    begin = start if query.since is None else max(start, query.since)
+    return max((finish - begin).total_seconds(), 0.0)
+
+
+def in_window(moment: datetime, query: UsageQuery) -> bool:
+    return (query.since is None or moment >= query.since) and (
+        query.until is None or moment < query.until
+    )
+
+
+def usage_of(
+    views: Iterable[AllocationView], query: UsageQuery, now: datetime
+) -> list[UsageRow]:
+    """Sum usage per (job, pool) over allocation rows."""
+    rows: dict[tuple[str, str], UsageRow] = {}
+    for view in views:
+        if query.job_id is not None and view.job_id != query.job_id:
+            continue
+        if query.pool is not None and view.pool != query.pool:
+            continue
+        seconds = overlap_seconds(view.created_at, held_until(view, now), query, now)
+        counted = in_window(view.created_at, query)
+        if seconds <= 0 and not counted:
+            continue
+        row = rows.setdefault(
+            (view.job_id, view.pool), UsageRow(view.job_id, view.pool)
+        )
+        row.add_held(
+            seconds,
+            view.resources.cpu_millicores,
+            view.resources.memory_mib,
+            view.resources.workers,
+            len(view.servers_requested),
+        )
+        if counted:
+            row.allocations[view.state] = row.allocations.get(view.state, 0) + 1
+    return [rows[key] for key in sorted(rows)]

@@ -1,0 +1,208 @@
+"""Checking the design's invariants over the whole history, event by event.
+
+The checker folds the log with the live folds and, alongside, keeps what it
+needs to judge each event: the ports in use, the live allocations' resources
+and the MCP servers they name. Checks that span two aggregates (an allocation
+and its pool) are made when a unit of work is complete, that is, at the end of
+each run of events with the same timestamp: one unit of work writes all its
+events at one moment of the ledger's clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from domain.allocation import Allocation
+from domain.pool import (
+    MCP_PORT_FIRST,
+    MCP_PORT_LAST,
+    WORKER_PORT_FIRST,
+    WORKER_PORT_LAST,
+    Pool,
+)
+from domain.values import LIVE_STATES, Dimension, Resources
+from projections.catchup import Batch, fold_event
+from projections.store import InMemoryReadModels
+
+_LIVE = frozenset(s.value for s in LIVE_STATES)
+
+
+@dataclass(frozen=True)
+class Violation:
+    position: int
+    event: str
+    invariant: int
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"invariant {self.invariant} broken at position {self.position} "
+            f"({self.event}): {self.message}"
+        )
+
+
+@dataclass
+class _PoolState:
+    worker_ports: set[int] = field(default_factory=set)
+    server_ports: dict[str, int] = field(default_factory=dict)
+
+
+class InvariantChecker:
+    """Feed it every event in log order; it records the first violation."""
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+        self.models = InMemoryReadModels()
+        self.pools: dict[UUID, _PoolState] = {}
+        self.violation: Violation | None = None
+        self.events = 0
+        self._moment: datetime | None = None
+        self._last_position = 0
+        self._held: dict[str, Resources] = {}
+        self._naming: dict[str, Counter[str]] = {}
+
+    def feed(self, position: int, event: object) -> None:
+        if self.violation is not None:
+            return
+        moment = getattr(event, "timestamp", None)
+        if self._moment is not None and moment != self._moment:
+            self._check_balance(self._last_position, "end of unit of work")
+        if self.violation is not None:
+            return
+        self._check_event(position, event)
+        if self.violation is None:
+            was_live = self._is_live(event)
+            fold_event(self.batch, event, position, self.models)
+            self._count_live(event, was_live)
+        self._moment = moment if isinstance(moment, datetime) else None
+        self._last_position = position
+        self.events += 1
+
+    def finish(self) -> Violation | None:
+        if self.violation is None and self.events:
+            self._check_balance(self._last_position, "end of log")
+        return self.violation
+
+    # -- per event ---------------------------------------------------------
+
+    def _fail(self, position: int, event: str, invariant: int, message: str) -> None:
+        if self.violation is None:
+            self.violation = Violation(position, event, invariant, message)
+
+    def _check_event(self, position: int, event: object) -> None:
+        name = type(event).__name__
+        if isinstance(event, Allocation.Event) and not isinstance(
+            event, Allocation.Requested
+        ):
+            view = self.batch.allocations.get(event.originator_id)
+            if view is None:
+                self._fail(position, name, 4, "event for an allocation never requested")
+            elif view.state not in _LIVE:
+                self._fail(
+                    position,
+                    name,
+                    4,
+                    f"allocation {view.allocation_id} is already {view.state}",
+                )
+        if not isinstance(event, Pool.Event):
+            return
+        key = event.originator_id
+        state = self.pools.setdefault(key, _PoolState())
+        capacity = self.batch.capacities.get(key)
+        if isinstance(event, Pool.ServerStarted):
+            if not MCP_PORT_FIRST <= event.port <= MCP_PORT_LAST:
+                self._fail(position, name, 2, f"MCP port {event.port} out of range")
+            if event.port in state.server_ports.values():
+                self._fail(position, name, 2, f"MCP port {event.port} already in use")
+            state.server_ports[event.name] = event.port
+        elif isinstance(event, Pool.ServerStopped):
+            state.server_ports.pop(event.name, None)
+        elif isinstance(event, Pool.Reserved):
+            for port in event.worker_ports:
+                if not WORKER_PORT_FIRST <= port <= WORKER_PORT_LAST:
+                    self._fail(position, name, 2, f"worker port {port} out of range")
+                if port in state.worker_ports:
+                    self._fail(position, name, 2, f"worker port {port} already in use")
+            state.worker_ports.update(event.worker_ports)
+            if capacity is not None:
+                added = Resources.from_dict(event.resources)
+                after = capacity.reserved + added
+                for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
+                    if added.amount(dimension) > 0 and after.amount(
+                        dimension
+                    ) > capacity.total.amount(dimension):
+                        self._fail(
+                            position,
+                            name,
+                            1,
+                            f"pool {capacity.pool!r} over-committed in {dimension}: "
+                            f"{after.amount(dimension)} reserved of "
+                            f"{capacity.total.amount(dimension)}",
+                        )
+        elif isinstance(event, Pool.Freed):
+            state.worker_ports.difference_update(event.worker_ports)
+
+    # -- across aggregates ---------------------------------------------------
+
+    def _is_live(self, event: object) -> bool:
+        if not isinstance(event, Allocation.Event):
+            return False
+        view = self.batch.allocations.get(event.originator_id)
+        return view is not None and view.state in _LIVE
+
+    def _count_live(self, event: object, was_live: bool) -> None:
+        """Keep the live allocations' totals per pool as states change."""
+        if not isinstance(event, Allocation.Event):
+            return
+        view = self.batch.allocations[event.originator_id]
+        is_live = view.state in _LIVE
+        if is_live == was_live:
+            return
+        held = self._held.get(view.pool, Resources())
+        naming = self._naming.setdefault(view.pool, Counter())
+        if is_live:
+            self._held[view.pool] = held + view.resources
+            naming.update(view.servers_requested)
+        else:
+            self._held[view.pool] = held - view.resources
+            naming.subtract(view.servers_requested)
+
+    def _check_balance(self, position: int, where: str) -> None:
+        held = self._held
+        naming = self._naming
+        for capacity in self.batch.capacities.values():
+            live = held.get(capacity.pool, Resources())
+            if capacity.reserved != live:
+                self._fail(
+                    position,
+                    where,
+                    1,
+                    f"pool {capacity.pool!r} reserves {capacity.reserved} but its "
+                    f"live allocations hold {live}",
+                )
+                return
+            counts = naming.get(capacity.pool, Counter())
+            for server in capacity.servers.values():
+                if server.references != counts[server.name]:
+                    self._fail(
+                        position,
+                        where,
+                        3,
+                        f"MCP server {server.name!r} in pool {capacity.pool!r} has "
+                        f"{server.references} references but {counts[server.name]} "
+                        "live allocations name it",
+                    )
+                    return
+            missing = {n for n, c in counts.items() if c > 0} - set(capacity.servers)
+            if missing:
+                self._fail(
+                    position,
+                    where,
+                    3,
+                    f"live allocations name MCP servers {sorted(missing)} that are "
+                    f"not running in pool {capacity.pool!r}",
+                )
+                return
