@@ -110,6 +110,8 @@ def render_svg(timeline: Timeline, *, until: datetime | None = None) -> str:
         return "\n".join(parts)
     start = min(p[0] for p in all_points)
     end = max([until or start, *(p[0] for p in all_points)])
+    if until is None:
+        end += (end - start) * 0.05  # room to see the last change
     if end <= start:
         end = start + timedelta(seconds=1)
     span = (end - start).total_seconds()
@@ -162,10 +164,10 @@ def render_svg(timeline: Timeline, *, until: datetime | None = None) -> str:
                 'fill="#f28e2b"/>'
             )
     axis_y = TOP + len(DIMENSIONS) * (PANEL + 40) + 5
-    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+    for fraction, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
         moment = start + timedelta(seconds=span * fraction)
         parts.append(
-            f'<text x="{x(moment):.1f}" y="{axis_y}" text-anchor="middle" '
+            f'<text x="{x(moment):.1f}" y="{axis_y}" text-anchor="{anchor}" '
             f'fill="#555">{moment.strftime("%Y-%m-%d %H:%M:%S")}</text>'
         )
     parts.append("</svg>")
