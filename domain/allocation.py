@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -239,6 +240,16 @@ class Allocation(Aggregate):
             cls.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
         )
         return allocation
+
+    def snapshot(self) -> Allocation:
+        """A copy that later commands cannot change, cheap to take.
+
+        Every event's `apply` rebinds attributes to new values and never
+        changes one in place, so a shallow copy is a consistent snapshot.
+        """
+        clone = copy.copy(self)
+        clone.__dict__["_pending_events"] = []
+        return clone
 
     # -- decisions -----------------------------------------------------------
 

@@ -371,7 +371,7 @@ class Ledger(Application[UUID]):
         """The allocation aggregate as stored (a fresh read; for audits and tests)."""
         with self._lock:
             work = _UnitOfWork(self, fresh=True)
-            return copy.deepcopy(work.allocation(allocation_id))
+            return work.allocation(allocation_id).snapshot()
 
     # -- allocations -----------------------------------------------------------
 
@@ -402,7 +402,7 @@ class Ledger(Application[UUID]):
                 if existing is not None:
                     _check_same_request(existing, request, request_id)
                     return RequestResult(
-                        copy.deepcopy(existing), None, replayed=True, dry_run=dry_run
+                        existing.snapshot(), None, replayed=True, dry_run=dry_run
                     )
             else:
                 allocation_id = self.new_allocation_id()
@@ -448,12 +448,12 @@ class Ledger(Application[UUID]):
                 )
             work.add(allocation)
             if dry_run:
-                snapshot = copy.deepcopy(allocation)
+                snapshot = allocation.snapshot()
                 work.discard()
                 return RequestResult(snapshot, None, dry_run=True)
             position = work.save()
             return RequestResult(
-                copy.deepcopy(allocation), position, expired_first=tuple(expired)
+                allocation.snapshot(), position, expired_first=tuple(expired)
             )
 
         reserved = self._run("request_resources", body)
@@ -479,7 +479,7 @@ class Ledger(Application[UUID]):
         def activate(work: _UnitOfWork) -> RequestResult:
             allocation = work.allocation(pending.allocation_id)
             if allocation.state is not AllocationState.PENDING:
-                return RequestResult(copy.deepcopy(allocation), reserved.position)
+                return RequestResult(allocation.snapshot(), reserved.position)
             allocation.activate(
                 Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
                 at=self.clock.now(),
@@ -487,7 +487,7 @@ class Ledger(Application[UUID]):
             )
             position = work.save()
             return RequestResult(
-                copy.deepcopy(allocation),
+                allocation.snapshot(),
                 position,
                 expired_first=reserved.expired_first,
             )
@@ -502,13 +502,13 @@ class Ledger(Application[UUID]):
         def fail(work: _UnitOfWork) -> RequestResult:
             allocation = work.allocation(allocation_id)
             if not allocation.state.is_live:
-                return RequestResult(copy.deepcopy(allocation), reserved.position)
+                return RequestResult(allocation.snapshot(), reserved.position)
             now = self.clock.now()
             allocation.fail(error, at=now, actor=actor)
             work.pool(allocation.pool).free(
                 allocation_id, "failed", at=now, actor=actor
             )
-            return RequestResult(copy.deepcopy(allocation), work.save())
+            return RequestResult(allocation.snapshot(), work.save())
 
         return self._run("fail_provisioning", fail)
 
@@ -523,7 +523,7 @@ class Ledger(Application[UUID]):
         """
 
         def look(work: _UnitOfWork) -> Allocation:
-            return copy.deepcopy(work.allocation(allocation_id, fresh=True))
+            return work.allocation(allocation_id).snapshot()
 
         current = self._run("release_resources", look)
         if not current.state.is_live:
@@ -539,14 +539,14 @@ class Ledger(Application[UUID]):
         def body(work: _UnitOfWork) -> ReleaseOutcome:
             allocation = work.allocation(allocation_id)
             if not allocation.state.is_live:
-                return self._unchanged_release(copy.deepcopy(allocation))
+                return self._unchanged_release(allocation.snapshot())
             now = self.clock.now()
             allocation.request_release(at=now, actor=actor)
             result = allocation.release(at=now, actor=actor)
             work.pool(allocation.pool).free(
                 allocation_id, "released", at=now, actor=actor
             )
-            return ReleaseOutcome(result, copy.deepcopy(allocation), work.save())
+            return ReleaseOutcome(result, allocation.snapshot(), work.save())
 
         return self._run("release_resources", body)
 
@@ -596,10 +596,10 @@ class Ledger(Application[UUID]):
             if allocation.is_due(now):
                 allocation.expire(at=now, actor=SWEEPER_ACTOR)
                 pool.free(allocation_id, "expired", at=now, actor=SWEEPER_ACTOR)
-                return RenewOutcome(copy.deepcopy(allocation), work.save())
+                return RenewOutcome(allocation.snapshot(), work.save())
             expires_at = allocation.renew(ttl_seconds, at=now, actor=actor)
             pool.extend_lease(allocation_id, expires_at, at=now, actor=actor)
-            return RenewOutcome(copy.deepcopy(allocation), work.save())
+            return RenewOutcome(allocation.snapshot(), work.save())
 
         outcome = self._run("renew_allocation", body)
         if outcome.allocation.state is AllocationState.EXPIRED:
@@ -623,7 +623,7 @@ class Ledger(Application[UUID]):
             work.pool(allocation.pool).free(
                 allocation_id, "expired", at=now, actor=actor
             )
-            return RenewOutcome(copy.deepcopy(allocation), work.save())
+            return RenewOutcome(allocation.snapshot(), work.save())
 
         outcome = self._run("expire", body)
         self._deprovision_quietly([outcome.allocation])
@@ -644,7 +644,7 @@ class Ledger(Application[UUID]):
                     ids = self._expire_due(
                         work, pool, now, limit=SWEEP_BATCH, actor=actor
                     )
-                    done = [copy.deepcopy(work.allocation(i)) for i in ids]
+                    done = [work.allocation(i).snapshot() for i in ids]
                     return done, (work.save() if ids else None)
 
                 batch, batch_position = self._run("cleanup_expired", body)
