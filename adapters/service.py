@@ -8,6 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.provisioning import LocalProvisioner
+from adapters.settings import Settings
+from adapters.sql_read_models import PostgresDialect, SQLiteDialect, SQLReadModels
+from adapters.system_clock import SystemClock
 from domain.clock import Clock
 from domain.ledger import Ledger
 from domain.provisioner import Provisioner
@@ -15,10 +19,12 @@ from projections.catchup import LoggedNotification, Projector
 from projections.queries import ReadModels
 from projections.store import InMemoryReadModels, ReadModelStore
 
-from adapters.provisioning import LocalProvisioner
-from adapters.settings import Settings
-from adapters.sql_read_models import PostgresDialect, SQLiteDialect, SQLReadModels
-from adapters.system_clock import SystemClock
+
+class DatabaseError(Exception):
+    """The ledger's database cannot be used; the message says what to do."""
+
+
+EVENTS_TABLE = "allocationledger_events"
 
 
 @dataclass
@@ -43,15 +49,29 @@ def open_service(
     clock: Clock | None = None,
     provisioner: Provisioner | None = None,
     new_allocation_id: Callable[[], str] | None = None,
+    create_tables: bool | None = None,
 ) -> AllocationService:
+    """Open the ledger on the configured store.
+
+    SQLite and memory create their tables on first use. PostgreSQL is shared
+    by several processes, so its tables are created once, by `init_database`
+    (`allocation-ledger init-db`); opening an uninitialised database fails
+    with a DatabaseError that says so, instead of racing to create them.
+    """
     settings = settings or Settings()
+    if create_tables is None:
+        create_tables = settings.store != "postgres"
     if settings.store == "sqlite":
         settings.database.parent.mkdir(parents=True, exist_ok=True)
+    if settings.store == "postgres":
+        _check_postgres(settings, initialised=not create_tables)
     extra: dict[str, Any] = {}
     if new_allocation_id is not None:
         extra["new_allocation_id"] = new_allocation_id
+    env = settings.eventsourcing_env()
+    env["CREATE_TABLE"] = "y" if create_tables else "n"
     ledger = Ledger(
-        settings.eventsourcing_env(),
+        env,
         clock=clock or SystemClock(),
         provisioner=provisioner or LocalProvisioner(),
         pause=time.sleep,
@@ -74,7 +94,8 @@ def open_service(
                 lambda: psycopg.connect(**conninfo), settings.postgres_schema
             )
         sql_store = SQLReadModels(dialect)
-        sql_store.create_tables()
+        if create_tables:
+            sql_store.create_tables()
         closers.append(dialect.close)
         store = sql_store
 
@@ -90,3 +111,40 @@ def open_service(
         store=store,
         _closers=tuple(closers),
     )
+
+
+def init_database(settings: Settings) -> None:
+    """Create the ledger's tables (events and read models); safe to repeat."""
+    if settings.store == "postgres":
+        _check_postgres(settings, initialised=False)
+    service = open_service(settings, create_tables=True)
+    service.close()
+
+
+def _check_postgres(settings: Settings, *, initialised: bool) -> None:
+    """Fail with a plain message when PostgreSQL is unreachable or empty."""
+    import psycopg
+
+    where = (
+        f"{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_dbname}"
+    )
+    try:
+        connection = psycopg.connect(**settings.postgres_conninfo())
+    except psycopg.Error as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        msg = f"cannot reach PostgreSQL at {where}: {detail or type(error).__name__}"
+        raise DatabaseError(msg) from None
+    try:
+        schema = settings.postgres_schema or "public"
+        row = connection.execute(
+            "SELECT to_regclass(%s), to_regclass(%s)",
+            (f'"{schema}".{EVENTS_TABLE}', f'"{schema}".ledger_view_position'),
+        ).fetchone()
+    finally:
+        connection.close()
+    if initialised and (row is None or row[0] is None or row[1] is None):
+        msg = (
+            f"the PostgreSQL database at {where} (schema {schema}) is not "
+            "initialised: run `allocation-ledger init-db` once first"
+        )
+        raise DatabaseError(msg)

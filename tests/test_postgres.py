@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from adapters.service import open_service
+import pytest
+
+from adapters.service import DatabaseError, init_database, open_service
 from adapters.settings import Settings
 from domain.clock import ManualClock
 from domain.values import AllocationRequest, AllocationState
@@ -24,6 +26,7 @@ def _settings(schema: str) -> Settings:
 
 
 def test_requests_and_releases_are_kept_in_postgres(postgres_schema: str) -> None:
+    init_database(_settings(postgres_schema))
     clock = ManualClock()
     service = open_service(_settings(postgres_schema), clock=clock)
     try:
@@ -55,6 +58,7 @@ def test_requests_and_releases_are_kept_in_postgres(postgres_schema: str) -> Non
 def test_two_services_on_one_database_see_each_others_commands(
     postgres_schema: str,
 ) -> None:
+    init_database(_settings(postgres_schema))
     clock = ManualClock()
     first = open_service(_settings(postgres_schema), clock=clock)
     second = open_service(_settings(postgres_schema), clock=clock)
@@ -79,3 +83,20 @@ def test_two_services_on_one_database_see_each_others_commands(
     finally:
         first.close()
         second.close()
+
+
+def test_an_uninitialised_database_is_refused_with_what_to_do(
+    postgres_schema: str,
+) -> None:
+    with pytest.raises(DatabaseError, match="not initialised: run `allocation-ledger"):
+        open_service(_settings(postgres_schema))
+    init_database(_settings(postgres_schema))
+    init_database(_settings(postgres_schema))  # a second time changes nothing
+    open_service(_settings(postgres_schema)).close()
+
+
+def test_an_unreachable_database_is_a_plain_error() -> None:
+    settings = Settings(store="postgres", postgres_host="127.0.0.1", postgres_port=1)
+    expected = r"cannot reach PostgreSQL at 127\.0\.0\.1:1/"
+    with pytest.raises(DatabaseError, match=expected):
+        open_service(settings)
