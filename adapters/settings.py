@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,8 +18,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from adapters.tokens import TokenEntry, load_tokens_file
+
 ENV_PREFIX = "ALLOCATION_LEDGER_"
 DEFAULT_DATABASE = "allocation-ledger.db"
+DEFAULT_HTTP_PORT = 8765
 
 
 class Settings(BaseSettings):
@@ -47,6 +50,31 @@ class Settings(BaseSettings):
     postgres_connect_timeout: int = Field(5, ge=1, le=300)
     sweep_interval_seconds: float = Field(300.0, gt=0)
     idle_check_interval_seconds: float = Field(60.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Level of the server's log, written to stderr."
+    )
+    http_host: str = Field(
+        "127.0.0.1", description="Address `serve --transport http` listens on."
+    )
+    http_port: int = Field(DEFAULT_HTTP_PORT, ge=1, le=65535)
+    http_path: str = Field(
+        "/mcp", pattern=r"^/[A-Za-z0-9._~/-]*$", description="Path of the MCP endpoint."
+    )
+    tokens: list[TokenEntry] = Field(
+        default_factory=list,
+        description=(
+            "Bearer tokens for HTTP, as a JSON list of "
+            '{"subject", "scopes", "token" | "token_sha256"}.'
+        ),
+    )
+    tokens_file: Path | None = Field(
+        None, description="A JSON file with more tokens, in the same form as `tokens`."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _postgres_dsn_parts(self) -> Settings:
@@ -77,6 +105,13 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, Path(config)))
         return tuple(sources)
 
+    def token_entries(self) -> list[TokenEntry]:
+        """Every configured token: `tokens`, then those in `tokens_file`."""
+        entries = list(self.tokens)
+        if self.tokens_file is not None:
+            entries.extend(load_tokens_file(self.tokens_file))
+        return entries
+
     def eventsourcing_env(self) -> dict[str, str]:
         """The persistence settings the event store reads."""
         if self.store == "memory":
@@ -89,6 +124,9 @@ class Settings(BaseSettings):
             }
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # Several processes write: bring a cached pool up to date before
+            # deciding, rather than losing the race and retrying.
+            "AGGREGATE_CACHE_FASTFORWARD": "y",
             "POSTGRES_DBNAME": self.postgres_dbname,
             "POSTGRES_HOST": self.postgres_host,
             "POSTGRES_PORT": str(self.postgres_port),

@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, JSONTranscoder
 
 from domain.allocation import (
     ALLOCATION_ID_PREFIX,
@@ -51,6 +51,7 @@ from domain.pool import (
 )
 from domain.provisioner import Endpoints, Provisioner
 from domain.registry import REGISTRY_ID, PoolRegistry
+from domain.transcodings import TRANSCODINGS
 from domain.values import (
     MAX_TTL_SECONDS,
     AllocationRequest,
@@ -218,6 +219,9 @@ class Ledger(Application[UUID]):
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
+    # A fresh read of a pool (after a lost race) loads its latest snapshot and
+    # at most this many events, not its whole history.
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Pool: 50}
 
     def __init__(
         self,
@@ -239,6 +243,11 @@ class Ledger(Application[UUID]):
         self.jitter = jitter
         self.conflicts = 0
         self._lock = threading.RLock()
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        for transcoding in TRANSCODINGS:
+            transcoder.register(transcoding)
 
     # -- the unit of work ------------------------------------------------------
 

@@ -70,15 +70,14 @@ def test_two_services_on_one_database_see_each_others_commands(
         capacity = second.read_models.capacity()
         assert capacity is not None
         assert capacity.reserved.workers == 4
-        # Each service's cached pool is now stale: the save loses on the pool's
-        # version, and the command is run again from a fresh read.
+        # Each service's cached pool is behind the other's writes; it is brought
+        # up to date before deciding, so capacity is never over-committed.
         other = second.ledger.request(AllocationRequest("job-b", (), 6))
         assert other.allocation.state is AllocationState.ACTIVE
         refused = first.ledger.request(AllocationRequest("job-c", (), 1))
         assert refused.allocation.state is AllocationState.FAILED
         assert refused.allocation.rejection is not None
         assert refused.allocation.rejection.available == 0
-        assert first.ledger.conflicts + second.ledger.conflicts >= 1
         assert second.ledger.pool("default").reserved.workers == 10
     finally:
         first.close()

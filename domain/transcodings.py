@@ -1,0 +1,99 @@
+"""How the Pool's state is written into snapshots (JSON, via eventsourcing)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import Transcoding
+
+from domain.pool import PoolSettings, Reservation, ServerInstance
+from domain.values import Resources
+
+
+class ResourcesAsDict(Transcoding):
+    type = Resources
+    name = "allocation-ledger:resources"
+
+    def encode(self, obj: Resources) -> dict[str, int]:
+        return obj.as_dict()
+
+    def decode(self, data: dict[str, int]) -> Resources:
+        return Resources.from_dict(data)
+
+
+class ReservationAsDict(Transcoding):
+    type = Reservation
+    name = "allocation-ledger:reservation"
+
+    def encode(self, obj: Reservation) -> dict[str, Any]:
+        return {
+            "allocation_id": obj.allocation_id,
+            "resources": obj.resources,
+            "worker_ports": list(obj.worker_ports),
+            "servers": list(obj.servers),
+            "expires_at": obj.expires_at,
+        }
+
+    def decode(self, data: dict[str, Any]) -> Reservation:
+        expires_at: datetime = data["expires_at"]
+        return Reservation(
+            allocation_id=data["allocation_id"],
+            resources=data["resources"],
+            worker_ports=tuple(data["worker_ports"]),
+            servers=tuple(data["servers"]),
+            expires_at=expires_at,
+        )
+
+
+class ServerInstanceAsDict(Transcoding):
+    type = ServerInstance
+    name = "allocation-ledger:server-instance"
+
+    def encode(self, obj: ServerInstance) -> dict[str, Any]:
+        return {
+            "name": obj.name,
+            "port": obj.port,
+            "references": obj.references,
+            "started_at": obj.started_at,
+            "idle_since": obj.idle_since,
+        }
+
+    def decode(self, data: dict[str, Any]) -> ServerInstance:
+        return ServerInstance(**data)
+
+
+class PoolSettingsAsDict(Transcoding):
+    type = PoolSettings
+    name = "allocation-ledger:pool-settings"
+
+    def encode(self, obj: PoolSettings) -> dict[str, Any]:
+        return {
+            "capacity": obj.capacity,
+            "worker_size": obj.worker_size,
+            "server_costs": dict(obj.server_costs or {}),
+            "idle_timeout_seconds": obj.idle_timeout_seconds,
+        }
+
+    def decode(self, data: dict[str, Any]) -> PoolSettings:
+        return PoolSettings(**data)
+
+
+class IntSetAsList(Transcoding):
+    type = set
+    name = "allocation-ledger:set"
+
+    def encode(self, obj: set[Any]) -> list[Any]:
+        return sorted(obj)
+
+    def decode(self, data: list[Any]) -> set[Any]:
+        return set(data)
+
+
+TRANSCODINGS: tuple[Transcoding, ...] = (
+    ResourcesAsDict(),
+    ReservationAsDict(),
+    ServerInstanceAsDict(),
+    PoolSettingsAsDict(),
+    IntSetAsList(),
+)
