@@ -1,0 +1,97 @@
+"""Bearer-token configuration: what settings hold about each token.
+
+Kept apart from `adapters.auth` so that reading settings never imports the
+MCP SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from domain.ledger import LOCAL_ACTOR
+
+Scope = Literal["read", "write", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
+MIN_TOKEN_LENGTH = 16
+ANONYMOUS_ACTOR = "anonymous"
+
+Subject = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:/-]*$",
+        description="Who the token speaks for; recorded as the actor of events.",
+    ),
+]
+
+
+class TokenEntry(BaseModel):
+    """One bearer token: its secret (or its SHA-256), subject and scopes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subject: Subject
+    scopes: list[Scope] = Field(min_length=1)
+    token: SecretStr | None = Field(
+        None, description=f"The token itself, at least {MIN_TOKEN_LENGTH} characters."
+    )
+    token_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Hex SHA-256 of the token, instead of the token itself.",
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> TokenEntry:
+        if (self.token is None) == (self.token_sha256 is None):
+            msg = "give exactly one of token and token_sha256"
+            raise ValueError(msg)
+        if self.token is not None and len(self.token.get_secret_value()) < (
+            MIN_TOKEN_LENGTH
+        ):
+            msg = f"token must be at least {MIN_TOKEN_LENGTH} characters"
+            raise ValueError(msg)
+        if self.subject in (LOCAL_ACTOR, ANONYMOUS_ACTOR) or self.subject.startswith(
+            "system:"
+        ):
+            msg = f"subject {self.subject!r} is reserved for the ledger itself"
+            raise ValueError(msg)
+        return self
+
+    def digest(self) -> bytes:
+        if self.token is not None:
+            return token_digest(self.token.get_secret_value())
+        assert self.token_sha256 is not None
+        return bytes.fromhex(self.token_sha256)
+
+
+TOKEN_LIST = TypeAdapter(list[TokenEntry])
+
+
+def load_tokens_file(path: Path) -> list[TokenEntry]:
+    """Read a JSON list of token entries; errors name the file."""
+    try:
+        return TOKEN_LIST.validate_json(path.read_bytes())
+    except OSError as error:
+        msg = f"cannot read tokens file {path}: {error.strerror or error}"
+        raise ValueError(msg) from None
+    except ValidationError as error:
+        msg = f"tokens file {path} is not a JSON list of tokens: {error}"
+        raise ValueError(msg) from None
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
