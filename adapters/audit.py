@@ -12,12 +12,11 @@ from adapters.service import AllocationService
 from domain.allocation import allocation_uuid, is_allocation_id
 from domain.errors import AllocationNotFoundError, PoolNotFoundError
 from domain.pool import DEFAULT_POOL, Pool
-from domain.values import AllocationState
+from domain.values import LIVE_STATES
 from projections.catchup import Progress
 from projections.codec import allocation_to_dict, capacity_to_dict
 from projections.history import HistoryEntry, describe
 from projections.replay import logged_events, replay
-from projections.store import ListingQuery
 from projections.usage import UsageQuery, UsageRow
 from projections.verify import InvariantChecker, Violation
 from projections.views import AllocationView, CapacityView
@@ -47,6 +46,9 @@ class CapacityAt:
     live: list[AllocationView]
 
 
+LIVE_VALUES = frozenset(state.value for state in LIVE_STATES)
+
+
 def capacity_at(
     service: AllocationService,
     at: datetime,
@@ -66,16 +68,9 @@ def capacity_at(
         raise PoolNotFoundError(msg)
     live = [
         view
-        for state in (
-            AllocationState.PENDING,
-            AllocationState.ACTIVE,
-            AllocationState.RELEASING,
-        )
-        for view in replayed.models.list_allocations(
-            ListingQuery(state=state, pool=pool, limit=10**9)
-        )
+        for view in replayed.models.all_allocations()
+        if view.pool == pool and view.state in LIVE_VALUES
     ]
-    live.sort(key=lambda v: v.sequence)
     return CapacityAt(at, replayed.position, capacity, live)
 
 

@@ -133,15 +133,37 @@ class _StaleReadError(Exception):
 
 @dataclass
 class _UnitOfWork:
+    """One attempt at a command: what it read, what it changed, one save.
+
+    A cached aggregate may be behind another process's writes. Deciding to
+    write on it is safe (the save loses on the version and the attempt is run
+    again), but deciding *not* to write is not: no conflict would ever show
+    the mistake. So an attempt that ends without writing, or refuses a
+    request, is run again on fresh reads before its answer is given.
+    """
+
     ledger: Ledger
     fresh: bool
     touched: dict[UUID, Aggregate] = field(default_factory=dict)
+    read_cached: bool = False
+
+    @property
+    def is_current(self) -> bool:
+        """Every aggregate read here is as recent as the store's."""
+        return self.fresh or not self.read_cached or self.ledger.cache_is_current
+
+    def require_current(self) -> None:
+        """Run the attempt again on fresh reads unless this one already was."""
+        if not self.is_current:
+            raise _StaleReadError
 
     def get(self, aggregate_id: UUID, *, fresh: bool = False) -> Aggregate | None:
         if aggregate_id in self.touched:
             return self.touched[aggregate_id]
         if fresh or self.fresh:
             self.ledger.forget(aggregate_id)
+        else:
+            self.read_cached = True
         try:
             aggregate: Aggregate = self.ledger.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -164,12 +186,14 @@ class _UnitOfWork:
         assert found is None or isinstance(found, Allocation)
         return found
 
-    def pool(self, name: str) -> Pool:
+    def pool(self, name: str, *, actor: str = LOCAL_ACTOR) -> Pool:
+        """The named pool; the default one is created on first use."""
         found = self.get(pool_uuid(name))
         if found is None:
             if name != DEFAULT_POOL:
+                self.require_current()
                 raise PoolNotFoundError(name)
-            return self.create_pool(name, PoolSettings(), actor=LOCAL_ACTOR)
+            return self.create_pool(name, PoolSettings(), actor=actor)
         assert isinstance(found, Pool)
         return found
 
@@ -189,7 +213,13 @@ class _UnitOfWork:
         return aggregate
 
     def save(self) -> int | None:
-        """Write every new event of this unit of work in one transaction."""
+        """Write every new event of this unit of work in one transaction.
+
+        With nothing to write, first make sure that was decided on fresh reads.
+        """
+        if not any(a.pending_events for a in self.touched.values()):
+            self.require_current()
+            return None
         recordings = self.ledger.save(*self.touched.values())
         if not recordings:
             return None
@@ -243,6 +273,10 @@ class Ledger(Application[UUID]):
         self.jitter = jitter
         self.conflicts = 0
         self._lock = threading.RLock()
+        # With fast-forwarding, every cached read is brought up to date first.
+        self.cache_is_current = bool(
+            self.repository.cache is not None and self.repository.fastforward
+        )
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -403,7 +437,12 @@ class Ledger(Application[UUID]):
         if request_id is not None:
             validate_request_id(request_id)
 
+        teardown: list[Allocation] = []
+        reclaimed: list[StoppedServer] = []
+
         def body(work: _UnitOfWork) -> RequestResult:
+            teardown.clear()
+            reclaimed.clear()
             now = self.clock.now()
             if request_id is not None:
                 allocation_id = allocation_id_for_request(pool, request_id)
@@ -415,14 +454,14 @@ class Ledger(Application[UUID]):
                     )
             else:
                 allocation_id = self.new_allocation_id()
-            target = work.pool(pool)
+            target = work.pool(pool, actor=actor)
             rejection = target.shortfall(request)
             expired: list[str] = []
             if rejection is not None and target.due(now):
                 expired = self._expire_due(work, target, now, limit=None)
                 rejection = target.shortfall(request)
-            if rejection is not None and not work.fresh:
-                raise _StaleReadError
+            if rejection is not None:
+                work.require_current()
             resources = target.settings.resources_for(request)
             if rejection is not None:
                 allocation = Allocation.rejected(
@@ -443,6 +482,9 @@ class Ledger(Application[UUID]):
                     at=now,
                     actor=actor,
                 )
+                reclaimed.extend(
+                    StoppedServer(pool, name, port) for name, port in ports.stopped
+                )
                 allocation = Allocation.requested(
                     allocation_id,
                     pool=pool,
@@ -461,11 +503,14 @@ class Ledger(Application[UUID]):
                 work.discard()
                 return RequestResult(snapshot, None, dry_run=True)
             position = work.save()
+            teardown.extend(work.allocation(i).snapshot() for i in expired)
             return RequestResult(
                 allocation.snapshot(), position, expired_first=tuple(expired)
             )
 
         reserved = self._run("request_resources", body)
+        self._deprovision_quietly(teardown)
+        self._stop_servers_quietly(reclaimed)
         if (
             reserved.dry_run
             or reserved.replayed
@@ -612,6 +657,7 @@ class Ledger(Application[UUID]):
 
         outcome = self._run("renew_allocation", body)
         if outcome.allocation.state is AllocationState.EXPIRED:
+            self._deprovision_quietly([outcome.allocation])
             raise AllocationNotLiveError(
                 allocation_id, outcome.allocation.state, "renew"
             )
@@ -654,7 +700,7 @@ class Ledger(Application[UUID]):
                         work, pool, now, limit=SWEEP_BATCH, actor=actor
                     )
                     done = [work.allocation(i).snapshot() for i in ids]
-                    return done, (work.save() if ids else None)
+                    return done, work.save()
 
                 batch, batch_position = self._run("cleanup_expired", body)
                 expired.extend(batch)
@@ -707,18 +753,22 @@ class Ledger(Application[UUID]):
                 pool = work.pool(name)
                 servers = pool.stop_idle_servers(self.clock.now(), actor=actor)
                 found = [StoppedServer(name, s.name, s.port) for s in servers]
-                return found, (work.save() if found else None)
+                return found, work.save()
 
             batch, batch_position = self._run("stop_idle_servers", body)
             stopped.extend(batch)
             position = batch_position or position
+        errors = self._stop_servers_quietly(stopped)
+        return IdleStopResult(tuple(stopped), position, tuple(errors))
+
+    def _stop_servers_quietly(self, servers: Sequence[StoppedServer]) -> list[str]:
         errors: list[str] = []
-        for server in stopped:
+        for server in servers:
             try:
                 self.provisioner.stop_server(server.name, server.port)
             except Exception as error:  # noqa: BLE001 - reported, not raised
                 errors.append(f"{server.name}: {error}")
-        return IdleStopResult(tuple(stopped), position, tuple(errors))
+        return errors
 
 
 def _first(items: list[T], limit: int | None) -> Iterator[T]:

@@ -99,6 +99,7 @@ class ReservedPorts:
 
     worker_ports: tuple[int, ...]
     servers: tuple[tuple[str, int, bool], ...]  # name, port, started now
+    stopped: tuple[tuple[str, int], ...] = ()  # idle servers stopped for ports
 
 
 class Pool(Aggregate):
@@ -352,13 +353,16 @@ class Pool(Aggregate):
             msg = f"reserve() called for a request that does not fit: {rejection}"
             raise ValueError(msg)
         servers: list[tuple[str, int, bool]] = []
+        stopped: list[tuple[str, int]] = []
         for name in request.servers:
             running = self.servers.get(name)
             if running is not None:
                 servers.append((name, running.port, False))
                 continue
             if self.free_mcp_ports() == 0:
-                self._stop_longest_idle(keep=request.servers, at=at, actor=actor)
+                stopped.append(
+                    self._stop_longest_idle(keep=request.servers, at=at, actor=actor)
+                )
             port = self._lowest_free_mcp_port()
             self.trigger_event(
                 self.ServerStarted, timestamp=at, actor=actor, name=name, port=port
@@ -375,7 +379,7 @@ class Pool(Aggregate):
             servers=list(request.servers),
             expires_at=expires_at,
         )
-        return ReservedPorts(tuple(worker_ports), tuple(servers))
+        return ReservedPorts(tuple(worker_ports), tuple(servers), tuple(stopped))
 
     def extend_lease(
         self, allocation_id: str, expires_at: datetime, *, at: datetime, actor: str
@@ -426,7 +430,7 @@ class Pool(Aggregate):
 
     def _stop_longest_idle(
         self, *, keep: Iterable[str], at: datetime, actor: str
-    ) -> None:
+    ) -> tuple[str, int]:
         kept = set(keep)
         idle = [
             s
@@ -442,6 +446,7 @@ class Pool(Aggregate):
             name=server.name,
             port=server.port,
         )
+        return server.name, server.port
 
     def _lowest_free_mcp_port(self) -> int:
         used = {s.port for s in self.servers.values()}

@@ -177,6 +177,13 @@ class AllocationRequest:
 
     def __post_init__(self) -> None:
         validate_job_id(self.job_id)
+        if isinstance(self.servers, str) or not isinstance(self.servers, tuple | list):
+            msg = (
+                "mcp_servers must be a list of server names, "
+                f"got {type(self.servers).__name__}"
+            )
+            raise InvalidRequestError(msg, field="mcp_servers")
+        object.__setattr__(self, "servers", tuple(self.servers))
         for name in self.servers:
             validate_server_name(name)
         if len(self.servers) > MAX_SERVERS_PER_REQUEST:

@@ -11,6 +11,7 @@ from typing import Protocol
 from uuid import UUID
 
 from domain.allocation import allocation_uuid
+from domain.errors import InvalidRequestError
 from domain.pool import pool_uuid
 from domain.values import LIVE_STATES, AllocationState, Priority
 from projections.usage import UsageQuery, UsageRow, usage_of
@@ -29,6 +30,14 @@ class ListingQuery:
     pool: str | None = None
     after: int = 0
     limit: int = MAX_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            msg = f"limit must be between 1 and {MAX_PAGE_SIZE}, got {self.limit}"
+            raise InvalidRequestError(msg, field="limit")
+        if self.after < 0:
+            msg = f"after must be 0 or a listing position, got {self.after}"
+            raise InvalidRequestError(msg, field="after")
 
     def matches(self, view: AllocationView) -> bool:
         return (
@@ -158,6 +167,11 @@ class InMemoryReadModels:
                 (v for v in candidates if query.matches(v)), key=lambda v: v.sequence
             )
             return copy.deepcopy(chosen[: query.limit])
+
+    def all_allocations(self) -> list[AllocationView]:
+        """Every row in listing order (replays read their own models whole)."""
+        with self._lock:
+            return sorted(self._allocations.values(), key=lambda v: v.sequence)
 
     def due_allocations(self, now: datetime, limit: int) -> list[AllocationView]:
         with self._lock:

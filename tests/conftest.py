@@ -1,0 +1,98 @@
+"""Shared test configuration: Hypothesis profiles.
+
+Choose one with the HYPOTHESIS_PROFILE environment variable:
+
+- ``ci`` (default): the thorough run CI does on every change;
+- ``dev``: a quick run while editing;
+- ``long``: a soak run, ten times the examples of ``ci``.
+
+Also the ledger services the unit tests run on, over the in-memory store and a
+SQLite file (``store_settings``, ``open_ledger_service``, ``ledger_service``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from adapters.service import AllocationService, open_service
+from adapters.settings import Settings
+from domain.clock import ManualClock
+from domain.provisioner import Provisioner
+from tests.ledger_support import OpenService
+
+_common = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow],
+    "print_blob": True,
+}
+
+settings.register_profile("ci", max_examples=200, stateful_step_count=50, **_common)
+settings.register_profile("dev", max_examples=25, stateful_step_count=30, **_common)
+settings.register_profile("long", max_examples=2000, stateful_step_count=80, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# -- ledger services on the in-memory store and on a SQLite file ---------------
+
+LEDGER_STORES = ("memory", "sqlite")
+
+
+def ledger_settings(store: str, directory: Path) -> Settings:
+    """Settings for a ledger on `store`; a SQLite file lives in `directory`."""
+    if store == "memory":
+        return Settings(store="memory")
+    return Settings(store="sqlite", database=directory / "ledger.db")
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """The ledger's clock; it only moves when a test advances it."""
+    return ManualClock()
+
+
+@pytest.fixture(params=LEDGER_STORES)
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """The store a test runs on: parametrized over in-memory and a SQLite file."""
+    return ledger_settings(request.param, tmp_path)
+
+
+@pytest.fixture
+def open_ledger_service(
+    store_settings: Settings, manual_clock: ManualClock
+) -> Iterator[OpenService]:
+    """Opens services on the test's store (closed at the end of the test).
+
+    Keyword arguments: `provisioner`, `new_allocation_id`, `clock`, `settings`.
+    """
+    opened: list[AllocationService] = []
+
+    def open_(
+        *,
+        provisioner: Provisioner | None = None,
+        new_allocation_id: Callable[[], str] | None = None,
+        clock: ManualClock | None = None,
+        settings: Settings | None = None,
+    ) -> AllocationService:
+        service = open_service(
+            settings or store_settings,
+            clock=clock or manual_clock,
+            provisioner=provisioner,
+            new_allocation_id=new_allocation_id,
+        )
+        opened.append(service)
+        return service
+
+    yield open_
+    for service in opened:
+        service.close()
+
+
+@pytest.fixture
+def ledger_service(open_ledger_service: OpenService) -> AllocationService:
+    """A service with the default provisioner on the test's store."""
+    return open_ledger_service()

@@ -1,0 +1,86 @@
+"""Helpers shared by the unit tests of the ledger: a recording provisioner and
+readers of the stored event log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.provisioning import LocalProvisioner
+from adapters.service import AllocationService
+from domain.ledger import Ledger
+from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+
+OpenService = Callable[..., AllocationService]
+"""What the `open_ledger_service` fixture gives: opens a service on the test's store."""
+
+
+@dataclass
+class RecordingProvisioner(LocalProvisioner):
+    """The local provisioner, remembering every call; can be told to fail."""
+
+    fail_provision: Exception | None = None
+    fail_deprovision: Exception | None = None
+    provisioned: list[str] = field(default_factory=list)
+    deprovisioned: list[str] = field(default_factory=list)
+    stopped: list[tuple[str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def provision(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+    ) -> Endpoints:
+        if self.fail_provision is not None:
+            raise self.fail_provision
+        self.provisioned.append(allocation_id)
+        return super().provision(allocation_id, workers, servers)
+
+    def deprovision(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+    ) -> None:
+        if self.fail_deprovision is not None:
+            raise self.fail_deprovision
+        self.deprovisioned.append(allocation_id)
+
+    def stop_server(self, name: str, port: int) -> None:
+        self.stopped.append((name, port))
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    position: int
+    topic: str
+    event: Any
+
+
+def stored_events(ledger: Ledger, after: int = 0) -> list[StoredEvent]:
+    """Every event in the ledger's notification log after `after`, decoded."""
+    notifications = ledger.recorder.select_notifications(
+        after, 100_000, inclusive_of_start=False
+    )
+    return [
+        StoredEvent(n.id, n.topic, ledger.mapper.to_domain_event(n))
+        for n in notifications
+    ]
+
+
+def last_position(ledger: Ledger) -> int:
+    return ledger.recorder.max_notification_id() or 0
+
+
+def sequential_ids() -> Callable[[], str]:
+    """An allocation-id factory giving alloc-000000000001, ...002, ... in order."""
+    counter = iter(range(1, 1_000_000))
+
+    def new_id() -> str:
+        return f"alloc-{next(counter):012x}"
+
+    return new_id
