@@ -25,15 +25,15 @@ from domain.clock import ManualClock
 from domain.provisioner import Provisioner
 from tests.ledger_support import OpenService
 
-_common = {
-    "deadline": None,
-    "suppress_health_check": [HealthCheck.too_slow],
-    "print_blob": True,
-}
-
-settings.register_profile("ci", max_examples=200, stateful_step_count=50, **_common)
-settings.register_profile("dev", max_examples=25, stateful_step_count=30, **_common)
-settings.register_profile("long", max_examples=2000, stateful_step_count=80, **_common)
+for _name, _examples, _steps in (("ci", 200, 50), ("dev", 25, 30), ("long", 2000, 80)):
+    settings.register_profile(
+        _name,
+        max_examples=_examples,
+        stateful_step_count=_steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        print_blob=True,
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -21,7 +21,12 @@ DBNAME = os.environ.get("ALLOCATION_LEDGER_TEST_POSTGRES_DBNAME", "test")
 
 def _connect() -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(
-        host=HOST, port=PORT, user=USER, dbname=DBNAME, autocommit=True, connect_timeout=3
+        host=HOST,
+        port=PORT,
+        user=USER,
+        dbname=DBNAME,
+        autocommit=True,
+        connect_timeout=3,
     )
 
 

@@ -159,7 +159,7 @@ def test_verify_reports_an_event_inserted_behind_the_ledgers_back(
 ) -> None:
     ledger = scripted.service.ledger
     pool = ledger.pool("default")
-    forged = Pool.Reserved(
+    forged = Pool.Reserved(  # type: ignore[call-arg]
         originator_id=pool_uuid("default"),
         originator_version=pool.version + 1,
         timestamp=scripted.at(900),

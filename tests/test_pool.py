@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 
@@ -311,7 +312,10 @@ def test_pool_events_carry_the_time_and_actor() -> None:
     reserve(pool, "alloc-000000000001", servers=("github",), now=5)
     pool.free("alloc-000000000001", "expired", at=at(70), actor="system:sweeper")
     pool.stop_idle_servers(at(400), actor="system:sweeper")
-    stamped = [(type(e).__name__, e.timestamp, e.actor) for e in pool.collect_events()]
+    stamped = [
+        (type(e).__name__, e.timestamp, cast(Pool.Event, e).actor)
+        for e in pool.collect_events()
+    ]
     assert stamped == [
         ("Created", T0, "local"),
         ("ServerStarted", at(5), "alice"),

@@ -383,7 +383,7 @@ def test_two_projectors_on_one_store_apply_each_event_once(
     racing = Projector(
         service.ledger.recorder,
         service.projector.decode,
-        raced,  # type: ignore[arg-type]
+        raced,
         batch_size=5,
     )
     end = last_position(service.ledger)
@@ -431,7 +431,7 @@ def test_two_services_on_one_file_catch_up_exactly_once(
         racing = Projector(
             second.ledger.recorder,
             second.projector.decode,
-            raced,  # type: ignore[arg-type]
+            raced,
             batch_size=7,
         )
         racing.catch_up()

@@ -1,0 +1,733 @@
+"""The MCP server: the ledger's tools and resources, its background work, transports.
+
+Commands go to `service.ledger`, queries to `service.read_models` (which catch
+up with the log first, so a query sees every write acknowledged before it).
+Domain errors become `ToolError`s whose text names the problem; a request that
+does not fit is not an error but a result with status "failed".
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+)
+from mcp.server.mcpserver.tools import Tool
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import AnyHttpUrl, BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from adapters.auth import (
+    ANONYMOUS_ACTOR,
+    LOCAL_ACTOR,
+    Access,
+    Scope,
+    StaticTokenVerifier,
+)
+from adapters.mcp_models import (
+    AfterArg,
+    AllocationDetail,
+    AllocationIdArg,
+    AllocationList,
+    CapacityCpuArg,
+    CapacityMemoryArg,
+    CapacityPoolArg,
+    CapacityResult,
+    CapacityWorkersArg,
+    CleanupResult,
+    DryRunArg,
+    HistoryResult,
+    JobIdArg,
+    JobIdFilterArg,
+    LimitArg,
+    McpServersArg,
+    MetadataArg,
+    PoolArg,
+    PoolFilterArg,
+    PriorityArg,
+    PriorityFilterArg,
+    ReleaseResourcesResult,
+    RenewResult,
+    RenewTtlArg,
+    RequestIdArg,
+    RequestResourcesResult,
+    SetCapacityResult,
+    StateArg,
+    TtlArg,
+    WorkersArg,
+    allocation_detail,
+    allocation_summary,
+    capacity_result,
+    cores,
+    history_result,
+    millicores,
+    request_result,
+)
+from adapters.service import AllocationService
+from domain.allocation import Allocation, allocation_uuid, is_allocation_id
+from domain.errors import AllocationNotFoundError, LedgerError, PoolNotFoundError
+from domain.pool import DEFAULT_POOL, DEFAULT_WORKER_SIZE
+from domain.values import (
+    AllocationRequest,
+    AllocationState,
+    Priority,
+    Resources,
+)
+from projections.store import MAX_PAGE_SIZE, ListingQuery
+from projections.views import CapacityView
+
+logger = logging.getLogger("allocation_ledger.mcp")
+
+SERVER_NAME = "allocation-ledger"
+HEALTH_PATH = "/healthz"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """How a tool presents itself, and the scope it needs."""
+
+    title: str
+    scope: Scope
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = True
+
+    @property
+    def annotations(self) -> ToolAnnotations:
+        return ToolAnnotations(
+            title=self.title,
+            read_only_hint=self.read_only,
+            destructive_hint=self.destructive,
+            idempotent_hint=self.idempotent,
+            open_world_hint=False,
+        )
+
+
+TOOLS: dict[str, ToolSpec] = {
+    "request_resources": ToolSpec("Request resources", "write", idempotent=False),
+    "release_resources": ToolSpec("Release resources", "write", destructive=True),
+    "get_capacity": ToolSpec("Get capacity", "read", read_only=True),
+    "get_allocation": ToolSpec("Get allocation", "read", read_only=True),
+    "list_allocations": ToolSpec("List allocations", "read", read_only=True),
+    "cleanup_expired": ToolSpec(
+        "Clean up expired allocations", "write", destructive=True
+    ),
+    "renew_allocation": ToolSpec("Renew allocation", "write", idempotent=False),
+    "get_allocation_history": ToolSpec(
+        "Get allocation history", "read", read_only=True
+    ),
+    "set_capacity": ToolSpec("Set pool capacity", "admin", destructive=True),
+}
+"""Every tool. Scopes: admin includes write, write includes read. Releasing,
+cleaning up and setting capacity take capacity from someone or overwrite it
+(destructive); requesting and renewing do something new on every call."""
+
+INSTRUCTIONS = """\
+Allocation Ledger reserves workers (CPU and memory) and shared MCP servers for
+jobs. Call request_resources before work starts, keep the returned
+allocation_id, renew_allocation while the job runs past its ttl_seconds, and
+release_resources when done; whatever is not renewed expires and its capacity
+is taken back. A request that does not fit comes back with status "failed"
+and the reason; check get_capacity first to avoid that. Pass a request_id to
+make retries safe. CPU is in cores, memory in MB, times in ISO 8601 (UTC).
+"""
+
+
+def _strict_tool(fn: Callable[..., Any], spec: ToolSpec) -> Tool:
+    """A tool whose arguments must all be known: a misspelt one is an error.
+
+    MCPServer ignores unknown arguments by default, which would turn a typo
+    such as `worker=4` into a silent request for no workers.
+    """
+    tool = Tool.from_function(
+        fn,
+        description=inspect.cleandoc(fn.__doc__ or ""),
+        annotations=spec.annotations,
+        title=spec.title,
+    )
+    model = tool.fn_metadata.arg_model
+    model.model_config["extra"] = "forbid"
+    model.model_rebuild(force=True)
+    tool.parameters = model.model_json_schema(by_alias=True)
+    return tool
+
+
+class LedgerTools:
+    """The tools, as methods over one service, with one access policy."""
+
+    def __init__(self, service: AllocationService, access: Access) -> None:
+        self.service = service
+        self.ledger = service.ledger
+        self.read = service.read_models
+        self.access = access
+
+    # -- plumbing ------------------------------------------------------------------
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        """Run ledger work off the event loop; domain errors become ToolErrors."""
+        try:
+            return await anyio.to_thread.run_sync(work)
+        except LedgerError as error:
+            raise ToolError(str(error)) from error
+
+    def _actor(self, tool: str) -> str:
+        return self.access.actor(TOOLS[tool].scope, tool)
+
+    def _capacity_view(self, pool: str, *, caught_up: bool = False) -> CapacityView:
+        """A pool's capacity; `caught_up` skips catching up (just done)."""
+        view = self.read.store.get_capacity(pool) if caught_up else None
+        if view is None:
+            view = self.read.capacity(pool)
+        if view is None:
+            raise PoolNotFoundError(pool)
+        return view
+
+    def _worker_size(self, pool: str, *, caught_up: bool = False) -> Resources:
+        try:
+            return self._capacity_view(pool, caught_up=caught_up).worker_size
+        except PoolNotFoundError:
+            return DEFAULT_WORKER_SIZE
+
+    # -- commands ------------------------------------------------------------------
+
+    async def request_resources(
+        self,
+        *,
+        job_id: JobIdArg,
+        mcp_servers: McpServersArg,
+        workers: WorkersArg = 0,
+        priority: PriorityArg = "normal",
+        ttl_seconds: TtlArg = 3600,
+        metadata: MetadataArg = None,
+        request_id: RequestIdArg = None,
+        pool: PoolArg = DEFAULT_POOL,
+        dry_run: DryRunArg = False,
+    ) -> RequestResourcesResult:
+        """Reserve workers and MCP servers for a job and get their endpoints.
+
+        Each worker costs 1 CPU core and 2048 MB unless the pool says otherwise;
+        MCP servers are shared by name across allocations. On success, status is
+        "active" and the result lists the endpoints; the lease runs for
+        ttl_seconds from now (renew_allocation extends it; release_resources
+        ends it). If the request does not fit, nothing is reserved and the
+        result is NOT an error: status is "failed", `error` says e.g.
+        "Insufficient workers: requested 10, available 6", and `reason` gives
+        {code, dimension, requested, available}; the refusal is recorded. Before
+        refusing, allocations whose lease has already run out are expired to
+        make room. Retries: with the same request_id and the same arguments
+        you get the original allocation back (replayed: true) and nothing
+        changes; reusing a request_id with different arguments is an error.
+        Invalid arguments (bad names, out-of-range numbers, unknown pool) are
+        errors and reserve nothing.
+        """
+        actor = self._actor("request_resources")
+
+        def work() -> RequestResourcesResult:
+            request = AllocationRequest(
+                job_id=job_id,
+                servers=tuple(mcp_servers),
+                workers=workers,
+                priority=Priority(priority),
+                ttl_seconds=ttl_seconds,
+                metadata=metadata if metadata is not None else {},
+            )
+            result = self.ledger.request(
+                request,
+                pool=pool,
+                request_id=request_id,
+                dry_run=dry_run,
+                actor=actor,
+            )
+            return request_result(
+                result.allocation,
+                worker_size=self._worker_size(result.allocation.pool),
+                replayed=result.replayed,
+                dry_run=result.dry_run,
+                expired_first=result.expired_first,
+            )
+
+        return await self._call(work)
+
+    async def release_resources(
+        self, allocation_id: AllocationIdArg
+    ) -> ReleaseResourcesResult:
+        """Release an allocation: its workers, CPU and memory go back to the pool.
+
+        MCP servers it used stay up while other allocations use them; a server
+        nobody uses becomes idle and stops after the pool's idle timeout,
+        freeing its port. Safe to repeat: releasing an allocation that was
+        already released or has expired changes nothing and returns status
+        "already_released"; releasing one that failed changes nothing and
+        returns status "failed". An unknown allocation_id is an error.
+        """
+        actor = self._actor("release_resources")
+
+        def work() -> ReleaseResourcesResult:
+            outcome = self.ledger.release(allocation_id, actor=actor)
+            result, allocation = outcome.result, outcome.allocation
+            message = None
+            if result.status == "already_released":
+                message = (
+                    f"allocation {allocation_id} was already {allocation.state.value};"
+                    " nothing changed"
+                )
+            elif result.status == "failed":
+                message = (
+                    f"allocation {allocation_id} had failed and held nothing; "
+                    "nothing changed"
+                )
+            return ReleaseResourcesResult(
+                status=result.status,
+                allocation_id=allocation_id,
+                job_id=allocation.request.job_id,
+                state=allocation.state.value,
+                workers_released=result.freed.workers,
+                cpu_freed=cores(result.freed.cpu_millicores),
+                memory_freed=result.freed.memory_mib,
+                released_at=result.released_at,
+                duration_seconds=result.duration_seconds,
+                message=message,
+            )
+
+        return await self._call(work)
+
+    async def renew_allocation(
+        self, allocation_id: AllocationIdArg, ttl_seconds: RenewTtlArg = None
+    ) -> RenewResult:
+        """Extend an active allocation's lease to now + ttl_seconds.
+
+        Without ttl_seconds, the allocation's own ttl_seconds is used again.
+        Call it while the job still needs its resources, before expires_at.
+        Errors: an unknown allocation_id; an allocation that is no longer live
+        (released, expired or failed); one whose lease has already run out,
+        which is expired instead of renewed (request new resources then). Each
+        call moves the expiry again, from the time of that call.
+        """
+        actor = self._actor("renew_allocation")
+
+        def work() -> RenewResult:
+            allocation = self.ledger.renew(allocation_id, ttl_seconds, actor=actor)
+            renewed = allocation.allocation
+            assert renewed.expires_at is not None
+            return RenewResult(
+                allocation_id=allocation_id,
+                status="renewed",
+                job_id=renewed.request.job_id,
+                state=renewed.state.value,
+                ttl_seconds=(
+                    renewed.request.ttl_seconds if ttl_seconds is None else ttl_seconds
+                ),
+                expires_at=renewed.expires_at,
+                renewed_at=renewed.modified_on,
+                renewals=renewed.renewals,
+            )
+
+        return await self._call(work)
+
+    async def cleanup_expired(self) -> CleanupResult:
+        """Expire every allocation whose lease has run out, now.
+
+        The server also does this on its own every few minutes; call it to
+        settle things at once. Expired allocations give their capacity back.
+        Returns the ids expired (`cleaned_up`) and their `count`; calling it
+        again right away finds nothing more.
+        """
+        actor = self._actor("cleanup_expired")
+
+        def work() -> CleanupResult:
+            result = self.ledger.expire_due(actor=actor)
+            return CleanupResult(
+                cleaned_up=list(result.expired),
+                count=len(result.expired),
+                deprovision_errors=list(result.deprovision_errors),
+            )
+
+        return await self._call(work)
+
+    async def set_capacity(
+        self,
+        *,
+        cpu: CapacityCpuArg = None,
+        memory: CapacityMemoryArg = None,
+        workers: CapacityWorkersArg = None,
+        pool: CapacityPoolArg = DEFAULT_POOL,
+    ) -> SetCapacityResult:
+        """Set a pool's total CPU, memory and worker slots (needs the admin scope).
+
+        Give any of cpu (cores), memory (MB) and workers; the others keep their
+        current totals. Lowering capacity below what is allocated never evicts
+        anything: it only refuses new requests until enough is released
+        (available_* may be negative meanwhile). Setting the totals a pool
+        already has changes nothing (changed: false). Returns the pool's
+        capacity afterwards.
+        """
+        actor = self._actor("set_capacity")
+        if cpu is None and memory is None and workers is None:
+            msg = "set_capacity needs at least one of cpu, memory and workers"
+            raise ToolError(msg)
+
+        def work() -> SetCapacityResult:
+            total = self._capacity_view(pool).total
+            capacity = Resources(
+                total.cpu_millicores if cpu is None else millicores(cpu),
+                total.memory_mib if memory is None else memory,
+                total.workers if workers is None else workers,
+            )
+            result = self.ledger.set_capacity(capacity, pool=pool, actor=actor)
+            view = capacity_result(self._capacity_view(pool))
+            return SetCapacityResult(**dict(view), changed=result.position is not None)
+
+        return await self._call(work)
+
+    # -- queries -------------------------------------------------------------------
+
+    async def get_capacity(
+        self, pool: CapacityPoolArg = DEFAULT_POOL
+    ) -> CapacityResult:
+        """Show a pool's capacity: totals, allocated, available, MCP servers.
+
+        CPU in cores, memory in MB. available_* is total minus allocated (it
+        can be negative after capacity was lowered below what is held).
+        running_mcp_servers names the servers up (running or idle);
+        mcp_servers gives each one's port, status and users. An unknown pool
+        is an error.
+        """
+        self._actor("get_capacity")
+        return await self._call(lambda: self.capacity(pool))
+
+    def capacity(self, pool: str) -> CapacityResult:
+        return capacity_result(self._capacity_view(pool))
+
+    async def get_allocation(self, allocation_id: AllocationIdArg) -> AllocationDetail:
+        """Show one allocation: state, resources, endpoints, times, lease.
+
+        Includes what it holds, its MCP server and worker endpoints, its
+        timestamps (created, activated, expires, released), whether its lease
+        has run out (is_expired) and, for a refused request, the error and
+        reason. An unknown allocation_id is an error.
+        """
+        self._actor("get_allocation")
+        return await self._call(lambda: self.detail(allocation_id))
+
+    def detail(self, allocation_id: str) -> AllocationDetail:
+        view = self.read.allocation(allocation_id)
+        return allocation_detail(
+            view,
+            worker_size=self._worker_size(view.pool, caught_up=True),
+            now=self.ledger.clock.now(),
+        )
+
+    async def list_allocations(
+        self,
+        *,
+        state: StateArg = None,
+        job_id: JobIdFilterArg = None,
+        priority: PriorityFilterArg = None,
+        pool: PoolFilterArg = None,
+        after: AfterArg = 0,
+        limit: LimitArg = MAX_PAGE_SIZE,
+    ) -> Annotated[CallToolResult, AllocationList]:
+        """List allocations, oldest first, optionally filtered.
+
+        Filters: state (pending, active, releasing, released, expired, failed),
+        job_id, priority, pool. Each item has allocation_id, job_id, state,
+        priority, workers, age_seconds and is_expired, plus pool, created_at,
+        expires_at and sequence. Returns at most `limit` items; for the next
+        page pass the last item's sequence as `after`. The text result is the
+        JSON list; the structured result is {allocations, count}.
+        """
+        self._actor("list_allocations")
+        query = ListingQuery(
+            state=None if state is None else AllocationState(state),
+            job_id=job_id,
+            priority=None if priority is None else Priority(priority),
+            pool=pool,
+            after=after,
+            limit=limit,
+        )
+
+        def work() -> AllocationList:
+            views = self.read.allocations(query)
+            now = self.ledger.clock.now()
+            items = [allocation_summary(v, now=now) for v in views]
+            return AllocationList(allocations=items, count=len(items))
+
+        listing = await self._call(work)
+        structured = listing.model_dump(mode="json")
+        text = json.dumps(structured["allocations"], indent=2)
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)],
+            structured_content=structured,
+        )
+
+    async def get_allocation_history(
+        self, allocation_id: AllocationIdArg
+    ) -> HistoryResult:
+        """Every event of one allocation, in order: what happened, when, by whom.
+
+        Each event has its version, kind (requested, rejected, activated,
+        renewed, release_requested, released, expired, failed), time, actor
+        (a token subject, "local" over stdio, or "system:sweeper" for expiry
+        by the server) and what it changed. Read from the event log itself, so
+        it is the audit record. An unknown allocation_id is an error.
+        """
+        self._actor("get_allocation_history")
+        return await self._call(lambda: self.history(allocation_id))
+
+    def history(self, allocation_id: str) -> HistoryResult:
+        events: list[Allocation.Event] = []
+        if is_allocation_id(allocation_id):
+            store = self.ledger.repository.event_store
+            for event in store.get(allocation_uuid(allocation_id)):
+                if isinstance(event, Allocation.Event):
+                    events.append(event)
+        if not events:
+            raise AllocationNotFoundError(allocation_id)
+        return history_result(allocation_id, events)
+
+    # -- registration --------------------------------------------------------------
+
+    def tools(self) -> list[Tool]:
+        return [_strict_tool(getattr(self, name), spec) for name, spec in TOOLS.items()]
+
+    # -- resources -----------------------------------------------------------------
+
+    async def _resource(self, uri: str, work: Callable[[], BaseModel]) -> str:
+        try:
+            self.access.actor("read", f"reading {uri}")
+        except ToolError as error:
+            raise ResourceError(str(error)) from error
+        try:
+            model = await anyio.to_thread.run_sync(work)
+        except (AllocationNotFoundError, PoolNotFoundError) as error:
+            raise ResourceNotFoundError(str(error)) from error
+        except LedgerError as error:
+            raise ResourceError(str(error)) from error
+        return model.model_dump_json(indent=2)
+
+    def register_resources(self, server: MCPServer[Any]) -> None:
+        @server.resource(
+            "ledger://pools/{pool}/capacity",
+            name="pool_capacity",
+            title="Pool capacity",
+            description="A pool's capacity as get_capacity returns it (JSON).",
+            mime_type="application/json",
+        )
+        async def pool_capacity(pool: str) -> str:
+            return await self._resource(
+                f"ledger://pools/{pool}/capacity", lambda: self.capacity(pool)
+            )
+
+        @server.resource(
+            "ledger://allocations/{allocation_id}",
+            name="allocation",
+            title="Allocation",
+            description="One allocation as get_allocation returns it (JSON).",
+            mime_type="application/json",
+        )
+        async def allocation(allocation_id: str) -> str:
+            return await self._resource(
+                f"ledger://allocations/{allocation_id}",
+                lambda: self.detail(allocation_id),
+            )
+
+        @server.resource(
+            "ledger://allocations/{allocation_id}/history",
+            name="allocation_history",
+            title="Allocation history",
+            description=(
+                "Every event of one allocation, as get_allocation_history "
+                "returns it (JSON)."
+            ),
+            mime_type="application/json",
+        )
+        async def allocation_history(allocation_id: str) -> str:
+            return await self._resource(
+                f"ledger://allocations/{allocation_id}/history",
+                lambda: self.history(allocation_id),
+            )
+
+
+# -- background work -----------------------------------------------------------
+
+
+async def _periodically(
+    name: str, interval: float, job: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `job` now and then every `interval` seconds; errors are logged, not fatal."""
+    while True:
+        try:
+            await job()
+        except Exception:  # - logged and retried on the next round
+            logger.exception("%s failed; trying again in %g s", name, interval)
+        await anyio.sleep(interval)
+
+
+class BackgroundWork:
+    """The expiry sweeper and the idle-MCP-server stopper of one running server."""
+
+    def __init__(self, service: AllocationService) -> None:
+        self.service = service
+
+    async def sweep(self) -> None:
+        result = await anyio.to_thread.run_sync(self.service.ledger.expire_due)
+        if result.expired:
+            logger.info(
+                "expired %d allocation(s): %s",
+                len(result.expired),
+                ", ".join(result.expired),
+            )
+        for error in result.deprovision_errors:
+            logger.warning("teardown after expiry failed: %s", error)
+
+    async def stop_idle(self) -> None:
+        result = await anyio.to_thread.run_sync(self.service.ledger.stop_idle_servers)
+        for server in result.stopped:
+            logger.info(
+                "stopped idle MCP server %s on port %d (pool %s)",
+                server.name,
+                server.port,
+                server.pool,
+            )
+        for error in result.errors:
+            logger.warning("stopping an idle MCP server failed: %s", error)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[BackgroundWork]:
+        settings = self.service.settings
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                _periodically,
+                "expiry sweep",
+                settings.sweep_interval_seconds,
+                self.sweep,
+            )
+            group.start_soon(
+                _periodically,
+                "idle MCP server check",
+                settings.idle_check_interval_seconds,
+                self.stop_idle,
+            )
+            try:
+                yield self
+            finally:
+                group.cancel_scope.cancel()
+
+
+# -- the server ----------------------------------------------------------------
+
+
+def build_server(
+    service: AllocationService,
+    *,
+    access: Access | None = None,
+    verifier: StaticTokenVerifier | None = None,
+) -> MCPServer[BackgroundWork]:
+    """The MCP server over one service.
+
+    With a `verifier`, HTTP requests need a valid bearer token (401 without
+    one) and tools check the token's scopes. Without, every call is allowed
+    and recorded as `access.anonymous_actor` ("local" by default).
+    """
+    if access is None:
+        access = Access(require_token=verifier is not None)
+    tools = LedgerTools(service, access)
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[BackgroundWork]) -> AsyncIterator[BackgroundWork]:
+        async with BackgroundWork(service).running() as work:
+            yield work
+
+    auth = None
+    if verifier is not None:
+        auth = AuthSettings(
+            issuer_url=AnyHttpUrl("http://127.0.0.1"),
+            resource_server_url=None,
+            required_scopes=[],
+        )
+    server: MCPServer[BackgroundWork] = MCPServer(
+        SERVER_NAME,
+        title="Allocation Ledger",
+        instructions=INSTRUCTIONS,
+        version=_version(),
+        tools=tools.tools(),
+        lifespan=lifespan,
+        auth=auth,
+        token_verifier=verifier,
+        log_level=service.settings.log_level,
+    )
+    tools.register_resources(server)
+
+    async def healthz(_: Request) -> Response:
+        try:
+            await anyio.to_thread.run_sync(service.projector.log.max_notification_id)
+        except Exception:
+            logger.exception("health check could not reach the event store")
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(healthz)
+    return server
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("allocation-ledger")
+    except PackageNotFoundError:
+        return "0"
+
+
+def stdio_server(service: AllocationService) -> MCPServer[BackgroundWork]:
+    """The server for stdio: one local user, recorded as `local`."""
+    return build_server(
+        service, access=Access(require_token=False, anonymous_actor=LOCAL_ACTOR)
+    )
+
+
+def http_app(
+    service: AllocationService,
+    *,
+    host: str = "127.0.0.1",
+    path: str = "/mcp",
+    verifier: StaticTokenVerifier | None,
+) -> Starlette:
+    """The streamable HTTP app, with `/healthz`; no verifier means no auth."""
+    access = Access(
+        require_token=verifier is not None,
+        anonymous_actor=ANONYMOUS_ACTOR,
+    )
+    server = build_server(service, access=access, verifier=verifier)
+    return server.streamable_http_app(streamable_http_path=path, host=host)
+
+
+async def serve_http(app: Starlette, *, host: str, port: int, log_level: str) -> None:
+    """Serve `app` with uvicorn until interrupted; uvicorn logs to stderr."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,
+        lifespan="on",
+    )
+    await uvicorn.Server(config).serve()

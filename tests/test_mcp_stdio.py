@@ -1,0 +1,160 @@
+"""The MCP server over stdio: `allocation-ledger serve` as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from tests.mcp_support import (
+    REPO,
+    call,
+    call_error,
+    max_notification_id,
+    original_behaviours,
+    server_env,
+    sqlite_service,
+    stdio_params,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_the_original_behaviours_over_stdio_are_kept_in_the_file(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "ledger.db"
+    async with Client(stdio_params(database)) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert len(tools) == 9
+        history = await original_behaviours(client)
+        assert {e["actor"] for e in history["events"]} == {"local"}
+
+        with sqlite_service(database) as outside:
+            written = max_notification_id(outside)
+        text = await call_error(
+            client,
+            "request_resources",
+            {"job_id": "x" * 100_000, "mcp_servers": [], "workers": "many"},
+        )
+        assert "job_id" in text
+        assert "workers" in text
+        text = await call_error(client, "release_resources", {"allocation_id": "bad"})
+        assert "allocation_id" in text
+        with sqlite_service(database) as outside:
+            assert max_notification_id(outside) == written
+
+        allocation_id = history["allocation_id"]
+        assert (await call(client, "get_allocation", allocation_id=allocation_id))[
+            "state"
+        ] == "released"
+
+    # Another server on the same file sees everything: nothing lived only in memory.
+    async with Client(stdio_params(database)) as client:
+        again = await call(
+            client, "get_allocation_history", allocation_id=allocation_id
+        )
+        assert again == history
+
+
+def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
+    """Logs go to stderr; stdout is the JSON-RPC stream and nothing else."""
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw-test", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "get_allocation", "arguments": {"allocation_id": "x"}},
+        },
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {
+                "name": "request_resources",
+                "arguments": {"job_id": "raw", "mcp_servers": ["github"], "workers": 1},
+            },
+        },
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_env(tmp_path / "ledger.db", ALLOCATION_LEDGER_LOG_LEVEL="INFO"),
+        cwd=tmp_path,
+    )
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        for message in messages:
+            process.stdin.write(json.dumps(message) + "\n")
+        process.stdin.flush()
+        replies = [json.loads(process.stdout.readline()) for _ in range(3)]
+        rest, errors = process.communicate()  # closes stdin: the server stops
+    finally:
+        watchdog.cancel()
+    assert process.returncode == 0, errors
+    assert rest == ""
+    assert all(r["jsonrpc"] == "2.0" for r in replies)
+    by_id = {r["id"]: r for r in replies}
+    assert set(by_id) == {1, 2, 3}
+    assert by_id[2]["result"]["isError"] is True
+    assert by_id[3]["result"]["structuredContent"]["status"] == "active"
+    assert "get_allocation" in errors  # its log line went to stderr
+
+
+def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "adapters.cli", "demo"],
+        capture_output=True,
+        text=True,
+        env={**server_env(tmp_path / "ledger.db"), "COLUMNS": "200"},
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "Connected over stdio to allocation-ledger" in out
+    for tool in (
+        "get_capacity",
+        "request_resources",
+        "list_allocations",
+        "renew_allocation",
+        "release_resources",
+        "get_allocation_history",
+    ):
+        assert f"→ {tool}(" in out
+    assert "replayed=True" in out
+    assert "Insufficient workers: requested" in out
+    assert "already_released" in out
+    assert str(tmp_path / "ledger.db") in out
+    with sqlite_service(tmp_path / "ledger.db") as service:
+        capacity = service.read_models.capacity()
+        assert capacity is not None
+        assert capacity.live_allocations == 0
