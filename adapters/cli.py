@@ -19,7 +19,12 @@ from rich.table import Table
 
 from adapters import audit_cli
 from adapters.mcp_models import capacity_result
-from adapters.service import AllocationService, open_service
+from adapters.service import (
+    AllocationService,
+    DatabaseError,
+    init_database,
+    open_service,
+)
 from adapters.settings import ENV_PREFIX, Settings
 from domain.errors import LedgerError
 from projections.views import CapacityView
@@ -404,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status = commands.add_parser("status", help="show every pool's capacity")
     status.add_argument("--json", action="store_true", help="print JSON")
+    commands.add_parser(
+        "init-db",
+        help="create the ledger's tables (PostgreSQL: once, before any server)",
+    )
     audit_cli.add_commands(commands)
     return parser
 
@@ -419,6 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=False)
     if args.command == "demo":
         return run_demo(settings, console)
+    if args.command == "init-db":
+        try:
+            init_database(settings)
+        except DatabaseError as error:
+            return _fail(str(error), 2)
+        console.print(f"the {settings.store} ledger's tables are ready")
+        return 0
     try:
         service = open_service(settings)
     except Exception as error:  # noqa: BLE001 - shown to the operator
