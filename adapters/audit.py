@@ -195,11 +195,36 @@ def _compare_pool(pool: Pool, capacity: CapacityView) -> list[str]:
 def export_events(
     service: AllocationService, since: int = 0
 ) -> Iterator[dict[str, Any]]:
-    """The log as JSON-ready records, after position `since`."""
+    """The log as JSON-ready records, after position `since`.
+
+    Each record names its aggregate by UUID and, for allocations and pools,
+    by its public id or name (`allocation_id` / `pool`) as well.
+    """
+    names: dict[Any, str] = {}
+    service.read_models.catch_up()
     for position, event in logged_events(
         service.ledger.recorder, service.projector.decode, after=since
     ):
-        yield describe(event, position).as_dict()
+        record = describe(event, position).as_dict()
+        key = record["aggregate"]
+        if key in ("allocation", "pool"):
+            record["name"] = _public_name(service, names, event, key)
+        yield record
+
+
+def _public_name(
+    service: AllocationService, names: dict[Any, str], event: Any, kind: str
+) -> str:
+    """The allocation id or pool name of an event's aggregate."""
+    uuid = event.originator_id
+    if uuid not in names:
+        if kind == "allocation":
+            found = service.store.allocations([uuid]).get(uuid)
+            names[uuid] = found.allocation_id if found else ""
+        else:
+            capacity = service.store.capacities([uuid]).get(uuid)
+            names[uuid] = capacity.pool if capacity else ""
+    return names[uuid]
 
 
 def usage(

@@ -471,8 +471,50 @@ class CapacityResult(BaseModel):
     updated_at: UtcTime | None
 
 
+class UsageRowResult(BaseModel):
+    """What one job held in one pool over the period."""
+
+    job_id: str
+    pool: str
+    cpu_core_seconds: float
+    memory_mb_seconds: float
+    worker_seconds: float
+    mcp_server_seconds: float = Field(
+        description="Seconds an allocation used an MCP server, summed over servers."
+    )
+    allocations: dict[str, int] = Field(
+        description="Allocations requested in the period, by state now."
+    )
+
+
+class UsageResult(BaseModel):
+    usage: list[UsageRowResult]
+    count: int
+    since: UtcTime | None
+    until: UtcTime
+
+
 class SetCapacityResult(CapacityResult):
     changed: bool = Field(description="False when the totals were already these.")
+
+
+AtArg = Annotated[
+    datetime | None,
+    Field(
+        description=(
+            "A past moment (ISO 8601 with offset, e.g. 2026-11-26T09:00:00Z): the "
+            "capacity as it was then, replayed from the event log. Omit for now."
+        ),
+    ),
+]
+SinceArg = Annotated[
+    datetime | None,
+    Field(description="Start of the period (ISO 8601); omit for the beginning."),
+]
+UntilArg = Annotated[
+    datetime | None,
+    Field(description="End of the period (ISO 8601, exclusive); omit for now."),
+]
 
 
 class HeldResources(BaseModel):

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -32,6 +33,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from adapters import audit
 from adapters.auth import (
     ANONYMOUS_ACTOR,
     LOCAL_ACTOR,
@@ -44,6 +46,7 @@ from adapters.mcp_models import (
     AllocationDetail,
     AllocationIdArg,
     AllocationList,
+    AtArg,
     CapacityCpuArg,
     CapacityMemoryArg,
     CapacityPoolArg,
@@ -67,8 +70,12 @@ from adapters.mcp_models import (
     RequestIdArg,
     RequestResourcesResult,
     SetCapacityResult,
+    SinceArg,
     StateArg,
     TtlArg,
+    UntilArg,
+    UsageResult,
+    UsageRowResult,
     WorkersArg,
     allocation_detail,
     allocation_summary,
@@ -89,6 +96,7 @@ from domain.values import (
     Resources,
 )
 from projections.store import MAX_PAGE_SIZE, ListingQuery
+from projections.usage import UsageQuery
 from projections.views import CapacityView
 
 logger = logging.getLogger("allocation_ledger.mcp")
@@ -133,6 +141,7 @@ TOOLS: dict[str, ToolSpec] = {
         "Get allocation history", "read", read_only=True
     ),
     "set_capacity": ToolSpec("Set pool capacity", "admin", destructive=True),
+    "get_usage": ToolSpec("Get usage", "read", read_only=True),
 }
 """Every tool. Scopes: admin includes write, write includes read. Releasing,
 cleaning up and setting capacity take capacity from someone or overwrite it
@@ -398,18 +407,26 @@ class LedgerTools:
     # -- queries -------------------------------------------------------------------
 
     async def get_capacity(
-        self, pool: CapacityPoolArg = DEFAULT_POOL
+        self, pool: CapacityPoolArg = DEFAULT_POOL, at: AtArg = None
     ) -> CapacityResult:
         """Show a pool's capacity: totals, allocated, available, MCP servers.
 
         CPU in cores, memory in MB. available_* is total minus allocated (it
         can be negative after capacity was lowered below what is held).
         running_mcp_servers names the servers up (running or idle);
-        mcp_servers gives each one's port, status and users. An unknown pool
-        is an error.
+        mcp_servers gives each one's port, status and users. With `at`, the
+        pool as it was at that past moment, replayed from the event log. An
+        unknown pool (or one that did not exist yet at `at`) is an error.
         """
         self._actor("get_capacity")
-        return await self._call(lambda: self.capacity(pool))
+        if at is None:
+            return await self._call(lambda: self.capacity(pool))
+        moment = _utc(at)
+        return await self._call(
+            lambda: capacity_result(
+                audit.capacity_at(self.service, moment, pool).capacity
+            )
+        )
 
     def capacity(self, pool: str) -> CapacityResult:
         return capacity_result(self._capacity_view(pool))
@@ -500,6 +517,45 @@ class LedgerTools:
         if not events:
             raise AllocationNotFoundError(allocation_id)
         return history_result(allocation_id, events)
+
+    async def get_usage(
+        self,
+        *,
+        job_id: JobIdFilterArg = None,
+        pool: PoolFilterArg = None,
+        since: SinceArg = None,
+        until: UntilArg = None,
+    ) -> UsageResult:
+        """What each job held, per pool, over a period: the accounting.
+
+        For each (job, pool): cpu_core_seconds, memory_mb_seconds,
+        worker_seconds, mcp_server_seconds, and the allocations requested in
+        the period by state. Capacity counts from the request to its release
+        or failure; an expired allocation up to its lease's end; a live one up
+        to now. Only the part inside [since, until) counts.
+        """
+        self._actor("get_usage")
+        now = self.ledger.clock.now()
+        query = UsageQuery(
+            job_id=job_id,
+            pool=pool,
+            since=None if since is None else _utc(since),
+            until=None if until is None else _utc(until),
+        )
+        if query.since and query.until and query.since >= query.until:
+            msg = "since must be before until"
+            raise ToolError(msg)
+
+        def work() -> UsageResult:
+            rows = audit.usage(self.service, query, now)
+            return UsageResult(
+                usage=[UsageRowResult.model_validate(r.as_dict()) for r in rows],
+                count=len(rows),
+                since=query.since,
+                until=query.until or now,
+            )
+
+        return await self._call(work)
 
     # -- registration --------------------------------------------------------------
 
@@ -684,6 +740,11 @@ def build_server(
 
     server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(healthz)
     return server
+
+
+def _utc(moment: datetime) -> datetime:
+    """A time as given, or taken as UTC when it has no offset."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _version() -> str:

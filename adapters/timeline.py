@@ -71,7 +71,9 @@ def collect(
                 capacity.reserved.amount(dimension) / scale,
                 capacity.total.amount(dimension) / scale,
             )
-            if since is not None and moment < since and series:
+            # One unit of work writes several events at one moment: keep
+            # only where the pool ended up, not the steps in between.
+            if series and (series[-1][0] == point[0]):
                 series[-1] = point
             else:
                 series.append(point)

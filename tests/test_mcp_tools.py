@@ -44,12 +44,14 @@ TOOLS = {
     "renew_allocation",
     "get_allocation_history",
     "set_capacity",
+    "get_usage",
 }
 READ_ONLY = {
     "get_capacity",
     "get_allocation",
     "list_allocations",
     "get_allocation_history",
+    "get_usage",
 }
 DESTRUCTIVE = {"release_resources", "cleanup_expired", "set_capacity"}
 NOT_IDEMPOTENT = {"request_resources", "renew_allocation"}
@@ -771,6 +773,13 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("get_capacity", {"pool": HUGE}, "pool"),
     ("get_capacity", {"pool": "elsewhere"}, "not found"),
     ("get_capacity", {"verbose": True}, "verbose"),
+    ("get_capacity", {"at": "yesterday"}, "at"),
+    ("get_capacity", {"at": 5}, "at"),
+    ("get_usage", {"since": "last week"}, "since"),
+    ("get_usage", {"until": [2026]}, "until"),
+    ("get_usage", {"job_id": HUGE}, "job_id"),
+    ("get_usage", {"pool": "Bad Pool!"}, "pool"),
+    ("get_usage", {"job": "x"}, "job"),
     ("get_allocation", {}, "allocation_id"),
     ("get_allocation", {"allocation_id": ["alloc-000000000000"]}, "allocation_id"),
     ("get_allocation", {"allocation_id": UNKNOWN_ID}, "not found"),

@@ -1,0 +1,70 @@
+"""Writes a day-like history on a SQLite file, on a simulated clock.
+
+Used to produce the examples in docs/operations.md:
+
+    .venv/bin/python scripts/demo-history.py /tmp/history.db
+    ALLOCATION_LEDGER_DATABASE=/tmp/history.db .venv/bin/allocation-ledger usage
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from adapters.service import open_service
+from adapters.settings import Settings
+from domain.clock import ManualClock
+from domain.errors import AllocationNotLiveError
+from domain.values import AllocationRequest, Priority, Resources
+
+JOBS = ("research", "review", "triage", "nightly-build", "docs")
+SERVERS = ("filesystem", "github", "search", "browser")
+
+
+def main(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+    clock = ManualClock(datetime(2026, 11, 26, 8, 0, tzinfo=UTC))
+    service = open_service(Settings(store="sqlite", database=Path(path)), clock=clock)
+    ledger = service.ledger
+    rng = random.Random(7)
+    live: list[str] = []
+    for step in range(240):
+        clock.advance(rng.choice((20, 40, 60, 90)))
+        if step == 120:
+            ledger.set_capacity(Resources(12_000, 24_576, 8), actor="ops")
+        if step == 200:
+            ledger.set_capacity(Resources(16_000, 32_768, 10), actor="ops")
+        roll = rng.random()
+        if roll < 0.45 or not live:
+            job = rng.choice(JOBS)
+            result = ledger.request(
+                AllocationRequest(
+                    f"{job}-{step}",
+                    tuple(rng.sample(SERVERS, rng.randint(0, 2))),
+                    workers=rng.choice((1, 1, 2, 3, 4)),
+                    priority=rng.choice(list(Priority)),
+                    ttl_seconds=rng.choice((300, 600, 1800)),
+                ),
+                actor=f"agent-{job}",
+            )
+            if result.allocation.state.is_live:
+                live.append(result.allocation.allocation_id)
+        elif roll < 0.65:
+            try:
+                ledger.renew(rng.choice(live), actor="agent")
+            except AllocationNotLiveError:
+                pass
+        elif roll < 0.9:
+            ledger.release(live.pop(rng.randrange(len(live))), actor="agent")
+        else:
+            ledger.expire_due()
+            ledger.stop_idle_servers()
+    service.projector.catch_up()
+    service.close()
+    print(f"wrote a history ending at {clock.now().isoformat()} to {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "demo-history.db")
