@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from mcp import Client
@@ -27,7 +28,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def service(clock: ManualClock) -> AsyncIterator[AllocationService]:
+def service(clock: ManualClock) -> Iterator[AllocationService]:
     opened = open_service(Settings(store="memory"), clock=clock)
     yield opened
     opened.close()
@@ -39,11 +40,12 @@ async def client(service: AllocationService) -> AsyncIterator[Client]:
         yield connected
 
 
-async def call(client: Client, tool: str, **arguments: object) -> dict[str, object]:
+async def call(client: Client, tool: str, **arguments: object) -> dict[str, Any]:
     result = await client.call_tool(tool, arguments)
     assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
+    structured: dict[str, Any] | None = result.structured_content
+    assert structured is not None
+    return structured
 
 
 async def test_capacity_at_a_past_moment(client: Client, clock: ManualClock) -> None:
@@ -81,7 +83,7 @@ async def test_usage_per_job_over_a_period(client: Client, clock: ManualClock) -
 
     usage = await call(client, "get_usage", job_id="job-a")
     assert usage["count"] == 1
-    [row] = usage["usage"]  # type: ignore[misc]
+    [row] = usage["usage"]
     assert row == {
         "job_id": "job-a",
         "pool": "default",
@@ -97,7 +99,7 @@ async def test_usage_per_job_over_a_period(client: Client, clock: ManualClock) -
         since=(start + timedelta(seconds=100)).isoformat(),
         until=(start + timedelta(seconds=200)).isoformat(),
     )
-    rows = {r["job_id"]: r for r in window["usage"]}  # type: ignore[attr-defined]
+    rows = {r["job_id"]: r for r in window["usage"]}
     assert rows["job-a"]["cpu_core_seconds"] == 200.0
     assert "job-b" not in rows  # requested after the period
 
