@@ -85,7 +85,7 @@ from adapters.mcp_models import (
     millicores,
     request_result,
 )
-from adapters.service import AllocationService
+from adapters.service import AllocationService, resume_interrupted
 from domain.allocation import Allocation, allocation_uuid, is_allocation_id
 from domain.errors import AllocationNotFoundError, LedgerError, PoolNotFoundError
 from domain.pool import DEFAULT_POOL, DEFAULT_WORKER_SIZE
@@ -642,6 +642,13 @@ class BackgroundWork:
         self.service = service
 
     async def sweep(self) -> None:
+        resumed = await anyio.to_thread.run_sync(resume_interrupted, self.service)
+        if resumed:
+            logger.warning(
+                "finished %d allocation(s) left half done by an interruption: %s",
+                len(resumed),
+                ", ".join(resumed),
+            )
         result = await anyio.to_thread.run_sync(self.service.ledger.expire_due)
         if result.expired:
             logger.info(

@@ -8,7 +8,13 @@ from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 
 
 class LocalProvisioner:
-    """Hands out `http://<host>:<port>` endpoints for the ports the pool assigned."""
+    """Hands out `http://<host>:<port>` endpoints for the ports the pool assigned.
+
+    It only works out endpoints (`instant`), so the ledger reserves and
+    activates in one transaction.
+    """
+
+    instant = True
 
     def __init__(self, host: str = "localhost") -> None:
         self.host = host

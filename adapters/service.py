@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from adapters.provisioning import LocalProvisioner
@@ -15,9 +16,10 @@ from adapters.system_clock import SystemClock
 from domain.clock import Clock
 from domain.ledger import Ledger
 from domain.provisioner import Provisioner
+from domain.values import AllocationState
 from projections.catchup import LoggedNotification, Projector
 from projections.queries import ReadModels
-from projections.store import InMemoryReadModels, ReadModelStore
+from projections.store import InMemoryReadModels, ListingQuery, ReadModelStore
 
 
 class DatabaseError(Exception):
@@ -148,3 +150,20 @@ def _check_postgres(settings: Settings, *, initialised: bool) -> None:
             "initialised: run `allocation-ledger init-db` once first"
         )
         raise DatabaseError(msg)
+
+
+def resume_interrupted(service: AllocationService) -> list[str]:
+    """Finish allocations a crash left pending or releasing; their ids.
+
+    Only those untouched for the provisioning timeout are taken up, so work
+    another process is doing right now is left to it.
+    """
+    now = service.ledger.clock.now()
+    cutoff = now - timedelta(seconds=service.settings.provisioning_timeout_seconds)
+    resumed: list[str] = []
+    for state in (AllocationState.PENDING, AllocationState.RELEASING):
+        for view in service.read_models.allocations(ListingQuery(state=state)):
+            if view.updated_at <= cutoff:
+                service.ledger.resume(view.allocation_id)
+                resumed.append(view.allocation_id)
+    return resumed

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     postgres_connect_timeout: int = Field(5, ge=1, le=300)
     sweep_interval_seconds: float = Field(300.0, gt=0)
     idle_check_interval_seconds: float = Field(60.0, gt=0)
+    provisioning_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "An allocation still pending or releasing this long after its last "
+            "event was interrupted (a crash between provisioning steps): the "
+            "sweeper finishes it."
+        ),
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of the server's log, written to stderr."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -502,6 +503,8 @@ class Ledger(Application[UUID]):
                 snapshot = allocation.snapshot()
                 work.discard()
                 return RequestResult(snapshot, None, dry_run=True)
+            if rejection is None and self.provisions_instantly:
+                self._provision_now(allocation, target, at=now, actor=actor)
             position = work.save()
             teardown.extend(work.allocation(i).snapshot() for i in expired)
             return RequestResult(
@@ -511,13 +514,52 @@ class Ledger(Application[UUID]):
         reserved = self._run("request_resources", body)
         self._deprovision_quietly(teardown)
         self._stop_servers_quietly(reclaimed)
-        if (
-            reserved.dry_run
-            or reserved.replayed
-            or reserved.allocation.state is not AllocationState.PENDING
-        ):
+        if reserved.dry_run or reserved.allocation.state is not AllocationState.PENDING:
             return reserved
-        return self._provision(reserved, actor=actor)
+        # Provisioning under way, or interrupted before it finished (a retry
+        # with the same request_id then takes it up again).
+        provisioned = self._provision(reserved, actor=actor)
+        return dataclasses.replace(provisioned, replayed=reserved.replayed)
+
+    @property
+    def provisions_instantly(self) -> bool:
+        return bool(getattr(self.provisioner, "instant", False))
+
+    def _provision_now(
+        self, allocation: Allocation, pool: Pool, *, at: datetime, actor: str
+    ) -> None:
+        """Provision inside the unit of work (instant provisioners only)."""
+        try:
+            endpoints = self.provisioner.provision(
+                allocation.allocation_id, allocation.workers, allocation.servers
+            )
+        except Exception as error:  # noqa: BLE001 - any provisioner failure
+            allocation.fail(str(error) or type(error).__name__, at=at, actor=actor)
+            pool.free(allocation.allocation_id, "failed", at=at, actor=actor)
+            return
+        allocation.activate(
+            Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
+            at=at,
+            actor=actor,
+        )
+
+    def resume(self, allocation_id: str, *, actor: str = SWEEPER_ACTOR) -> Allocation:
+        """Finish what an interrupted command left half done.
+
+        A `pending` allocation is provisioned (again) and activated, or failed;
+        a `releasing` one is deprovisioned (again) and released. Anything else
+        is left as it is. Safe to call more than once, from any process.
+        """
+
+        def look(work: _UnitOfWork) -> Allocation:
+            return work.allocation(allocation_id, fresh=True).snapshot()
+
+        current = self._run("resume", look)
+        if current.state is AllocationState.PENDING:
+            return self._provision(RequestResult(current, None), actor=actor).allocation
+        if current.state is AllocationState.RELEASING:
+            return self.release(allocation_id, actor=actor).allocation
+        return current
 
     def _provision(self, reserved: RequestResult, *, actor: str) -> RequestResult:
         pending = reserved.allocation
@@ -582,11 +624,15 @@ class Ledger(Application[UUID]):
         current = self._run("release_resources", look)
         if not current.state.is_live:
             return self._unchanged_release(current)
+        if not self.provisions_instantly:
+            # Record the intent first: a crash while tearing down then leaves
+            # the allocation `releasing`, for `resume` to finish.
+            self._mark_releasing(allocation_id, actor)
         try:
             self.provisioner.deprovision(
                 allocation_id, current.workers, current.servers
             )
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any provisioner failure
             self._mark_releasing(allocation_id, actor)
             raise ProvisioningError(allocation_id, str(error)) from error
 

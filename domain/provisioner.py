@@ -33,7 +33,15 @@ class Endpoints:
 
 
 class Provisioner(Protocol):
-    """Sets up what an allocation reserved. Raising leaves the allocation failed."""
+    """Sets up what an allocation reserved. Raising leaves the allocation failed.
+
+    A provisioner whose `provision` only works out endpoints, touching nothing
+    outside, may say so with a class attribute `instant = True`: the ledger
+    then reserves and activates in one transaction, so no crash can leave an
+    allocation reserved but never provisioned. Any other provisioner runs
+    between two transactions (the allocation is `pending` meanwhile), and must
+    tolerate being called again for the same allocation after a crash.
+    """
 
     def provision(
         self,

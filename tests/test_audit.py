@@ -214,7 +214,7 @@ def test_timeline_marks_expiries_and_rejections(scripted: Script) -> None:
     assert timeline.rejections == [scripted.at(200)]
     assert timeline.expiries == [scripted.at(700)]
     workers = [(t, r, c) for t, r, c in timeline.points[Dimension.WORKERS]]
-    assert workers[0] == (scripted.at(0), 0.0, 10.0)
+    assert workers[0] == (scripted.at(0), 2.0, 10.0)  # one point per moment
     assert (scripted.at(100), 6.0, 10.0) in workers
     assert workers[-1] == (scripted.at(700), 0.0, 10.0)
     svg = render_svg(timeline)
