@@ -11,7 +11,7 @@ from adapters.service import AllocationService, resume_interrupted
 from domain.clock import ManualClock
 from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from domain.values import AllocationRequest, AllocationState
-from tests.conftest import OpenService
+from tests.ledger_support import OpenService
 
 
 class Interrupted(BaseException):
