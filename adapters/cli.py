@@ -157,7 +157,13 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         else:
             from adapters.mcp_server import http_app, serve_http
 
-            app = http_app(service, host=host, path=path, verifier=verifier)
+            app = http_app(
+                service,
+                host=host,
+                path=path,
+                verifier=verifier,
+                stateless=args.stateless or settings.http_stateless,
+            )
             auth = (
                 "without authentication" if verifier is None else "with bearer tokens"
             )
@@ -402,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-auth",
         action="store_true",
         help="serve HTTP without bearer tokens (calls are recorded as 'anonymous')",
+    )
+    serve.add_argument(
+        "--stateless",
+        action="store_true",
+        help=(
+            "keep no MCP session in this process, so a load balancer may send any "
+            "request to any server (several servers on one PostgreSQL ledger)"
+        ),
     )
     commands.add_parser(
         "demo",

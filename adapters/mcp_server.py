@@ -776,14 +776,21 @@ def http_app(
     host: str = "127.0.0.1",
     path: str = "/mcp",
     verifier: StaticTokenVerifier | None,
+    stateless: bool = False,
 ) -> Starlette:
-    """The streamable HTTP app, with `/healthz`; no verifier means no auth."""
+    """The streamable HTTP app, with `/healthz`; no verifier means no auth.
+
+    `stateless` keeps no MCP session in the process, so a load balancer may
+    send each request to any of several servers.
+    """
     access = Access(
         require_token=verifier is not None,
         anonymous_actor=ANONYMOUS_ACTOR,
     )
     server = build_server(service, access=access, verifier=verifier)
-    return server.streamable_http_app(streamable_http_path=path, host=host)
+    return server.streamable_http_app(
+        streamable_http_path=path, host=host, stateless_http=stateless
+    )
 
 
 async def serve_http(app: Starlette, *, host: str, port: int, log_level: str) -> None:

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     http_path: str = Field(
         "/mcp", pattern=r"^/[A-Za-z0-9._~/-]*$", description="Path of the MCP endpoint."
     )
+    http_stateless: bool = Field(
+        False,
+        description=(
+            "Keep no MCP session state in the process, so that a load balancer "
+            "may send each request to any server (several servers, one ledger)."
+        ),
+    )
     tokens: list[TokenEntry] = Field(
         default_factory=list,
         description=(

@@ -5,6 +5,7 @@ Real `allocation-ledger serve --transport http` processes on loopback ports.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 
 from adapters import audit
@@ -19,7 +21,7 @@ from adapters.service import init_database, open_service
 from adapters.settings import Settings
 from domain.allocation import allocation_id_for_request
 from domain.errors import AllocationNotFoundError
-from tests.mcp_support import call, http_client, http_server_process
+from tests.mcp_support import call, http_client, http_server_process, raw_tool_call
 from tests.postgres import DBNAME, HOST, PORT, USER, postgres_schema
 
 __all__ = ["postgres_schema"]
@@ -217,3 +219,47 @@ async def test_a_server_killed_mid_burst_loses_nothing_it_acknowledged(
             )
             assert again["allocation_id"] == first["allocation_id"]
             assert again["replayed"] is True
+
+
+def test_stateless_servers_answer_any_request_without_a_session(
+    postgres_ledger: tuple[dict[str, str], Settings], tmp_path: Path
+) -> None:
+    """Behind a load balancer without sticky sessions: each call may land on
+    any server, so none may depend on a session another server opened."""
+    env, _ = postgres_ledger
+    placeholder = tmp_path / "unused.db"
+    accept = {"Accept": "application/json, text/event-stream"}
+    with (
+        http_server_process(placeholder, "--no-auth", "--stateless", **env) as (a, _),
+        http_server_process(placeholder, "--no-auth", "--stateless", **env) as (b, _),
+    ):
+        made = httpx2.post(
+            a + "/mcp",
+            json=raw_tool_call(
+                "request_resources",
+                {"job_id": "job-a", "mcp_servers": [], "workers": 2},
+            ),
+            headers=accept,
+            timeout=30,
+        )
+        assert made.status_code == 200, made.text
+        allocation_id = _structured(made.text)["allocation_id"]
+        seen = httpx2.post(
+            b + "/mcp",
+            json=raw_tool_call("get_allocation", {"allocation_id": allocation_id}),
+            headers=accept,
+            timeout=30,
+        )
+        assert seen.status_code == 200, seen.text
+        assert _structured(seen.text)["state"] == "active"
+
+
+def _structured(body: str) -> dict[str, Any]:
+    """The structured result of a tools/call answered as JSON or as SSE."""
+    for line in body.splitlines():
+        text = line.removeprefix("data:").strip()
+        if text.startswith("{"):
+            message = json.loads(text)
+            result: dict[str, Any] = message["result"]["structuredContent"]
+            return result
+    raise AssertionError(f"no JSON-RPC result in {body!r}")
