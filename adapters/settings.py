@@ -143,6 +143,9 @@ class Settings(BaseSettings):
             # Several processes write: bring a cached pool up to date before
             # deciding, rather than losing the race and retrying.
             "AGGREGATE_CACHE_FASTFORWARD": "y",
+            # Check a pooled connection before use, so a database restart
+            # costs the commands in flight, not the ones after.
+            "POSTGRES_PRE_PING": "y",
             "POSTGRES_DBNAME": self.postgres_dbname,
             "POSTGRES_HOST": self.postgres_host,
             "POSTGRES_PORT": str(self.postgres_port),

@@ -145,7 +145,11 @@ class PostgresDialect:
         self._lock = threading.Lock()
 
     def _open(self) -> Any:
-        if self._connection is None or self._connection.closed:
+        if (
+            self._connection is None
+            or self._connection.closed
+            or self._connection.broken
+        ):
             self._connection = self._connect()
             if self._schema:
                 with self._connection.cursor() as cursor:
