@@ -8,6 +8,7 @@ Used to produce the examples in docs/operations.md:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from datetime import UTC, datetime
@@ -52,10 +53,8 @@ def main(path: str) -> None:
             if result.allocation.state.is_live:
                 live.append(result.allocation.allocation_id)
         elif roll < 0.65:
-            try:
+            with contextlib.suppress(AllocationNotLiveError):
                 ledger.renew(rng.choice(live), actor="agent")
-            except AllocationNotLiveError:
-                pass
         elif roll < 0.9:
             ledger.release(live.pop(rng.randrange(len(live))), actor="agent")
         else:
