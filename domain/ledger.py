@@ -632,7 +632,7 @@ class Ledger(Application[UUID]):
             self.provisioner.deprovision(
                 allocation_id, current.workers, current.servers
             )
-        except Exception as error:  # noqa: BLE001 - any provisioner failure
+        except Exception as error:
             self._mark_releasing(allocation_id, actor)
             raise ProvisioningError(allocation_id, str(error)) from error
 
