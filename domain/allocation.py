@@ -77,6 +77,7 @@ class Allocation(Aggregate):
         worker_ports: list[int]
         servers: list[list[Any]]  # [name, port, started]
         expires_at: datetime | None
+        tenant: str | None = None
 
         def apply(self, aggregate: Allocation) -> None:
             aggregate.allocation_id = self.allocation_id
@@ -96,6 +97,7 @@ class Allocation(Aggregate):
             aggregate.requested_at = self.timestamp
             aggregate.expires_at = self.expires_at
             aggregate.requested_by = self.actor
+            aggregate.tenant = self.tenant
 
     class Rejected(Event):
         TOPIC = "allocation-ledger:allocation:rejected"
@@ -105,6 +107,50 @@ class Allocation(Aggregate):
             aggregate.state = AllocationState.FAILED
             aggregate.rejection = Rejection.from_dict(self.reason)
             aggregate.expires_at = None
+            aggregate.ended_at = self.timestamp
+
+    class Queued(Event):
+        """It did not fit and waits for room, holding nothing meanwhile."""
+
+        TOPIC = "allocation-ledger:allocation:queued"
+        deadline: datetime | None
+        reason: dict[str, Any]
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.QUEUED
+            aggregate.queue_deadline = self.deadline
+            aggregate.expires_at = None
+
+    class Granted(Event):
+        """Room was found for a queued request: its capacity is now held."""
+
+        TOPIC = "allocation-ledger:allocation:granted"
+        worker_ports: list[int]
+        servers: list[list[Any]]  # [name, port, started]
+        expires_at: datetime
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.PENDING
+            aggregate.workers = [
+                WorkerSlot(worker_id(aggregate.allocation_id, i), port)
+                for i, port in enumerate(self.worker_ports)
+            ]
+            aggregate.servers = [
+                ServerSlot(str(name), int(port), bool(started))
+                for name, port, started in self.servers
+            ]
+            aggregate.expires_at = self.expires_at
+            aggregate.queue_deadline = None
+
+    class Preempted(Event):
+        """Its capacity went to a request of higher priority."""
+
+        TOPIC = "allocation-ledger:allocation:preempted"
+        by: str
+
+        def apply(self, aggregate: Allocation) -> None:
+            aggregate.state = AllocationState.PREEMPTED
+            aggregate.preempted_by = self.by
             aggregate.ended_at = self.timestamp
 
     class Activated(Event):
@@ -178,6 +224,9 @@ class Allocation(Aggregate):
         self.rejection: Rejection | None = None
         self.error: str | None = None
         self.renewals = 0
+        self.tenant: str | None = None
+        self.queue_deadline: datetime | None = None
+        self.preempted_by: str | None = None
 
     # -- creation ------------------------------------------------------------
 
@@ -195,6 +244,7 @@ class Allocation(Aggregate):
         expires_at: datetime | None,
         at: datetime,
         actor: str,
+        tenant: str | None = None,
     ) -> Allocation:
         return cls._create(
             cls.Requested,
@@ -223,6 +273,7 @@ class Allocation(Aggregate):
         rejection: Rejection,
         at: datetime,
         actor: str,
+        tenant: str | None = None,
     ) -> Allocation:
         allocation = cls.requested(
             allocation_id,
@@ -235,9 +286,48 @@ class Allocation(Aggregate):
             expires_at=None,
             at=at,
             actor=actor,
+            tenant=tenant,
         )
         allocation.trigger_event(
             cls.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
+        )
+        return allocation
+
+    @classmethod
+    def queued(
+        cls,
+        allocation_id: str,
+        *,
+        pool: str,
+        request: AllocationRequest,
+        request_id: str | None,
+        resources: Resources,
+        waiting_for: Rejection,
+        deadline: datetime | None,
+        at: datetime,
+        actor: str,
+        tenant: str | None = None,
+    ) -> Allocation:
+        """A request that waits for room instead of being refused."""
+        allocation = cls.requested(
+            allocation_id,
+            pool=pool,
+            request=request,
+            request_id=request_id,
+            resources=resources,
+            worker_ports=(),
+            servers=(),
+            expires_at=None,
+            at=at,
+            actor=actor,
+            tenant=tenant,
+        )
+        allocation.trigger_event(
+            cls.Queued,
+            timestamp=at,
+            actor=actor,
+            deadline=deadline,
+            reason=waiting_for.as_dict(),
         )
         return allocation
 
@@ -264,6 +354,36 @@ class Allocation(Aggregate):
             and self.expires_at <= now
         )
 
+    def grant(
+        self,
+        worker_ports: tuple[int, ...],
+        servers: tuple[tuple[str, int, bool], ...],
+        *,
+        at: datetime,
+        actor: str,
+    ) -> None:
+        self._require(AllocationState.QUEUED, "grant")
+        self.trigger_event(
+            self.Granted,
+            timestamp=at,
+            actor=actor,
+            worker_ports=list(worker_ports),
+            servers=[[name, port, started] for name, port, started in servers],
+            expires_at=at + timedelta(seconds=self.request.ttl_seconds),
+        )
+
+    def time_out(self, rejection: Rejection, *, at: datetime, actor: str) -> None:
+        """A queued request whose wait ran out (or can no longer be met)."""
+        self._require(AllocationState.QUEUED, "time out")
+        self.trigger_event(
+            self.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
+        )
+
+    def preempt(self, by: str, *, at: datetime, actor: str) -> None:
+        if not self.state.is_live:
+            raise AllocationNotLiveError(self.allocation_id, self.state, "preempt")
+        self.trigger_event(self.Preempted, timestamp=at, actor=actor, by=by)
+
     def activate(self, endpoints: Endpoints, *, at: datetime, actor: str) -> None:
         self._require(AllocationState.PENDING, "activate")
         self.trigger_event(
@@ -287,6 +407,18 @@ class Allocation(Aggregate):
             expires_at=expires_at,
         )
         return expires_at
+
+    def cancel(self, *, at: datetime, actor: str) -> ReleaseResult:
+        """Release a queued request: it held nothing, so it ends at once."""
+        self._require(AllocationState.QUEUED, "cancel")
+        self.trigger_event(self.Released, timestamp=at, actor=actor)
+        return ReleaseResult(
+            status="released",
+            allocation_id=self.allocation_id,
+            freed=Resources(),
+            released_at=at,
+            duration_seconds=0.0,
+        )
 
     def request_release(self, *, at: datetime, actor: str) -> None:
         if self.state is AllocationState.RELEASING:
@@ -328,6 +460,6 @@ class Allocation(Aggregate):
     def _require(self, state: AllocationState, action: str) -> None:
         if self.state is state:
             return
-        if not self.state.is_live:
+        if self.state.is_terminal:
             raise AllocationNotLiveError(self.allocation_id, self.state, action)
         raise AllocationStateError(self.allocation_id, self.state, action)

@@ -12,15 +12,19 @@ import contextlib
 import copy
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+)
+from eventsourcing.domain import Aggregate, Snapshot
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
 from domain.allocation import (
     ALLOCATION_ID_PREFIX,
@@ -48,6 +52,8 @@ from domain.pool import (
     WORKER_PORT_LAST,
     Pool,
     PoolSettings,
+    Reservation,
+    Scheduling,
     pool_uuid,
 )
 from domain.provisioner import Endpoints, Provisioner
@@ -55,21 +61,29 @@ from domain.registry import REGISTRY_ID, PoolRegistry
 from domain.transcodings import TRANSCODINGS
 from domain.values import (
     MAX_TTL_SECONDS,
+    QUEUE_TIMEOUT,
     AllocationRequest,
     AllocationState,
+    Dimension,
+    Priority,
+    QueuePolicy,
+    Rejection,
     Resources,
     validate_pool_name,
     validate_request_id,
+    validate_tenant,
     validate_ttl,
 )
 
 LOCAL_ACTOR = "local"
 SWEEPER_ACTOR = "system:sweeper"
+SCHEDULER_ACTOR = "system:scheduler"
 MAX_WORKERS_CAPACITY = WORKER_PORT_LAST - WORKER_PORT_FIRST + 1
 MAX_CPU_MILLICORES = 1_000_000 * 1000
 MAX_MEMORY_MIB = 1024 * 1024 * 1024
 MAX_IDLE_TIMEOUT_SECONDS = MAX_TTL_SECONDS
 SWEEP_BATCH = 500
+SNAPSHOT_AFTER_EVENTS = 50
 
 T = TypeVar("T")
 
@@ -83,6 +97,8 @@ class RequestResult:
     replayed: bool = False
     dry_run: bool = False
     expired_first: tuple[str, ...] = ()
+    preempted: tuple[str, ...] = ()
+    """Allocations whose capacity this request took (would take, on a dry run)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,10 @@ class _UnitOfWork:
     fresh: bool
     touched: dict[UUID, Aggregate] = field(default_factory=dict)
     read_cached: bool = False
+    # What to do outside, once the transaction is committed:
+    teardown: list[Allocation] = field(default_factory=list)
+    stopped: list[StoppedServer] = field(default_factory=list)
+    to_provision: list[Allocation] = field(default_factory=list)
 
     @property
     def is_current(self) -> bool:
@@ -165,10 +185,16 @@ class _UnitOfWork:
             self.ledger.forget(aggregate_id)
         else:
             self.read_cached = True
+        replayer = self.ledger.replayer
+        replayer.replayed = 0
         try:
-            aggregate: Aggregate = self.ledger.repository.get(aggregate_id)
+            aggregate: Aggregate = self.ledger.repository.get(
+                aggregate_id, projector_func=replayer
+            )
         except AggregateNotFoundError:
             return None
+        if isinstance(aggregate, Pool) and replayer.replayed:
+            self.ledger.snapshot_if_long(aggregate, replayer.replayed)
         self.touched[aggregate_id] = aggregate
         return aggregate
 
@@ -216,8 +242,13 @@ class _UnitOfWork:
     def save(self) -> int | None:
         """Write every new event of this unit of work in one transaction.
 
-        With nothing to write, first make sure that was decided on fresh reads.
+        Each pool with a queue first serves it: whatever this unit of work
+        freed goes to waiting requests in the same transaction. With nothing
+        to write, first make sure that was decided on fresh reads.
         """
+        for aggregate in list(self.touched.values()):
+            if isinstance(aggregate, Pool) and aggregate.queue:
+                self.ledger.serve_queue(self, aggregate)
         if not any(a.pending_events for a in self.touched.values()):
             self.require_current()
             return None
@@ -231,6 +262,29 @@ class _UnitOfWork:
         for aggregate_id in self.touched:
             self.ledger.forget(aggregate_id)
         self.touched.clear()
+        self.teardown.clear()
+        self.stopped.clear()
+        self.to_provision.clear()
+
+
+class _Replayer:
+    """Applies events to an aggregate, counting those replayed (not snapshots).
+
+    What the library's project_aggregate does, without its runtime-protocol
+    assertion on every event (slow on Python 3.11).
+    """
+
+    def __init__(self) -> None:
+        self.replayed = 0
+
+    def __call__(self, aggregate: Any, events: Iterable[Any]) -> Any:
+        replayed = 0
+        for event in events:
+            aggregate = event.mutate(aggregate)
+            if not isinstance(event, Snapshot):
+                replayed += 1
+        self.replayed = replayed
+        return aggregate
 
 
 def _random_allocation_id() -> str:
@@ -250,9 +304,12 @@ class Ledger(Application[UUID]):
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
-    # A fresh read of a pool (after a lost race) loads its latest snapshot and
-    # at most this many events, not its whole history.
-    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Pool: 50}
+    # A pool read from the store (at start, after a lost race) loads its latest
+    # snapshot and the events after it. Snapshots are taken when a read had to
+    # replay more events than the pool's state holds (see snapshot_if_long),
+    # not every N events: a pool with many live reservations has a big
+    # snapshot, and taking it every 50 events cost more than the events.
+    is_snapshotting_enabled = True
 
     def __init__(
         self,
@@ -273,11 +330,51 @@ class Ledger(Application[UUID]):
         self.pause = pause
         self.jitter = jitter
         self.conflicts = 0
+        self.replayer = _Replayer()
         self._lock = threading.RLock()
         # With fast-forwarding, every cached read is brought up to date first.
         self.cache_is_current = bool(
             self.repository.cache is not None and self.repository.fastforward
         )
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Application.save, minus two runtime-protocol checks per aggregate.
+
+        The library asks of every object whether it is a domain event and
+        whether it can collect events (runtime-checkable Protocols, slow on
+        Python 3.11: a quarter of a request + release in memory). The ledger
+        saves only its own aggregates: collect their events directly, then
+        record, snapshot and notify exactly as Application.save does
+        (eventsourcing 9.5).
+        """
+        if kwargs or not all(isinstance(obj, Aggregate) for obj in objs):
+            return super().save(*objs, **kwargs)
+        processing: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in objs:
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate.id] = aggregate
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        self.notify(processing.events)  # deprecated in the library; kept
+        return recordings
+
+    def snapshot_if_long(self, pool: Pool, replayed: int) -> None:
+        """Snapshot a pool just read from the store if that replayed many events.
+
+        "Many" is more than the pool's state holds (its live reservations and
+        servers, at least SNAPSHOT_AFTER_EVENTS): the snapshot then costs
+        about what it saves the next read. Another process may take the same
+        one first; that is fine.
+        """
+        if self.snapshots is None or pool.pending_events:
+            return
+        if replayed <= max(
+            SNAPSHOT_AFTER_EVENTS, len(pool.reservations) + len(pool.servers)
+        ):
+            return
+        with contextlib.suppress(IntegrityError):
+            self.snapshots.put([Snapshot.take(pool)])
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -298,8 +395,9 @@ class Ledger(Application[UUID]):
         for attempt in range(1, self.max_attempts + 1):
             with self._lock:
                 work = _UnitOfWork(self, fresh)
+                committed = False
                 try:
-                    return body(work)
+                    result = body(work)
                 except _StaleReadError:
                     work.discard()
                     fresh = True
@@ -311,8 +409,60 @@ class Ledger(Application[UUID]):
                 except BaseException:
                     work.discard()
                     raise
+                else:
+                    committed = True
+            if committed:
+                self._after_commit(work)
+                return result
             self.pause(min(0.002 * 2**attempt, 0.25) * (0.5 + self.jitter()))
         raise ConcurrentUpdateError(command, self.max_attempts)
+
+    def _after_commit(self, work: _UnitOfWork) -> None:
+        """Side effects of a committed unit of work, outside the lock."""
+        self._deprovision_quietly(work.teardown)
+        self._stop_servers_quietly(work.stopped)
+        for granted in work.to_provision:
+            self._provision(RequestResult(granted, None), actor=SCHEDULER_ACTOR)
+
+    def serve_queue(self, work: _UnitOfWork, pool: Pool) -> None:
+        """Time out requests that waited too long, then grant, in order, what
+        now fits. Runs inside the unit of work that freed the room."""
+        now = self.clock.now()
+        for late in pool.timed_out(now):
+            waited_for = pool.shortfall(late.request) or pool.quota_shortfall(
+                late.tenant, late.request
+            )
+            reason = Rejection(
+                QUEUE_TIMEOUT,
+                waited_for.dimension if waited_for else Dimension.WORKERS,
+                waited_for.requested if waited_for else 0,
+                waited_for.available if waited_for else 0,
+            )
+            work.allocation(late.allocation_id).time_out(
+                reason, at=now, actor=SCHEDULER_ACTOR
+            )
+            pool.dequeue(late.allocation_id, "timed_out", at=now, actor=SCHEDULER_ACTOR)
+        while (entry := pool.next_to_grant(now)) is not None:
+            allocation = work.allocation(entry.allocation_id)
+            pool.dequeue(entry.allocation_id, "granted", at=now, actor=SCHEDULER_ACTOR)
+            ports = pool.reserve(
+                entry.allocation_id,
+                entry.request,
+                expires_at=now + timedelta(seconds=entry.request.ttl_seconds),
+                at=now,
+                actor=SCHEDULER_ACTOR,
+                tenant=entry.tenant,
+            )
+            work.stopped.extend(
+                StoppedServer(pool.name, name, port) for name, port in ports.stopped
+            )
+            allocation.grant(
+                ports.worker_ports, ports.servers, at=now, actor=SCHEDULER_ACTOR
+            )
+            if self.provisions_instantly:
+                self._provision_now(allocation, pool, at=now, actor=SCHEDULER_ACTOR)
+            else:
+                work.to_provision.append(allocation.snapshot())
 
     # -- pools -----------------------------------------------------------------
 
@@ -390,6 +540,49 @@ class Ledger(Application[UUID]):
             self._run("set_capacity", exists)
         return self.configure_pool(pool, capacity=capacity, actor=actor)
 
+    def set_quota(
+        self,
+        tenant: str,
+        limits: Resources | None,
+        *,
+        pool: str = DEFAULT_POOL,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        """Limit what a tenant may hold at once in a pool (None: no limit).
+
+        Lowering a quota below what the tenant holds evicts nothing; it only
+        refuses the tenant's new requests until it holds less.
+        """
+        validate_pool_name(pool)
+        validate_tenant(tenant)
+        if limits is not None:
+            _validate_capacity(limits)
+
+        def body(work: _UnitOfWork) -> PoolResult:
+            target = work.pool(pool, actor=actor)
+            target.set_quota(tenant, limits, at=self.clock.now(), actor=actor)
+            return PoolResult(copy.deepcopy(target), work.save(), created=False)
+
+        return self._run("set_quota", body)
+
+    def configure_scheduling(
+        self,
+        scheduling: Scheduling,
+        *,
+        pool: str = DEFAULT_POOL,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        """Set a pool's queue policy, aging and preemption rules."""
+        validate_pool_name(pool)
+        _validate_scheduling(scheduling)
+
+        def body(work: _UnitOfWork) -> PoolResult:
+            target = work.pool(pool, actor=actor)
+            target.configure_scheduling(scheduling, at=self.clock.now(), actor=actor)
+            return PoolResult(copy.deepcopy(target), work.save(), created=False)
+
+        return self._run("configure_scheduling", body)
+
     def pool_names(self) -> list[str]:
         with self._lock:
             self.forget(REGISTRY_ID)
@@ -427,23 +620,32 @@ class Ledger(Application[UUID]):
         request_id: str | None = None,
         dry_run: bool = False,
         actor: str = LOCAL_ACTOR,
+        wait: bool = False,
+        max_wait_seconds: int | None = None,
+        preempt: bool = True,
+        tenant: str | None = None,
     ) -> RequestResult:
         """Reserve capacity for a request, then provision it.
 
-        A request that does not fit is recorded as rejected, with the reason;
-        before refusing, allocations whose lease already ran out are expired
-        in the same transaction, so a late sweep never costs capacity.
+        Before anything is refused, allocations whose lease already ran out are
+        expired in the same transaction, so a late sweep never costs capacity.
+        A request that still does not fit may take the capacity of live
+        allocations of strictly lower priority, where the pool's policy allows
+        (and `preempt` is true). Otherwise, with `wait`, it is queued (holding
+        nothing) until room frees or `max_wait_seconds` pass; without, it is
+        recorded as rejected, with the reason. Under the pool's strict queue
+        policy a newcomer does not pass requests already waiting ahead of it.
+        A tenant over its quota in the pool is refused, waiting or not.
         """
         validate_pool_name(pool)
         if request_id is not None:
             validate_request_id(request_id)
-
-        teardown: list[Allocation] = []
-        reclaimed: list[StoppedServer] = []
+        if max_wait_seconds is not None:
+            _validate_wait(max_wait_seconds)
+        if tenant is not None:
+            validate_tenant(tenant)
 
         def body(work: _UnitOfWork) -> RequestResult:
-            teardown.clear()
-            reclaimed.clear()
             now = self.clock.now()
             if request_id is not None:
                 allocation_id = allocation_id_for_request(pool, request_id)
@@ -456,70 +658,136 @@ class Ledger(Application[UUID]):
             else:
                 allocation_id = self.new_allocation_id()
             target = work.pool(pool, actor=actor)
+            resources = target.settings.resources_for(request)
             rejection = target.shortfall(request)
             expired: list[str] = []
             if rejection is not None and target.due(now):
                 expired = self._expire_due(work, target, now, limit=None)
+                work.teardown.extend(work.allocation(i).snapshot() for i in expired)
+                # What expiry freed goes first to those already waiting.
+                self.serve_queue(work, target)
                 rejection = target.shortfall(request)
-            if rejection is not None:
+            quota = target.quota_shortfall(tenant, request)
+            victims: list[Reservation] = []
+            if quota is None and rejection is not None and preempt:
+                victims = target.preemption_victims(request, now=now) or []
+                if victims:
+                    rejection = None
+            waiting = None if rejection else target.waiting_ahead(request, now)
+            refusal = quota or rejection or waiting
+            if refusal is not None:
                 work.require_current()
-            resources = target.settings.resources_for(request)
-            if rejection is not None:
-                allocation = Allocation.rejected(
-                    allocation_id,
-                    pool=pool,
-                    request=request,
-                    request_id=request_id,
-                    resources=resources,
-                    rejection=rejection,
-                    at=now,
-                    actor=actor,
-                )
-            else:
+            if refusal is None:
+                if not dry_run:
+                    for victim in victims:
+                        self._preempt(
+                            work, target, victim, by=allocation_id, now=now, actor=actor
+                        )
                 ports = target.reserve(
                     allocation_id,
                     request,
                     expires_at=now + timedelta(seconds=request.ttl_seconds),
                     at=now,
                     actor=actor,
+                    tenant=tenant,
                 )
-                reclaimed.extend(
+                work.stopped.extend(
                     StoppedServer(pool, name, port) for name, port in ports.stopped
                 )
                 allocation = Allocation.requested(
                     allocation_id,
+                    worker_ports=ports.worker_ports,
+                    servers=ports.servers,
+                    expires_at=now + timedelta(seconds=request.ttl_seconds),
                     pool=pool,
                     request=request,
                     request_id=request_id,
                     resources=resources,
-                    worker_ports=ports.worker_ports,
-                    servers=ports.servers,
-                    expires_at=now + timedelta(seconds=request.ttl_seconds),
+                    at=now,
+                    actor=actor,
+                    tenant=tenant,
+                )
+                if not dry_run and self.provisions_instantly:
+                    self._provision_now(allocation, target, at=now, actor=actor)
+            elif wait and quota is None and not target.never_fits(request):
+                deadline = (
+                    None
+                    if max_wait_seconds is None
+                    else now + timedelta(seconds=max_wait_seconds)
+                )
+                allocation = Allocation.queued(
+                    allocation_id,
+                    waiting_for=refusal,
+                    deadline=deadline,
+                    pool=pool,
+                    request=request,
+                    request_id=request_id,
+                    resources=resources,
+                    at=now,
+                    actor=actor,
+                    tenant=tenant,
+                )
+                target.enqueue(
+                    allocation_id,
+                    request,
+                    deadline=deadline,
+                    tenant=tenant,
                     at=now,
                     actor=actor,
                 )
+            else:
+                allocation = Allocation.rejected(
+                    allocation_id,
+                    rejection=refusal,
+                    pool=pool,
+                    request=request,
+                    request_id=request_id,
+                    resources=resources,
+                    at=now,
+                    actor=actor,
+                    tenant=tenant,
+                )
             work.add(allocation)
+            preempted = tuple(v.allocation_id for v in victims)
             if dry_run:
                 snapshot = allocation.snapshot()
                 work.discard()
-                return RequestResult(snapshot, None, dry_run=True)
-            if rejection is None and self.provisions_instantly:
-                self._provision_now(allocation, target, at=now, actor=actor)
+                return RequestResult(snapshot, None, dry_run=True, preempted=preempted)
             position = work.save()
-            teardown.extend(work.allocation(i).snapshot() for i in expired)
             return RequestResult(
-                allocation.snapshot(), position, expired_first=tuple(expired)
+                allocation.snapshot(),
+                position,
+                expired_first=tuple(expired),
+                preempted=preempted,
             )
 
         reserved = self._run("request_resources", body)
-        self._deprovision_quietly(teardown)
-        self._stop_servers_quietly(reclaimed)
         if reserved.dry_run or reserved.allocation.state is not AllocationState.PENDING:
             return reserved
         # Provisioning under way, or interrupted before it finished (a retry
         # with the same request_id then takes it up again).
         provisioned = self._provision(reserved, actor=actor)
-        return dataclasses.replace(provisioned, replayed=reserved.replayed)
+        return dataclasses.replace(
+            provisioned,
+            replayed=reserved.replayed,
+            expired_first=reserved.expired_first,
+            preempted=reserved.preempted,
+        )
+
+    def _preempt(
+        self,
+        work: _UnitOfWork,
+        pool: Pool,
+        victim: Reservation,
+        *,
+        by: str,
+        now: datetime,
+        actor: str,
+    ) -> None:
+        allocation = work.allocation(victim.allocation_id)
+        allocation.preempt(by, at=now, actor=actor)
+        pool.free(victim.allocation_id, "preempted", at=now, actor=actor)
+        work.teardown.append(allocation.snapshot())
 
     @property
     def provisions_instantly(self) -> bool:
@@ -622,6 +890,8 @@ class Ledger(Application[UUID]):
             return work.allocation(allocation_id).snapshot()
 
         current = self._run("release_resources", look)
+        if current.state is AllocationState.QUEUED:
+            return self._cancel_queued(allocation_id, actor)
         if not current.state.is_live:
             return self._unchanged_release(current)
         if not self.provisions_instantly:
@@ -649,6 +919,23 @@ class Ledger(Application[UUID]):
             return ReleaseOutcome(result, allocation.snapshot(), work.save())
 
         return self._run("release_resources", body)
+
+    def _cancel_queued(self, allocation_id: str, actor: str) -> ReleaseOutcome:
+        """Releasing a queued request takes it out of the queue; it held nothing."""
+
+        def body(work: _UnitOfWork) -> ReleaseOutcome:
+            allocation = work.allocation(allocation_id)
+            if allocation.state is not AllocationState.QUEUED:
+                raise _StaleReadError  # granted or timed out meanwhile: look again
+            now = self.clock.now()
+            result = allocation.cancel(at=now, actor=actor)
+            work.pool(allocation.pool).dequeue(
+                allocation_id, "cancelled", at=now, actor=actor
+            )
+            return ReleaseOutcome(result, allocation.snapshot(), work.save())
+
+        outcome = self._run("release_resources", body)
+        return outcome
 
     def _mark_releasing(self, allocation_id: str, actor: str) -> None:
         def body(work: _UnitOfWork) -> None:
@@ -862,3 +1149,40 @@ def _validate_settings(settings: PoolSettings) -> None:
             f"got {settings.idle_timeout_seconds}"
         )
         raise InvalidRequestError(msg, field="idle_timeout_seconds")
+
+
+MAX_WAIT_SECONDS = 7 * 24 * 3600
+
+
+def _validate_wait(seconds: object) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        msg = f"max_wait_seconds must be a whole number of seconds, got {seconds!r}"
+        raise InvalidRequestError(msg, field="max_wait_seconds")
+    if not 1 <= seconds <= MAX_WAIT_SECONDS:
+        msg = (
+            f"max_wait_seconds must be between 1 and {MAX_WAIT_SECONDS}, got {seconds}"
+        )
+        raise InvalidRequestError(msg, field="max_wait_seconds")
+
+
+def _validate_scheduling(scheduling: Scheduling) -> None:
+    if not isinstance(scheduling.queue_policy, QueuePolicy):
+        msg = (
+            f"queue_policy must be strict or backfill, got {scheduling.queue_policy!r}"
+        )
+        raise InvalidRequestError(msg, field="queue_policy")
+    if not 1 <= scheduling.aging_seconds <= MAX_WAIT_SECONDS:
+        msg = (
+            f"aging_seconds must be between 1 and {MAX_WAIT_SECONDS}, "
+            f"got {scheduling.aging_seconds}"
+        )
+        raise InvalidRequestError(msg, field="aging_seconds")
+    known = {p.value for p in Priority}
+    for by, victims in scheduling.preemption.items():
+        for victim in victims:
+            if by not in known or victim not in known:
+                msg = f"preemption names an unknown priority: {by} -> {victim}"
+                raise InvalidRequestError(msg, field="preemption")
+            if Priority(victim).rank >= Priority(by).rank:
+                msg = f"{by} may only preempt strictly lower priorities, not {victim}"
+                raise InvalidRequestError(msg, field="preemption")

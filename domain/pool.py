@@ -7,7 +7,7 @@ pool's current version; a concurrent writer loses on that version.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -17,8 +17,12 @@ from eventsourcing.domain import Aggregate
 from domain.values import (
     INSUFFICIENT_CAPACITY,
     MILLICORES_PER_CORE,
+    QUEUED_AHEAD,
+    QUOTA_EXCEEDED,
     AllocationRequest,
     Dimension,
+    Priority,
+    QueuePolicy,
     Rejection,
     Resources,
 )
@@ -46,6 +50,61 @@ class Reservation:
     worker_ports: tuple[int, ...]
     servers: tuple[str, ...]
     expires_at: datetime
+    priority: Priority = Priority.NORMAL
+    tenant: str | None = None
+    reserved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A request waiting for room. It holds nothing until it is granted."""
+
+    allocation_id: str
+    request: AllocationRequest
+    arrival: int
+    enqueued_at: datetime
+    deadline: datetime | None
+    tenant: str | None
+
+
+DEFAULT_AGING_SECONDS = 600
+DEFAULT_PREEMPTION: dict[str, tuple[str, ...]] = {
+    Priority.CRITICAL.value: (Priority.LOW.value, Priority.NORMAL.value),
+    Priority.HIGH.value: (Priority.LOW.value,),
+}
+
+
+def queue_rank(
+    priority: Priority, enqueued_at: datetime, now: datetime, aging_seconds: int
+) -> int:
+    """A waiting request's rank: its priority plus one per aging period it has
+    waited, up to critical. The queue is served by rank, then arrival."""
+    waited = max((now - enqueued_at).total_seconds(), 0.0)
+    aged = int(waited // max(aging_seconds, 1))
+    return min(priority.rank + aged, Priority.CRITICAL.rank)
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """Who waits and who yields in a pool.
+
+    `queue_policy`: what happens when the head of the queue does not fit.
+    `aging_seconds`: a waiting request counts one priority higher for each
+    such period it has waited (up to critical), so none waits forever behind
+    newer, higher-priority ones. `preemption`: which priorities each priority
+    may take capacity from (always strictly lower ones).
+    """
+
+    queue_policy: QueuePolicy = QueuePolicy.STRICT
+    aging_seconds: int = DEFAULT_AGING_SECONDS
+    preemption: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_PREEMPTION)
+    )
+
+    def may_preempt(self, by: Priority, victim: Priority) -> bool:
+        return victim.rank < by.rank and victim.value in self.preemption.get(
+            by.value, ()
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +229,8 @@ class Pool(Aggregate):
         worker_ports: list[int]
         servers: list[str]
         expires_at: datetime
+        priority: str = Priority.NORMAL.value
+        tenant: str | None = None
 
         def apply(self, aggregate: Pool) -> None:
             reservation = Reservation(
@@ -178,6 +239,9 @@ class Pool(Aggregate):
                 worker_ports=tuple(self.worker_ports),
                 servers=tuple(self.servers),
                 expires_at=self.expires_at,
+                priority=Priority(self.priority),
+                tenant=self.tenant,
+                reserved_at=self.timestamp,
             )
             aggregate.reservations[self.allocation_id] = reservation
             aggregate.reserved = aggregate.reserved + reservation.resources
@@ -208,6 +272,7 @@ class Pool(Aggregate):
         resources: dict[str, int]
         worker_ports: list[int]
         servers: list[str]
+        tenant: str | None = None
 
         def apply(self, aggregate: Pool) -> None:
             reservation = aggregate.reservations.pop(self.allocation_id)
@@ -230,6 +295,71 @@ class Pool(Aggregate):
         def apply(self, aggregate: Pool) -> None:
             del aggregate.servers[self.name]
 
+    class SchedulingConfigured(Event):
+        TOPIC = "allocation-ledger:pool:scheduling-configured"
+        queue_policy: str
+        aging_seconds: int
+        preemption: dict[str, list[str]]
+
+        def apply(self, aggregate: Pool) -> None:
+            aggregate.scheduling = Scheduling(
+                queue_policy=QueuePolicy(self.queue_policy),
+                aging_seconds=self.aging_seconds,
+                preemption={k: tuple(v) for k, v in self.preemption.items()},
+            )
+
+    class QuotaSet(Event):
+        """A tenant's limit on what it may hold at once here (none: no limit)."""
+
+        TOPIC = "allocation-ledger:pool:quota-set"
+        tenant: str
+        limits: dict[str, int] | None
+
+        def apply(self, aggregate: Pool) -> None:
+            if self.limits is None:
+                aggregate.quotas.pop(self.tenant, None)
+            else:
+                aggregate.quotas[self.tenant] = Resources.from_dict(self.limits)
+
+    class Enqueued(Event):
+        TOPIC = "allocation-ledger:pool:enqueued"
+        allocation_id: str
+        request: dict[str, Any]
+        deadline: datetime | None
+        tenant: str | None
+        resources: dict[str, int] | None = None
+
+        def apply(self, aggregate: Pool) -> None:
+            aggregate.arrivals += 1
+            aggregate.queue[self.allocation_id] = QueueEntry(
+                allocation_id=self.allocation_id,
+                request=AllocationRequest.restore(self.request),
+                arrival=aggregate.arrivals,
+                enqueued_at=self.timestamp,
+                deadline=self.deadline,
+                tenant=self.tenant,
+            )
+
+    class Dequeued(Event):
+        """Left the queue: granted, timed out or cancelled."""
+
+        TOPIC = "allocation-ledger:pool:dequeued"
+        allocation_id: str
+        outcome: str
+
+        def apply(self, aggregate: Pool) -> None:
+            del aggregate.queue[self.allocation_id]
+
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """Snapshots taken before scheduling existed."""
+        state["scheduling"] = Scheduling()
+        state["queue"] = {}
+        state["arrivals"] = 0
+        state["quotas"] = {}
+
     def __init__(self) -> None:
         self.name = ""
         self.settings = PoolSettings()
@@ -237,6 +367,10 @@ class Pool(Aggregate):
         self.reservations: dict[str, Reservation] = {}
         self.servers: dict[str, ServerInstance] = {}
         self.worker_ports: set[int] = set()
+        self.scheduling = Scheduling()
+        self.queue: dict[str, QueueEntry] = {}
+        self.arrivals = 0
+        self.quotas: dict[str, Resources] = {}
 
     # -- creation and configuration ------------------------------------------
 
@@ -293,14 +427,22 @@ class Pool(Aggregate):
     def free_mcp_ports(self) -> int:
         return MCP_PORT_LAST - MCP_PORT_FIRST + 1 - len(self.servers)
 
-    def shortfall(self, request: AllocationRequest) -> Rejection | None:
+    def shortfall(
+        self, request: AllocationRequest, *, freeing: Iterable[Reservation] = ()
+    ) -> Rejection | None:
         """The first dimension the request does not fit in, or None if it fits.
 
-        A dimension the request needs none of never refuses it, even when the
-        pool is over-committed after its capacity was lowered.
+        `freeing`: reservations to count as already given back (preemption
+        victims). A dimension the request needs none of never refuses it,
+        even when the pool is over-committed after its capacity was lowered.
         """
+        freed = list(freeing)
         needed = self.settings.resources_for(request)
         available = self.available
+        released_names: list[str] = []
+        for reservation in freed:
+            available = available + reservation.resources
+            released_names.extend(reservation.servers)
         for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
             wanted = needed.amount(dimension)
             left = available.amount(dimension)
@@ -310,7 +452,8 @@ class Pool(Aggregate):
         reclaimable = [
             s
             for s in self.servers.values()
-            if s.references == 0 and s.name not in request.servers
+            if s.references - released_names.count(s.name) == 0
+            and s.name not in request.servers
         ]
         ports_left = self.free_mcp_ports() + len(reclaimable)
         if len(new_servers) > ports_left:
@@ -318,6 +461,136 @@ class Pool(Aggregate):
                 INSUFFICIENT_CAPACITY, Dimension.MCP_PORTS, len(new_servers), ports_left
             )
         return None
+
+    def never_fits(self, request: AllocationRequest) -> Rejection | None:
+        """Why the request could not fit even in an empty pool, if so: such a
+        request is refused rather than queued forever."""
+        needed = self.settings.resources_for(request)
+        total = self.settings.capacity
+        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
+            wanted = needed.amount(dimension)
+            if wanted > 0 and wanted > total.amount(dimension):
+                return Rejection(
+                    INSUFFICIENT_CAPACITY, dimension, wanted, total.amount(dimension)
+                )
+        return None
+
+    def quota_shortfall(
+        self, tenant: str | None, request: AllocationRequest
+    ) -> Rejection | None:
+        """The first dimension in which the tenant would pass its quota here."""
+        if tenant is None or tenant not in self.quotas:
+            return None
+        limit = self.quotas[tenant]
+        held = Resources()
+        for reservation in self.reservations.values():
+            if reservation.tenant == tenant:
+                held = held + reservation.resources
+        needed = self.settings.resources_for(request)
+        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
+            wanted = needed.amount(dimension)
+            left = limit.amount(dimension) - held.amount(dimension)
+            if wanted > 0 and wanted > left:
+                return Rejection(QUOTA_EXCEEDED, dimension, wanted, max(left, 0))
+        return None
+
+    def effective_rank(self, entry: QueueEntry, now: datetime) -> int:
+        """Priority rank plus one per aging period waited, up to critical."""
+        return queue_rank(
+            entry.request.priority,
+            entry.enqueued_at,
+            now,
+            self.scheduling.aging_seconds,
+        )
+
+    def queue_order(self, now: datetime) -> list[QueueEntry]:
+        """The queue as it will be served: effective priority, then arrival."""
+        return sorted(
+            self.queue.values(),
+            key=lambda e: (-self.effective_rank(e, now), e.arrival),
+        )
+
+    def waiting_ahead(
+        self, request: AllocationRequest, now: datetime
+    ) -> Rejection | None:
+        """Under the strict policy a newcomer may not pass a waiting request
+        that comes before it: why it must wait (what the head waits for), or
+        None when it may go ahead."""
+        if self.scheduling.queue_policy is not QueuePolicy.STRICT or not self.queue:
+            return None
+        head = self.queue_order(now)[0]
+        if self.effective_rank(head, now) < request.priority.rank:
+            return None
+        blocking = self.shortfall(head.request) or self.quota_shortfall(
+            head.tenant, head.request
+        )
+        dimension = blocking.dimension if blocking else Dimension.WORKERS
+        needed = self.settings.resources_for(request)
+        available = (
+            self.free_mcp_ports()
+            if dimension is Dimension.MCP_PORTS
+            else self.available.amount(dimension)
+        )
+        requested = (
+            len(request.servers)
+            if dimension is Dimension.MCP_PORTS
+            else needed.amount(dimension)
+        )
+        return Rejection(QUEUED_AHEAD, dimension, requested, max(available, 0))
+
+    def next_to_grant(self, now: datetime) -> QueueEntry | None:
+        """The queued request to grant now, if any: the head if it fits
+        (strict), or the first that fits (backfill)."""
+        for entry in self.queue_order(now):
+            fits = (
+                self.shortfall(entry.request) is None
+                and self.quota_shortfall(entry.tenant, entry.request) is None
+            )
+            if fits:
+                return entry
+            if self.scheduling.queue_policy is QueuePolicy.STRICT:
+                return None
+        return None
+
+    def timed_out(self, now: datetime) -> list[QueueEntry]:
+        """Queued requests whose maximum wait has passed, in arrival order."""
+        late = [
+            e
+            for e in self.queue.values()
+            if e.deadline is not None and e.deadline <= now
+        ]
+        return sorted(late, key=lambda e: e.arrival)
+
+    def preemption_victims(
+        self, request: AllocationRequest, *, now: datetime
+    ) -> list[Reservation] | None:
+        """The smallest set of live allocations whose capacity would let the
+        request fit, lowest priority first, youngest first; None if no set the
+        policy allows would do."""
+        allowed = [
+            r
+            for r in self.reservations.values()
+            if self.scheduling.may_preempt(request.priority, r.priority)
+        ]
+        allowed.sort(
+            key=lambda r: (
+                r.priority.rank,
+                -(r.reserved_at or now).timestamp(),
+                r.allocation_id,
+            )
+        )
+        chosen: list[Reservation] = []
+        for reservation in allowed:
+            if self.shortfall(request, freeing=chosen) is None:
+                break
+            chosen.append(reservation)
+        if not chosen or self.shortfall(request, freeing=chosen) is not None:
+            return None
+        for reservation in reversed(list(chosen)):
+            fewer = [r for r in chosen if r is not reservation]
+            if self.shortfall(request, freeing=fewer) is None:
+                chosen = fewer
+        return chosen
 
     def due(self, now: datetime) -> list[Reservation]:
         """Live reservations whose lease ran out, in (expires_at, id) order."""
@@ -346,6 +619,7 @@ class Pool(Aggregate):
         expires_at: datetime,
         at: datetime,
         actor: str,
+        tenant: str | None = None,
     ) -> ReservedPorts:
         """Hold capacity and ports for a request that fits (check `shortfall` first)."""
         rejection = self.shortfall(request)
@@ -378,6 +652,8 @@ class Pool(Aggregate):
             worker_ports=list(worker_ports),
             servers=list(request.servers),
             expires_at=expires_at,
+            priority=request.priority.value,
+            tenant=tenant,
         )
         return ReservedPorts(tuple(worker_ports), tuple(servers), tuple(stopped))
 
@@ -411,6 +687,7 @@ class Pool(Aggregate):
             resources=reservation.resources.as_dict(),
             worker_ports=list(reservation.worker_ports),
             servers=list(reservation.servers),
+            tenant=reservation.tenant,
         )
         return True
 
@@ -425,6 +702,70 @@ class Pool(Aggregate):
                 port=server.port,
             )
         return stopped
+
+    def enqueue(
+        self,
+        allocation_id: str,
+        request: AllocationRequest,
+        *,
+        deadline: datetime | None,
+        tenant: str | None,
+        at: datetime,
+        actor: str,
+    ) -> None:
+        self.trigger_event(
+            self.Enqueued,
+            timestamp=at,
+            actor=actor,
+            allocation_id=allocation_id,
+            request=request.as_dict(),
+            deadline=deadline,
+            tenant=tenant,
+            resources=self.settings.resources_for(request).as_dict(),
+        )
+
+    def dequeue(
+        self, allocation_id: str, outcome: str, *, at: datetime, actor: str
+    ) -> bool:
+        if allocation_id not in self.queue:
+            return False
+        self.trigger_event(
+            self.Dequeued,
+            timestamp=at,
+            actor=actor,
+            allocation_id=allocation_id,
+            outcome=outcome,
+        )
+        return True
+
+    def configure_scheduling(
+        self, scheduling: Scheduling, *, at: datetime, actor: str
+    ) -> bool:
+        if scheduling == self.scheduling:
+            return False
+        self.trigger_event(
+            self.SchedulingConfigured,
+            timestamp=at,
+            actor=actor,
+            queue_policy=scheduling.queue_policy.value,
+            aging_seconds=scheduling.aging_seconds,
+            preemption={k: list(v) for k, v in sorted(scheduling.preemption.items())},
+        )
+        return True
+
+    def set_quota(
+        self, tenant: str, limits: Resources | None, *, at: datetime, actor: str
+    ) -> bool:
+        if self.quotas.get(tenant) == limits:
+            return False
+        self.trigger_event(
+            self.QuotaSet,
+            timestamp=at,
+            actor=actor,
+            tenant=tenant,
+            limits=None if limits is None else limits.as_dict(),
+        )
+        return True
 
     # -- internals -------------------------------------------------------------
 

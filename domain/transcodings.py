@@ -7,8 +7,14 @@ from typing import Any
 
 from eventsourcing.persistence import Transcoding
 
-from domain.pool import PoolSettings, Reservation, ServerInstance
-from domain.values import Resources
+from domain.pool import (
+    PoolSettings,
+    QueueEntry,
+    Reservation,
+    Scheduling,
+    ServerInstance,
+)
+from domain.values import AllocationRequest, Priority, QueuePolicy, Resources
 
 
 class ResourcesAsDict(Transcoding):
@@ -33,6 +39,9 @@ class ReservationAsDict(Transcoding):
             "worker_ports": list(obj.worker_ports),
             "servers": list(obj.servers),
             "expires_at": obj.expires_at,
+            "priority": obj.priority.value,
+            "tenant": obj.tenant,
+            "reserved_at": obj.reserved_at,
         }
 
     def decode(self, data: dict[str, Any]) -> Reservation:
@@ -43,6 +52,53 @@ class ReservationAsDict(Transcoding):
             worker_ports=tuple(data["worker_ports"]),
             servers=tuple(data["servers"]),
             expires_at=expires_at,
+            priority=Priority(data.get("priority", Priority.NORMAL.value)),
+            tenant=data.get("tenant"),
+            reserved_at=data.get("reserved_at"),
+        )
+
+
+class QueueEntryAsDict(Transcoding):
+    type = QueueEntry
+    name = "allocation-ledger:queue-entry"
+
+    def encode(self, obj: QueueEntry) -> dict[str, Any]:
+        return {
+            "allocation_id": obj.allocation_id,
+            "request": obj.request.as_dict(),
+            "arrival": obj.arrival,
+            "enqueued_at": obj.enqueued_at,
+            "deadline": obj.deadline,
+            "tenant": obj.tenant,
+        }
+
+    def decode(self, data: dict[str, Any]) -> QueueEntry:
+        return QueueEntry(
+            allocation_id=data["allocation_id"],
+            request=AllocationRequest.restore(data["request"]),
+            arrival=data["arrival"],
+            enqueued_at=data["enqueued_at"],
+            deadline=data["deadline"],
+            tenant=data["tenant"],
+        )
+
+
+class SchedulingAsDict(Transcoding):
+    type = Scheduling
+    name = "allocation-ledger:scheduling"
+
+    def encode(self, obj: Scheduling) -> dict[str, Any]:
+        return {
+            "queue_policy": obj.queue_policy.value,
+            "aging_seconds": obj.aging_seconds,
+            "preemption": {k: list(v) for k, v in obj.preemption.items()},
+        }
+
+    def decode(self, data: dict[str, Any]) -> Scheduling:
+        return Scheduling(
+            queue_policy=QueuePolicy(data["queue_policy"]),
+            aging_seconds=data["aging_seconds"],
+            preemption={k: tuple(v) for k, v in data["preemption"].items()},
         )
 
 
@@ -96,4 +152,6 @@ TRANSCODINGS: tuple[Transcoding, ...] = (
     ServerInstanceAsDict(),
     PoolSettingsAsDict(),
     IntSetAsList(),
+    QueueEntryAsDict(),
+    SchedulingAsDict(),
 )

@@ -55,6 +55,8 @@ class AllocationState(StrEnum):
     RELEASED = "released"
     EXPIRED = "expired"
     FAILED = "failed"
+    QUEUED = "queued"
+    PREEMPTED = "preempted"
 
     @property
     def is_live(self) -> bool:
@@ -63,11 +65,20 @@ class AllocationState(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self not in LIVE_STATES
+        """Terminal allocations never change again."""
+        return self in TERMINAL_STATES
 
 
 LIVE_STATES = frozenset(
     {AllocationState.PENDING, AllocationState.ACTIVE, AllocationState.RELEASING}
+)
+TERMINAL_STATES = frozenset(
+    {
+        AllocationState.RELEASED,
+        AllocationState.EXPIRED,
+        AllocationState.FAILED,
+        AllocationState.PREEMPTED,
+    }
 )
 
 
@@ -162,6 +173,20 @@ class Rejection:
 
 
 INSUFFICIENT_CAPACITY = "insufficient_capacity"
+QUEUE_TIMEOUT = "queue_timeout"
+QUOTA_EXCEEDED = "quota_exceeded"
+QUEUED_AHEAD = "queued_ahead"
+"""Refusal codes: the pool is short; the wait ran out; the tenant's quota
+would be exceeded; it would fit, but requests waiting in the queue come first."""
+
+
+class QueuePolicy(StrEnum):
+    """What a pool does when the request at the head of its queue does not fit."""
+
+    STRICT = "strict"
+    """Nobody passes the head: no request waits forever behind smaller ones."""
+    BACKFILL = "backfill"
+    """Smaller requests behind the head are granted if they fit meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +302,18 @@ def validate_pool_name(name: object) -> None:
             "digits, '.', '_' or '-', starting with a letter or digit"
         )
         raise InvalidRequestError(msg, field="pool")
+
+
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+def validate_tenant(tenant: object) -> None:
+    if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
+        msg = (
+            f"tenant {tenant!r} is invalid: use 1-128 letters, digits, '.', '_', "
+            "':', '@' or '-', starting with a letter or digit"
+        )
+        raise InvalidRequestError(msg, field="tenant")
 
 
 def validate_ttl(ttl_seconds: object) -> None:

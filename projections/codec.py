@@ -9,6 +9,7 @@ from domain.values import Resources
 from projections.views import (
     AllocationView,
     CapacityView,
+    QueuedView,
     ServerUseView,
     ServerView,
     WorkerView,
@@ -55,6 +56,10 @@ def allocation_to_dict(view: AllocationView) -> dict[str, Any]:
         "renewals": view.renewals,
         "last_actor": view.last_actor,
         "version": view.version,
+        "tenant": view.tenant,
+        "queue_deadline": _time(view.queue_deadline),
+        "waiting_for": view.waiting_for,
+        "preempted_by": view.preempted_by,
     }
 
 
@@ -86,6 +91,10 @@ def allocation_from_dict(data: dict[str, Any]) -> AllocationView:
         renewals=data["renewals"],
         last_actor=data["last_actor"],
         version=data["version"],
+        tenant=data.get("tenant"),
+        queue_deadline=_parse(data.get("queue_deadline")),
+        waiting_for=data.get("waiting_for"),
+        preempted_by=data.get("preempted_by"),
     )
 
 
@@ -104,6 +113,29 @@ def capacity_to_dict(view: CapacityView) -> dict[str, Any]:
         "worker_ports_in_use": view.worker_ports_in_use,
         "updated_at": _time(view.updated_at),
         "version": view.version,
+        "queue": [
+            [
+                q.allocation_id,
+                q.job_id,
+                q.priority,
+                q.workers,
+                q.servers,
+                q.resources.as_dict(),
+                q.arrival,
+                _time(q.enqueued_at),
+                _time(q.deadline),
+                q.tenant,
+            ]
+            for q in view.queue.values()
+        ],
+        "arrivals": view.arrivals,
+        "queue_policy": view.queue_policy,
+        "aging_seconds": view.aging_seconds,
+        "preemption": view.preemption,
+        "quotas": {t: r.as_dict() for t, r in sorted(view.quotas.items())},
+        "held_by_tenant": {
+            t: r.as_dict() for t, r in sorted(view.held_by_tenant.items())
+        },
     }
 
 
@@ -123,4 +155,27 @@ def capacity_from_dict(data: dict[str, Any]) -> CapacityView:
         worker_ports_in_use=data["worker_ports_in_use"],
         updated_at=_parse(data["updated_at"]),
         version=data["version"],
+        queue={
+            q[0]: QueuedView(
+                allocation_id=q[0],
+                job_id=q[1],
+                priority=q[2],
+                workers=q[3],
+                servers=list(q[4]),
+                resources=Resources.from_dict(q[5]),
+                arrival=q[6],
+                enqueued_at=_parse_required(q[7]),
+                deadline=_parse(q[8]),
+                tenant=q[9],
+            )
+            for q in data.get("queue", [])
+        },
+        arrivals=data.get("arrivals", 0),
+        queue_policy=data.get("queue_policy", "strict"),
+        aging_seconds=data.get("aging_seconds", 600),
+        preemption=data.get("preemption", {}),
+        quotas={t: Resources.from_dict(r) for t, r in data.get("quotas", {}).items()},
+        held_by_tenant={
+            t: Resources.from_dict(r) for t, r in data.get("held_by_tenant", {}).items()
+        },
     )

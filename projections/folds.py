@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from domain.allocation import Allocation, worker_id
-from domain.pool import Pool
+from domain.pool import DEFAULT_PREEMPTION, Pool
 from domain.values import AllocationState, Resources
 from projections.views import (
     AllocationView,
     CapacityView,
+    QueuedView,
     ServerUseView,
     ServerView,
     WorkerView,
@@ -52,6 +53,7 @@ def fold_allocation(
             expires_at=event.expires_at,
             last_actor=event.actor,
             version=event.originator_version,
+            tenant=event.tenant,
         )
     if view is None:
         msg = f"{type(event).__qualname__} arrived before the allocation's request"
@@ -63,6 +65,27 @@ def fold_allocation(
         view.state = AllocationState.FAILED.value
         view.rejection = dict(event.reason)
         view.expires_at = None
+        view.ended_at = event.timestamp
+    elif isinstance(event, Allocation.Queued):
+        view.state = AllocationState.QUEUED.value
+        view.queue_deadline = event.deadline
+        view.waiting_for = dict(event.reason)
+        view.expires_at = None
+    elif isinstance(event, Allocation.Granted):
+        view.state = AllocationState.PENDING.value
+        view.workers = [
+            WorkerView(worker_id(view.allocation_id, i), port)
+            for i, port in enumerate(event.worker_ports)
+        ]
+        view.servers = [
+            ServerUseView(str(name), int(port), bool(started))
+            for name, port, started in event.servers
+        ]
+        view.expires_at = event.expires_at
+        view.queue_deadline = None
+    elif isinstance(event, Allocation.Preempted):
+        view.state = AllocationState.PREEMPTED.value
+        view.preempted_by = event.by
         view.ended_at = event.timestamp
     elif isinstance(event, Allocation.Activated):
         view.state = AllocationState.ACTIVE.value
@@ -102,6 +125,7 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
             idle_timeout_seconds=event.idle_timeout_seconds,
             updated_at=event.timestamp,
             version=event.originator_version,
+            preemption={k: list(v) for k, v in DEFAULT_PREEMPTION.items()},
         )
     if view is None:
         msg = f"{type(event).__qualname__} arrived before the pool was created"
@@ -123,6 +147,11 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
         )
     elif isinstance(event, Pool.Reserved):
         view.reserved = view.reserved + Resources.from_dict(event.resources)
+        if event.tenant is not None:
+            held = view.held_by_tenant.get(event.tenant, Resources())
+            view.held_by_tenant[event.tenant] = held + Resources.from_dict(
+                event.resources
+            )
         view.live_allocations += 1
         view.worker_ports_in_use += len(event.worker_ports)
         for name in event.servers:
@@ -132,6 +161,14 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
             )
     elif isinstance(event, Pool.Freed):
         view.reserved = view.reserved - Resources.from_dict(event.resources)
+        if event.tenant is not None:
+            left = view.held_by_tenant.get(
+                event.tenant, Resources()
+            ) - Resources.from_dict(event.resources)
+            if left == Resources():
+                view.held_by_tenant.pop(event.tenant, None)
+            else:
+                view.held_by_tenant[event.tenant] = left
         view.live_allocations -= 1
         view.worker_ports_in_use -= len(event.worker_ports)
         for name in event.servers:
@@ -144,4 +181,38 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
             )
     elif isinstance(event, Pool.ServerStopped):
         view.servers.pop(event.name, None)
+    elif isinstance(event, Pool.Enqueued):
+        request = event.request
+        view.arrivals += 1
+        view.queue[event.allocation_id] = QueuedView(
+            allocation_id=event.allocation_id,
+            job_id=request["job_id"],
+            priority=request["priority"],
+            workers=request["workers"],
+            servers=list(request["servers"]),
+            resources=(
+                Resources.from_dict(event.resources)
+                if event.resources is not None
+                else Resources(
+                    view.worker_size.cpu_millicores * request["workers"],
+                    view.worker_size.memory_mib * request["workers"],
+                    request["workers"],
+                )
+            ),
+            arrival=view.arrivals,
+            enqueued_at=event.timestamp,
+            deadline=event.deadline,
+            tenant=event.tenant,
+        )
+    elif isinstance(event, Pool.Dequeued):
+        view.queue.pop(event.allocation_id, None)
+    elif isinstance(event, Pool.QuotaSet):
+        if event.limits is None:
+            view.quotas.pop(event.tenant, None)
+        else:
+            view.quotas[event.tenant] = Resources.from_dict(event.limits)
+    elif isinstance(event, Pool.SchedulingConfigured):
+        view.queue_policy = event.queue_policy
+        view.aging_seconds = event.aging_seconds
+        view.preemption = {k: list(v) for k, v in event.preemption.items()}
     return view

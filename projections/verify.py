@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from domain.allocation import Allocation
+from domain.allocation import Allocation, allocation_uuid
 from domain.pool import (
     MCP_PORT_FIRST,
     MCP_PORT_LAST,
@@ -23,11 +23,18 @@ from domain.pool import (
     WORKER_PORT_LAST,
     Pool,
 )
-from domain.values import LIVE_STATES, Dimension, Resources
+from domain.values import (
+    LIVE_STATES,
+    TERMINAL_STATES,
+    Dimension,
+    Priority,
+    Resources,
+)
 from projections.catchup import Batch, fold_event
 from projections.store import InMemoryReadModels
 
 _LIVE = frozenset(s.value for s in LIVE_STATES)
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class InvariantChecker:
         self._last_position = 0
         self._held: dict[str, Resources] = {}
         self._naming: dict[str, Counter[str]] = {}
+        self._preemptions: list[tuple[int, str, str]] = []  # position, victim, by
 
     def feed(self, position: int, event: object) -> None:
         if self.violation is not None:
@@ -100,13 +108,17 @@ class InvariantChecker:
             view = self.batch.allocations.get(event.originator_id)
             if view is None:
                 self._fail(position, name, 4, "event for an allocation never requested")
-            elif view.state not in _LIVE:
+            elif view.state in _TERMINAL:
                 self._fail(
                     position,
                     name,
                     4,
                     f"allocation {view.allocation_id} is already {view.state}",
                 )
+        if isinstance(event, Allocation.Preempted):
+            victim = self.batch.allocations.get(event.originator_id)
+            if victim is not None:
+                self._preemptions.append((position, victim.priority, event.by))
         if not isinstance(event, Pool.Event):
             return
         key = event.originator_id
@@ -127,6 +139,22 @@ class InvariantChecker:
                 if port in state.worker_ports:
                     self._fail(position, name, 2, f"worker port {port} already in use")
             state.worker_ports.update(event.worker_ports)
+            if capacity is not None and event.tenant in capacity.quotas:
+                added = Resources.from_dict(event.resources)
+                held = capacity.held_by_tenant.get(event.tenant, Resources()) + added
+                limit = capacity.quotas[event.tenant]
+                for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
+                    if added.amount(dimension) > 0 and held.amount(
+                        dimension
+                    ) > limit.amount(dimension):
+                        self._fail(
+                            position,
+                            name,
+                            10,
+                            f"tenant {event.tenant!r} over its quota in "
+                            f"{dimension}: {held.amount(dimension)} of "
+                            f"{limit.amount(dimension)}",
+                        )
             if capacity is not None:
                 added = Resources.from_dict(event.resources)
                 after = capacity.reserved + added
@@ -170,7 +198,27 @@ class InvariantChecker:
             self._held[view.pool] = held - view.resources
             naming.subtract(view.servers_requested)
 
+    def _check_preemptions(self) -> None:
+        """Only strictly lower priorities are preempted (checked once the
+        preempting allocation, written in the same unit of work, is known)."""
+        for position, victim_priority, by in self._preemptions:
+            preemptor = self.batch.allocations.get(allocation_uuid(by))
+            if preemptor is None:
+                self._fail(position, "Preempted", 9, f"preempted by unknown {by}")
+            elif Priority(victim_priority).rank >= Priority(preemptor.priority).rank:
+                self._fail(
+                    position,
+                    "Preempted",
+                    9,
+                    f"a {victim_priority} allocation was preempted by {by}, "
+                    f"of priority {preemptor.priority}",
+                )
+        self._preemptions.clear()
+
     def _check_balance(self, position: int, where: str) -> None:
+        self._check_preemptions()
+        if self.violation is not None:
+            return
         held = self._held
         naming = self._naming
         for capacity in self.batch.capacities.values():

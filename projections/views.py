@@ -57,6 +57,10 @@ class AllocationView:
     version: int = 0
     sequence: int = 0
     """Position of the allocation's first event in the log: the listing order."""
+    tenant: str | None = None
+    queue_deadline: datetime | None = None
+    waiting_for: dict[str, Any] | None = None
+    preempted_by: str | None = None
 
 
 @dataclass
@@ -75,6 +79,22 @@ class ServerView:
 
 
 @dataclass
+class QueuedView:
+    """A request waiting in a pool's queue."""
+
+    allocation_id: str
+    job_id: str
+    priority: str
+    workers: int
+    servers: list[str]
+    resources: Resources
+    arrival: int
+    enqueued_at: datetime
+    deadline: datetime | None
+    tenant: str | None
+
+
+@dataclass
 class CapacityView:
     """A pool's totals, what is reserved, and its MCP servers."""
 
@@ -88,6 +108,13 @@ class CapacityView:
     worker_ports_in_use: int = 0
     updated_at: datetime | None = None
     version: int = 0
+    queue: dict[str, QueuedView] = field(default_factory=dict)
+    arrivals: int = 0
+    queue_policy: str = "strict"
+    aging_seconds: int = 600
+    preemption: dict[str, list[str]] = field(default_factory=dict)
+    quotas: dict[str, Resources] = field(default_factory=dict)
+    held_by_tenant: dict[str, Resources] = field(default_factory=dict)
 
     @property
     def available(self) -> Resources:
