@@ -678,11 +678,11 @@ class Ledger(Application[UUID]):
             if refusal is not None:
                 work.require_current()
             if refusal is None:
-                if not dry_run:
-                    for victim in victims:
-                        self._preempt(
-                            work, target, victim, by=allocation_id, now=now, actor=actor
-                        )
+                # (On a dry run too: the whole unit of work is discarded.)
+                for victim in victims:
+                    self._preempt(
+                        work, target, victim, by=allocation_id, now=now, actor=actor
+                    )
                 ports = target.reserve(
                     allocation_id,
                     request,
