@@ -17,8 +17,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
 from domain.allocation import Allocation
-from domain.ledger import MAX_CPU_MILLICORES, MAX_MEMORY_MIB, MAX_WORKERS_CAPACITY
-from domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST
+from domain.ledger import (
+    MAX_CPU_MILLICORES,
+    MAX_MEMORY_MIB,
+    MAX_WAIT_SECONDS,
+    MAX_WORKERS_CAPACITY,
+)
+from domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST, queue_rank
 from domain.provisioner import Endpoints
 from domain.values import (
     JOB_ID_PATTERN,
@@ -30,14 +35,19 @@ from domain.values import (
     MILLICORES_PER_CORE,
     MIN_TTL_SECONDS,
     POOL_NAME_PATTERN,
+    QUEUE_TIMEOUT,
+    QUEUED_AHEAD,
+    QUOTA_EXCEEDED,
     SERVER_NAME_PATTERN,
+    TENANT_PATTERN,
     AllocationState,
     Dimension,
+    Priority,
     Rejection,
     Resources,
 )
 from projections.store import MAX_PAGE_SIZE
-from projections.views import AllocationView, CapacityView
+from projections.views import AllocationView, CapacityView, QueuedView
 
 # -- units ---------------------------------------------------------------------
 
@@ -205,8 +215,68 @@ DryRunArg = Annotated[
         ),
     ),
 ]
+WaitArg = Annotated[
+    bool,
+    Field(
+        strict=True,
+        description=(
+            "If true, a request that does not fit now waits in the pool's queue "
+            "(status 'queued', holding nothing) and is granted when room frees, "
+            "instead of being refused. If false, it is refused at once."
+        ),
+    ),
+]
+MaxWaitArg = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=1,
+        le=MAX_WAIT_SECONDS,
+        description=(
+            "With wait: the longest to stay queued, in seconds "
+            f"(1-{MAX_WAIT_SECONDS}); after that the request fails with reason "
+            "code 'queue_timeout'. Omit to wait until granted or released "
+            "(cancelled)."
+        ),
+    ),
+]
+PreemptArg = Annotated[
+    bool,
+    Field(
+        strict=True,
+        description=(
+            "If true (the default) and the request does not fit, it may take the "
+            "capacity of live allocations of strictly lower priority where the "
+            "pool's preemption rules allow (by default critical preempts low and "
+            "normal, high preempts low). False never preempts anyone."
+        ),
+    ),
+]
+TenantArg = Annotated[
+    str | None,
+    Field(
+        max_length=128,
+        pattern=TENANT_PATTERN.pattern,
+        description=(
+            "Whose quota the request counts against. Omit for your own identity "
+            "(the token's subject over HTTP; no tenant over stdio). Naming "
+            "another tenant needs the admin scope."
+        ),
+    ),
+]
+PriorityName = Literal["low", "normal", "high", "critical"]
 StateArg = Annotated[
-    Literal["pending", "active", "releasing", "released", "expired", "failed"] | None,
+    Literal[
+        "queued",
+        "pending",
+        "active",
+        "releasing",
+        "released",
+        "expired",
+        "failed",
+        "preempted",
+    ]
+    | None,
     Field(description="Only allocations in this state (omit for all states)."),
 ]
 JobIdFilterArg = Annotated[
@@ -308,6 +378,121 @@ CapacityPoolArg = Annotated[
         ),
     ),
 ]
+QueuePoolArg = Annotated[
+    str,
+    Field(
+        strict=True,
+        max_length=63,
+        pattern=POOL_NAME_PATTERN.pattern,
+        description="Pool whose queue to show.",
+    ),
+]
+SchedulingPoolArg = Annotated[
+    str,
+    Field(
+        strict=True,
+        max_length=63,
+        pattern=POOL_NAME_PATTERN.pattern,
+        description=(
+            "Pool to configure; 'default' is created on first use, others must exist."
+        ),
+    ),
+]
+QuotaTenantArg = Annotated[
+    str,
+    Field(
+        strict=True,
+        max_length=128,
+        pattern=TENANT_PATTERN.pattern,
+        description=(
+            "The tenant, e.g. 'team-a' or a token subject such as 'agent-7': 1-128 "
+            "letters, digits, '.', '_', ':', '@' or '-', starting with a letter or "
+            "digit."
+        ),
+    ),
+]
+QuotaCpuArg = Annotated[
+    float | None,
+    Field(
+        strict=True,
+        ge=0,
+        le=MAX_CPU_CORES,
+        allow_inf_nan=False,
+        description=(
+            "Most CPU, in cores (at most 3 decimal places), the tenant may hold at "
+            "once in the pool. Omit to keep the current limit (none if it had no "
+            "quota)."
+        ),
+    ),
+    AfterValidator(lambda v: None if v is None else _whole_millicores(v)),
+]
+QuotaMemoryArg = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=0,
+        le=MAX_MEMORY_MIB,
+        description=(
+            "Most memory, in MB, the tenant may hold at once in the pool. Omit to "
+            "keep the current limit (none if it had no quota)."
+        ),
+    ),
+]
+QuotaWorkersArg = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=0,
+        le=MAX_WORKERS_CAPACITY,
+        description=(
+            f"Most workers (0-{MAX_WORKERS_CAPACITY}) the tenant may hold at once in "
+            "the pool. Omit to keep the current limit (none if it had no quota)."
+        ),
+    ),
+]
+ClearArg = Annotated[
+    bool,
+    Field(
+        strict=True,
+        description=(
+            "If true, remove the tenant's quota in this pool (no limit); give no "
+            "cpu, memory or workers with it."
+        ),
+    ),
+]
+QueuePolicyArg = Annotated[
+    Literal["strict", "backfill"] | None,
+    Field(
+        description=(
+            "What the queue does when its head does not fit: 'strict' (nobody "
+            "passes the head, so no request starves) or 'backfill' (smaller "
+            "requests behind it are granted if they fit). Omit to keep."
+        ),
+    ),
+]
+AgingSecondsArg = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=1,
+        le=MAX_WAIT_SECONDS,
+        description=(
+            "A waiting request counts one priority higher per this many seconds "
+            f"waited, up to critical (1-{MAX_WAIT_SECONDS}). Omit to keep."
+        ),
+    ),
+]
+PreemptionArg = Annotated[
+    dict[PriorityName, list[PriorityName]] | None,
+    Field(
+        description=(
+            "Which priorities each priority may preempt, always strictly lower "
+            'ones, e.g. {"critical": ["low", "normal"], "high": ["low"]} (the '
+            "default); {} turns preemption off. Replaces all the rules. Omit to "
+            "keep."
+        ),
+    ),
+]
 
 
 # -- results -------------------------------------------------------------------
@@ -321,16 +506,34 @@ class Amounts(BaseModel):
     workers: int = Field(description="Worker slots.")
 
 
+class QuotaLimits(BaseModel):
+    """A tenant's limits in one pool; null means no limit in that dimension."""
+
+    cpu: float | None = Field(description="Cores, or null for no limit.")
+    memory: int | None = Field(description="MB, or null for no limit.")
+    workers: int | None = Field(description="Worker slots, or null for no limit.")
+
+
 class Reason(BaseModel):
     """Why a request was refused: the first dimension that did not fit."""
 
-    code: str = Field(description="Always 'insufficient_capacity' for now.")
+    code: str = Field(
+        description=(
+            "'insufficient_capacity' (the pool is short), 'quota_exceeded' (the "
+            "tenant's quota would be passed), 'queued_ahead' (it would fit, but "
+            "requests queued ahead of it come first) or 'queue_timeout' (its "
+            "max_wait_seconds passed while queued)."
+        )
+    )
     dimension: Literal["workers", "cpu", "memory", "mcp_ports"]
     requested: int | float = Field(
         description="What the request needed (cpu in cores, memory in MB)."
     )
     available: int | float = Field(
-        description="What the pool had left (cpu in cores, memory in MB)."
+        description=(
+            "What the pool had left (cpu in cores, memory in MB); for "
+            "quota_exceeded, what the tenant's quota had left."
+        )
     )
 
 
@@ -369,9 +572,10 @@ class RequestResourcesResult(BaseModel):
     allocation_id: str
     status: str = Field(
         description=(
-            "'active' when granted, 'failed' when refused or provisioning failed, "
-            "'dry_run' when a dry run would fit; on a request_id retry, the "
-            "allocation's current state."
+            "'active' when granted, 'queued' when waiting for room (wait=true), "
+            "'failed' when refused or provisioning failed, 'dry_run' when a dry "
+            "run would be granted; on a request_id retry, the allocation's "
+            "current state."
         )
     )
     job_id: str
@@ -394,6 +598,26 @@ class RequestResourcesResult(BaseModel):
     expired_first: list[str] = Field(
         description="Allocations whose lease had run out, expired to make room."
     )
+    preempted: list[str] = Field(
+        description=(
+            "Allocations of lower priority preempted to make room for this one "
+            "(on a dry run: that would be)."
+        )
+    )
+    tenant: str | None = Field(description="Whose quota the allocation counts in.")
+    queue_deadline: UtcTime | None = Field(
+        description="While queued: when it fails with queue_timeout (null: never)."
+    )
+    waiting_for: Reason | None = Field(
+        None,
+        exclude_if=_omit_if_none,
+        description="Only while queued: what it waits for (the dimension short).",
+    )
+    queue_position: int | None = Field(
+        None,
+        exclude_if=_omit_if_none,
+        description="Only while queued: its place in the queue, 1 = served next.",
+    )
     error: str | None = Field(
         None,
         exclude_if=_omit_if_none,
@@ -403,7 +627,7 @@ class RequestResourcesResult(BaseModel):
     reason: Reason | None = Field(
         None,
         exclude_if=_omit_if_none,
-        description="The refusal, structured. Only present for capacity refusals.",
+        description="The refusal, structured. Only present for refusals.",
     )
 
 
@@ -469,6 +693,21 @@ class CapacityResult(BaseModel):
         description="How long an unused MCP server keeps its port before it stops."
     )
     updated_at: UtcTime | None
+    queue_length: int = Field(description="Requests waiting in the queue.")
+    queue_policy: Literal["strict", "backfill"]
+    aging_seconds: int = Field(
+        description="A waiting request counts one priority higher per this period."
+    )
+    preemption: dict[str, list[str]] = Field(
+        description="Which priorities each priority may preempt."
+    )
+    quotas: dict[str, QuotaLimits] = Field(
+        description="Each tenant's limits in this pool (tenants without: no limit)."
+    )
+    held_by_tenant: dict[str, Amounts] = Field(
+        description="What each tenant holds now (allocations without a tenant: not "
+        "counted here)."
+    )
 
 
 class UsageRowResult(BaseModel):
@@ -496,6 +735,67 @@ class UsageResult(BaseModel):
 
 class SetCapacityResult(CapacityResult):
     changed: bool = Field(description="False when the totals were already these.")
+
+
+class QueuedRequest(BaseModel):
+    """A request waiting in a pool's queue."""
+
+    position: int = Field(description="1 = served next.")
+    allocation_id: str
+    job_id: str
+    priority: str = Field(description="The priority it asked for.")
+    effective_priority: str = Field(
+        description="Its priority after aging: one higher per aging period waited."
+    )
+    effective_rank: int = Field(
+        description="effective_priority as a number: low 0, normal 1, high 2, "
+        "critical 3. The queue is served by rank, then arrival."
+    )
+    workers: int
+    cpu: float = Field(description="Cores it needs.")
+    memory: int = Field(description="MB it needs.")
+    servers: list[str] = Field(description="MCP servers it needs.")
+    tenant: str | None
+    enqueued_at: UtcTime
+    waited_seconds: float
+    deadline: UtcTime | None = Field(
+        description="When it fails with queue_timeout (null: it waits until granted)."
+    )
+
+
+class QueueResult(BaseModel):
+    """get_queue's answer: who waits, in serving order, and the pool's rules."""
+
+    pool: str
+    queue: list[QueuedRequest]
+    count: int
+    queue_policy: Literal["strict", "backfill"]
+    aging_seconds: int
+    preemption: dict[str, list[str]]
+    available: Amounts = Field(description="What the pool has free now.")
+
+
+class QuotaResult(BaseModel):
+    """set_quota's answer: the tenant's quota and every quota of the pool."""
+
+    pool: str
+    tenant: str
+    quota: QuotaLimits | None = Field(description="The tenant's limits (null: none).")
+    held: Amounts = Field(description="What the tenant holds in the pool now.")
+    changed: bool = Field(description="False when the quota already was this.")
+    quotas: dict[str, QuotaLimits]
+    held_by_tenant: dict[str, Amounts]
+
+
+class SchedulingResult(BaseModel):
+    """set_scheduling's answer: the pool's scheduling rules afterwards."""
+
+    pool: str
+    queue_policy: Literal["strict", "backfill"]
+    aging_seconds: int
+    preemption: dict[str, list[str]]
+    queue_length: int
+    changed: bool = Field(description="False when the rules already were these.")
 
 
 AtArg = Annotated[
@@ -528,7 +828,10 @@ class Timestamps(BaseModel):
     activated_at: UtcTime | None
     expires_at: UtcTime | None
     released_at: UtcTime | None = Field(
-        description="When it was released or expired (null while live or if failed)."
+        description=(
+            "When it was released, expired or preempted (null while queued or "
+            "live, or if failed)."
+        )
     )
     ended_at: UtcTime | None = Field(description="When it reached a final state.")
     updated_at: UtcTime
@@ -556,6 +859,20 @@ class AllocationDetail(BaseModel):
     renewals: int
     requested_by: str
     last_actor: str
+    tenant: str | None = Field(description="Whose quota it counts in.")
+    queue_deadline: UtcTime | None = Field(
+        description="While queued: when it fails with queue_timeout (null: never)."
+    )
+    waiting_for: Reason | None = Field(
+        None,
+        exclude_if=_omit_if_none,
+        description="Only while queued: what it waits for.",
+    )
+    preempted_by: str | None = Field(
+        None,
+        exclude_if=_omit_if_none,
+        description="Only when preempted: the allocation that took its capacity.",
+    )
     error: str | None = Field(None, exclude_if=_omit_if_none)
     reason: Reason | None = Field(None, exclude_if=_omit_if_none)
 
@@ -574,6 +891,15 @@ class AllocationSummary(BaseModel):
     created_at: UtcTime
     expires_at: UtcTime | None
     sequence: int = Field(description="Listing order; use it as `after` for paging.")
+    tenant: str | None
+    queue_deadline: UtcTime | None = Field(
+        description="While queued: when it fails with queue_timeout (null: never)."
+    )
+    preempted_by: str | None = Field(
+        None,
+        exclude_if=_omit_if_none,
+        description="Only when preempted: the allocation that took its capacity.",
+    )
 
 
 class AllocationList(BaseModel):
@@ -606,8 +932,8 @@ class HistoryEvent(BaseModel):
     version: int
     event: str = Field(
         description=(
-            "requested, rejected, activated, renewed, release_requested, "
-            "released, expired or failed."
+            "requested, queued, granted, rejected, activated, renewed, "
+            "release_requested, released, expired, preempted or failed."
         )
     )
     at: UtcTime
@@ -654,14 +980,75 @@ def reason_of(rejection: Rejection) -> Reason:
 
 
 def refusal_message(reason: Reason) -> str:
-    """The original wording: 'Insufficient workers: requested 10, available 6'."""
-    return (
-        f"Insufficient {reason.dimension}: requested {reason.requested}, "
-        f"available {reason.available}"
+    """The original wording: 'Insufficient workers: requested 10, available 6'.
+
+    The scheduling refusals say what stopped them in the same form.
+    """
+    amounts = f"requested {reason.requested}, available {reason.available}"
+    if reason.code == QUOTA_EXCEEDED:
+        return f"Quota exceeded for {reason.dimension}: {amounts} within the quota"
+    if reason.code == QUEUED_AHEAD:
+        return (
+            f"Requests queued ahead come first ({reason.dimension}: {amounts} "
+            "after them)"
+        )
+    if reason.code == QUEUE_TIMEOUT:
+        return f"Queue wait ran out: insufficient {reason.dimension}: {amounts}"
+    return f"Insufficient {reason.dimension}: {amounts}"
+
+
+UNLIMITED = Resources(MAX_CPU_MILLICORES, MAX_MEMORY_MIB, MAX_WORKERS_CAPACITY)
+"""A quota dimension set to its maximum is no limit."""
+
+
+def quota_limits(limits: Resources) -> QuotaLimits:
+    return QuotaLimits(
+        cpu=(
+            None
+            if limits.cpu_millicores >= UNLIMITED.cpu_millicores
+            else cores(limits.cpu_millicores)
+        ),
+        memory=None if limits.memory_mib >= UNLIMITED.memory_mib else limits.memory_mib,
+        workers=None if limits.workers >= UNLIMITED.workers else limits.workers,
     )
 
 
+_BY_RANK = {p.rank: p for p in Priority}
+
+
+def queued_requests(view: CapacityView, now: datetime) -> list[QueuedRequest]:
+    """A pool's queue in serving order: effective rank (aged), then arrival."""
+
+    def rank(entry: QueuedView) -> int:
+        return queue_rank(
+            Priority(entry.priority), entry.enqueued_at, now, view.aging_seconds
+        )
+
+    ordered = sorted(view.queue.values(), key=lambda e: (-rank(e), e.arrival))
+    return [
+        QueuedRequest(
+            position=position,
+            allocation_id=entry.allocation_id,
+            job_id=entry.job_id,
+            priority=entry.priority,
+            effective_priority=_BY_RANK[rank(entry)].value,
+            effective_rank=rank(entry),
+            workers=entry.workers,
+            cpu=cores(entry.resources.cpu_millicores),
+            memory=entry.resources.memory_mib,
+            servers=list(entry.servers),
+            tenant=entry.tenant,
+            enqueued_at=entry.enqueued_at,
+            waited_seconds=max((now - entry.enqueued_at).total_seconds(), 0.0),
+            deadline=entry.deadline,
+        )
+        for position, entry in enumerate(ordered, start=1)
+    ]
+
+
 _SERVER_STATUS = {
+    AllocationState.QUEUED: "queued",
+    AllocationState.PREEMPTED: "released",
     AllocationState.PENDING: "pending",
     AllocationState.ACTIVE: "running",
     AllocationState.RELEASING: "stopping",
@@ -670,6 +1057,8 @@ _SERVER_STATUS = {
     AllocationState.FAILED: "failed",
 }
 _WORKER_STATUS = {
+    AllocationState.QUEUED: "queued",
+    AllocationState.PREEMPTED: "released",
     AllocationState.PENDING: "pending",
     AllocationState.ACTIVE: "active",
     AllocationState.RELEASING: "destroying",
@@ -686,6 +1075,9 @@ def request_result(
     replayed: bool,
     dry_run: bool,
     expired_first: tuple[str, ...],
+    preempted: tuple[str, ...] = (),
+    waiting_for: Rejection | None = None,
+    queue_position: int | None = None,
 ) -> RequestResourcesResult:
     """request_resources' answer, from the allocation the ledger returned."""
     state = allocation.state
@@ -730,6 +1122,15 @@ def request_result(
         replayed=replayed,
         dry_run=dry_run,
         expired_first=list(expired_first),
+        preempted=list(preempted),
+        tenant=allocation.tenant,
+        queue_deadline=allocation.queue_deadline,
+        waiting_for=(
+            reason_of(waiting_for)
+            if waiting_for is not None and state is AllocationState.QUEUED
+            else None
+        ),
+        queue_position=queue_position if state is AllocationState.QUEUED else None,
         error=error if state is AllocationState.FAILED else None,
         reason=reason,
     )
@@ -751,13 +1152,18 @@ def allocation_detail(
 ) -> AllocationDetail:
     """get_allocation's answer, from the allocation's listing row."""
     state = AllocationState(view.state)
-    held = Resources() if view.rejection is not None else view.resources
+    queued = state is AllocationState.QUEUED
+    held = Resources() if view.rejection is not None or queued else view.resources
     reason = (
         None
         if view.rejection is None
         else reason_of(Rejection.from_dict(view.rejection))
     )
-    ended = state in (AllocationState.RELEASED, AllocationState.EXPIRED)
+    ended = state in (
+        AllocationState.RELEASED,
+        AllocationState.EXPIRED,
+        AllocationState.PREEMPTED,
+    )
     return AllocationDetail(
         allocation_id=view.allocation_id,
         job_id=view.job_id,
@@ -806,6 +1212,14 @@ def allocation_detail(
         renewals=view.renewals,
         requested_by=view.requested_by,
         last_actor=view.last_actor,
+        tenant=view.tenant,
+        queue_deadline=view.queue_deadline,
+        waiting_for=(
+            reason_of(Rejection.from_dict(view.waiting_for))
+            if queued and view.waiting_for is not None
+            else None
+        ),
+        preempted_by=view.preempted_by,
         error=refusal_message(reason) if reason is not None else view.error,
         reason=reason,
     )
@@ -824,6 +1238,9 @@ def allocation_summary(view: AllocationView, *, now: datetime) -> AllocationSumm
         created_at=view.created_at,
         expires_at=view.expires_at,
         sequence=view.sequence,
+        tenant=view.tenant,
+        queue_deadline=view.queue_deadline,
+        preempted_by=view.preempted_by,
     )
 
 
@@ -858,6 +1275,12 @@ def capacity_result(view: CapacityView) -> CapacityResult:
         worker_size=amounts(view.worker_size),
         idle_timeout_seconds=view.idle_timeout_seconds,
         updated_at=view.updated_at,
+        queue_length=len(view.queue),
+        queue_policy=view.queue_policy,
+        aging_seconds=view.aging_seconds,
+        preemption={k: list(v) for k, v in sorted(view.preemption.items())},
+        quotas={t: quota_limits(q) for t, q in sorted(view.quotas.items())},
+        held_by_tenant={t: amounts(h) for t, h in sorted(view.held_by_tenant.items())},
     )
 
 
@@ -865,6 +1288,9 @@ def capacity_result(view: CapacityView) -> CapacityResult:
 
 _STATE_AFTER: dict[type[Allocation.Event], AllocationState] = {
     Allocation.Requested: AllocationState.PENDING,
+    Allocation.Queued: AllocationState.QUEUED,
+    Allocation.Granted: AllocationState.PENDING,
+    Allocation.Preempted: AllocationState.PREEMPTED,
     Allocation.Rejected: AllocationState.FAILED,
     Allocation.Activated: AllocationState.ACTIVE,
     Allocation.ReleaseRequested: AllocationState.RELEASING,
@@ -911,10 +1337,28 @@ def _changes(event: Allocation.Event) -> dict[str, Any]:
                 str(name) for name, _, started in event.servers if started
             ],
             "expires_at": _json_safe(event.expires_at),
+            "tenant": event.tenant,
         }
     if isinstance(event, Allocation.Rejected):
         reason = reason_of(Rejection.from_dict(event.reason))
         return {"error": refusal_message(reason), "reason": reason.model_dump()}
+    if isinstance(event, Allocation.Queued):
+        waiting = reason_of(Rejection.from_dict(event.reason))
+        return {
+            "waiting_for": waiting.model_dump(),
+            "queue_deadline": _json_safe(event.deadline),
+        }
+    if isinstance(event, Allocation.Granted):
+        return {
+            "worker_ports": list(event.worker_ports),
+            "server_ports": {str(name): int(port) for name, port, _ in event.servers},
+            "servers_started": [
+                str(name) for name, _, started in event.servers if started
+            ],
+            "expires_at": _iso(event.expires_at),
+        }
+    if isinstance(event, Allocation.Preempted):
+        return {"preempted_by": event.by}
     if isinstance(event, Allocation.Activated):
         return {
             "worker_endpoints": dict(event.worker_endpoints),

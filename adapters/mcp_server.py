@@ -12,13 +12,14 @@ import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import (
@@ -42,7 +43,9 @@ from adapters.auth import (
     StaticTokenVerifier,
 )
 from adapters.mcp_models import (
+    UNLIMITED,
     AfterArg,
+    AgingSecondsArg,
     AllocationDetail,
     AllocationIdArg,
     AllocationList,
@@ -53,46 +56,72 @@ from adapters.mcp_models import (
     CapacityResult,
     CapacityWorkersArg,
     CleanupResult,
+    ClearArg,
     DryRunArg,
     HistoryResult,
     JobIdArg,
     JobIdFilterArg,
     LimitArg,
+    MaxWaitArg,
     McpServersArg,
     MetadataArg,
     PoolArg,
     PoolFilterArg,
+    PreemptArg,
+    PreemptionArg,
     PriorityArg,
     PriorityFilterArg,
+    QueuePolicyArg,
+    QueuePoolArg,
+    QueueResult,
+    QuotaCpuArg,
+    QuotaMemoryArg,
+    QuotaResult,
+    QuotaTenantArg,
+    QuotaWorkersArg,
     ReleaseResourcesResult,
     RenewResult,
     RenewTtlArg,
     RequestIdArg,
     RequestResourcesResult,
+    SchedulingPoolArg,
+    SchedulingResult,
     SetCapacityResult,
     SinceArg,
     StateArg,
+    TenantArg,
     TtlArg,
     UntilArg,
     UsageResult,
     UsageRowResult,
+    WaitArg,
     WorkersArg,
     allocation_detail,
     allocation_summary,
+    amounts,
     capacity_result,
     cores,
     history_result,
     millicores,
+    queued_requests,
+    quota_limits,
     request_result,
 )
 from adapters.service import AllocationService, resume_interrupted
 from domain.allocation import Allocation, allocation_uuid, is_allocation_id
 from domain.errors import AllocationNotFoundError, LedgerError, PoolNotFoundError
-from domain.pool import DEFAULT_POOL, DEFAULT_WORKER_SIZE
+from domain.ledger import RequestResult
+from domain.pool import (
+    DEFAULT_POOL,
+    DEFAULT_WORKER_SIZE,
+    Scheduling,
+)
 from domain.values import (
     AllocationRequest,
     AllocationState,
     Priority,
+    QueuePolicy,
+    Rejection,
     Resources,
 )
 from projections.store import MAX_PAGE_SIZE, ListingQuery
@@ -142,10 +171,14 @@ TOOLS: dict[str, ToolSpec] = {
     ),
     "set_capacity": ToolSpec("Set pool capacity", "admin", destructive=True),
     "get_usage": ToolSpec("Get usage", "read", read_only=True),
+    "get_queue": ToolSpec("Get queue", "read", read_only=True),
+    "set_quota": ToolSpec("Set tenant quota", "admin", destructive=True),
+    "set_scheduling": ToolSpec("Set pool scheduling", "admin", destructive=True),
 }
 """Every tool. Scopes: admin includes write, write includes read. Releasing,
-cleaning up and setting capacity take capacity from someone or overwrite it
-(destructive); requesting and renewing do something new on every call."""
+cleaning up and setting capacity, quotas or scheduling take capacity from
+someone or overwrite settings (destructive); requesting and renewing do
+something new on every call."""
 
 INSTRUCTIONS = """\
 Allocation Ledger reserves workers (CPU and memory) and shared MCP servers for
@@ -153,8 +186,11 @@ jobs. Call request_resources before work starts, keep the returned
 allocation_id, renew_allocation while the job runs past its ttl_seconds, and
 release_resources when done; whatever is not renewed expires and its capacity
 is taken back. A request that does not fit comes back with status "failed"
-and the reason; check get_capacity first to avoid that. Pass a request_id to
-make retries safe. CPU is in cores, memory in MB, times in ISO 8601 (UTC).
+and the reason; check get_capacity first to avoid that, or pass wait=true to
+queue (status "queued") until room frees; get_queue shows who waits. Higher
+priorities may preempt lower ones (pass preempt=false to never do that). Pass
+a request_id to make retries safe. CPU is in cores, memory in MB, times in
+ISO 8601 (UTC).
 """
 
 
@@ -213,6 +249,56 @@ class LedgerTools:
         except PoolNotFoundError:
             return DEFAULT_WORKER_SIZE
 
+    def _tenant(self, tool: str, requested: str | None) -> str | None:
+        """Whose quota a call counts in: the caller's own identity by default.
+
+        Over HTTP with a token that is its subject, and naming another tenant
+        needs the admin scope. Without a token (stdio, --no-auth) there is no
+        tenant unless one is given, and any may be given.
+        """
+        token = get_access_token()
+        own = None if token is None else (token.subject or token.client_id)
+        if requested is None or requested == own or token is None:
+            return own if requested is None else requested
+        if "admin" not in token.scopes:
+            msg = (
+                f"{tool} for tenant {requested!r} needs the 'admin' scope; the "
+                f"token of {own!r} may only request as itself"
+            )
+            raise ToolError(msg)
+        return requested
+
+    def _waiting_for(self, result: RequestResult) -> Rejection | None:
+        """What a queued request waits for: recorded with it, or (dry run)
+        what the pool would make it wait for now."""
+        allocation = result.allocation
+        if allocation.state is not AllocationState.QUEUED:
+            return None
+        if result.dry_run:
+            with suppress(PoolNotFoundError):
+                pool = self.ledger.pool(allocation.pool)
+                now = self.ledger.clock.now()
+                return pool.shortfall(allocation.request) or pool.waiting_ahead(
+                    allocation.request, now
+                )
+            return None
+        store = self.ledger.repository.event_store
+        waiting = None
+        for event in store.get(allocation_uuid(allocation.allocation_id)):
+            if isinstance(event, Allocation.Queued):
+                waiting = Rejection.from_dict(event.reason)
+        return waiting
+
+    def _queue_position(self, result: RequestResult) -> int | None:
+        allocation = result.allocation
+        if result.dry_run or allocation.state is not AllocationState.QUEUED:
+            return None
+        view = self._capacity_view(allocation.pool)
+        for entry in queued_requests(view, self.ledger.clock.now()):
+            if entry.allocation_id == allocation.allocation_id:
+                return entry.position
+        return None
+
     # -- commands ------------------------------------------------------------------
 
     async def request_resources(
@@ -227,6 +313,10 @@ class LedgerTools:
         request_id: RequestIdArg = None,
         pool: PoolArg = DEFAULT_POOL,
         dry_run: DryRunArg = False,
+        wait: WaitArg = False,
+        max_wait_seconds: MaxWaitArg = None,
+        preempt: PreemptArg = True,
+        tenant: TenantArg = None,
     ) -> RequestResourcesResult:
         """Reserve workers and MCP servers for a job and get their endpoints.
 
@@ -239,13 +329,34 @@ class LedgerTools:
         "Insufficient workers: requested 10, available 6", and `reason` gives
         {code, dimension, requested, available}; the refusal is recorded. Before
         refusing, allocations whose lease has already run out are expired to
-        make room. Retries: with the same request_id and the same arguments
+        make room.
+
+        Scheduling: a request that does not fit may preempt live allocations
+        of strictly lower priority where the pool allows it (by default
+        critical preempts low and normal, high preempts low; the smallest set,
+        lowest priority and youngest first); they end in state "preempted" and
+        `preempted` lists their ids. preempt=false never does that. With
+        wait=true a request that still does not fit is NOT refused: status is
+        "queued", it holds nothing, `waiting_for` says what it waits for,
+        `queue_position` its place (get_queue shows the queue), and it is
+        granted (becomes active) as soon as room frees, in priority order.
+        With max_wait_seconds it fails with reason code "queue_timeout" if not
+        granted in time; release_resources cancels it. Under the pool's strict
+        queue policy a new request does not pass requests queued ahead of it
+        (code "queued_ahead"). A request bigger than the whole pool is refused,
+        never queued. A tenant (by default the caller's token subject) over its
+        quota in the pool is refused with code "quota_exceeded", wait or not.
+        dry_run=true reserves nothing and reports what would happen, including
+        who would be preempted.
+
+        Retries: with the same request_id and the same arguments
         you get the original allocation back (replayed: true) and nothing
         changes; reusing a request_id with different arguments is an error.
         Invalid arguments (bad names, out-of-range numbers, unknown pool) are
         errors and reserve nothing.
         """
         actor = self._actor("request_resources")
+        tenant = self._tenant("request_resources", tenant)
 
         def work() -> RequestResourcesResult:
             request = AllocationRequest(
@@ -262,6 +373,10 @@ class LedgerTools:
                 request_id=request_id,
                 dry_run=dry_run,
                 actor=actor,
+                wait=wait,
+                max_wait_seconds=max_wait_seconds,
+                preempt=preempt,
+                tenant=tenant,
             )
             return request_result(
                 result.allocation,
@@ -269,6 +384,9 @@ class LedgerTools:
                 replayed=result.replayed,
                 dry_run=result.dry_run,
                 expired_first=result.expired_first,
+                preempted=result.preempted,
+                waiting_for=self._waiting_for(result),
+                queue_position=self._queue_position(result),
             )
 
         return await self._call(work)
@@ -280,10 +398,13 @@ class LedgerTools:
 
         MCP servers it used stay up while other allocations use them; a server
         nobody uses becomes idle and stops after the pool's idle timeout,
-        freeing its port. Safe to repeat: releasing an allocation that was
-        already released or has expired changes nothing and returns status
-        "already_released"; releasing one that failed changes nothing and
-        returns status "failed". An unknown allocation_id is an error.
+        freeing its port. What is freed goes at once to requests waiting in
+        the pool's queue, in the same transaction. Releasing a queued request
+        cancels it (status "released"; it held nothing). Safe to repeat:
+        releasing an allocation that was already released, has expired or was
+        preempted changes nothing and returns status "already_released";
+        releasing one that failed changes nothing and returns status
+        "failed". An unknown allocation_id is an error.
         """
         actor = self._actor("release_resources")
 
@@ -353,7 +474,9 @@ class LedgerTools:
         """Expire every allocation whose lease has run out, now.
 
         The server also does this on its own every few minutes; call it to
-        settle things at once. Expired allocations give their capacity back.
+        settle things at once. Expired allocations give their capacity back,
+        which goes to queued requests at once; queued requests whose
+        max_wait_seconds has passed fail (reason code "queue_timeout").
         Returns the ids expired (`cleaned_up`) and their `count`; calling it
         again right away finds nothing more.
         """
@@ -404,6 +527,124 @@ class LedgerTools:
 
         return await self._call(work)
 
+    async def set_quota(
+        self,
+        *,
+        tenant: QuotaTenantArg,
+        cpu: QuotaCpuArg = None,
+        memory: QuotaMemoryArg = None,
+        workers: QuotaWorkersArg = None,
+        pool: SchedulingPoolArg = DEFAULT_POOL,
+        clear: ClearArg = False,
+    ) -> QuotaResult:
+        """Limit what a tenant may hold at once in a pool (needs the admin scope).
+
+        A tenant is whoever a request counts for: by default the caller's
+        token subject. Give any of cpu (cores), memory (MB) and workers; the
+        others keep their current limit, or have none if the tenant had no
+        quota. clear=true removes the quota. A request that would take the
+        tenant past a limit is refused with reason code "quota_exceeded"
+        (waiting does not help: it is not queued). Lowering a quota below what
+        the tenant holds evicts nothing; it only refuses its new requests.
+        Setting the quota it already has changes nothing (changed: false).
+        Returns the tenant's quota and what it holds, and every quota of the
+        pool.
+        """
+        actor = self._actor("set_quota")
+        given = cpu is not None or memory is not None or workers is not None
+        if clear and given:
+            msg = "set_quota takes either clear=true or limits, not both"
+            raise ToolError(msg)
+        if not clear and not given:
+            msg = "set_quota needs at least one of cpu, memory and workers, or clear"
+            raise ToolError(msg)
+
+        def work() -> QuotaResult:
+            limits: Resources | None = None
+            if not clear:
+                current = self._capacity_view(pool).quotas.get(tenant, UNLIMITED)
+                limits = Resources(
+                    current.cpu_millicores if cpu is None else millicores(cpu),
+                    current.memory_mib if memory is None else memory,
+                    current.workers if workers is None else workers,
+                )
+            result = self.ledger.set_quota(tenant, limits, pool=pool, actor=actor)
+            view = self._capacity_view(pool)
+            quota = view.quotas.get(tenant)
+            return QuotaResult(
+                pool=pool,
+                tenant=tenant,
+                quota=None if quota is None else quota_limits(quota),
+                held=amounts(view.held_by_tenant.get(tenant, Resources())),
+                changed=result.position is not None,
+                quotas={t: quota_limits(q) for t, q in sorted(view.quotas.items())},
+                held_by_tenant={
+                    t: amounts(h) for t, h in sorted(view.held_by_tenant.items())
+                },
+            )
+
+        return await self._call(work)
+
+    async def set_scheduling(
+        self,
+        *,
+        pool: SchedulingPoolArg = DEFAULT_POOL,
+        queue_policy: QueuePolicyArg = None,
+        aging_seconds: AgingSecondsArg = None,
+        preemption: PreemptionArg = None,
+    ) -> SchedulingResult:
+        """Set how a pool queues and preempts (needs the admin scope).
+
+        queue_policy: "strict" (the default: when the request at the head of
+        the queue does not fit, nobody passes it, so no request starves) or
+        "backfill" (smaller requests behind it are granted if they fit, which
+        uses the pool better but can keep a big request waiting).
+        aging_seconds: a waiting request counts one priority higher per this
+        many seconds waited, up to critical (default 600). preemption: which
+        priorities each priority may preempt, always strictly lower ones,
+        e.g. {"critical": ["low", "normal"], "high": ["low"]} (the default);
+        {} turns preemption off; it replaces all the rules. Omitted settings
+        are kept. Setting what the pool already has changes nothing (changed:
+        false). A change that lets waiting requests in grants them at once.
+        Returns the pool's scheduling afterwards.
+        """
+        actor = self._actor("set_scheduling")
+        if queue_policy is None and aging_seconds is None and preemption is None:
+            msg = (
+                "set_scheduling needs at least one of queue_policy, aging_seconds "
+                "and preemption"
+            )
+            raise ToolError(msg)
+
+        def work() -> SchedulingResult:
+            view = self._capacity_view(pool)
+            scheduling = Scheduling(
+                queue_policy=QueuePolicy(queue_policy or view.queue_policy),
+                aging_seconds=(
+                    view.aging_seconds if aging_seconds is None else aging_seconds
+                ),
+                preemption={
+                    by: tuple(victims)
+                    for by, victims in (
+                        view.preemption if preemption is None else preemption
+                    ).items()
+                },
+            )
+            result = self.ledger.configure_scheduling(
+                scheduling, pool=pool, actor=actor
+            )
+            after = self._capacity_view(pool)
+            return SchedulingResult(
+                pool=pool,
+                queue_policy=QueuePolicy(after.queue_policy).value,
+                aging_seconds=after.aging_seconds,
+                preemption={k: list(v) for k, v in sorted(after.preemption.items())},
+                queue_length=len(after.queue),
+                changed=result.position is not None,
+            )
+
+        return await self._call(work)
+
     # -- queries -------------------------------------------------------------------
 
     async def get_capacity(
@@ -414,7 +655,10 @@ class LedgerTools:
         CPU in cores, memory in MB. available_* is total minus allocated (it
         can be negative after capacity was lowered below what is held).
         running_mcp_servers names the servers up (running or idle);
-        mcp_servers gives each one's port, status and users. With `at`, the
+        mcp_servers gives each one's port, status and users. Scheduling:
+        queue_length (requests waiting; get_queue lists them), queue_policy,
+        aging_seconds, preemption rules, each tenant's quotas and what each
+        tenant holds (held_by_tenant). With `at`, the
         pool as it was at that past moment, replayed from the event log. An
         unknown pool (or one that did not exist yet at `at`) is an error.
         """
@@ -436,8 +680,11 @@ class LedgerTools:
 
         Includes what it holds, its MCP server and worker endpoints, its
         timestamps (created, activated, expires, released), whether its lease
-        has run out (is_expired) and, for a refused request, the error and
-        reason. An unknown allocation_id is an error.
+        has run out (is_expired), its tenant and, for a refused request, the
+        error and reason. A queued one (state "queued") holds nothing and
+        shows queue_deadline and waiting_for; a preempted one shows
+        preempted_by, the allocation that took its capacity. An unknown
+        allocation_id is an error.
         """
         self._actor("get_allocation")
         return await self._call(lambda: self.detail(allocation_id))
@@ -462,10 +709,12 @@ class LedgerTools:
     ) -> Annotated[CallToolResult, AllocationList]:
         """List allocations, oldest first, optionally filtered.
 
-        Filters: state (pending, active, releasing, released, expired, failed),
-        job_id, priority, pool. Each item has allocation_id, job_id, state,
-        priority, workers, age_seconds and is_expired, plus pool, created_at,
-        expires_at and sequence. Returns at most `limit` items; for the next
+        Filters: state (queued, pending, active, releasing, released, expired,
+        failed, preempted), job_id, priority, pool. Each item has
+        allocation_id, job_id, state, priority, workers, age_seconds and
+        is_expired, plus pool, created_at, expires_at, sequence, tenant,
+        queue_deadline and, when preempted, preempted_by. Returns at most
+        `limit` items; for the next
         page pass the last item's sequence as `after`. The text result is the
         JSON list; the structured result is {allocations, count}.
         """
@@ -498,11 +747,13 @@ class LedgerTools:
     ) -> HistoryResult:
         """Every event of one allocation, in order: what happened, when, by whom.
 
-        Each event has its version, kind (requested, rejected, activated,
-        renewed, release_requested, released, expired, failed), time, actor
-        (a token subject, "local" over stdio, or "system:sweeper" for expiry
-        by the server) and what it changed. Read from the event log itself, so
-        it is the audit record. An unknown allocation_id is an error.
+        Each event has its version, kind (requested, queued, granted,
+        rejected, activated, renewed, release_requested, released, expired,
+        preempted, failed), time, actor (a token subject, "local" over stdio,
+        "system:sweeper" for expiry by the server, "system:scheduler" for a
+        grant or queue timeout) and what it changed. Read from the event log
+        itself, so it is the audit record. An unknown allocation_id is an
+        error.
         """
         self._actor("get_allocation_history")
         return await self._call(lambda: self.history(allocation_id))
@@ -553,6 +804,37 @@ class LedgerTools:
                 count=len(rows),
                 since=query.since,
                 until=query.until or now,
+            )
+
+        return await self._call(work)
+
+    async def get_queue(self, pool: QueuePoolArg = DEFAULT_POOL) -> QueueResult:
+        """Show the requests waiting in a pool's queue, in serving order.
+
+        Each waiting request (state "queued", holding nothing) has its
+        position (1 = next), allocation_id, job_id, priority and
+        effective_priority / effective_rank (its priority raised one level
+        per aging_seconds waited, up to critical), what it needs (workers,
+        cpu in cores, memory in MB, servers), tenant, enqueued_at,
+        waited_seconds and deadline (when it fails with queue_timeout; null
+        for never). The queue is served by effective rank, then arrival.
+        Also the pool's queue_policy (strict: nobody passes the head;
+        backfill: smaller ones may), aging_seconds, preemption rules and what
+        is available now. An unknown pool is an error.
+        """
+        self._actor("get_queue")
+
+        def work() -> QueueResult:
+            view = self._capacity_view(pool)
+            entries = queued_requests(view, self.ledger.clock.now())
+            return QueueResult(
+                pool=view.pool,
+                queue=entries,
+                count=len(entries),
+                queue_policy=QueuePolicy(view.queue_policy).value,
+                aging_seconds=view.aging_seconds,
+                preemption={k: list(v) for k, v in sorted(view.preemption.items())},
+                available=amounts(view.available),
             )
 
         return await self._call(work)

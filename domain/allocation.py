@@ -259,6 +259,7 @@ class Allocation(Aggregate):
             worker_ports=list(worker_ports),
             servers=[[name, port, started] for name, port, started in servers],
             expires_at=expires_at,
+            tenant=tenant,
         )
 
     @classmethod

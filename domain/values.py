@@ -304,14 +304,15 @@ def validate_pool_name(name: object) -> None:
         raise InvalidRequestError(msg, field="pool")
 
 
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+"""Tenants are token subjects, so they allow what a subject does."""
 
 
 def validate_tenant(tenant: object) -> None:
     if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
         msg = (
             f"tenant {tenant!r} is invalid: use 1-128 letters, digits, '.', '_', "
-            "':', '@' or '-', starting with a letter or digit"
+            "':', '@', '/' or '-', starting with a letter or digit"
         )
         raise InvalidRequestError(msg, field="tenant")
 

@@ -13,6 +13,7 @@ from domain.pool import (
     DEFAULT_CAPACITY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_POOL,
+    DEFAULT_PREEMPTION,
     DEFAULT_WORKER_SIZE,
 )
 from domain.values import Resources
@@ -51,6 +52,7 @@ class ReadModels:
                 reserved=Resources(),
                 worker_size=DEFAULT_WORKER_SIZE,
                 idle_timeout_seconds=DEFAULT_IDLE_TIMEOUT_SECONDS,
+                preemption={k: list(v) for k, v in DEFAULT_PREEMPTION.items()},
             )
         return found
 

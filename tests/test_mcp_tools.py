@@ -45,6 +45,9 @@ TOOLS = {
     "get_allocation_history",
     "set_capacity",
     "get_usage",
+    "get_queue",
+    "set_quota",
+    "set_scheduling",
 }
 READ_ONLY = {
     "get_capacity",
@@ -52,8 +55,15 @@ READ_ONLY = {
     "list_allocations",
     "get_allocation_history",
     "get_usage",
+    "get_queue",
 }
-DESTRUCTIVE = {"release_resources", "cleanup_expired", "set_capacity"}
+DESTRUCTIVE = {
+    "release_resources",
+    "cleanup_expired",
+    "set_capacity",
+    "set_quota",
+    "set_scheduling",
+}
 NOT_IDEMPOTENT = {"request_resources", "renew_allocation"}
 UNKNOWN_ID = "alloc-000000000000"
 
@@ -128,8 +138,14 @@ async def test_the_tools_have_honest_annotations_and_described_arguments(
     assert defaults["pool"] == "default"
     assert defaults["dry_run"] is False
     assert defaults["request_id"] is None
+    assert defaults["wait"] is False
+    assert defaults["max_wait_seconds"] is None
+    assert defaults["preempt"] is True
+    assert defaults["tenant"] is None
     description = request.description or ""
     assert '"failed"' in description
+    assert '"queued"' in description
+    assert "preempted" in description
     assert "request_id" in description
     assert "Insufficient workers: requested 10, available 6" in description
 
@@ -762,6 +778,16 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("request_resources", {**VALID, "pool": "elsewhere"}, "pool 'elsewhere' not found"),
     ("request_resources", {**VALID, "dry_run": "yes"}, "dry_run"),
     ("request_resources", {**VALID, "worker": 4}, "worker"),
+    ("request_resources", {**VALID, "wait": "yes"}, "wait"),
+    ("request_resources", {**VALID, "wait": 1}, "wait"),
+    ("request_resources", {**VALID, "max_wait_seconds": 0}, "max_wait_seconds"),
+    ("request_resources", {**VALID, "max_wait_seconds": 10**9}, "max_wait_seconds"),
+    ("request_resources", {**VALID, "max_wait_seconds": "60"}, "max_wait_seconds"),
+    ("request_resources", {**VALID, "preempt": "no"}, "preempt"),
+    ("request_resources", {**VALID, "tenant": ""}, "tenant"),
+    ("request_resources", {**VALID, "tenant": "team a"}, "tenant"),
+    ("request_resources", {**VALID, "tenant": HUGE}, "tenant"),
+    ("request_resources", {**VALID, "tenant": 7}, "tenant"),
     ("release_resources", {}, "allocation_id"),
     ("release_resources", {"allocation_id": 5}, "allocation_id"),
     ("release_resources", {"allocation_id": "alloc-XYZ"}, "allocation_id"),
@@ -784,6 +810,7 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("get_allocation", {"allocation_id": ["alloc-000000000000"]}, "allocation_id"),
     ("get_allocation", {"allocation_id": UNKNOWN_ID}, "not found"),
     ("list_allocations", {"state": "done"}, "state"),
+    ("list_allocations", {"state": "waiting"}, "state"),
     ("list_allocations", {"state": 3}, "state"),
     ("list_allocations", {"job_id": HUGE}, "job_id"),
     ("list_allocations", {"priority": "urgent"}, "priority"),
@@ -824,6 +851,40 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("set_capacity", {"workers": 5, "pool": "Bad Pool"}, "pool"),
     ("set_capacity", {"workers": 5, "pool": "elsewhere"}, "pool 'elsewhere' not found"),
     ("set_capacity", {"workers": 5, "total": 9}, "total"),
+    ("get_queue", {"pool": "Bad Pool!"}, "pool"),
+    ("get_queue", {"pool": 5}, "pool"),
+    ("get_queue", {"pool": "elsewhere"}, "pool 'elsewhere' not found"),
+    ("get_queue", {"state": "queued"}, "state"),
+    ("set_quota", {}, "tenant"),
+    ("set_quota", {"tenant": "team-a"}, "at least one of cpu, memory and workers"),
+    ("set_quota", {"tenant": "team a", "workers": 2}, "tenant"),
+    ("set_quota", {"tenant": HUGE, "workers": 2}, "tenant"),
+    ("set_quota", {"tenant": "team-a", "workers": -1}, "workers"),
+    ("set_quota", {"tenant": "team-a", "workers": "2"}, "workers"),
+    ("set_quota", {"tenant": "team-a", "cpu": 0.0001}, "finer than a millicore"),
+    ("set_quota", {"tenant": "team-a", "memory": 1.5}, "memory"),
+    ("set_quota", {"tenant": "team-a", "workers": 2, "clear": True}, "not both"),
+    ("set_quota", {"tenant": "team-a", "clear": "yes"}, "clear"),
+    (
+        "set_quota",
+        {"tenant": "team-a", "workers": 2, "pool": "elsewhere"},
+        "pool 'elsewhere' not found",
+    ),
+    ("set_quota", {"tenant": "team-a", "workers": 2, "user": "x"}, "user"),
+    ("set_scheduling", {}, "at least one of queue_policy"),
+    ("set_scheduling", {"queue_policy": "fifo"}, "queue_policy"),
+    ("set_scheduling", {"aging_seconds": 0}, "aging_seconds"),
+    ("set_scheduling", {"aging_seconds": "600"}, "aging_seconds"),
+    ("set_scheduling", {"preemption": {"urgent": ["low"]}}, "preemption"),
+    ("set_scheduling", {"preemption": {"high": "low"}}, "preemption"),
+    ("set_scheduling", {"preemption": {"normal": ["high"]}}, "strictly lower"),
+    ("set_scheduling", {"preemption": {"low": ["low"]}}, "strictly lower"),
+    (
+        "set_scheduling",
+        {"queue_policy": "backfill", "pool": "elsewhere"},
+        "pool 'elsewhere' not found",
+    ),
+    ("set_scheduling", {"policy": "strict"}, "policy"),
 ]
 
 
