@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from adapters.settings import Settings
+
 HOST = os.environ.get("ALLOCATION_LEDGER_TEST_POSTGRES_HOST", "127.0.0.1")
 PORT = int(os.environ.get("ALLOCATION_LEDGER_TEST_POSTGRES_PORT", "5432"))
 USER = os.environ.get("ALLOCATION_LEDGER_TEST_POSTGRES_USER", "postgres")
@@ -52,3 +54,15 @@ def postgres_schema() -> Iterator[str]:
     finally:
         with _connect() as connection:
             connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def postgres_settings(schema: str) -> Settings:
+    """Settings for a ledger on the test database, in `schema`."""
+    return Settings(
+        store="postgres",
+        postgres_host=HOST,
+        postgres_port=PORT,
+        postgres_user=USER,
+        postgres_dbname=DBNAME,
+        postgres_schema=schema,
+    )

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from adapters import audit
 from adapters.service import init_database, open_service
-from adapters.settings import Settings
 from domain.allocation import allocation_id_for_request
 from domain.errors import AllocationNotFoundError
 from domain.values import Resources
-from tests.postgres import DBNAME, HOST, PORT, USER, postgres_schema
+from tests.postgres import postgres_schema, postgres_settings
 
 __all__ = ["postgres_schema"]
 
@@ -22,14 +21,7 @@ OPERATIONS = 200
 
 
 def test_four_writers_on_one_small_pool(postgres_schema: str, tmp_path: Path) -> None:
-    settings = Settings(
-        store="postgres",
-        postgres_host=HOST,
-        postgres_port=PORT,
-        postgres_user=USER,
-        postgres_dbname=DBNAME,
-        postgres_schema=postgres_schema,
-    )
+    settings = postgres_settings(postgres_schema)
     init_database(settings)
     setup = open_service(settings)
     setup.ledger.set_capacity(Resources(4000, 8192, 4))

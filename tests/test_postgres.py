@@ -9,26 +9,15 @@ from adapters.settings import Settings
 from domain.clock import ManualClock
 from domain.values import AllocationRequest, AllocationState
 from projections.store import ListingQuery
-from tests.postgres import DBNAME, HOST, PORT, USER, postgres_schema
+from tests.postgres import postgres_schema, postgres_settings
 
 __all__ = ["postgres_schema"]
 
 
-def _settings(schema: str) -> Settings:
-    return Settings(
-        store="postgres",
-        postgres_host=HOST,
-        postgres_port=PORT,
-        postgres_user=USER,
-        postgres_dbname=DBNAME,
-        postgres_schema=schema,
-    )
-
-
 def test_requests_and_releases_are_kept_in_postgres(postgres_schema: str) -> None:
-    init_database(_settings(postgres_schema))
+    init_database(postgres_settings(postgres_schema))
     clock = ManualClock()
-    service = open_service(_settings(postgres_schema), clock=clock)
+    service = open_service(postgres_settings(postgres_schema), clock=clock)
     try:
         kept = service.ledger.request(AllocationRequest("job-a", ("github",), 2))
         gone = service.ledger.request(AllocationRequest("job-b", (), 1))
@@ -36,7 +25,7 @@ def test_requests_and_releases_are_kept_in_postgres(postgres_schema: str) -> Non
     finally:
         service.close()
 
-    reopened = open_service(_settings(postgres_schema), clock=clock)
+    reopened = open_service(postgres_settings(postgres_schema), clock=clock)
     try:
         capacity = reopened.read_models.capacity()
         assert capacity is not None
@@ -58,10 +47,10 @@ def test_requests_and_releases_are_kept_in_postgres(postgres_schema: str) -> Non
 def test_two_services_on_one_database_see_each_others_commands(
     postgres_schema: str,
 ) -> None:
-    init_database(_settings(postgres_schema))
+    init_database(postgres_settings(postgres_schema))
     clock = ManualClock()
-    first = open_service(_settings(postgres_schema), clock=clock)
-    second = open_service(_settings(postgres_schema), clock=clock)
+    first = open_service(postgres_settings(postgres_schema), clock=clock)
+    second = open_service(postgres_settings(postgres_schema), clock=clock)
     try:
         second.ledger.request(AllocationRequest("job-0", (), 1))
         made = first.ledger.request(AllocationRequest("job-a", (), 3))
@@ -88,10 +77,10 @@ def test_an_uninitialised_database_is_refused_with_what_to_do(
     postgres_schema: str,
 ) -> None:
     with pytest.raises(DatabaseError, match="not initialised: run `allocation-ledger"):
-        open_service(_settings(postgres_schema))
-    init_database(_settings(postgres_schema))
-    init_database(_settings(postgres_schema))  # a second time changes nothing
-    open_service(_settings(postgres_schema)).close()
+        open_service(postgres_settings(postgres_schema))
+    init_database(postgres_settings(postgres_schema))
+    init_database(postgres_settings(postgres_schema))  # a second time changes nothing
+    open_service(postgres_settings(postgres_schema)).close()
 
 
 def test_an_unreachable_database_is_a_plain_error() -> None:

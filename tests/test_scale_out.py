@@ -22,7 +22,14 @@ from adapters.settings import Settings
 from domain.allocation import allocation_id_for_request
 from domain.errors import AllocationNotFoundError
 from tests.mcp_support import call, http_client, http_server_process, raw_tool_call
-from tests.postgres import DBNAME, HOST, PORT, USER, postgres_schema
+from tests.postgres import (
+    DBNAME,
+    HOST,
+    PORT,
+    USER,
+    postgres_schema,
+    postgres_settings,
+)
 
 __all__ = ["postgres_schema"]
 
@@ -43,17 +50,6 @@ def postgres_env(schema: str) -> dict[str, str]:
         "ALLOCATION_LEDGER_POSTGRES_DBNAME": DBNAME,
         "ALLOCATION_LEDGER_POSTGRES_SCHEMA": schema,
     }
-
-
-def postgres_settings(schema: str) -> Settings:
-    return Settings(
-        store="postgres",
-        postgres_host=HOST,
-        postgres_port=PORT,
-        postgres_user=USER,
-        postgres_dbname=DBNAME,
-        postgres_schema=schema,
-    )
 
 
 @pytest.fixture
