@@ -47,6 +47,7 @@ import contextlib
 import copy
 import itertools
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,9 +56,11 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from unittest import mock
 
+import pytest
 from eventsourcing.application import project_aggregate
 from hypothesis import event, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -758,6 +761,12 @@ class Model:
         return Expect(writes=bool(stopped), stopped=tuple(stopped))
 
 
+def _count(label: str) -> None:
+    """Count an outcome in Hypothesis' statistics (when Hypothesis runs us)."""
+    with contextlib.suppress(InvalidArgument):
+        event(label)
+
+
 def _rejection(dimension: str, requested: int, available: int) -> dict[str, Any]:
     return {
         "code": "insufficient_capacity",
@@ -903,7 +912,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.stored_pools: dict[str, Pool] = {}
         self.terminal_rows: dict[str, dict[str, Any]] = {}
         self.listed_up_to = 0
-        self.snapshots: list[tuple[Allocation, dict[str, Any]]] = []
+        self.returned: list[tuple[Allocation, dict[str, Any]]] = []
         self._undo: list[Callable[[], object]] = []
 
     def teardown(self) -> None:
@@ -965,16 +974,16 @@ class LedgerMachine(RuleBasedStateMachine):
         outcome = expect.error.__name__ if expect.error else ""
         if expect.kind:
             outcome += f" ({expect.kind})" if outcome else expect.kind
-        event(f"{what}: {outcome}")
+        _count(f"{what}: {outcome}")
 
     def _report_findings(self) -> None:
         for finding in self.model.findings:
-            event(finding)
+            _count(finding)
         self.model.findings.clear()
 
     def _keep(self, allocation: Allocation) -> None:
         """Remember a returned allocation: later commands must not change it."""
-        self.snapshots.append((allocation, _state_of(allocation)))
+        self.returned.append((allocation, _state_of(allocation)))
 
     def _assert_allocation(self, found: Allocation, expected: ModelAllocation) -> None:
         """An Allocation aggregate (or a command's copy of one) matches the model."""
@@ -1125,7 +1134,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result.dry_run == dry_run
         assert result.preempted == expect.preempted
         if expect.preempted:
-            event(f"request preempted {len(expect.preempted)}")
+            _count(f"request preempted {len(expect.preempted)}")
         if expect.kind in {"replayed", "dry_run"}:
             assert result.position is None
             return multiple()
@@ -1134,14 +1143,17 @@ class LedgerMachine(RuleBasedStateMachine):
         if expect.kind in {"active", "rejected", "failed"}:
             assert result.expired_first == expect.expired
         if expect.expired:
-            event(f"request expired {len(expect.expired)} due allocation(s) first")
+            _count(f"request expired {len(expect.expired)} due allocation(s) first")
         if expect.kind == "active":
-            # A reservation that adds a positive amount never passes capacity.
-            capacity = self.model.pools[pool].capacity
-            reserved = self.model.reserved(pool)
+            # 1. A reservation that adds a positive amount never passes capacity.
+            stored = self._stored_pool(pool)
+            capacity = Amount.of_resources(stored.settings.capacity)
+            reserved = Amount.of_resources(stored.reserved)
             for attribute in ("cpu", "memory", "workers"):
                 if expect.allocation.resources.of(attribute) > 0:
-                    assert reserved.of(attribute) <= capacity.of(attribute)
+                    assert reserved.of(attribute) <= capacity.of(attribute), (
+                        f"{pool}: {reserved} reserved, capacity {capacity}"
+                    )
         return allocation_id
 
     @rule(target=allocations, body=bodies)
@@ -1220,7 +1232,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result.position is None
         self._assert_allocation(result.allocation, original)
         self._keep(result.allocation)
-        event(f"retry with the same body: replayed ({original.state})")
+        _count(f"retry with the same body: replayed ({original.state})")
 
     @precondition(lambda self: bool(self.model.keys))
     @rule(data=st.data(), change=st.sampled_from(BODY_FIELDS))
@@ -1240,7 +1252,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert error.allocation_id == original.allocation_id
         assert error.differing == [change]
         assert self._position() == before, "a refused retry wrote events"
-        event("retry with a different body: refused")
+        _count("retry with a different body: refused")
 
     # -- the life of an allocation -----------------------------------------------
 
@@ -1336,7 +1348,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert _state_of(found) == _state_of(self._stored_pool(pool))
             store = self.ledger.snapshots
             if store is not None and list(store.get(pool_uuid(pool), limit=1)):
-                event("ledger.pool: read from a snapshot")
+                _count("ledger.pool: read from a snapshot")
 
     # -- time and sweeps ---------------------------------------------------------
 
@@ -1592,7 +1604,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     )
                 servers[server.port] = name
         if clashes and CROSS_POOL_PORT_CLASH_IS_KNOWN:
-            event("KNOWN BUG: a port is handed out in two pools at once")
+            _count("KNOWN BUG: a port is handed out in two pools at once")
             return
         assert not clashes, clashes
 
@@ -1612,7 +1624,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _check_returned_copies(self) -> None:
         """What a command returned is a copy: later commands never change it."""
-        for allocation, facts in self.snapshots:
+        for allocation, facts in self.returned:
             assert _state_of(allocation) == facts, (
                 f"the copy of {allocation.allocation_id} a command returned changed"
             )
@@ -1713,3 +1725,52 @@ _sqlite = settings(
 TestLedgerInMemory = LedgerMachine.TestCase
 TestLedgerOnSQLite = SQLiteLedgerMachine.TestCase
 TestLedgerOnSQLite.settings = _sqlite
+
+
+# -- the two marked ledger bugs, as minimal runs of the same machine ------------------
+# Each drives the machine through the smallest repro with its mark switched off.
+# Strict xfail: once the ledger is fixed they pass, which fails the run - then
+# drop the mark here and set the constant above to False.
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True, reason="known ledger bug")
+def test_known_bug_preemption_takes_more_than_the_smallest_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        sys.modules[__name__], "PREEMPTION_NOT_SMALLEST_IS_KNOWN", False
+    )
+    machine = LedgerMachine()
+    try:
+        machine.small_default_pool(
+            capacity=Amount(4_000, 8_192, 4), snapshot_after=None, instant=True
+        )
+        for workers, priority in ((2, "low"), (1, "low"), (1, "low"), (2, "critical")):
+            machine.advance_clock(seconds=10)
+            machine.request_workers(
+                workers=workers, priority=priority, ttl_seconds=3_600
+            )
+            machine.ledger_agrees_with_the_model()
+    finally:
+        machine.teardown()
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True, reason="known ledger bug")
+def test_known_bug_two_pools_hand_out_the_same_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CROSS_POOL_PORT_CLASH_IS_KNOWN", False)
+    machine = LedgerMachine()
+    try:
+        machine.small_default_pool(
+            capacity=Amount(4_000, 8_192, 4), snapshot_after=None, instant=True
+        )
+        machine.create_pool(capacity=Amount(4_000, 8_192, 4), idle_timeout_seconds=300)
+        body = Body("job-a", ("search",), 1, "normal", 3_600, ())
+        for pool in POOLS:
+            machine.request_with_request_id(
+                pool=pool, body=body, request_id="r1", dry_run=False
+            )
+        machine.ledger_agrees_with_the_model()
+    finally:
+        machine.teardown()
