@@ -6,6 +6,7 @@ pool's current version; a concurrent writer loses on that version.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -68,6 +69,10 @@ class QueueEntry:
 
 
 DEFAULT_AGING_SECONDS = 600
+EXACT_PREEMPTION_SEARCH = 12
+"""Up to this many candidates, the smallest victim set is found exactly; with
+more, lowest-priority-youngest-first victims are taken until the request fits,
+then any that turn out not to be needed are spared."""
 DEFAULT_PREEMPTION: dict[str, tuple[str, ...]] = {
     Priority.CRITICAL.value: (Priority.LOW.value, Priority.NORMAL.value),
     Priority.HIGH.value: (Priority.LOW.value,),
@@ -565,8 +570,8 @@ class Pool(Aggregate):
         self, request: AllocationRequest, *, now: datetime
     ) -> list[Reservation] | None:
         """The smallest set of live allocations whose capacity would let the
-        request fit, lowest priority first, youngest first; None if no set the
-        policy allows would do."""
+        request fit, lowest priority first, youngest first among sets of that
+        size; None if no set the policy allows would do."""
         allowed = [
             r
             for r in self.reservations.values()
@@ -579,13 +584,20 @@ class Pool(Aggregate):
                 r.allocation_id,
             )
         )
+        if not allowed or self.shortfall(request, freeing=allowed) is not None:
+            return None
+        if len(allowed) <= EXACT_PREEMPTION_SEARCH:
+            # Smallest sets first; within a size, combinations come in the
+            # order of preference (lowest priority, then youngest).
+            for size in range(1, len(allowed) + 1):
+                for victims in itertools.combinations(allowed, size):
+                    if self.shortfall(request, freeing=victims) is None:
+                        return list(victims)
         chosen: list[Reservation] = []
         for reservation in allowed:
             if self.shortfall(request, freeing=chosen) is None:
                 break
             chosen.append(reservation)
-        if not chosen or self.shortfall(request, freeing=chosen) is not None:
-            return None
         for reservation in reversed(list(chosen)):
             fewer = [r for r in chosen if r is not reservation]
             if self.shortfall(request, freeing=fewer) is None:

@@ -167,15 +167,9 @@ class Amount:
 # Hypothesis event ("KNOWN BUG ..."); set it to False to make it fail.
 CROSS_POOL_PORT_CLASH_IS_KNOWN = True
 
-# KNOWN LEDGER BUG (marked, see the report): preemption is documented to take
-# "the smallest set of live allocations whose capacity would let the request
-# fit, lowest priority first, youngest first", but Pool.preemption_victims is
-# greedy (youngest first until it fits, then drops victims not needed) and can
-# take more than needed. Repro (4 workers, all low priority): c=2 workers, then
-# a=1, then b=1; a critical request for 2 workers preempts b and a, though c
-# alone would do. While True, a larger set than needed is only counted as a
-# Hypothesis event ("KNOWN BUG ..."); every other rule of preemption is checked.
-PREEMPTION_NOT_SMALLEST_IS_KNOWN = True
+# Preemption takes the smallest set of victims (lowest priority, then youngest,
+# among sets of that size); True would only count a larger set as an event.
+PREEMPTION_NOT_SMALLEST_IS_KNOWN = False
 
 # The order a rejection names the first dimension short in (pool.shortfall's
 # documented contract), and how each dimension is called in the reason.
@@ -1733,10 +1727,10 @@ TestLedgerOnSQLite.settings = _sqlite
 # drop the mark here and set the constant above to False.
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True, reason="known ledger bug")
-def test_known_bug_preemption_takes_more_than_the_smallest_set(
+def test_preemption_takes_the_smallest_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Low 2, 1, 1 workers, 10 s apart; a critical 2 takes the 2-worker one."""
     monkeypatch.setattr(
         sys.modules[__name__], "PREEMPTION_NOT_SMALLEST_IS_KNOWN", False
     )
