@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +49,12 @@ from domain.errors import (
 )
 from domain.pool import (
     DEFAULT_POOL,
+    MAX_OTHER_POOLS,
     WORKER_PORT_FIRST,
     WORKER_PORT_LAST,
     Pool,
     PoolSettings,
+    PortRanges,
     Reservation,
     Scheduling,
     pool_uuid,
@@ -144,6 +147,14 @@ class PoolResult:
     created: bool
 
 
+class _TeardownError(Exception):
+    """An instant provisioner's deprovision failed inside a unit of work."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _StaleReadError(Exception):
     """A decision rested on a cached read; run the unit of work again, fresh."""
 
@@ -194,6 +205,7 @@ class _UnitOfWork:
         except AggregateNotFoundError:
             return None
         if isinstance(aggregate, Pool) and replayer.replayed:
+            # Just read, not yet changed: the stored state, safe to snapshot.
             self.ledger.snapshot_if_long(aggregate, replayer.replayed)
         self.touched[aggregate_id] = aggregate
         return aggregate
@@ -209,13 +221,13 @@ class _UnitOfWork:
     ) -> Allocation | None:
         if not is_allocation_id(allocation_id):
             return None
-        found = self.get(allocation_uuid(allocation_id), fresh=fresh)
+        found = self.get(_allocation_uuid(allocation_id), fresh=fresh)
         assert found is None or isinstance(found, Allocation)
         return found
 
     def pool(self, name: str, *, actor: str = LOCAL_ACTOR) -> Pool:
         """The named pool; the default one is created on first use."""
-        found = self.get(pool_uuid(name))
+        found = self.get(_pool_uuid(name))
         if found is None:
             if name != DEFAULT_POOL:
                 self.require_current()
@@ -231,7 +243,15 @@ class _UnitOfWork:
             registry = self.add(PoolRegistry.open(at=now, actor=actor))
         assert isinstance(registry, PoolRegistry)
         registry.register(name, at=now, actor=actor)
-        pool = Pool.create(name, settings, at=now, actor=actor)
+        others = [p for p in registry.pools if p != DEFAULT_POOL]
+        if name == DEFAULT_POOL:
+            ports = PortRanges()
+        elif others.index(name) < MAX_OTHER_POOLS:
+            ports = PortRanges.for_other_pool(others.index(name))
+        else:
+            msg = f"at most {MAX_OTHER_POOLS} pools besides the default one"
+            raise InvalidRequestError(msg, field="pool")
+        pool = Pool.create(name, settings, at=now, actor=actor, ports=ports)
         self.add(pool)
         return pool
 
@@ -285,6 +305,11 @@ class _Replayer:
                 replayed += 1
         self.replayed = replayed
         return aggregate
+
+
+# Aggregate ids are uuid5 hashes of names; a command looks each up a few times.
+_allocation_uuid = functools.lru_cache(maxsize=16_384)(allocation_uuid)
+_pool_uuid = functools.lru_cache(maxsize=1_024)(pool_uuid)
 
 
 def _random_allocation_id() -> str:
@@ -354,6 +379,14 @@ class Ledger(Application[UUID]):
             processing.events.extend(aggregate.collect_events())
             processing.aggregates[aggregate.id] = aggregate
         recordings = self._record(processing)
+        cache = self.repository.cache
+        if cache is not None and self.repository.fastforward:
+            # The library caches saved aggregates only without fast-forward;
+            # with it, a new allocation would be read back from the store at
+            # once (a release starts by reading it). What was just saved is
+            # the stored state: cache it, to be fast-forwarded from there.
+            for aggregate_id, aggregate in processing.aggregates.items():
+                cache.put(aggregate_id, aggregate)
         self._take_snapshots(processing)
         self._notify(recordings)
         self.notify(processing.events)  # deprecated in the library; kept
@@ -361,6 +394,11 @@ class Ledger(Application[UUID]):
 
     def snapshot_if_long(self, pool: Pool, replayed: int) -> None:
         """Snapshot a pool just read from the store if that replayed many events.
+
+        Taken at once, while the pool is exactly as stored (taking it after
+        the command instead, only when that command commits, let snapshots
+        lag behind under contention: retries then replayed longer, lost more,
+        and four writers managed half the throughput of one).
 
         "Many" is more than the pool's state holds (its live reservations and
         servers, at least SNAPSHOT_AFTER_EVENTS): the snapshot then costs
@@ -478,7 +516,7 @@ class Ledger(Application[UUID]):
         _validate_settings(chosen)
 
         def body(work: _UnitOfWork) -> PoolResult:
-            if work.get(pool_uuid(name), fresh=True) is not None:
+            if work.get(_pool_uuid(name), fresh=True) is not None:
                 raise PoolExistsError(name)
             pool = work.create_pool(name, chosen, actor=actor)
             return PoolResult(copy.deepcopy(pool), work.save(), created=True)
@@ -499,7 +537,7 @@ class Ledger(Application[UUID]):
         validate_pool_name(name)
 
         def body(work: _UnitOfWork) -> PoolResult:
-            found = work.get(pool_uuid(name))
+            found = work.get(_pool_uuid(name))
             base = found.settings if isinstance(found, Pool) else PoolSettings()
             settings = PoolSettings(
                 capacity=capacity if capacity is not None else base.capacity,
@@ -596,9 +634,9 @@ class Ledger(Application[UUID]):
     def pool(self, name: str) -> Pool:
         """The pool aggregate as stored (a fresh read; for audits and tests)."""
         with self._lock:
-            self.forget(pool_uuid(name))
+            self.forget(_pool_uuid(name))
             try:
-                found: Aggregate = self.repository.get(pool_uuid(name))
+                found: Aggregate = self.repository.get(_pool_uuid(name))
             except AggregateNotFoundError:
                 raise PoolNotFoundError(name) from None
             assert isinstance(found, Pool)
@@ -886,6 +924,9 @@ class Ledger(Application[UUID]):
         says `failed`.
         """
 
+        if self.provisions_instantly:
+            return self._release_instantly(allocation_id, actor)
+
         def look(work: _UnitOfWork) -> Allocation:
             return work.allocation(allocation_id).snapshot()
 
@@ -919,6 +960,46 @@ class Ledger(Application[UUID]):
             return ReleaseOutcome(result, allocation.snapshot(), work.save())
 
         return self._run("release_resources", body)
+
+    def _release_instantly(self, allocation_id: str, actor: str) -> ReleaseOutcome:
+        """`release` for an instant provisioner, in one unit of work.
+
+        The same steps in the same order (look, cancel a queued request or
+        leave a finished one as it is, deprovision, record the release), but
+        read once: an instant provisioner's teardown touches nothing outside,
+        so it may run inside the attempt (again, if the attempt is retried).
+        """
+
+        def body(work: _UnitOfWork) -> ReleaseOutcome:
+            allocation = work.allocation(allocation_id)
+            if allocation.state is AllocationState.QUEUED:
+                now = self.clock.now()
+                result = allocation.cancel(at=now, actor=actor)
+                work.pool(allocation.pool).dequeue(
+                    allocation_id, "cancelled", at=now, actor=actor
+                )
+                return ReleaseOutcome(result, allocation.snapshot(), work.save())
+            if not allocation.state.is_live:
+                return self._unchanged_release(allocation.snapshot())
+            try:
+                self.provisioner.deprovision(
+                    allocation_id, allocation.workers, allocation.servers
+                )
+            except Exception as error:
+                raise _TeardownError(error) from error
+            now = self.clock.now()
+            allocation.request_release(at=now, actor=actor)
+            result = allocation.release(at=now, actor=actor)
+            work.pool(allocation.pool).free(
+                allocation_id, "released", at=now, actor=actor
+            )
+            return ReleaseOutcome(result, allocation.snapshot(), work.save())
+
+        try:
+            return self._run("release_resources", body)
+        except _TeardownError as failed:
+            self._mark_releasing(allocation_id, actor)
+            raise ProvisioningError(allocation_id, str(failed.error)) from failed.error
 
     def _cancel_queued(self, allocation_id: str, actor: str) -> ReleaseOutcome:
         """Releasing a queued request takes it out of the queue; it held nothing."""

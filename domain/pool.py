@@ -36,6 +36,49 @@ MCP_PORT_FIRST = 9000
 MCP_PORT_LAST = 9099
 WORKER_PORT_FIRST = 8000
 WORKER_PORT_LAST = 8999
+MCP_PORTS_PER_POOL = MCP_PORT_LAST - MCP_PORT_FIRST + 1
+WORKER_PORTS_PER_POOL = WORKER_PORT_LAST - WORKER_PORT_FIRST + 1
+OTHER_POOLS_FIRST_PORT = 10_000
+MAX_OTHER_POOLS = (65_535 - OTHER_POOLS_FIRST_PORT + 1) // (
+    WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL
+)
+
+
+@dataclass(frozen=True)
+class PortRanges:
+    """The ports a pool hands out. Pools share the host's port space, so no
+    two pools' ranges overlap: the default pool keeps the original ranges
+    (workers from 8000, MCP servers 9000-9099); the n-th other pool gets
+    1,000 worker ports and 100 MCP ports from 10000 + 1100 n."""
+
+    worker_first: int = WORKER_PORT_FIRST
+    worker_last: int = WORKER_PORT_LAST
+    mcp_first: int = MCP_PORT_FIRST
+    mcp_last: int = MCP_PORT_LAST
+
+    @classmethod
+    def for_other_pool(cls, index: int) -> PortRanges:
+        """Ranges of the `index`-th pool other than the default (from 0)."""
+        start = OTHER_POOLS_FIRST_PORT + index * (
+            WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL
+        )
+        return cls(
+            worker_first=start,
+            worker_last=start + WORKER_PORTS_PER_POOL - 1,
+            mcp_first=start + WORKER_PORTS_PER_POOL,
+            mcp_last=start + WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL - 1,
+        )
+
+    def spans(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        return (self.worker_first, self.worker_last), (self.mcp_first, self.mcp_last)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "worker_first": self.worker_first,
+            "worker_last": self.worker_last,
+            "mcp_first": self.mcp_first,
+            "mcp_last": self.mcp_last,
+        }
 
 
 def pool_uuid(name: str) -> UUID:
@@ -180,9 +223,11 @@ class Pool(Aggregate):
         worker_size: dict[str, int]
         server_costs: dict[str, Any]
         idle_timeout_seconds: int
+        ports: dict[str, int] | None = None
 
         def apply(self, aggregate: Pool) -> None:
             aggregate.name = self.name
+            aggregate.ports = PortRanges(**self.ports) if self.ports else PortRanges()
             aggregate.settings = PoolSettings(
                 capacity=Resources.from_dict(self.capacity),
                 worker_size=Resources.from_dict(self.worker_size),
@@ -355,7 +400,7 @@ class Pool(Aggregate):
         def apply(self, aggregate: Pool) -> None:
             del aggregate.queue[self.allocation_id]
 
-    class_version = 2
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -364,6 +409,11 @@ class Pool(Aggregate):
         state["queue"] = {}
         state["arrivals"] = 0
         state["quotas"] = {}
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """Snapshots taken before pools had port ranges of their own."""
+        state["ports"] = PortRanges()
 
     def __init__(self) -> None:
         self.name = ""
@@ -376,12 +426,19 @@ class Pool(Aggregate):
         self.queue: dict[str, QueueEntry] = {}
         self.arrivals = 0
         self.quotas: dict[str, Resources] = {}
+        self.ports = PortRanges()
 
     # -- creation and configuration ------------------------------------------
 
     @classmethod
     def create(
-        cls, name: str, settings: PoolSettings, *, at: datetime, actor: str
+        cls,
+        name: str,
+        settings: PoolSettings,
+        *,
+        at: datetime,
+        actor: str,
+        ports: PortRanges | None = None,
     ) -> Pool:
         return cls._create(
             cls.Created,
@@ -393,6 +450,7 @@ class Pool(Aggregate):
             worker_size=settings.worker_size.as_dict(),
             server_costs=_costs_to_event(settings.server_costs),
             idle_timeout_seconds=settings.idle_timeout_seconds,
+            ports=(ports or PortRanges()).as_dict(),
         )
 
     def change_capacity(self, capacity: Resources, *, at: datetime, actor: str) -> bool:
@@ -430,7 +488,7 @@ class Pool(Aggregate):
         return self.settings.capacity - self.reserved
 
     def free_mcp_ports(self) -> int:
-        return MCP_PORT_LAST - MCP_PORT_FIRST + 1 - len(self.servers)
+        return self.ports.mcp_last - self.ports.mcp_first + 1 - len(self.servers)
 
     def shortfall(
         self, request: AllocationRequest, *, freeing: Iterable[Reservation] = ()
@@ -803,7 +861,7 @@ class Pool(Aggregate):
 
     def _lowest_free_mcp_port(self) -> int:
         used = {s.port for s in self.servers.values()}
-        for port in range(MCP_PORT_FIRST, MCP_PORT_LAST + 1):
+        for port in range(self.ports.mcp_first, self.ports.mcp_last + 1):
             if port not in used:
                 return port
         msg = "no free MCP server port"  # shortfall() rules this out
@@ -811,7 +869,7 @@ class Pool(Aggregate):
 
     def _lowest_free_worker_ports(self, count: int) -> list[int]:
         ports: list[int] = []
-        port = WORKER_PORT_FIRST
+        port = self.ports.worker_first
         while len(ports) < count:
             if port not in self.worker_ports:
                 ports.append(port)

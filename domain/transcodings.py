@@ -9,6 +9,7 @@ from eventsourcing.persistence import Transcoding
 
 from domain.pool import (
     PoolSettings,
+    PortRanges,
     QueueEntry,
     Reservation,
     Scheduling,
@@ -146,7 +147,19 @@ class IntSetAsList(Transcoding):
         return set(data)
 
 
+class PortRangesAsDict(Transcoding):
+    type = PortRanges
+    name = "allocation-ledger:port-ranges"
+
+    def encode(self, obj: PortRanges) -> dict[str, int]:
+        return obj.as_dict()
+
+    def decode(self, data: dict[str, int]) -> PortRanges:
+        return PortRanges(**data)
+
+
 TRANSCODINGS: tuple[Transcoding, ...] = (
+    PortRangesAsDict(),
     ResourcesAsDict(),
     ReservationAsDict(),
     ServerInstanceAsDict(),

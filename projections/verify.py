@@ -16,13 +16,7 @@ from datetime import datetime
 from uuid import UUID
 
 from domain.allocation import Allocation, allocation_uuid
-from domain.pool import (
-    MCP_PORT_FIRST,
-    MCP_PORT_LAST,
-    WORKER_PORT_FIRST,
-    WORKER_PORT_LAST,
-    Pool,
-)
+from domain.pool import Pool, PortRanges
 from domain.values import (
     LIVE_STATES,
     TERMINAL_STATES,
@@ -55,6 +49,7 @@ class Violation:
 class _PoolState:
     worker_ports: set[int] = field(default_factory=set)
     server_ports: dict[str, int] = field(default_factory=dict)
+    ranges: PortRanges = field(default_factory=PortRanges)
 
 
 class InvariantChecker:
@@ -124,8 +119,14 @@ class InvariantChecker:
         key = event.originator_id
         state = self.pools.setdefault(key, _PoolState())
         capacity = self.batch.capacities.get(key)
-        if isinstance(event, Pool.ServerStarted):
-            if not MCP_PORT_FIRST <= event.port <= MCP_PORT_LAST:
+        if isinstance(event, Pool.Created):
+            state.ranges = PortRanges(**event.ports) if event.ports else PortRanges()
+            for other_key, other in self.pools.items():
+                if other_key != key and _overlap(other.ranges, state.ranges):
+                    self._fail(position, name, 2, "two pools share port ranges")
+        elif isinstance(event, Pool.ServerStarted):
+            ranges = state.ranges
+            if not ranges.mcp_first <= event.port <= ranges.mcp_last:
                 self._fail(position, name, 2, f"MCP port {event.port} out of range")
             if event.port in state.server_ports.values():
                 self._fail(position, name, 2, f"MCP port {event.port} already in use")
@@ -134,7 +135,7 @@ class InvariantChecker:
             state.server_ports.pop(event.name, None)
         elif isinstance(event, Pool.Reserved):
             for port in event.worker_ports:
-                if not WORKER_PORT_FIRST <= port <= WORKER_PORT_LAST:
+                if not state.ranges.worker_first <= port <= state.ranges.worker_last:
                     self._fail(position, name, 2, f"worker port {port} out of range")
                 if port in state.worker_ports:
                     self._fail(position, name, 2, f"worker port {port} already in use")
@@ -254,3 +255,11 @@ class InvariantChecker:
                     f"not running in pool {capacity.pool!r}",
                 )
                 return
+
+
+def _overlap(one: PortRanges, other: PortRanges) -> bool:
+    return any(
+        first <= other_last and other_first <= last
+        for first, last in one.spans()
+        for other_first, other_last in other.spans()
+    )

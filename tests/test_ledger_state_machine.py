@@ -107,6 +107,12 @@ OTHER_POOL = "burst"
 POOLS = (DEFAULT_POOL, OTHER_POOL)
 MCP_PORTS = range(9000, 9100)
 WORKER_PORTS = range(8000, 9000)
+# Each pool has port ranges of its own (the host's port space is shared): the
+# default pool the original ones, the first other pool from 10000.
+PORT_RANGES = {
+    "default": (WORKER_PORTS, MCP_PORTS),
+    "burst": (range(10_000, 11_000), range(11_000, 11_100)),
+}
 HOST = "localhost"
 
 PENDING, ACTIVE, RELEASING = "pending", "active", "releasing"
@@ -158,14 +164,9 @@ class Amount:
         return cls(resources.cpu_millicores, resources.memory_mib, resources.workers)
 
 
-# KNOWN LEDGER BUG (marked, see the report): the Pool assigns ports per pool, so
-# two pools hand out the same ports at once, and with the LocalProvisioner (one
-# host for every pool) two live workers, or two live MCP servers, get the same
-# endpoint - invariant 2 says no two may share a port. Repro: create pool
-# "burst", request 1 worker in "default" and 1 in "burst": both get
-# http://localhost:8000. While True, a clash across pools is only counted as a
-# Hypothesis event ("KNOWN BUG ..."); set it to False to make it fail.
-CROSS_POOL_PORT_CLASH_IS_KNOWN = True
+# Pools have port ranges of their own, so no two live workers or MCP servers
+# anywhere share a port; True would only count a clash as an event.
+CROSS_POOL_PORT_CLASH_IS_KNOWN = False
 
 # Preemption takes the smallest set of victims (lowest priority, then youngest,
 # among sets of that size); True would only count a larger set as an event.
@@ -620,11 +621,12 @@ class Model:
             if len(pool.servers) == len(MCP_PORTS):
                 self._stop_longest_idle(pool, keep=body.servers)
             used = {s.port for s in pool.servers.values()}
-            port = next(p for p in MCP_PORTS if p not in used)
+            port = next(p for p in PORT_RANGES[pool_name][1] if p not in used)
             pool.servers[name] = ModelServer(port, 0, self.now)
             servers.append((name, port, True))
         in_use = self.worker_ports(pool_name)
-        free_ports = (p for p in itertools.count(WORKER_PORTS.start) if p not in in_use)
+        first = PORT_RANGES[pool_name][0].start
+        free_ports = (p for p in itertools.count(first) if p not in in_use)
         allocation.worker_ports = tuple(itertools.islice(free_ports, body.workers))
         allocation.servers = tuple(servers)
         allocation.expires_at = self.now + timedelta(seconds=body.ttl_seconds)
@@ -1560,10 +1562,10 @@ class LedgerMachine(RuleBasedStateMachine):
             assert len(worker_ports) == len(set(worker_ports))
             assert set(worker_ports) == pool.worker_ports
             assert pool.worker_ports == self.model.worker_ports(name)
-            assert all(p in WORKER_PORTS for p in worker_ports)
+            assert all(p in PORT_RANGES[name][0] for p in worker_ports)
             server_ports = [s.port for s in pool.servers.values()]
             assert len(server_ports) == len(set(server_ports))
-            assert all(p in MCP_PORTS for p in server_ports)
+            assert all(p in PORT_RANGES[name][1] for p in server_ports)
             # 3. Reference counts = live allocations naming the server.
             assert set(pool.servers) == set(expected.servers)
             for server_name, server in pool.servers.items():
@@ -1749,8 +1751,7 @@ def test_preemption_takes_the_smallest_set(
         machine.teardown()
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True, reason="known ledger bug")
-def test_known_bug_two_pools_hand_out_the_same_ports(
+def test_two_pools_never_hand_out_the_same_ports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sys.modules[__name__], "CROSS_POOL_PORT_CLASH_IS_KNOWN", False)
