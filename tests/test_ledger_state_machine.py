@@ -71,6 +71,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from adapters import audit
 from adapters.provisioning import LocalProvisioner
 from adapters.service import AllocationService, open_service
 from adapters.settings import Settings
@@ -912,9 +913,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self._undo: list[Callable[[], object]] = []
 
     def teardown(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self.service.close()
+        try:
+            # The operator's `verify` must find this history clean: every
+            # invariant after every event, and the read models and pools
+            # equal to a replay.
+            report = audit.verify(self.service)
+            assert report.clean, report.as_dict()
+        finally:
+            for undo in reversed(self._undo):
+                undo()
+            self.service.close()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
