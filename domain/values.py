@@ -361,4 +361,18 @@ def canonical_metadata(metadata: object) -> dict[str, Any]:
         )
         raise InvalidRequestError(msg, field="metadata")
     canonical: dict[str, Any] = json.loads(encoded)
+    if _has_reserved_key(canonical):
+        msg = (
+            "metadata must not contain objects with a '_type_' key: the event "
+            "store uses that key for its own encoded values"
+        )
+        raise InvalidRequestError(msg, field="metadata")
     return canonical
+
+
+def _has_reserved_key(value: object) -> bool:
+    if isinstance(value, dict):
+        return "_type_" in value or any(_has_reserved_key(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_reserved_key(v) for v in value)
+    return False

@@ -259,3 +259,18 @@ def test_invalid_request_ids_are_refused(request_id: object) -> None:
     with pytest.raises(InvalidRequestError) as raised:
         validate_request_id(request_id)
     assert raised.value.field == "request_id"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"_type_": "datetime_iso", "_data_": "2026-01-01T00:00:00+00:00"},
+        {"nested": [{"_type_": "unknown", "_data_": 1}]},
+    ],
+)
+def test_metadata_shaped_like_the_stores_own_encoding_is_refused(
+    metadata: dict[str, object],
+) -> None:
+    with pytest.raises(InvalidRequestError, match="_type_") as raised:
+        AllocationRequest("job", (), 1, metadata=metadata)
+    assert raised.value.field == "metadata"
