@@ -28,5 +28,11 @@ check: install
 test: check
 	bash scripts/run-tests $(BIN)/python
 
+# Benchmarks (docs/performance.md): results in bench/results/latest.{json,md}.
+# `make bench BENCH_ARGS=--quick` is a smoke run of under a minute (quick.*).
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from adapters.event_log import EventDecoder, SQLiteNotificationLog
 from adapters.provisioning import LocalProvisioner
 from adapters.settings import Settings
 from adapters.sql_read_models import PostgresDialect, SQLiteDialect, SQLReadModels
@@ -17,7 +18,7 @@ from domain.clock import Clock
 from domain.ledger import Ledger
 from domain.provisioner import Provisioner
 from domain.values import AllocationState
-from projections.catchup import LoggedNotification, Projector
+from projections.catchup import NotificationLog, Projector
 from projections.queries import ReadModels
 from projections.store import InMemoryReadModels, ListingQuery, ReadModelStore
 
@@ -101,10 +102,14 @@ def open_service(
         closers.append(dialect.close)
         store = sql_store
 
-    def decode(notification: LoggedNotification) -> object:
-        return ledger.mapper.to_domain_event(notification)  # type: ignore[arg-type]
-
-    projector = Projector(ledger.recorder, decode, store)
+    # Catch-up and rebuild read the log and decode its events on a fast path
+    # that gives exactly what the recorder and the mapper would (event_log.py).
+    log: NotificationLog = ledger.recorder
+    if SQLiteNotificationLog.supports(ledger.recorder):
+        fast_log = SQLiteNotificationLog(ledger.recorder)
+        closers.append(fast_log.close)
+        log = fast_log
+    projector = Projector(log, EventDecoder(ledger.mapper), store)
     return AllocationService(
         settings=settings,
         ledger=ledger,

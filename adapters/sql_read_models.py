@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -129,6 +129,22 @@ class SQLiteDialect:
     def sql(self, statement: str) -> str:
         return statement
 
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Commit without waiting for the disk (for a rebuild).
+
+        Read models are derived: losing the last commits in a power cut loses
+        rows and their position together, and catch-up redoes them.
+        """
+        with self._lock:
+            row = self._connection.execute("PRAGMA synchronous").fetchone()
+            self._connection.execute("PRAGMA synchronous=OFF")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._connection.execute(f"PRAGMA synchronous={int(row[0])}")
+
     least = "MIN"
     greatest = "MAX"
     lock_row = ""  # BEGIN IMMEDIATE already holds the write lock
@@ -172,6 +188,21 @@ class PostgresDialect:
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Commit without waiting for the WAL flush (for a rebuild; see SQLite)."""
+        with self._lock:
+            connection = self._open()
+            connection.execute("SET synchronous_commit TO off")
+            connection.commit()
+        try:
+            yield
+        finally:
+            with self._lock:
+                if not (connection.closed or connection.broken):
+                    connection.execute("SET synchronous_commit TO DEFAULT")
+                    connection.commit()
+
     least = "LEAST"
     greatest = "GREATEST"
     lock_row = " FOR UPDATE"
@@ -179,6 +210,10 @@ class PostgresDialect:
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
+
+
+# json.dumps with separators builds a new encoder on every call; this is the same.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _epoch(moment: datetime | None) -> float | None:
@@ -202,7 +237,7 @@ def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
         view.resources.memory_mib,
         view.resources.workers,
         len(view.servers_requested),
-        json.dumps(allocation_to_dict(view), separators=(",", ":")),
+        _encode(allocation_to_dict(view)),
     )
 
 
@@ -211,6 +246,10 @@ class SQLReadModels:
 
     def __init__(self, dialect: SQLiteDialect | PostgresDialect) -> None:
         self.dialect = dialect
+
+    def bulk(self) -> AbstractContextManager[None]:
+        """Relaxed durability while a rebuild writes (see the dialects)."""
+        return self.dialect.bulk()
 
     def create_tables(self) -> None:
         with self.dialect.transaction(write=True) as cursor:
@@ -292,7 +331,7 @@ class SQLReadModels:
                         (
                             pool_uuid(c.pool).hex,
                             c.pool,
-                            json.dumps(capacity_to_dict(c), separators=(",", ":")),
+                            _encode(capacity_to_dict(c)),
                         )
                         for c in capacities
                     ],

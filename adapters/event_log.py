@@ -1,0 +1,253 @@
+"""Reading the event log fast, for catch-up and rebuild of the read models.
+
+Two pieces, each falling back to the library where it cannot be exact:
+
+- `SQLiteNotificationLog` reads the SQLite events table with one plain SELECT
+  per batch (the statement the recorder uses), building light tuples instead
+  of a frozen dataclass and a fresh UUID per row. Everything else (the
+  maximum position, PostgreSQL, in-memory) goes to the recorder itself.
+- `EventDecoder` turns a stored notification into the same domain event the
+  ledger's mapper would, by parsing its JSON with the C decoder (no Python
+  hook for every object) and converting the top-level transcoded values
+  (timestamps) itself. Whenever the stored state holds anything else that
+  the mapper's hook would convert, or a cipher, compressor or class version
+  is in play, it hands the notification to the mapper unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from json.scanner import make_scanner
+from typing import Any, NamedTuple, TypeGuard
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    JSONTranscoder,
+    Mapper,
+    Transcoding,
+    find_id_convertor,
+)
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import resolve_topic
+
+_TYPE_KEY = b'"_type_"'
+_ESCAPE = b"\\u"
+_UUID_CACHE_SIZE = 200_000
+
+
+class StoredNotification(NamedTuple):
+    """A notification as read from the events table (same fields as the library's)."""
+
+    id: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+class SQLiteNotificationLog:
+    """The notification log of a SQLite application recorder, read directly."""
+
+    def __init__(self, recorder: SQLiteApplicationRecorder) -> None:
+        self.recorder = recorder
+        self._path = recorder.datastore.pool.db_name
+        self._table = recorder.events_table_name
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._uuids: dict[str, UUID] = {}
+
+    @staticmethod
+    def supports(recorder: object) -> TypeGuard[SQLiteApplicationRecorder]:
+        """A SQLite recorder on a file, with UUID ids (as the ledger's are).
+
+        In-memory databases are per connection, so they are read through the
+        recorder.
+        """
+        return (
+            isinstance(recorder, SQLiteApplicationRecorder)
+            and not recorder.datastore.pool.is_sqlite_memory_mode
+            and recorder.datastore.originator_id_type == "uuid"
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                self._path,
+                uri=True,
+                timeout=30,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._connection.execute("PRAGMA busy_timeout=30000")
+        return self._connection
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> list[StoredNotification]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            clauses.append("rowid>=?" if inclusive_of_start else "rowid>?")
+            params.append(start)
+        if stop is not None:
+            clauses.append("rowid<=?")
+            params.append(stop)
+        if topics:
+            clauses.append(f"topic IN ({','.join('?' * len(topics))})")
+            params.extend(topics)
+        statement = (
+            f"SELECT rowid, originator_id, originator_version, topic, state "
+            f"FROM {self._table} "
+            + (f"WHERE {' AND '.join(clauses)} " if clauses else "")
+            + "ORDER BY rowid LIMIT ?"
+        )
+        params.append(limit)
+        with self._lock:
+            rows = self._connect().execute(statement, params).fetchall()
+        return [
+            StoredNotification(row_id, self._uuid(originator), version, topic, state)
+            for row_id, originator, version, topic, state in rows
+        ]
+
+    def _uuid(self, value: str) -> UUID:
+        found = self._uuids.get(value)
+        if found is None:
+            if len(self._uuids) >= _UUID_CACHE_SIZE:
+                self._uuids.clear()
+            found = self._uuids[value] = UUID(value)
+        return found
+
+    def max_notification_id(self) -> int | None:
+        return self.recorder.max_notification_id()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+class _Topic:
+    """What the decoder knows about one topic: its class, where values hide."""
+
+    __slots__ = ("cls", "keys")
+
+    def __init__(self, cls: type[Any] | None) -> None:
+        self.cls = cls
+        self.keys: list[str] = []  # top-level keys seen holding transcoded values
+
+
+class EventDecoder:
+    """Stored notification -> domain event, as `mapper.to_domain_event` does."""
+
+    def __init__(self, mapper: Mapper[UUID]) -> None:
+        self.mapper = mapper
+        transcoder = mapper.transcoder
+        self._exact_only = (
+            mapper.cipher is not None
+            or mapper.compressor is not None
+            or not isinstance(transcoder, JSONTranscoder)
+        )
+        self._names: dict[str, Transcoding] = (
+            transcoder.names if isinstance(transcoder, JSONTranscoder) else {}
+        )
+        # The library's own timestamp transcoding is fromisoformat: call it inline.
+        self._iso = type(self._names.get("datetime_iso")) is DatetimeAsISO
+        # The C scanner: what json.loads runs, without its Python wrapper.
+        self._scan: Callable[[str, int], tuple[Any, int]] = make_scanner(
+            json.JSONDecoder()  # type: ignore[arg-type]
+        )
+        self._topics: dict[str, _Topic] = {}
+        self._convertors: dict[tuple[type[Any], type[Any]], Callable[[Any], Any]] = {}
+
+    def _topic(self, topic: str) -> _Topic:
+        found = self._topics.get(topic)
+        if found is None:
+            cls: type[Any] = resolve_topic(topic)
+            # A class with a version above 1 may need upcasting: the mapper's job.
+            found = _Topic(cls if getattr(cls, "class_version", 1) == 1 else None)
+            self._topics[topic] = found
+        return found
+
+    def _convert(self, state: dict[str, Any], key: str) -> int:
+        """Decode state[key] if the mapper's hook would: 1 if done, 0 if not, -1."""
+        value = state.get(key)
+        if (
+            type(value) is dict
+            and len(value) == 2
+            and "_type_" in value
+            and "_data_" in value
+        ):
+            kind = value["_type_"]
+            if kind == "datetime_iso" and self._iso:
+                state[key] = datetime.fromisoformat(value["_data_"])
+                return 1
+            transcoding = self._names.get(kind)
+            if transcoding is None:
+                return -1
+            state[key] = transcoding.decode(value["_data_"])
+            return 1
+        return 0
+
+    def __call__(self, notification: Any) -> object:
+        if self._exact_only:
+            return self.mapper.to_domain_event(notification)
+        topic = self._topic(notification.topic)
+        cls = topic.cls
+        stored: bytes = notification.state
+        if cls is None or _ESCAPE in stored:
+            return self.mapper.to_domain_event(notification)
+        text = stored.decode("utf8")
+        try:
+            state, end = self._scan(text, 0)
+        except (StopIteration, ValueError):
+            return self.mapper.to_domain_event(notification)  # it raises the error
+        if end != len(text) or type(state) is not dict or "class_version" in state:
+            return self.mapper.to_domain_event(notification)
+        # Each value the mapper's hook would convert is a {"_type_", "_data_"}
+        # object, so it spells "_type_" once: when the top-level conversions
+        # account for every "_type_" in the bytes, there is nothing else to do.
+        expected = stored.count(_TYPE_KEY)
+        converted = 0
+        if expected:
+            convert = self._convert
+            for key in topic.keys:
+                done = convert(state, key)
+                if done < 0:
+                    return self.mapper.to_domain_event(notification)
+                converted += done
+            if converted != expected:
+                for key in list(state):
+                    done = convert(state, key)
+                    if done < 0:
+                        return self.mapper.to_domain_event(notification)
+                    if done:
+                        converted += 1
+                        if key not in topic.keys:
+                            topic.keys.append(key)
+        if converted != expected:
+            # Something below the top level would be converted by the hook
+            # (or only looks like it): let the mapper do it all.
+            return self.mapper.to_domain_event(notification)
+        originator_id = notification.originator_id
+        kinds = (cls, type(originator_id))
+        convertor = self._convertors.get(kinds)
+        if convertor is None:
+            convertor = find_id_convertor(cls, type(originator_id))  # type: ignore[arg-type]
+            self._convertors[kinds] = convertor
+        state["originator_id"] = convertor(originator_id)
+        state["originator_version"] = notification.originator_version
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", state)
+        return event

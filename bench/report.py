@@ -1,0 +1,287 @@
+"""Results as markdown: key figures (with before/after), then each item."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Figure = tuple[str, str, float | None, str]  # key, label, value, format
+
+
+def _get(data: dict[str, Any], *path: Any) -> Any:
+    for key in path:
+        if isinstance(data, dict):
+            data = data.get(key)  # type: ignore[assignment]
+        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
+            data = data[key]
+        else:
+            return None
+    return data
+
+
+def figures(results: dict[str, Any]) -> list[Figure]:
+    items = results.get("items", {})
+    out: list[Figure] = []
+    for row in _get(items, "1", "rows") or []:
+        store = row.get("store")
+        if "skipped" in row:
+            continue
+        out += [
+            (
+                f"1.{store}.ledger",
+                f"1 {store}: ledger cycles/s",
+                row["ledger_cycles_per_s"],
+                ".0f",
+            ),
+            (
+                f"1.{store}.floor",
+                f"1 {store}: floor cycles/s",
+                row["floor_cycles_per_s"],
+                ".0f",
+            ),
+            (
+                f"1.{store}.ratio",
+                f"1 {store}: ledger/floor time (≤ 1.5)",
+                row["ledger_over_floor"],
+                ".2f",
+            ),
+        ]
+    two = items.get("2") or {}
+    if "rebuild_events_per_s" in two:
+        out += [
+            ("2.raw", "2 raw read events/s", two["raw_read_events_per_s"], ",.0f"),
+            (
+                "2.decode",
+                "2 read + decode events/s",
+                two["read_decode_events_per_s"],
+                ",.0f",
+            ),
+            (
+                "2.rebuild",
+                "2 rebuild events/s (≥ 100,000)",
+                two["rebuild_events_per_s"],
+                ",.0f",
+            ),
+            ("2.ratio", "2 rebuild / raw read (≥ 0.5)", two["rebuild_over_raw"], ".2f"),
+        ]
+    three = items.get("3") or {}
+    for row in three.get("rows") or []:
+        size = row["allocations"]
+        for query in ("get_capacity", "get_allocation", "list_allocations_active"):
+            out.append(
+                (
+                    f"3.{query}.{size}",
+                    f"3 {query} p50 ms, {size:,} allocations",
+                    row[f"{query}_p50_ms"],
+                    ".3f",
+                )
+            )
+    for key, value in (three.get("ratios") or {}).items():
+        if key.endswith("_p50"):
+            label = three.get("ratio_label", "")
+            out.append((f"3.ratio.{key}", f"3 {key} {label} (≤ 1.5)", value, ".2f"))
+    for row in _get(items, "4", "rows") or []:
+        transport = row["transport"]
+        out += [
+            (
+                f"4.{transport}.capacity",
+                f"4 {transport}: get_capacity p50 ms",
+                row["get_capacity_p50_ms"],
+                ".2f",
+            ),
+            (
+                f"4.{transport}.noop",
+                f"4 {transport}: no-op p50 ms",
+                row["bench_noop_p50_ms"],
+                ".2f",
+            ),
+            (
+                f"4.{transport}.ratio",
+                f"4 {transport}: get_capacity / no-op (≤ 1.5)",
+                row["ratio_p50"],
+                ".2f",
+            ),
+        ]
+    for row in _get(items, "5", "rows") or []:
+        n = row["writers"]
+        out += [
+            (f"5.{n}.rate", f"5 {n} writer(s): cycles/s", row["cycles_per_s"], ".1f"),
+            (
+                f"5.{n}.conflicts",
+                f"5 {n} writer(s): conflicts/command",
+                row["conflicts_per_command"],
+                ".2f",
+            ),
+            (
+                f"5.{n}.ratio",
+                f"5 {n} writer(s) / 1 writer (4: ≥ 0.8)",
+                row["over_one_writer"],
+                ".2f",
+            ),
+        ]
+    six = _get(items, "6", "row")
+    if six:
+        n = six["live_allocations"]
+        out += [
+            ("6.peak", f"6 peak RSS MiB, {n:,} live", six["peak_rss_mib"], ".0f"),
+            (
+                "6.baseline",
+                "6 RSS MiB before the requests",
+                six["baseline_peak_rss_mib"],
+                ".0f",
+            ),
+            (
+                "6.per",
+                "6 bytes per live allocation",
+                six["bytes_per_live_allocation"],
+                ",.0f",
+            ),
+            (
+                "6.rate",
+                "6 requests/s with that many live",
+                six["requests_per_s"],
+                ".0f",
+            ),
+            (
+                "6.first",
+                "6 first request s (loads the pool)",
+                six["first_request_seconds"],
+                ".2f",
+            ),
+        ]
+        again = six.get("restart")
+        if again:
+            out += [
+                (
+                    "6.restart.peak",
+                    "6 restart: peak RSS MiB",
+                    again["peak_rss_mib"],
+                    ".0f",
+                ),
+                (
+                    "6.restart.first",
+                    "6 restart: first request s",
+                    again["first_request_seconds"],
+                    ".2f",
+                ),
+            ]
+    return out
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _targets(results: dict[str, Any]) -> str:
+    rows = []
+    for key in sorted(results.get("items", {})):
+        item = results["items"][key]
+        title = item.get("title", f"item {key}")
+        if "skipped" in item:
+            rows.append([key, title, "-", "not measured: " + item["skipped"]])
+        elif "error" in item:
+            rows.append([key, title, "-", "error: " + item["error"]])
+        elif "met" in item:
+            rows.append(
+                [
+                    key,
+                    title,
+                    item.get("target", ""),
+                    "met" if item["met"] else "NOT met",
+                ]
+            )
+        else:
+            rows.append([key, title, item.get("target", ""), "reported"])
+    return _table(["item", "what", "target", "result"], rows)
+
+
+def markdown(results: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    m = results.get("machine", {})
+    parts = [
+        f"# Benchmark results: {results.get('label')}"
+        + (" (quick)" if results.get("quick") else ""),
+        "",
+        f"Run {results.get('started')}, {results.get('wall_seconds', 0):.0f} s. "
+        f"Machine: {m.get('nproc')} x {m.get('cpu')}, Python {m.get('python')}, "
+        f"SQLite {m.get('sqlite')}, {m.get('platform')}.",
+        "",
+        "## Targets",
+        "",
+        _targets(results),
+        "## Key figures",
+        "",
+    ]
+    now_figures = figures(results)
+    if before is not None:
+        then = {key: value for key, _, value, _ in figures(before)}
+        rows = []
+        for key, label, value, fmt in now_figures:
+            old = then.get(key)
+            change = (
+                f"{value / old:.2f}x" if old and value is not None and old != 0 else "-"
+            )
+            rows.append([label, _fmt(old, fmt), _fmt(value, fmt), change])
+        parts.append(
+            _table(
+                ["figure", f"before ({before.get('label')})", "after", "after/before"],
+                rows,
+            )
+        )
+    else:
+        parts.append(
+            _table(
+                ["figure", "value"],
+                [[label, _fmt(v, f)] for _, label, v, f in now_figures],
+            )
+        )
+    parts += ["", "## Details", ""]
+    for key in sorted(results.get("items", {})):
+        item = results["items"][key]
+        parts.append(f"### {key}. {item.get('title', '')}")
+        parts.append("")
+        details = {
+            k: v
+            for k, v in item.items()
+            if k not in ("rows", "title", "item") and not isinstance(v, dict | list)
+        }
+        for k, v in details.items():
+            parts.append(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}")
+        table: list[dict[str, Any]] = list(item.get("rows") or [])
+        if "row" in item:
+            first = {k: v for k, v in item["row"].items() if k != "restart"}
+            table = [{"start": "first", **first}]
+            if "restart" in item["row"]:
+                table.append({"start": "restart", **item["row"]["restart"]})
+        if table:
+            header = list(dict.fromkeys(k for row in table for k in row))
+            body = [
+                [
+                    (
+                        f"{row.get(k):.4g}"
+                        if isinstance(row.get(k), float)
+                        else str(row.get(k, ""))
+                    )
+                    for k in header
+                ]
+                for row in table
+            ]
+            parts.append("")
+            parts.append(_table(header, body))
+        for name in ("ratios", "check"):
+            if isinstance(item.get(name), dict):
+                parts.append(
+                    f"- {name}: "
+                    + ", ".join(
+                        f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in item[name].items()
+                    )
+                )
+        parts.append("")
+    return "\n".join(parts) + "\n"
