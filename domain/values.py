@@ -363,16 +363,20 @@ def canonical_metadata(metadata: object) -> dict[str, Any]:
     canonical: dict[str, Any] = json.loads(encoded)
     if _has_reserved_key(canonical):
         msg = (
-            "metadata must not contain objects with a '_type_' key: the event "
-            "store uses that key for its own encoded values"
+            "metadata must not contain objects made of just '_type_' and "
+            "'_data_' keys: the event store reads those as its own encoded values"
         )
         raise InvalidRequestError(msg, field="metadata")
     return canonical
 
 
 def _has_reserved_key(value: object) -> bool:
+    """Whether an object anywhere inside looks like the event store's own
+    encoding of a value ({"_type_": ..., "_data_": ...})."""
     if isinstance(value, dict):
-        return "_type_" in value or any(_has_reserved_key(v) for v in value.values())
+        if set(value) == {"_type_", "_data_"}:
+            return True
+        return any(_has_reserved_key(v) for v in value.values())
     if isinstance(value, list):
         return any(_has_reserved_key(v) for v in value)
     return False

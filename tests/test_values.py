@@ -274,3 +274,8 @@ def test_metadata_shaped_like_the_stores_own_encoding_is_refused(
     with pytest.raises(InvalidRequestError, match="_type_") as raised:
         AllocationRequest("job", (), 1, metadata=metadata)
     assert raised.value.field == "metadata"
+
+
+def test_metadata_merely_mentioning_type_is_kept() -> None:
+    metadata = {"_type_": "only one key", "text": '"_type_"'}
+    assert AllocationRequest("job", (), 1, metadata=metadata).metadata == metadata
