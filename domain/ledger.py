@@ -706,12 +706,14 @@ class Ledger(Application[UUID]):
                 self.serve_queue(work, target)
                 rejection = target.shortfall(request)
             quota = target.quota_shortfall(tenant, request)
+            # Requests waiting ahead (strict policy) come first: nobody jumps
+            # the queue, not even by preempting.
+            waiting = target.waiting_ahead(request, now)
             victims: list[Reservation] = []
-            if quota is None and rejection is not None and preempt:
+            if quota is None and waiting is None and rejection is not None and preempt:
                 victims = target.preemption_victims(request, now=now) or []
                 if victims:
                     rejection = None
-            waiting = None if rejection else target.waiting_ahead(request, now)
             refusal = quota or rejection or waiting
             if refusal is not None:
                 work.require_current()
