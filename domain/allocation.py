@@ -263,6 +263,33 @@ class Allocation(Aggregate):
         )
 
     @classmethod
+    def _holding_nothing(  # noqa: PLR0917 - one call shape, two callers
+        cls,
+        allocation_id: str,
+        pool: str,
+        request: AllocationRequest,
+        request_id: str | None,
+        resources: Resources,
+        at: datetime,
+        actor: str,
+        tenant: str | None,
+    ) -> Allocation:
+        """The Requested event of a request that reserves nothing (yet)."""
+        return cls.requested(
+            allocation_id,
+            pool=pool,
+            request=request,
+            request_id=request_id,
+            resources=resources,
+            worker_ports=(),
+            servers=(),
+            expires_at=None,
+            at=at,
+            actor=actor,
+            tenant=tenant,
+        )
+
+    @classmethod
     def rejected(
         cls,
         allocation_id: str,
@@ -276,18 +303,8 @@ class Allocation(Aggregate):
         actor: str,
         tenant: str | None = None,
     ) -> Allocation:
-        allocation = cls.requested(
-            allocation_id,
-            pool=pool,
-            request=request,
-            request_id=request_id,
-            resources=resources,
-            worker_ports=(),
-            servers=(),
-            expires_at=None,
-            at=at,
-            actor=actor,
-            tenant=tenant,
+        allocation = cls._holding_nothing(
+            allocation_id, pool, request, request_id, resources, at, actor, tenant
         )
         allocation.trigger_event(
             cls.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
@@ -310,18 +327,8 @@ class Allocation(Aggregate):
         tenant: str | None = None,
     ) -> Allocation:
         """A request that waits for room instead of being refused."""
-        allocation = cls.requested(
-            allocation_id,
-            pool=pool,
-            request=request,
-            request_id=request_id,
-            resources=resources,
-            worker_ports=(),
-            servers=(),
-            expires_at=None,
-            at=at,
-            actor=actor,
-            tenant=tenant,
+        allocation = cls._holding_nothing(
+            allocation_id, pool, request, request_id, resources, at, actor, tenant
         )
         allocation.trigger_event(
             cls.Queued,
