@@ -269,22 +269,15 @@ class SQLReadModels:
         return int(row[0]) if row else 0
 
     def allocations(self, ids: Collection[UUID]) -> dict[UUID, AllocationView]:
-        if not ids:
-            return {}
-        keys = [i.hex for i in ids]
-        marks = ", ".join("?" for _ in keys)
-        with self.dialect.transaction(write=False) as cursor:
-            cursor.execute(
-                self._q(
-                    "SELECT aggregate_id, doc FROM ledger_allocation_view "
-                    f"WHERE aggregate_id IN ({marks})"
-                ),
-                keys,
-            )
-            rows = cursor.fetchall()
-        return {UUID(row[0]): allocation_from_dict(json.loads(row[1])) for row in rows}
+        docs = self._documents("ledger_allocation_view", ids)
+        return {key: allocation_from_dict(doc) for key, doc in docs.items()}
 
     def capacities(self, ids: Collection[UUID]) -> dict[UUID, CapacityView]:
+        docs = self._documents("ledger_capacity_view", ids)
+        return {key: capacity_from_dict(doc) for key, doc in docs.items()}
+
+    def _documents(self, table: str, ids: Collection[UUID]) -> dict[UUID, Any]:
+        """The JSON documents of these aggregates' rows in a read-model table."""
         if not ids:
             return {}
         keys = [i.hex for i in ids]
@@ -292,13 +285,13 @@ class SQLReadModels:
         with self.dialect.transaction(write=False) as cursor:
             cursor.execute(
                 self._q(
-                    "SELECT aggregate_id, doc FROM ledger_capacity_view "
+                    f"SELECT aggregate_id, doc FROM {table} "
                     f"WHERE aggregate_id IN ({marks})"
                 ),
                 keys,
             )
             rows = cursor.fetchall()
-        return {UUID(row[0]): capacity_from_dict(json.loads(row[1])) for row in rows}
+        return {UUID(row[0]): json.loads(row[1]) for row in rows}
 
     def commit(
         self,

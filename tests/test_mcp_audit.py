@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from mcp import Client
@@ -13,6 +12,7 @@ from adapters.mcp_server import stdio_server
 from adapters.service import AllocationService, open_service
 from adapters.settings import Settings
 from domain.clock import ManualClock
+from tests.mcp_support import call
 
 pytestmark = pytest.mark.anyio
 
@@ -38,14 +38,6 @@ def service(clock: ManualClock) -> Iterator[AllocationService]:
 async def client(service: AllocationService) -> AsyncIterator[Client]:
     async with Client(stdio_server(service)) as connected:
         yield connected
-
-
-async def call(client: Client, tool: str, **arguments: object) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    structured: dict[str, Any] | None = result.structured_content
-    assert structured is not None
-    return structured
 
 
 async def test_capacity_at_a_past_moment(client: Client, clock: ManualClock) -> None:
