@@ -8,18 +8,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapters.service import AllocationService
-from domain.allocation import allocation_uuid, is_allocation_id
-from domain.errors import AllocationNotFoundError, PoolNotFoundError
-from domain.pool import DEFAULT_POOL, Pool
-from domain.values import LIVE_STATES
-from projections.catchup import Progress
-from projections.codec import allocation_to_dict, capacity_to_dict
-from projections.history import HistoryEntry, describe
-from projections.replay import logged_events, replay
-from projections.usage import UsageQuery, UsageRow
-from projections.verify import InvariantChecker, Violation
-from projections.views import AllocationView, CapacityView
+from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.domain.allocation import allocation_uuid, is_allocation_id
+from allocation_ledger.domain.errors import AllocationNotFoundError, PoolNotFoundError
+from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
+from allocation_ledger.domain.values import LIVE_STATES
+from allocation_ledger.projections.catchup import Progress
+from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
+from allocation_ledger.projections.history import HistoryEntry, describe
+from allocation_ledger.projections.replay import logged_events, replay
+from allocation_ledger.projections.usage import UsageQuery, UsageRow
+from allocation_ledger.projections.verify import InvariantChecker, Violation
+from allocation_ledger.projections.views import AllocationView, CapacityView
 
 
 def allocation_history(

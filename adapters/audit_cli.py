@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from adapters import audit
-from adapters.service import AllocationService
-from adapters.timeline import collect, render_svg
-from domain.pool import DEFAULT_POOL
-from domain.values import MILLICORES_PER_CORE
-from projections.catchup import Progress as ProgressCallback
-from projections.codec import allocation_to_dict, capacity_to_dict
-from projections.usage import UsageQuery
+from allocation_ledger.adapters import audit
+from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.timeline import collect, render_svg
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.values import MILLICORES_PER_CORE
+from allocation_ledger.projections.catchup import Progress as ProgressCallback
+from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
+from allocation_ledger.projections.usage import UsageQuery
 
 COMMANDS = ("history", "capacity", "verify", "rebuild", "export", "usage", "timeline")
 

@@ -23,8 +23,14 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver.exceptions import ToolError
 
-from adapters.tokens import ANONYMOUS_ACTOR, SCOPES, Scope, TokenEntry, token_digest
-from domain.ledger import LOCAL_ACTOR
+from allocation_ledger.adapters.tokens import (
+    ANONYMOUS_ACTOR,
+    SCOPES,
+    Scope,
+    TokenEntry,
+    token_digest,
+)
+from allocation_ledger.domain.ledger import LOCAL_ACTOR
 
 __all__ = ["ANONYMOUS_ACTOR", "LOCAL_ACTOR", "Access", "Scope", "StaticTokenVerifier"]
 

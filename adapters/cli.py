@@ -17,17 +17,17 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from adapters import audit_cli
-from adapters.mcp_models import capacity_result
-from adapters.service import (
+from allocation_ledger.adapters import audit_cli
+from allocation_ledger.adapters.mcp_models import capacity_result
+from allocation_ledger.adapters.service import (
     AllocationService,
     DatabaseError,
     init_database,
     open_service,
 )
-from adapters.settings import ENV_PREFIX, Settings
-from domain.errors import LedgerError
-from projections.views import CapacityView
+from allocation_ledger.adapters.settings import ENV_PREFIX, Settings
+from allocation_ledger.domain.errors import LedgerError
+from allocation_ledger.projections.views import CapacityView
 
 PROG = "allocation-ledger"
 
@@ -115,7 +115,7 @@ def _is_loopback(host: str) -> bool:
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the MCP server until stdin closes (stdio) or it is interrupted (HTTP)."""
-    from adapters.auth import StaticTokenVerifier
+    from allocation_ledger.adapters.auth import StaticTokenVerifier
 
     verifier: StaticTokenVerifier | None = None
     host = args.host or settings.http_host
@@ -151,11 +151,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(f"cannot open the ledger: {error}", 2)
     try:
         if args.transport == "stdio":
-            from adapters.mcp_server import stdio_server
+            from allocation_ledger.adapters.mcp_server import stdio_server
 
             anyio.run(stdio_server(service).run_stdio_async)
         else:
-            from adapters.mcp_server import http_app, serve_http
+            from allocation_ledger.adapters.mcp_server import http_app, serve_http
 
             app = http_app(
                 service,
@@ -192,7 +192,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _server_command() -> tuple[str, list[str]]:
-    return sys.executable, ["-m", "adapters.cli", "serve"]
+    return sys.executable, ["-m", "allocation_ledger.adapters.cli", "serve"]
 
 
 def _child_env() -> dict[str, str]:
@@ -364,7 +364,7 @@ def _capacity(service: AllocationService) -> CapacityView:
 def run_status(service: AllocationService, console: Console, *, as_json: bool) -> None:
     views = service.read_models.capacities() or [_capacity(service)]
     if as_json:
-        from projections.codec import capacity_to_dict
+        from allocation_ledger.projections.codec import capacity_to_dict
 
         print(json.dumps([capacity_to_dict(v) for v in views], indent=2))
         return

@@ -16,16 +16,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
-from domain.allocation import Allocation
-from domain.ledger import (
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.ledger import (
     MAX_CPU_MILLICORES,
     MAX_MEMORY_MIB,
     MAX_WAIT_SECONDS,
     MAX_WORKERS_CAPACITY,
 )
-from domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST, queue_rank
-from domain.provisioner import Endpoints
-from domain.values import (
+from allocation_ledger.domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST, queue_rank
+from allocation_ledger.domain.provisioner import Endpoints
+from allocation_ledger.domain.values import (
     JOB_ID_PATTERN,
     MAX_JOB_ID_LENGTH,
     MAX_REQUEST_ID_LENGTH,
@@ -46,8 +46,8 @@ from domain.values import (
     Rejection,
     Resources,
 )
-from projections.store import MAX_PAGE_SIZE
-from projections.views import AllocationView, CapacityView, QueuedView
+from allocation_ledger.projections.store import MAX_PAGE_SIZE
+from allocation_ledger.projections.views import AllocationView, CapacityView, QueuedView
 
 # -- units ---------------------------------------------------------------------
 

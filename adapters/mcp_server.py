@@ -34,15 +34,15 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from adapters import audit
-from adapters.auth import (
+from allocation_ledger.adapters import audit
+from allocation_ledger.adapters.auth import (
     ANONYMOUS_ACTOR,
     LOCAL_ACTOR,
     Access,
     Scope,
     StaticTokenVerifier,
 )
-from adapters.mcp_models import (
+from allocation_ledger.adapters.mcp_models import (
     UNLIMITED,
     AfterArg,
     AgingSecondsArg,
@@ -107,16 +107,24 @@ from adapters.mcp_models import (
     quota_limits,
     request_result,
 )
-from adapters.service import AllocationService, resume_interrupted
-from domain.allocation import Allocation, allocation_uuid, is_allocation_id
-from domain.errors import AllocationNotFoundError, LedgerError, PoolNotFoundError
-from domain.ledger import RequestResult
-from domain.pool import (
+from allocation_ledger.adapters.service import AllocationService, resume_interrupted
+from allocation_ledger.domain.allocation import (
+    Allocation,
+    allocation_uuid,
+    is_allocation_id,
+)
+from allocation_ledger.domain.errors import (
+    AllocationNotFoundError,
+    LedgerError,
+    PoolNotFoundError,
+)
+from allocation_ledger.domain.ledger import RequestResult
+from allocation_ledger.domain.pool import (
     DEFAULT_POOL,
     DEFAULT_WORKER_SIZE,
     Scheduling,
 )
-from domain.values import (
+from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
     Priority,
@@ -124,9 +132,9 @@ from domain.values import (
     Rejection,
     Resources,
 )
-from projections.store import MAX_PAGE_SIZE, ListingQuery
-from projections.usage import UsageQuery
-from projections.views import CapacityView
+from allocation_ledger.projections.store import MAX_PAGE_SIZE, ListingQuery
+from allocation_ledger.projections.usage import UsageQuery
+from allocation_ledger.projections.views import CapacityView
 
 logger = logging.getLogger("allocation_ledger.mcp")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 
 
 class LocalProvisioner:

@@ -9,18 +9,26 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from adapters.event_log import EventDecoder, SQLiteNotificationLog
-from adapters.provisioning import LocalProvisioner
-from adapters.settings import Settings
-from adapters.sql_read_models import PostgresDialect, SQLiteDialect, SQLReadModels
-from adapters.system_clock import SystemClock
-from domain.clock import Clock
-from domain.ledger import Ledger
-from domain.provisioner import Provisioner
-from domain.values import AllocationState
-from projections.catchup import NotificationLog, Projector
-from projections.queries import ReadModels
-from projections.store import InMemoryReadModels, ListingQuery, ReadModelStore
+from allocation_ledger.adapters.event_log import EventDecoder, SQLiteNotificationLog
+from allocation_ledger.adapters.provisioning import LocalProvisioner
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.sql_read_models import (
+    PostgresDialect,
+    SQLiteDialect,
+    SQLReadModels,
+)
+from allocation_ledger.adapters.system_clock import SystemClock
+from allocation_ledger.domain.clock import Clock
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.provisioner import Provisioner
+from allocation_ledger.domain.values import AllocationState
+from allocation_ledger.projections.catchup import NotificationLog, Projector
+from allocation_ledger.projections.queries import ReadModels
+from allocation_ledger.projections.store import (
+    InMemoryReadModels,
+    ListingQuery,
+    ReadModelStore,
+)
 
 
 class DatabaseError(Exception):

@@ -16,18 +16,18 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-from domain.allocation import allocation_uuid
-from domain.pool import pool_uuid
-from domain.values import LIVE_STATES, MILLICORES_PER_CORE
-from projections.codec import (
+from allocation_ledger.domain.allocation import allocation_uuid
+from allocation_ledger.domain.pool import pool_uuid
+from allocation_ledger.domain.values import LIVE_STATES, MILLICORES_PER_CORE
+from allocation_ledger.projections.codec import (
     allocation_from_dict,
     allocation_to_dict,
     capacity_from_dict,
     capacity_to_dict,
 )
-from projections.store import ListingQuery
-from projections.usage import UsageQuery, UsageRow, held_until
-from projections.views import AllocationView, CapacityView
+from allocation_ledger.projections.store import ListingQuery
+from allocation_ledger.projections.usage import UsageQuery, UsageRow, held_until
+from allocation_ledger.projections.views import AllocationView, CapacityView
 
 POSITION_KEY = "read_models"
 _LIVE = tuple(sorted(s.value for s in LIVE_STATES))

@@ -7,12 +7,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from html import escape
 
-from domain.allocation import Allocation
-from domain.pool import Pool
-from domain.values import MILLICORES_PER_CORE, Dimension
-from projections.catchup import Batch, Decode, NotificationLog, Progress, fold_event
-from projections.replay import logged_events
-from projections.store import InMemoryReadModels
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.values import MILLICORES_PER_CORE, Dimension
+from allocation_ledger.projections.catchup import (
+    Batch,
+    Decode,
+    NotificationLog,
+    Progress,
+    fold_event,
+)
+from allocation_ledger.projections.replay import logged_events
+from allocation_ledger.projections.store import InMemoryReadModels
 
 DIMENSIONS = (
     (Dimension.CPU, "CPU (cores)", MILLICORES_PER_CORE),

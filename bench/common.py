@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters import service as service_module
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
-from domain.clock import Clock
+from allocation_ledger.adapters import service as service_module
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import Clock
 
 BENCH_DIR = Path(__file__).resolve().parent
 CACHE_DIR = BENCH_DIR / ".cache"

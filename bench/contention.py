@@ -15,6 +15,8 @@ import multiprocessing
 import time
 from typing import Any
 
+from allocation_ledger.domain.errors import ConcurrentUpdateError
+from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from bench.common import (
     Result,
     Scale,
@@ -24,8 +26,6 @@ from bench.common import (
     postgres_schema,
     postgres_settings,
 )
-from domain.errors import ConcurrentUpdateError
-from domain.values import AllocationRequest, AllocationState
 
 MAX_ATTEMPTS = 8  # the Ledger's default max_attempts
 

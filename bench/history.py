@@ -16,15 +16,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from adapters.provisioning import LocalProvisioner
-from adapters.settings import Settings
-from bench.common import CACHE_DIR, log, now
-from domain.allocation import Allocation
-from domain.clock import ManualClock
-from domain.ledger import Ledger
-from domain.pool import Pool, PoolSettings
-from domain.registry import PoolRegistry
-from domain.values import (
+from allocation_ledger.adapters.provisioning import LocalProvisioner
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.pool import Pool, PoolSettings
+from allocation_ledger.domain.registry import PoolRegistry
+from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,
     AllocationRequest,
     Dimension,
@@ -32,6 +31,7 @@ from domain.values import (
     Rejection,
     Resources,
 )
+from bench.common import CACHE_DIR, log, now
 
 GENERATOR_VERSION = 1
 INSERT_BATCH = 50_000

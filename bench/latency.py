@@ -13,6 +13,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from allocation_ledger.domain.values import AllocationState
+from allocation_ledger.projections.store import ListingQuery
 from bench.common import (
     Result,
     Scale,
@@ -25,8 +27,6 @@ from bench.common import (
 )
 from bench.history import cached_log
 from bench.rebuild import copy_log
-from domain.values import AllocationState
-from projections.store import ListingQuery
 
 QUERIES = ("get_capacity", "get_allocation", "list_allocations_active")
 

@@ -33,14 +33,14 @@ TOOLS = ("get_capacity", NOOP)
 def mcp_server_missing() -> str | None:
     """None when adapters.mcp_server can be built, else why not."""
     try:
-        from adapters.mcp_server import stdio_server  # noqa: F401
+        from allocation_ledger.adapters.mcp_server import stdio_server  # noqa: F401
     except Exception as error:  # noqa: BLE001 - reported as "not measured"
         return f"adapters.mcp_server is not importable: {error!r}"
     return None
 
 
 def server_with_noop(database: Path) -> Any:
-    from adapters.mcp_server import stdio_server
+    from allocation_ledger.adapters.mcp_server import stdio_server
 
     service = open_bench_service(sqlite_settings(database))
     server = stdio_server(service)

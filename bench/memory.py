@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from allocation_ledger.domain.values import AllocationRequest
 from bench.common import (
     Result,
     Scale,
@@ -30,7 +31,6 @@ from bench.common import (
 )
 from bench.history import cached_log
 from bench.rebuild import copy_log
-from domain.values import AllocationRequest
 
 
 def peak_rss_mib() -> float:

@@ -17,8 +17,9 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from adapters.service import AllocationService
-from adapters.settings import Settings
+from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.values import AllocationRequest
 from bench.common import (
     Result,
     Scale,
@@ -32,7 +33,6 @@ from bench.common import (
     sqlite_settings,
     temporary_directory,
 )
-from domain.values import AllocationRequest
 
 REQUEST = AllocationRequest("bench-job", ("github",), 1)
 

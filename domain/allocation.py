@@ -11,9 +11,9 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
-from domain.errors import AllocationNotLiveError, AllocationStateError
-from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
-from domain.values import (
+from allocation_ledger.domain.errors import AllocationNotLiveError, AllocationStateError
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
     Rejection,

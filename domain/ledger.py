@@ -27,7 +27,7 @@ from eventsourcing.application import (
 from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
-from domain.allocation import (
+from allocation_ledger.domain.allocation import (
     ALLOCATION_ID_PREFIX,
     Allocation,
     ReleaseResult,
@@ -35,8 +35,8 @@ from domain.allocation import (
     allocation_uuid,
     is_allocation_id,
 )
-from domain.clock import Clock
-from domain.errors import (
+from allocation_ledger.domain.clock import Clock
+from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
     AllocationNotLiveError,
     ConcurrentUpdateError,
@@ -47,7 +47,7 @@ from domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from domain.pool import (
+from allocation_ledger.domain.pool import (
     DEFAULT_POOL,
     MAX_OTHER_POOLS,
     WORKER_PORT_FIRST,
@@ -59,10 +59,10 @@ from domain.pool import (
     Scheduling,
     pool_uuid,
 )
-from domain.provisioner import Endpoints, Provisioner
-from domain.registry import REGISTRY_ID, PoolRegistry
-from domain.transcodings import TRANSCODINGS
-from domain.values import (
+from allocation_ledger.domain.provisioner import Endpoints, Provisioner
+from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
+from allocation_ledger.domain.transcodings import TRANSCODINGS
+from allocation_ledger.domain.values import (
     MAX_TTL_SECONDS,
     QUEUE_TIMEOUT,
     AllocationRequest,

@@ -15,7 +15,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
-from domain.values import (
+from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,
     MILLICORES_PER_CORE,
     QUEUED_AHEAD,

@@ -7,7 +7,7 @@ from typing import Any
 
 from eventsourcing.persistence import Transcoding
 
-from domain.pool import (
+from allocation_ledger.domain.pool import (
     PoolSettings,
     PortRanges,
     QueueEntry,
@@ -15,7 +15,12 @@ from domain.pool import (
     Scheduling,
     ServerInstance,
 )
-from domain.values import AllocationRequest, Priority, QueuePolicy, Resources
+from allocation_ledger.domain.values import (
+    AllocationRequest,
+    Priority,
+    QueuePolicy,
+    Resources,
+)
 
 
 class ResourcesAsDict(Transcoding):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from domain.errors import InvalidRequestError
+from allocation_ledger.domain.errors import InvalidRequestError
 
 MILLICORES_PER_CORE = 1000
 MIN_TTL_SECONDS = 60

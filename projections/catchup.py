@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
-from domain.allocation import Allocation
-from domain.pool import Pool
-from projections.folds import fold_allocation, fold_capacity
-from projections.store import ReadModelStore
-from projections.views import AllocationView, CapacityView
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.projections.folds import fold_allocation, fold_capacity
+from allocation_ledger.projections.store import ReadModelStore
+from allocation_ledger.projections.views import AllocationView, CapacityView
 
 DEFAULT_BATCH_SIZE = 1000
 # A rebuild folds more events per batch: fewer commits, and fewer rows written

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from domain.values import Resources
-from projections.views import (
+from allocation_ledger.domain.values import Resources
+from allocation_ledger.projections.views import (
     AllocationView,
     CapacityView,
     QueuedView,

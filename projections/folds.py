@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from domain.allocation import Allocation, worker_id
-from domain.pool import DEFAULT_PREEMPTION, Pool
-from domain.values import AllocationState, Resources
-from projections.views import (
+from allocation_ledger.domain.allocation import Allocation, worker_id
+from allocation_ledger.domain.pool import DEFAULT_PREEMPTION, Pool
+from allocation_ledger.domain.values import AllocationState, Resources
+from allocation_ledger.projections.views import (
     AllocationView,
     CapacityView,
     QueuedView,

@@ -7,9 +7,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from domain.allocation import Allocation
-from domain.pool import Pool
-from domain.registry import PoolRegistry
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.registry import PoolRegistry
 
 _BASE_FIELDS = frozenset(
     {"originator_id", "originator_version", "timestamp", "actor", "originator_topic"}

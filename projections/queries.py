@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from domain.errors import AllocationNotFoundError
-from domain.pool import (
+from allocation_ledger.domain.errors import AllocationNotFoundError
+from allocation_ledger.domain.pool import (
     DEFAULT_CAPACITY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_POOL,
     DEFAULT_PREEMPTION,
     DEFAULT_WORKER_SIZE,
 )
-from domain.values import Resources
-from projections.catchup import Projector
-from projections.store import ListingQuery
-from projections.views import AllocationView, CapacityView
+from allocation_ledger.domain.values import Resources
+from allocation_ledger.projections.catchup import Projector
+from allocation_ledger.projections.store import ListingQuery
+from allocation_ledger.projections.views import AllocationView, CapacityView
 
 
 class ReadModels:

@@ -6,8 +6,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from projections.catchup import Batch, Decode, NotificationLog, Progress, fold_event
-from projections.store import InMemoryReadModels
+from allocation_ledger.projections.catchup import (
+    Batch,
+    Decode,
+    NotificationLog,
+    Progress,
+    fold_event,
+)
+from allocation_ledger.projections.store import InMemoryReadModels
 
 REPLAY_BATCH_SIZE = 5000
 

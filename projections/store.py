@@ -10,12 +10,12 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
-from domain.allocation import allocation_uuid
-from domain.errors import InvalidRequestError
-from domain.pool import pool_uuid
-from domain.values import LIVE_STATES, AllocationState, Priority
-from projections.usage import UsageQuery, UsageRow, usage_of
-from projections.views import AllocationView, CapacityView
+from allocation_ledger.domain.allocation import allocation_uuid
+from allocation_ledger.domain.errors import InvalidRequestError
+from allocation_ledger.domain.pool import pool_uuid
+from allocation_ledger.domain.values import LIVE_STATES, AllocationState, Priority
+from allocation_ledger.projections.usage import UsageQuery, UsageRow, usage_of
+from allocation_ledger.projections.views import AllocationView, CapacityView
 
 MAX_PAGE_SIZE = 1000
 

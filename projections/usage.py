@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from domain.values import MILLICORES_PER_CORE, AllocationState
-from projections.views import AllocationView
+from allocation_ledger.domain.values import MILLICORES_PER_CORE, AllocationState
+from allocation_ledger.projections.views import AllocationView
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from domain.allocation import Allocation, allocation_uuid
-from domain.pool import Pool, PortRanges
-from domain.values import (
+from allocation_ledger.domain.allocation import Allocation, allocation_uuid
+from allocation_ledger.domain.pool import Pool, PortRanges
+from allocation_ledger.domain.values import (
     LIVE_STATES,
     TERMINAL_STATES,
     Dimension,
     Priority,
     Resources,
 )
-from projections.catchup import Batch, fold_event
-from projections.store import InMemoryReadModels
+from allocation_ledger.projections.catchup import Batch, fold_event
+from allocation_ledger.projections.store import InMemoryReadModels
 
 _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from domain.values import Resources
+from allocation_ledger.domain.values import Resources
 
 
 @dataclass

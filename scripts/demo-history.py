@@ -14,11 +14,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from adapters.service import open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
-from domain.errors import AllocationNotLiveError
-from domain.values import AllocationRequest, Priority, Resources
+from allocation_ledger.adapters.service import open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.errors import AllocationNotLiveError
+from allocation_ledger.domain.values import AllocationRequest, Priority, Resources
 
 JOBS = ("research", "review", "triage", "nightly-build", "docs")
 SERVERS = ("filesystem", "github", "search", "browser")

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
-from domain.provisioner import Provisioner
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.provisioner import Provisioner
 from tests.ledger_support import OpenService
 
 for _name, _examples, _steps in (("ci", 200, 50), ("dev", 25, 30), ("long", 2000, 80)):

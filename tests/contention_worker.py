@@ -7,10 +7,13 @@ import random
 import sys
 from pathlib import Path
 
-from adapters.service import open_service
-from adapters.settings import Settings
-from domain.errors import AllocationNotLiveError, ConcurrentUpdateError
-from domain.values import AllocationRequest
+from allocation_ledger.adapters.service import open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.errors import (
+    AllocationNotLiveError,
+    ConcurrentUpdateError,
+)
+from allocation_ledger.domain.values import AllocationRequest
 
 
 def run(settings_json: str, worker: int, operations: int, out: str) -> None:

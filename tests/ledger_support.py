@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.provisioning import LocalProvisioner
-from adapters.service import AllocationService
-from domain.ledger import Ledger
-from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.adapters.provisioning import LocalProvisioner
+from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 
 OpenService = Callable[..., AllocationService]
 """What the `open_ledger_service` fixture gives: opens a service on the test's store."""

@@ -22,8 +22,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
 
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 ORIGINAL_REQUEST_KEYS = {
@@ -132,7 +132,7 @@ def server_env(database: Path, **extra: str) -> dict[str, str]:
 def stdio_params(database: Path, **extra: str) -> StdioServerParameters:
     return StdioServerParameters(
         command=sys.executable,
-        args=["-m", "adapters.cli", "serve"],
+        args=["-m", "allocation_ledger.adapters.cli", "serve"],
         env=server_env(database, **extra),
         cwd=str(database.parent),
     )
@@ -148,7 +148,7 @@ def http_server_process(
         [
             sys.executable,
             "-m",
-            "adapters.cli",
+            "allocation_ledger.adapters.cli",
             "serve",
             "--transport",
             "http",

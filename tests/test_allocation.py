@@ -8,15 +8,15 @@ from typing import cast
 
 import pytest
 
-from domain.allocation import (
+from allocation_ledger.domain.allocation import (
     Allocation,
     allocation_id_for_request,
     allocation_uuid,
     is_allocation_id,
 )
-from domain.errors import AllocationNotLiveError, AllocationStateError
-from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
-from domain.values import (
+from allocation_ledger.domain.errors import AllocationNotLiveError, AllocationStateError
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
     Dimension,

@@ -15,15 +15,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from adapters import audit
-from adapters.service import AllocationService
-from adapters.timeline import collect, render_svg
-from domain.clock import ManualClock
-from domain.pool import Pool, pool_uuid
-from domain.values import AllocationRequest, Dimension
-from projections.codec import allocation_to_dict, capacity_to_dict
-from projections.store import ListingQuery
-from projections.usage import UsageQuery
+from allocation_ledger.adapters import audit
+from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.timeline import collect, render_svg
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.pool import Pool, pool_uuid
+from allocation_ledger.domain.values import AllocationRequest, Dimension
+from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
+from allocation_ledger.projections.store import ListingQuery
+from allocation_ledger.projections.usage import UsageQuery
 
 
 @dataclasses.dataclass

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.cli import main
-from adapters.service import open_service
-from adapters.settings import Settings
-from domain.values import AllocationState, Resources
-from projections.store import ListingQuery
+from allocation_ledger.adapters.cli import main
+from allocation_ledger.adapters.service import open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.values import AllocationState, Resources
+from allocation_ledger.projections.store import ListingQuery
 
 
 @pytest.fixture

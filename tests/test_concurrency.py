@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.service import open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
-from domain.values import AllocationRequest, AllocationState
+from allocation_ledger.adapters.service import open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.values import AllocationRequest, AllocationState
 
 
 def test_a_stale_cached_pool_loses_on_its_version_and_the_command_retries(

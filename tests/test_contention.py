@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adapters import audit
-from adapters.service import init_database, open_service
-from domain.allocation import allocation_id_for_request
-from domain.errors import AllocationNotFoundError
-from domain.values import Resources
+from allocation_ledger.adapters import audit
+from allocation_ledger.adapters.service import init_database, open_service
+from allocation_ledger.domain.allocation import allocation_id_for_request
+from allocation_ledger.domain.errors import AllocationNotFoundError
+from allocation_ledger.domain.values import Resources
 from tests.postgres import postgres_schema, postgres_settings
 
 __all__ = ["postgres_schema"]

@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import MapperDeserialisationError
 
-from adapters.event_log import EventDecoder, SQLiteNotificationLog
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
-from domain.ledger import SNAPSHOT_AFTER_EVENTS
-from domain.pool import Pool, pool_uuid
-from domain.values import AllocationRequest, Resources
-from projections.catchup import Projector
-from projections.store import InMemoryReadModels, ListingQuery
+from allocation_ledger.adapters.event_log import EventDecoder, SQLiteNotificationLog
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.ledger import SNAPSHOT_AFTER_EVENTS
+from allocation_ledger.domain.pool import Pool, pool_uuid
+from allocation_ledger.domain.values import AllocationRequest, Resources
+from allocation_ledger.projections.catchup import Projector
+from allocation_ledger.projections.store import InMemoryReadModels, ListingQuery
 
 PLAIN_METADATA: list[dict[str, Any]] = [
     {},

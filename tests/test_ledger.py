@@ -15,11 +15,11 @@ import pytest
 from eventsourcing.domain import DomainEvent
 from eventsourcing.utils import resolve_topic
 
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
-from domain.allocation import Allocation, allocation_id_for_request
-from domain.clock import ManualClock
-from domain.errors import (
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.allocation import Allocation, allocation_id_for_request
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
     AllocationNotLiveError,
     AllocationStateError,
@@ -30,10 +30,10 @@ from domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from domain.ledger import SWEEPER_ACTOR, Ledger
-from domain.pool import Pool, PoolSettings
-from domain.registry import PoolRegistry
-from domain.values import (
+from allocation_ledger.domain.ledger import SWEEPER_ACTOR, Ledger
+from allocation_ledger.domain.pool import Pool, PoolSettings
+from allocation_ledger.domain.registry import PoolRegistry
+from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,
     AllocationRequest,
     AllocationState,

@@ -71,14 +71,18 @@ from hypothesis.stateful import (
     rule,
 )
 
-from adapters import audit
-from adapters.provisioning import LocalProvisioner
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
-from domain import ledger as ledger_module
-from domain.allocation import Allocation, allocation_uuid, is_allocation_id
-from domain.clock import ManualClock
-from domain.errors import (
+from allocation_ledger.adapters import audit
+from allocation_ledger.adapters.provisioning import LocalProvisioner
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain import ledger as ledger_module
+from allocation_ledger.domain.allocation import (
+    Allocation,
+    allocation_uuid,
+    is_allocation_id,
+)
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
     AllocationNotLiveError,
     AllocationStateError,
@@ -90,14 +94,23 @@ from domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from domain.ledger import Ledger, StoppedServer
-from domain.pool import Pool, PoolSettings, pool_uuid
-from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
-from domain.values import AllocationRequest, AllocationState, Priority, Resources
-from projections.catchup import Projector
-from projections.codec import allocation_to_dict, capacity_to_dict
-from projections.store import InMemoryReadModels, ListingQuery, ReadModelStore
-from projections.views import AllocationView, CapacityView
+from allocation_ledger.domain.ledger import Ledger, StoppedServer
+from allocation_ledger.domain.pool import Pool, PoolSettings, pool_uuid
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.values import (
+    AllocationRequest,
+    AllocationState,
+    Priority,
+    Resources,
+)
+from allocation_ledger.projections.catchup import Projector
+from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
+from allocation_ledger.projections.store import (
+    InMemoryReadModels,
+    ListingQuery,
+    ReadModelStore,
+)
+from allocation_ledger.projections.views import AllocationView, CapacityView
 
 T = TypeVar("T")
 

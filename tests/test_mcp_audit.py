@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from mcp import Client
 
-from adapters.mcp_server import stdio_server
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
+from allocation_ledger.adapters.mcp_server import stdio_server
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
 from tests.mcp_support import call
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from adapters.cli import main
+from allocation_ledger.adapters.cli import main
 from tests.mcp_support import (
     call,
     call_error,

@@ -98,7 +98,7 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
         },
     ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", "serve"],
+        [sys.executable, "-m", "allocation_ledger.adapters.cli", "serve"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -130,7 +130,7 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
 
 def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "demo"],
+        [sys.executable, "-m", "allocation_ledger.adapters.cli", "demo"],
         capture_output=True,
         text=True,
         env={**server_env(tmp_path / "ledger.db"), "COLUMNS": "200"},

@@ -7,7 +7,7 @@ from typing import cast
 
 import pytest
 
-from domain.pool import (
+from allocation_ledger.domain.pool import (
     DEFAULT_CAPACITY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_WORKER_SIZE,
@@ -18,7 +18,7 @@ from domain.pool import (
     PoolSettings,
     pool_uuid,
 )
-from domain.values import (
+from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,
     AllocationRequest,
     Dimension,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.service import DatabaseError, init_database, open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
-from domain.values import AllocationRequest, AllocationState
-from projections.store import ListingQuery
+from allocation_ledger.adapters.service import (
+    DatabaseError,
+    init_database,
+    open_service,
+)
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.values import AllocationRequest, AllocationState
+from allocation_ledger.projections.store import ListingQuery
 from tests.postgres import postgres_schema, postgres_settings
 
 __all__ = ["postgres_schema"]

@@ -10,16 +10,25 @@ from typing import Any
 
 import pytest
 
-from adapters.service import AllocationService, open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
-from domain.errors import AllocationNotFoundError, InvalidRequestError
-from domain.ledger import Ledger
-from domain.pool import PoolSettings
-from domain.values import AllocationRequest, AllocationState, Priority, Resources
-from projections.catchup import Projector
-from projections.store import InMemoryReadModels, ListingQuery, ReadModelStore
-from projections.views import AllocationView, CapacityView
+from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.errors import AllocationNotFoundError, InvalidRequestError
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.pool import PoolSettings
+from allocation_ledger.domain.values import (
+    AllocationRequest,
+    AllocationState,
+    Priority,
+    Resources,
+)
+from allocation_ledger.projections.catchup import Projector
+from allocation_ledger.projections.store import (
+    InMemoryReadModels,
+    ListingQuery,
+    ReadModelStore,
+)
+from allocation_ledger.projections.views import AllocationView, CapacityView
 from tests.ledger_support import (
     OpenService,
     RecordingProvisioner,

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from adapters.service import AllocationService, resume_interrupted
-from domain.clock import ManualClock
-from domain.provisioner import Endpoints, ServerSlot, WorkerSlot
-from domain.values import AllocationRequest, AllocationState
+from allocation_ledger.adapters.service import AllocationService, resume_interrupted
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from tests.ledger_support import OpenService
 
 

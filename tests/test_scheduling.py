@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from adapters import audit
-from adapters.service import AllocationService
-from domain.clock import ManualClock
-from domain.errors import InvalidRequestError
-from domain.ledger import Ledger
-from domain.pool import Scheduling
-from domain.values import (
+from allocation_ledger.adapters import audit
+from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.errors import InvalidRequestError
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.pool import Scheduling
+from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
     Priority,

@@ -23,12 +23,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from adapters import audit
-from adapters.service import open_service
-from adapters.settings import Settings
-from domain.clock import ManualClock
-from domain.pool import Scheduling
-from domain.values import (
+from allocation_ledger.adapters import audit
+from allocation_ledger.adapters.service import open_service
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.pool import Scheduling
+from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
     Priority,

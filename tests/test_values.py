@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from domain.errors import InvalidRequestError
-from domain.values import (
+from allocation_ledger.domain.errors import InvalidRequestError
+from allocation_ledger.domain.values import (
     DEFAULT_TTL_SECONDS,
     MAX_SERVERS_PER_REQUEST,
     MAX_TTL_SECONDS,
