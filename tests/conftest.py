@@ -7,23 +7,30 @@ Choose one with the HYPOTHESIS_PROFILE environment variable:
 - ``long``: a soak run, ten times the examples of ``ci``.
 
 Also the ledger services the unit tests run on, over the in-memory store and a
-SQLite file (``store_settings``, ``open_ledger_service``, ``ledger_service``).
+SQLite file (``store_settings``, ``open_ledger_service``, ``ledger_service``),
+and the MCP server in memory that the MCP tests talk to through ``mcp.Client``
+(``anyio_backend``, ``clock``, ``open_memory``, ``service``, ``client``). A test
+module overrides any of them by defining a fixture of the same name.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from mcp import Client
 
+from allocation_ledger.adapters.mcp_server import stdio_server
 from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.provisioner import Provisioner
 from tests.ledger_support import OpenService
+from tests.mcp_support import OpenMemory
 
 for _name, _examples, _steps in (("ci", 200, 50), ("dev", 25, 30), ("long", 2000, 80)):
     settings.register_profile(
@@ -62,24 +69,23 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def open_ledger_service(
-    store_settings: Settings, manual_clock: ManualClock
-) -> Iterator[OpenService]:
-    """Opens services on the test's store (closed at the end of the test).
+def open_services(manual_clock: ManualClock) -> Iterator[OpenService]:
+    """Opens services on the settings given (closed at the end of the test).
 
-    Keyword arguments: `provisioner`, `new_allocation_id`, `clock`, `settings`.
+    Keyword arguments: `provisioner`, `new_allocation_id`, `clock` (by default
+    the test's manual clock).
     """
     opened: list[AllocationService] = []
 
     def open_(
+        settings: Settings,
         *,
         provisioner: Provisioner | None = None,
         new_allocation_id: Callable[[], str] | None = None,
         clock: ManualClock | None = None,
-        settings: Settings | None = None,
     ) -> AllocationService:
         service = open_service(
-            settings or store_settings,
+            settings,
             clock=clock or manual_clock,
             provisioner=provisioner,
             new_allocation_id=new_allocation_id,
@@ -93,6 +99,61 @@ def open_ledger_service(
 
 
 @pytest.fixture
+def open_ledger_service(
+    store_settings: Settings, open_services: OpenService
+) -> OpenService:
+    """Opens services on the test's store (closed at the end of the test).
+
+    Keyword arguments: `settings` (instead of the test's store), and those of
+    `open_services`.
+    """
+
+    def open_(*, settings: Settings | None = None, **options: Any) -> AllocationService:
+        return open_services(settings or store_settings, **options)
+
+    return open_
+
+
+@pytest.fixture
 def ledger_service(open_ledger_service: OpenService) -> AllocationService:
     """A service with the default provisioner on the test's store."""
     return open_ledger_service()
+
+
+# -- the MCP server in memory, through mcp.Client -------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async tests (marked `anyio`) run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def clock(manual_clock: ManualClock) -> ManualClock:
+    """The clock of the MCP tests' services: the test's manual clock."""
+    return manual_clock
+
+
+@pytest.fixture
+def open_memory(open_services: OpenService, clock: ManualClock) -> OpenMemory:
+    """Opens in-memory services on `clock` (closed at the end of the test);
+    keyword arguments are settings, e.g. `sweep_interval_seconds=0.05`."""
+
+    def open_(**fields: Any) -> AllocationService:
+        return open_services(Settings(store="memory", **fields), clock=clock)
+
+    return open_
+
+
+@pytest.fixture
+def service(open_memory: OpenMemory) -> AllocationService:
+    """The in-memory service behind `client`."""
+    return open_memory()
+
+
+@pytest.fixture
+async def client(service: AllocationService) -> AsyncIterator[Client]:
+    """An MCP client connected in memory to the server on `service`."""
+    async with Client(stdio_server(service)) as connected:
+        yield connected

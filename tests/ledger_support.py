@@ -13,7 +13,8 @@ from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 
 OpenService = Callable[..., AllocationService]
-"""What the `open_ledger_service` fixture gives: opens a service on the test's store."""
+"""What `open_ledger_service` and `open_services` give: open a service (closed
+at the end of the test)."""
 
 
 @dataclass

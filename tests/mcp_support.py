@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,9 @@ from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+OpenMemory = Callable[..., AllocationService]
+"""What the `open_memory` fixture gives: opens an in-memory service on the test's
+clock; its keyword arguments are settings."""
 ORIGINAL_REQUEST_KEYS = {
     "allocation_id",
     "status",

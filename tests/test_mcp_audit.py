@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.mcp_server import stdio_server
-from allocation_ledger.adapters.service import AllocationService, open_service
-from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.domain.clock import ManualClock
 from tests.mcp_support import call
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def service(clock: ManualClock) -> Iterator[AllocationService]:
-    opened = open_service(Settings(store="memory"), clock=clock)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-async def client(service: AllocationService) -> AsyncIterator[Client]:
-    async with Client(stdio_server(service)) as connected:
-        yield connected
 
 
 async def test_capacity_at_a_past_moment(client: Client, clock: ManualClock) -> None:

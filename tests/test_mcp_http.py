@@ -31,11 +31,6 @@ ADMIN = "admin-token-from-a-file-0123"
 MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """One authenticated server for the module: its MCP URL and its SQLite file."""

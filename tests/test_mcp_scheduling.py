@@ -3,7 +3,7 @@ preemption, quotas and who may set them, in memory on a manual clock."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,9 +15,8 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
 from allocation_ledger.adapters.auth import Access, expand_scopes
-from allocation_ledger.adapters.mcp_server import build_server, stdio_server
-from allocation_ledger.adapters.service import AllocationService, open_service
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.mcp_server import build_server
+from allocation_ledger.adapters.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import SCHEDULER_ACTOR
 from tests.mcp_support import call, call_error, max_notification_id
@@ -26,27 +25,10 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def service(clock: ManualClock) -> Iterator[AllocationService]:
-    opened = open_service(Settings(store="memory"), clock=clock)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-async def client(service: AllocationService) -> AsyncIterator[Client]:
-    async with Client(stdio_server(service)) as connected:
-        await call(connected, "set_capacity", workers=4)
-        yield connected
+async def client(client: Client) -> Client:
+    """The shared client, on a pool of 4 workers."""
+    await call(client, "set_capacity", workers=4)
+    return client
 
 
 async def ask(

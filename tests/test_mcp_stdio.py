@@ -25,11 +25,6 @@ from tests.mcp_support import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_the_original_behaviours_over_stdio_are_kept_in_the_file(
     tmp_path: Path,
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,13 +16,13 @@ from mcp.shared.exceptions import MCPError
 
 from allocation_ledger.adapters.mcp_server import TOOLS as TOOL_SPECS
 from allocation_ledger.adapters.mcp_server import stdio_server
-from allocation_ledger.adapters.service import AllocationService, open_service
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import MAX_MEMORY_MIB, SWEEPER_ACTOR
 from allocation_ledger.domain.values import MAX_TTL_SECONDS
 from tests.mcp_support import (
     REPO,
+    OpenMemory,
     call,
     call_error,
     is_utc_iso,
@@ -66,44 +66,6 @@ DESTRUCTIVE = {
 }
 NOT_IDEMPOTENT = {"request_resources", "renew_allocation"}
 UNKNOWN_ID = "alloc-000000000000"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-OpenMemory = Callable[..., AllocationService]
-
-
-@pytest.fixture
-def open_memory(clock: ManualClock) -> Iterator[OpenMemory]:
-    opened: list[AllocationService] = []
-
-    def open_(**settings: Any) -> AllocationService:
-        service = open_service(Settings(store="memory", **settings), clock=clock)
-        opened.append(service)
-        return service
-
-    yield open_
-    for service in opened:
-        service.close()
-
-
-@pytest.fixture
-def service(open_memory: OpenMemory) -> AllocationService:
-    return open_memory()
-
-
-@pytest.fixture
-async def client(service: AllocationService) -> AsyncIterator[Client]:
-    async with Client(stdio_server(service)) as connected:
-        yield connected
 
 
 # -- what the server offers ----------------------------------------------------

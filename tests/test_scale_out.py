@@ -36,11 +36,6 @@ __all__ = ["postgres_schema"]
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def postgres_env(schema: str) -> dict[str, str]:
     return {
         "ALLOCATION_LEDGER_STORE": "postgres",
