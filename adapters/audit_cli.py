@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from allocation_ledger.adapters import audit
-from allocation_ledger.adapters.service import AllocationService
-from allocation_ledger.adapters.timeline import collect, render_svg
+from allocation_ledger.adapters.charts.timeline import collect, render_svg
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.values import MILLICORES_PER_CORE
 from allocation_ledger.projections.catchup import Progress as ProgressCallback

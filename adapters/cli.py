@@ -19,13 +19,13 @@ from rich.table import Table
 
 from allocation_ledger.adapters import audit_cli
 from allocation_ledger.adapters.mcp_models import capacity_result
-from allocation_ledger.adapters.service import (
+from allocation_ledger.adapters.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.storage.service import (
     AllocationService,
     DatabaseError,
     init_database,
     open_service,
 )
-from allocation_ledger.adapters.settings import ENV_PREFIX, Settings
 from allocation_ledger.domain.errors import LedgerError
 from allocation_ledger.projections.views import CapacityView
 
@@ -115,7 +115,7 @@ def _is_loopback(host: str) -> bool:
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the MCP server until stdin closes (stdio) or it is interrupted (HTTP)."""
-    from allocation_ledger.adapters.auth import StaticTokenVerifier
+    from allocation_ledger.adapters.http.auth import StaticTokenVerifier
 
     verifier: StaticTokenVerifier | None = None
     host = args.host or settings.http_host

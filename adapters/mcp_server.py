@@ -34,8 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from allocation_ledger.adapters import audit
-from allocation_ledger.adapters.auth import (
+from allocation_ledger.adapters.http.auth import (
     ANONYMOUS_ACTOR,
     LOCAL_ACTOR,
     Access,
@@ -107,7 +106,11 @@ from allocation_ledger.adapters.mcp_models import (
     quota_limits,
     request_result,
 )
-from allocation_ledger.adapters.service import AllocationService, resume_interrupted
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import (
+    AllocationService,
+    resume_interrupted,
+)
 from allocation_ledger.domain.allocation import (
     Allocation,
     allocation_uuid,

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from allocation_ledger.adapters.tokens import TokenEntry, load_tokens_file
+from allocation_ledger.adapters.http.tokens import TokenEntry, load_tokens_file
 
 ENV_PREFIX = "ALLOCATION_LEDGER_"
 DEFAULT_DATABASE = "allocation-ledger.db"

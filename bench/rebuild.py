@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.storage.service import AllocationService
 from bench.common import (
     Result,
     Scale,

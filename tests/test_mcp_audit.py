@@ -9,8 +9,8 @@ import pytest
 from mcp import Client
 
 from allocation_ledger.adapters.mcp_server import stdio_server
-from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from tests.mcp_support import call
 

@@ -14,10 +14,10 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
-from allocation_ledger.adapters.auth import Access, expand_scopes
+from allocation_ledger.adapters.http.auth import Access, expand_scopes
 from allocation_ledger.adapters.mcp_server import build_server, stdio_server
-from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import SCHEDULER_ACTOR
 from tests.mcp_support import call, call_error, max_notification_id

@@ -16,8 +16,8 @@ from mcp.shared.exceptions import MCPError
 
 from allocation_ledger.adapters.mcp_server import TOOLS as TOOL_SPECS
 from allocation_ledger.adapters.mcp_server import stdio_server
-from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import MAX_MEMORY_MIB, SWEEPER_ACTOR
 from allocation_ledger.domain.values import MAX_TTL_SECONDS

@@ -1,6 +1,6 @@
 """Bearer-token configuration: what settings hold about each token.
 
-Kept apart from `adapters.auth` so that reading settings never imports the
+Kept apart from `adapters.http.auth` so that reading settings never imports the
 MCP SDK.
 """
 
