@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.mcp_server import stdio_server
+from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock

@@ -15,7 +15,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
 from allocation_ledger.adapters.http.auth import Access, expand_scopes
-from allocation_ledger.adapters.mcp_server import build_server, stdio_server
+from allocation_ledger.adapters.mcp.server import build_server, stdio_server
 from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock

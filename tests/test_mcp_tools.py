@@ -14,8 +14,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from allocation_ledger.adapters.mcp_server import TOOLS as TOOL_SPECS
-from allocation_ledger.adapters.mcp_server import stdio_server
+from allocation_ledger.adapters.mcp.server import stdio_server
+from allocation_ledger.adapters.mcp.tools.specs import TOOLS as TOOL_SPECS
 from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock

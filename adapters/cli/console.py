@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from allocation_ledger.adapters.mcp_models import capacity_result
+from allocation_ledger.adapters.mcp.schemas.capacity import capacity_result
 from allocation_ledger.projections.views import CapacityView
 
 PROG = "allocation-ledger"

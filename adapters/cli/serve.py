@@ -61,11 +61,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         return fail(f"cannot open the ledger: {error}", 2)
     try:
         if args.transport == "stdio":
-            from allocation_ledger.adapters.mcp_server import stdio_server
+            from allocation_ledger.adapters.mcp.server import stdio_server
 
             anyio.run(stdio_server(service).run_stdio_async)
         else:
-            from allocation_ledger.adapters.mcp_server import http_app, serve_http
+            from allocation_ledger.adapters.mcp.server import http_app, serve_http
 
             app = http_app(
                 service,
