@@ -81,23 +81,16 @@ async def _drive_demo(settings: Settings, console: Console) -> None:
         capacity = await call("get_capacity")
         console.print(capacity_summary_table(capacity))
 
-        first = await call(
-            "request_resources",
-            job_id="demo-research",
-            mcp_servers=["filesystem", "github"],
-            workers=2,
-            request_id=f"demo-{run}-research",
-            metadata={"demo_run": run},
-        )
+        research: dict[str, Any] = {
+            "job_id": "demo-research",
+            "mcp_servers": ["filesystem", "github"],
+            "workers": 2,
+            "request_id": f"demo-{run}-research",
+            "metadata": {"demo_run": run},
+        }
+        first = await call("request_resources", **research)
         _show_request(console, first)
-        again = await call(
-            "request_resources",
-            job_id="demo-research",
-            mcp_servers=["filesystem", "github"],
-            workers=2,
-            request_id=f"demo-{run}-research",
-            metadata={"demo_run": run},
-        )
+        again = await call("request_resources", **research)  # the same request again
         console.print(
             f"  retry with the same request_id: {again['allocation_id']} "
             f"(replayed={again['replayed']}); nothing new was reserved"

@@ -36,8 +36,6 @@ AllocationIdArg = Annotated[
         ),
     ),
 ]
-
-
 JobIdArg = Annotated[
     str,
     Field(
@@ -52,8 +50,6 @@ JobIdArg = Annotated[
         ),
     ),
 ]
-
-
 ServerNameArg = Annotated[
     str,
     Field(
@@ -63,8 +59,6 @@ ServerNameArg = Annotated[
         description="An MCP server name such as 'filesystem' or 'github'.",
     ),
 ]
-
-
 McpServersArg = Annotated[
     list[ServerNameArg],
     Field(
@@ -78,8 +72,6 @@ McpServersArg = Annotated[
         ),
     ),
 ]
-
-
 WorkersArg = Annotated[
     int,
     Field(
@@ -94,12 +86,12 @@ WorkersArg = Annotated[
 ]
 
 
+PriorityName = Literal["low", "normal", "high", "critical"]
+"""A priority, lowest first."""
 PriorityArg = Annotated[
-    Literal["low", "normal", "high", "critical"],
+    PriorityName,
     Field(description="How much the job matters: low, normal, high or critical."),
 ]
-
-
 TtlArg = Annotated[
     int,
     Field(
@@ -114,8 +106,6 @@ TtlArg = Annotated[
         ),
     ),
 ]
-
-
 MetadataArg = Annotated[
     dict[str, Any] | None,
     Field(
@@ -125,8 +115,6 @@ MetadataArg = Annotated[
         )
     ),
 ]
-
-
 RequestIdArg = Annotated[
     str | None,
     Field(
@@ -141,19 +129,16 @@ RequestIdArg = Annotated[
         ),
     ),
 ]
-
-
+PoolName = Annotated[
+    str, Field(strict=True, max_length=63, pattern=POOL_NAME_PATTERN.pattern)
+]
+"""A pool's name, as every argument naming one pool takes it (each describes it)."""
 PoolArg = Annotated[
-    str,
+    PoolName,
     Field(
-        strict=True,
-        max_length=63,
-        pattern=POOL_NAME_PATTERN.pattern,
-        description="Capacity pool to use; 'default' unless an operator made others.",
+        description="Capacity pool to use; 'default' unless an operator made others."
     ),
 ]
-
-
 DryRunArg = Annotated[
     bool,
     Field(
@@ -164,8 +149,6 @@ DryRunArg = Annotated[
         ),
     ),
 ]
-
-
 WaitArg = Annotated[
     bool,
     Field(
@@ -177,8 +160,6 @@ WaitArg = Annotated[
         ),
     ),
 ]
-
-
 MaxWaitArg = Annotated[
     int | None,
     Field(
@@ -193,8 +174,6 @@ MaxWaitArg = Annotated[
         ),
     ),
 ]
-
-
 PreemptArg = Annotated[
     bool,
     Field(
@@ -207,8 +186,6 @@ PreemptArg = Annotated[
         ),
     ),
 ]
-
-
 TenantArg = Annotated[
     str | None,
     Field(
@@ -221,9 +198,6 @@ TenantArg = Annotated[
         ),
     ),
 ]
-
-
-PriorityName = Literal["low", "normal", "high", "critical"]
 
 
 StateArg = Annotated[
@@ -240,8 +214,6 @@ StateArg = Annotated[
     | None,
     Field(description="Only allocations in this state (omit for all states)."),
 ]
-
-
 JobIdFilterArg = Annotated[
     str | None,
     Field(
@@ -249,14 +221,10 @@ JobIdFilterArg = Annotated[
         description="Only allocations of this job id (omit for all jobs).",
     ),
 ]
-
-
 PriorityFilterArg = Annotated[
-    Literal["low", "normal", "high", "critical"] | None,
+    PriorityName | None,
     Field(description="Only allocations of this priority (omit for all)."),
 ]
-
-
 PoolFilterArg = Annotated[
     str | None,
     Field(
@@ -265,8 +233,6 @@ PoolFilterArg = Annotated[
         description="Only allocations in this pool (omit for all pools).",
     ),
 ]
-
-
 AfterArg = Annotated[
     int,
     Field(
@@ -279,8 +245,6 @@ AfterArg = Annotated[
         ),
     ),
 ]
-
-
 LimitArg = Annotated[
     int,
     Field(
@@ -290,8 +254,6 @@ LimitArg = Annotated[
         description=f"At most this many allocations (1-{MAX_PAGE_SIZE}), oldest first.",
     ),
 ]
-
-
 RenewTtlArg = Annotated[
     int | None,
     Field(

@@ -10,21 +10,26 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from allocation_ledger.adapters.mcp.schemas.allocation_fields import (
-    SERVER_STATUS,
-    WORKER_STATUS,
+    OmittedIfNone,
+    PreemptedBy,
+    QueueDeadline,
     ServerEndpoint,
     WorkerEndpoint,
+    server_endpoint,
+    worker_endpoint,
 )
 from allocation_ledger.adapters.mcp.schemas.refusals import (
     Reason,
     reason_of,
     refusal_message,
 )
-from allocation_ledger.adapters.mcp.schemas.units import UtcTime, cores, omit_if_none
+from allocation_ledger.adapters.mcp.schemas.units import UtcTime, cores
 from allocation_ledger.domain.values import AllocationState, Rejection, Resources
 from allocation_ledger.projections.views import AllocationView
 
 
+# get_allocation's `resources` and `timestamps` (no docstrings: a docstring
+# would add a description to the tool's published output schema).
 class HeldResources(BaseModel):
     cpu_allocated: float
     memory_allocated: int
@@ -46,13 +51,18 @@ class Timestamps(BaseModel):
     age_seconds: float
 
 
-class AllocationDetail(BaseModel):
-    """One allocation, as get_allocation shows it."""
+class AllocationHeadline(BaseModel):
+    """What get_allocation and list_allocations show first of an allocation."""
 
     allocation_id: str
     job_id: str
     state: str
     priority: str
+
+
+class AllocationDetail(AllocationHeadline):
+    """One allocation, as get_allocation shows it."""
+
     pool: str
     request_id: str | None
     resources: HeldResources
@@ -68,30 +78,18 @@ class AllocationDetail(BaseModel):
     requested_by: str
     last_actor: str
     tenant: str | None = Field(description="Whose quota it counts in.")
-    queue_deadline: UtcTime | None = Field(
-        description="While queued: when it fails with queue_timeout (null: never)."
+    queue_deadline: QueueDeadline
+    waiting_for: OmittedIfNone[Reason] = Field(
+        None, description="Only while queued: what it waits for."
     )
-    waiting_for: Reason | None = Field(
-        None,
-        exclude_if=omit_if_none,
-        description="Only while queued: what it waits for.",
-    )
-    preempted_by: str | None = Field(
-        None,
-        exclude_if=omit_if_none,
-        description="Only when preempted: the allocation that took its capacity.",
-    )
-    error: str | None = Field(None, exclude_if=omit_if_none)
-    reason: Reason | None = Field(None, exclude_if=omit_if_none)
+    preempted_by: PreemptedBy = None
+    error: OmittedIfNone[str] = None
+    reason: OmittedIfNone[Reason] = None
 
 
-class AllocationSummary(BaseModel):
+class AllocationSummary(AllocationHeadline):
     """One allocation in a listing."""
 
-    allocation_id: str
-    job_id: str
-    state: str
-    priority: str
     workers: int
     age_seconds: float
     is_expired: bool
@@ -100,14 +98,8 @@ class AllocationSummary(BaseModel):
     expires_at: UtcTime | None
     sequence: int = Field(description="Listing order; use it as `after` for paging.")
     tenant: str | None
-    queue_deadline: UtcTime | None = Field(
-        description="While queued: when it fails with queue_timeout (null: never)."
-    )
-    preempted_by: str | None = Field(
-        None,
-        exclude_if=omit_if_none,
-        description="Only when preempted: the allocation that took its capacity.",
-    )
+    queue_deadline: QueueDeadline
+    preempted_by: PreemptedBy = None
 
 
 class AllocationList(BaseModel):
@@ -157,26 +149,9 @@ def allocation_detail(
             memory_allocated=held.memory_mib,
             workers=held.workers,
         ),
-        mcp_servers=[
-            ServerEndpoint(
-                name=s.name,
-                endpoint=s.endpoint,
-                status=SERVER_STATUS[state],
-                port=s.port,
-                started=s.started,
-            )
-            for s in view.servers
-        ],
+        mcp_servers=[server_endpoint(s, s.endpoint, state) for s in view.servers],
         workers=[
-            WorkerEndpoint(
-                worker_id=w.worker_id,
-                endpoint=w.endpoint,
-                status=WORKER_STATUS[state],
-                cpu=cores(worker_size.cpu_millicores),
-                memory=worker_size.memory_mib,
-                port=w.port,
-            )
-            for w in view.workers
+            worker_endpoint(w, w.endpoint, state, worker_size) for w in view.workers
         ],
         timestamps=Timestamps(
             created_at=view.created_at,
@@ -207,6 +182,7 @@ def allocation_detail(
 
 
 def allocation_summary(view: AllocationView, *, now: datetime) -> AllocationSummary:
+    """One item of list_allocations, from the allocation's listing row."""
     return AllocationSummary(
         allocation_id=view.allocation_id,
         job_id=view.job_id,

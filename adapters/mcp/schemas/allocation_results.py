@@ -7,10 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from allocation_ledger.adapters.mcp.schemas.allocation_fields import (
-    SERVER_STATUS,
-    WORKER_STATUS,
+    OmittedIfNone,
+    QueueDeadline,
     ServerEndpoint,
     WorkerEndpoint,
+    server_endpoint,
+    worker_endpoint,
 )
 from allocation_ledger.adapters.mcp.schemas.refusals import (
     Reason,
@@ -21,8 +23,6 @@ from allocation_ledger.adapters.mcp.schemas.units import (
     Amounts,
     UtcTime,
     amounts,
-    cores,
-    omit_if_none,
 )
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.provisioner import Endpoints
@@ -68,29 +68,20 @@ class RequestResourcesResult(BaseModel):
         )
     )
     tenant: str | None = Field(description="Whose quota the allocation counts in.")
-    queue_deadline: UtcTime | None = Field(
-        description="While queued: when it fails with queue_timeout (null: never)."
+    queue_deadline: QueueDeadline
+    waiting_for: OmittedIfNone[Reason] = Field(
+        None, description="Only while queued: what it waits for (the dimension short)."
     )
-    waiting_for: Reason | None = Field(
-        None,
-        exclude_if=omit_if_none,
-        description="Only while queued: what it waits for (the dimension short).",
+    queue_position: OmittedIfNone[int] = Field(
+        None, description="Only while queued: its place in the queue, 1 = served next."
     )
-    queue_position: int | None = Field(
+    error: OmittedIfNone[str] = Field(
         None,
-        exclude_if=omit_if_none,
-        description="Only while queued: its place in the queue, 1 = served next.",
-    )
-    error: str | None = Field(
-        None,
-        exclude_if=omit_if_none,
         description="Why it failed, e.g. 'Insufficient workers: requested 10, "
         "available 6'. Only present when status is 'failed'.",
     )
-    reason: Reason | None = Field(
-        None,
-        exclude_if=omit_if_none,
-        description="The refusal, structured. Only present for refusals.",
+    reason: OmittedIfNone[Reason] = Field(
+        None, description="The refusal, structured. Only present for refusals."
     )
 
 
@@ -114,9 +105,11 @@ class ReleaseResourcesResult(BaseModel):
     duration_seconds: float | None = Field(
         description="How long the allocation was held (null unless released now)."
     )
-    message: str | None = Field(None, exclude_if=omit_if_none)
+    message: OmittedIfNone[str] = None
 
 
+# cleanup_expired's answer. (A docstring would add a description to the tool's
+# published output schema, which clients see.)
 class CleanupResult(BaseModel):
     cleaned_up: list[str] = Field(description="Ids of the allocations expired now.")
     count: int
@@ -125,6 +118,7 @@ class CleanupResult(BaseModel):
     )
 
 
+# renew_allocation's answer (no docstring, as for CleanupResult).
 class RenewResult(BaseModel):
     allocation_id: str
     status: Literal["renewed"]
@@ -159,23 +153,18 @@ def request_result(
         status="dry_run" if planned else state.value,
         job_id=request.job_id,
         mcp_servers=[
-            ServerEndpoint(
-                name=slot.name,
-                endpoint=endpoints.servers.get(slot.name),
-                status="planned" if planned else SERVER_STATUS[state],
-                port=slot.port,
-                started=slot.started,
+            server_endpoint(
+                slot, endpoints.servers.get(slot.name), state, planned=planned
             )
             for slot in allocation.servers
         ],
         workers_allocated=[
-            WorkerEndpoint(
-                worker_id=slot.worker_id,
-                endpoint=endpoints.workers.get(slot.worker_id),
-                status="planned" if planned else WORKER_STATUS[state],
-                cpu=cores(worker_size.cpu_millicores),
-                memory=worker_size.memory_mib,
-                port=slot.port,
+            worker_endpoint(
+                slot,
+                endpoints.workers.get(slot.worker_id),
+                state,
+                worker_size,
+                planned=planned,
             )
             for slot in allocation.workers
         ],

@@ -5,76 +5,62 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from allocation_ledger.adapters.mcp.schemas.scheduling import QuotaLimits, quota_limits
+from allocation_ledger.adapters.mcp.schemas.allocation_arguments import PoolName
+from allocation_ledger.adapters.mcp.schemas.scheduling import (
+    PreemptionRules,
+    QueuePolicyName,
+    QuotaLimits,
+    preemption_rules,
+    tenant_holdings,
+    tenant_quotas,
+)
 from allocation_ledger.adapters.mcp.schemas.units import (
-    MAX_CPU_CORES,
     Amounts,
+    CoresSetting,
+    MemorySetting,
     UtcTime,
+    WorkersSetting,
     amounts,
     cores,
-    whole_millicores,
 )
-from allocation_ledger.domain.ledger import MAX_MEMORY_MIB, MAX_WORKERS_CAPACITY
+from allocation_ledger.domain.ledger import MAX_WORKERS_CAPACITY
 from allocation_ledger.domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST
-from allocation_ledger.domain.values import POOL_NAME_PATTERN
 from allocation_ledger.projections.views import CapacityView
 
 CapacityCpuArg = Annotated[
-    float | None,
+    CoresSetting,
     Field(
-        strict=True,
-        ge=0,
-        le=MAX_CPU_CORES,
-        allow_inf_nan=False,
         description=(
             "Total CPU of the pool in cores, at most 3 decimal places (a "
             "millicore), e.g. 16 or 12.5. Omit to keep the current total."
         ),
     ),
-    AfterValidator(lambda v: None if v is None else whole_millicores(v)),
 ]
-
-
 CapacityMemoryArg = Annotated[
-    int | None,
+    MemorySetting,
     Field(
-        strict=True,
-        ge=0,
-        le=MAX_MEMORY_MIB,
         description="Total memory of the pool in MB. Omit to keep the current total.",
     ),
 ]
-
-
 CapacityWorkersArg = Annotated[
-    int | None,
+    WorkersSetting,
     Field(
-        strict=True,
-        ge=0,
-        le=MAX_WORKERS_CAPACITY,
         description=(
             f"Total worker slots of the pool (0-{MAX_WORKERS_CAPACITY}). Omit to "
             "keep the current total."
         ),
     ),
 ]
-
-
 CapacityPoolArg = Annotated[
-    str,
+    PoolName,
     Field(
-        strict=True,
-        max_length=63,
-        pattern=POOL_NAME_PATTERN.pattern,
         description=(
             "Pool whose capacity to set or read; 'default' is created on first use."
         ),
     ),
 ]
-
-
 AtArg = Annotated[
     datetime | None,
     Field(
@@ -126,11 +112,11 @@ class CapacityResult(BaseModel):
     )
     updated_at: UtcTime | None
     queue_length: int = Field(description="Requests waiting in the queue.")
-    queue_policy: Literal["strict", "backfill"]
+    queue_policy: QueuePolicyName
     aging_seconds: int = Field(
         description="A waiting request counts one priority higher per this period."
     )
-    preemption: dict[str, list[str]] = Field(
+    preemption: PreemptionRules = Field(
         description="Which priorities each priority may preempt."
     )
     quotas: dict[str, QuotaLimits] = Field(
@@ -142,11 +128,14 @@ class CapacityResult(BaseModel):
     )
 
 
+# set_capacity's answer: the capacity afterwards, and whether it changed. (A
+# docstring would add a description to the tool's published output schema.)
 class SetCapacityResult(CapacityResult):
     changed: bool = Field(description="False when the totals were already these.")
 
 
 def capacity_result(view: CapacityView) -> CapacityResult:
+    """get_capacity's answer, from the pool's capacity read model."""
     servers = sorted(view.servers.values(), key=lambda s: (s.port, s.name))
     available = view.available
     return CapacityResult(
@@ -180,7 +169,7 @@ def capacity_result(view: CapacityView) -> CapacityResult:
         queue_length=len(view.queue),
         queue_policy=view.queue_policy,
         aging_seconds=view.aging_seconds,
-        preemption={k: list(v) for k, v in sorted(view.preemption.items())},
-        quotas={t: quota_limits(q) for t, q in sorted(view.quotas.items())},
-        held_by_tenant={t: amounts(h) for t, h in sorted(view.held_by_tenant.items())},
+        preemption=preemption_rules(view),
+        quotas=tenant_quotas(view),
+        held_by_tenant=tenant_holdings(view),
     )

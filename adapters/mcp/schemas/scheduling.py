@@ -5,15 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from allocation_ledger.adapters.mcp.schemas.allocation_arguments import PriorityName
+from allocation_ledger.adapters.mcp.schemas.allocation_arguments import (
+    PoolName,
+    PriorityName,
+)
 from allocation_ledger.adapters.mcp.schemas.units import (
-    MAX_CPU_CORES,
     Amounts,
+    CoresSetting,
+    MemorySetting,
     UtcTime,
+    WorkersSetting,
+    amounts,
     cores,
-    whole_millicores,
 )
 from allocation_ledger.domain.ledger import (
     MAX_CPU_MILLICORES,
@@ -23,37 +28,21 @@ from allocation_ledger.domain.ledger import (
 )
 from allocation_ledger.domain.pool import queue_rank
 from allocation_ledger.domain.values import (
-    POOL_NAME_PATTERN,
     TENANT_PATTERN,
     Priority,
     Resources,
 )
 from allocation_ledger.projections.views import CapacityView, QueuedView
 
-QueuePoolArg = Annotated[
-    str,
-    Field(
-        strict=True,
-        max_length=63,
-        pattern=POOL_NAME_PATTERN.pattern,
-        description="Pool whose queue to show.",
-    ),
-]
-
-
+QueuePoolArg = Annotated[PoolName, Field(description="Pool whose queue to show.")]
 SchedulingPoolArg = Annotated[
-    str,
+    PoolName,
     Field(
-        strict=True,
-        max_length=63,
-        pattern=POOL_NAME_PATTERN.pattern,
         description=(
             "Pool to configure; 'default' is created on first use, others must exist."
         ),
     ),
 ]
-
-
 QuotaTenantArg = Annotated[
     str,
     Field(
@@ -67,53 +56,34 @@ QuotaTenantArg = Annotated[
         ),
     ),
 ]
-
-
 QuotaCpuArg = Annotated[
-    float | None,
+    CoresSetting,
     Field(
-        strict=True,
-        ge=0,
-        le=MAX_CPU_CORES,
-        allow_inf_nan=False,
         description=(
             "Most CPU, in cores (at most 3 decimal places), the tenant may hold at "
             "once in the pool. Omit to keep the current limit (none if it had no "
             "quota)."
         ),
     ),
-    AfterValidator(lambda v: None if v is None else whole_millicores(v)),
 ]
-
-
 QuotaMemoryArg = Annotated[
-    int | None,
+    MemorySetting,
     Field(
-        strict=True,
-        ge=0,
-        le=MAX_MEMORY_MIB,
         description=(
             "Most memory, in MB, the tenant may hold at once in the pool. Omit to "
             "keep the current limit (none if it had no quota)."
         ),
     ),
 ]
-
-
 QuotaWorkersArg = Annotated[
-    int | None,
+    WorkersSetting,
     Field(
-        strict=True,
-        ge=0,
-        le=MAX_WORKERS_CAPACITY,
         description=(
             f"Most workers (0-{MAX_WORKERS_CAPACITY}) the tenant may hold at once in "
             "the pool. Omit to keep the current limit (none if it had no quota)."
         ),
     ),
 ]
-
-
 ClearArg = Annotated[
     bool,
     Field(
@@ -124,10 +94,12 @@ ClearArg = Annotated[
         ),
     ),
 ]
-
-
+QueuePolicyName = Literal["strict", "backfill"]
+"""What a pool's queue does when its head does not fit."""
+PreemptionRules = dict[str, list[str]]
+"""Which priorities each priority may preempt, by name."""
 QueuePolicyArg = Annotated[
-    Literal["strict", "backfill"] | None,
+    QueuePolicyName | None,
     Field(
         description=(
             "What the queue does when its head does not fit: 'strict' (nobody "
@@ -136,8 +108,6 @@ QueuePolicyArg = Annotated[
         ),
     ),
 ]
-
-
 AgingSecondsArg = Annotated[
     int | None,
     Field(
@@ -150,8 +120,6 @@ AgingSecondsArg = Annotated[
         ),
     ),
 ]
-
-
 PreemptionArg = Annotated[
     dict[PriorityName, list[PriorityName]] | None,
     Field(
@@ -205,9 +173,9 @@ class QueueResult(BaseModel):
     pool: str
     queue: list[QueuedRequest]
     count: int
-    queue_policy: Literal["strict", "backfill"]
+    queue_policy: QueuePolicyName
     aging_seconds: int
-    preemption: dict[str, list[str]]
+    preemption: PreemptionRules
     available: Amounts = Field(description="What the pool has free now.")
 
 
@@ -227,9 +195,9 @@ class SchedulingResult(BaseModel):
     """set_scheduling's answer: the pool's scheduling rules afterwards."""
 
     pool: str
-    queue_policy: Literal["strict", "backfill"]
+    queue_policy: QueuePolicyName
     aging_seconds: int
-    preemption: dict[str, list[str]]
+    preemption: PreemptionRules
     queue_length: int
     changed: bool = Field(description="False when the rules already were these.")
 
@@ -239,6 +207,7 @@ UNLIMITED = Resources(MAX_CPU_MILLICORES, MAX_MEMORY_MIB, MAX_WORKERS_CAPACITY)
 
 
 def quota_limits(limits: Resources) -> QuotaLimits:
+    """A tenant's limits in client units; a dimension at UNLIMITED is null."""
     return QuotaLimits(
         cpu=(
             None
@@ -248,6 +217,21 @@ def quota_limits(limits: Resources) -> QuotaLimits:
         memory=None if limits.memory_mib >= UNLIMITED.memory_mib else limits.memory_mib,
         workers=None if limits.workers >= UNLIMITED.workers else limits.workers,
     )
+
+
+def tenant_quotas(view: CapacityView) -> dict[str, QuotaLimits]:
+    """Every tenant's quota in a pool, by tenant."""
+    return {t: quota_limits(q) for t, q in sorted(view.quotas.items())}
+
+
+def tenant_holdings(view: CapacityView) -> dict[str, Amounts]:
+    """What each tenant holds in a pool now, by tenant."""
+    return {t: amounts(h) for t, h in sorted(view.held_by_tenant.items())}
+
+
+def preemption_rules(view: CapacityView) -> PreemptionRules:
+    """A pool's preemption rules, by preempting priority."""
+    return {k: list(v) for k, v in sorted(view.preemption.items())}
 
 
 _BY_RANK = {p.rank: p for p in Priority}

@@ -12,9 +12,13 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
-from allocation_ledger.domain.ledger import MAX_CPU_MILLICORES
+from allocation_ledger.domain.ledger import (
+    MAX_CPU_MILLICORES,
+    MAX_MEMORY_MIB,
+    MAX_WORKERS_CAPACITY,
+)
 from allocation_ledger.domain.values import MILLICORES_PER_CORE, Resources
 
 MAX_CPU_CORES = MAX_CPU_MILLICORES // MILLICORES_PER_CORE
@@ -42,11 +46,13 @@ def millicores(cpu: float) -> int:
 
 
 def whole_millicores(cpu: float) -> float:
+    """`cpu` itself, if it is a whole number of millicores (else ValueError)."""
     millicores(cpu)
     return cpu
 
 
 def iso(moment: datetime) -> str:
+    """A time as ISO 8601 in UTC, with its +00:00 offset."""
     return moment.astimezone(UTC).isoformat()
 
 
@@ -59,10 +65,6 @@ def utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def omit_if_none(value: object) -> bool:
-    return value is None
-
-
 class Amounts(BaseModel):
     """Resources in client units."""
 
@@ -72,8 +74,33 @@ class Amounts(BaseModel):
 
 
 def amounts(resources: Resources) -> Amounts:
+    """Domain resources (millicores, MiB) in client units (cores, MB)."""
     return Amounts(
         cpu=cores(resources.cpu_millicores),
         memory=resources.memory_mib,
         workers=resources.workers,
     )
+
+
+def with_amounts(
+    base: Resources, *, cpu: float | None, memory: int | None, workers: int | None
+) -> Resources:
+    """`base` with each amount given (client units) in place of its own."""
+    return Resources(
+        base.cpu_millicores if cpu is None else millicores(cpu),
+        base.memory_mib if memory is None else memory,
+        base.workers if workers is None else workers,
+    )
+
+
+# A pool's total or a tenant's limit, as set_capacity and set_quota take them;
+# None keeps the current one. Each argument adds its own description.
+CoresSetting = Annotated[
+    float | None,
+    Field(strict=True, ge=0, le=MAX_CPU_CORES, allow_inf_nan=False),
+    AfterValidator(lambda v: None if v is None else whole_millicores(v)),
+]
+MemorySetting = Annotated[int | None, Field(strict=True, ge=0, le=MAX_MEMORY_MIB)]
+WorkersSetting = Annotated[
+    int | None, Field(strict=True, ge=0, le=MAX_WORKERS_CAPACITY)
+]

@@ -13,8 +13,6 @@ SinceArg = Annotated[
     datetime | None,
     Field(description="Start of the period (ISO 8601); omit for the beginning."),
 ]
-
-
 UntilArg = Annotated[
     datetime | None,
     Field(description="End of the period (ISO 8601, exclusive); omit for now."),

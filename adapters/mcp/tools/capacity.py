@@ -14,11 +14,10 @@ from allocation_ledger.adapters.mcp.schemas.capacity import (
     SetCapacityResult,
     capacity_result,
 )
-from allocation_ledger.adapters.mcp.schemas.units import millicores, utc
+from allocation_ledger.adapters.mcp.schemas.units import utc, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.domain.pool import DEFAULT_POOL
-from allocation_ledger.domain.values import Resources
 
 
 class CapacityTools(ToolGroup):
@@ -48,11 +47,7 @@ class CapacityTools(ToolGroup):
 
         def work() -> SetCapacityResult:
             total = self._capacity_view(pool).total
-            capacity = Resources(
-                total.cpu_millicores if cpu is None else millicores(cpu),
-                total.memory_mib if memory is None else memory,
-                total.workers if workers is None else workers,
-            )
+            capacity = with_amounts(total, cpu=cpu, memory=memory, workers=workers)
             result = self.ledger.set_capacity(capacity, pool=pool, actor=actor)
             view = capacity_result(self._capacity_view(pool))
             return SetCapacityResult(**dict(view), changed=result.position is not None)

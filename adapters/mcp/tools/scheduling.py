@@ -19,10 +19,13 @@ from allocation_ledger.adapters.mcp.schemas.scheduling import (
     QuotaWorkersArg,
     SchedulingPoolArg,
     SchedulingResult,
+    preemption_rules,
     queued_requests,
     quota_limits,
+    tenant_holdings,
+    tenant_quotas,
 )
-from allocation_ledger.adapters.mcp.schemas.units import amounts, millicores
+from allocation_ledger.adapters.mcp.schemas.units import amounts, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
 from allocation_ledger.domain.pool import DEFAULT_POOL, Scheduling
 from allocation_ledger.domain.values import QueuePolicy, Resources
@@ -57,7 +60,7 @@ class SchedulingTools(ToolGroup):
                 count=len(entries),
                 queue_policy=QueuePolicy(view.queue_policy).value,
                 aging_seconds=view.aging_seconds,
-                preemption={k: list(v) for k, v in sorted(view.preemption.items())},
+                preemption=preemption_rules(view),
                 available=amounts(view.available),
             )
 
@@ -99,11 +102,7 @@ class SchedulingTools(ToolGroup):
             limits: Resources | None = None
             if not clear:
                 current = self._capacity_view(pool).quotas.get(tenant, UNLIMITED)
-                limits = Resources(
-                    current.cpu_millicores if cpu is None else millicores(cpu),
-                    current.memory_mib if memory is None else memory,
-                    current.workers if workers is None else workers,
-                )
+                limits = with_amounts(current, cpu=cpu, memory=memory, workers=workers)
             result = self.ledger.set_quota(tenant, limits, pool=pool, actor=actor)
             view = self._capacity_view(pool)
             quota = view.quotas.get(tenant)
@@ -113,10 +112,8 @@ class SchedulingTools(ToolGroup):
                 quota=None if quota is None else quota_limits(quota),
                 held=amounts(view.held_by_tenant.get(tenant, Resources())),
                 changed=result.position is not None,
-                quotas={t: quota_limits(q) for t, q in sorted(view.quotas.items())},
-                held_by_tenant={
-                    t: amounts(h) for t, h in sorted(view.held_by_tenant.items())
-                },
+                quotas=tenant_quotas(view),
+                held_by_tenant=tenant_holdings(view),
             )
 
         return await self._call(work)
@@ -174,7 +171,7 @@ class SchedulingTools(ToolGroup):
                 pool=pool,
                 queue_policy=QueuePolicy(after.queue_policy).value,
                 aging_seconds=after.aging_seconds,
-                preemption={k: list(v) for k, v in sorted(after.preemption.items())},
+                preemption=preemption_rules(after),
                 queue_length=len(after.queue),
                 changed=result.position is not None,
             )
