@@ -26,6 +26,8 @@ DEFAULT_HTTP_PORT = 8765
 
 
 class Settings(BaseSettings):
+    """Everything an operator configures: store, HTTP, tokens, sweeps, logging."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True
     )

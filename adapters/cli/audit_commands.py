@@ -101,6 +101,7 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[ProgressCallback]
 
 
 def run(args: argparse.Namespace, service: AllocationService, console: Console) -> int:
+    """Run the audit command `args` names; the exit code."""
     handlers: dict[str, Callable[[argparse.Namespace, AllocationService, Console], int]]
     handlers = {
         "history": _history,

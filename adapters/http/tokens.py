@@ -94,4 +94,5 @@ def load_tokens_file(path: Path) -> list[TokenEntry]:
 
 
 def token_digest(token: str) -> bytes:
+    """The SHA-256 of a token, as tokens are compared."""
     return hashlib.sha256(token.encode()).digest()

@@ -38,6 +38,7 @@ class BackgroundWork:
         self.service = service
 
     async def sweep(self) -> None:
+        """Finish interrupted work, then expire every lease that has run out."""
         resumed = await anyio.to_thread.run_sync(resume_interrupted, self.service)
         if resumed:
             logger.warning(
@@ -56,6 +57,7 @@ class BackgroundWork:
             logger.warning("teardown after expiry failed: %s", error)
 
     async def stop_idle(self) -> None:
+        """Stop the MCP servers idle longer than their pool's idle timeout."""
         result = await anyio.to_thread.run_sync(self.service.ledger.stop_idle_servers)
         for server in result.stopped:
             logger.info(
@@ -69,6 +71,7 @@ class BackgroundWork:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BackgroundWork]:
+        """Sweep and stop idle servers periodically while the context is open."""
         settings = self.service.settings
         async with anyio.create_task_group() as group:
             group.start_soon(

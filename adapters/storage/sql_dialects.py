@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 
 class Cursor(Protocol):
+    """The part of a DB-API cursor the read models use."""
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
     def fetchone(self) -> Any: ...
@@ -30,6 +32,8 @@ class Dialect(Protocol):
 
 
 class SQLiteDialect:
+    """A SQLite file, in WAL mode; a write transaction takes the lock at once."""
+
     def __init__(self, path: str) -> None:
         self._connection = sqlite3.connect(
             path, timeout=30, isolation_level=None, check_same_thread=False
@@ -78,6 +82,8 @@ class SQLiteDialect:
 
 
 class PostgresDialect:
+    """A PostgreSQL database, optionally in one schema; reconnects when broken."""
+
     def __init__(self, connect: Callable[[], Any], schema: str | None = None) -> None:
         self._connect = connect
         self._connection: Any = None

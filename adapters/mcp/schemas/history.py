@@ -17,6 +17,8 @@ from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.values import AllocationState, Rejection, Resources
 
 
+# One event of get_allocation_history, and its whole answer. (A docstring would
+# add a description to the tool's published output schema.)
 class HistoryEvent(BaseModel):
     version: int
     event: str = Field(

@@ -44,6 +44,7 @@ def _client_amount(dimension: Dimension, amount: int) -> int | float:
 
 
 def reason_of(rejection: Rejection) -> Reason:
+    """A domain rejection in client units (cpu in cores, memory in MB)."""
     return Reason(
         code=rejection.code,
         dimension=rejection.dimension.value,

@@ -35,6 +35,8 @@ class UsageRowResult(BaseModel):
     )
 
 
+# get_usage's answer (no docstring: it would add a description to the tool's
+# published output schema).
 class UsageResult(BaseModel):
     usage: list[UsageRowResult]
     count: int

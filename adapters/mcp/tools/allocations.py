@@ -321,6 +321,7 @@ class AllocationTools(ToolGroup):
         return await self._call(lambda: self.detail(allocation_id))
 
     def detail(self, allocation_id: str) -> AllocationDetail:
+        """get_allocation's answer (also the allocation resource); blocking."""
         view = self.read.allocation(allocation_id)
         return allocation_detail(
             view,

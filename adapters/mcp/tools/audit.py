@@ -48,6 +48,7 @@ class AuditTools(ToolGroup):
         return await self._call(lambda: self.history(allocation_id))
 
     def history(self, allocation_id: str) -> HistoryResult:
+        """get_allocation_history's answer (also its resource), from the log."""
         events: list[Allocation.Event] = []
         if is_allocation_id(allocation_id):
             store = self.ledger.repository.event_store

@@ -80,4 +80,5 @@ class CapacityTools(ToolGroup):
         )
 
     def capacity(self, pool: str) -> CapacityResult:
+        """get_capacity's answer for now (also the pool capacity resource)."""
         return capacity_result(self._capacity_view(pool))
