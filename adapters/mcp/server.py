@@ -39,12 +39,8 @@ from allocation_ledger.adapters.storage.service import AllocationService
 
 logger = logging.getLogger("allocation_ledger.mcp")
 
-
 SERVER_NAME = "allocation-ledger"
-
-
 HEALTH_PATH = "/healthz"
-
 
 INSTRUCTIONS = """\
 Allocation Ledger reserves workers (CPU and memory) and shared MCP servers for
