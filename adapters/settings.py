@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from allocation_ledger.adapters.tokens import TokenEntry, load_tokens_file
+from allocation_ledger.adapters.http.tokens import TokenEntry, load_tokens_file
 
 ENV_PREFIX = "ALLOCATION_LEDGER_"
 DEFAULT_DATABASE = "allocation-ledger.db"
@@ -26,6 +26,8 @@ DEFAULT_HTTP_PORT = 8765
 
 
 class Settings(BaseSettings):
+    """Everything an operator configures: store, HTTP, tokens, sweeps, logging."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True
     )

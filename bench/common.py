@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from allocation_ledger.adapters import service as service_module
-from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage import service as service_module
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import Clock
 
 BENCH_DIR = Path(__file__).resolve().parent

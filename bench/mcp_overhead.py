@@ -1,7 +1,7 @@
 """Item 4: the MCP round trip of `get_capacity` beside a no-op tool.
 
 Both tools are on the same server (the ledger's own, built by
-adapters.mcp_server, with one extra tool, `bench_noop`, that returns a
+adapters.mcp.server, with one extra tool, `bench_noop`, that returns a
 constant), called from an `mcp.Client` in memory and over stdio, interleaved.
 The ratio get_capacity / no-op is what the ledger adds to a round trip.
 """
@@ -31,16 +31,16 @@ TOOLS = ("get_capacity", NOOP)
 
 
 def mcp_server_missing() -> str | None:
-    """None when adapters.mcp_server can be built, else why not."""
+    """None when adapters.mcp.server can be built, else why not."""
     try:
-        from allocation_ledger.adapters.mcp_server import stdio_server  # noqa: F401
+        from allocation_ledger.adapters.mcp.server import stdio_server  # noqa: F401
     except Exception as error:  # noqa: BLE001 - reported as "not measured"
-        return f"adapters.mcp_server is not importable: {error!r}"
+        return f"adapters.mcp.server is not importable: {error!r}"
     return None
 
 
 def server_with_noop(database: Path) -> Any:
-    from allocation_ledger.adapters.mcp_server import stdio_server
+    from allocation_ledger.adapters.mcp.server import stdio_server
 
     service = open_bench_service(sqlite_settings(database))
     server = stdio_server(service)

@@ -4,7 +4,7 @@ The raw read pulls the same notifications through the event store's recorder
 (`select_notifications`, batches of 10,000) and does nothing with them: the
 baseline the target refers to. Reported beside it, for insight: the same read
 through the projector's own log reader (on SQLite a plain SELECT, see
-adapters/event_log.py), that read plus the projector's decoder, and the
+adapters/storage/event_log.py), that read plus the projector's decoder, and the
 library's recorder plus mapper. The rebuild is `Projector.rebuild` on the SQL
 read models in the same SQLite file, as the service does it.
 """
@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.storage.service import AllocationService
 from bench.common import (
     Result,
     Scale,

@@ -17,8 +17,8 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from allocation_ledger.adapters.service import AllocationService
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.values import AllocationRequest
 from bench.common import (
     Result,

@@ -14,8 +14,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from allocation_ledger.adapters.service import open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import AllocationNotLiveError
 from allocation_ledger.domain.values import AllocationRequest, Priority, Resources

@@ -7,8 +7,8 @@ import random
 import sys
 from pathlib import Path
 
-from allocation_ledger.adapters.service import open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.errors import (
     AllocationNotLiveError,
     ConcurrentUpdateError,

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocation_ledger.adapters.provisioning import LocalProvisioner
-from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.provisioning.local import LocalProvisioner
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 

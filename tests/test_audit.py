@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from allocation_ledger.adapters import audit
-from allocation_ledger.adapters.service import AllocationService
-from allocation_ledger.adapters.timeline import collect, render_svg
+from allocation_ledger.adapters.charts.timeline import collect, render_svg
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.pool import Pool, pool_uuid
 from allocation_ledger.domain.values import AllocationRequest, Dimension

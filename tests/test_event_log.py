@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import MapperDeserialisationError
 
-from allocation_ledger.adapters.event_log import EventDecoder, SQLiteNotificationLog
-from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.event_log import (
+    EventDecoder,
+    SQLiteNotificationLog,
+)
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import SNAPSHOT_AFTER_EVENTS
 from allocation_ledger.domain.pool import Pool, pool_uuid

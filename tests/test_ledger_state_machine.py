@@ -1,7 +1,7 @@
 """The real Ledger against an independent reference model, one command at a time.
 
 A Hypothesis `RuleBasedStateMachine` drives `domain.ledger.Ledger` (wired by
-`adapters.service.open_service`, with a `ManualClock`, deterministic allocation
+`adapters.storage.service.open_service`, with a `ManualClock`, deterministic allocation
 ids and a `LocalProvisioner` that can be told to fail once) through its
 commands: request (fitting or not, every priority, 0-6 workers, a few MCP
 server names, with or without request_id, dry runs, with and without
@@ -71,10 +71,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from allocation_ledger.adapters import audit
-from allocation_ledger.adapters.provisioning import LocalProvisioner
-from allocation_ledger.adapters.service import AllocationService, open_service
+from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain import ledger as ledger_module
 from allocation_ledger.domain.allocation import (
     Allocation,

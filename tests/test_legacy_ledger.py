@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from tests.mcp_support import call
 
@@ -36,7 +36,7 @@ COMMAND = Path(sys.executable).parent / "allocation-ledger"
 
 def server(service: AllocationService) -> Any:
     """The MCP server on a service, as the stdio transport builds it."""
-    from allocation_ledger.adapters.mcp_server import stdio_server  # may move: fix here
+    from allocation_ledger.adapters.mcp.server import stdio_server  # may move: fix here
 
     return stdio_server(service)
 

@@ -14,9 +14,9 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
-from allocation_ledger.adapters.auth import Access, expand_scopes
-from allocation_ledger.adapters.mcp_server import build_server
-from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.http.auth import Access, expand_scopes
+from allocation_ledger.adapters.mcp.server import build_server
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import SCHEDULER_ACTOR
 from tests.mcp_support import call, call_error, max_notification_id

@@ -14,9 +14,9 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from allocation_ledger.adapters.mcp_server import TOOLS as TOOL_SPECS
-from allocation_ledger.adapters.mcp_server import stdio_server
-from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.mcp.server import stdio_server
+from allocation_ledger.adapters.mcp.tools.specs import TOOLS as TOOL_SPECS
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import MAX_MEMORY_MIB, SWEEPER_ACTOR
 from allocation_ledger.domain.values import MAX_TTL_SECONDS

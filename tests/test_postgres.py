@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from allocation_ledger.adapters.service import (
+from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage.service import (
     DatabaseError,
     init_database,
     open_service,
 )
-from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from allocation_ledger.projections.store import ListingQuery

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from allocation_ledger.adapters.service import AllocationService, resume_interrupted
+from allocation_ledger.adapters.storage.service import (
+    AllocationService,
+    resume_interrupted,
+)
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.values import AllocationRequest, AllocationState

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from allocation_ledger.adapters import audit
-from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.ledger import Ledger

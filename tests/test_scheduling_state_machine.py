@@ -23,9 +23,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from allocation_ledger.adapters import audit
-from allocation_ledger.adapters.service import open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.pool import Scheduling
 from allocation_ledger.domain.values import (

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from allocation_ledger.adapters.service import AllocationService
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError, PoolNotFoundError
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
@@ -76,6 +76,9 @@ def capacity_at(
 
 @dataclass
 class VerifyReport:
+    """What `verify` found: how much it checked, and any broken invariant or
+    read model that differs from the replay."""
+
     events: int = 0
     allocations: int = 0
     pools: int = 0
@@ -230,5 +233,6 @@ def _public_name(
 def usage(
     service: AllocationService, query: UsageQuery, now: datetime | None = None
 ) -> list[UsageRow]:
+    """What each job held in each pool over the query's period, up to `now`."""
     service.read_models.catch_up()
     return service.store.usage(query, now or service.ledger.clock.now())

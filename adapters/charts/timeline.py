@@ -29,6 +29,9 @@ DIMENSIONS = (
 
 @dataclass
 class Timeline:
+    """A pool's reserved and total capacity over time, with its expiries and
+    rejections."""
+
     pool: str
     # (time, reserved, total) per dimension, at every change
     points: dict[Dimension, list[tuple[datetime, float, float]]] = field(

@@ -1,6 +1,6 @@
 """Bearer-token configuration: what settings hold about each token.
 
-Kept apart from `adapters.auth` so that reading settings never imports the
+Kept apart from `adapters.http.auth` so that reading settings never imports the
 MCP SDK.
 """
 
@@ -94,4 +94,5 @@ def load_tokens_file(path: Path) -> list[TokenEntry]:
 
 
 def token_digest(token: str) -> bytes:
+    """The SHA-256 of a token, as tokens are compared."""
     return hashlib.sha256(token.encode()).digest()

@@ -8,14 +8,16 @@ applied exactly once even when several processes catch up at the same time.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
+from allocation_ledger.adapters.storage.sql_dialects import (
+    PostgresDialect,
+    SQLiteDialect,
+)
 from allocation_ledger.domain.allocation import allocation_uuid
 from allocation_ledger.domain.pool import pool_uuid
 from allocation_ledger.domain.values import LIVE_STATES, MILLICORES_PER_CORE
@@ -88,128 +90,6 @@ UPSERT_ALLOCATION = """INSERT INTO ledger_allocation_view
 UPSERT_CAPACITY = """INSERT INTO ledger_capacity_view (aggregate_id, pool, doc)
     VALUES (?, ?, ?)
     ON CONFLICT (aggregate_id) DO UPDATE SET doc = excluded.doc"""
-
-
-class Cursor(Protocol):
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
-    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-class Dialect(Protocol):
-    """How to reach one kind of SQL database."""
-
-    def transaction(self, *, write: bool) -> Iterator[Cursor]: ...
-
-    def sql(self, statement: str) -> str: ...
-
-
-class SQLiteDialect:
-    def __init__(self, path: str) -> None:
-        self._connection = sqlite3.connect(
-            path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA busy_timeout=30000")
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Cursor]:
-        with self._lock:
-            cursor = self._connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield cursor
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
-
-    def sql(self, statement: str) -> str:
-        return statement
-
-    @contextmanager
-    def bulk(self) -> Iterator[None]:
-        """Commit without waiting for the disk (for a rebuild).
-
-        Read models are derived: losing the last commits in a power cut loses
-        rows and their position together, and catch-up redoes them.
-        """
-        with self._lock:
-            row = self._connection.execute("PRAGMA synchronous").fetchone()
-            self._connection.execute("PRAGMA synchronous=OFF")
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._connection.execute(f"PRAGMA synchronous={int(row[0])}")
-
-    least = "MIN"
-    greatest = "MAX"
-    lock_row = ""  # BEGIN IMMEDIATE already holds the write lock
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-class PostgresDialect:
-    def __init__(self, connect: Callable[[], Any], schema: str | None = None) -> None:
-        self._connect = connect
-        self._connection: Any = None
-        self._schema = schema
-        self._lock = threading.Lock()
-
-    def _open(self) -> Any:
-        if (
-            self._connection is None
-            or self._connection.closed
-            or self._connection.broken
-        ):
-            self._connection = self._connect()
-            if self._schema:
-                with self._connection.cursor() as cursor:
-                    cursor.execute(f'SET search_path TO "{self._schema}"')
-                self._connection.commit()
-        return self._connection
-
-    @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Cursor]:
-        with self._lock:
-            connection = self._open()
-            try:
-                with connection.cursor() as cursor:
-                    yield cursor
-            except BaseException:
-                connection.rollback()
-                raise
-            connection.commit()
-
-    def sql(self, statement: str) -> str:
-        return statement.replace("?", "%s")
-
-    @contextmanager
-    def bulk(self) -> Iterator[None]:
-        """Commit without waiting for the WAL flush (for a rebuild; see SQLite)."""
-        with self._lock:
-            connection = self._open()
-            connection.execute("SET synchronous_commit TO off")
-            connection.commit()
-        try:
-            yield
-        finally:
-            with self._lock:
-                if not (connection.closed or connection.broken):
-                    connection.execute("SET synchronous_commit TO DEFAULT")
-                    connection.commit()
-
-    least = "LEAST"
-    greatest = "GREATEST"
-    lock_row = " FOR UPDATE"
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
 
 
 # json.dumps with separators builds a new encoder on every call; this is the same.

@@ -23,7 +23,7 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver.exceptions import ToolError
 
-from allocation_ledger.adapters.tokens import (
+from allocation_ledger.adapters.http.tokens import (
     ANONYMOUS_ACTOR,
     SCOPES,
     Scope,

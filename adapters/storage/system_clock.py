@@ -6,5 +6,7 @@ from datetime import UTC, datetime
 
 
 class SystemClock:
+    """The machine's clock, in UTC (the ledger keeps its event times monotonic)."""
+
     def now(self) -> datetime:
         return datetime.now(UTC)

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from allocation_ledger.adapters.event_log import EventDecoder, SQLiteNotificationLog
-from allocation_ledger.adapters.provisioning import LocalProvisioner
+from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.adapters.settings import Settings
-from allocation_ledger.adapters.sql_read_models import (
+from allocation_ledger.adapters.storage.event_log import (
+    EventDecoder,
+    SQLiteNotificationLog,
+)
+from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
-    SQLReadModels,
 )
-from allocation_ledger.adapters.system_clock import SystemClock
+from allocation_ledger.adapters.storage.sql_read_models import SQLReadModels
+from allocation_ledger.adapters.storage.system_clock import SystemClock
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Provisioner

@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from allocation_ledger.adapters import audit
-from allocation_ledger.adapters.service import AllocationService
-from allocation_ledger.adapters.timeline import collect, render_svg
+from allocation_ledger.adapters.charts.timeline import collect, render_svg
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.values import MILLICORES_PER_CORE
 from allocation_ledger.projections.catchup import Progress as ProgressCallback
@@ -101,6 +101,7 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[ProgressCallback]
 
 
 def run(args: argparse.Namespace, service: AllocationService, console: Console) -> int:
+    """Run the audit command `args` names; the exit code."""
     handlers: dict[str, Callable[[argparse.Namespace, AllocationService, Console], int]]
     handlers = {
         "history": _history,

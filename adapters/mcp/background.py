@@ -1,0 +1,92 @@
+"""What a running server does on its own: the expiry sweeper (which also
+finishes work an interruption left half done) and the idle-MCP-server stopper.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.to_thread
+
+from allocation_ledger.adapters.storage.service import (
+    AllocationService,
+    resume_interrupted,
+)
+
+logger = logging.getLogger("allocation_ledger.mcp")
+
+
+async def _periodically(
+    name: str, interval: float, job: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `job` now and then every `interval` seconds; errors are logged, not fatal."""
+    while True:
+        try:
+            await job()
+        except Exception:  # - logged and retried on the next round
+            logger.exception("%s failed; trying again in %g s", name, interval)
+        await anyio.sleep(interval)
+
+
+class BackgroundWork:
+    """The expiry sweeper and the idle-MCP-server stopper of one running server."""
+
+    def __init__(self, service: AllocationService) -> None:
+        self.service = service
+
+    async def sweep(self) -> None:
+        """Finish interrupted work, then expire every lease that has run out."""
+        resumed = await anyio.to_thread.run_sync(resume_interrupted, self.service)
+        if resumed:
+            logger.warning(
+                "finished %d allocation(s) left half done by an interruption: %s",
+                len(resumed),
+                ", ".join(resumed),
+            )
+        result = await anyio.to_thread.run_sync(self.service.ledger.expire_due)
+        if result.expired:
+            logger.info(
+                "expired %d allocation(s): %s",
+                len(result.expired),
+                ", ".join(result.expired),
+            )
+        for error in result.deprovision_errors:
+            logger.warning("teardown after expiry failed: %s", error)
+
+    async def stop_idle(self) -> None:
+        """Stop the MCP servers idle longer than their pool's idle timeout."""
+        result = await anyio.to_thread.run_sync(self.service.ledger.stop_idle_servers)
+        for server in result.stopped:
+            logger.info(
+                "stopped idle MCP server %s on port %d (pool %s)",
+                server.name,
+                server.port,
+                server.pool,
+            )
+        for error in result.errors:
+            logger.warning("stopping an idle MCP server failed: %s", error)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[BackgroundWork]:
+        """Sweep and stop idle servers periodically while the context is open."""
+        settings = self.service.settings
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                _periodically,
+                "expiry sweep",
+                settings.sweep_interval_seconds,
+                self.sweep,
+            )
+            group.start_soon(
+                _periodically,
+                "idle MCP server check",
+                settings.idle_check_interval_seconds,
+                self.stop_idle,
+            )
+            try:
+                yield self
+            finally:
+                group.cancel_scope.cancel()

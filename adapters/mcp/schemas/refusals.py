@@ -1,0 +1,71 @@
+"""Why a request was refused, in client units and in the original wording."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.domain.values import (
+    QUEUE_TIMEOUT,
+    QUEUED_AHEAD,
+    QUOTA_EXCEEDED,
+    Dimension,
+    Rejection,
+)
+
+
+class Reason(BaseModel):
+    """Why a request was refused: the first dimension that did not fit."""
+
+    code: str = Field(
+        description=(
+            "'insufficient_capacity' (the pool is short), 'quota_exceeded' (the "
+            "tenant's quota would be passed), 'queued_ahead' (it would fit, but "
+            "requests queued ahead of it come first) or 'queue_timeout' (its "
+            "max_wait_seconds passed while queued)."
+        )
+    )
+    dimension: Literal["workers", "cpu", "memory", "mcp_ports"]
+    requested: int | float = Field(
+        description="What the request needed (cpu in cores, memory in MB)."
+    )
+    available: int | float = Field(
+        description=(
+            "What the pool had left (cpu in cores, memory in MB); for "
+            "quota_exceeded, what the tenant's quota had left."
+        )
+    )
+
+
+def _client_amount(dimension: Dimension, amount: int) -> int | float:
+    return cores(amount) if dimension is Dimension.CPU else amount
+
+
+def reason_of(rejection: Rejection) -> Reason:
+    """A domain rejection in client units (cpu in cores, memory in MB)."""
+    return Reason(
+        code=rejection.code,
+        dimension=rejection.dimension.value,
+        requested=_client_amount(rejection.dimension, rejection.requested),
+        available=_client_amount(rejection.dimension, rejection.available),
+    )
+
+
+def refusal_message(reason: Reason) -> str:
+    """The original wording: 'Insufficient workers: requested 10, available 6'.
+
+    The scheduling refusals say what stopped them in the same form.
+    """
+    amounts = f"requested {reason.requested}, available {reason.available}"
+    if reason.code == QUOTA_EXCEEDED:
+        return f"Quota exceeded for {reason.dimension}: {amounts} within the quota"
+    if reason.code == QUEUED_AHEAD:
+        return (
+            f"Requests queued ahead come first ({reason.dimension}: {amounts} "
+            "after them)"
+        )
+    if reason.code == QUEUE_TIMEOUT:
+        return f"Queue wait ran out: insufficient {reason.dimension}: {amounts}"
+    return f"Insufficient {reason.dimension}: {amounts}"

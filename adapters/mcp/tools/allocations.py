@@ -1,0 +1,375 @@
+"""The allocation tools: request, release, renew, clean up, get and list."""
+
+from __future__ import annotations
+
+import json
+from contextlib import suppress
+from typing import Annotated
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent
+
+from allocation_ledger.adapters.mcp.schemas.allocation_arguments import (
+    AfterArg,
+    AllocationIdArg,
+    DryRunArg,
+    JobIdArg,
+    JobIdFilterArg,
+    LimitArg,
+    MaxWaitArg,
+    McpServersArg,
+    MetadataArg,
+    PoolArg,
+    PoolFilterArg,
+    PreemptArg,
+    PriorityArg,
+    PriorityFilterArg,
+    RenewTtlArg,
+    RequestIdArg,
+    StateArg,
+    TenantArg,
+    TtlArg,
+    WaitArg,
+    WorkersArg,
+)
+from allocation_ledger.adapters.mcp.schemas.allocation_listing import (
+    AllocationDetail,
+    AllocationList,
+    allocation_detail,
+    allocation_summary,
+)
+from allocation_ledger.adapters.mcp.schemas.allocation_results import (
+    CleanupResult,
+    ReleaseResourcesResult,
+    RenewResult,
+    RequestResourcesResult,
+    request_result,
+)
+from allocation_ledger.adapters.mcp.schemas.scheduling import queued_requests
+from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.adapters.mcp.tools.group import ToolGroup
+from allocation_ledger.domain.allocation import Allocation, allocation_uuid
+from allocation_ledger.domain.errors import PoolNotFoundError
+from allocation_ledger.domain.ledger import RequestResult
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.values import (
+    AllocationRequest,
+    AllocationState,
+    Priority,
+    Rejection,
+)
+from allocation_ledger.projections.store import MAX_PAGE_SIZE, ListingQuery
+
+
+class AllocationTools(ToolGroup):
+    """Request, release, renew and expire allocations; show and list them."""
+
+    def _tenant(self, tool: str, requested: str | None) -> str | None:
+        """Whose quota a call counts in: the caller's own identity by default.
+
+        Over HTTP with a token that is its subject, and naming another tenant
+        needs the admin scope. Without a token (stdio, --no-auth) there is no
+        tenant unless one is given, and any may be given.
+        """
+        token = get_access_token()
+        own = None if token is None else (token.subject or token.client_id)
+        if requested is None or requested == own or token is None:
+            return own if requested is None else requested
+        if "admin" not in token.scopes:
+            msg = (
+                f"{tool} for tenant {requested!r} needs the 'admin' scope; the "
+                f"token of {own!r} may only request as itself"
+            )
+            raise ToolError(msg)
+        return requested
+
+    def _waiting_for(self, result: RequestResult) -> Rejection | None:
+        """What a queued request waits for: recorded with it, or (dry run)
+        what the pool would make it wait for now."""
+        allocation = result.allocation
+        if allocation.state is not AllocationState.QUEUED:
+            return None
+        if result.dry_run:
+            with suppress(PoolNotFoundError):
+                pool = self.ledger.pool(allocation.pool)
+                now = self.ledger.clock.now()
+                return pool.shortfall(allocation.request) or pool.waiting_ahead(
+                    allocation.request, now
+                )
+            return None
+        store = self.ledger.repository.event_store
+        waiting = None
+        for event in store.get(allocation_uuid(allocation.allocation_id)):
+            if isinstance(event, Allocation.Queued):
+                waiting = Rejection.from_dict(event.reason)
+        return waiting
+
+    def _queue_position(self, result: RequestResult) -> int | None:
+        allocation = result.allocation
+        if result.dry_run or allocation.state is not AllocationState.QUEUED:
+            return None
+        view = self._capacity_view(allocation.pool)
+        for entry in queued_requests(view, self.ledger.clock.now()):
+            if entry.allocation_id == allocation.allocation_id:
+                return entry.position
+        return None
+
+    async def request_resources(
+        self,
+        *,
+        job_id: JobIdArg,
+        mcp_servers: McpServersArg,
+        workers: WorkersArg = 0,
+        priority: PriorityArg = "normal",
+        ttl_seconds: TtlArg = 3600,
+        metadata: MetadataArg = None,
+        request_id: RequestIdArg = None,
+        pool: PoolArg = DEFAULT_POOL,
+        dry_run: DryRunArg = False,
+        wait: WaitArg = False,
+        max_wait_seconds: MaxWaitArg = None,
+        preempt: PreemptArg = True,
+        tenant: TenantArg = None,
+    ) -> RequestResourcesResult:
+        """Reserve workers and MCP servers for a job and get their endpoints.
+
+        Each worker costs 1 CPU core and 2048 MB unless the pool says otherwise;
+        MCP servers are shared by name across allocations. On success, status is
+        "active" and the result lists the endpoints; the lease runs for
+        ttl_seconds from now (renew_allocation extends it; release_resources
+        ends it). If the request does not fit, nothing is reserved and the
+        result is NOT an error: status is "failed", `error` says e.g.
+        "Insufficient workers: requested 10, available 6", and `reason` gives
+        {code, dimension, requested, available}; the refusal is recorded. Before
+        refusing, allocations whose lease has already run out are expired to
+        make room.
+
+        Scheduling: a request that does not fit may preempt live allocations
+        of strictly lower priority where the pool allows it (by default
+        critical preempts low and normal, high preempts low; the smallest set,
+        lowest priority and youngest first); they end in state "preempted" and
+        `preempted` lists their ids. preempt=false never does that. With
+        wait=true a request that still does not fit is NOT refused: status is
+        "queued", it holds nothing, `waiting_for` says what it waits for,
+        `queue_position` its place (get_queue shows the queue), and it is
+        granted (becomes active) as soon as room frees, in priority order.
+        With max_wait_seconds it fails with reason code "queue_timeout" if not
+        granted in time; release_resources cancels it. Under the pool's strict
+        queue policy a new request does not pass requests queued ahead of it
+        (code "queued_ahead"). A request bigger than the whole pool is refused,
+        never queued. A tenant (by default the caller's token subject) over its
+        quota in the pool is refused with code "quota_exceeded", wait or not.
+        dry_run=true reserves nothing and reports what would happen, including
+        who would be preempted.
+
+        Retries: with the same request_id and the same arguments
+        you get the original allocation back (replayed: true) and nothing
+        changes; reusing a request_id with different arguments is an error.
+        Invalid arguments (bad names, out-of-range numbers, unknown pool) are
+        errors and reserve nothing.
+        """
+        actor = self._actor("request_resources")
+        tenant = self._tenant("request_resources", tenant)
+
+        def work() -> RequestResourcesResult:
+            request = AllocationRequest(
+                job_id=job_id,
+                servers=tuple(mcp_servers),
+                workers=workers,
+                priority=Priority(priority),
+                ttl_seconds=ttl_seconds,
+                metadata=metadata if metadata is not None else {},
+            )
+            result = self.ledger.request(
+                request,
+                pool=pool,
+                request_id=request_id,
+                dry_run=dry_run,
+                actor=actor,
+                wait=wait,
+                max_wait_seconds=max_wait_seconds,
+                preempt=preempt,
+                tenant=tenant,
+            )
+            return request_result(
+                result.allocation,
+                worker_size=self._worker_size(result.allocation.pool),
+                replayed=result.replayed,
+                dry_run=result.dry_run,
+                expired_first=result.expired_first,
+                preempted=result.preempted,
+                waiting_for=self._waiting_for(result),
+                queue_position=self._queue_position(result),
+            )
+
+        return await self._call(work)
+
+    async def release_resources(
+        self, allocation_id: AllocationIdArg
+    ) -> ReleaseResourcesResult:
+        """Release an allocation: its workers, CPU and memory go back to the pool.
+
+        MCP servers it used stay up while other allocations use them; a server
+        nobody uses becomes idle and stops after the pool's idle timeout,
+        freeing its port. What is freed goes at once to requests waiting in
+        the pool's queue, in the same transaction. Releasing a queued request
+        cancels it (status "released"; it held nothing). Safe to repeat:
+        releasing an allocation that was already released, has expired or was
+        preempted changes nothing and returns status "already_released";
+        releasing one that failed changes nothing and returns status
+        "failed". An unknown allocation_id is an error.
+        """
+        actor = self._actor("release_resources")
+
+        def work() -> ReleaseResourcesResult:
+            outcome = self.ledger.release(allocation_id, actor=actor)
+            result, allocation = outcome.result, outcome.allocation
+            message = None
+            if result.status == "already_released":
+                message = (
+                    f"allocation {allocation_id} was already {allocation.state.value};"
+                    " nothing changed"
+                )
+            elif result.status == "failed":
+                message = (
+                    f"allocation {allocation_id} had failed and held nothing; "
+                    "nothing changed"
+                )
+            return ReleaseResourcesResult(
+                status=result.status,
+                allocation_id=allocation_id,
+                job_id=allocation.request.job_id,
+                state=allocation.state.value,
+                workers_released=result.freed.workers,
+                cpu_freed=cores(result.freed.cpu_millicores),
+                memory_freed=result.freed.memory_mib,
+                released_at=result.released_at,
+                duration_seconds=result.duration_seconds,
+                message=message,
+            )
+
+        return await self._call(work)
+
+    async def renew_allocation(
+        self, allocation_id: AllocationIdArg, ttl_seconds: RenewTtlArg = None
+    ) -> RenewResult:
+        """Extend an active allocation's lease to now + ttl_seconds.
+
+        Without ttl_seconds, the allocation's own ttl_seconds is used again.
+        Call it while the job still needs its resources, before expires_at.
+        Errors: an unknown allocation_id; an allocation that is no longer live
+        (released, expired or failed); one whose lease has already run out,
+        which is expired instead of renewed (request new resources then). Each
+        call moves the expiry again, from the time of that call.
+        """
+        actor = self._actor("renew_allocation")
+
+        def work() -> RenewResult:
+            allocation = self.ledger.renew(allocation_id, ttl_seconds, actor=actor)
+            renewed = allocation.allocation
+            assert renewed.expires_at is not None
+            return RenewResult(
+                allocation_id=allocation_id,
+                status="renewed",
+                job_id=renewed.request.job_id,
+                state=renewed.state.value,
+                ttl_seconds=(
+                    renewed.request.ttl_seconds if ttl_seconds is None else ttl_seconds
+                ),
+                expires_at=renewed.expires_at,
+                renewed_at=renewed.modified_on,
+                renewals=renewed.renewals,
+            )
+
+        return await self._call(work)
+
+    async def cleanup_expired(self) -> CleanupResult:
+        """Expire every allocation whose lease has run out, now.
+
+        The server also does this on its own every few minutes; call it to
+        settle things at once. Expired allocations give their capacity back,
+        which goes to queued requests at once; queued requests whose
+        max_wait_seconds has passed fail (reason code "queue_timeout").
+        Returns the ids expired (`cleaned_up`) and their `count`; calling it
+        again right away finds nothing more.
+        """
+        actor = self._actor("cleanup_expired")
+
+        def work() -> CleanupResult:
+            result = self.ledger.expire_due(actor=actor)
+            return CleanupResult(
+                cleaned_up=list(result.expired),
+                count=len(result.expired),
+                deprovision_errors=list(result.deprovision_errors),
+            )
+
+        return await self._call(work)
+
+    async def get_allocation(self, allocation_id: AllocationIdArg) -> AllocationDetail:
+        """Show one allocation: state, resources, endpoints, times, lease.
+
+        Includes what it holds, its MCP server and worker endpoints, its
+        timestamps (created, activated, expires, released), whether its lease
+        has run out (is_expired), its tenant and, for a refused request, the
+        error and reason. A queued one (state "queued") holds nothing and
+        shows queue_deadline and waiting_for; a preempted one shows
+        preempted_by, the allocation that took its capacity. An unknown
+        allocation_id is an error.
+        """
+        self._actor("get_allocation")
+        return await self._call(lambda: self.detail(allocation_id))
+
+    def detail(self, allocation_id: str) -> AllocationDetail:
+        """get_allocation's answer (also the allocation resource); blocking."""
+        view = self.read.allocation(allocation_id)
+        return allocation_detail(
+            view,
+            worker_size=self._worker_size(view.pool, caught_up=True),
+            now=self.ledger.clock.now(),
+        )
+
+    async def list_allocations(
+        self,
+        *,
+        state: StateArg = None,
+        job_id: JobIdFilterArg = None,
+        priority: PriorityFilterArg = None,
+        pool: PoolFilterArg = None,
+        after: AfterArg = 0,
+        limit: LimitArg = MAX_PAGE_SIZE,
+    ) -> Annotated[CallToolResult, AllocationList]:
+        """List allocations, oldest first, optionally filtered.
+
+        Filters: state (queued, pending, active, releasing, released, expired,
+        failed, preempted), job_id, priority, pool. Each item has
+        allocation_id, job_id, state, priority, workers, age_seconds and
+        is_expired, plus pool, created_at, expires_at, sequence, tenant,
+        queue_deadline and, when preempted, preempted_by. Returns at most
+        `limit` items; for the next
+        page pass the last item's sequence as `after`. The text result is the
+        JSON list; the structured result is {allocations, count}.
+        """
+        self._actor("list_allocations")
+        query = ListingQuery(
+            state=None if state is None else AllocationState(state),
+            job_id=job_id,
+            priority=None if priority is None else Priority(priority),
+            pool=pool,
+            after=after,
+            limit=limit,
+        )
+
+        def work() -> AllocationList:
+            views = self.read.allocations(query)
+            now = self.ledger.clock.now()
+            items = [allocation_summary(v, now=now) for v in views]
+            return AllocationList(allocations=items, count=len(items))
+
+        listing = await self._call(work)
+        structured = listing.model_dump(mode="json")
+        text = json.dumps(structured["allocations"], indent=2)
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)],
+            structured_content=structured,
+        )

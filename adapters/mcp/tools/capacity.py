@@ -1,0 +1,84 @@
+"""The capacity tools: get_capacity (now, or at a past moment) and set_capacity."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+from allocation_ledger.adapters.mcp.schemas.capacity import (
+    AtArg,
+    CapacityCpuArg,
+    CapacityMemoryArg,
+    CapacityPoolArg,
+    CapacityResult,
+    CapacityWorkersArg,
+    SetCapacityResult,
+    capacity_result,
+)
+from allocation_ledger.adapters.mcp.schemas.units import utc, with_amounts
+from allocation_ledger.adapters.mcp.tools.group import ToolGroup
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.domain.pool import DEFAULT_POOL
+
+
+class CapacityTools(ToolGroup):
+    """Show a pool's capacity, now or as it was; set its totals."""
+
+    async def set_capacity(
+        self,
+        *,
+        cpu: CapacityCpuArg = None,
+        memory: CapacityMemoryArg = None,
+        workers: CapacityWorkersArg = None,
+        pool: CapacityPoolArg = DEFAULT_POOL,
+    ) -> SetCapacityResult:
+        """Set a pool's total CPU, memory and worker slots (needs the admin scope).
+
+        Give any of cpu (cores), memory (MB) and workers; the others keep their
+        current totals. Lowering capacity below what is allocated never evicts
+        anything: it only refuses new requests until enough is released
+        (available_* may be negative meanwhile). Setting the totals a pool
+        already has changes nothing (changed: false). Returns the pool's
+        capacity afterwards.
+        """
+        actor = self._actor("set_capacity")
+        if cpu is None and memory is None and workers is None:
+            msg = "set_capacity needs at least one of cpu, memory and workers"
+            raise ToolError(msg)
+
+        def work() -> SetCapacityResult:
+            total = self._capacity_view(pool).total
+            capacity = with_amounts(total, cpu=cpu, memory=memory, workers=workers)
+            result = self.ledger.set_capacity(capacity, pool=pool, actor=actor)
+            view = capacity_result(self._capacity_view(pool))
+            return SetCapacityResult(**dict(view), changed=result.position is not None)
+
+        return await self._call(work)
+
+    async def get_capacity(
+        self, pool: CapacityPoolArg = DEFAULT_POOL, at: AtArg = None
+    ) -> CapacityResult:
+        """Show a pool's capacity: totals, allocated, available, MCP servers.
+
+        CPU in cores, memory in MB. available_* is total minus allocated (it
+        can be negative after capacity was lowered below what is held).
+        running_mcp_servers names the servers up (running or idle);
+        mcp_servers gives each one's port, status and users. Scheduling:
+        queue_length (requests waiting; get_queue lists them), queue_policy,
+        aging_seconds, preemption rules, each tenant's quotas and what each
+        tenant holds (held_by_tenant). With `at`, the
+        pool as it was at that past moment, replayed from the event log. An
+        unknown pool (or one that did not exist yet at `at`) is an error.
+        """
+        self._actor("get_capacity")
+        if at is None:
+            return await self._call(lambda: self.capacity(pool))
+        moment = utc(at)
+        return await self._call(
+            lambda: capacity_result(
+                audit.capacity_at(self.service, moment, pool).capacity
+            )
+        )
+
+    def capacity(self, pool: str) -> CapacityResult:
+        """get_capacity's answer for now (also the pool capacity resource)."""
+        return capacity_result(self._capacity_view(pool))

@@ -1,0 +1,1 @@
+"""Provisioners: what makes the ledger's decisions real (endpoints, processes)."""
