@@ -15,9 +15,10 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
+from allocation_ledger.adapters.catalog import Catalog
+from allocation_ledger.adapters.config_file import ConfigFileSource
 from allocation_ledger.adapters.tokens import TokenEntry, load_tokens_file
 
 ENV_PREFIX = "ALLOCATION_LEDGER_"
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
     tokens_file: Path | None = Field(
         None, description="A JSON file with more tokens, in the same form as `tokens`."
     )
+    catalog: Catalog = Field(
+        default_factory=Catalog,
+        description="The config file's provisioner, [mcp_servers.*] and [pools.*].",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -118,7 +123,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config = os.environ.get(ENV_PREFIX + "CONFIG")
         if config:
-            sources.append(TomlConfigSettingsSource(settings_cls, Path(config)))
+            sources.append(ConfigFileSource(settings_cls, Path(config)))
         return tuple(sources)
 
     def token_entries(self) -> list[TokenEntry]:
