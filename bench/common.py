@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage import service as service_module
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import Clock

@@ -16,8 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.provisioning.local import LocalProvisioner
-from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import Ledger

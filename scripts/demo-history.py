@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import AllocationNotLiveError

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from mcp import Client
 
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.server import stdio_server
-from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.provisioner import Provisioner

@@ -7,7 +7,7 @@ import random
 import sys
 from pathlib import Path
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.errors import (
     AllocationNotLiveError,

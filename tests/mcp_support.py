@@ -22,7 +22,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 
 REPO = Path(__file__).resolve().parent.parent

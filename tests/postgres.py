@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 
 HOST = os.environ.get("ALLOCATION_LEDGER_TEST_POSTGRES_HOST", "127.0.0.1")
 PORT = int(os.environ.get("ALLOCATION_LEDGER_TEST_POSTGRES_PORT", "5432"))

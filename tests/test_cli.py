@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from allocation_ledger.adapters.cli import main
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.values import AllocationState, Resources
 from allocation_ledger.projections.store import ListingQuery

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import MapperDeserialisationError
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.event_log import (
     EventDecoder,
     SQLiteNotificationLog,

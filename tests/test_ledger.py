@@ -15,7 +15,7 @@ import pytest
 from eventsourcing.domain import DomainEvent
 from eventsourcing.utils import resolve_topic
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.allocation import Allocation, allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock

@@ -71,8 +71,8 @@ from hypothesis.stateful import (
     rule,
 )
 
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.provisioning.local import LocalProvisioner
-from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain import ledger as ledger_module

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from tests.mcp_support import call

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import (
     DatabaseError,
     init_database,

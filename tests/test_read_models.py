@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import AllocationNotFoundError, InvalidRequestError

@@ -16,7 +16,7 @@ import anyio
 import httpx2
 import pytest
 
-from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import init_database, open_service
 from allocation_ledger.domain.allocation import allocation_id_for_request

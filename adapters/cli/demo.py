@@ -19,7 +19,7 @@ from allocation_ledger.adapters.cli.console import (
     fail,
     history_table,
 )
-from allocation_ledger.adapters.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 
 
 def _server_command() -> tuple[str, list[str]]:

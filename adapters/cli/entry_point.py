@@ -16,7 +16,8 @@ from allocation_ledger.adapters.cli import audit_commands
 from allocation_ledger.adapters.cli.console import PROG, capacity_table, fail
 from allocation_ledger.adapters.cli.demo import run_demo
 from allocation_ledger.adapters.cli.serve import run_serve
-from allocation_ledger.adapters.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.config.catalog import CatalogError
+from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
     DatabaseError,
@@ -117,6 +118,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
+    except CatalogError as error:
+        return fail(str(error), 2)
     except ValidationError as error:
         return fail(f"invalid settings: {error}", 2)
     if args.command == "serve":

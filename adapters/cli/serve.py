@@ -10,8 +10,10 @@ import sys
 import anyio
 
 from allocation_ledger.adapters.cli.console import PROG, fail
-from allocation_ledger.adapters.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.config.apply import apply_catalog
+from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 from allocation_ledger.adapters.storage.service import open_service
+from allocation_ledger.domain.errors import LedgerError
 
 
 def _is_loopback(host: str) -> bool:
@@ -59,6 +61,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         service = open_service(settings)
     except Exception as error:  # noqa: BLE001 - shown to the operator
         return fail(f"cannot open the ledger: {error}", 2)
+    try:
+        for change in apply_catalog(service.ledger, settings.catalog):
+            print(f"{PROG}: config: {change}", file=sys.stderr)
+    except LedgerError as error:
+        service.close()
+        return fail(f"cannot apply the catalog of the config file: {error}", 2)
     try:
         if args.transport == "stdio":
             from allocation_ledger.adapters.mcp.server import stdio_server

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.provisioning.local import LocalProvisioner
-from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.adapters.storage.event_log import (
     EventDecoder,
     SQLiteNotificationLog,

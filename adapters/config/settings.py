@@ -15,9 +15,10 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
+from allocation_ledger.adapters.config.catalog import Catalog
+from allocation_ledger.adapters.config.file import ConfigFileSource
 from allocation_ledger.adapters.http.tokens import TokenEntry, load_tokens_file
 
 ENV_PREFIX = "ALLOCATION_LEDGER_"
@@ -88,6 +89,10 @@ class Settings(BaseSettings):
     tokens_file: Path | None = Field(
         None, description="A JSON file with more tokens, in the same form as `tokens`."
     )
+    catalog: Catalog = Field(
+        default_factory=Catalog,
+        description="The config file's provisioner, [mcp_servers.*] and [pools.*].",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -120,7 +125,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config = os.environ.get(ENV_PREFIX + "CONFIG")
         if config:
-            sources.append(TomlConfigSettingsSource(settings_cls, Path(config)))
+            sources.append(ConfigFileSource(settings_cls, Path(config)))
         return tuple(sources)
 
     def token_entries(self) -> list[TokenEntry]:

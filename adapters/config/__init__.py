@@ -1,0 +1,1 @@
+"""The config file: settings, and the catalog of MCP servers and pools."""

@@ -1,0 +1,109 @@
+"""Applying the catalog: the ledger's pools become what the config file says.
+
+Run by `serve` at start; changes are recorded with actor `config`, and an
+unchanged file records nothing (docs/provisioning.md, "Catalog").
+"""
+
+from __future__ import annotations
+
+from allocation_ledger.adapters.config.catalog import CONFIG_ACTOR, Catalog
+from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.domain.ledger import Ledger, PoolResult
+from allocation_ledger.domain.pool import DEFAULT_POOL, PoolSettings
+from allocation_ledger.domain.values import Resources
+
+
+def apply_catalog(
+    ledger: Ledger, catalog: Catalog, *, actor: str = CONFIG_ACTOR
+) -> list[str]:
+    """Create or reconfigure the pools the catalog describes; say what changed.
+
+    Each `[pools.NAME]` sets the totals and worker size it gives (keys left
+    out keep the pool's value). When the catalog names MCP servers, every
+    listed pool and the default one get exactly the catalog's server costs
+    and the shortest of the servers' idle timeouts (the ledger keeps one idle
+    timeout per pool). Pools not in the file are left as they are. Unchanged
+    values record nothing, so applying the same file again writes no events.
+    Returns one line per pool created or changed, for the log. Raises the
+    domain's LedgerError if the ledger refuses (nothing of that pool written).
+    """
+    costs: dict[str, Resources] | None = None
+    idle: int | None = None
+    names = list(catalog.pools)
+    if catalog.mcp_servers:
+        costs = catalog.server_costs()
+        idle = min(s.idle_timeout_seconds for s in catalog.mcp_servers.values())
+        if DEFAULT_POOL not in catalog.pools:
+            names.insert(0, DEFAULT_POOL)
+    changes: list[str] = []
+    for name in names:
+        before = _stored_settings(ledger, name)
+        base = before or PoolSettings()
+        entry = catalog.pools.get(name)
+        result = ledger.configure_pool(
+            name,
+            capacity=entry.capacity(base.capacity) if entry else None,
+            worker_size=entry.worker_size(base.worker_size) if entry else None,
+            server_costs=costs,
+            idle_timeout_seconds=idle,
+            actor=actor,
+        )
+        line = _describe(name, before, result)
+        if line is not None:
+            changes.append(line)
+    return changes
+
+
+def _stored_settings(ledger: Ledger, name: str) -> PoolSettings | None:
+    if name not in ledger.pool_names():
+        return None
+    return ledger.pool(name).settings
+
+
+def _amounts(amount: Resources, *, workers: bool = True) -> str:
+    text = f"cpu {cores(amount.cpu_millicores):g}, memory {amount.memory_mib} MB"
+    return text + (f", workers {amount.workers}" if workers else "")
+
+
+def _settings_text(settings: PoolSettings) -> str:
+    costs = "".join(
+        f"; {server} costs {_amounts(cost, workers=False)}"
+        for server, cost in sorted((settings.server_costs or {}).items())
+    )
+    return (
+        f"{_amounts(settings.capacity)}; each worker "
+        f"{_amounts(settings.worker_size, workers=False)}; idle MCP servers stop "
+        f"after {settings.idle_timeout_seconds} s{costs}"
+    )
+
+
+def _describe(name: str, before: PoolSettings | None, result: PoolResult) -> str | None:
+    after = result.pool.settings
+    if result.position is None:
+        return None
+    if result.created:
+        return f"pool {name}: created with {_settings_text(after)}"
+    if before is None:  # another server created it meanwhile
+        return f"pool {name}: set to {_settings_text(after)}"
+    said: list[str] = []
+    if after.capacity != before.capacity:
+        said.append(f"totals {_amounts(before.capacity)} -> {_amounts(after.capacity)}")
+    if after.worker_size != before.worker_size:
+        old = _amounts(before.worker_size, workers=False)
+        said.append(f"worker {old} -> {_amounts(after.worker_size, workers=False)}")
+    if after.idle_timeout_seconds != before.idle_timeout_seconds:
+        said.append(
+            f"idle timeout {before.idle_timeout_seconds} s -> "
+            f"{after.idle_timeout_seconds} s"
+        )
+    old_costs = dict(before.server_costs or {})
+    new_costs = dict(after.server_costs or {})
+    for server in sorted(set(old_costs) | set(new_costs)):
+        was = old_costs.get(server, Resources())
+        now = new_costs.get(server, Resources())
+        if was != now:
+            said.append(
+                f"{server} costs {_amounts(was, workers=False)} -> "
+                f"{_amounts(now, workers=False)}"
+            )
+    return f"pool {name}: " + "; ".join(said) if said else None

@@ -1,0 +1,396 @@
+"""The catalog in the config file: which MCP servers exist, which pools, how big.
+
+The TOML file named by ALLOCATION_LEDGER_CONFIG holds the settings at its
+top level (`settings.py`) and the catalog in three keys, a public contract
+that other tools write (docs/provisioning.md, "Catalog"):
+
+    provisioner = "process"                # or "endpoints"; optional
+    [mcp_servers.time]                     # McpServerEntry, one per server name
+    command = ["python", "-m", "mcp_server_time"]
+    cpu = 0.25                             # cores, per allocation naming it
+    [pools.big-box]                        # PoolEntry, one per pool name
+    cpu = 64                               # cores in all
+    memory = 262144                        # MB in all
+
+Units are the MCP tools' (cpu in float cores, at most 3 decimals; memory in
+MB); the ledger holds millicores and MiB, converted by `mcp.schemas.units.millicores`
+as the tools do. Limits and name rules are the domain's. Mistakes are
+`CatalogError`s worded as one line naming the file, the entry and the field,
+e.g. `config.toml: [mcp_servers.time] transport: must be "stdio" or "http",
+got "tcp"`; `file.py` reads the file and words them.
+`apply.apply_catalog` makes the ledger's pools what the catalog says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from allocation_ledger.adapters.mcp.schemas.units import (
+    MAX_CPU_CORES,
+    millicores,
+)
+from allocation_ledger.domain.errors import InvalidRequestError
+from allocation_ledger.domain.ledger import (
+    MAX_IDLE_TIMEOUT_SECONDS,
+    MAX_MEMORY_MIB,
+    MAX_WORKERS_CAPACITY,
+)
+from allocation_ledger.domain.pool import (
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_POOL,
+    MAX_OTHER_POOLS,
+)
+from allocation_ledger.domain.values import (
+    Resources,
+    validate_pool_name,
+    validate_server_name,
+)
+
+ERROR_KIND_PREFIX = "catalog_"
+"""The kinds of the catalog's own validation errors start so; they are worded."""
+CONFIG_ACTOR = "config"
+"""The actor on the events that applying the catalog records."""
+CATALOG_KEYS = ("provisioner", "mcp_servers", "pools")
+"""The config file's top-level keys that belong to the catalog, not the settings."""
+SERVER_PLACEHOLDERS = ("port", "host")
+WORKER_PLACEHOLDERS = ("port", "worker_id", "allocation_id")
+DEFAULT_SERVER_PATH = "/mcp"
+DEFAULT_START_TIMEOUT_SECONDS = 30.0
+DEFAULT_ADVERTISE_HOST = "localhost"
+Provisioner = Literal["process", "endpoints"]
+Transport = Literal["stdio", "http"]
+
+
+class CatalogError(Exception):
+    """A mistake in the config file, worded as one line for the operator.
+
+    `path`: the file as named; `entry`: the table, e.g. ``pools.big-box``
+    (None for the top level); `field`: the key, e.g. ``cpu`` or ``command[2]``
+    (None for the entry or file as a whole); `problem`: what is wrong.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        entry: str | None,
+        field: str | None,
+        problem: str,
+        *,
+        field_in_problem: bool = False,
+    ) -> None:
+        self.path = str(path)
+        self.entry = entry
+        self.field = field
+        self.problem = problem
+        self._label = None if field_in_problem else field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"[{self.entry}] " if self.entry else ""
+        label = f"{self._label}: " if self._label else ""
+        return f"{self.path}: {where}{label}{self.problem}"
+
+
+# -- field types -------------------------------------------------------------
+
+
+def _whole_millicores(cpu: float) -> float:
+    try:
+        millicores(cpu)
+    except ValueError:
+        raise PydanticCustomError(
+            "catalog_millicores",
+            "must be cores with at most 3 decimal places (e.g. 0.25), got {cpu}",
+            {"cpu": cpu},
+        ) from None
+    return cpu
+
+
+def _check_argument(allowed: tuple[str, ...]) -> AfterValidator:
+    """An argv item: non-empty, and only these {placeholders}."""
+    known = ", ".join("{" + name + "}" for name in allowed)
+
+    def check(argument: str) -> str:
+        if not argument:
+            raise PydanticCustomError("catalog_empty_argument", "must not be empty")
+        if "\0" in argument:
+            raise PydanticCustomError("catalog_nul", "must not contain a NUL character")
+        try:
+            fields = list(string.Formatter().parse(argument))
+        except ValueError:
+            raise PydanticCustomError(
+                "catalog_braces",
+                "has an unmatched brace; write {{ or }} for a literal one",
+            ) from None
+        for _, name, spec, conversion in fields:
+            if name is None:
+                continue
+            if name not in allowed or spec or conversion:
+                text = "{" + name + (f"!{conversion}" if conversion else "")
+                text += (f":{spec}" if spec else "") + "}"
+                raise PydanticCustomError(
+                    "catalog_placeholder",
+                    'unknown placeholder "{text}" (known: {known})',
+                    {"text": text, "known": known},
+                )
+        return argument
+
+    return AfterValidator(check)
+
+
+def _check_command(argv: list[str]) -> list[str]:
+    if not argv:
+        raise PydanticCustomError(
+            "catalog_empty_command",
+            "must name the program: a non-empty list of strings",
+        )
+    return argv
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise PydanticCustomError(
+                "catalog_env_name",
+                'variable name "{name}" must be non-empty, without "=" or NUL',
+                {"name": name},
+            )
+        if "\0" in value:
+            raise PydanticCustomError(
+                "catalog_env_value",
+                "{name} must not contain a NUL character",
+                {"name": name},
+            )
+    return env
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
+
+
+def _check_host(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if len(host) > 253 or not _HOST_NAME.match(host):
+            raise PydanticCustomError(
+                "catalog_host",
+                "must be a host name or an IP address (IPv6 without brackets), "
+                'got "{host}"',
+                {"host": host},
+            ) from None
+    return host
+
+
+Cores = Annotated[
+    float,
+    Field(ge=0, le=MAX_CPU_CORES, allow_inf_nan=False),
+    AfterValidator(_whole_millicores),
+]
+"""CPU in cores (float, at most 3 decimals); the domain holds millicores."""
+Megabytes = Annotated[int, Field(ge=0, le=MAX_MEMORY_MIB)]
+"""Memory in MB; the domain holds the same integer as MiB."""
+WorkerSlots = Annotated[int, Field(ge=0, le=MAX_WORKERS_CAPACITY)]
+ServerArgv = Annotated[
+    list[Annotated[str, _check_argument(SERVER_PLACEHOLDERS)]],
+    AfterValidator(_check_command),
+]
+WorkerArgv = Annotated[
+    list[Annotated[str, _check_argument(WORKER_PLACEHOLDERS)]],
+    AfterValidator(_check_command),
+]
+_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+
+
+def _check_path(path: str) -> str:
+    if not _PATH.match(path):
+        raise PydanticCustomError(
+            "catalog_path",
+            'must start with "/" and use only letters, digits and ._~/-, got "{path}"',
+            {"path": path},
+        )
+    return path
+
+
+EndpointPath = Annotated[str, AfterValidator(_check_path)]
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# -- the catalog ---------------------------------------------------------------
+
+
+class McpServerEntry(_Entry):
+    """One `[mcp_servers.NAME]` table: how to run the server, what it costs."""
+
+    command: ServerArgv = Field(
+        description=(
+            "The server's argv, run without a shell. May use {port} and {host} "
+            "(where it must listen, for transport http)."
+        )
+    )
+    transport: Transport = Field(
+        "stdio",
+        description=(
+            "stdio: the ledger bridges its stdin/stdout to streamable HTTP on "
+            "the server's port; http: it listens on {host}:{port} itself."
+        ),
+    )
+    path: EndpointPath = Field(
+        DEFAULT_SERVER_PATH, description="Path of its streamable HTTP endpoint."
+    )
+    env: Annotated[dict[str, str], AfterValidator(_check_env)] = Field(
+        default_factory=dict, description="Environment variables added for it."
+    )
+    cpu: Cores = Field(
+        0.0, description="Cores reserved for each allocation that names it."
+    )
+    memory: Megabytes = Field(
+        0, description="MB reserved for each allocation that names it."
+    )
+    start_timeout_seconds: float = Field(
+        DEFAULT_START_TIMEOUT_SECONDS,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long it may take to answer MCP after it is started.",
+    )
+    idle_timeout_seconds: int = Field(
+        DEFAULT_IDLE_TIMEOUT_SECONDS,
+        gt=0,
+        le=MAX_IDLE_TIMEOUT_SECONDS,
+        description="Seconds with no allocation naming it before it stops.",
+    )
+
+    @property
+    def cost(self) -> Resources:
+        """What each allocation naming it holds, in domain units."""
+        return Resources(millicores(self.cpu), self.memory, 0)
+
+    def argv(self, *, port: int, host: str) -> list[str]:
+        """The command with {port} and {host} filled in ({{ and }} are braces)."""
+        return [arg.format_map({"port": port, "host": host}) for arg in self.command]
+
+
+class PoolEntry(_Entry):
+    """One `[pools.NAME]` table. A total or worker size left out keeps the
+    pool's current value (a new pool starts from the defaults: 16 cores,
+    32768 MB, 10 workers of 1 core and 2048 MB)."""
+
+    cpu: Cores | None = Field(None, description="Cores in all.")
+    memory: Megabytes | None = Field(None, description="MB in all.")
+    workers: WorkerSlots | None = Field(None, description="Worker slots in all.")
+    worker_cpu: Cores | None = Field(None, description="Cores of one worker.")
+    worker_memory: Megabytes | None = Field(None, description="MB of one worker.")
+    worker_command: WorkerArgv | None = Field(
+        None,
+        description=(
+            "argv that starts one worker; may use {port}, {worker_id} and "
+            "{allocation_id}. Without it, workers are addresses only."
+        ),
+    )
+    advertise_host: Annotated[str, AfterValidator(_check_host)] = Field(
+        DEFAULT_ADVERTISE_HOST,
+        description="Host name put in the endpoints handed out from this pool.",
+    )
+
+    def capacity(self, current: Resources) -> Resources | None:
+        """The totals this entry sets over `current` (None: it sets none)."""
+        if self.cpu is None and self.memory is None and self.workers is None:
+            return None
+        return Resources(
+            current.cpu_millicores if self.cpu is None else millicores(self.cpu),
+            current.memory_mib if self.memory is None else self.memory,
+            current.workers if self.workers is None else self.workers,
+        )
+
+    def worker_size(self, current: Resources) -> Resources | None:
+        """One worker's size this entry sets over `current` (None: it sets none)."""
+        if self.worker_cpu is None and self.worker_memory is None:
+            return None
+        return dataclasses.replace(
+            current,
+            cpu_millicores=(
+                current.cpu_millicores
+                if self.worker_cpu is None
+                else millicores(self.worker_cpu)
+            ),
+            memory_mib=(
+                current.memory_mib if self.worker_memory is None else self.worker_memory
+            ),
+        )
+
+    def worker_argv(
+        self, *, port: int, worker_id: str, allocation_id: str
+    ) -> list[str]:
+        """The worker command with its placeholders filled in ([] if none)."""
+        values = {"port": port, "worker_id": worker_id, "allocation_id": allocation_id}
+        return [arg.format_map(values) for arg in self.worker_command or ()]
+
+
+class Catalog(_Entry):
+    """The MCP servers and pools a config file names, and the provisioner.
+
+    Built from a file by `file.load_catalog` (or `Settings().catalog`),
+    which words every mistake as one `CatalogError` line. Names follow the
+    domain's rules; at most MAX_OTHER_POOLS pools besides the default one.
+    """
+
+    mcp_servers: dict[str, McpServerEntry] = Field(default_factory=dict)
+    pools: dict[str, PoolEntry] = Field(default_factory=dict)
+    provisioner: Provisioner | None = Field(
+        None,
+        description=(
+            "process: the ledger runs the servers and workers; endpoints: it "
+            "hands out addresses only. Default: see effective_provisioner."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _names_and_count(self) -> Catalog:
+        try:
+            for server in self.mcp_servers:
+                validate_server_name(server)
+            for pool in self.pools:
+                validate_pool_name(pool)
+        except InvalidRequestError as error:
+            raise PydanticCustomError("catalog_name", str(error)) from None
+        others = [name for name in self.pools if name != DEFAULT_POOL]
+        if len(others) > MAX_OTHER_POOLS:
+            raise PydanticCustomError(
+                "catalog_pool_count",
+                "names {count} pools besides {default}; at most {most} are allowed",
+                {
+                    "count": len(others),
+                    "default": DEFAULT_POOL,
+                    "most": MAX_OTHER_POOLS,
+                },
+            )
+        return self
+
+    @property
+    def effective_provisioner(self) -> Provisioner:
+        """`provisioner` if given; else process when the catalog names an MCP
+        server or a pool has a worker_command, endpoints otherwise."""
+        if self.provisioner is not None:
+            return self.provisioner
+        if self.mcp_servers or any(p.worker_command for p in self.pools.values()):
+            return "process"
+        return "endpoints"
+
+    def server_costs(self) -> dict[str, Resources]:
+        """Each named server's cost per allocation, in domain units (zeros left out)."""
+        return {
+            name: entry.cost
+            for name, entry in sorted(self.mcp_servers.items())
+            if entry.cost != Resources()
+        }
