@@ -2,7 +2,7 @@
 
 Tools: `echo(text)` answers the text; `whoami()` answers this process's pid;
 `env(name)` answers an environment variable; `crash()` exits the process at
-once (exit code 3).
+once (exit code 3). Also a resource `test://greeting` and a prompt `greet`.
 
     python tests/mcp_test_server.py [--transport stdio|http] [--host H]
         [--port N] [--path /mcp] [--delay-seconds S] [--crash-at-start]
@@ -51,6 +51,18 @@ def crash() -> str:
     sys.stderr.write("mcp_test_server: crash() called, exiting\n")
     sys.stderr.flush()
     os._exit(CRASH_EXIT_CODE)
+
+
+@server.resource("test://greeting", mime_type="text/plain")
+def greeting() -> str:
+    """A fixed text."""
+    return "hello from the test server"
+
+
+@server.prompt()
+def greet(name: str) -> str:
+    """A prompt that greets `name`."""
+    return f"Say hello to {name}."
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types as types
 import pytest
 from mcp.client import Client
 
@@ -142,6 +143,18 @@ def processes(supervisors: Callable[..., ServerProcesses]) -> ServerProcesses:
     return supervisors(restart_policy=RestartPolicy(backoff_seconds=0.1))
 
 
+async def _read_and_prompt(url: str) -> tuple[list[str], str, str]:
+    async with Client(url) as client:
+        listed = await client.list_resources()
+        read = await client.read_resource("test://greeting")
+        prompt = await client.get_prompt("greet", {"name": "Ada"})
+        text = read.contents[0]
+        message = prompt.messages[0].content
+        assert isinstance(text, types.TextResourceContents)
+        assert isinstance(message, types.TextContent)
+        return [str(r.uri) for r in listed.resources], text.text, message.text
+
+
 async def _call(url: str, tool: str, arguments: dict[str, Any]) -> Any:
     async with Client(url) as client:
         result = await client.call_tool(tool, arguments)
@@ -217,6 +230,11 @@ def test_stop_ends_the_whole_process_group_and_frees_the_port(
     assert info.pid is not None
     child = call_tool(info.endpoint, "whoami")["result"]
     assert child != info.pid and os.getpgid(child) == info.pid
+    assert anyio.run(_read_and_prompt, info.endpoint) == (
+        ["test://greeting"],
+        "hello from the test server",
+        "Say hello to Ada.",
+    )
     assert (tmp_path / "run" / "default-echo-stdio.json").exists()
 
     stopped = processes.stop(POOL, "echo-stdio", grace_seconds=5)
@@ -404,6 +422,20 @@ def test_a_record_whose_process_is_gone_or_another_program_is_replaced(
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_port_taken_by_another_program_fails_the_start_at_once(
+    processes: ServerProcesses, events: Events
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind((HOST, 0))
+        other.listen()
+        port = other.getsockname()[1]
+
+        with pytest.raises(ServerStartError, match=f"port {port} .* already in use"):
+            processes.ensure_running(POOL, http_spec(), port, HOST)
+
+    assert events.kinds() == ["health_failed"] and not events.started
 
 
 def test_a_health_check_of_a_closed_port_says_why() -> None:

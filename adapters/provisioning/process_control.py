@@ -128,15 +128,16 @@ def wait_gone(
     Returns (gone, returncode); the returncode is known when pid is our child
     (`process`, or a child of this Python process found by waitpid).
     """
-    returncode: int | None = None
     while True:
         if process is not None:
             if process.poll() is not None:
                 return True, process.returncode
         else:
-            returncode = reap(pid) if returncode is None else returncode
-            if returncode is not None or not is_alive(pid):
+            returncode = reap(pid)
+            if returncode is not None:
                 return True, returncode
+            if not is_alive(pid):  # gone, or just now a zombie (of ours?)
+                return True, reap(pid)
         if time.monotonic() >= deadline:
             return False, None
         time.sleep(POLL_SECONDS)
@@ -162,6 +163,7 @@ def terminate_group(
     # Members that outlived the leader (a bridge's child, say) get the same.
     deadline = time.monotonic() + grace_seconds
     while group_alive(pid) and time.monotonic() < deadline:
+        reap(pid)
         time.sleep(POLL_SECONDS)
     if group_alive(pid):
         forced = True

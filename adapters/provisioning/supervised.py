@@ -167,7 +167,7 @@ class SupervisedServer:
             return True, returncode
         if control.is_same_process(self.pid, self.argv, self.start_ticks):
             return False, None
-        return True, None
+        return True, control.reap(self.pid)  # it may have exited just now
 
     def is_alive(self) -> bool:
         """Whether the current process runs."""
