@@ -438,6 +438,14 @@ def test_a_port_taken_by_another_program_fails_the_start_at_once(
     assert events.kinds() == ["health_failed"] and not events.started
 
 
+def test_it_refuses_to_block_a_running_event_loop(processes: ServerProcesses) -> None:
+    async def start() -> None:
+        processes.ensure_running(POOL, http_spec(), free_port(), HOST)
+
+    with pytest.raises(RuntimeError, match="worker thread"):
+        anyio.run(start)
+
+
 def test_a_health_check_of_a_closed_port_says_why() -> None:
     result = check_endpoint_sync(f"http://{HOST}:{free_port()}/mcp", 5)
 

@@ -15,6 +15,7 @@ from allocation_ledger.adapters.provisioning import process_control as control
 from allocation_ledger.adapters.provisioning.health import (
     HealthResult,
     check_endpoint_sync,
+    describe_error,
 )
 from allocation_ledger.adapters.provisioning.process_reports import (
     EventKind,
@@ -102,7 +103,23 @@ class ServerLaunch:
         )
 
     def wait_until_healthy(self) -> HealthResult:
-        """Wait (up to spec.start_timeout_seconds) until the endpoint answers MCP."""
+        """Wait (up to spec.start_timeout_seconds) until the endpoint answers MCP.
+
+        Whatever goes wrong meanwhile, the process does not outlive a failure:
+        an unexpected error becomes a ServerStartError too (an interrupt is
+        re-raised after the kill).
+        """
+        try:
+            return self._wait_until_healthy()
+        except ServerStartError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - it becomes the start's failure
+            self._fail(f"checking its endpoint failed: {describe_error(exc)}")
+        except BaseException:
+            self._kill()
+            raise
+
+    def _wait_until_healthy(self) -> HealthResult:
         process = self.process
         assert process is not None, "spawn() first"
         timeout = self.spec.start_timeout_seconds
@@ -137,12 +154,15 @@ class ServerLaunch:
                 last_error = health.error or "no answer"
             time.sleep(RETRY_SECONDS)
 
-    def _fail(self, reason: str) -> NoReturn:
+    def _kill(self) -> None:
         process = self.process
         if process is not None:
             control.terminate_group(process.pid, KILL_GRACE_SECONDS, process)
             if self.exit is None:
                 self.exit = ExitStatus.from_returncode(process.returncode, self._now())
+
+    def _fail(self, reason: str) -> NoReturn:
+        self._kill()
         tail = control.log_tail(self.log_path)
         self._note("health_failed", {"reason": reason, "stderr_tail": tail})
         raise ServerStartError(self.spec.name, self.pool, reason, tail)

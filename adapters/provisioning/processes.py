@@ -66,7 +66,7 @@ class ServerProcesses(Supervision):
         Blocks until the endpoint answers MCP (at most the spec's start
         timeout). Raises ServerStartError when the start fails (nothing is
         left running), ValueError when the server already runs on another
-        port, RuntimeError after close().
+        port, RuntimeError after close() or inside a running event loop.
         """
         events: list[ProcessEvent] = []
         try:
@@ -134,7 +134,7 @@ class ServerProcesses(Supervision):
                 unexpected.update(
                     key
                     for key, server in self._servers.items()
-                    if key not in expected and server.pid is not None
+                    if key not in expected and (server.pid or server.wanted)
                 )
             for pool, name in sorted(unexpected):
                 self._stop(pool, name, 5.0, events)

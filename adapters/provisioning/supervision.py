@@ -10,6 +10,7 @@ locks are held and told to `on_event` only once every lock is released.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -224,8 +225,17 @@ class Supervision:
             return self._key_locks.setdefault(key, threading.Lock())
 
     def _check_open(self) -> None:
+        """Raise RuntimeError after close(), or inside a running event loop."""
         if self._closing.is_set():
             raise RuntimeError("ServerProcesses is closed")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        raise RuntimeError(
+            "ServerProcesses blocks while a server starts: call it from a worker "
+            "thread (anyio.to_thread.run_sync), not inside a running event loop"
+        )
 
     def _emit(self, events: list[ProcessEvent]) -> list[ProcessEvent]:
         """Tell on_event of the events (no lock held), empty the list; the events."""
