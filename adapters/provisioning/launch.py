@@ -116,7 +116,7 @@ class ServerLaunch:
         except Exception as exc:  # noqa: BLE001 - it becomes the start's failure
             self._fail(f"checking its endpoint failed: {describe_error(exc)}")
         except BaseException:
-            self._kill()
+            self.abort()
             raise
 
     def _wait_until_healthy(self) -> HealthResult:
@@ -154,7 +154,8 @@ class ServerLaunch:
                 last_error = health.error or "no answer"
             time.sleep(RETRY_SECONDS)
 
-    def _kill(self) -> None:
+    def abort(self) -> None:
+        """Kill the process group if it still runs (no event); idempotent."""
         process = self.process
         if process is not None:
             control.terminate_group(process.pid, KILL_GRACE_SECONDS, process)
@@ -162,7 +163,7 @@ class ServerLaunch:
                 self.exit = ExitStatus.from_returncode(process.returncode, self._now())
 
     def _fail(self, reason: str) -> NoReturn:
-        self._kill()
+        self.abort()
         tail = control.log_tail(self.log_path)
         self._note("health_failed", {"reason": reason, "stderr_tail": tail})
         raise ServerStartError(self.spec.name, self.pool, reason, tail)

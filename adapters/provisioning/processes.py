@@ -239,7 +239,8 @@ class ServerProcesses(Supervision):
                 control.wait_port_free(server.host, server.port, 5.0)
                 detail = ended.as_detail() | {"forced": forced}
                 events.append(server.event("stopped", detail, self._now(), pid))
-                server.last_exit = ended
+                with self._lock:
+                    server.last_exit = ended
             self.records.remove(pool, name)
             with self._lock:
                 server.status = "stopped"

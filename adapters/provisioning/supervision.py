@@ -122,7 +122,8 @@ class Supervision:
                 server.spawned(launch)
             self.records.write(launch.record())
             launch.wait_until_healthy()
-        except ServerStartError:
+        except BaseException:  # a failed start, or anything else: nothing stays
+            launch.abort()
             self.records.remove(pool, spec.name)
             with self._lock:
                 server.start_failed(launch)
