@@ -1,0 +1,176 @@
+"""One start of one MCP server: spawn it, then wait until its endpoint answers MCP."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from allocation_ledger.adapters.provisioning import process_control as control
+from allocation_ledger.adapters.provisioning.health import (
+    HealthResult,
+    check_endpoint_sync,
+    describe_error,
+)
+from allocation_ledger.adapters.provisioning.process_reports import (
+    EventKind,
+    ExitStatus,
+    ProcessEvent,
+    ServerStartError,
+)
+from allocation_ledger.adapters.provisioning.run_records import RunRecord
+from allocation_ledger.adapters.provisioning.server_spec import ServerSpec
+
+KILL_GRACE_SECONDS = 2.0
+RETRY_SECONDS = 0.1
+CONNECT_PROBE_SECONDS = 0.5
+
+
+class ServerLaunch:
+    """Starts `spec` for `pool` on host:port, appending its output to `log_path`.
+
+    Call `spawn()`, then `wait_until_healthy()`. Either raises
+    ServerStartError after killing what it started; `exit` then tells how the
+    process ended, when it did. The events (`started`, `exited`,
+    `health_passed`, `health_failed`) are appended to `events`.
+    """
+
+    def __init__(
+        self,
+        pool: str,
+        spec: ServerSpec,
+        port: int,
+        host: str,
+        log_path: Path,
+        *,
+        now: Callable[[], datetime],
+        health_timeout_seconds: float,
+        events: list[ProcessEvent],
+    ) -> None:
+        self.pool, self.spec, self.port, self.host = pool, spec, port, host
+        self.log_path = log_path
+        self.argv = tuple(spec.argv(host, port))
+        self.endpoint = spec.endpoint(host, port)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start_ticks: int | None = None
+        self.started_at: datetime | None = None
+        self.exit: ExitStatus | None = None
+        self._now = now
+        self._health_timeout = health_timeout_seconds
+        self._events = events
+        self._began = time.monotonic()
+
+    def spawn(self, environ: Mapping[str, str] = os.environ) -> subprocess.Popen[bytes]:
+        """Start the process (spec.env over `environ`) once the port is free."""
+        if not control.port_is_free(self.host, self.port):
+            self._fail(f"port {self.port} on {self.host} is already in use")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
+            stamp = self._now().isoformat()
+            log.write(f"--- {stamp} starting: {shlex.join(self.argv)}\n")
+        try:
+            process = control.spawn(
+                self.argv, dict(environ) | dict(self.spec.env), self.log_path
+            )
+        except OSError as exc:
+            self._fail(f"cannot start {self.argv[0]!r}: {exc}")
+        self._began = time.monotonic()
+        self.process = process
+        self.start_ticks = control.start_ticks(process.pid)
+        self.started_at = self._now()
+        detail = {"argv": list(self.argv), "log": str(self.log_path)}
+        self._note("started", detail)
+        return process
+
+    def record(self) -> RunRecord:
+        """The state file's content for the spawned process."""
+        assert self.process is not None and self.started_at is not None
+        return RunRecord(
+            pool=self.pool,
+            name=self.spec.name,
+            pid=self.process.pid,
+            port=self.port,
+            host=self.host,
+            endpoint=self.endpoint,
+            argv=self.argv,
+            start_ticks=self.start_ticks,
+            started_at=self.started_at.isoformat(),
+        )
+
+    def wait_until_healthy(self) -> HealthResult:
+        """Wait (up to spec.start_timeout_seconds) until the endpoint answers MCP.
+
+        Whatever goes wrong meanwhile, the process does not outlive a failure:
+        an unexpected error becomes a ServerStartError too (an interrupt is
+        re-raised after the kill).
+        """
+        try:
+            return self._wait_until_healthy()
+        except ServerStartError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - it becomes the start's failure
+            self._fail(f"checking its endpoint failed: {describe_error(exc)}")
+        except BaseException:
+            self.abort()
+            raise
+
+    def _wait_until_healthy(self) -> HealthResult:
+        process = self.process
+        assert process is not None, "spawn() first"
+        timeout = self.spec.start_timeout_seconds
+        deadline = self._began + timeout
+        last_error = "nothing listens on the port"
+        while True:
+            returncode = process.poll()
+            if returncode is not None:
+                self.exit = ExitStatus.from_returncode(returncode, self._now())
+                self._note("exited", self.exit.as_detail())
+                self._fail(
+                    f"it exited before its endpoint answered ({self.exit.describe()})"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._fail(
+                    f"its endpoint did not answer within {timeout:g} s ({last_error})"
+                )
+            probe = min(CONNECT_PROBE_SECONDS, remaining)
+            if control.accepts_connections(self.host, self.port, probe):
+                health = check_endpoint_sync(
+                    self.endpoint, min(self._health_timeout, remaining)
+                )
+                if health.ok:
+                    detail = {
+                        "tools": list(health.tools),
+                        "protocol_version": health.protocol_version,
+                        "seconds": round(time.monotonic() - self._began, 3),
+                    }
+                    self._note("health_passed", detail)
+                    return health
+                last_error = health.error or "no answer"
+            time.sleep(RETRY_SECONDS)
+
+    def abort(self) -> None:
+        """Kill the process group if it still runs (no event); idempotent."""
+        process = self.process
+        if process is not None:
+            control.terminate_group(process.pid, KILL_GRACE_SECONDS, process)
+            if self.exit is None:
+                self.exit = ExitStatus.from_returncode(process.returncode, self._now())
+
+    def _fail(self, reason: str) -> NoReturn:
+        self.abort()
+        tail = control.log_tail(self.log_path)
+        self._note("health_failed", {"reason": reason, "stderr_tail": tail})
+        raise ServerStartError(self.spec.name, self.pool, reason, tail)
+
+    def _note(self, kind: EventKind, detail: dict[str, Any]) -> None:
+        pid = self.process.pid if self.process is not None else None
+        event = ProcessEvent(
+            kind, self.pool, self.spec.name, self.port, pid, self._now(), detail
+        )
+        self._events.append(event)
