@@ -23,7 +23,8 @@ from allocation_ledger.domain.ledger import (
     MAX_WAIT_SECONDS,
     MAX_WORKERS_CAPACITY,
 )
-from allocation_ledger.domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST, queue_rank
+from allocation_ledger.domain.pool import queue_rank
+from allocation_ledger.domain.ports import MCP_PORT_FIRST, MCP_PORT_LAST
 from allocation_ledger.domain.provisioner import Endpoints
 from allocation_ledger.domain.values import (
     JOB_ID_PATTERN,

@@ -49,15 +49,17 @@ from allocation_ledger.domain.errors import (
 )
 from allocation_ledger.domain.pool import (
     DEFAULT_POOL,
-    MAX_OTHER_POOLS,
-    WORKER_PORT_FIRST,
-    WORKER_PORT_LAST,
     Pool,
     PoolSettings,
-    PortRanges,
     Reservation,
     Scheduling,
     pool_uuid,
+)
+from allocation_ledger.domain.ports import (
+    MAX_OTHER_POOLS,
+    WORKER_PORT_FIRST,
+    WORKER_PORT_LAST,
+    PortRanges,
 )
 from allocation_ledger.domain.provisioner import Endpoints, Provisioner
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry

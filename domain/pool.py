@@ -15,6 +15,12 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from allocation_ledger.domain.ports import (
+    PortRanges,
+    free_mcp_ports,
+    lowest_free_mcp_port,
+    lowest_free_worker_ports,
+)
 from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,
     MILLICORES_PER_CORE,
@@ -32,53 +38,6 @@ DEFAULT_POOL = "default"
 DEFAULT_CAPACITY = Resources(16 * MILLICORES_PER_CORE, 32768, 10)
 DEFAULT_WORKER_SIZE = Resources(1 * MILLICORES_PER_CORE, 2048, 1)
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300
-MCP_PORT_FIRST = 9000
-MCP_PORT_LAST = 9099
-WORKER_PORT_FIRST = 8000
-WORKER_PORT_LAST = 8999
-MCP_PORTS_PER_POOL = MCP_PORT_LAST - MCP_PORT_FIRST + 1
-WORKER_PORTS_PER_POOL = WORKER_PORT_LAST - WORKER_PORT_FIRST + 1
-OTHER_POOLS_FIRST_PORT = 10_000
-MAX_OTHER_POOLS = (65_535 - OTHER_POOLS_FIRST_PORT + 1) // (
-    WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL
-)
-
-
-@dataclass(frozen=True)
-class PortRanges:
-    """The ports a pool hands out. Pools share the host's port space, so no
-    two pools' ranges overlap: the default pool keeps the original ranges
-    (workers from 8000, MCP servers 9000-9099); the n-th other pool gets
-    1,000 worker ports and 100 MCP ports from 10000 + 1100 n."""
-
-    worker_first: int = WORKER_PORT_FIRST
-    worker_last: int = WORKER_PORT_LAST
-    mcp_first: int = MCP_PORT_FIRST
-    mcp_last: int = MCP_PORT_LAST
-
-    @classmethod
-    def for_other_pool(cls, index: int) -> PortRanges:
-        """Ranges of the `index`-th pool other than the default (from 0)."""
-        start = OTHER_POOLS_FIRST_PORT + index * (
-            WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL
-        )
-        return cls(
-            worker_first=start,
-            worker_last=start + WORKER_PORTS_PER_POOL - 1,
-            mcp_first=start + WORKER_PORTS_PER_POOL,
-            mcp_last=start + WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL - 1,
-        )
-
-    def spans(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        return (self.worker_first, self.worker_last), (self.mcp_first, self.mcp_last)
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "worker_first": self.worker_first,
-            "worker_last": self.worker_last,
-            "mcp_first": self.mcp_first,
-            "mcp_last": self.mcp_last,
-        }
 
 
 def pool_uuid(name: str) -> UUID:
@@ -488,7 +447,8 @@ class Pool(Aggregate):
         return self.settings.capacity - self.reserved
 
     def free_mcp_ports(self) -> int:
-        return self.ports.mcp_last - self.ports.mcp_first + 1 - len(self.servers)
+        """MCP ports in this pool's range not taken by a running or idle server."""
+        return free_mcp_ports(self.ports, len(self.servers))
 
     def shortfall(
         self, request: AllocationRequest, *, freeing: Iterable[Reservation] = ()
@@ -707,12 +667,16 @@ class Pool(Aggregate):
                 stopped.append(
                     self._stop_longest_idle(keep=request.servers, at=at, actor=actor)
                 )
-            port = self._lowest_free_mcp_port()
+            port = lowest_free_mcp_port(
+                self.ports, (s.port for s in self.servers.values())
+            )
             self.trigger_event(
                 self.ServerStarted, timestamp=at, actor=actor, name=name, port=port
             )
             servers.append((name, port, True))
-        worker_ports = self._lowest_free_worker_ports(request.workers)
+        worker_ports = lowest_free_worker_ports(
+            self.ports, self.worker_ports, request.workers
+        )
         self.trigger_event(
             self.Reserved,
             timestamp=at,
@@ -858,20 +822,3 @@ class Pool(Aggregate):
             port=server.port,
         )
         return server.name, server.port
-
-    def _lowest_free_mcp_port(self) -> int:
-        used = {s.port for s in self.servers.values()}
-        for port in range(self.ports.mcp_first, self.ports.mcp_last + 1):
-            if port not in used:
-                return port
-        msg = "no free MCP server port"  # shortfall() rules this out
-        raise RuntimeError(msg)
-
-    def _lowest_free_worker_ports(self, count: int) -> list[int]:
-        ports: list[int] = []
-        port = self.ports.worker_first
-        while len(ports) < count:
-            if port not in self.worker_ports:
-                ports.append(port)
-            port += 1
-        return ports

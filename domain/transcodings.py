@@ -9,12 +9,12 @@ from eventsourcing.persistence import Transcoding
 
 from allocation_ledger.domain.pool import (
     PoolSettings,
-    PortRanges,
     QueueEntry,
     Reservation,
     Scheduling,
     ServerInstance,
 )
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.values import (
     AllocationRequest,
     Priority,

@@ -16,7 +16,8 @@ from datetime import datetime
 from uuid import UUID
 
 from allocation_ledger.domain.allocation import Allocation, allocation_uuid
-from allocation_ledger.domain.pool import Pool, PortRanges
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.values import (
     LIVE_STATES,
     TERMINAL_STATES,

@@ -11,12 +11,14 @@ from allocation_ledger.domain.pool import (
     DEFAULT_CAPACITY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_WORKER_SIZE,
-    MCP_PORT_FIRST,
-    MCP_PORT_LAST,
-    WORKER_PORT_FIRST,
     Pool,
     PoolSettings,
     pool_uuid,
+)
+from allocation_ledger.domain.ports import (
+    MCP_PORT_FIRST,
+    MCP_PORT_LAST,
+    WORKER_PORT_FIRST,
 )
 from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,
