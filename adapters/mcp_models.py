@@ -17,15 +17,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
 from allocation_ledger.domain.allocation import Allocation
-from allocation_ledger.domain.ledger import (
+from allocation_ledger.domain.pool_settings import (
     MAX_CPU_MILLICORES,
     MAX_MEMORY_MIB,
-    MAX_WAIT_SECONDS,
     MAX_WORKERS_CAPACITY,
 )
-from allocation_ledger.domain.pool import queue_rank
 from allocation_ledger.domain.ports import MCP_PORT_FIRST, MCP_PORT_LAST
 from allocation_ledger.domain.provisioner import Endpoints
+from allocation_ledger.domain.scheduling import MAX_WAIT_SECONDS, queue_rank
 from allocation_ledger.domain.values import (
     JOB_ID_PATTERN,
     MAX_JOB_ID_LENGTH,

@@ -47,31 +47,29 @@ from allocation_ledger.domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from allocation_ledger.domain.pool import (
-    DEFAULT_POOL,
-    Pool,
+from allocation_ledger.domain.pool import DEFAULT_POOL, Pool, Reservation, pool_uuid
+from allocation_ledger.domain.pool_settings import (
     PoolSettings,
-    Reservation,
-    Scheduling,
-    pool_uuid,
+    validate_capacity,
+    validate_settings,
 )
 from allocation_ledger.domain.ports import (
     MAX_OTHER_POOLS,
-    WORKER_PORT_FIRST,
-    WORKER_PORT_LAST,
     PortRanges,
 )
 from allocation_ledger.domain.provisioner import Endpoints, Provisioner
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
+from allocation_ledger.domain.scheduling import (
+    Scheduling,
+    validate_scheduling,
+    validate_wait,
+)
 from allocation_ledger.domain.transcodings import TRANSCODINGS
 from allocation_ledger.domain.values import (
-    MAX_TTL_SECONDS,
     QUEUE_TIMEOUT,
     AllocationRequest,
     AllocationState,
     Dimension,
-    Priority,
-    QueuePolicy,
     Rejection,
     Resources,
     validate_pool_name,
@@ -83,10 +81,6 @@ from allocation_ledger.domain.values import (
 LOCAL_ACTOR = "local"
 SWEEPER_ACTOR = "system:sweeper"
 SCHEDULER_ACTOR = "system:scheduler"
-MAX_WORKERS_CAPACITY = WORKER_PORT_LAST - WORKER_PORT_FIRST + 1
-MAX_CPU_MILLICORES = 1_000_000 * 1000
-MAX_MEMORY_MIB = 1024 * 1024 * 1024
-MAX_IDLE_TIMEOUT_SECONDS = MAX_TTL_SECONDS
 SWEEP_BATCH = 500
 SNAPSHOT_AFTER_EVENTS = 50
 
@@ -515,7 +509,7 @@ class Ledger(Application[UUID]):
     ) -> PoolResult:
         validate_pool_name(name)
         chosen = settings or PoolSettings()
-        _validate_settings(chosen)
+        validate_settings(chosen)
 
         def body(work: _UnitOfWork) -> PoolResult:
             if work.get(_pool_uuid(name), fresh=True) is not None:
@@ -555,7 +549,7 @@ class Ledger(Application[UUID]):
                     else base.idle_timeout_seconds
                 ),
             )
-            _validate_settings(settings)
+            validate_settings(settings)
             now = self.clock.now()
             if not isinstance(found, Pool):
                 pool = work.create_pool(name, settings, actor=actor)
@@ -571,7 +565,7 @@ class Ledger(Application[UUID]):
     ) -> PoolResult:
         """Set a pool's totals. Lowering never evicts: it only refuses new requests."""
         validate_pool_name(pool)
-        _validate_capacity(capacity)
+        validate_capacity(capacity)
         if pool != DEFAULT_POOL:
 
             def exists(work: _UnitOfWork) -> None:
@@ -596,7 +590,7 @@ class Ledger(Application[UUID]):
         validate_pool_name(pool)
         validate_tenant(tenant)
         if limits is not None:
-            _validate_capacity(limits)
+            validate_capacity(limits)
 
         def body(work: _UnitOfWork) -> PoolResult:
             target = work.pool(pool, actor=actor)
@@ -614,7 +608,7 @@ class Ledger(Application[UUID]):
     ) -> PoolResult:
         """Set a pool's queue policy, aging and preemption rules."""
         validate_pool_name(pool)
-        _validate_scheduling(scheduling)
+        validate_scheduling(scheduling)
 
         def body(work: _UnitOfWork) -> PoolResult:
             target = work.pool(pool, actor=actor)
@@ -681,7 +675,7 @@ class Ledger(Application[UUID]):
         if request_id is not None:
             validate_request_id(request_id)
         if max_wait_seconds is not None:
-            _validate_wait(max_wait_seconds)
+            validate_wait(max_wait_seconds)
         if tenant is not None:
             validate_tenant(tenant)
 
@@ -1201,73 +1195,3 @@ def _check_same_request(
     differing = [key for key in after if before.get(key) != after[key]]
     if differing:
         raise IdempotencyConflictError(request_id, existing.allocation_id, differing)
-
-
-def _validate_capacity(capacity: Resources) -> None:
-    limits = (
-        ("cpu", capacity.cpu_millicores, MAX_CPU_MILLICORES),
-        ("memory", capacity.memory_mib, MAX_MEMORY_MIB),
-        ("workers", capacity.workers, MAX_WORKERS_CAPACITY),
-    )
-    for name, value, limit in limits:
-        if isinstance(value, bool) or not isinstance(value, int):
-            msg = f"capacity {name} must be a whole number, got {value!r}"
-            raise InvalidRequestError(msg, field=name)
-        if not 0 <= value <= limit:
-            msg = f"capacity {name} must be between 0 and {limit}, got {value}"
-            raise InvalidRequestError(msg, field=name)
-
-
-def _validate_settings(settings: PoolSettings) -> None:
-    _validate_capacity(settings.capacity)
-    size = settings.worker_size
-    if size.cpu_millicores < 0 or size.memory_mib < 0:
-        msg = f"worker size must not be negative, got {size}"
-        raise InvalidRequestError(msg, field="worker_size")
-    for name, cost in (settings.server_costs or {}).items():
-        if cost.cpu_millicores < 0 or cost.memory_mib < 0 or cost.workers != 0:
-            msg = f"cost of MCP server {name!r} must be CPU and memory >= 0, got {cost}"
-            raise InvalidRequestError(msg, field="server_costs")
-    if not 0 <= settings.idle_timeout_seconds <= MAX_IDLE_TIMEOUT_SECONDS:
-        msg = (
-            f"idle_timeout_seconds must be between 0 and {MAX_IDLE_TIMEOUT_SECONDS}, "
-            f"got {settings.idle_timeout_seconds}"
-        )
-        raise InvalidRequestError(msg, field="idle_timeout_seconds")
-
-
-MAX_WAIT_SECONDS = 7 * 24 * 3600
-
-
-def _validate_wait(seconds: object) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, int):
-        msg = f"max_wait_seconds must be a whole number of seconds, got {seconds!r}"
-        raise InvalidRequestError(msg, field="max_wait_seconds")
-    if not 1 <= seconds <= MAX_WAIT_SECONDS:
-        msg = (
-            f"max_wait_seconds must be between 1 and {MAX_WAIT_SECONDS}, got {seconds}"
-        )
-        raise InvalidRequestError(msg, field="max_wait_seconds")
-
-
-def _validate_scheduling(scheduling: Scheduling) -> None:
-    if not isinstance(scheduling.queue_policy, QueuePolicy):
-        msg = (
-            f"queue_policy must be strict or backfill, got {scheduling.queue_policy!r}"
-        )
-        raise InvalidRequestError(msg, field="queue_policy")
-    if not 1 <= scheduling.aging_seconds <= MAX_WAIT_SECONDS:
-        msg = (
-            f"aging_seconds must be between 1 and {MAX_WAIT_SECONDS}, "
-            f"got {scheduling.aging_seconds}"
-        )
-        raise InvalidRequestError(msg, field="aging_seconds")
-    known = {p.value for p in Priority}
-    for by, victims in scheduling.preemption.items():
-        for victim in victims:
-            if by not in known or victim not in known:
-                msg = f"preemption names an unknown priority: {by} -> {victim}"
-                raise InvalidRequestError(msg, field="preemption")
-            if Priority(victim).rank >= Priority(by).rank:
-                msg = f"{by} may only preempt strictly lower priorities, not {victim}"
-                raise InvalidRequestError(msg, field="preemption")

@@ -7,23 +7,28 @@ pool's current version; a concurrent writer loses on that version.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from allocation_ledger.domain.pool_settings import (
+    PoolSettings,
+    costs_from_event,
+    costs_to_event,
+)
 from allocation_ledger.domain.ports import (
     PortRanges,
     free_mcp_ports,
     lowest_free_mcp_port,
     lowest_free_worker_ports,
 )
+from allocation_ledger.domain.scheduling import Scheduling, queue_rank
 from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,
-    MILLICORES_PER_CORE,
     QUEUED_AHEAD,
     QUOTA_EXCEEDED,
     AllocationRequest,
@@ -35,9 +40,6 @@ from allocation_ledger.domain.values import (
 )
 
 DEFAULT_POOL = "default"
-DEFAULT_CAPACITY = Resources(16 * MILLICORES_PER_CORE, 32768, 10)
-DEFAULT_WORKER_SIZE = Resources(1 * MILLICORES_PER_CORE, 2048, 1)
-DEFAULT_IDLE_TIMEOUT_SECONDS = 300
 
 
 def pool_uuid(name: str) -> UUID:
@@ -70,48 +72,10 @@ class QueueEntry:
     tenant: str | None
 
 
-DEFAULT_AGING_SECONDS = 600
 EXACT_PREEMPTION_SEARCH = 12
 """Up to this many candidates, the smallest victim set is found exactly; with
 more, lowest-priority-youngest-first victims are taken until the request fits,
 then any that turn out not to be needed are spared."""
-DEFAULT_PREEMPTION: dict[str, tuple[str, ...]] = {
-    Priority.CRITICAL.value: (Priority.LOW.value, Priority.NORMAL.value),
-    Priority.HIGH.value: (Priority.LOW.value,),
-}
-
-
-def queue_rank(
-    priority: Priority, enqueued_at: datetime, now: datetime, aging_seconds: int
-) -> int:
-    """A waiting request's rank: its priority plus one per aging period it has
-    waited, up to critical. The queue is served by rank, then arrival."""
-    waited = max((now - enqueued_at).total_seconds(), 0.0)
-    aged = int(waited // max(aging_seconds, 1))
-    return min(priority.rank + aged, Priority.CRITICAL.rank)
-
-
-@dataclass(frozen=True)
-class Scheduling:
-    """Who waits and who yields in a pool.
-
-    `queue_policy`: what happens when the head of the queue does not fit.
-    `aging_seconds`: a waiting request counts one priority higher for each
-    such period it has waited (up to critical), so none waits forever behind
-    newer, higher-priority ones. `preemption`: which priorities each priority
-    may take capacity from (always strictly lower ones).
-    """
-
-    queue_policy: QueuePolicy = QueuePolicy.STRICT
-    aging_seconds: int = DEFAULT_AGING_SECONDS
-    preemption: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: dict(DEFAULT_PREEMPTION)
-    )
-
-    def may_preempt(self, by: Priority, victim: Priority) -> bool:
-        return victim.rank < by.rank and victim.value in self.preemption.get(
-            by.value, ()
-        )
 
 
 @dataclass(frozen=True)
@@ -123,40 +87,6 @@ class ServerInstance:
     references: int
     started_at: datetime
     idle_since: datetime | None
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    """How big a pool is and what its workers and MCP servers cost."""
-
-    capacity: Resources = DEFAULT_CAPACITY
-    worker_size: Resources = DEFAULT_WORKER_SIZE
-    server_costs: Mapping[str, Resources] | None = None
-    idle_timeout_seconds: int = DEFAULT_IDLE_TIMEOUT_SECONDS
-
-    def cost_of_server(self, name: str) -> Resources:
-        if self.server_costs is None:
-            return Resources()
-        return self.server_costs.get(name, Resources())
-
-    def resources_for(self, request: AllocationRequest) -> Resources:
-        """What a request holds while live: its workers plus its servers' costs."""
-        total = Resources(
-            self.worker_size.cpu_millicores * request.workers,
-            self.worker_size.memory_mib * request.workers,
-            request.workers,
-        )
-        for name in request.servers:
-            total = total + self.cost_of_server(name)
-        return total
-
-
-def _costs_to_event(costs: Mapping[str, Resources] | None) -> dict[str, Any]:
-    return {name: amount.as_dict() for name, amount in sorted((costs or {}).items())}
-
-
-def _costs_from_event(costs: Mapping[str, Any]) -> dict[str, Resources]:
-    return {name: Resources.from_dict(amount) for name, amount in costs.items()}
 
 
 @dataclass(frozen=True)
@@ -190,7 +120,7 @@ class Pool(Aggregate):
             aggregate.settings = PoolSettings(
                 capacity=Resources.from_dict(self.capacity),
                 worker_size=Resources.from_dict(self.worker_size),
-                server_costs=_costs_from_event(self.server_costs),
+                server_costs=costs_from_event(self.server_costs),
                 idle_timeout_seconds=self.idle_timeout_seconds,
             )
 
@@ -213,7 +143,7 @@ class Pool(Aggregate):
             aggregate.settings = replace(
                 aggregate.settings,
                 worker_size=Resources.from_dict(self.worker_size),
-                server_costs=_costs_from_event(self.server_costs),
+                server_costs=costs_from_event(self.server_costs),
                 idle_timeout_seconds=self.idle_timeout_seconds,
             )
 
@@ -407,7 +337,7 @@ class Pool(Aggregate):
             name=name,
             capacity=settings.capacity.as_dict(),
             worker_size=settings.worker_size.as_dict(),
-            server_costs=_costs_to_event(settings.server_costs),
+            server_costs=costs_to_event(settings.server_costs),
             idle_timeout_seconds=settings.idle_timeout_seconds,
             ports=(ports or PortRanges()).as_dict(),
         )
@@ -425,8 +355,8 @@ class Pool(Aggregate):
         current = self.settings
         if (
             settings.worker_size == current.worker_size
-            and _costs_to_event(settings.server_costs)
-            == _costs_to_event(current.server_costs)
+            and costs_to_event(settings.server_costs)
+            == costs_to_event(current.server_costs)
             and settings.idle_timeout_seconds == current.idle_timeout_seconds
         ):
             return False
@@ -435,7 +365,7 @@ class Pool(Aggregate):
             timestamp=at,
             actor=actor,
             worker_size=settings.worker_size.as_dict(),
-            server_costs=_costs_to_event(settings.server_costs),
+            server_costs=costs_to_event(settings.server_costs),
             idle_timeout_seconds=settings.idle_timeout_seconds,
         )
         return True

@@ -31,7 +31,8 @@ from allocation_ledger.domain.errors import (
     ProvisioningError,
 )
 from allocation_ledger.domain.ledger import SWEEPER_ACTOR, Ledger
-from allocation_ledger.domain.pool import Pool, PoolSettings
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.registry import PoolRegistry
 from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,

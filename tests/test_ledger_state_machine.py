@@ -95,7 +95,8 @@ from allocation_ledger.domain.errors import (
     ProvisioningError,
 )
 from allocation_ledger.domain.ledger import Ledger, StoppedServer
-from allocation_ledger.domain.pool import Pool, PoolSettings, pool_uuid
+from allocation_ledger.domain.pool import Pool, pool_uuid
+from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.values import (
     AllocationRequest,
