@@ -35,6 +35,7 @@ from allocation_ledger.domain.allocation import (
     allocation_uuid,
     is_allocation_id,
 )
+from allocation_ledger.domain.capacity import never_fits, quota_shortfall
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
@@ -47,17 +48,20 @@ from allocation_ledger.domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from allocation_ledger.domain.pool import DEFAULT_POOL, Pool, Reservation, pool_uuid
+from allocation_ledger.domain.pool import DEFAULT_POOL, Pool, pool_uuid
 from allocation_ledger.domain.pool_settings import (
     PoolSettings,
     validate_capacity,
     validate_settings,
 )
+from allocation_ledger.domain.pool_state import Reservation
 from allocation_ledger.domain.ports import (
     MAX_OTHER_POOLS,
     PortRanges,
 )
+from allocation_ledger.domain.preemption import preemption_victims
 from allocation_ledger.domain.provisioner import Endpoints, Provisioner
+from allocation_ledger.domain.queueing import blocked_by, timed_out
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
 from allocation_ledger.domain.scheduling import (
     Scheduling,
@@ -462,10 +466,8 @@ class Ledger(Application[UUID]):
         """Time out requests that waited too long, then grant, in order, what
         now fits. Runs inside the unit of work that freed the room."""
         now = self.clock.now()
-        for late in pool.timed_out(now):
-            waited_for = pool.shortfall(late.request) or pool.quota_shortfall(
-                late.tenant, late.request
-            )
+        for late in timed_out(pool, now):
+            waited_for = blocked_by(pool, late)
             reason = Rejection(
                 QUEUE_TIMEOUT,
                 waited_for.dimension if waited_for else Dimension.WORKERS,
@@ -701,13 +703,13 @@ class Ledger(Application[UUID]):
                 # What expiry freed goes first to those already waiting.
                 self.serve_queue(work, target)
                 rejection = target.shortfall(request)
-            quota = target.quota_shortfall(tenant, request)
+            quota = quota_shortfall(target, tenant, resources)
             # Requests waiting ahead (strict policy) come first: nobody jumps
             # the queue, not even by preempting.
             waiting = target.waiting_ahead(request, now)
             victims: list[Reservation] = []
             if quota is None and waiting is None and rejection is not None and preempt:
-                victims = target.preemption_victims(request, now=now) or []
+                victims = preemption_victims(target, request, resources, now=now) or []
                 if victims:
                     rejection = None
             refusal = quota or rejection or waiting
@@ -745,7 +747,7 @@ class Ledger(Application[UUID]):
                 )
                 if not dry_run and self.provisions_instantly:
                     self._provision_now(allocation, target, at=now, actor=actor)
-            elif wait and quota is None and not target.never_fits(request):
+            elif wait and quota is None and not never_fits(target, resources):
                 deadline = (
                     None
                     if max_wait_seconds is None

@@ -6,19 +6,25 @@ pool's current version; a concurrent writer loses on that version.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from allocation_ledger.domain.capacity import shortfall
 from allocation_ledger.domain.pool_settings import (
     PoolSettings,
     costs_from_event,
     costs_to_event,
+)
+from allocation_ledger.domain.pool_state import (
+    QueueEntry,
+    Reservation,
+    ReservedPorts,
+    ServerInstance,
 )
 from allocation_ledger.domain.ports import (
     PortRanges,
@@ -26,13 +32,10 @@ from allocation_ledger.domain.ports import (
     lowest_free_mcp_port,
     lowest_free_worker_ports,
 )
-from allocation_ledger.domain.scheduling import Scheduling, queue_rank
+from allocation_ledger.domain.queueing import next_to_grant, waiting_ahead
+from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
-    INSUFFICIENT_CAPACITY,
-    QUEUED_AHEAD,
-    QUOTA_EXCEEDED,
     AllocationRequest,
-    Dimension,
     Priority,
     QueuePolicy,
     Rejection,
@@ -44,58 +47,6 @@ DEFAULT_POOL = "default"
 
 def pool_uuid(name: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"allocation-ledger:pool:{name}")
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """Capacity held by one live allocation."""
-
-    allocation_id: str
-    resources: Resources
-    worker_ports: tuple[int, ...]
-    servers: tuple[str, ...]
-    expires_at: datetime
-    priority: Priority = Priority.NORMAL
-    tenant: str | None = None
-    reserved_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    """A request waiting for room. It holds nothing until it is granted."""
-
-    allocation_id: str
-    request: AllocationRequest
-    arrival: int
-    enqueued_at: datetime
-    deadline: datetime | None
-    tenant: str | None
-
-
-EXACT_PREEMPTION_SEARCH = 12
-"""Up to this many candidates, the smallest victim set is found exactly; with
-more, lowest-priority-youngest-first victims are taken until the request fits,
-then any that turn out not to be needed are spared."""
-
-
-@dataclass(frozen=True)
-class ServerInstance:
-    """A running MCP server. Idle when no live allocation names it."""
-
-    name: str
-    port: int
-    references: int
-    started_at: datetime
-    idle_since: datetime | None
-
-
-@dataclass(frozen=True)
-class ReservedPorts:
-    """Ports the pool assigned to one reservation."""
-
-    worker_ports: tuple[int, ...]
-    servers: tuple[tuple[str, int, bool], ...]  # name, port, started now
-    stopped: tuple[tuple[str, int], ...] = ()  # idle servers stopped for ports
 
 
 class Pool(Aggregate):
@@ -383,174 +334,22 @@ class Pool(Aggregate):
     def shortfall(
         self, request: AllocationRequest, *, freeing: Iterable[Reservation] = ()
     ) -> Rejection | None:
-        """The first dimension the request does not fit in, or None if it fits.
-
-        `freeing`: reservations to count as already given back (preemption
-        victims). A dimension the request needs none of never refuses it,
-        even when the pool is over-committed after its capacity was lowered.
-        """
-        freed = list(freeing)
+        """The first dimension the request does not fit in, or None if it fits
+        (`capacity.shortfall`; `freeing`: reservations to count as given back)."""
         needed = self.settings.resources_for(request)
-        available = self.available
-        released_names: list[str] = []
-        for reservation in freed:
-            available = available + reservation.resources
-            released_names.extend(reservation.servers)
-        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-            wanted = needed.amount(dimension)
-            left = available.amount(dimension)
-            if wanted > 0 and wanted > left:
-                return Rejection(INSUFFICIENT_CAPACITY, dimension, wanted, max(left, 0))
-        new_servers = [n for n in request.servers if n not in self.servers]
-        reclaimable = [
-            s
-            for s in self.servers.values()
-            if s.references - released_names.count(s.name) == 0
-            and s.name not in request.servers
-        ]
-        ports_left = self.free_mcp_ports() + len(reclaimable)
-        if len(new_servers) > ports_left:
-            return Rejection(
-                INSUFFICIENT_CAPACITY, Dimension.MCP_PORTS, len(new_servers), ports_left
-            )
-        return None
-
-    def never_fits(self, request: AllocationRequest) -> Rejection | None:
-        """Why the request could not fit even in an empty pool, if so: such a
-        request is refused rather than queued forever."""
-        needed = self.settings.resources_for(request)
-        total = self.settings.capacity
-        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-            wanted = needed.amount(dimension)
-            if wanted > 0 and wanted > total.amount(dimension):
-                return Rejection(
-                    INSUFFICIENT_CAPACITY, dimension, wanted, total.amount(dimension)
-                )
-        return None
-
-    def quota_shortfall(
-        self, tenant: str | None, request: AllocationRequest
-    ) -> Rejection | None:
-        """The first dimension in which the tenant would pass its quota here."""
-        if tenant is None or tenant not in self.quotas:
-            return None
-        limit = self.quotas[tenant]
-        held = Resources()
-        for reservation in self.reservations.values():
-            if reservation.tenant == tenant:
-                held = held + reservation.resources
-        needed = self.settings.resources_for(request)
-        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-            wanted = needed.amount(dimension)
-            left = limit.amount(dimension) - held.amount(dimension)
-            if wanted > 0 and wanted > left:
-                return Rejection(QUOTA_EXCEEDED, dimension, wanted, max(left, 0))
-        return None
-
-    def effective_rank(self, entry: QueueEntry, now: datetime) -> int:
-        """Priority rank plus one per aging period waited, up to critical."""
-        return queue_rank(
-            entry.request.priority,
-            entry.enqueued_at,
-            now,
-            self.scheduling.aging_seconds,
-        )
-
-    def queue_order(self, now: datetime) -> list[QueueEntry]:
-        """The queue as it will be served: effective priority, then arrival."""
-        return sorted(
-            self.queue.values(),
-            key=lambda e: (-self.effective_rank(e, now), e.arrival),
-        )
+        return shortfall(self, request, needed, freeing=freeing)
 
     def waiting_ahead(
         self, request: AllocationRequest, now: datetime
     ) -> Rejection | None:
-        """Under the strict policy a newcomer may not pass a waiting request
-        that comes before it: why it must wait (what the head waits for), or
-        None when it may go ahead."""
-        if self.scheduling.queue_policy is not QueuePolicy.STRICT or not self.queue:
-            return None
-        head = self.queue_order(now)[0]
-        if self.effective_rank(head, now) < request.priority.rank:
-            return None
-        blocking = self.shortfall(head.request) or self.quota_shortfall(
-            head.tenant, head.request
-        )
-        dimension = blocking.dimension if blocking else Dimension.WORKERS
+        """Why a newcomer must wait behind the queue under the strict policy,
+        or None when it may go ahead (`queueing.waiting_ahead`)."""
         needed = self.settings.resources_for(request)
-        available = (
-            self.free_mcp_ports()
-            if dimension is Dimension.MCP_PORTS
-            else self.available.amount(dimension)
-        )
-        requested = (
-            len(request.servers)
-            if dimension is Dimension.MCP_PORTS
-            else needed.amount(dimension)
-        )
-        return Rejection(QUEUED_AHEAD, dimension, requested, max(available, 0))
+        return waiting_ahead(self, request, needed, now)
 
     def next_to_grant(self, now: datetime) -> QueueEntry | None:
-        """The queued request to grant now, if any: the head if it fits
-        (strict), or the first that fits (backfill)."""
-        for entry in self.queue_order(now):
-            fits = (
-                self.shortfall(entry.request) is None
-                and self.quota_shortfall(entry.tenant, entry.request) is None
-            )
-            if fits:
-                return entry
-            if self.scheduling.queue_policy is QueuePolicy.STRICT:
-                return None
-        return None
-
-    def timed_out(self, now: datetime) -> list[QueueEntry]:
-        """Queued requests whose maximum wait has passed, in arrival order."""
-        late = [
-            e
-            for e in self.queue.values()
-            if e.deadline is not None and e.deadline <= now
-        ]
-        return sorted(late, key=lambda e: e.arrival)
-
-    def preemption_victims(
-        self, request: AllocationRequest, *, now: datetime
-    ) -> list[Reservation] | None:
-        """The smallest set of live allocations whose capacity would let the
-        request fit, lowest priority first, youngest first among sets of that
-        size; None if no set the policy allows would do."""
-        allowed = [
-            r
-            for r in self.reservations.values()
-            if self.scheduling.may_preempt(request.priority, r.priority)
-        ]
-        allowed.sort(
-            key=lambda r: (
-                r.priority.rank,
-                -(r.reserved_at or now).timestamp(),
-                r.allocation_id,
-            )
-        )
-        if not allowed or self.shortfall(request, freeing=allowed) is not None:
-            return None
-        if len(allowed) <= EXACT_PREEMPTION_SEARCH:
-            # Smallest sets first; within a size, combinations come in the
-            # order of preference (lowest priority, then youngest).
-            for size in range(1, len(allowed) + 1):
-                for victims in itertools.combinations(allowed, size):
-                    if self.shortfall(request, freeing=victims) is None:
-                        return list(victims)
-        chosen: list[Reservation] = []
-        for reservation in allowed:
-            if self.shortfall(request, freeing=chosen) is None:
-                break
-            chosen.append(reservation)
-        for reservation in reversed(list(chosen)):
-            fewer = [r for r in chosen if r is not reservation]
-            if self.shortfall(request, freeing=fewer) is None:
-                chosen = fewer
-        return chosen
+        """The queued request to grant now, if any (`queueing.next_to_grant`)."""
+        return next_to_grant(self, now)
 
     def due(self, now: datetime) -> list[Reservation]:
         """Live reservations whose lease ran out, in (expires_at, id) order."""
@@ -580,9 +379,17 @@ class Pool(Aggregate):
         at: datetime,
         actor: str,
         tenant: str | None = None,
+        resources: Resources | None = None,
     ) -> ReservedPorts:
-        """Hold capacity and ports for a request that fits (check `shortfall` first)."""
-        rejection = self.shortfall(request)
+        """Hold capacity and ports for a request that fits (check `shortfall` first).
+
+        `resources`: what it holds (`settings.resources_for(request)`), if the
+        caller worked it out already. Raises ValueError if it does not fit.
+        """
+        needed = (
+            self.settings.resources_for(request) if resources is None else resources
+        )
+        rejection = shortfall(self, request, needed)
         if rejection is not None:
             msg = f"reserve() called for a request that does not fit: {rejection}"
             raise ValueError(msg)
@@ -612,7 +419,7 @@ class Pool(Aggregate):
             timestamp=at,
             actor=actor,
             allocation_id=allocation_id,
-            resources=self.settings.resources_for(request).as_dict(),
+            resources=needed.as_dict(),
             worker_ports=list(worker_ports),
             servers=list(request.servers),
             expires_at=expires_at,
@@ -676,7 +483,16 @@ class Pool(Aggregate):
         tenant: str | None,
         at: datetime,
         actor: str,
+        resources: Resources | None = None,
     ) -> None:
+        """Put a request that holds nothing in the queue, behind those waiting.
+
+        `deadline`: when it times out (None: never); `resources`: what it
+        will hold once granted, if the caller worked it out already.
+        """
+        needed = (
+            self.settings.resources_for(request) if resources is None else resources
+        )
         self.trigger_event(
             self.Enqueued,
             timestamp=at,
@@ -685,7 +501,7 @@ class Pool(Aggregate):
             request=request.as_dict(),
             deadline=deadline,
             tenant=tenant,
-            resources=self.settings.resources_for(request).as_dict(),
+            resources=needed.as_dict(),
         )
 
     def dequeue(
