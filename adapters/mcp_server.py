@@ -108,11 +108,8 @@ from allocation_ledger.adapters.mcp_models import (
     request_result,
 )
 from allocation_ledger.adapters.service import AllocationService, resume_interrupted
-from allocation_ledger.domain.allocation import (
-    Allocation,
-    allocation_uuid,
-    is_allocation_id,
-)
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
     LedgerError,

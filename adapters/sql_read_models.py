@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-from allocation_ledger.domain.allocation import allocation_uuid
+from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.pool import pool_uuid
 from allocation_ledger.domain.values import LIVE_STATES, MILLICORES_PER_CORE
 from allocation_ledger.projections.codec import (

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from eventsourcing.application import (
     AggregateNotFoundError,
@@ -27,13 +27,12 @@ from eventsourcing.application import (
 from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
-from allocation_ledger.domain.allocation import (
-    ALLOCATION_ID_PREFIX,
-    Allocation,
-    ReleaseResult,
+from allocation_ledger.domain.allocation import Allocation, ReleaseResult
+from allocation_ledger.domain.allocation_ids import (
     allocation_id_for_request,
     allocation_uuid,
     is_allocation_id,
+    random_allocation_id,
 )
 from allocation_ledger.domain.capacity import never_fits, quota_shortfall
 from allocation_ledger.domain.clock import Clock
@@ -312,10 +311,6 @@ _allocation_uuid = functools.lru_cache(maxsize=16_384)(allocation_uuid)
 _pool_uuid = functools.lru_cache(maxsize=1_024)(pool_uuid)
 
 
-def _random_allocation_id() -> str:
-    return ALLOCATION_ID_PREFIX + uuid4().hex[:12]
-
-
 def _no_pause(_: float) -> None:
     return None
 
@@ -342,7 +337,7 @@ class Ledger(Application[UUID]):
         *,
         clock: Clock,
         provisioner: Provisioner,
-        new_allocation_id: Callable[[], str] = _random_allocation_id,
+        new_allocation_id: Callable[[], str] = random_allocation_id,
         max_attempts: int = 8,
         pause: Callable[[float], None] = _no_pause,
         jitter: Callable[[], float] = lambda: 0.5,

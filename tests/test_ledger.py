@@ -17,7 +17,8 @@ from eventsourcing.utils import resolve_topic
 
 from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
-from allocation_ledger.domain.allocation import Allocation, allocation_id_for_request
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,

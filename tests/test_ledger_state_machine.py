@@ -76,11 +76,8 @@ from allocation_ledger.adapters.provisioning import LocalProvisioner
 from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
 from allocation_ledger.domain import ledger as ledger_module
-from allocation_ledger.domain.allocation import (
-    Allocation,
-    allocation_uuid,
-    is_allocation_id,
-)
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
