@@ -27,14 +27,15 @@ from eventsourcing.application import (
 from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
-from allocation_ledger.domain.allocation import Allocation, ReleaseResult
+from allocation_ledger.domain.admission import Admission, Grant, Queue, Refuse, admit
+from allocation_ledger.domain.allocation import Allocation, ReleaseResult, RequestFacts
 from allocation_ledger.domain.allocation_ids import (
     allocation_id_for_request,
     allocation_uuid,
     is_allocation_id,
     random_allocation_id,
 )
-from allocation_ledger.domain.capacity import never_fits, quota_shortfall
+from allocation_ledger.domain.capacity import shortfall
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
@@ -58,7 +59,6 @@ from allocation_ledger.domain.ports import (
     MAX_OTHER_POOLS,
     PortRanges,
 )
-from allocation_ledger.domain.preemption import preemption_victims
 from allocation_ledger.domain.provisioner import Endpoints, Provisioner
 from allocation_ledger.domain.queueing import blocked_by, timed_out
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
@@ -689,99 +689,48 @@ class Ledger(Application[UUID]):
             else:
                 allocation_id = self.new_allocation_id()
             target = work.pool(pool, actor=actor)
-            resources = target.settings.resources_for(request)
-            rejection = target.shortfall(request)
+            needed = target.settings.resources_for(request)
             expired: list[str] = []
-            if rejection is not None and target.due(now):
+            if shortfall(target, request, needed) is not None and target.due(now):
                 expired = self._expire_due(work, target, now, limit=None)
                 work.teardown.extend(work.allocation(i).snapshot() for i in expired)
                 # What expiry freed goes first to those already waiting.
                 self.serve_queue(work, target)
-                rejection = target.shortfall(request)
-            quota = quota_shortfall(target, tenant, resources)
-            # Requests waiting ahead (strict policy) come first: nobody jumps
-            # the queue, not even by preempting.
-            waiting = target.waiting_ahead(request, now)
-            victims: list[Reservation] = []
-            if quota is None and waiting is None and rejection is not None and preempt:
-                victims = preemption_victims(target, request, resources, now=now) or []
-                if victims:
-                    rejection = None
-            refusal = quota or rejection or waiting
-            if refusal is not None:
-                work.require_current()
-            if refusal is None:
-                # (On a dry run too: the whole unit of work is discarded.)
-                for victim in victims:
-                    self._preempt(
-                        work, target, victim, by=allocation_id, now=now, actor=actor
-                    )
-                ports = target.reserve(
-                    allocation_id,
-                    request,
-                    expires_at=now + timedelta(seconds=request.ttl_seconds),
-                    at=now,
-                    actor=actor,
-                    tenant=tenant,
-                )
-                work.stopped.extend(
-                    StoppedServer(pool, name, port) for name, port in ports.stopped
-                )
-                allocation = Allocation.requested(
-                    allocation_id,
-                    worker_ports=ports.worker_ports,
-                    servers=ports.servers,
-                    expires_at=now + timedelta(seconds=request.ttl_seconds),
-                    pool=pool,
-                    request=request,
-                    request_id=request_id,
-                    resources=resources,
-                    at=now,
-                    actor=actor,
-                    tenant=tenant,
-                )
-                if not dry_run and self.provisions_instantly:
-                    self._provision_now(allocation, target, at=now, actor=actor)
-            elif wait and quota is None and not never_fits(target, resources):
-                deadline = (
-                    None
-                    if max_wait_seconds is None
-                    else now + timedelta(seconds=max_wait_seconds)
-                )
-                allocation = Allocation.queued(
-                    allocation_id,
-                    waiting_for=refusal,
-                    deadline=deadline,
-                    pool=pool,
-                    request=request,
-                    request_id=request_id,
-                    resources=resources,
-                    at=now,
-                    actor=actor,
-                    tenant=tenant,
-                )
-                target.enqueue(
-                    allocation_id,
-                    request,
-                    deadline=deadline,
-                    tenant=tenant,
-                    at=now,
-                    actor=actor,
-                )
-            else:
-                allocation = Allocation.rejected(
-                    allocation_id,
-                    rejection=refusal,
-                    pool=pool,
-                    request=request,
-                    request_id=request_id,
-                    resources=resources,
-                    at=now,
-                    actor=actor,
-                    tenant=tenant,
-                )
+            decision = admit(
+                target,
+                request,
+                tenant=tenant,
+                now=now,
+                preempt=preempt,
+                wait=wait,
+                resources=needed,
+            )
+            if not isinstance(decision, Grant):
+                work.require_current()  # never refuse on a cached read
+            facts = RequestFacts(
+                pool=pool,
+                request=request,
+                request_id=request_id,
+                resources=needed,
+                at=now,
+                actor=actor,
+                tenant=tenant,
+            )
+            allocation = self._carry_out(
+                work,
+                target,
+                decision,
+                allocation_id,
+                facts,
+                instant=not dry_run and self.provisions_instantly,
+                max_wait_seconds=max_wait_seconds,
+            )
             work.add(allocation)
-            preempted = tuple(v.allocation_id for v in victims)
+            preempted = (
+                tuple(v.allocation_id for v in decision.victims)
+                if isinstance(decision, Grant)
+                else ()
+            )
             if dry_run:
                 snapshot = allocation.snapshot()
                 work.discard()
@@ -806,6 +755,76 @@ class Ledger(Application[UUID]):
             expired_first=reserved.expired_first,
             preempted=reserved.preempted,
         )
+
+    def _carry_out(
+        self,
+        work: _UnitOfWork,
+        pool: Pool,
+        decision: Admission,
+        allocation_id: str,
+        facts: RequestFacts,
+        *,
+        instant: bool,
+        max_wait_seconds: int | None,
+    ) -> Allocation:
+        """Record what admission decided about a new request, in `work`.
+
+        A grant preempts its victims first, then reserves (and, with
+        `instant`, provisions at once); a queued request goes in the pool's
+        queue with its deadline; a refusal is recorded with its reason.
+        (On a dry run too: the whole unit of work is discarded.)
+        """
+        now, actor, request = facts["at"], facts["actor"], facts["request"]
+        match decision:
+            case Grant(victims=victims):
+                for victim in victims:
+                    self._preempt(
+                        work, pool, victim, by=allocation_id, now=now, actor=actor
+                    )
+                expires_at = now + timedelta(seconds=request.ttl_seconds)
+                ports = pool.reserve(
+                    allocation_id,
+                    request,
+                    expires_at=expires_at,
+                    at=now,
+                    actor=actor,
+                    tenant=facts.get("tenant"),
+                    resources=facts["resources"],
+                )
+                work.stopped.extend(
+                    StoppedServer(pool.name, name, port) for name, port in ports.stopped
+                )
+                allocation = Allocation.requested(
+                    allocation_id,
+                    worker_ports=ports.worker_ports,
+                    servers=ports.servers,
+                    expires_at=expires_at,
+                    **facts,
+                )
+                if instant:
+                    self._provision_now(allocation, pool, at=now, actor=actor)
+                return allocation
+            case Queue(waiting_for=waiting_for):
+                deadline = (
+                    None
+                    if max_wait_seconds is None
+                    else now + timedelta(seconds=max_wait_seconds)
+                )
+                allocation = Allocation.queued(
+                    allocation_id, waiting_for=waiting_for, deadline=deadline, **facts
+                )
+                pool.enqueue(
+                    allocation_id,
+                    request,
+                    deadline=deadline,
+                    tenant=facts.get("tenant"),
+                    at=now,
+                    actor=actor,
+                    resources=facts["resources"],
+                )
+                return allocation
+            case Refuse(reason=reason):
+                return Allocation.rejected(allocation_id, rejection=reason, **facts)
 
     def _preempt(
         self,
