@@ -115,9 +115,9 @@ from allocation_ledger.domain.errors import (
     LedgerError,
     PoolNotFoundError,
 )
-from allocation_ledger.domain.ledger import RequestResult
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.pool_settings import DEFAULT_WORKER_SIZE
+from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,

@@ -17,6 +17,7 @@ from eventsourcing.utils import resolve_topic
 
 from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.actors import SWEEPER_ACTOR
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
@@ -31,7 +32,7 @@ from allocation_ledger.domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from allocation_ledger.domain.ledger import SWEEPER_ACTOR, Ledger
+from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.registry import PoolRegistry

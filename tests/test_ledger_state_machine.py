@@ -91,10 +91,11 @@ from allocation_ledger.domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from allocation_ledger.domain.ledger import Ledger, StoppedServer
+from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.pool import Pool, pool_uuid
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.results import StoppedServer
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,

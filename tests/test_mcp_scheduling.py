@@ -18,8 +18,8 @@ from allocation_ledger.adapters.auth import Access, expand_scopes
 from allocation_ledger.adapters.mcp_server import build_server, stdio_server
 from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.actors import SCHEDULER_ACTOR
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.ledger import SCHEDULER_ACTOR
 from tests.mcp_support import call, call_error, max_notification_id
 
 pytestmark = pytest.mark.anyio

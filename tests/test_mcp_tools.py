@@ -18,8 +18,8 @@ from allocation_ledger.adapters.mcp_server import TOOLS as TOOL_SPECS
 from allocation_ledger.adapters.mcp_server import stdio_server
 from allocation_ledger.adapters.service import AllocationService, open_service
 from allocation_ledger.adapters.settings import Settings
+from allocation_ledger.domain.actors import SWEEPER_ACTOR
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.ledger import SWEEPER_ACTOR
 from allocation_ledger.domain.pool_settings import MAX_MEMORY_MIB
 from allocation_ledger.domain.values import MAX_TTL_SECONDS
 from tests.mcp_support import (
