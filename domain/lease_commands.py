@@ -148,6 +148,9 @@ def expire_due_leases(
     limit: int | None,
     actor: str = SWEEPER_ACTOR,
 ) -> list[str]:
+    """Expire, inside `work`, the pool's reservations whose lease ran out at
+    `now`, in (expires_at, id) order, at most `limit` (None: all); answers
+    their allocation ids. Their teardown is the caller's to arrange."""
     expired: list[str] = []
     for reservation in _first(pool.due(now), limit):
         allocation = work.allocation(reservation.allocation_id)

@@ -42,6 +42,9 @@ class PoolCommands(UnitOfWorkApplication):
         *,
         actor: str = LOCAL_ACTOR,
     ) -> PoolResult:
+        """Create a pool (default settings unless given), with port ranges of
+        its own. Raises PoolExistsError, or InvalidRequestError for a bad name
+        or settings, or past the number of pools the port space allows."""
         validate_pool_name(name)
         chosen = settings or PoolSettings()
         validate_settings(chosen)

@@ -88,6 +88,8 @@ class PoolDecisions(_Aggregate):
         return True
 
     def reconfigure(self, settings: PoolSettings, *, at: datetime, actor: str) -> bool:
+        """Set the worker size, server costs and idle timeout (not the totals:
+        `change_capacity`). They apply to reservations made from now on."""
         current = self.settings
         if (
             settings.worker_size == current.worker_size
@@ -217,6 +219,10 @@ class PoolDecisions(_Aggregate):
     def extend_lease(
         self, allocation_id: str, expires_at: datetime, *, at: datetime, actor: str
     ) -> None:
+        """Move a live reservation's lease expiry (a renewal).
+
+        Raises KeyError if the pool holds no reservation for the allocation.
+        """
         if allocation_id not in self.reservations:
             msg = f"pool {self.name!r} holds no reservation for {allocation_id}"
             raise KeyError(msg)
@@ -249,6 +255,8 @@ class PoolDecisions(_Aggregate):
         return True
 
     def stop_idle_servers(self, now: datetime, *, actor: str) -> list[ServerInstance]:
+        """Stop the MCP servers idle past the idle timeout (their ports are
+        free again); answers those stopped, oldest idle first."""
         stopped = self.idle_servers_due(now)
         for server in stopped:
             self.trigger_event(
@@ -293,6 +301,8 @@ class PoolDecisions(_Aggregate):
     def dequeue(
         self, allocation_id: str, outcome: str, *, at: datetime, actor: str
     ) -> bool:
+        """Take a request out of the queue; `outcome`: granted, timed_out or
+        cancelled. False if it was not queued here."""
         if allocation_id not in self.queue:
             return False
         self.trigger_event(
@@ -307,6 +317,8 @@ class PoolDecisions(_Aggregate):
     def configure_scheduling(
         self, scheduling: Scheduling, *, at: datetime, actor: str
     ) -> bool:
+        """Set the queue policy, aging and preemption rules (checked by
+        `scheduling.validate_scheduling` first). False if unchanged."""
         if scheduling == self.scheduling:
             return False
         self.trigger_event(
@@ -322,6 +334,8 @@ class PoolDecisions(_Aggregate):
     def set_quota(
         self, tenant: str, limits: Resources | None, *, at: datetime, actor: str
     ) -> bool:
+        """Limit what `tenant` may hold here at once (None: no limit). Evicts
+        nothing. False if unchanged."""
         if self.quotas.get(tenant) == limits:
             return False
         self.trigger_event(
@@ -338,6 +352,7 @@ class PoolDecisions(_Aggregate):
     def _stop_longest_idle(
         self, *, keep: Iterable[str], at: datetime, actor: str
     ) -> tuple[str, int]:
+        """Stop the longest-idle server not in `keep`, for its port."""
         kept = set(keep)
         idle = [
             s
