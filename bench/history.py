@@ -21,7 +21,8 @@ from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import Ledger
-from allocation_ledger.domain.pool import Pool, PoolSettings
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.registry import PoolRegistry
 from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from eventsourcing.domain import Aggregate
 
+from allocation_ledger.domain.allocation_ids import allocation_uuid, worker_id
 from allocation_ledger.domain.errors import AllocationNotLiveError, AllocationStateError
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.values import (
@@ -20,31 +19,25 @@ from allocation_ledger.domain.values import (
     Resources,
 )
 
-ALLOCATION_ID_PREFIX = "alloc-"
 
+class RequestFacts(TypedDict):
+    """What the Requested event of every request records, whatever comes of it.
 
-def allocation_uuid(allocation_id: str) -> UUID:
-    """The aggregate id is derived from the public id: no lookup table needed."""
-    return uuid5(NAMESPACE_URL, f"allocation-ledger:allocation:{allocation_id}")
+    Built once per request and passed as keywords to the constructor of its
+    outcome: `Allocation.requested` (its capacity held at once), `queued` or
+    `rejected` (holding nothing). `resources`: what it holds while live, in
+    millicores, MiB and workers (`PoolSettings.resources_for`); `at`: the
+    ledger clock's time; `actor`: who asked; `tenant`: whose quota it counts
+    against (none: nobody's).
+    """
 
-
-def allocation_id_for_request(pool: str, request_id: str) -> str:
-    """Retries with the same (pool, request_id) name the same allocation."""
-    digest = hashlib.sha256(f"{pool}\x00{request_id}".encode()).hexdigest()
-    return ALLOCATION_ID_PREFIX + digest[:12]
-
-
-def is_allocation_id(value: str) -> bool:
-    suffix = value[len(ALLOCATION_ID_PREFIX) :]
-    return (
-        value.startswith(ALLOCATION_ID_PREFIX)
-        and len(suffix) == 12
-        and all(c in "0123456789abcdef" for c in suffix)
-    )
-
-
-def worker_id(allocation_id: str, index: int) -> str:
-    return f"{allocation_id}-worker-{index}"
+    pool: str
+    request: AllocationRequest
+    request_id: str | None
+    resources: Resources
+    at: datetime
+    actor: str
+    tenant: NotRequired[str | None]
 
 
 @dataclass(frozen=True)
@@ -235,79 +228,44 @@ class Allocation(Aggregate):
         cls,
         allocation_id: str,
         *,
-        pool: str,
-        request: AllocationRequest,
-        request_id: str | None,
-        resources: Resources,
         worker_ports: tuple[int, ...],
         servers: tuple[tuple[str, int, bool], ...],
         expires_at: datetime | None,
-        at: datetime,
-        actor: str,
-        tenant: str | None = None,
+        **facts: Unpack[RequestFacts],
     ) -> Allocation:
+        """A request, as its Requested event: with capacity held at once, the
+        worker ports and MCP servers it was given (name, port, started now) and
+        its provisional lease expiry. Every allocation begins here; `rejected`
+        and `queued` ones with no ports and no expiry (holding nothing)."""
         return cls._create(
             cls.Requested,
             id=allocation_uuid(allocation_id),
-            timestamp=at,
-            actor=actor,
+            timestamp=facts["at"],
+            actor=facts["actor"],
             allocation_id=allocation_id,
-            pool=pool,
-            request=request.as_dict(),
-            request_id=request_id,
-            resources=resources.as_dict(),
+            pool=facts["pool"],
+            request=facts["request"].as_dict(),
+            request_id=facts["request_id"],
+            resources=facts["resources"].as_dict(),
             worker_ports=list(worker_ports),
             servers=[[name, port, started] for name, port, started in servers],
             expires_at=expires_at,
-            tenant=tenant,
-        )
-
-    @classmethod
-    def _holding_nothing(  # noqa: PLR0917 - one call shape, two callers
-        cls,
-        allocation_id: str,
-        pool: str,
-        request: AllocationRequest,
-        request_id: str | None,
-        resources: Resources,
-        at: datetime,
-        actor: str,
-        tenant: str | None,
-    ) -> Allocation:
-        """The Requested event of a request that reserves nothing (yet)."""
-        return cls.requested(
-            allocation_id,
-            pool=pool,
-            request=request,
-            request_id=request_id,
-            resources=resources,
-            worker_ports=(),
-            servers=(),
-            expires_at=None,
-            at=at,
-            actor=actor,
-            tenant=tenant,
+            tenant=facts.get("tenant"),
         )
 
     @classmethod
     def rejected(
-        cls,
-        allocation_id: str,
-        *,
-        pool: str,
-        request: AllocationRequest,
-        request_id: str | None,
-        resources: Resources,
-        rejection: Rejection,
-        at: datetime,
-        actor: str,
-        tenant: str | None = None,
+        cls, allocation_id: str, *, rejection: Rejection, **facts: Unpack[RequestFacts]
     ) -> Allocation:
-        allocation = cls._holding_nothing(
-            allocation_id, pool, request, request_id, resources, at, actor, tenant
+        """A request refused at once, with the reason; it holds nothing."""
+        allocation = cls.requested(
+            allocation_id, worker_ports=(), servers=(), expires_at=None, **facts
         )
         allocation.trigger_event(
-            cls.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
+            cls.Rejected,
+            timestamp=facts["at"],
+            actor=facts["actor"],
+            reason=rejection.as_dict(),
         )
         return allocation
 
@@ -316,24 +274,19 @@ class Allocation(Aggregate):
         cls,
         allocation_id: str,
         *,
-        pool: str,
-        request: AllocationRequest,
-        request_id: str | None,
-        resources: Resources,
         waiting_for: Rejection,
         deadline: datetime | None,
-        at: datetime,
-        actor: str,
-        tenant: str | None = None,
+        **facts: Unpack[RequestFacts],
     ) -> Allocation:
-        """A request that waits for room instead of being refused."""
-        allocation = cls._holding_nothing(
-            allocation_id, pool, request, request_id, resources, at, actor, tenant
+        """A request that waits for room instead of being refused, holding
+        nothing meanwhile; `deadline`: when it times out (None: never)."""
+        allocation = cls.requested(
+            allocation_id, worker_ports=(), servers=(), expires_at=None, **facts
         )
         allocation.trigger_event(
             cls.Queued,
-            timestamp=at,
-            actor=actor,
+            timestamp=facts["at"],
+            actor=facts["actor"],
             deadline=deadline,
             reason=waiting_for.as_dict(),
         )

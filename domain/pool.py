@@ -1,215 +1,53 @@
 """The Pool aggregate: the consistency boundary for a pool's capacity.
 
-Every decision that takes or gives back capacity is made here, against the
-pool's current version; a concurrent writer loses on that version.
+One Pool per capacity pool (`default` unless configured). It holds the
+pool's settings, the live reservations, the running MCP servers, the worker
+ports in use, the queue of waiting requests, the tenants' quotas and the
+scheduling settings. This module has its events (each with the stable TOPIC
+stored history names) and how each changes that state; the commands that
+trigger them are in pool_decisions.py (`PoolDecisions`, mixed in here).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from allocation_ledger.domain.pool_decisions import PoolDecisions
+from allocation_ledger.domain.pool_settings import (
+    PoolSettings,
+    costs_from_event,
+    costs_to_event,
+)
+from allocation_ledger.domain.pool_state import (
+    QueueEntry,
+    Reservation,
+    ServerInstance,
+)
+from allocation_ledger.domain.ports import PortRanges
+from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
-    INSUFFICIENT_CAPACITY,
-    MILLICORES_PER_CORE,
-    QUEUED_AHEAD,
-    QUOTA_EXCEEDED,
     AllocationRequest,
-    Dimension,
     Priority,
     QueuePolicy,
-    Rejection,
     Resources,
 )
 
 DEFAULT_POOL = "default"
-DEFAULT_CAPACITY = Resources(16 * MILLICORES_PER_CORE, 32768, 10)
-DEFAULT_WORKER_SIZE = Resources(1 * MILLICORES_PER_CORE, 2048, 1)
-DEFAULT_IDLE_TIMEOUT_SECONDS = 300
-MCP_PORT_FIRST = 9000
-MCP_PORT_LAST = 9099
-WORKER_PORT_FIRST = 8000
-WORKER_PORT_LAST = 8999
-MCP_PORTS_PER_POOL = MCP_PORT_LAST - MCP_PORT_FIRST + 1
-WORKER_PORTS_PER_POOL = WORKER_PORT_LAST - WORKER_PORT_FIRST + 1
-OTHER_POOLS_FIRST_PORT = 10_000
-MAX_OTHER_POOLS = (65_535 - OTHER_POOLS_FIRST_PORT + 1) // (
-    WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL
-)
-
-
-@dataclass(frozen=True)
-class PortRanges:
-    """The ports a pool hands out. Pools share the host's port space, so no
-    two pools' ranges overlap: the default pool keeps the original ranges
-    (workers from 8000, MCP servers 9000-9099); the n-th other pool gets
-    1,000 worker ports and 100 MCP ports from 10000 + 1100 n."""
-
-    worker_first: int = WORKER_PORT_FIRST
-    worker_last: int = WORKER_PORT_LAST
-    mcp_first: int = MCP_PORT_FIRST
-    mcp_last: int = MCP_PORT_LAST
-
-    @classmethod
-    def for_other_pool(cls, index: int) -> PortRanges:
-        """Ranges of the `index`-th pool other than the default (from 0)."""
-        start = OTHER_POOLS_FIRST_PORT + index * (
-            WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL
-        )
-        return cls(
-            worker_first=start,
-            worker_last=start + WORKER_PORTS_PER_POOL - 1,
-            mcp_first=start + WORKER_PORTS_PER_POOL,
-            mcp_last=start + WORKER_PORTS_PER_POOL + MCP_PORTS_PER_POOL - 1,
-        )
-
-    def spans(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        return (self.worker_first, self.worker_last), (self.mcp_first, self.mcp_last)
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "worker_first": self.worker_first,
-            "worker_last": self.worker_last,
-            "mcp_first": self.mcp_first,
-            "mcp_last": self.mcp_last,
-        }
 
 
 def pool_uuid(name: str) -> UUID:
+    """The Pool aggregate's id, derived from its name: no lookup table needed."""
     return uuid5(NAMESPACE_URL, f"allocation-ledger:pool:{name}")
 
 
-@dataclass(frozen=True)
-class Reservation:
-    """Capacity held by one live allocation."""
+class Pool(PoolDecisions, Aggregate):
+    """A capacity pool: its events and state here, its commands in PoolDecisions."""
 
-    allocation_id: str
-    resources: Resources
-    worker_ports: tuple[int, ...]
-    servers: tuple[str, ...]
-    expires_at: datetime
-    priority: Priority = Priority.NORMAL
-    tenant: str | None = None
-    reserved_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    """A request waiting for room. It holds nothing until it is granted."""
-
-    allocation_id: str
-    request: AllocationRequest
-    arrival: int
-    enqueued_at: datetime
-    deadline: datetime | None
-    tenant: str | None
-
-
-DEFAULT_AGING_SECONDS = 600
-EXACT_PREEMPTION_SEARCH = 12
-"""Up to this many candidates, the smallest victim set is found exactly; with
-more, lowest-priority-youngest-first victims are taken until the request fits,
-then any that turn out not to be needed are spared."""
-DEFAULT_PREEMPTION: dict[str, tuple[str, ...]] = {
-    Priority.CRITICAL.value: (Priority.LOW.value, Priority.NORMAL.value),
-    Priority.HIGH.value: (Priority.LOW.value,),
-}
-
-
-def queue_rank(
-    priority: Priority, enqueued_at: datetime, now: datetime, aging_seconds: int
-) -> int:
-    """A waiting request's rank: its priority plus one per aging period it has
-    waited, up to critical. The queue is served by rank, then arrival."""
-    waited = max((now - enqueued_at).total_seconds(), 0.0)
-    aged = int(waited // max(aging_seconds, 1))
-    return min(priority.rank + aged, Priority.CRITICAL.rank)
-
-
-@dataclass(frozen=True)
-class Scheduling:
-    """Who waits and who yields in a pool.
-
-    `queue_policy`: what happens when the head of the queue does not fit.
-    `aging_seconds`: a waiting request counts one priority higher for each
-    such period it has waited (up to critical), so none waits forever behind
-    newer, higher-priority ones. `preemption`: which priorities each priority
-    may take capacity from (always strictly lower ones).
-    """
-
-    queue_policy: QueuePolicy = QueuePolicy.STRICT
-    aging_seconds: int = DEFAULT_AGING_SECONDS
-    preemption: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: dict(DEFAULT_PREEMPTION)
-    )
-
-    def may_preempt(self, by: Priority, victim: Priority) -> bool:
-        return victim.rank < by.rank and victim.value in self.preemption.get(
-            by.value, ()
-        )
-
-
-@dataclass(frozen=True)
-class ServerInstance:
-    """A running MCP server. Idle when no live allocation names it."""
-
-    name: str
-    port: int
-    references: int
-    started_at: datetime
-    idle_since: datetime | None
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    """How big a pool is and what its workers and MCP servers cost."""
-
-    capacity: Resources = DEFAULT_CAPACITY
-    worker_size: Resources = DEFAULT_WORKER_SIZE
-    server_costs: Mapping[str, Resources] | None = None
-    idle_timeout_seconds: int = DEFAULT_IDLE_TIMEOUT_SECONDS
-
-    def cost_of_server(self, name: str) -> Resources:
-        if self.server_costs is None:
-            return Resources()
-        return self.server_costs.get(name, Resources())
-
-    def resources_for(self, request: AllocationRequest) -> Resources:
-        """What a request holds while live: its workers plus its servers' costs."""
-        total = Resources(
-            self.worker_size.cpu_millicores * request.workers,
-            self.worker_size.memory_mib * request.workers,
-            request.workers,
-        )
-        for name in request.servers:
-            total = total + self.cost_of_server(name)
-        return total
-
-
-def _costs_to_event(costs: Mapping[str, Resources] | None) -> dict[str, Any]:
-    return {name: amount.as_dict() for name, amount in sorted((costs or {}).items())}
-
-
-def _costs_from_event(costs: Mapping[str, Any]) -> dict[str, Resources]:
-    return {name: Resources.from_dict(amount) for name, amount in costs.items()}
-
-
-@dataclass(frozen=True)
-class ReservedPorts:
-    """Ports the pool assigned to one reservation."""
-
-    worker_ports: tuple[int, ...]
-    servers: tuple[tuple[str, int, bool], ...]  # name, port, started now
-    stopped: tuple[tuple[str, int], ...] = ()  # idle servers stopped for ports
-
-
-class Pool(Aggregate):
     TOPIC = "allocation-ledger:pool"
 
     class Event(Aggregate.Event):
@@ -231,7 +69,7 @@ class Pool(Aggregate):
             aggregate.settings = PoolSettings(
                 capacity=Resources.from_dict(self.capacity),
                 worker_size=Resources.from_dict(self.worker_size),
-                server_costs=_costs_from_event(self.server_costs),
+                server_costs=costs_from_event(self.server_costs),
                 idle_timeout_seconds=self.idle_timeout_seconds,
             )
 
@@ -254,7 +92,7 @@ class Pool(Aggregate):
             aggregate.settings = replace(
                 aggregate.settings,
                 worker_size=Resources.from_dict(self.worker_size),
-                server_costs=_costs_from_event(self.server_costs),
+                server_costs=costs_from_event(self.server_costs),
                 idle_timeout_seconds=self.idle_timeout_seconds,
             )
 
@@ -428,8 +266,6 @@ class Pool(Aggregate):
         self.quotas: dict[str, Resources] = {}
         self.ports = PortRanges()
 
-    # -- creation and configuration ------------------------------------------
-
     @classmethod
     def create(
         cls,
@@ -440,6 +276,8 @@ class Pool(Aggregate):
         actor: str,
         ports: PortRanges | None = None,
     ) -> Pool:
+        """A new pool (its Created event): `settings` as given, `ports` its
+        ranges (the default pool's when None). Its id is `pool_uuid(name)`."""
         return cls._create(
             cls.Created,
             id=pool_uuid(name),
@@ -448,430 +286,7 @@ class Pool(Aggregate):
             name=name,
             capacity=settings.capacity.as_dict(),
             worker_size=settings.worker_size.as_dict(),
-            server_costs=_costs_to_event(settings.server_costs),
+            server_costs=costs_to_event(settings.server_costs),
             idle_timeout_seconds=settings.idle_timeout_seconds,
             ports=(ports or PortRanges()).as_dict(),
         )
-
-    def change_capacity(self, capacity: Resources, *, at: datetime, actor: str) -> bool:
-        """Set the totals. Lowering never evicts; it only refuses new requests."""
-        if capacity == self.settings.capacity:
-            return False
-        self.trigger_event(
-            self.CapacityChanged, timestamp=at, actor=actor, capacity=capacity.as_dict()
-        )
-        return True
-
-    def reconfigure(self, settings: PoolSettings, *, at: datetime, actor: str) -> bool:
-        current = self.settings
-        if (
-            settings.worker_size == current.worker_size
-            and _costs_to_event(settings.server_costs)
-            == _costs_to_event(current.server_costs)
-            and settings.idle_timeout_seconds == current.idle_timeout_seconds
-        ):
-            return False
-        self.trigger_event(
-            self.Reconfigured,
-            timestamp=at,
-            actor=actor,
-            worker_size=settings.worker_size.as_dict(),
-            server_costs=_costs_to_event(settings.server_costs),
-            idle_timeout_seconds=settings.idle_timeout_seconds,
-        )
-        return True
-
-    # -- queries the decisions rest on ---------------------------------------
-
-    @property
-    def available(self) -> Resources:
-        return self.settings.capacity - self.reserved
-
-    def free_mcp_ports(self) -> int:
-        return self.ports.mcp_last - self.ports.mcp_first + 1 - len(self.servers)
-
-    def shortfall(
-        self, request: AllocationRequest, *, freeing: Iterable[Reservation] = ()
-    ) -> Rejection | None:
-        """The first dimension the request does not fit in, or None if it fits.
-
-        `freeing`: reservations to count as already given back (preemption
-        victims). A dimension the request needs none of never refuses it,
-        even when the pool is over-committed after its capacity was lowered.
-        """
-        freed = list(freeing)
-        needed = self.settings.resources_for(request)
-        available = self.available
-        released_names: list[str] = []
-        for reservation in freed:
-            available = available + reservation.resources
-            released_names.extend(reservation.servers)
-        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-            wanted = needed.amount(dimension)
-            left = available.amount(dimension)
-            if wanted > 0 and wanted > left:
-                return Rejection(INSUFFICIENT_CAPACITY, dimension, wanted, max(left, 0))
-        new_servers = [n for n in request.servers if n not in self.servers]
-        reclaimable = [
-            s
-            for s in self.servers.values()
-            if s.references - released_names.count(s.name) == 0
-            and s.name not in request.servers
-        ]
-        ports_left = self.free_mcp_ports() + len(reclaimable)
-        if len(new_servers) > ports_left:
-            return Rejection(
-                INSUFFICIENT_CAPACITY, Dimension.MCP_PORTS, len(new_servers), ports_left
-            )
-        return None
-
-    def never_fits(self, request: AllocationRequest) -> Rejection | None:
-        """Why the request could not fit even in an empty pool, if so: such a
-        request is refused rather than queued forever."""
-        needed = self.settings.resources_for(request)
-        total = self.settings.capacity
-        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-            wanted = needed.amount(dimension)
-            if wanted > 0 and wanted > total.amount(dimension):
-                return Rejection(
-                    INSUFFICIENT_CAPACITY, dimension, wanted, total.amount(dimension)
-                )
-        return None
-
-    def quota_shortfall(
-        self, tenant: str | None, request: AllocationRequest
-    ) -> Rejection | None:
-        """The first dimension in which the tenant would pass its quota here."""
-        if tenant is None or tenant not in self.quotas:
-            return None
-        limit = self.quotas[tenant]
-        held = Resources()
-        for reservation in self.reservations.values():
-            if reservation.tenant == tenant:
-                held = held + reservation.resources
-        needed = self.settings.resources_for(request)
-        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-            wanted = needed.amount(dimension)
-            left = limit.amount(dimension) - held.amount(dimension)
-            if wanted > 0 and wanted > left:
-                return Rejection(QUOTA_EXCEEDED, dimension, wanted, max(left, 0))
-        return None
-
-    def effective_rank(self, entry: QueueEntry, now: datetime) -> int:
-        """Priority rank plus one per aging period waited, up to critical."""
-        return queue_rank(
-            entry.request.priority,
-            entry.enqueued_at,
-            now,
-            self.scheduling.aging_seconds,
-        )
-
-    def queue_order(self, now: datetime) -> list[QueueEntry]:
-        """The queue as it will be served: effective priority, then arrival."""
-        return sorted(
-            self.queue.values(),
-            key=lambda e: (-self.effective_rank(e, now), e.arrival),
-        )
-
-    def waiting_ahead(
-        self, request: AllocationRequest, now: datetime
-    ) -> Rejection | None:
-        """Under the strict policy a newcomer may not pass a waiting request
-        that comes before it: why it must wait (what the head waits for), or
-        None when it may go ahead."""
-        if self.scheduling.queue_policy is not QueuePolicy.STRICT or not self.queue:
-            return None
-        head = self.queue_order(now)[0]
-        if self.effective_rank(head, now) < request.priority.rank:
-            return None
-        blocking = self.shortfall(head.request) or self.quota_shortfall(
-            head.tenant, head.request
-        )
-        dimension = blocking.dimension if blocking else Dimension.WORKERS
-        needed = self.settings.resources_for(request)
-        available = (
-            self.free_mcp_ports()
-            if dimension is Dimension.MCP_PORTS
-            else self.available.amount(dimension)
-        )
-        requested = (
-            len(request.servers)
-            if dimension is Dimension.MCP_PORTS
-            else needed.amount(dimension)
-        )
-        return Rejection(QUEUED_AHEAD, dimension, requested, max(available, 0))
-
-    def next_to_grant(self, now: datetime) -> QueueEntry | None:
-        """The queued request to grant now, if any: the head if it fits
-        (strict), or the first that fits (backfill)."""
-        for entry in self.queue_order(now):
-            fits = (
-                self.shortfall(entry.request) is None
-                and self.quota_shortfall(entry.tenant, entry.request) is None
-            )
-            if fits:
-                return entry
-            if self.scheduling.queue_policy is QueuePolicy.STRICT:
-                return None
-        return None
-
-    def timed_out(self, now: datetime) -> list[QueueEntry]:
-        """Queued requests whose maximum wait has passed, in arrival order."""
-        late = [
-            e
-            for e in self.queue.values()
-            if e.deadline is not None and e.deadline <= now
-        ]
-        return sorted(late, key=lambda e: e.arrival)
-
-    def preemption_victims(
-        self, request: AllocationRequest, *, now: datetime
-    ) -> list[Reservation] | None:
-        """The smallest set of live allocations whose capacity would let the
-        request fit, lowest priority first, youngest first among sets of that
-        size; None if no set the policy allows would do."""
-        allowed = [
-            r
-            for r in self.reservations.values()
-            if self.scheduling.may_preempt(request.priority, r.priority)
-        ]
-        allowed.sort(
-            key=lambda r: (
-                r.priority.rank,
-                -(r.reserved_at or now).timestamp(),
-                r.allocation_id,
-            )
-        )
-        if not allowed or self.shortfall(request, freeing=allowed) is not None:
-            return None
-        if len(allowed) <= EXACT_PREEMPTION_SEARCH:
-            # Smallest sets first; within a size, combinations come in the
-            # order of preference (lowest priority, then youngest).
-            for size in range(1, len(allowed) + 1):
-                for victims in itertools.combinations(allowed, size):
-                    if self.shortfall(request, freeing=victims) is None:
-                        return list(victims)
-        chosen: list[Reservation] = []
-        for reservation in allowed:
-            if self.shortfall(request, freeing=chosen) is None:
-                break
-            chosen.append(reservation)
-        for reservation in reversed(list(chosen)):
-            fewer = [r for r in chosen if r is not reservation]
-            if self.shortfall(request, freeing=fewer) is None:
-                chosen = fewer
-        return chosen
-
-    def due(self, now: datetime) -> list[Reservation]:
-        """Live reservations whose lease ran out, in (expires_at, id) order."""
-        due = [r for r in self.reservations.values() if r.expires_at <= now]
-        due.sort(key=lambda r: (r.expires_at, r.allocation_id))
-        return due
-
-    def idle_servers_due(self, now: datetime) -> list[ServerInstance]:
-        """Idle servers whose idle timeout passed, oldest idle first."""
-        timeout = timedelta(seconds=self.settings.idle_timeout_seconds)
-        due = [
-            s
-            for s in self.servers.values()
-            if s.idle_since is not None and s.idle_since + timeout <= now
-        ]
-        due.sort(key=lambda s: (s.idle_since or now, s.name))
-        return due
-
-    # -- decisions -----------------------------------------------------------
-
-    def reserve(
-        self,
-        allocation_id: str,
-        request: AllocationRequest,
-        *,
-        expires_at: datetime,
-        at: datetime,
-        actor: str,
-        tenant: str | None = None,
-    ) -> ReservedPorts:
-        """Hold capacity and ports for a request that fits (check `shortfall` first)."""
-        rejection = self.shortfall(request)
-        if rejection is not None:
-            msg = f"reserve() called for a request that does not fit: {rejection}"
-            raise ValueError(msg)
-        servers: list[tuple[str, int, bool]] = []
-        stopped: list[tuple[str, int]] = []
-        for name in request.servers:
-            running = self.servers.get(name)
-            if running is not None:
-                servers.append((name, running.port, False))
-                continue
-            if self.free_mcp_ports() == 0:
-                stopped.append(
-                    self._stop_longest_idle(keep=request.servers, at=at, actor=actor)
-                )
-            port = self._lowest_free_mcp_port()
-            self.trigger_event(
-                self.ServerStarted, timestamp=at, actor=actor, name=name, port=port
-            )
-            servers.append((name, port, True))
-        worker_ports = self._lowest_free_worker_ports(request.workers)
-        self.trigger_event(
-            self.Reserved,
-            timestamp=at,
-            actor=actor,
-            allocation_id=allocation_id,
-            resources=self.settings.resources_for(request).as_dict(),
-            worker_ports=list(worker_ports),
-            servers=list(request.servers),
-            expires_at=expires_at,
-            priority=request.priority.value,
-            tenant=tenant,
-        )
-        return ReservedPorts(tuple(worker_ports), tuple(servers), tuple(stopped))
-
-    def extend_lease(
-        self, allocation_id: str, expires_at: datetime, *, at: datetime, actor: str
-    ) -> None:
-        if allocation_id not in self.reservations:
-            msg = f"pool {self.name!r} holds no reservation for {allocation_id}"
-            raise KeyError(msg)
-        self.trigger_event(
-            self.LeaseExtended,
-            timestamp=at,
-            actor=actor,
-            allocation_id=allocation_id,
-            expires_at=expires_at,
-        )
-
-    def free(
-        self, allocation_id: str, outcome: str, *, at: datetime, actor: str
-    ) -> bool:
-        """Give back what an allocation held. False if it held nothing here."""
-        reservation = self.reservations.get(allocation_id)
-        if reservation is None:
-            return False
-        self.trigger_event(
-            self.Freed,
-            timestamp=at,
-            actor=actor,
-            allocation_id=allocation_id,
-            outcome=outcome,
-            resources=reservation.resources.as_dict(),
-            worker_ports=list(reservation.worker_ports),
-            servers=list(reservation.servers),
-            tenant=reservation.tenant,
-        )
-        return True
-
-    def stop_idle_servers(self, now: datetime, *, actor: str) -> list[ServerInstance]:
-        stopped = self.idle_servers_due(now)
-        for server in stopped:
-            self.trigger_event(
-                self.ServerStopped,
-                timestamp=now,
-                actor=actor,
-                name=server.name,
-                port=server.port,
-            )
-        return stopped
-
-    def enqueue(
-        self,
-        allocation_id: str,
-        request: AllocationRequest,
-        *,
-        deadline: datetime | None,
-        tenant: str | None,
-        at: datetime,
-        actor: str,
-    ) -> None:
-        self.trigger_event(
-            self.Enqueued,
-            timestamp=at,
-            actor=actor,
-            allocation_id=allocation_id,
-            request=request.as_dict(),
-            deadline=deadline,
-            tenant=tenant,
-            resources=self.settings.resources_for(request).as_dict(),
-        )
-
-    def dequeue(
-        self, allocation_id: str, outcome: str, *, at: datetime, actor: str
-    ) -> bool:
-        if allocation_id not in self.queue:
-            return False
-        self.trigger_event(
-            self.Dequeued,
-            timestamp=at,
-            actor=actor,
-            allocation_id=allocation_id,
-            outcome=outcome,
-        )
-        return True
-
-    def configure_scheduling(
-        self, scheduling: Scheduling, *, at: datetime, actor: str
-    ) -> bool:
-        if scheduling == self.scheduling:
-            return False
-        self.trigger_event(
-            self.SchedulingConfigured,
-            timestamp=at,
-            actor=actor,
-            queue_policy=scheduling.queue_policy.value,
-            aging_seconds=scheduling.aging_seconds,
-            preemption={k: list(v) for k, v in sorted(scheduling.preemption.items())},
-        )
-        return True
-
-    def set_quota(
-        self, tenant: str, limits: Resources | None, *, at: datetime, actor: str
-    ) -> bool:
-        if self.quotas.get(tenant) == limits:
-            return False
-        self.trigger_event(
-            self.QuotaSet,
-            timestamp=at,
-            actor=actor,
-            tenant=tenant,
-            limits=None if limits is None else limits.as_dict(),
-        )
-        return True
-
-    # -- internals -------------------------------------------------------------
-
-    def _stop_longest_idle(
-        self, *, keep: Iterable[str], at: datetime, actor: str
-    ) -> tuple[str, int]:
-        kept = set(keep)
-        idle = [
-            s
-            for s in self.servers.values()
-            if s.references == 0 and s.name not in kept and s.idle_since is not None
-        ]
-        idle.sort(key=lambda s: (s.idle_since or at, s.name))
-        server = idle[0]
-        self.trigger_event(
-            self.ServerStopped,
-            timestamp=at,
-            actor=actor,
-            name=server.name,
-            port=server.port,
-        )
-        return server.name, server.port
-
-    def _lowest_free_mcp_port(self) -> int:
-        used = {s.port for s in self.servers.values()}
-        for port in range(self.ports.mcp_first, self.ports.mcp_last + 1):
-            if port not in used:
-                return port
-        msg = "no free MCP server port"  # shortfall() rules this out
-        raise RuntimeError(msg)
-
-    def _lowest_free_worker_ports(self, count: int) -> list[int]:
-        ports: list[int] = []
-        port = self.ports.worker_first
-        while len(ports) < count:
-            if port not in self.worker_ports:
-                ports.append(port)
-            port += 1
-        return ports

@@ -7,14 +7,10 @@ from typing import Any
 
 from eventsourcing.persistence import Transcoding
 
-from allocation_ledger.domain.pool import (
-    PoolSettings,
-    PortRanges,
-    QueueEntry,
-    Reservation,
-    Scheduling,
-    ServerInstance,
-)
+from allocation_ledger.domain.pool_settings import PoolSettings
+from allocation_ledger.domain.pool_state import QueueEntry, Reservation, ServerInstance
+from allocation_ledger.domain.ports import PortRanges
+from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
     Priority,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from allocation_ledger.domain.allocation import Allocation, worker_id
-from allocation_ledger.domain.pool import DEFAULT_PREEMPTION, Pool
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import worker_id
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.scheduling import DEFAULT_PREEMPTION
 from allocation_ledger.domain.values import AllocationState, Resources
 from allocation_ledger.projections.views import (
     AllocationView,

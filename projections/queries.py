@@ -9,13 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from allocation_ledger.domain.errors import AllocationNotFoundError
-from allocation_ledger.domain.pool import (
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.pool_settings import (
     DEFAULT_CAPACITY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
-    DEFAULT_POOL,
-    DEFAULT_PREEMPTION,
     DEFAULT_WORKER_SIZE,
 )
+from allocation_ledger.domain.scheduling import DEFAULT_PREEMPTION
 from allocation_ledger.domain.values import Resources
 from allocation_ledger.projections.catchup import Projector
 from allocation_ledger.projections.store import ListingQuery

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
-from allocation_ledger.domain.allocation import allocation_uuid
+from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.pool import pool_uuid
 from allocation_ledger.domain.values import LIVE_STATES, AllocationState, Priority

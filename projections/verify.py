@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from allocation_ledger.domain.allocation import Allocation, allocation_uuid
-from allocation_ledger.domain.pool import Pool, PortRanges
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_uuid
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.values import (
     LIVE_STATES,
     TERMINAL_STATES,

@@ -8,8 +8,8 @@ from typing import cast
 
 import pytest
 
-from allocation_ledger.domain.allocation import (
-    Allocation,
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import (
     allocation_id_for_request,
     allocation_uuid,
     is_allocation_id,

@@ -17,7 +17,8 @@ from allocation_ledger.adapters.config.catalog import (
 from allocation_ledger.adapters.config.file import load_catalog
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService
-from allocation_ledger.domain.pool import DEFAULT_POOL, MAX_OTHER_POOLS
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.ports import MAX_OTHER_POOLS
 from allocation_ledger.domain.values import AllocationRequest, Resources
 from tests.ledger_support import last_position, stored_events
 

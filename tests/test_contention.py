@@ -9,7 +9,7 @@ from pathlib import Path
 
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import init_database, open_service
-from allocation_ledger.domain.allocation import allocation_id_for_request
+from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.errors import AllocationNotFoundError
 from allocation_ledger.domain.values import Resources
 from tests.postgres import postgres_schema, postgres_settings

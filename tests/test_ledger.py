@@ -17,7 +17,9 @@ from eventsourcing.utils import resolve_topic
 
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
-from allocation_ledger.domain.allocation import Allocation, allocation_id_for_request
+from allocation_ledger.domain.actors import SWEEPER_ACTOR
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
@@ -30,8 +32,9 @@ from allocation_ledger.domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from allocation_ledger.domain.ledger import SWEEPER_ACTOR, Ledger
-from allocation_ledger.domain.pool import Pool, PoolSettings
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.registry import PoolRegistry
 from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,

@@ -76,11 +76,8 @@ from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain import ledger as ledger_module
-from allocation_ledger.domain.allocation import (
-    Allocation,
-    allocation_uuid,
-    is_allocation_id,
-)
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
@@ -94,9 +91,11 @@ from allocation_ledger.domain.errors import (
     PoolNotFoundError,
     ProvisioningError,
 )
-from allocation_ledger.domain.ledger import Ledger, StoppedServer
-from allocation_ledger.domain.pool import Pool, PoolSettings, pool_uuid
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.pool import Pool, pool_uuid
+from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.results import StoppedServer
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,

@@ -17,8 +17,8 @@ from mcp.server.auth.provider import AccessToken
 from allocation_ledger.adapters.http.auth import Access, expand_scopes
 from allocation_ledger.adapters.mcp.server import build_server
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.actors import SCHEDULER_ACTOR
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.ledger import SCHEDULER_ACTOR
 from tests.mcp_support import call, call_error, max_notification_id
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,9 @@ from mcp.shared.exceptions import MCPError
 from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.mcp.tools.specs import TOOLS as TOOL_SPECS
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.actors import SWEEPER_ACTOR
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.ledger import MAX_MEMORY_MIB, SWEEPER_ACTOR
+from allocation_ledger.domain.pool_settings import MAX_MEMORY_MIB
 from allocation_ledger.domain.values import MAX_TTL_SECONDS
 from tests.mcp_support import (
     REPO,

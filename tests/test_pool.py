@@ -7,16 +7,17 @@ from typing import cast
 
 import pytest
 
-from allocation_ledger.domain.pool import (
+from allocation_ledger.domain.pool import Pool, pool_uuid
+from allocation_ledger.domain.pool_settings import (
     DEFAULT_CAPACITY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_WORKER_SIZE,
+    PoolSettings,
+)
+from allocation_ledger.domain.ports import (
     MCP_PORT_FIRST,
     MCP_PORT_LAST,
     WORKER_PORT_FIRST,
-    Pool,
-    PoolSettings,
-    pool_uuid,
 )
 from allocation_ledger.domain.values import (
     INSUFFICIENT_CAPACITY,

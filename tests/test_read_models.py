@@ -15,7 +15,7 @@ from allocation_ledger.adapters.storage.service import AllocationService, open_s
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import AllocationNotFoundError, InvalidRequestError
 from allocation_ledger.domain.ledger import Ledger
-from allocation_ledger.domain.pool import PoolSettings
+from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,

@@ -19,7 +19,7 @@ import pytest
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import init_database, open_service
-from allocation_ledger.domain.allocation import allocation_id_for_request
+from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.errors import AllocationNotFoundError
 from tests.mcp_support import call, http_client, http_server_process, raw_tool_call
 from tests.postgres import (

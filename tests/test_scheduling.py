@@ -9,7 +9,7 @@ from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.ledger import Ledger
-from allocation_ledger.domain.pool import Scheduling
+from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,

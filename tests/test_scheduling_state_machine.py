@@ -27,7 +27,7 @@ from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.pool import Scheduling
+from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from allocation_ledger.adapters.config.catalog import CONFIG_ACTOR, Catalog
 from allocation_ledger.adapters.mcp.schemas.units import cores
-from allocation_ledger.domain.ledger import Ledger, PoolResult
-from allocation_ledger.domain.pool import DEFAULT_POOL, PoolSettings
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.pool_settings import PoolSettings
+from allocation_ledger.domain.results import PoolResult
 from allocation_ledger.domain.values import Resources
 
 

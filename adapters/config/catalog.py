@@ -38,16 +38,14 @@ from allocation_ledger.adapters.mcp.schemas.units import (
     millicores,
 )
 from allocation_ledger.domain.errors import InvalidRequestError
-from allocation_ledger.domain.ledger import (
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.pool_settings import (
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
     MAX_IDLE_TIMEOUT_SECONDS,
     MAX_MEMORY_MIB,
     MAX_WORKERS_CAPACITY,
 )
-from allocation_ledger.domain.pool import (
-    DEFAULT_IDLE_TIMEOUT_SECONDS,
-    DEFAULT_POOL,
-    MAX_OTHER_POOLS,
-)
+from allocation_ledger.domain.ports import MAX_OTHER_POOLS
 from allocation_ledger.domain.values import (
     Resources,
     validate_pool_name,

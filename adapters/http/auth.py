@@ -30,7 +30,7 @@ from allocation_ledger.adapters.http.tokens import (
     TokenEntry,
     token_digest,
 )
-from allocation_ledger.domain.ledger import LOCAL_ACTOR
+from allocation_ledger.domain.actors import LOCAL_ACTOR
 
 __all__ = ["ANONYMOUS_ACTOR", "LOCAL_ACTOR", "Access", "Scope", "StaticTokenVerifier"]
 

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from allocation_ledger.domain.ledger import LOCAL_ACTOR
+from allocation_ledger.domain.actors import LOCAL_ACTOR
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")

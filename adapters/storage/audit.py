@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from allocation_ledger.adapters.storage.service import AllocationService
-from allocation_ledger.domain.allocation import allocation_uuid, is_allocation_id
+from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError, PoolNotFoundError
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.values import LIVE_STATES

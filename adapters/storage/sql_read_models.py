@@ -18,7 +18,7 @@ from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
 )
-from allocation_ledger.domain.allocation import allocation_uuid
+from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.pool import pool_uuid
 from allocation_ledger.domain.values import LIVE_STATES, MILLICORES_PER_CORE
 from allocation_ledger.projections.codec import (

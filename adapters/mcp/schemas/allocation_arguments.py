@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from allocation_ledger.domain.ledger import MAX_WAIT_SECONDS
-from allocation_ledger.domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST
+from allocation_ledger.domain.ports import MCP_PORT_FIRST, MCP_PORT_LAST
+from allocation_ledger.domain.scheduling import MAX_WAIT_SECONDS
 from allocation_ledger.domain.values import (
     JOB_ID_PATTERN,
     MAX_JOB_ID_LENGTH,

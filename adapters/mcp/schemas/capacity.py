@@ -25,8 +25,8 @@ from allocation_ledger.adapters.mcp.schemas.units import (
     amounts,
     cores,
 )
-from allocation_ledger.domain.ledger import MAX_WORKERS_CAPACITY
-from allocation_ledger.domain.pool import MCP_PORT_FIRST, MCP_PORT_LAST
+from allocation_ledger.domain.pool_settings import MAX_WORKERS_CAPACITY
+from allocation_ledger.domain.ports import MCP_PORT_FIRST, MCP_PORT_LAST
 from allocation_ledger.projections.views import CapacityView
 
 CapacityCpuArg = Annotated[

@@ -20,13 +20,12 @@ from allocation_ledger.adapters.mcp.schemas.units import (
     amounts,
     cores,
 )
-from allocation_ledger.domain.ledger import (
+from allocation_ledger.domain.pool_settings import (
     MAX_CPU_MILLICORES,
     MAX_MEMORY_MIB,
-    MAX_WAIT_SECONDS,
     MAX_WORKERS_CAPACITY,
 )
-from allocation_ledger.domain.pool import queue_rank
+from allocation_ledger.domain.scheduling import MAX_WAIT_SECONDS, queue_rank
 from allocation_ledger.domain.values import (
     TENANT_PATTERN,
     Priority,

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
-from allocation_ledger.domain.ledger import (
+from allocation_ledger.domain.pool_settings import (
     MAX_CPU_MILLICORES,
     MAX_MEMORY_MIB,
     MAX_WORKERS_CAPACITY,

@@ -49,10 +49,11 @@ from allocation_ledger.adapters.mcp.schemas.allocation_results import (
 from allocation_ledger.adapters.mcp.schemas.scheduling import queued_requests
 from allocation_ledger.adapters.mcp.schemas.units import cores
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
-from allocation_ledger.domain.allocation import Allocation, allocation_uuid
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.errors import PoolNotFoundError
-from allocation_ledger.domain.ledger import RequestResult
 from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,

@@ -19,11 +19,8 @@ from allocation_ledger.adapters.mcp.schemas.usage import (
 )
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
 from allocation_ledger.adapters.storage import audit
-from allocation_ledger.domain.allocation import (
-    Allocation,
-    allocation_uuid,
-    is_allocation_id,
-)
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError
 from allocation_ledger.projections.usage import UsageQuery
 

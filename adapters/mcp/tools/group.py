@@ -15,7 +15,7 @@ from allocation_ledger.adapters.http.auth import Access
 from allocation_ledger.adapters.mcp.tools.specs import TOOLS
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.errors import LedgerError, PoolNotFoundError
-from allocation_ledger.domain.pool import DEFAULT_WORKER_SIZE
+from allocation_ledger.domain.pool_settings import DEFAULT_WORKER_SIZE
 from allocation_ledger.domain.values import Resources
 from allocation_ledger.projections.views import CapacityView
 

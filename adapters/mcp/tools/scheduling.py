@@ -27,7 +27,8 @@ from allocation_ledger.adapters.mcp.schemas.scheduling import (
 )
 from allocation_ledger.adapters.mcp.schemas.units import amounts, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
-from allocation_ledger.domain.pool import DEFAULT_POOL, Scheduling
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import QueuePolicy, Resources
 
 

@@ -1,0 +1,9 @@
+"""Who causes events: every event records an `actor` (design contract,
+"States and events"). A caller's token subject, or one of these."""
+
+LOCAL_ACTOR = "local"
+"""The single local caller (stdio, the command line, tests)."""
+SWEEPER_ACTOR = "system:sweeper"
+"""The expiry sweep and idle-server stops, and what they finish on resume."""
+SCHEDULER_ACTOR = "system:scheduler"
+"""Grants and time-outs of queued requests, made while serving a pool's queue."""

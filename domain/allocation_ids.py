@@ -1,0 +1,45 @@
+"""An allocation's ids: its public id, its aggregate id, its workers' ids.
+
+The public id is `alloc-` + 12 lowercase hex characters (design contract,
+"Aggregates"): random, or derived from `(pool, request_id)` when the client
+gives a request id, which makes requests idempotent. The aggregate UUID is
+derived from the public id (uuid5), so no lookup table is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+ALLOCATION_ID_PREFIX = "alloc-"
+
+
+def allocation_uuid(allocation_id: str) -> UUID:
+    """The aggregate id is derived from the public id: no lookup table needed."""
+    return uuid5(NAMESPACE_URL, f"allocation-ledger:allocation:{allocation_id}")
+
+
+def allocation_id_for_request(pool: str, request_id: str) -> str:
+    """Retries with the same (pool, request_id) name the same allocation."""
+    digest = hashlib.sha256(f"{pool}\x00{request_id}".encode()).hexdigest()
+    return ALLOCATION_ID_PREFIX + digest[:12]
+
+
+def random_allocation_id() -> str:
+    """A new public id for a request without a request id."""
+    return ALLOCATION_ID_PREFIX + uuid4().hex[:12]
+
+
+def is_allocation_id(value: str) -> bool:
+    """Whether `value` has the shape of a public allocation id."""
+    suffix = value[len(ALLOCATION_ID_PREFIX) :]
+    return (
+        value.startswith(ALLOCATION_ID_PREFIX)
+        and len(suffix) == 12
+        and all(c in "0123456789abcdef" for c in suffix)
+    )
+
+
+def worker_id(allocation_id: str, index: int) -> str:
+    """The id of an allocation's `index`-th worker (from 0): never collides."""
+    return f"{allocation_id}-worker-{index}"

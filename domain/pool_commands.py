@@ -1,0 +1,156 @@
+"""The Ledger's commands on pools: create, configure, capacity, quotas, scheduling.
+
+Settings are checked before any unit of work runs (pool_settings.py,
+scheduling.py), and each command saves the pool's new events in one unit of
+work. Lowering capacity or a quota never evicts: it only refuses new
+requests until usage drops (design contract, "Rules").
+"""
+
+from __future__ import annotations
+
+import copy
+
+from allocation_ledger.domain.actors import LOCAL_ACTOR
+from allocation_ledger.domain.errors import PoolExistsError
+from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
+from allocation_ledger.domain.pool_settings import (
+    PoolSettings,
+    validate_capacity,
+    validate_settings,
+)
+from allocation_ledger.domain.results import PoolResult
+from allocation_ledger.domain.scheduling import Scheduling, validate_scheduling
+from allocation_ledger.domain.unit_of_work import (
+    UnitOfWork,
+    UnitOfWorkApplication,
+    cached_pool_uuid,
+)
+from allocation_ledger.domain.values import (
+    Resources,
+    validate_pool_name,
+    validate_tenant,
+)
+
+
+class PoolCommands(UnitOfWorkApplication):
+    """The Ledger's commands on pools (a mixin of `ledger.Ledger`)."""
+
+    def create_pool(
+        self,
+        name: str,
+        settings: PoolSettings | None = None,
+        *,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        """Create a pool (default settings unless given), with port ranges of
+        its own. Raises PoolExistsError, or InvalidRequestError for a bad name
+        or settings, or past the number of pools the port space allows."""
+        validate_pool_name(name)
+        chosen = settings or PoolSettings()
+        validate_settings(chosen)
+
+        def body(work: UnitOfWork) -> PoolResult:
+            if work.get(cached_pool_uuid(name), fresh=True) is not None:
+                raise PoolExistsError(name)
+            pool = work.create_pool(name, chosen, actor=actor)
+            return PoolResult(copy.deepcopy(pool), work.save(), created=True)
+
+        return self._run("create_pool", body)
+
+    def configure_pool(
+        self,
+        name: str,
+        *,
+        capacity: Resources | None = None,
+        worker_size: Resources | None = None,
+        server_costs: dict[str, Resources] | None = None,
+        idle_timeout_seconds: int | None = None,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        """Create the pool with these settings, or change the ones given."""
+        validate_pool_name(name)
+
+        def body(work: UnitOfWork) -> PoolResult:
+            found = work.get(cached_pool_uuid(name))
+            base = found.settings if isinstance(found, Pool) else PoolSettings()
+            settings = PoolSettings(
+                capacity=capacity if capacity is not None else base.capacity,
+                worker_size=worker_size
+                if worker_size is not None
+                else base.worker_size,
+                server_costs=(
+                    server_costs if server_costs is not None else base.server_costs
+                ),
+                idle_timeout_seconds=(
+                    idle_timeout_seconds
+                    if idle_timeout_seconds is not None
+                    else base.idle_timeout_seconds
+                ),
+            )
+            validate_settings(settings)
+            now = self.clock.now()
+            if not isinstance(found, Pool):
+                pool = work.create_pool(name, settings, actor=actor)
+                return PoolResult(copy.deepcopy(pool), work.save(), created=True)
+            found.change_capacity(settings.capacity, at=now, actor=actor)
+            found.reconfigure(settings, at=now, actor=actor)
+            return PoolResult(copy.deepcopy(found), work.save(), created=False)
+
+        return self._run("configure_pool", body)
+
+    def set_capacity(
+        self, capacity: Resources, *, pool: str = DEFAULT_POOL, actor: str = LOCAL_ACTOR
+    ) -> PoolResult:
+        """Set a pool's totals. Lowering never evicts: it only refuses new requests."""
+        validate_pool_name(pool)
+        validate_capacity(capacity)
+        if pool != DEFAULT_POOL:
+
+            def exists(work: UnitOfWork) -> None:
+                work.pool(pool)
+
+            self._run("set_capacity", exists)
+        return self.configure_pool(pool, capacity=capacity, actor=actor)
+
+    def set_quota(
+        self,
+        tenant: str,
+        limits: Resources | None,
+        *,
+        pool: str = DEFAULT_POOL,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        """Limit what a tenant may hold at once in a pool (None: no limit).
+
+        Lowering a quota below what the tenant holds evicts nothing; it only
+        refuses the tenant's new requests until it holds less.
+        """
+        validate_pool_name(pool)
+        validate_tenant(tenant)
+        if limits is not None:
+            validate_capacity(limits)
+
+        def body(work: UnitOfWork) -> PoolResult:
+            target = work.pool(pool, actor=actor)
+            target.set_quota(tenant, limits, at=self.clock.now(), actor=actor)
+            return PoolResult(copy.deepcopy(target), work.save(), created=False)
+
+        return self._run("set_quota", body)
+
+    def configure_scheduling(
+        self,
+        scheduling: Scheduling,
+        *,
+        pool: str = DEFAULT_POOL,
+        actor: str = LOCAL_ACTOR,
+    ) -> PoolResult:
+        """Set a pool's queue policy, aging and preemption rules."""
+        validate_pool_name(pool)
+        validate_scheduling(scheduling)
+
+        def body(work: UnitOfWork) -> PoolResult:
+            target = work.pool(pool, actor=actor)
+            target.configure_scheduling(scheduling, at=self.clock.now(), actor=actor)
+            return PoolResult(copy.deepcopy(target), work.save(), created=False)
+
+        return self._run("configure_scheduling", body)

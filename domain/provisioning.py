@@ -1,0 +1,131 @@
+"""Making decisions real: provisioning and tearing down around units of work.
+
+The ledger decides; a provisioner (the `Provisioner` port) makes it real
+(design contract, "Provisioning"). An instant provisioner, which only works
+out endpoints, is called inside the unit of work, so reserve and activate
+share one transaction. Any other is called between two: the allocation is
+`pending` meanwhile, and activated (or failed, its capacity given back) in a
+second unit of work. What a committed unit of work tore down or stopped is
+deprovisioned after the commit; a failure there is reported, not raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from allocation_ledger.domain.actors import SCHEDULER_ACTOR
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.provisioner import Endpoints
+from allocation_ledger.domain.results import RequestResult, StoppedServer
+from allocation_ledger.domain.unit_of_work import UnitOfWork, UnitOfWorkApplication
+from allocation_ledger.domain.values import AllocationState
+
+
+class Provisioning(UnitOfWorkApplication):
+    """The provisioning steps the Ledger's commands share (a mixin base)."""
+
+    @property
+    def provisions_instantly(self) -> bool:
+        """Whether the provisioner says it only works out endpoints
+        (`instant = True`): it is then called inside the unit of work."""
+        return bool(getattr(self.provisioner, "instant", False))
+
+    def _provision_now(
+        self, allocation: Allocation, pool: Pool, *, at: datetime, actor: str
+    ) -> None:
+        """Provision inside the unit of work (instant provisioners only)."""
+        try:
+            endpoints = self.provisioner.provision(
+                allocation.allocation_id, allocation.workers, allocation.servers
+            )
+        except Exception as error:  # noqa: BLE001 - any provisioner failure
+            allocation.fail(str(error) or type(error).__name__, at=at, actor=actor)
+            pool.free(allocation.allocation_id, "failed", at=at, actor=actor)
+            return
+        allocation.activate(
+            Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
+            at=at,
+            actor=actor,
+        )
+
+    def _provision(self, reserved: RequestResult, *, actor: str) -> RequestResult:
+        """Provision a pending allocation, then activate it in a unit of work
+        (or fail it, giving its capacity back, if the provisioner raised)."""
+        pending = reserved.allocation
+        try:
+            endpoints = self.provisioner.provision(
+                pending.allocation_id, pending.workers, pending.servers
+            )
+        except Exception as error:  # noqa: BLE001 - any provisioner failure
+            return self._fail_provisioning(
+                reserved, str(error) or type(error).__name__, actor
+            )
+
+        def activate(work: UnitOfWork) -> RequestResult:
+            allocation = work.allocation(pending.allocation_id)
+            if allocation.state is not AllocationState.PENDING:
+                return RequestResult(allocation.snapshot(), reserved.position)
+            allocation.activate(
+                Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
+                at=self.clock.now(),
+                actor=actor,
+            )
+            position = work.save()
+            return RequestResult(
+                allocation.snapshot(),
+                position,
+                expired_first=reserved.expired_first,
+            )
+
+        return self._run("activate", activate)
+
+    def _fail_provisioning(
+        self, reserved: RequestResult, error: str, actor: str
+    ) -> RequestResult:
+        allocation_id = reserved.allocation.allocation_id
+
+        def fail(work: UnitOfWork) -> RequestResult:
+            allocation = work.allocation(allocation_id)
+            if not allocation.state.is_live:
+                return RequestResult(allocation.snapshot(), reserved.position)
+            now = self.clock.now()
+            allocation.fail(error, at=now, actor=actor)
+            work.pool(allocation.pool).free(
+                allocation_id, "failed", at=now, actor=actor
+            )
+            return RequestResult(allocation.snapshot(), work.save())
+
+        return self._run("fail_provisioning", fail)
+
+    def _after_commit(self, work: UnitOfWork) -> None:
+        """Side effects of a committed unit of work, outside the lock: tear
+        down what it ended, stop the servers it stopped, provision what the
+        queue was granted (by a provisioner that is not instant)."""
+        self._deprovision_quietly(work.teardown)
+        self._stop_servers_quietly(work.stopped)
+        for granted in work.to_provision:
+            self._provision(RequestResult(granted, None), actor=SCHEDULER_ACTOR)
+
+    def _deprovision_quietly(self, allocations: Sequence[Allocation]) -> list[str]:
+        """Tear allocations down; each failure is reported as a line, not raised."""
+        errors: list[str] = []
+        for allocation in allocations:
+            try:
+                self.provisioner.deprovision(
+                    allocation.allocation_id, allocation.workers, allocation.servers
+                )
+            except Exception as error:  # noqa: BLE001 - reported, not raised
+                errors.append(f"{allocation.allocation_id}: {error}")
+        return errors
+
+    def _stop_servers_quietly(self, servers: Sequence[StoppedServer]) -> list[str]:
+        """Stop MCP server processes; each failure is reported, not raised."""
+        errors: list[str] = []
+        for server in servers:
+            try:
+                self.provisioner.stop_server(server.name, server.port)
+            except Exception as error:  # noqa: BLE001 - reported, not raised
+                errors.append(f"{server.name}: {error}")
+        return errors

@@ -1,0 +1,105 @@
+"""A pool's queue: its order, who may pass it, whom to grant, who timed out.
+
+Pure functions over a pool's state (`PoolState`); the rules are those of
+docs/scheduling.md ("The queue"): requests are served by effective priority
+(their own, aged one level per `aging_seconds` waited, up to critical), then
+arrival. Under `strict` nobody passes the head; under `backfill` the first
+request in queue order that fits is granted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from allocation_ledger.domain.capacity import quota_shortfall, shortfall
+from allocation_ledger.domain.pool_state import PoolState, QueueEntry
+from allocation_ledger.domain.ports import free_mcp_ports
+from allocation_ledger.domain.scheduling import queue_rank
+from allocation_ledger.domain.values import (
+    QUEUED_AHEAD,
+    AllocationRequest,
+    Dimension,
+    QueuePolicy,
+    Rejection,
+    Resources,
+)
+
+
+def effective_rank(pool: PoolState, entry: QueueEntry, now: datetime) -> int:
+    """A queued request's priority rank plus one per aging period waited,
+    up to critical (`scheduling.queue_rank`)."""
+    return queue_rank(
+        entry.request.priority,
+        entry.enqueued_at,
+        now,
+        pool.scheduling.aging_seconds,
+    )
+
+
+def queue_order(pool: PoolState, now: datetime) -> list[QueueEntry]:
+    """The queue as it will be served: effective priority, then arrival."""
+    return sorted(
+        pool.queue.values(),
+        key=lambda e: (-effective_rank(pool, e, now), e.arrival),
+    )
+
+
+def blocked_by(pool: PoolState, entry: QueueEntry) -> Rejection | None:
+    """What keeps a queued request from being granted now: the pool's
+    shortfall, else its tenant's quota; None when it could be granted."""
+    needed = pool.settings.resources_for(entry.request)
+    return shortfall(pool, entry.request, needed) or quota_shortfall(
+        pool, entry.tenant, needed
+    )
+
+
+def waiting_ahead(
+    pool: PoolState, request: AllocationRequest, needed: Resources, now: datetime
+) -> Rejection | None:
+    """Under the strict policy a newcomer may not pass a waiting request that
+    comes before it (effective rank at least the newcomer's priority): why it
+    must wait, or None when it may go ahead.
+
+    The answer (code `queued_ahead`) names the dimension the head of the
+    queue waits for (workers if the head could be granted) with what the
+    newcomer needs of it (`needed`, or its MCP server count) and what is
+    available (free MCP ports for that dimension).
+    """
+    if pool.scheduling.queue_policy is not QueuePolicy.STRICT or not pool.queue:
+        return None
+    head = queue_order(pool, now)[0]
+    if effective_rank(pool, head, now) < request.priority.rank:
+        return None
+    blocking = blocked_by(pool, head)
+    dimension = blocking.dimension if blocking else Dimension.WORKERS
+    available = (
+        free_mcp_ports(pool.ports, len(pool.servers))
+        if dimension is Dimension.MCP_PORTS
+        else pool.available.amount(dimension)
+    )
+    requested = (
+        len(request.servers)
+        if dimension is Dimension.MCP_PORTS
+        else needed.amount(dimension)
+    )
+    return Rejection(QUEUED_AHEAD, dimension, requested, max(available, 0))
+
+
+def next_to_grant(pool: PoolState, now: datetime) -> QueueEntry | None:
+    """The queued request to grant now, if any: the head if it fits
+    (strict), or the first that fits (backfill). Fitting includes the
+    tenant's quota."""
+    for entry in queue_order(pool, now):
+        if blocked_by(pool, entry) is None:
+            return entry
+        if pool.scheduling.queue_policy is QueuePolicy.STRICT:
+            return None
+    return None
+
+
+def timed_out(pool: PoolState, now: datetime) -> list[QueueEntry]:
+    """Queued requests whose maximum wait has passed, in arrival order."""
+    late = [
+        e for e in pool.queue.values() if e.deadline is not None and e.deadline <= now
+    ]
+    return sorted(late, key=lambda e: e.arrival)

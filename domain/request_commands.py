@@ -1,0 +1,290 @@
+"""The Ledger's commands that put requests into a pool.
+
+`request`: a new request is admitted, queued or refused (the decision is
+admission.py's, asked once), then provisioned. `serve_queue`: inside every
+unit of work that saves a pool with a queue, requests that waited too long
+time out and, in queue order, those that now fit are granted, in the same
+transaction as whatever freed the room (docs/scheduling.md, "The queue").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import Any
+
+from allocation_ledger.domain.actors import LOCAL_ACTOR, SCHEDULER_ACTOR
+from allocation_ledger.domain.admission import Admission, Grant, Queue, Refuse, admit
+from allocation_ledger.domain.allocation import Allocation, RequestFacts
+from allocation_ledger.domain.allocation_ids import allocation_id_for_request
+from allocation_ledger.domain.capacity import shortfall
+from allocation_ledger.domain.errors import IdempotencyConflictError
+from allocation_ledger.domain.lease_commands import expire_due_leases
+from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
+from allocation_ledger.domain.pool_state import Reservation
+from allocation_ledger.domain.provisioning import Provisioning
+from allocation_ledger.domain.queueing import blocked_by, next_to_grant, timed_out
+from allocation_ledger.domain.results import RequestResult, StoppedServer
+from allocation_ledger.domain.scheduling import validate_wait
+from allocation_ledger.domain.unit_of_work import UnitOfWork
+from allocation_ledger.domain.values import (
+    QUEUE_TIMEOUT,
+    AllocationRequest,
+    AllocationState,
+    Dimension,
+    Rejection,
+    validate_pool_name,
+    validate_request_id,
+    validate_tenant,
+)
+
+
+class RequestCommands(Provisioning):
+    """Requests: admitted on arrival, granted from the queue (a mixin of
+    `ledger.Ledger`)."""
+
+    def request(
+        self,
+        request: AllocationRequest,
+        *,
+        pool: str = DEFAULT_POOL,
+        request_id: str | None = None,
+        dry_run: bool = False,
+        actor: str = LOCAL_ACTOR,
+        wait: bool = False,
+        max_wait_seconds: int | None = None,
+        preempt: bool = True,
+        tenant: str | None = None,
+    ) -> RequestResult:
+        """Reserve capacity for a request, then provision it.
+
+        Before anything is refused, allocations whose lease already ran out are
+        expired in the same transaction, so a late sweep never costs capacity.
+        A request that still does not fit may take the capacity of live
+        allocations of strictly lower priority, where the pool's policy allows
+        (and `preempt` is true). Otherwise, with `wait`, it is queued (holding
+        nothing) until room frees or `max_wait_seconds` pass; without, it is
+        recorded as rejected, with the reason. Under the pool's strict queue
+        policy a newcomer does not pass requests already waiting ahead of it.
+        A tenant over its quota in the pool is refused, waiting or not.
+        """
+        validate_pool_name(pool)
+        if request_id is not None:
+            validate_request_id(request_id)
+        if max_wait_seconds is not None:
+            validate_wait(max_wait_seconds)
+        if tenant is not None:
+            validate_tenant(tenant)
+
+        def body(work: UnitOfWork) -> RequestResult:
+            now = self.clock.now()
+            if request_id is not None:
+                allocation_id = allocation_id_for_request(pool, request_id)
+                existing = work.find_allocation(allocation_id, fresh=True)
+                if existing is not None:
+                    _check_same_request(existing, request, request_id)
+                    return RequestResult(
+                        existing.snapshot(), None, replayed=True, dry_run=dry_run
+                    )
+            else:
+                allocation_id = self.new_allocation_id()
+            target = work.pool(pool, actor=actor)
+            needed = target.settings.resources_for(request)
+            expired: list[str] = []
+            if shortfall(target, request, needed) is not None and target.due(now):
+                expired = expire_due_leases(work, target, now, limit=None)
+                work.teardown.extend(work.allocation(i).snapshot() for i in expired)
+                # What expiry freed goes first to those already waiting.
+                self.serve_queue(work, target)
+            decision = admit(
+                target,
+                request,
+                tenant=tenant,
+                now=now,
+                preempt=preempt,
+                wait=wait,
+                resources=needed,
+            )
+            if not isinstance(decision, Grant):
+                work.require_current()  # never refuse on a cached read
+            facts = RequestFacts(
+                pool=pool,
+                request=request,
+                request_id=request_id,
+                resources=needed,
+                at=now,
+                actor=actor,
+                tenant=tenant,
+            )
+            allocation = self._carry_out(
+                work,
+                target,
+                decision,
+                allocation_id,
+                facts,
+                instant=not dry_run and self.provisions_instantly,
+                max_wait_seconds=max_wait_seconds,
+            )
+            work.add(allocation)
+            preempted = (
+                tuple(v.allocation_id for v in decision.victims)
+                if isinstance(decision, Grant)
+                else ()
+            )
+            if dry_run:
+                snapshot = allocation.snapshot()
+                work.discard()
+                return RequestResult(snapshot, None, dry_run=True, preempted=preempted)
+            position = work.save()
+            return RequestResult(
+                allocation.snapshot(),
+                position,
+                expired_first=tuple(expired),
+                preempted=preempted,
+            )
+
+        reserved = self._run("request_resources", body)
+        if reserved.dry_run or reserved.allocation.state is not AllocationState.PENDING:
+            return reserved
+        # Provisioning under way, or interrupted before it finished (a retry
+        # with the same request_id then takes it up again).
+        provisioned = self._provision(reserved, actor=actor)
+        return dataclasses.replace(
+            provisioned,
+            replayed=reserved.replayed,
+            expired_first=reserved.expired_first,
+            preempted=reserved.preempted,
+        )
+
+    def _carry_out(
+        self,
+        work: UnitOfWork,
+        pool: Pool,
+        decision: Admission,
+        allocation_id: str,
+        facts: RequestFacts,
+        *,
+        instant: bool,
+        max_wait_seconds: int | None,
+    ) -> Allocation:
+        """Record what admission decided about a new request, in `work`.
+
+        A grant preempts its victims first, then reserves (and, with
+        `instant`, provisions at once); a queued request goes in the pool's
+        queue with its deadline; a refusal is recorded with its reason.
+        (On a dry run too: the whole unit of work is discarded.)
+        """
+        now, actor, request = facts["at"], facts["actor"], facts["request"]
+        match decision:
+            case Grant(victims=victims):
+                for victim in victims:
+                    self._preempt(
+                        work, pool, victim, by=allocation_id, now=now, actor=actor
+                    )
+                expires_at = now + timedelta(seconds=request.ttl_seconds)
+                ports = pool.reserve(
+                    allocation_id,
+                    request,
+                    expires_at=expires_at,
+                    at=now,
+                    actor=actor,
+                    tenant=facts.get("tenant"),
+                    resources=facts["resources"],
+                )
+                work.stopped.extend(
+                    StoppedServer(pool.name, name, port) for name, port in ports.stopped
+                )
+                allocation = Allocation.requested(
+                    allocation_id,
+                    worker_ports=ports.worker_ports,
+                    servers=ports.servers,
+                    expires_at=expires_at,
+                    **facts,
+                )
+                if instant:
+                    self._provision_now(allocation, pool, at=now, actor=actor)
+                return allocation
+            case Queue(waiting_for=waiting_for):
+                deadline = (
+                    None
+                    if max_wait_seconds is None
+                    else now + timedelta(seconds=max_wait_seconds)
+                )
+                allocation = Allocation.queued(
+                    allocation_id, waiting_for=waiting_for, deadline=deadline, **facts
+                )
+                pool.enqueue(
+                    allocation_id,
+                    request,
+                    deadline=deadline,
+                    tenant=facts.get("tenant"),
+                    at=now,
+                    actor=actor,
+                    resources=facts["resources"],
+                )
+                return allocation
+            case Refuse(reason=reason):
+                return Allocation.rejected(allocation_id, rejection=reason, **facts)
+
+    def _preempt(
+        self,
+        work: UnitOfWork,
+        pool: Pool,
+        victim: Reservation,
+        *,
+        by: str,
+        now: datetime,
+        actor: str,
+    ) -> None:
+        allocation = work.allocation(victim.allocation_id)
+        allocation.preempt(by, at=now, actor=actor)
+        pool.free(victim.allocation_id, "preempted", at=now, actor=actor)
+        work.teardown.append(allocation.snapshot())
+
+    def serve_queue(self, work: UnitOfWork, pool: Pool) -> None:
+        """Time out requests that waited too long, then grant, in order, what
+        now fits. Runs inside the unit of work that freed the room."""
+        now = self.clock.now()
+        for late in timed_out(pool, now):
+            waited_for = blocked_by(pool, late)
+            reason = Rejection(
+                QUEUE_TIMEOUT,
+                waited_for.dimension if waited_for else Dimension.WORKERS,
+                waited_for.requested if waited_for else 0,
+                waited_for.available if waited_for else 0,
+            )
+            work.allocation(late.allocation_id).time_out(
+                reason, at=now, actor=SCHEDULER_ACTOR
+            )
+            pool.dequeue(late.allocation_id, "timed_out", at=now, actor=SCHEDULER_ACTOR)
+        while (entry := next_to_grant(pool, now)) is not None:
+            allocation = work.allocation(entry.allocation_id)
+            pool.dequeue(entry.allocation_id, "granted", at=now, actor=SCHEDULER_ACTOR)
+            ports = pool.reserve(
+                entry.allocation_id,
+                entry.request,
+                expires_at=now + timedelta(seconds=entry.request.ttl_seconds),
+                at=now,
+                actor=SCHEDULER_ACTOR,
+                tenant=entry.tenant,
+            )
+            work.stopped.extend(
+                StoppedServer(pool.name, name, port) for name, port in ports.stopped
+            )
+            allocation.grant(
+                ports.worker_ports, ports.servers, at=now, actor=SCHEDULER_ACTOR
+            )
+            if self.provisions_instantly:
+                self._provision_now(allocation, pool, at=now, actor=SCHEDULER_ACTOR)
+            else:
+                work.to_provision.append(allocation.snapshot())
+
+
+def _check_same_request(
+    existing: Allocation, request: AllocationRequest, request_id: str
+) -> None:
+    before: dict[str, Any] = existing.request.as_dict()
+    after = request.as_dict()
+    differing = [key for key in after if before.get(key) != after[key]]
+    if differing:
+        raise IdempotencyConflictError(request_id, existing.allocation_id, differing)

@@ -1,0 +1,405 @@
+"""The unit of work every Ledger command runs as, and its retry loop.
+
+A command loads the aggregates it needs, lets them decide, and saves the new
+events of every aggregate it touched in one transaction (design contract,
+"Aggregates"). Another writer that saved one of them first makes the save
+fail on that aggregate's version (`IntegrityError`): the attempt is then
+discarded (its cached aggregates forgotten, since they may hold unsaved
+changes) and run again from fresh reads, with jittered backoff, up to
+`max_attempts` times; then the command fails with `ConcurrentUpdateError`,
+having written nothing. A decision not to write (a refusal) is never taken on
+a cached read: the attempt is run again on fresh reads first
+(`UnitOfWork.require_current`), so a stale cache can cost a retry but never a
+wrong refusal. See docs/architecture.md, "How a command becomes events".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+)
+from eventsourcing.domain import Aggregate, Snapshot
+from eventsourcing.persistence import IntegrityError, Recording
+
+from allocation_ledger.domain.actors import LOCAL_ACTOR
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import (
+    allocation_uuid,
+    is_allocation_id,
+    random_allocation_id,
+)
+from allocation_ledger.domain.clock import Clock
+from allocation_ledger.domain.errors import (
+    AllocationNotFoundError,
+    ConcurrentUpdateError,
+    InvalidRequestError,
+    PoolNotFoundError,
+)
+from allocation_ledger.domain.pool import DEFAULT_POOL, Pool, pool_uuid
+from allocation_ledger.domain.pool_settings import PoolSettings
+from allocation_ledger.domain.ports import MAX_OTHER_POOLS, PortRanges
+from allocation_ledger.domain.provisioner import Provisioner
+from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
+from allocation_ledger.domain.results import StoppedServer
+
+T = TypeVar("T")
+
+# Aggregate ids are uuid5 hashes of names; a command looks each up a few times.
+cached_allocation_uuid = functools.lru_cache(maxsize=16_384)(allocation_uuid)
+cached_pool_uuid = functools.lru_cache(maxsize=1_024)(pool_uuid)
+
+
+class TeardownError(Exception):
+    """An instant provisioner's deprovision failed inside a unit of work."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class StaleReadError(Exception):
+    """A decision rested on a cached read; run the unit of work again, fresh."""
+
+
+@dataclass
+class UnitOfWork:
+    """One attempt at a command: what it read, what it changed, one save.
+
+    A cached aggregate may be behind another process's writes. Deciding to
+    write on it is safe (the save loses on the version and the attempt is run
+    again), but deciding *not* to write is not: no conflict would ever show
+    the mistake. So an attempt that ends without writing, or refuses a
+    request, is run again on fresh reads before its answer is given.
+    """
+
+    ledger: UnitOfWorkApplication
+    fresh: bool
+    touched: dict[UUID, Aggregate] = field(default_factory=dict)
+    read_cached: bool = False
+    # What to do outside, once the transaction is committed:
+    teardown: list[Allocation] = field(default_factory=list)
+    stopped: list[StoppedServer] = field(default_factory=list)
+    to_provision: list[Allocation] = field(default_factory=list)
+
+    @property
+    def is_current(self) -> bool:
+        """Every aggregate read here is as recent as the store's."""
+        return self.fresh or not self.read_cached or self.ledger.cache_is_current
+
+    def require_current(self) -> None:
+        """Run the attempt again on fresh reads unless this one already was.
+
+        Raises StaleReadError, which the retry loop catches.
+        """
+        if not self.is_current:
+            raise StaleReadError
+
+    def get(self, aggregate_id: UUID, *, fresh: bool = False) -> Aggregate | None:
+        """The aggregate, as this attempt has it (None if there is none).
+
+        Read once per attempt: from the cache, or from the store when this
+        attempt (or the caller, `fresh`) asks for fresh reads.
+        """
+        if aggregate_id in self.touched:
+            return self.touched[aggregate_id]
+        if fresh or self.fresh:
+            self.ledger.forget(aggregate_id)
+        else:
+            self.read_cached = True
+        replayer = self.ledger.replayer
+        replayer.replayed = 0
+        try:
+            aggregate: Aggregate = self.ledger.repository.get(
+                aggregate_id, projector_func=replayer
+            )
+        except AggregateNotFoundError:
+            return None
+        if isinstance(aggregate, Pool) and replayer.replayed:
+            # Just read, not yet changed: the stored state, safe to snapshot.
+            self.ledger.snapshot_if_long(aggregate, replayer.replayed)
+        self.touched[aggregate_id] = aggregate
+        return aggregate
+
+    def allocation(self, allocation_id: str, *, fresh: bool = False) -> Allocation:
+        """The allocation; raises AllocationNotFoundError if there is none."""
+        found = self.find_allocation(allocation_id, fresh=fresh)
+        if found is None:
+            raise AllocationNotFoundError(allocation_id)
+        return found
+
+    def find_allocation(
+        self, allocation_id: str, *, fresh: bool = False
+    ) -> Allocation | None:
+        """The allocation, or None (also for what is not an allocation id)."""
+        if not is_allocation_id(allocation_id):
+            return None
+        found = self.get(cached_allocation_uuid(allocation_id), fresh=fresh)
+        assert found is None or isinstance(found, Allocation)
+        return found
+
+    def pool(self, name: str, *, actor: str = LOCAL_ACTOR) -> Pool:
+        """The named pool; the default one is created on first use.
+
+        Raises PoolNotFoundError (after a fresh read) for any other.
+        """
+        found = self.get(cached_pool_uuid(name))
+        if found is None:
+            if name != DEFAULT_POOL:
+                self.require_current()
+                raise PoolNotFoundError(name)
+            return self.create_pool(name, PoolSettings(), actor=actor)
+        assert isinstance(found, Pool)
+        return found
+
+    def create_pool(self, name: str, settings: PoolSettings, *, actor: str) -> Pool:
+        """A new pool, registered (under the registry's version, so that two
+        pools never get the same port ranges) with ranges of its own.
+
+        Raises InvalidRequestError past MAX_OTHER_POOLS pools besides the
+        default one.
+        """
+        now = self.ledger.clock.now()
+        registry = self.get(REGISTRY_ID)
+        if registry is None:
+            registry = self.add(PoolRegistry.open(at=now, actor=actor))
+        assert isinstance(registry, PoolRegistry)
+        registry.register(name, at=now, actor=actor)
+        others = [p for p in registry.pools if p != DEFAULT_POOL]
+        if name == DEFAULT_POOL:
+            ports = PortRanges()
+        elif others.index(name) < MAX_OTHER_POOLS:
+            ports = PortRanges.for_other_pool(others.index(name))
+        else:
+            msg = f"at most {MAX_OTHER_POOLS} pools besides the default one"
+            raise InvalidRequestError(msg, field="pool")
+        pool = Pool.create(name, settings, at=now, actor=actor, ports=ports)
+        self.add(pool)
+        return pool
+
+    def add(self, aggregate: Aggregate) -> Aggregate:
+        """Save this new aggregate with the others."""
+        self.touched[aggregate.id] = aggregate
+        return aggregate
+
+    def save(self) -> int | None:
+        """Write every new event of this unit of work in one transaction.
+
+        Each pool with a queue first serves it: whatever this unit of work
+        freed goes to waiting requests in the same transaction. With nothing
+        to write, first make sure that was decided on fresh reads. Answers
+        the notification position of the last event written (None: none).
+        """
+        for aggregate in list(self.touched.values()):
+            if isinstance(aggregate, Pool) and aggregate.queue:
+                self.ledger.serve_queue(self, aggregate)
+        if not any(a.pending_events for a in self.touched.values()):
+            self.require_current()
+            return None
+        recordings = self.ledger.save(*self.touched.values())
+        if not recordings:
+            return None
+        return max(r.notification.id for r in recordings)
+
+    def discard(self) -> None:
+        """Forget every aggregate read here: they may hold unsaved changes."""
+        for aggregate_id in self.touched:
+            self.ledger.forget(aggregate_id)
+        self.touched.clear()
+        self.teardown.clear()
+        self.stopped.clear()
+        self.to_provision.clear()
+
+
+class Replayer:
+    """Applies events to an aggregate, counting those replayed (not snapshots).
+
+    What the library's project_aggregate does, without its runtime-protocol
+    assertion on every event (slow on Python 3.11).
+    """
+
+    def __init__(self) -> None:
+        self.replayed = 0
+
+    def __call__(self, aggregate: Any, events: Iterable[Any]) -> Any:
+        replayed = 0
+        for event in events:
+            aggregate = event.mutate(aggregate)
+            if not isinstance(event, Snapshot):
+                replayed += 1
+        self.replayed = replayed
+        return aggregate
+
+
+def _no_pause(_: float) -> None:
+    return None
+
+
+class UnitOfWorkApplication(Application[UUID]):
+    """An eventsourcing Application whose commands run as units of work.
+
+    The base of the Ledger (ledger.py) and of its command mixins: the store,
+    the aggregate cache, the ledger's clock, provisioner and id source, and
+    `_run`, the retry loop every command runs its body in. Subclasses provide
+    `serve_queue`, `snapshot_if_long` and `_after_commit`.
+
+    `max_attempts`: how often a command is tried before ConcurrentUpdateError;
+    `pause` and `jitter`: the backoff between attempts (seconds, and a factor
+    from 0 to 1), injectable so tests need not sleep.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        clock: Clock,
+        provisioner: Provisioner,
+        new_allocation_id: Callable[[], str] = random_allocation_id,
+        max_attempts: int = 8,
+        pause: Callable[[float], None] = _no_pause,
+        jitter: Callable[[], float] = lambda: 0.5,
+    ) -> None:
+        super().__init__(env)
+        self.clock = clock
+        self.provisioner = provisioner
+        self.new_allocation_id = new_allocation_id
+        self.max_attempts = max_attempts
+        self.pause = pause
+        self.jitter = jitter
+        self.conflicts = 0
+        self.replayer = Replayer()
+        self._lock = threading.RLock()
+        # With fast-forwarding, every cached read is brought up to date first.
+        self.cache_is_current = bool(
+            self.repository.cache is not None and self.repository.fastforward
+        )
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Application.save, minus two runtime-protocol checks per aggregate.
+
+        The library asks of every object whether it is a domain event and
+        whether it can collect events (runtime-checkable Protocols, slow on
+        Python 3.11: a quarter of a request + release in memory). The ledger
+        saves only its own aggregates: collect their events directly, then
+        record, snapshot and notify exactly as Application.save does
+        (eventsourcing 9.5).
+        """
+        if kwargs or not all(isinstance(obj, Aggregate) for obj in objs):
+            return super().save(*objs, **kwargs)
+        processing: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in objs:
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate.id] = aggregate
+        recordings = self._record(processing)
+        cache = self.repository.cache
+        if cache is not None and self.repository.fastforward:
+            # The library caches saved aggregates only without fast-forward;
+            # with it, a new allocation would be read back from the store at
+            # once (a release starts by reading it). What was just saved is
+            # the stored state: cache it, to be fast-forwarded from there.
+            for aggregate_id, aggregate in processing.aggregates.items():
+                cache.put(aggregate_id, aggregate)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        self.notify(processing.events)  # deprecated in the library; kept
+        return recordings
+
+    def forget(self, aggregate_id: UUID) -> None:
+        """Drop an aggregate from the cache so the next read comes from the store."""
+        cache = self.repository.cache
+        if cache is not None:
+            with contextlib.suppress(KeyError):
+                cache.get(aggregate_id, evict=True)
+
+    def _run(self, command: str, body: Callable[[UnitOfWork], T]) -> T:
+        """Run `body` as a unit of work until it commits, and answer its answer.
+
+        On a lost race (IntegrityError) or a stale read the attempt is
+        discarded and run again on fresh reads; any other exception discards
+        it and is raised. Side effects (`_after_commit`) follow a commit,
+        outside the lock. Raises ConcurrentUpdateError, naming `command`,
+        after `max_attempts` attempts.
+        """
+        fresh = False
+        for attempt in range(1, self.max_attempts + 1):
+            with self._lock:
+                work = UnitOfWork(self, fresh)
+                committed = False
+                try:
+                    result = body(work)
+                except StaleReadError:
+                    work.discard()
+                    fresh = True
+                    continue
+                except IntegrityError:
+                    work.discard()
+                    self.conflicts += 1
+                    fresh = True
+                except BaseException:
+                    work.discard()
+                    raise
+                else:
+                    committed = True
+            if committed:
+                self._after_commit(work)
+                return result
+            self.pause(min(0.002 * 2**attempt, 0.25) * (0.5 + self.jitter()))
+        raise ConcurrentUpdateError(command, self.max_attempts)
+
+    def serve_queue(self, work: UnitOfWork, pool: Pool) -> None:
+        """Serve the pool's queue inside `work` (before it saves)."""
+        raise NotImplementedError
+
+    def snapshot_if_long(self, pool: Pool, replayed: int) -> None:
+        """Maybe snapshot a pool just read, whose read replayed `replayed` events."""
+        raise NotImplementedError
+
+    def _after_commit(self, work: UnitOfWork) -> None:
+        """Side effects of a committed unit of work, outside the lock."""
+        raise NotImplementedError
+
+    # -- fresh reads, outside any command ----------------------------------------
+
+    def pool_names(self) -> list[str]:
+        """The names of every pool, in the order they were created."""
+        with self._lock:
+            self.forget(REGISTRY_ID)
+            try:
+                registry: Aggregate = self.repository.get(REGISTRY_ID)
+            except AggregateNotFoundError:
+                return []
+            assert isinstance(registry, PoolRegistry)
+            return list(registry.pools)
+
+    def pool(self, name: str) -> Pool:
+        """The pool aggregate as stored (a fresh read; for audits and tests).
+
+        Raises PoolNotFoundError.
+        """
+        with self._lock:
+            self.forget(cached_pool_uuid(name))
+            try:
+                found: Aggregate = self.repository.get(cached_pool_uuid(name))
+            except AggregateNotFoundError:
+                raise PoolNotFoundError(name) from None
+            assert isinstance(found, Pool)
+            return copy.deepcopy(found)
+
+    def allocation(self, allocation_id: str) -> Allocation:
+        """The allocation aggregate as stored (a fresh read; for audits and tests).
+
+        Raises AllocationNotFoundError.
+        """
+        with self._lock:
+            work = UnitOfWork(self, fresh=True)
+            return work.allocation(allocation_id).snapshot()
