@@ -264,6 +264,11 @@ class Limiter:
         return limiter
 
     @property
+    def bases(self) -> list[Path]:
+        """The parent groups under which worker groups are made."""
+        return list(self._bases)
+
+    @property
     def enforcement(self) -> Enforcement:
         """What new workers get."""
         memory: MemoryMechanism = "rlimit-as"

@@ -58,7 +58,7 @@ class WorkerInfo:
     allocation_id: str
     pool: str
     port: int
-    pid: int | None
+    pid: int
     status: WorkerStatus
     started_at: datetime | None
     exit: ExitStatus | None
