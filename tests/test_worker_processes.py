@@ -20,12 +20,11 @@ import pytest
 
 from allocation_ledger.adapters.config.catalog import PoolEntry
 from allocation_ledger.adapters.provisioning import process_control as control
+from allocation_ledger.adapters.provisioning.cgroups import Mount, group_dir
 from allocation_ledger.adapters.provisioning.limits import (
     CPU_PERIOD_US,
     MIB,
     WorkerLimits,
-    _group_dir,
-    _Mount,
     group_pids,
     memory_kills,
     release_groups,
@@ -360,6 +359,17 @@ def test_a_worker_that_exits_by_itself_is_reported_with_its_code(
     assert len(events.of("started")) == 1
 
 
+def test_an_ended_worker_is_forgotten_after_keep_ended_seconds(
+    workers: Workers, events: Events
+) -> None:
+    supervisor = workers.supervisor(keep_ended_seconds=0.2)
+    info = workers.start(supervisor, "--mode", "exit")
+    events.wait_for("exited", info.worker_id)
+    assert wait_until(lambda: supervisor.info(info.worker_id) is None, 5)
+    assert supervisor.status() == []
+    assert supervisor._keys._locks == {}  # no lock is kept for it either
+
+
 def test_stop_terms_then_kills_the_group_and_whatever_left_it(
     workers: Workers, events: Events, tmp_path: Path
 ) -> None:
@@ -466,8 +476,8 @@ def test_oom_kill_counts_are_read_from_v1_and_v2_files(tmp_path: Path) -> None:
 
 
 def test_a_cgroup_path_is_found_under_its_mount_and_its_mount_root() -> None:
-    whole = _Mount("/", Path("/sys/fs/cgroup/memory"), "cgroup", frozenset())
-    nested = _Mount("/docker/abc", Path("/sys/fs/cgroup"), "cgroup2", frozenset())
-    assert _group_dir(whole, "/a/b") == Path("/sys/fs/cgroup/memory/a/b")
-    assert _group_dir(nested, "/docker/abc/x") == Path("/sys/fs/cgroup/x")
-    assert _group_dir(nested, "/") == Path("/sys/fs/cgroup")
+    whole = Mount("/", Path("/sys/fs/cgroup/memory"), "cgroup", frozenset())
+    nested = Mount("/docker/abc", Path("/sys/fs/cgroup"), "cgroup2", frozenset())
+    assert group_dir(whole, "/a/b") == Path("/sys/fs/cgroup/memory/a/b")
+    assert group_dir(nested, "/docker/abc/x") == Path("/sys/fs/cgroup/x")
+    assert group_dir(nested, "/") == Path("/sys/fs/cgroup")

@@ -40,14 +40,20 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import quote
 
+from allocation_ledger.adapters.provisioning.cgroups import (
+    Controller,
+    probe_v1,
+    probe_v2,
+    write,
+    write_optional,
+)
+
 MemoryMechanism = Literal["cgroup-v2", "cgroup-v1", "rlimit-as", "none"]
 CpuMechanism = Literal["cgroup-v2", "cgroup-v1", "none"]
 
 MIB = 1024 * 1024
 CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
-PROC_CGROUP = Path("/proc/self/cgroup")
-PROC_MOUNTINFO = Path("/proc/self/mountinfo")
 POLL_SECONDS = 0.02
 
 
@@ -207,16 +213,6 @@ def _key_values(text: str) -> Iterator[tuple[str, int]]:
 # -- choosing the mechanism and preparing groups -------------------------------
 
 
-@dataclass(frozen=True)
-class _Controller:
-    """Where one dimension's worker groups are made, and how."""
-
-    version: Literal[1, 2]
-    base: Path
-    subtree: str = ""
-    """v2: what the base group's cgroup.subtree_control enables, e.g. `+memory`."""
-
-
 @dataclass
 class Limiter:
     """Prepares the limits of each new worker; see the module docstring.
@@ -226,8 +222,8 @@ class Limiter:
     limits; `close` removes the parent groups once they are empty.
     """
 
-    memory_controller: _Controller | None = None
-    cpu_controller: _Controller | None = None
+    memory_controller: Controller | None = None
+    cpu_controller: Controller | None = None
     note: str = ""
     _bases: list[Path] = field(default_factory=list)
 
@@ -245,17 +241,17 @@ class Limiter:
         """
         notes: list[str] = []
         memory = cpu = None
-        v2 = _probe_v2(name, v2_parent, notes)
+        v2 = probe_v2(name, v2_parent, notes)
         if v2 is not None:
             base, controllers = v2
             subtree = " ".join(f"+{c}" for c in sorted(controllers))
-            v2_controller = _Controller(2, base, subtree)
+            v2_controller = Controller(2, base, subtree)
             memory = v2_controller if "memory" in controllers else None
             cpu = v2_controller if "cpu" in controllers else None
         if memory is None:
-            memory = _probe_v1("memory", name, "memory.limit_in_bytes", notes)
+            memory = probe_v1("memory", name, "memory.limit_in_bytes", notes)
         if cpu is None:
-            cpu = _probe_v1("cpu", name, "cpu.cfs_quota_us", notes)
+            cpu = probe_v1("cpu", name, "cpu.cfs_quota_us", notes)
         fell_back = memory is None or cpu is None
         limiter = cls(memory, cpu, "; ".join(notes) if fell_back else "")
         limiter._bases = list(
@@ -332,7 +328,7 @@ class Limiter:
                 base.rmdir()
 
     @staticmethod
-    def _make(controller: _Controller, name: str, made: list[Path]) -> Path:
+    def _make(controller: Controller, name: str, made: list[Path]) -> Path:
         """The worker's group of `controller`, made (with its parent) if need be."""
         group = controller.base / name
         if group not in made:
@@ -340,7 +336,7 @@ class Limiter:
                 controller.base.mkdir(exist_ok=True)
                 if controller.subtree:
                     control = controller.base / "cgroup.subtree_control"
-                    _write(control, controller.subtree)
+                    write(control, controller.subtree)
             group.mkdir(exist_ok=True)
             made.append(group)
         return group
@@ -349,153 +345,18 @@ class Limiter:
 def _write_memory(version: int, group: Path, memory_mib: int) -> None:
     limit = str(memory_mib * MIB)
     if version == 2:
-        _write(group / "memory.max", limit)
-        _write_optional(group / "memory.swap.max", "0")
-        _write_optional(group / "memory.oom.group", "1")
+        write(group / "memory.max", limit)
+        write_optional(group / "memory.swap.max", "0")
+        write_optional(group / "memory.oom.group", "1")
     else:
-        _write(group / "memory.limit_in_bytes", limit)
-        _write_optional(group / "memory.memsw.limit_in_bytes", limit)
+        write(group / "memory.limit_in_bytes", limit)
+        write_optional(group / "memory.memsw.limit_in_bytes", limit)
 
 
 def _write_cpu(version: int, group: Path, millicores: int) -> None:
     quota = cpu_quota_us(millicores)
     if version == 2:
-        _write(group / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        write(group / "cpu.max", f"{quota} {CPU_PERIOD_US}")
     else:
-        _write(group / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-        _write(group / "cpu.cfs_quota_us", str(quota))
-
-
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as file:
-        file.write(value)
-
-
-def _write_optional(path: Path, value: str) -> None:
-    """Write when the kernel offers the file (swap accounting may be off)."""
-    if path.exists():
-        with contextlib.suppress(OSError):
-            _write(path, value)
-
-
-# -- finding our cgroups -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Mount:
-    root: str
-    point: Path
-    fstype: str
-    options: frozenset[str]
-
-
-def _mounts() -> list[_Mount]:
-    mounts = []
-    try:
-        lines = PROC_MOUNTINFO.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        before, _, after = line.partition(" - ")
-        fields, tail = before.split(), after.split()
-        if len(fields) < 5 or len(tail) < 3 or not tail[0].startswith("cgroup"):
-            continue
-        point = Path(fields[4].encode().decode("unicode_escape"))
-        options = frozenset(tail[2].split(","))
-        mounts.append(_Mount(fields[3], point, tail[0], options))
-    return mounts
-
-
-def _own_groups() -> dict[str, str]:
-    """{controller: path} of this process; the v2 path under the key ''."""
-    groups: dict[str, str] = {}
-    try:
-        lines = PROC_CGROUP.read_text().splitlines()
-    except OSError:
-        return groups
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            groups[controller] = path
-    return groups
-
-
-def _group_dir(mount: _Mount, path: str) -> Path:
-    """The directory of cgroup `path` in `mount` (whose root may be a subgroup)."""
-    root = mount.root.rstrip("/")
-    if root and (path == root or path.startswith(root + "/")):
-        path = path[len(root) :]
-    return mount.point / path.lstrip("/")
-
-
-def _probe_v2(
-    name: str, v2_parent: Path | None, notes: list[str]
-) -> tuple[Path, set[str]] | None:
-    """The base group under which v2 worker groups get memory (and cpu), if any."""
-    if v2_parent is None:
-        own = _own_groups().get("")
-        mount = next((m for m in _mounts() if m.fstype == "cgroup2"), None)
-        if own is None or mount is None:
-            return None
-        parent = _group_dir(mount, own)
-    else:
-        parent = Path(v2_parent)
-    try:
-        available = set((parent / "cgroup.controllers").read_text().split())
-    except OSError:
-        return None
-    wanted = available & {"memory", "cpu"}
-    if "memory" not in wanted:
-        notes.append(f"cgroup v2 at {parent} offers no memory controller")
-        return None
-    try:
-        enabled = set((parent / "cgroup.subtree_control").read_text().split())
-        for controller in sorted(wanted - enabled):
-            _write(parent / "cgroup.subtree_control", f"+{controller}")
-        base = parent / name
-        base.mkdir(exist_ok=True)
-        subtree = " ".join(f"+{c}" for c in sorted(wanted))
-        _write(base / "cgroup.subtree_control", subtree)
-        probe = base / f"probe-{os.getpid()}"
-        probe.mkdir(exist_ok=True)
-        try:
-            _write(probe / "memory.max", "max")
-        finally:
-            probe.rmdir()
-    except OSError as exc:
-        notes.append(f"cgroup v2 at {parent}: {exc.strerror or exc}")
-        with contextlib.suppress(OSError):
-            (parent / name).rmdir()
-        return None
-    return base, wanted
-
-
-def _probe_v1(
-    controller: str, name: str, limit_file: str, notes: list[str]
-) -> _Controller | None:
-    """The base group for v1 worker groups of `controller`, if one can be made."""
-    own = _own_groups().get(controller)
-    mount = next(
-        (m for m in _mounts() if m.fstype == "cgroup" and controller in m.options),
-        None,
-    )
-    if own is None or mount is None:
-        notes.append(f"no cgroup v1 {controller} hierarchy")
-        return None
-    parent = _group_dir(mount, own)
-    base = parent / name
-    try:
-        base.mkdir(exist_ok=True)
-        probe = base / f"probe-{os.getpid()}"
-        probe.mkdir(exist_ok=True)
-        try:
-            current = (probe / limit_file).read_text().strip()
-            _write(probe / limit_file, current)
-        finally:
-            probe.rmdir()
-    except OSError as exc:
-        notes.append(f"cgroup v1 {controller} at {parent}: {exc.strerror or exc}")
-        with contextlib.suppress(OSError):
-            base.rmdir()
-        return None
-    return _Controller(1, base)
+        write(group / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        write(group / "cpu.cfs_quota_us", str(quota))

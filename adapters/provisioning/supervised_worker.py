@@ -43,6 +43,7 @@ class SupervisedWorker:
     status: WorkerStatus = "running"
     exit: ExitStatus | None = None
     cause: ExitCause | None = None
+    ended_monotonic: float | None = None
 
     @classmethod
     def from_record(cls, record: WorkerRecord, log_path: Path) -> SupervisedWorker:
