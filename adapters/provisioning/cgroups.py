@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_MOUNTINFO = Path("/proc/self/mountinfo")
+_OCTAL = re.compile(r"\\([0-7]{3})")  # mountinfo writes a space as \040
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ def write_optional(path: Path, value: str) -> None:
 
 @dataclass(frozen=True)
 class Mount:
+    """A cgroup mount: the group at its `root`, mounted at `point`; `fstype` is
+    `cgroup` (v1, `options` name its controllers) or `cgroup2`."""
+
     root: str
     point: Path
     fstype: str
@@ -50,6 +55,7 @@ class Mount:
 
 
 def mounts() -> list[Mount]:
+    """The cgroup mounts of this process (/proc/self/mountinfo)."""
     mounts = []
     try:
         lines = PROC_MOUNTINFO.read_text().splitlines()
@@ -60,7 +66,7 @@ def mounts() -> list[Mount]:
         fields, tail = before.split(), after.split()
         if len(fields) < 5 or len(tail) < 3 or not tail[0].startswith("cgroup"):
             continue
-        point = Path(fields[4].encode().decode("unicode_escape"))
+        point = Path(_OCTAL.sub(lambda m: chr(int(m[1], 8)), fields[4]))
         options = frozenset(tail[2].split(","))
         mounts.append(Mount(fields[3], point, tail[0], options))
     return mounts
