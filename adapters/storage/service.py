@@ -24,7 +24,10 @@ from allocation_ledger.adapters.storage.sql_read_models import (
     SCHEMA_VERSION,
     SQLReadModels,
 )
-from allocation_ledger.adapters.storage.system_clock import SystemClock
+from allocation_ledger.adapters.storage.system_clock import (
+    SystemClock,
+    log_clock_behind,
+)
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Provisioner
@@ -98,6 +101,7 @@ def open_service(
         provisioner=provisioner or LocalProvisioner(),
         pause=time.sleep,
         jitter=random.random,
+        on_clock_behind=log_clock_behind,
         **extra,
     )
     store: ReadModelStore
