@@ -11,6 +11,13 @@ having written nothing. A decision not to write (a refusal) is never taken on
 a cached read: the attempt is run again on fresh reads first
 (`UnitOfWork.require_current`), so a stale cache can cost a retry but never a
 wrong refusal. See docs/architecture.md, "How a command becomes events".
+
+Time: the ledger records the injected clock through a `RecordedClock`, which
+never runs back. Each attempt is one moment (the first `now()` in it), which
+is never earlier than the last event of any aggregate the attempt read: if
+another process recorded a later time on one of them after the moment was
+taken, the attempt is run again (`RecordedTimeBehindError`), by then at a
+moment no earlier. See docs/operations.md, "Time".
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -39,7 +47,7 @@ from allocation_ledger.domain.allocation_ids import (
     is_allocation_id,
     random_allocation_id,
 )
-from allocation_ledger.domain.clock import Clock
+from allocation_ledger.domain.clock import Clock, ClockBehind, RecordedClock
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
     ConcurrentUpdateError,
@@ -72,6 +80,11 @@ class StaleReadError(Exception):
     """A decision rested on a cached read; run the unit of work again, fresh."""
 
 
+class RecordedTimeBehindError(StaleReadError):
+    """The attempt's moment is earlier than an event of an aggregate it read
+    (recorded meanwhile by another process); run it again, at a later one."""
+
+
 @dataclass
 class UnitOfWork:
     """One attempt at a command: what it read, what it changed, one save.
@@ -87,6 +100,8 @@ class UnitOfWork:
     fresh: bool
     touched: dict[UUID, Aggregate] = field(default_factory=dict)
     read_cached: bool = False
+    read_until: datetime | None = None
+    """The time of the latest event among the aggregates read here."""
     # What to do outside, once the transaction is committed:
     teardown: list[Allocation] = field(default_factory=list)
     stopped: list[StoppedServer] = field(default_factory=list)
@@ -129,7 +144,14 @@ class UnitOfWork:
             # Just read, not yet changed: the stored state, safe to snapshot.
             self.ledger.snapshot_if_long(aggregate, replayer.replayed)
         self.touched[aggregate_id] = aggregate
+        self._read_at(aggregate.modified_on)
         return aggregate
+
+    def _read_at(self, moment: datetime) -> None:
+        """An aggregate read here was last changed at `moment`."""
+        self.ledger.clock.observe(moment)
+        if self.read_until is None or moment > self.read_until:
+            self.read_until = moment
 
     def allocation(self, allocation_id: str, *, fresh: bool = False) -> Allocation:
         """The allocation; raises AllocationNotFoundError if there is none."""
@@ -206,10 +228,24 @@ class UnitOfWork:
         if not any(a.pending_events for a in self.touched.values()):
             self.require_current()
             return None
+        self._require_time_not_behind()
         recordings = self.ledger.save(*self.touched.values())
         if not recordings:
             return None
         return max(r.notification.id for r in recordings)
+
+    def _require_time_not_behind(self) -> None:
+        """No new event is earlier than an event of an aggregate read here.
+
+        Raises RecordedTimeBehindError (the retry loop runs the attempt again,
+        by then at a moment no earlier than what this one read).
+        """
+        if self.read_until is None:
+            return
+        for aggregate in self.touched.values():
+            for event in aggregate.pending_events:
+                if event.timestamp < self.read_until:
+                    raise RecordedTimeBehindError
 
     def discard(self) -> None:
         """Forget every aggregate read here: they may hold unsaved changes."""
@@ -255,7 +291,10 @@ class UnitOfWorkApplication(Application[UUID]):
 
     `max_attempts`: how often a command is tried before ConcurrentUpdateError;
     `pause` and `jitter`: the backoff between attempts (seconds, and a factor
-    from 0 to 1), injectable so tests need not sleep.
+    from 0 to 1), injectable so tests need not sleep. `clock` is recorded
+    through a RecordedClock (`self.clock`), which starts from the time of the
+    last event in the log; `on_clock_behind` is told when the clock reads
+    earlier than that mark (the adapter logs it).
     """
 
     def __init__(
@@ -268,9 +307,13 @@ class UnitOfWorkApplication(Application[UUID]):
         max_attempts: int = 8,
         pause: Callable[[float], None] = _no_pause,
         jitter: Callable[[], float] = lambda: 0.5,
+        on_clock_behind: Callable[[ClockBehind], None] | None = None,
     ) -> None:
         super().__init__(env)
-        self.clock = clock
+        self.clock = RecordedClock(clock, on_clock_behind)
+        latest = self.latest_recorded_time()
+        if latest is not None:
+            self.clock.observe(latest)
         self.provisioner = provisioner
         self.new_allocation_id = new_allocation_id
         self.max_attempts = max_attempts
@@ -314,6 +357,18 @@ class UnitOfWorkApplication(Application[UUID]):
         self.notify(processing.events)  # deprecated in the library; kept
         return recordings
 
+    def latest_recorded_time(self) -> datetime | None:
+        """The time of the last event in the log (None when it is empty)."""
+        last = self.recorder.max_notification_id()
+        if not last:
+            return None
+        notifications = self.recorder.select_notifications(last, 1)
+        if not notifications:
+            return None
+        event = self.mapper.to_domain_event(notifications[0])
+        moment = getattr(event, "timestamp", None)
+        return moment if isinstance(moment, datetime) else None
+
     def forget(self, aggregate_id: UUID) -> None:
         """Drop an aggregate from the cache so the next read comes from the store."""
         cache = self.repository.cache
@@ -332,7 +387,7 @@ class UnitOfWorkApplication(Application[UUID]):
         """
         fresh = False
         for attempt in range(1, self.max_attempts + 1):
-            with self._lock:
+            with self._lock, self.clock.unit():
                 work = UnitOfWork(self, fresh)
                 committed = False
                 try:

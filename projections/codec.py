@@ -60,6 +60,7 @@ def allocation_to_dict(view: AllocationView) -> dict[str, Any]:
         "queue_deadline": _time(view.queue_deadline),
         "waiting_for": view.waiting_for,
         "preempted_by": view.preempted_by,
+        "reserved_at": _time(view.reserved_at),
     }
 
 
@@ -95,6 +96,7 @@ def allocation_from_dict(data: dict[str, Any]) -> AllocationView:
         queue_deadline=_parse(data.get("queue_deadline")),
         waiting_for=data.get("waiting_for"),
         preempted_by=data.get("preempted_by"),
+        reserved_at=_parse(data.get("reserved_at")),
     )
 
 

@@ -50,6 +50,8 @@ def fold_allocation(
                 for name, port, started in event.servers
             ],
             created_at=event.timestamp,
+            # Held from the request unless a Queued or Rejected follows it.
+            reserved_at=event.timestamp,
             requested_by=event.actor,
             updated_at=event.timestamp,
             expires_at=event.expires_at,
@@ -68,11 +70,13 @@ def fold_allocation(
         view.rejection = dict(event.reason)
         view.expires_at = None
         view.ended_at = event.timestamp
+        view.reserved_at = None  # refused, or timed out in the queue: held nothing
     elif isinstance(event, Allocation.Queued):
         view.state = AllocationState.QUEUED.value
         view.queue_deadline = event.deadline
         view.waiting_for = dict(event.reason)
         view.expires_at = None
+        view.reserved_at = None  # waits holding nothing
     elif isinstance(event, Allocation.Granted):
         view.state = AllocationState.PENDING.value
         view.workers = [
@@ -85,6 +89,7 @@ def fold_allocation(
         ]
         view.expires_at = event.expires_at
         view.queue_deadline = None
+        view.reserved_at = event.timestamp
     elif isinstance(event, Allocation.Preempted):
         view.state = AllocationState.PREEMPTED.value
         view.preempted_by = event.by

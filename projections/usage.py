@@ -1,8 +1,13 @@
 """Accounting: what each job held, for how long, per pool.
 
-Usage accrues while an allocation holds capacity: from its request (when its
-reservation is made) to its end (release, expiry or failure); a live one
-accrues until the moment of the query. Rejected requests hold nothing.
+Usage accrues only while an allocation holds capacity: from the moment its
+capacity is reserved (at the request when it fits at once, at the grant when
+it waited in the queue) to the moment it is given back (release, preemption,
+failure, or its lease's end for an expired one); a live one accrues until the
+moment of the query, or its lease's end if sooner. Time in the queue is never
+billed, and a request rejected, timed out or cancelled in the queue is
+billed 0. Every read-model store answers with these rules (the SQL one sums
+the same span in the database).
 """
 
 from __future__ import annotations
@@ -75,6 +80,17 @@ def held_until(view: AllocationView, now: datetime) -> datetime:
     return now
 
 
+def reserved_span(
+    view: AllocationView, now: datetime
+) -> tuple[datetime, datetime] | None:
+    """When the allocation held capacity, as accounting counts it: from its
+    reservation to when it gave the capacity back (or now); None if it never
+    held any."""
+    if view.reserved_at is None:
+        return None
+    return view.reserved_at, held_until(view, now)
+
+
 def overlap_seconds(
     start: datetime,
     end: datetime | None,
@@ -105,7 +121,8 @@ def usage_of(
             continue
         if query.pool is not None and view.pool != query.pool:
             continue
-        seconds = overlap_seconds(view.created_at, held_until(view, now), query, now)
+        span = reserved_span(view, now)
+        seconds = 0.0 if span is None else overlap_seconds(*span, query, now)
         counted = in_window(view.created_at, query)
         if seconds <= 0 and not counted:
             continue

@@ -6,13 +6,19 @@ and the MCP servers they name. Checks that span two aggregates (an allocation
 and its pool) are made when a unit of work is complete, that is, at the end of
 each run of events with the same timestamp: one unit of work writes all its
 events at one moment of the ledger's clock.
+
+Time (invariant 8): within each aggregate, no event is earlier than the one
+before it. Across the log, no event is earlier than the latest before it by
+more than `time_tolerance`: servers sharing one PostgreSQL store take their
+moment before they commit, so events of unrelated aggregates may land in the
+log slightly out of time order (see docs/operations.md, "Time").
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from allocation_ledger.domain.allocation import Allocation
@@ -31,6 +37,12 @@ from allocation_ledger.projections.store import InMemoryReadModels
 
 _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+
+DEFAULT_TIME_TOLERANCE = timedelta(seconds=5)
+"""How much earlier than the latest event before it an event of another
+aggregate may be recorded: room for servers on one PostgreSQL store that
+took their moments in one order and committed in the other. Far below any
+step of a clock worth reporting; never applied within one aggregate."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,10 @@ class _PoolState:
 class InvariantChecker:
     """Feed it every event in log order; it records the first violation."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, time_tolerance: timedelta = DEFAULT_TIME_TOLERANCE) -> None:
+        self.time_tolerance = time_tolerance
+        self._times: dict[UUID, datetime] = {}  # per aggregate, its last event
+        self._latest: tuple[datetime, int] | None = None  # and its position
         self.batch = Batch()
         self.models = InMemoryReadModels()
         self.pools: dict[UUID, _PoolState] = {}
@@ -77,6 +92,7 @@ class InvariantChecker:
             self._check_balance(self._last_position, "end of unit of work")
         if self.violation is not None:
             return
+        self._check_time(position, event)
         self._check_event(position, event)
         if self.violation is None:
             was_live = self._is_live(event)
@@ -96,6 +112,49 @@ class InvariantChecker:
     def _fail(self, position: int, event: str, invariant: int, message: str) -> None:
         if self.violation is None:
             self.violation = Violation(position, event, invariant, message)
+
+    def _check_time(self, position: int, event: object) -> None:
+        """Invariant 8: event times never decrease (see the module's notes)."""
+        moment = getattr(event, "timestamp", None)
+        key = getattr(event, "originator_id", None)
+        if not isinstance(moment, datetime) or not isinstance(key, UUID):
+            return
+        name = type(event).__name__
+        previous = self._times.get(key)
+        latest = self._latest
+        if previous is not None and moment < previous:
+            self._fail(
+                position,
+                name,
+                8,
+                f"recorded at {moment.isoformat()}, earlier than the previous "
+                f"event of {self._aggregate_name(key)} "
+                f"({previous.isoformat()})",
+            )
+        elif latest is not None and latest[0] - moment > self.time_tolerance:
+            behind = (latest[0] - moment).total_seconds()
+            self._fail(
+                position,
+                name,
+                8,
+                f"recorded at {moment.isoformat()}, {behind:g} s earlier than "
+                f"the event at position {latest[1]} ({latest[0].isoformat()}); "
+                f"more than the {self.time_tolerance.total_seconds():g} s "
+                "allowed between servers",
+            )
+        if previous is None or moment > previous:
+            self._times[key] = moment
+        if latest is None or moment > latest[0]:
+            self._latest = (moment, position)
+
+    def _aggregate_name(self, key: UUID) -> str:
+        allocation = self.batch.allocations.get(key)
+        if allocation is not None:
+            return f"allocation {allocation.allocation_id}"
+        capacity = self.batch.capacities.get(key)
+        if capacity is not None:
+            return f"pool {capacity.pool!r}"
+        return f"aggregate {key}"
 
     def _check_event(self, position: int, event: object) -> None:
         name = type(event).__name__

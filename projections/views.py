@@ -61,6 +61,11 @@ class AllocationView:
     queue_deadline: datetime | None = None
     waiting_for: dict[str, Any] | None = None
     preempted_by: str | None = None
+    reserved_at: datetime | None = None
+    """When its capacity was reserved: at the request when it fitted at once,
+    at the grant when it waited in the queue; None while it holds nothing
+    yet, and for good when it never held anything (rejected, timed out or
+    cancelled in the queue). Usage counts from here."""
 
 
 @dataclass

@@ -212,11 +212,13 @@ def test_timeline_marks_expiries_and_rejections(scripted: Script) -> None:
     ledger = scripted.service.ledger
     timeline = collect(ledger.recorder, scripted.service.projector.decode, "default")
     assert timeline.rejections == [scripted.at(200)]
-    assert timeline.expiries == [scripted.at(700)]
+    # job-a's lease ended at t=600; the sweep noticed at t=700. The chart, like
+    # usage, gives its capacity back at the lease's end.
+    assert timeline.expiries == [scripted.at(600)]
     workers = [(t, r, c) for t, r, c in timeline.points[Dimension.WORKERS]]
     assert workers[0] == (scripted.at(0), 2.0, 10.0)  # one point per moment
     assert (scripted.at(100), 6.0, 10.0) in workers
-    assert workers[-1] == (scripted.at(700), 0.0, 10.0)
+    assert workers[-1] == (scripted.at(600), 0.0, 10.0)
     svg = render_svg(timeline)
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert "Pool default" in svg

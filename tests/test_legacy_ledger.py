@@ -6,31 +6,86 @@ at the clock time `now` (see `fixtures/write_legacy_ledger.py`; never regenerate
 them). The current code must verify that history clean and answer exactly the
 same, from the stored read models and from read models rebuilt from the log.
 Every test works on a copy: the committed file is never opened for writing.
+
+One recorded figure was wrong and is corrected here, not in the committed file
+(`CORRECTED_USAGE`): the old code billed a queued request from its request,
+where usage bills reserved time only (design invariant 9). The read-model
+tables in the file are of the layout before `reserved_at`: opening the copy
+replaces them and rebuilds them from the log (`test_the_old_read_model_...`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import psycopg
 import pytest
 from mcp import Client
 
 from allocation_ledger.adapters.config.settings import Settings
-from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import (
+    AllocationService,
+    init_database,
+    open_service,
+)
+from allocation_ledger.adapters.storage.sql_read_models import (
+    SCHEMA_VERSION,
+    SQLReadModels,
+)
 from allocation_ledger.domain.clock import ManualClock
 from tests.mcp_support import call
+from tests.postgres import postgres_schema, postgres_settings
+
+__all__ = ["postgres_schema"]
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LEDGER = FIXTURES / "legacy-ledger.db"
 ANSWERS: dict[str, Any] = json.loads((FIXTURES / "legacy-answers.json").read_text())
 NOW = datetime.fromisoformat(ANSWERS.pop("now"))  # the clock time they were taken at
+
+# "waits" (2 workers) was queued at 09:01:31 and granted at 09:02:01, when
+# "holder" was released; it is still active at NOW, 09:09:16. The old code
+# billed it from its request, 2 x 465 s; it held capacity from the grant,
+# 2 x 435 s (each worker is 1 core and 2048 MiB). Nothing else changes.
+RECORDED_USAGE = {
+    "waits": {
+        "cpu_core_seconds": 930.0,
+        "memory_mb_seconds": 1_904_640.0,
+        "worker_seconds": 930.0,
+    }
+}
+CORRECTED_USAGE = {
+    "waits": {
+        "cpu_core_seconds": 870.0,
+        "memory_mb_seconds": 1_781_760.0,
+        "worker_seconds": 870.0,
+    }
+}
+
+
+def _correct_usage(answers: dict[str, Any]) -> None:
+    """Replace the wrong figures, checking first that they are the ones known."""
+    for row in answers["get_usage"]["usage"]:
+        if row["job_id"] in CORRECTED_USAGE:
+            recorded = {k: row[k] for k in RECORDED_USAGE[row["job_id"]]}
+            assert recorded == RECORDED_USAGE[row["job_id"]], row
+            row.update(CORRECTED_USAGE[row["job_id"]])
+
+
+_correct_usage(ANSWERS)
 COMMAND = Path(sys.executable).parent / "allocation-ledger"
 
 
@@ -143,3 +198,141 @@ async def test_rebuilt_read_models_answer_as_they_did(
     position = legacy_service.projector.rebuild()
     assert position == legacy_service.projector.log.max_notification_id()
     assert_same_answers(await answers(legacy_service))
+
+
+# -- read-model tables of the layout before `reserved_at` ----------------------
+
+
+def _columns(database: Path, table: str) -> list[str]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+
+
+def _view_rows(database: Path) -> dict[str, tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute(
+            "SELECT job_id, started_at, reserved_at, ended_at FROM "
+            "ledger_allocation_view"
+        ).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_the_file_holds_read_model_tables_of_the_old_layout() -> None:
+    """What the upgrade tests start from (read without opening it for writing)."""
+    uri = f"file:{LEDGER}?mode=ro&immutable=1"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        columns = [
+            r[1]
+            for r in connection.execute("PRAGMA table_info(ledger_allocation_view)")
+        ]
+        names = [
+            r[0] for r in connection.execute("SELECT name FROM ledger_view_position")
+        ]
+    assert "reserved_at" not in columns
+    assert names == ["read_models"]  # no layout version: layout 1
+
+
+def test_opening_replaces_old_read_model_tables_and_rebuilds_them(
+    ledger_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "allocation_ledger.adapters.storage.service"):
+        service = open_service(
+            Settings(store="sqlite", database=ledger_copy), clock=ManualClock(NOW)
+        )
+    try:
+        assert "older layout" in caplog.text
+        assert isinstance(service.store, SQLReadModels)
+        assert service.store.schema_version() == SCHEMA_VERSION
+        assert service.store.position() == service.projector.log.max_notification_id()
+        report = audit.verify(service)
+        assert report.clean, report.as_dict()
+    finally:
+        service.close()
+    assert "reserved_at" in _columns(ledger_copy, "ledger_allocation_view")
+    rows = _view_rows(ledger_copy)
+    # "waits" was requested at 09:01:31 and reserved when granted, at 09:02:01.
+    requested, reserved, ended = rows["waits"]
+    assert reserved - requested == 30.0
+    assert ended is None  # still active
+    # "too-big" was refused: it never held anything.
+    assert rows["too-big"][1] is None
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "allocation_ledger.adapters.storage.service"):
+        again = open_service(
+            Settings(store="sqlite", database=ledger_copy), clock=ManualClock(NOW)
+        )
+    again.close()
+    assert "older layout" not in caplog.text  # current now: nothing replaced
+
+
+def _copy_to_postgres(settings: Settings, schema: str) -> None:
+    """The fixture's events, and its read-model tables and rows as the old code
+    wrote them, into a PostgreSQL schema initialised by `init-db`."""
+    init_database(settings)
+    uri = f"file:{LEDGER}?mode=ro&immutable=1"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as source:
+        events = source.execute(
+            "SELECT rowid, originator_id, originator_version, topic, state "
+            "FROM stored_events ORDER BY rowid"
+        ).fetchall()
+        ddl = [
+            row[0]
+            for row in source.execute(
+                "SELECT sql FROM sqlite_master WHERE tbl_name IN "
+                "('ledger_allocation_view', 'ledger_capacity_view') "
+                "AND sql IS NOT NULL ORDER BY type DESC"
+            )
+        ]
+        tables = {
+            table: source.execute(f"SELECT * FROM {table}").fetchall()
+            for table in ("ledger_allocation_view", "ledger_capacity_view")
+        }
+        [(position,)] = source.execute(
+            "SELECT position FROM ledger_view_position WHERE name = 'read_models'"
+        ).fetchall()
+    assert [e[0] for e in events] == list(range(1, len(events) + 1))
+    with psycopg.connect(**settings.postgres_conninfo()) as target:
+        target.execute(f'SET search_path TO "{schema}"')
+        target.cursor().executemany(
+            "INSERT INTO allocationledger_events "
+            "(originator_id, originator_version, topic, state) VALUES (%s, %s, %s, %s)",
+            [(UUID(e[1]), e[2], e[3], e[4]) for e in events],
+        )
+        for table in tables:
+            target.execute(f"DROP TABLE {table}")
+        for statement in ddl:
+            target.execute(statement)
+        for table, rows in tables.items():
+            if rows:
+                marks = ", ".join(["%s"] * len(rows[0]))
+                target.cursor().executemany(
+                    f"INSERT INTO {table} VALUES ({marks})", rows
+                )
+        target.execute("DELETE FROM ledger_view_position")
+        target.execute(
+            "INSERT INTO ledger_view_position VALUES ('read_models', %s)", (position,)
+        )
+
+
+@pytest.mark.anyio
+async def test_a_postgres_ledger_with_old_read_model_tables_is_upgraded(
+    postgres_schema: str,
+) -> None:
+    settings = postgres_settings(postgres_schema)
+    _copy_to_postgres(settings, postgres_schema)
+    # Two servers start at once on the old tables: one replaces them, both work.
+    with ThreadPoolExecutor(2) as pool:
+        opened = list(
+            pool.map(lambda _: open_service(settings, clock=ManualClock(NOW)), range(2))
+        )
+    try:
+        for service in opened:
+            assert isinstance(service.store, SQLReadModels)
+            assert service.store.schema_version() == SCHEMA_VERSION
+            assert_same_answers(await answers(service))
+        report = audit.verify(opened[0])
+        assert report.clean, report.as_dict()
+    finally:
+        for service in opened:
+            service.close()

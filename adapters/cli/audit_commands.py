@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from allocation_ledger.domain.values import MILLICORES_PER_CORE
 from allocation_ledger.projections.catchup import Progress as ProgressCallback
 from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
 from allocation_ledger.projections.usage import UsageQuery
+from allocation_ledger.projections.verify import DEFAULT_TIME_TOLERANCE
 
 COMMANDS = ("history", "capacity", "verify", "rebuild", "export", "usage", "timeline")
 
@@ -54,6 +55,15 @@ def add_commands(commands: Any) -> None:
 
     verify = commands.add_parser(
         "verify", help="replay the log checking every invariant; exit 1 if broken"
+    )
+    verify.add_argument(
+        "--time-tolerance",
+        type=float,
+        default=DEFAULT_TIME_TOLERANCE.total_seconds(),
+        metavar="SECONDS",
+        help="how much earlier than the latest event before it an event of "
+        "another aggregate may be (servers sharing PostgreSQL; default "
+        "%(default)g)",
     )
     _json(verify)
 
@@ -216,7 +226,11 @@ def _verify(
     args: argparse.Namespace, service: AllocationService, console: Console
 ) -> int:
     with progress_bar("verifying", not args.json) as progress:
-        report = audit.verify(service, progress)
+        report = audit.verify(
+            service,
+            progress,
+            time_tolerance=timedelta(seconds=args.time_tolerance),
+        )
     if args.json:
         _print_json(report.as_dict())
     elif report.clean:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from allocation_ledger.adapters.storage.service import AllocationService
@@ -18,7 +18,11 @@ from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_
 from allocation_ledger.projections.history import HistoryEntry, describe
 from allocation_ledger.projections.replay import logged_events, replay
 from allocation_ledger.projections.usage import UsageQuery, UsageRow
-from allocation_ledger.projections.verify import InvariantChecker, Violation
+from allocation_ledger.projections.verify import (
+    DEFAULT_TIME_TOLERANCE,
+    InvariantChecker,
+    Violation,
+)
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
 
@@ -112,13 +116,19 @@ class VerifyReport:
 
 
 def verify(
-    service: AllocationService, progress: Progress | None = None
+    service: AllocationService,
+    progress: Progress | None = None,
+    *,
+    time_tolerance: timedelta = DEFAULT_TIME_TOLERANCE,
 ) -> VerifyReport:
     """Replay everything, checking every invariant after every event, then
-    compare the result with the persisted read models and the Pool aggregates."""
+    compare the result with the persisted read models and the Pool aggregates.
+
+    `time_tolerance`: how much earlier than the latest event before it an
+    event of another aggregate may be (see projections/verify.py)."""
     started = time.perf_counter()
     end = service.projector.catch_up()
-    checker = InvariantChecker()
+    checker = InvariantChecker(time_tolerance=time_tolerance)
     for position, event in logged_events(
         service.ledger.recorder,
         service.projector.decode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -19,8 +20,14 @@ from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
 )
-from allocation_ledger.adapters.storage.sql_read_models import SQLReadModels
-from allocation_ledger.adapters.storage.system_clock import SystemClock
+from allocation_ledger.adapters.storage.sql_read_models import (
+    SCHEMA_VERSION,
+    SQLReadModels,
+)
+from allocation_ledger.adapters.storage.system_clock import (
+    SystemClock,
+    log_clock_behind,
+)
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Provisioner
@@ -32,6 +39,8 @@ from allocation_ledger.projections.store import (
     ListingQuery,
     ReadModelStore,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class DatabaseError(Exception):
@@ -71,6 +80,8 @@ def open_service(
     by several processes, so its tables are created once, by `init_database`
     (`allocation-ledger init-db`); opening an uninitialised database fails
     with a DatabaseError that says so, instead of racing to create them.
+    Read-model tables of an older layout are replaced and rebuilt from the
+    event log before the service is returned (sql_read_models.py).
     """
     settings = settings or Settings()
     if create_tables is None:
@@ -90,10 +101,12 @@ def open_service(
         provisioner=provisioner or LocalProvisioner(),
         pause=time.sleep,
         jitter=random.random,
+        on_clock_behind=log_clock_behind,
         **extra,
     )
     store: ReadModelStore
     closers: list[Callable[[], None]] = [ledger.close]
+    replaced = False
     if settings.store == "memory":
         store = InMemoryReadModels()
     else:
@@ -108,9 +121,8 @@ def open_service(
                 lambda: psycopg.connect(**conninfo), settings.postgres_schema
             )
         sql_store = SQLReadModels(dialect)
-        if create_tables:
-            sql_store.create_tables()
         closers.append(dialect.close)
+        replaced = sql_store.create_tables() if create_tables else sql_store.upgrade()
         store = sql_store
 
     # Catch-up and rebuild read the log and decode its events on a fast path
@@ -121,6 +133,8 @@ def open_service(
         closers.append(fast_log.close)
         log = fast_log
     projector = Projector(log, EventDecoder(ledger.mapper), store)
+    if replaced:
+        _rebuild_replaced(projector)
     return AllocationService(
         settings=settings,
         ledger=ledger,
@@ -128,6 +142,22 @@ def open_service(
         read_models=ReadModels(projector),
         store=store,
         _closers=tuple(closers),
+    )
+
+
+def _rebuild_replaced(projector: Projector) -> None:
+    """Rebuild read models whose tables of an older layout were replaced."""
+    started = time.perf_counter()
+    logger.info(
+        "read-model tables of an older layout replaced (now layout %d); "
+        "rebuilding them from the event log",
+        SCHEMA_VERSION,
+    )
+    position = projector.rebuild()
+    logger.info(
+        "read models rebuilt up to position %d in %.2f s",
+        position,
+        time.perf_counter() - started,
     )
 
 

@@ -76,6 +76,7 @@ class SQLiteDialect:
     least = "MIN"
     greatest = "MAX"
     lock_row = ""  # BEGIN IMMEDIATE already holds the write lock
+    schema_lock = ""  # the same
 
     def close(self) -> None:
         self._connection.close()
@@ -136,6 +137,11 @@ class PostgresDialect:
     least = "LEAST"
     greatest = "GREATEST"
     lock_row = " FOR UPDATE"
+    # Taken by whoever creates or replaces the read-model tables, until commit
+    # (statements after it see what an earlier holder committed).
+    schema_lock = (
+        "SELECT pg_advisory_xact_lock(hashtext('allocation-ledger:read-models'))"
+    )
 
     def close(self) -> None:
         if self._connection is not None:

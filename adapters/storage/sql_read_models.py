@@ -3,6 +3,12 @@
 Rows and the position they reflect are written in one transaction, and only
 if the position is still the one the batch was folded from, so each event is
 applied exactly once even when several processes catch up at the same time.
+
+The tables carry the version of their layout (`SCHEMA_VERSION`, a row of
+`ledger_view_position`). Tables of an older layout (or of none: written
+before the version was kept) are dropped and created anew at position 0 when
+the ledger is opened, and the read models are then rebuilt from the event
+log: they are derived data, and the log holds every fact they need.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from typing import Any
 from uuid import UUID
 
 from allocation_ledger.adapters.storage.sql_dialects import (
+    Cursor,
     PostgresDialect,
     SQLiteDialect,
 )
 from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.pool import pool_uuid
-from allocation_ledger.domain.values import LIVE_STATES, MILLICORES_PER_CORE
+from allocation_ledger.domain.values import (
+    LIVE_STATES,
+    MILLICORES_PER_CORE,
+    TERMINAL_STATES,
+)
 from allocation_ledger.projections.codec import (
     allocation_from_dict,
     allocation_to_dict,
@@ -32,9 +43,22 @@ from allocation_ledger.projections.usage import UsageQuery, UsageRow, held_until
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
 POSITION_KEY = "read_models"
-_LIVE = tuple(sorted(s.value for s in LIVE_STATES))
+SCHEMA_KEY = "schema_version"
+SCHEMA_VERSION = 2
+"""The layout of the read-model tables. 1 (no version row): before
+`reserved_at`. 2: `reserved_at`, the moment capacity was reserved, which usage
+counts from. Raise it whenever the tables or their documents change shape."""
 
-SCHEMA = (
+_LIVE = tuple(sorted(s.value for s in LIVE_STATES))
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+VIEW_TABLES = ("ledger_allocation_view", "ledger_capacity_view")
+
+POSITION_TABLE = """CREATE TABLE IF NOT EXISTS ledger_view_position (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )"""
+
+VIEW_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ledger_allocation_view (
         aggregate_id TEXT PRIMARY KEY,
         allocation_id TEXT NOT NULL,
@@ -45,6 +69,7 @@ SCHEMA = (
         priority TEXT NOT NULL,
         expires_at DOUBLE PRECISION,
         started_at DOUBLE PRECISION NOT NULL,
+        reserved_at DOUBLE PRECISION,
         ended_at DOUBLE PRECISION,
         cpu_millicores BIGINT NOT NULL,
         memory_mib BIGINT NOT NULL,
@@ -54,6 +79,9 @@ SCHEMA = (
     )""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_started
         ON ledger_allocation_view (started_at)""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_reserved
+        ON ledger_allocation_view (reserved_at)
+        WHERE reserved_at IS NOT NULL""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_sequence
         ON ledger_allocation_view (sequence)""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_state
@@ -68,22 +96,17 @@ SCHEMA = (
         pool TEXT NOT NULL,
         doc TEXT NOT NULL
     )""",
-    """CREATE TABLE IF NOT EXISTS ledger_view_position (
-        name TEXT PRIMARY KEY,
-        position BIGINT NOT NULL
-    )""",
-    f"""INSERT INTO ledger_view_position (name, position) VALUES ('{POSITION_KEY}', 0)
-        ON CONFLICT (name) DO NOTHING""",
 )
 
 UPSERT_ALLOCATION = """INSERT INTO ledger_allocation_view
     (aggregate_id, allocation_id, sequence, pool, job_id, state, priority,
-     expires_at, started_at, ended_at, cpu_millicores, memory_mib, workers,
-     server_count, doc)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     expires_at, started_at, reserved_at, ended_at, cpu_millicores, memory_mib,
+     workers, server_count, doc)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (aggregate_id) DO UPDATE SET
         state = excluded.state,
         expires_at = excluded.expires_at,
+        reserved_at = excluded.reserved_at,
         ended_at = excluded.ended_at,
         doc = excluded.doc"""
 
@@ -101,7 +124,11 @@ def _epoch(moment: datetime | None) -> float | None:
 
 
 def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
+    """The row of an allocation. `started_at`: its request (what the counts
+    of allocations requested in a period go by); `reserved_at` to `ended_at`:
+    the span usage bills (`ended_at` empty until it is over)."""
     live = view.state in _LIVE
+    ended = view.state in _TERMINAL
     return (
         allocation_uuid(view.allocation_id).hex,
         view.allocation_id,
@@ -112,7 +139,8 @@ def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
         view.priority,
         _epoch(view.expires_at) if live else None,
         view.created_at.timestamp(),
-        None if live else _epoch(held_until(view, view.updated_at)),
+        _epoch(view.reserved_at),
+        _epoch(held_until(view, view.updated_at)) if ended else None,
         view.resources.cpu_millicores,
         view.resources.memory_mib,
         view.resources.workers,
@@ -131,10 +159,69 @@ class SQLReadModels:
         """Relaxed durability while a rebuild writes (see the dialects)."""
         return self.dialect.bulk()
 
-    def create_tables(self) -> None:
+    def create_tables(self) -> bool:
+        """Create the tables, or bring tables of an older layout to this one.
+
+        Answers True when tables of an older layout were replaced: they are
+        then empty, at position 0, to be rebuilt from the log.
+        """
         with self.dialect.transaction(write=True) as cursor:
-            for statement in SCHEMA:
+            cursor.execute(POSITION_TABLE)
+        return self._upgrade()
+
+    def upgrade(self) -> bool:
+        """Bring existing tables of an older layout to this one (see
+        `create_tables`); answers True when it did. Reads one row when they
+        are current, so it is cheap to call on every open."""
+        if self.schema_version() == SCHEMA_VERSION:
+            return False
+        return self._upgrade()
+
+    def schema_version(self) -> int | None:
+        """The layout of the tables: None when there are none yet, 1 when
+        they were written before the version was kept."""
+        with self.dialect.transaction(write=False) as cursor:
+            return self._version(cursor)
+
+    def _version(self, cursor: Cursor) -> int | None:
+        cursor.execute(
+            self._q(
+                "SELECT name, position FROM ledger_view_position WHERE name IN (?, ?)"
+            ),
+            (POSITION_KEY, SCHEMA_KEY),
+        )
+        rows = dict(cursor.fetchall())
+        if SCHEMA_KEY in rows:
+            return int(rows[SCHEMA_KEY])
+        return 1 if POSITION_KEY in rows else None
+
+    def _upgrade(self) -> bool:
+        """Create the tables, or replace those of an older layout with empty
+        ones at position 0; under the dialect's schema lock, so that of
+        several processes opening at once one does it and the others find
+        it done."""
+        with self.dialect.transaction(write=True) as cursor:
+            if self.dialect.schema_lock:
+                cursor.execute(self.dialect.schema_lock)
+            version = self._version(cursor)
+            if version == SCHEMA_VERSION:
+                return False
+            replaced = version is not None
+            if replaced:
+                for table in VIEW_TABLES:
+                    cursor.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in VIEW_SCHEMA:
                 cursor.execute(statement)
+            for key, value in ((POSITION_KEY, 0), (SCHEMA_KEY, SCHEMA_VERSION)):
+                cursor.execute(
+                    self._q(
+                        "INSERT INTO ledger_view_position (name, position) "
+                        "VALUES (?, ?) ON CONFLICT (name) "
+                        "DO UPDATE SET position = excluded.position"
+                    ),
+                    (key, value),
+                )
+            return replaced
 
     def _q(self, statement: str) -> str:
         return self.dialect.sql(statement)
@@ -266,27 +353,32 @@ class SQLReadModels:
         return [capacity_from_dict(json.loads(row[0])) for row in rows]
 
     def usage(self, query: UsageQuery, now: datetime) -> list[UsageRow]:
-        """Summed in the database over indexed columns: no documents decoded."""
+        """Summed in the database over indexed columns: no documents decoded.
+
+        The span billed is the one `projections.usage.reserved_span` gives:
+        from `reserved_at` (rows that never held capacity have none) to
+        `ended_at`, or for a live row to now or its lease's end if sooner.
+        """
         least, greatest = self.dialect.least, self.dialect.greatest
-        since = query.since.timestamp() if query.since else float("-inf")
+        since = max(query.since.timestamp() if query.since else -1e18, -1e18)
         until = query.until.timestamp() if query.until else now.timestamp()
-        # Live rows have no ended_at: they hold until now or their lease's end.
         held = (
             f"{greatest}(0, {least}(COALESCE(ended_at, expires_at, ?), ?, ?) "
-            f"- {greatest}(started_at, ?))"
+            f"- {greatest}(reserved_at, ?))"
         )
         filters, params = self._usage_filters(query)
         statement = (
             "SELECT job_id, pool, "
             f"SUM(cpu_millicores * {held}), SUM(memory_mib * {held}), "
             f"SUM(workers * {held}), SUM(server_count * {held}) "
-            "FROM ledger_allocation_view WHERE started_at < ? "
+            "FROM ledger_allocation_view "
+            "WHERE reserved_at IS NOT NULL AND reserved_at < ? "
             "AND (ended_at IS NULL OR ended_at > ?)"
             + filters
             + " GROUP BY job_id, pool"
         )
-        window = (now.timestamp(), now.timestamp(), until, max(since, -1e18))
-        held_params = [*window, *window, *window, *window, until, max(since, -1e18)]
+        window = (now.timestamp(), now.timestamp(), until, since)
+        held_params = [*window, *window, *window, *window, until, since]
         counts = (
             "SELECT job_id, pool, state, COUNT(*) FROM ledger_allocation_view "
             "WHERE started_at >= ? AND started_at < ?"
@@ -302,7 +394,7 @@ class SQLReadModels:
                 row.memory_mb_seconds = float(memory or 0)
                 row.worker_seconds = float(workers or 0)
                 row.mcp_server_seconds = float(servers or 0)
-            cursor.execute(self._q(counts), [max(since, -1e18), until, *params])
+            cursor.execute(self._q(counts), [since, until, *params])
             for job_id, pool, state, count in cursor.fetchall():
                 row = rows.setdefault((job_id, pool), UsageRow(job_id, pool))
                 row.allocations[state] = int(count)

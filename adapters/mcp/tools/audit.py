@@ -68,9 +68,11 @@ class AuditTools(ToolGroup):
 
         For each (job, pool): cpu_core_seconds, memory_mb_seconds,
         worker_seconds, mcp_server_seconds, and the allocations requested in
-        the period by state. Capacity counts from the request to its release
-        or failure; an expired allocation up to its lease's end; a live one up
-        to now. Only the part inside [since, until) counts.
+        the period by state. Only reserved time is billed: from the moment
+        capacity is reserved (the request, or the grant of a queued request)
+        to its release, preemption or failure; an expired allocation up to
+        its lease's end; a live one up to now. Time in the queue counts 0.
+        Only the part inside [since, until) counts.
         """
         self._actor("get_usage")
         now = self.ledger.clock.now()
