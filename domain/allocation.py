@@ -333,9 +333,11 @@ class Allocation(Aggregate):
             expires_at=at + timedelta(seconds=self.request.ttl_seconds),
         )
 
-    def time_out(self, rejection: Rejection, *, at: datetime, actor: str) -> None:
-        """A queued request whose wait ran out (or can no longer be met)."""
-        self._require(AllocationState.QUEUED, "time out")
+    def refuse_queued(self, rejection: Rejection, *, at: datetime, actor: str) -> None:
+        """A queued request that will not be granted: its wait ran out
+        (`queue_timeout`), or it can never be granted in its pool as it is
+        now (`exceeds_pool`, `quota_exceeded`). It held nothing."""
+        self._require(AllocationState.QUEUED, "refuse")
         self.trigger_event(
             self.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
         )

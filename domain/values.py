@@ -176,8 +176,11 @@ INSUFFICIENT_CAPACITY = "insufficient_capacity"
 QUEUE_TIMEOUT = "queue_timeout"
 QUOTA_EXCEEDED = "quota_exceeded"
 QUEUED_AHEAD = "queued_ahead"
+EXCEEDS_POOL = "exceeds_pool"
 """Refusal codes: the pool is short; the wait ran out; the tenant's quota
-would be exceeded; it would fit, but requests waiting in the queue come first."""
+would be exceeded; it would fit, but requests waiting in the queue come first;
+it needs more than the pool's total in some dimension, so it could never be
+granted (a request that waits, or one already queued when the pool shrank)."""
 
 
 class QueuePolicy(StrEnum):

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from allocation_ledger.adapters.mcp.schemas.units import cores
 from allocation_ledger.domain.values import (
+    EXCEEDS_POOL,
     QUEUE_TIMEOUT,
     QUEUED_AHEAD,
     QUOTA_EXCEEDED,
@@ -23,8 +24,10 @@ class Reason(BaseModel):
         description=(
             "'insufficient_capacity' (the pool is short), 'quota_exceeded' (the "
             "tenant's quota would be passed), 'queued_ahead' (it would fit, but "
-            "requests queued ahead of it come first) or 'queue_timeout' (its "
-            "max_wait_seconds passed while queued)."
+            "requests queued ahead of it come first), 'queue_timeout' (its "
+            "max_wait_seconds passed while queued) or 'exceeds_pool' (it needs "
+            "more than the pool has in all, so it could never be granted: not "
+            "queued, or failed in the queue when the pool shrank)."
         )
     )
     dimension: Literal["workers", "cpu", "memory", "mcp_ports"]
@@ -34,7 +37,9 @@ class Reason(BaseModel):
     available: int | float = Field(
         description=(
             "What the pool had left (cpu in cores, memory in MB); for "
-            "quota_exceeded, what the tenant's quota had left."
+            "quota_exceeded, what the tenant's quota had left (for a queued "
+            "request failed by a lower quota: the quota's limit); for "
+            "exceeds_pool, the pool's total."
         )
     )
 
@@ -65,6 +70,11 @@ def refusal_message(reason: Reason) -> str:
         return (
             f"Requests queued ahead come first ({reason.dimension}: {amounts} "
             "after them)"
+        )
+    if reason.code == EXCEEDS_POOL:
+        return (
+            f"Exceeds the pool: requested {reason.requested} {reason.dimension}, "
+            f"the pool has {reason.available} in all"
         )
     if reason.code == QUEUE_TIMEOUT:
         return f"Queue wait ran out: insufficient {reason.dimension}: {amounts}"
