@@ -18,7 +18,7 @@ from allocation_ledger.domain.admission import Admission, Grant, Queue, Refuse, 
 from allocation_ledger.domain.allocation import Allocation, RequestFacts
 from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.capacity import shortfall
-from allocation_ledger.domain.errors import IdempotencyConflictError
+from allocation_ledger.domain.errors import ArgumentChange, RequestIdConflictError
 from allocation_ledger.domain.lease_commands import expire_due_leases
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.pool_state import Reservation
@@ -34,6 +34,7 @@ from allocation_ledger.domain.scheduling import validate_wait
 from allocation_ledger.domain.unit_of_work import UnitOfWork
 from allocation_ledger.domain.values import (
     QUEUE_TIMEOUT,
+    AdmissionOptions,
     AllocationRequest,
     AllocationState,
     Dimension,
@@ -85,13 +86,24 @@ class RequestCommands(Provisioning):
         if tenant is not None:
             validate_tenant(tenant)
 
+        options = AdmissionOptions(
+            wait=wait, max_wait_seconds=max_wait_seconds, preempt=preempt
+        )
+
         def body(work: UnitOfWork) -> RequestResult:
             now = self.clock.now()
             if request_id is not None:
                 allocation_id = allocation_id_for_request(pool, request_id)
                 existing = work.find_allocation(allocation_id, fresh=True)
                 if existing is not None:
-                    _check_same_request(existing, request, request_id)
+                    _check_same_request(
+                        existing,
+                        request,
+                        request_id,
+                        tenant=tenant,
+                        options=options,
+                        dry_run=dry_run,
+                    )
                     return RequestResult(
                         existing.snapshot(), None, replayed=True, dry_run=dry_run
                     )
@@ -131,6 +143,7 @@ class RequestCommands(Provisioning):
                 at=now,
                 actor=actor,
                 tenant=tenant,
+                options=options,
             )
             allocation = self._carry_out(
                 work,
@@ -322,10 +335,36 @@ class RequestCommands(Provisioning):
 
 
 def _check_same_request(
-    existing: Allocation, request: AllocationRequest, request_id: str
+    existing: Allocation,
+    request: AllocationRequest,
+    request_id: str,
+    *,
+    tenant: str | None,
+    options: AdmissionOptions,
+    dry_run: bool,
 ) -> None:
+    """A retry is the same request, or it is refused (invariant 6).
+
+    Compared: the request itself (job, servers, workers, priority, ttl,
+    metadata), its tenant, how it asked to be admitted (wait,
+    max_wait_seconds, preempt; not for requests recorded before those were
+    kept) and dry_run: what was recorded was a real request (a dry run
+    records nothing), so a dry run with its request_id is not a retry of it.
+    Raises RequestIdConflictError naming every argument that differs.
+    """
+    changes: list[ArgumentChange] = []
     before: dict[str, Any] = existing.request.as_dict()
-    after = request.as_dict()
-    differing = [key for key in after if before.get(key) != after[key]]
-    if differing:
-        raise IdempotencyConflictError(request_id, existing.allocation_id, differing)
+    for key, value in request.as_dict().items():
+        if before.get(key) != value:
+            changes.append(ArgumentChange(key, before.get(key), value))
+    if existing.tenant != tenant:
+        changes.append(ArgumentChange("tenant", existing.tenant, tenant))
+    if existing.options is not None:
+        recorded = existing.options.as_dict()
+        for key, value in options.as_dict().items():
+            if recorded[key] != value:
+                changes.append(ArgumentChange(key, recorded[key], value))
+    if dry_run:
+        changes.append(ArgumentChange("dry_run", False, True))
+    if changes:
+        raise RequestIdConflictError(request_id, existing.allocation_id, changes)

@@ -265,6 +265,34 @@ class AllocationRequest:
         }
 
 
+@dataclass(frozen=True)
+class AdmissionOptions:
+    """How a request asked to be admitted, beside what it asks for: whether
+    it may wait in the queue, for how long at most (seconds; None: as long
+    as it takes) and whether it may preempt. Recorded with the request, so
+    that a retry with the same request_id is checked against them too."""
+
+    wait: bool = False
+    max_wait_seconds: int | None = None
+    preempt: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as stored in the Requested event and compared on retry."""
+        return {
+            "wait": self.wait,
+            "max_wait_seconds": self.max_wait_seconds,
+            "preempt": self.preempt,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdmissionOptions:
+        return cls(
+            wait=bool(data["wait"]),
+            max_wait_seconds=data["max_wait_seconds"],
+            preempt=bool(data["preempt"]),
+        )
+
+
 def parse_priority(value: object) -> Priority:
     try:
         return Priority(str(value))

@@ -1,12 +1,15 @@
-"""Why a request was refused, in client units and in the original wording."""
+"""Why a request was refused, in client units and in the original wording;
+why a retry with a used request_id was refused."""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.domain.errors import RequestIdConflictError
 from allocation_ledger.domain.values import (
     EXCEEDS_POOL,
     QUEUE_TIMEOUT,
@@ -79,3 +82,36 @@ def refusal_message(reason: Reason) -> str:
     if reason.code == QUEUE_TIMEOUT:
         return f"Queue wait ran out: insufficient {reason.dimension}: {amounts}"
     return f"Insufficient {reason.dimension}: {amounts}"
+
+
+ARGUMENT_NAMES = {"servers": "mcp_servers"}
+"""request_resources's names for the domain's, where they differ."""
+
+
+def retry_conflict_message(
+    error: RequestIdConflictError, *, hide_tenant: bool = False
+) -> str:
+    """One sentence naming each argument a retry changed, with both values
+    (a string in quotes, anything else as JSON). `hide_tenant`: the caller
+    may not see other tenants, so the original tenant is not named."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, str):
+            return f"'{value}'"
+        return json.dumps(value, sort_keys=True)
+
+    parts = []
+    for change in error.changes:
+        name = ARGUMENT_NAMES.get(change.argument, change.argument)
+        original = (
+            "another tenant"
+            if hide_tenant and change.argument == "tenant"
+            else shown(change.original)
+        )
+        parts.append(f"{name} was {original}, now {shown(change.retried)}")
+    return (
+        f"request_id {shown(error.request_id)} was already used for allocation "
+        f"{error.allocation_id} with other arguments, so this is not a retry of "
+        f"it: {'; '.join(parts)} (repeat the original arguments to retry it, or "
+        "use a new request_id for a different request)"
+    )
