@@ -165,8 +165,11 @@ class AllocationTools(ToolGroup):
         With max_wait_seconds it fails with reason code "queue_timeout" if not
         granted in time; release_resources cancels it. Under the pool's strict
         queue policy a new request does not pass requests queued ahead of it
-        (code "queued_ahead"). A request bigger than the whole pool is refused,
-        never queued. A tenant (by default the caller's token subject) over its
+        (code "queued_ahead"). A request bigger than the whole pool is never
+        queued: with wait=true it is refused with code "exceeds_pool". A queued
+        request that the pool can no longer ever hold (capacity or quota
+        lowered below it) fails at once with "exceeds_pool" or
+        "quota_exceeded". A tenant (by default the caller's token subject) over its
         quota in the pool is refused with code "quota_exceeded", wait or not.
         dry_run=true reserves nothing and reports what would happen, including
         who would be preempted.
