@@ -535,6 +535,16 @@ async def test_a_retry_with_other_arguments_is_an_error_naming_each_with_both_va
         "tenant": "team-a",
     }
     first = await call(client, "request_resources", **arguments)
+    history = await call(
+        client, "get_allocation_history", allocation_id=first["allocation_id"]
+    )
+    recorded = history["events"][0]["changes"]
+    assert (recorded["tenant"], recorded["wait"], recorded["preempt"]) == (
+        "team-a",
+        False,
+        True,
+    )
+    assert recorded["max_wait_seconds"] is None
     before = max_notification_id(service)
     error = await call_error(client, "request_resources", {**arguments, **changes})
     assert (
