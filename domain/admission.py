@@ -8,28 +8,43 @@ those of docs/scheduling.md, "What happens to a request", in that order:
 1. Quota: a tenant that would pass its quota in the pool is refused
    (`quota_exceeded`); waiting would not help, so it is never queued, and
    it never preempts anyone.
-2. (Expiring what is already due is the command's step, before it asks.)
+2. (Expiring what is already due, and serving the queued requests that
+   rank ahead of the newcomer, are the command's steps before it asks: the
+   queue and the newcomer share one ranking for what is free.)
 3. The queue comes first: under the strict policy a request does not pass a
    queued request of at least its effective priority, neither by fitting
    nor by preempting (`queued_ahead`, or the shortfall if it does not fit).
 4. Preemption: if nobody waits ahead, it does not fit and `preempt` is true,
    it may take the capacity of live allocations of strictly lower priority
-   that the pool's rules allow (preemption.py).
+   that the pool's rules allow (preemption.py), but only of allocations
+   that were live before this decision: one granted in the same unit of
+   work (`granted_now`) is never preempted by it (invariant 10: nothing is
+   granted and preempted in one decision).
 5. Queue or refuse: a request that does not fit is queued with `wait`, else
-   refused (`insufficient_capacity`); one bigger than the whole pool is
-   always refused (invariant 10: nothing stays queued that can never be
-   granted), with the same reason it would have waited for.
+   refused (`insufficient_capacity`, what is free now). One bigger than the
+   whole pool is never queued (invariant 10: nothing stays queued that can
+   never be granted): with `wait` it is refused `exceeds_pool` (what the
+   pool has in all), which is why it was not queued.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from allocation_ledger.domain.capacity import never_fits, quota_shortfall, shortfall
-from allocation_ledger.domain.pool_state import PoolState, Reservation
+from allocation_ledger.domain.pool_settings import PoolSettings
+from allocation_ledger.domain.pool_state import (
+    PoolState,
+    QueueEntry,
+    Reservation,
+    ServerInstance,
+)
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.preemption import preemption_victims
 from allocation_ledger.domain.queueing import waiting_ahead
+from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import AllocationRequest, Rejection, Resources
 
 
@@ -77,6 +92,7 @@ def admit(
     preempt: bool,
     wait: bool,
     resources: Resources | None = None,
+    granted_now: Collection[str] = (),
 ) -> Admission:
     """Decide what becomes of a new request in `pool`, as things are at `now`.
 
@@ -84,7 +100,9 @@ def admit(
     `preempt`: whether it may take lower priorities' capacity; `wait`:
     whether it may be queued instead of refused; `resources`: what it holds
     while live (millicores, MiB, workers), if the caller worked it out
-    already (`pool.settings.resources_for(request)`). Reads the pool, changes
+    already (`pool.settings.resources_for(request)`); `granted_now`: the
+    allocations whose reservations were made in this same unit of work
+    (granted from the queue just before): never victims. Reads the pool, changes
     nothing and raises nothing. The rules, in order, are in the module's
     docstring (from docs/scheduling.md).
     """
@@ -98,12 +116,63 @@ def admit(
         if short is None:
             return Grant()
         if preempt:
-            victims = preemption_victims(pool, request, needed, now=now)
+            live_before = _LiveBefore(pool, frozenset(granted_now))
+            victims = preemption_victims(live_before, request, needed, now=now)
             if victims:
                 return Grant(tuple(victims))
         refusal = short
     else:
         refusal = short or ahead
-    if wait and never_fits(pool, needed) is None:
-        return Queue(refusal)
-    return Refuse(refusal)
+    if not wait:
+        return Refuse(refusal)
+    never = never_fits(pool, needed)
+    return Queue(refusal) if never is None else Refuse(never)
+
+
+@dataclass(frozen=True)
+class _LiveBefore:
+    """A pool as preemption sees it for one decision: all as it is, except
+    that reservations made in this same unit of work (`granted_now`) are
+    not there to be taken. What is available, and what MCP servers hold,
+    stay the pool's own, so the victims found free exactly what they hold."""
+
+    pool: PoolState
+    granted_now: frozenset[str]
+
+    @property
+    def settings(self) -> PoolSettings:
+        return self.pool.settings
+
+    @property
+    def available(self) -> Resources:
+        return self.pool.available
+
+    @property
+    def reservations(self) -> Mapping[str, Reservation]:
+        if not self.granted_now:
+            return self.pool.reservations
+        return {
+            allocation_id: reservation
+            for allocation_id, reservation in self.pool.reservations.items()
+            if allocation_id not in self.granted_now
+        }
+
+    @property
+    def servers(self) -> Mapping[str, ServerInstance]:
+        return self.pool.servers
+
+    @property
+    def ports(self) -> PortRanges:
+        return self.pool.ports
+
+    @property
+    def scheduling(self) -> Scheduling:
+        return self.pool.scheduling
+
+    @property
+    def queue(self) -> Mapping[str, QueueEntry]:
+        return self.pool.queue
+
+    @property
+    def quotas(self) -> Mapping[str, Resources]:
+        return self.pool.quotas

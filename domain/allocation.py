@@ -13,6 +13,7 @@ from allocation_ledger.domain.allocation_ids import allocation_uuid, worker_id
 from allocation_ledger.domain.errors import AllocationNotLiveError, AllocationStateError
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.values import (
+    AdmissionOptions,
     AllocationRequest,
     AllocationState,
     Rejection,
@@ -28,7 +29,8 @@ class RequestFacts(TypedDict):
     `rejected` (holding nothing). `resources`: what it holds while live, in
     millicores, MiB and workers (`PoolSettings.resources_for`); `at`: the
     ledger clock's time; `actor`: who asked; `tenant`: whose quota it counts
-    against (none: nobody's).
+    against (none: nobody's); `options`: how it asked to be admitted (wait,
+    max_wait_seconds, preempt), kept so a retry can be compared.
     """
 
     pool: str
@@ -38,6 +40,7 @@ class RequestFacts(TypedDict):
     at: datetime
     actor: str
     tenant: NotRequired[str | None]
+    options: NotRequired[AdmissionOptions]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class Allocation(Aggregate):
         servers: list[list[Any]]  # [name, port, started]
         expires_at: datetime | None
         tenant: str | None = None
+        options: dict[str, Any] | None = None
+        """`AdmissionOptions.as_dict()`; None in events recorded before the
+        options were kept (a retry of those is not compared on them)."""
 
         def apply(self, aggregate: Allocation) -> None:
             aggregate.allocation_id = self.allocation_id
@@ -91,6 +97,10 @@ class Allocation(Aggregate):
             aggregate.expires_at = self.expires_at
             aggregate.requested_by = self.actor
             aggregate.tenant = self.tenant
+            options = self.options
+            aggregate.options = (
+                None if options is None else AdmissionOptions.from_dict(options)
+            )
 
     class Rejected(Event):
         TOPIC = "allocation-ledger:allocation:rejected"
@@ -218,6 +228,7 @@ class Allocation(Aggregate):
         self.error: str | None = None
         self.renewals = 0
         self.tenant: str | None = None
+        self.options: AdmissionOptions | None = None
         self.queue_deadline: datetime | None = None
         self.preempted_by: str | None = None
 
@@ -251,6 +262,7 @@ class Allocation(Aggregate):
             servers=[[name, port, started] for name, port, started in servers],
             expires_at=expires_at,
             tenant=facts.get("tenant"),
+            options=facts.get("options", AdmissionOptions()).as_dict(),
         )
 
     @classmethod
@@ -333,9 +345,11 @@ class Allocation(Aggregate):
             expires_at=at + timedelta(seconds=self.request.ttl_seconds),
         )
 
-    def time_out(self, rejection: Rejection, *, at: datetime, actor: str) -> None:
-        """A queued request whose wait ran out (or can no longer be met)."""
-        self._require(AllocationState.QUEUED, "time out")
+    def refuse_queued(self, rejection: Rejection, *, at: datetime, actor: str) -> None:
+        """A queued request that will not be granted: its wait ran out
+        (`queue_timeout`), or it can never be granted in its pool as it is
+        now (`exceeds_pool`, `quota_exceeded`). It held nothing."""
+        self._require(AllocationState.QUEUED, "refuse")
         self.trigger_event(
             self.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
         )

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from allocation_ledger.domain.pool_state import PoolState, Reservation
 from allocation_ledger.domain.ports import free_mcp_ports
 from allocation_ledger.domain.values import (
+    EXCEEDS_POOL,
     INSUFFICIENT_CAPACITY,
     QUOTA_EXCEEDED,
     AllocationRequest,
@@ -73,16 +74,15 @@ def shortfall(
 
 def never_fits(pool: PoolState, needed: Resources) -> Rejection | None:
     """Why a request could not fit even in the empty pool, if so: such a
-    request is refused rather than queued forever (invariant 10: nothing
-    stays queued that can never be granted). `available` in the answer is
-    the pool's total. Code `insufficient_capacity`."""
+    request is refused rather than queued, and one already queued fails
+    when the pool shrinks below it (invariant 10: nothing stays queued that
+    can never be granted). `available` in the answer is the pool's total.
+    Code `exceeds_pool`."""
     total = pool.settings.capacity
     for dimension in AMOUNTS:
         wanted = needed.amount(dimension)
         if wanted > 0 and wanted > total.amount(dimension):
-            return Rejection(
-                INSUFFICIENT_CAPACITY, dimension, wanted, total.amount(dimension)
-            )
+            return Rejection(EXCEEDS_POOL, dimension, wanted, total.amount(dimension))
     return None
 
 
@@ -112,4 +112,21 @@ def quota_shortfall(
         left = limit.amount(dimension) - held.amount(dimension)
         if wanted > 0 and wanted > left:
             return Rejection(QUOTA_EXCEEDED, dimension, wanted, max(left, 0))
+    return None
+
+
+def quota_never_fits(
+    pool: PoolState, tenant: str | None, needed: Resources
+) -> Rejection | None:
+    """Why a request could not fit its tenant's quota even if the tenant held
+    nothing, if so (a quota merely used up now is not that: it frees as the
+    tenant's leases end). `available` in the answer is the quota's limit.
+    Code `quota_exceeded`."""
+    if tenant is None or tenant not in pool.quotas:
+        return None
+    limit = pool.quotas[tenant]
+    for dimension in AMOUNTS:
+        wanted = needed.amount(dimension)
+        if wanted > 0 and wanted > limit.amount(dimension):
+            return Rejection(QUOTA_EXCEEDED, dimension, wanted, limit.amount(dimension))
     return None

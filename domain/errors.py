@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 
 class LedgerError(Exception):
     """Base of every error the ledger raises on purpose."""
@@ -55,20 +58,45 @@ class AllocationStateError(LedgerError):
         self.action = action
 
 
-class IdempotencyConflictError(LedgerError):
-    """A request_id was reused with a different request body."""
+@dataclass(frozen=True)
+class ArgumentChange:
+    """One argument a retry gave otherwise than the request it retries:
+    its name (the domain's: `servers` for MCP's `mcp_servers`) and both
+    values, as the ledger holds them (`original` from the recorded request)."""
+
+    argument: str
+    original: Any
+    retried: Any
+
+
+class RequestIdConflictError(LedgerError):
+    """A request_id was reused with different arguments: not a retry.
+
+    `changes`: each argument that differs, with both values, in the order
+    job_id, servers, workers, priority, ttl_seconds, metadata, tenant, wait,
+    max_wait_seconds, preempt, dry_run; `differing`: their names. Nothing
+    was written.
+    """
 
     def __init__(
-        self, request_id: str, allocation_id: str, differing: list[str]
+        self, request_id: str, allocation_id: str, changes: list[ArgumentChange]
     ) -> None:
+        described = "; ".join(
+            f"{c.argument} was {c.original!r}, now {c.retried!r}" for c in changes
+        )
         super().__init__(
             f"request_id {request_id!r} was already used for allocation "
-            f"{allocation_id} with a different request "
-            f"(differs in: {', '.join(differing)})"
+            f"{allocation_id} with other arguments ({described}); a retry must "
+            "repeat them, and a different request needs a new request_id"
         )
         self.request_id = request_id
         self.allocation_id = allocation_id
-        self.differing = differing
+        self.changes = changes
+        self.differing = [c.argument for c in changes]
+
+
+IdempotencyConflictError = RequestIdConflictError
+"""The former name of RequestIdConflictError."""
 
 
 class ConcurrentUpdateError(LedgerError):

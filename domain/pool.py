@@ -229,7 +229,8 @@ class Pool(PoolDecisions, Aggregate):
             )
 
     class Dequeued(Event):
-        """Left the queue: granted, timed out or cancelled."""
+        """Left the queue: granted, timed out, refused (it could never be
+        granted) or cancelled."""
 
         TOPIC = "allocation-ledger:pool:dequeued"
         allocation_id: str

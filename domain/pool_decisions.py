@@ -301,8 +301,9 @@ class PoolDecisions(_Aggregate):
     def dequeue(
         self, allocation_id: str, outcome: str, *, at: datetime, actor: str
     ) -> bool:
-        """Take a request out of the queue; `outcome`: granted, timed_out or
-        cancelled. False if it was not queued here."""
+        """Take a request out of the queue; `outcome`: granted, timed_out,
+        refused (it can never be granted here) or cancelled. False if it was
+        not queued here."""
         if allocation_id not in self.queue:
             return False
         self.trigger_event(

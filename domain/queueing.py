@@ -1,4 +1,5 @@
-"""A pool's queue: its order, who may pass it, whom to grant, who timed out.
+"""A pool's queue: its order, who may pass it, whom to grant, who timed out,
+who can never be granted.
 
 Pure functions over a pool's state (`PoolState`); the rules are those of
 docs/scheduling.md ("The queue"): requests are served by effective priority
@@ -11,7 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from allocation_ledger.domain.capacity import quota_shortfall, shortfall
+from allocation_ledger.domain.capacity import (
+    never_fits,
+    quota_never_fits,
+    quota_shortfall,
+    shortfall,
+)
 from allocation_ledger.domain.pool_state import PoolState, QueueEntry
 from allocation_ledger.domain.ports import free_mcp_ports
 from allocation_ledger.domain.scheduling import queue_rank
@@ -19,6 +25,7 @@ from allocation_ledger.domain.values import (
     QUEUED_AHEAD,
     AllocationRequest,
     Dimension,
+    Priority,
     QueuePolicy,
     Rejection,
     Resources,
@@ -85,16 +92,42 @@ def waiting_ahead(
     return Rejection(QUEUED_AHEAD, dimension, requested, max(available, 0))
 
 
-def next_to_grant(pool: PoolState, now: datetime) -> QueueEntry | None:
+def next_to_grant(
+    pool: PoolState, now: datetime, *, ahead_of: Priority | None = None
+) -> QueueEntry | None:
     """The queued request to grant now, if any: the head if it fits
     (strict), or the first that fits (backfill). Fitting includes the
-    tenant's quota."""
+    tenant's quota.
+
+    `ahead_of`: the priority of a newcomer being admitted; only requests
+    that come before it in the one ranking of queue and newcomer are
+    considered (effective priority at least its own: a tie goes to the
+    earlier arrival, the queued one). The rest come after it.
+    """
     for entry in queue_order(pool, now):
+        if ahead_of is not None and effective_rank(pool, entry, now) < ahead_of.rank:
+            return None
         if blocked_by(pool, entry) is None:
             return entry
         if pool.scheduling.queue_policy is QueuePolicy.STRICT:
             return None
     return None
+
+
+def never_granted(pool: PoolState) -> list[tuple[QueueEntry, Rejection]]:
+    """Queued requests that can never be granted in the pool as it is now,
+    with why, in arrival order: those bigger than the pool's total in some
+    dimension (`exceeds_pool`) and those over their tenant's quota even if
+    it held nothing (`quota_exceeded`). A request short only of what is free
+    now, or of what its tenant's quota has left now, is not one of them: it
+    waits for leases to end (invariant 10)."""
+    found: list[tuple[QueueEntry, Rejection]] = []
+    for entry in sorted(pool.queue.values(), key=lambda e: e.arrival):
+        needed = pool.settings.resources_for(entry.request)
+        never = never_fits(pool, needed) or quota_never_fits(pool, entry.tenant, needed)
+        if never is not None:
+            found.append((entry, never))
+    return found
 
 
 def timed_out(pool: PoolState, now: datetime) -> list[QueueEntry]:

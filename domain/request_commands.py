@@ -18,20 +18,27 @@ from allocation_ledger.domain.admission import Admission, Grant, Queue, Refuse, 
 from allocation_ledger.domain.allocation import Allocation, RequestFacts
 from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.capacity import shortfall
-from allocation_ledger.domain.errors import IdempotencyConflictError
+from allocation_ledger.domain.errors import ArgumentChange, RequestIdConflictError
 from allocation_ledger.domain.lease_commands import expire_due_leases
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.pool_state import Reservation
 from allocation_ledger.domain.provisioning import Provisioning
-from allocation_ledger.domain.queueing import blocked_by, next_to_grant, timed_out
+from allocation_ledger.domain.queueing import (
+    blocked_by,
+    never_granted,
+    next_to_grant,
+    timed_out,
+)
 from allocation_ledger.domain.results import RequestResult, StoppedServer
 from allocation_ledger.domain.scheduling import validate_wait
 from allocation_ledger.domain.unit_of_work import UnitOfWork
 from allocation_ledger.domain.values import (
     QUEUE_TIMEOUT,
+    AdmissionOptions,
     AllocationRequest,
     AllocationState,
     Dimension,
+    Priority,
     Rejection,
     validate_pool_name,
     validate_request_id,
@@ -59,10 +66,13 @@ class RequestCommands(Provisioning):
         """Reserve capacity for a request, then provision it.
 
         Before anything is refused, allocations whose lease already ran out are
-        expired in the same transaction, so a late sweep never costs capacity.
-        A request that still does not fit may take the capacity of live
-        allocations of strictly lower priority, where the pool's policy allows
-        (and `preempt` is true). Otherwise, with `wait`, it is queued (holding
+        expired in the same transaction, so a late sweep never costs capacity;
+        what that frees goes in one ranking to the queue and the newcomer
+        (requests queued with at least its priority, effective, first). A
+        request that still does not fit may take the capacity of allocations
+        of strictly lower priority that were live before it came (never one
+        granted in this same decision), where the pool's policy allows (and
+        `preempt` is true). Otherwise, with `wait`, it is queued (holding
         nothing) until room frees or `max_wait_seconds` pass; without, it is
         recorded as rejected, with the reason. Under the pool's strict queue
         policy a newcomer does not pass requests already waiting ahead of it.
@@ -76,13 +86,24 @@ class RequestCommands(Provisioning):
         if tenant is not None:
             validate_tenant(tenant)
 
+        options = AdmissionOptions(
+            wait=wait, max_wait_seconds=max_wait_seconds, preempt=preempt
+        )
+
         def body(work: UnitOfWork) -> RequestResult:
             now = self.clock.now()
             if request_id is not None:
                 allocation_id = allocation_id_for_request(pool, request_id)
                 existing = work.find_allocation(allocation_id, fresh=True)
                 if existing is not None:
-                    _check_same_request(existing, request, request_id)
+                    _check_same_request(
+                        existing,
+                        request,
+                        request_id,
+                        tenant=tenant,
+                        options=options,
+                        dry_run=dry_run,
+                    )
                     return RequestResult(
                         existing.snapshot(), None, replayed=True, dry_run=dry_run
                     )
@@ -94,8 +115,14 @@ class RequestCommands(Provisioning):
             if shortfall(target, request, needed) is not None and target.due(now):
                 expired = expire_due_leases(work, target, now, limit=None)
                 work.teardown.extend(work.allocation(i).snapshot() for i in expired)
-                # What expiry freed goes first to those already waiting.
-                self.serve_queue(work, target)
+            # The newcomer and the queue share one ranking: first, what waits
+            # ahead of it is served (with what expiry just freed); then it is
+            # admitted; the rest of the queue is served when the pool saves.
+            granted_ahead = (
+                self.serve_queue(work, target, ahead_of=request.priority)
+                if target.queue
+                else []
+            )
             decision = admit(
                 target,
                 request,
@@ -104,6 +131,7 @@ class RequestCommands(Provisioning):
                 preempt=preempt,
                 wait=wait,
                 resources=needed,
+                granted_now=granted_ahead,
             )
             if not isinstance(decision, Grant):
                 work.require_current()  # never refuse on a cached read
@@ -115,6 +143,7 @@ class RequestCommands(Provisioning):
                 at=now,
                 actor=actor,
                 tenant=tenant,
+                options=options,
             )
             allocation = self._carry_out(
                 work,
@@ -241,9 +270,24 @@ class RequestCommands(Provisioning):
         pool.free(victim.allocation_id, "preempted", at=now, actor=actor)
         work.teardown.append(allocation.snapshot())
 
-    def serve_queue(self, work: UnitOfWork, pool: Pool) -> None:
-        """Time out requests that waited too long, then grant, in order, what
-        now fits. Runs inside the unit of work that freed the room."""
+    def serve_queue(
+        self, work: UnitOfWork, pool: Pool, *, ahead_of: Priority | None = None
+    ) -> list[str]:
+        """Re-examine the pool's queue and grant, in order, what now fits.
+
+        Runs inside the unit of work that changed the pool (freed room,
+        changed its capacity, settings or a quota), before it saves. First,
+        requests whose maximum wait passed fail (`queue_timeout`); then those
+        that can never be granted in the pool as it now is fail (`exceeds_pool`
+        when bigger than the pool's total, `quota_exceeded` when bigger than
+        their tenant's quota; `queueing.never_granted`), so nothing waits
+        for ever, nor keeps others waiting behind it; then waiting requests
+        are granted in queue order while they fit (`queueing.next_to_grant`).
+
+        `ahead_of`: a newcomer's priority; only requests that rank before it
+        are granted (the request command, before admitting it). Answers the
+        allocation ids granted.
+        """
         now = self.clock.now()
         for late in timed_out(pool, now):
             waited_for = blocked_by(pool, late)
@@ -253,11 +297,20 @@ class RequestCommands(Provisioning):
                 waited_for.requested if waited_for else 0,
                 waited_for.available if waited_for else 0,
             )
-            work.allocation(late.allocation_id).time_out(
+            work.allocation(late.allocation_id).refuse_queued(
                 reason, at=now, actor=SCHEDULER_ACTOR
             )
             pool.dequeue(late.allocation_id, "timed_out", at=now, actor=SCHEDULER_ACTOR)
-        while (entry := next_to_grant(pool, now)) is not None:
+        for hopeless, reason in never_granted(pool):
+            work.allocation(hopeless.allocation_id).refuse_queued(
+                reason, at=now, actor=SCHEDULER_ACTOR
+            )
+            pool.dequeue(
+                hopeless.allocation_id, "refused", at=now, actor=SCHEDULER_ACTOR
+            )
+        granted: list[str] = []
+        while (entry := next_to_grant(pool, now, ahead_of=ahead_of)) is not None:
+            granted.append(entry.allocation_id)
             allocation = work.allocation(entry.allocation_id)
             pool.dequeue(entry.allocation_id, "granted", at=now, actor=SCHEDULER_ACTOR)
             ports = pool.reserve(
@@ -278,13 +331,40 @@ class RequestCommands(Provisioning):
                 self._provision_now(allocation, pool, at=now, actor=SCHEDULER_ACTOR)
             else:
                 work.to_provision.append(allocation.snapshot())
+        return granted
 
 
 def _check_same_request(
-    existing: Allocation, request: AllocationRequest, request_id: str
+    existing: Allocation,
+    request: AllocationRequest,
+    request_id: str,
+    *,
+    tenant: str | None,
+    options: AdmissionOptions,
+    dry_run: bool,
 ) -> None:
+    """A retry is the same request, or it is refused (invariant 6).
+
+    Compared: the request itself (job, servers, workers, priority, ttl,
+    metadata), its tenant, how it asked to be admitted (wait,
+    max_wait_seconds, preempt; not for requests recorded before those were
+    kept) and dry_run: what was recorded was a real request (a dry run
+    records nothing), so a dry run with its request_id is not a retry of it.
+    Raises RequestIdConflictError naming every argument that differs.
+    """
+    changes: list[ArgumentChange] = []
     before: dict[str, Any] = existing.request.as_dict()
-    after = request.as_dict()
-    differing = [key for key in after if before.get(key) != after[key]]
-    if differing:
-        raise IdempotencyConflictError(request_id, existing.allocation_id, differing)
+    for key, value in request.as_dict().items():
+        if before.get(key) != value:
+            changes.append(ArgumentChange(key, before.get(key), value))
+    if existing.tenant != tenant:
+        changes.append(ArgumentChange("tenant", existing.tenant, tenant))
+    if existing.options is not None:
+        recorded = existing.options.as_dict()
+        for key, value in options.as_dict().items():
+            if recorded[key] != value:
+                changes.append(ArgumentChange(key, recorded[key], value))
+    if dry_run:
+        changes.append(ArgumentChange("dry_run", False, True))
+    if changes:
+        raise RequestIdConflictError(request_id, existing.allocation_id, changes)

@@ -411,8 +411,9 @@ class UnitOfWorkApplication(Application[UUID]):
             self.pause(min(0.002 * 2**attempt, 0.25) * (0.5 + self.jitter()))
         raise ConcurrentUpdateError(command, self.max_attempts)
 
-    def serve_queue(self, work: UnitOfWork, pool: Pool) -> None:
-        """Serve the pool's queue inside `work` (before it saves)."""
+    def serve_queue(self, work: UnitOfWork, pool: Pool) -> list[str]:
+        """Serve the pool's queue inside `work` (before it saves); answers
+        the allocation ids granted."""
         raise NotImplementedError
 
     def snapshot_if_long(self, pool: Pool, replayed: int) -> None:

@@ -176,8 +176,11 @@ INSUFFICIENT_CAPACITY = "insufficient_capacity"
 QUEUE_TIMEOUT = "queue_timeout"
 QUOTA_EXCEEDED = "quota_exceeded"
 QUEUED_AHEAD = "queued_ahead"
+EXCEEDS_POOL = "exceeds_pool"
 """Refusal codes: the pool is short; the wait ran out; the tenant's quota
-would be exceeded; it would fit, but requests waiting in the queue come first."""
+would be exceeded; it would fit, but requests waiting in the queue come first;
+it needs more than the pool's total in some dimension, so it could never be
+granted (a request that waits, or one already queued when the pool shrank)."""
 
 
 class QueuePolicy(StrEnum):
@@ -260,6 +263,34 @@ class AllocationRequest:
             "ttl_seconds": self.ttl_seconds,
             "metadata": self.metadata,
         }
+
+
+@dataclass(frozen=True)
+class AdmissionOptions:
+    """How a request asked to be admitted, beside what it asks for: whether
+    it may wait in the queue, for how long at most (seconds; None: as long
+    as it takes) and whether it may preempt. Recorded with the request, so
+    that a retry with the same request_id is checked against them too."""
+
+    wait: bool = False
+    max_wait_seconds: int | None = None
+    preempt: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as stored in the Requested event and compared on retry."""
+        return {
+            "wait": self.wait,
+            "max_wait_seconds": self.max_wait_seconds,
+            "preempt": self.preempt,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdmissionOptions:
+        return cls(
+            wait=bool(data["wait"]),
+            max_wait_seconds=data["max_wait_seconds"],
+            preempt=bool(data["preempt"]),
+        )
 
 
 def parse_priority(value: object) -> Priority:

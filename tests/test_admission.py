@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from allocation_ledger.domain.admission import Admission, Grant, Queue, Refuse, admit
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
+    EXCEEDS_POOL,
     INSUFFICIENT_CAPACITY,
     QUEUED_AHEAD,
     QUOTA_EXCEEDED,
@@ -268,14 +267,17 @@ def test_quota_comes_before_the_queue_and_preemption() -> None:
 # -- never fits --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("wait", [False, True])
-def test_a_request_bigger_than_the_pool_is_refused_even_with_wait(wait: bool) -> None:
+def test_a_request_bigger_than_the_pool_is_refused_even_with_wait() -> None:
     pool = small_pool()
     hold(pool, "alloc-00000000000a", 1)
-    # Refused with the reason it would have waited for: what is free now.
-    refused = Refuse(Rejection(INSUFFICIENT_CAPACITY, Dimension.WORKERS, 5, 3))
-    assert decide(pool, ask(5), wait=wait) == refused
-    assert decide(pool, ask(5, CRITICAL), wait=wait) == refused
+    # Without wait: the original refusal, what is free now.
+    short = Refuse(Rejection(INSUFFICIENT_CAPACITY, Dimension.WORKERS, 5, 3))
+    assert decide(pool, ask(5)) == short
+    assert decide(pool, ask(5, CRITICAL)) == short
+    # With wait: why it is not queued, what the pool has in all.
+    never = Refuse(Rejection(EXCEEDS_POOL, Dimension.WORKERS, 5, 4))
+    assert decide(pool, ask(5), wait=True) == never
+    assert decide(pool, ask(5, CRITICAL), wait=True) == never
 
 
 def test_a_request_that_fits_the_empty_pool_is_queued_with_wait() -> None:

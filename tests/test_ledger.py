@@ -858,16 +858,19 @@ def test_a_dry_run_that_does_not_fit_gives_the_reason_and_writes_nothing(
     assert reserved(ledger) == Resources(8_000, 16_384, 8)
 
 
-def test_a_dry_run_with_a_used_request_id_returns_that_allocation(
+def test_a_dry_run_with_a_used_request_id_is_refused_naming_dry_run(
     ledger: Ledger,
 ) -> None:
+    # What was recorded under the request_id is a real request; a dry run is
+    # not a retry of it (docs/tools.md, "Retries").
     first = ledger.request(AllocationRequest("job", workers=1), request_id="r")
     position = last_position(ledger)
-    again = ledger.request(
-        AllocationRequest("job", workers=1), request_id="r", dry_run=True
-    )
-    assert again.allocation.allocation_id == first.allocation.allocation_id
-    assert again.allocation.state is AllocationState.ACTIVE
+    with pytest.raises(IdempotencyConflictError) as raised:
+        ledger.request(
+            AllocationRequest("job", workers=1), request_id="r", dry_run=True
+        )
+    assert raised.value.differing == ["dry_run"]
+    assert raised.value.allocation_id == first.allocation.allocation_id
     assert last_position(ledger) == position
 
 

@@ -25,8 +25,10 @@ replay of the whole notification log:
 3. an MCP server's reference count equals the live allocations naming it;
 4. a terminal allocation never changes again (no event after it);
 5. replaying the log into fresh read models gives exactly the live ones;
-6. a retried `request_id` with the same body returns the same allocation and
-   writes nothing; with a different body it is refused and writes nothing.
+6. a retried `request_id` with the same body and options returns the same
+   allocation and writes nothing; with a different body, another `preempt`,
+   or as a dry run (a dry run is not a retry of a real request) it is refused
+   and writes nothing.
 
 Each command's answer is compared with the model too (state, ports, rejection
 reason, preemption victims, expiry order, stopped servers, release status),
@@ -289,6 +291,8 @@ class ModelAllocation:
     since: datetime | None = None
     ended_at: datetime | None = None
     preempted_by: str | None = None
+    preempt: bool = True
+    """As requested: a retry must ask the same."""
 
     @property
     def live(self) -> bool:
@@ -546,7 +550,9 @@ class Model:
     ) -> Expect:
         if request_id is not None and (pool, request_id) in self.keys:
             existing = self.allocations[self.keys[(pool, request_id)]]
-            if existing.body != body:
+            # A retry is the same request: body and options; a dry run never
+            # retries a real request (nothing recorded is a dry run).
+            if existing.body != body or existing.preempt != preempt or dry_run:
                 return Expect(error=IdempotencyConflictError)
             return Expect(kind="replayed", allocation=copy.deepcopy(existing))
         if pool not in self.pools and pool != DEFAULT_POOL:
@@ -611,6 +617,7 @@ class Model:
             state=FAILED,
             resources=self.cost(pool_name, body),
             since=self.now,
+            preempt=preempt,
         )
         if rejection is not None:
             allocation.rejection = rejection
@@ -1233,16 +1240,27 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.model.keys))
     @rule(data=st.data(), dry_run=st.booleans())
     def retry_same_body(self, data: st.DataObject, dry_run: bool) -> None:
-        """Invariant 6: same request_id and body: same allocation, nothing written."""
+        """Invariant 6: same request_id, body and options: same allocation,
+        nothing written; the same as a dry run: refused naming dry_run."""
         pool, request_id = data.draw(st.sampled_from(sorted(self.model.keys)))
         original = self.model.allocations[self.model.keys[(pool, request_id)]]
         before = self._position()
-        result = self.ledger.request(
-            original.body.to_request(),
-            pool=pool,
-            request_id=request_id,
-            dry_run=dry_run,
+        result, error = self._call(
+            lambda: self.ledger.request(
+                original.body.to_request(),
+                pool=pool,
+                request_id=request_id,
+                dry_run=dry_run,
+                preempt=original.preempt,
+            )
         )
+        if dry_run:
+            assert isinstance(error, IdempotencyConflictError), repr(error)
+            assert error.differing == ["dry_run"]
+            assert self._position() == before, "a refused retry wrote events"
+            _count("retry with the same body as a dry run: refused")
+            return
+        assert error is None and result is not None, repr(error)
         assert self._position() == before, "an idempotent retry wrote events"
         assert result.replayed
         assert result.position is None
@@ -1262,6 +1280,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 original.body.changed(change).to_request(),
                 pool=pool,
                 request_id=request_id,
+                preempt=original.preempt,
             )
         )
         assert isinstance(error, IdempotencyConflictError), repr(error)

@@ -373,6 +373,209 @@ async def test_a_tenant_over_its_quota_is_refused_even_when_it_would_wait(
     assert (await ask(client, "a3", 1, tenant="team-a"))["status"] == "active"
 
 
+# -- what can never be granted does not wait -----------------------------------
+
+
+async def test_a_queued_request_bigger_than_the_shrunk_pool_fails_the_queue_moves_on(
+    client: Client, service: AllocationService
+) -> None:
+    holder = await ask(client, "holder", 4)
+    big = await ask(client, "big", 4, wait=True)
+    small = await ask(client, "small", 1, wait=True)
+    assert big["status"] == small["status"] == "queued"
+
+    shrunk = await call(client, "set_capacity", workers=2)
+    assert shrunk["changed"] is True
+    failed = await call(client, "get_allocation", allocation_id=big["allocation_id"])
+    assert failed["state"] == "failed"
+    assert failed["reason"] == {
+        "code": "exceeds_pool",
+        "dimension": "workers",
+        "requested": 4,
+        "available": 2,
+    }
+    assert failed["error"] == (
+        "Exceeds the pool: requested 4 workers, the pool has 2 in all"
+    )
+    history = await call(
+        client, "get_allocation_history", allocation_id=big["allocation_id"]
+    )
+    assert [(e["event"], e["actor"]) for e in history["events"]][-1] == (
+        "rejected",
+        SCHEDULER_ACTOR,
+    )
+    queue = await call(client, "get_queue")
+    assert [e["allocation_id"] for e in queue["queue"]] == [small["allocation_id"]]
+
+    recorder = service.ledger.recorder
+    real_insert = recorder.insert_events
+    transactions: list[list[str]] = []
+
+    def spy(stored_events: Sequence[Any], **kwargs: Any) -> Any:
+        transactions.append([e.topic for e in stored_events])
+        return real_insert(stored_events, **kwargs)
+
+    recorder.insert_events = spy  # type: ignore[method-assign]
+    try:
+        await call(client, "release_resources", allocation_id=holder["allocation_id"])
+    finally:
+        recorder.insert_events = real_insert  # type: ignore[method-assign]
+    [topics] = transactions  # the release and the grant, in one transaction
+    assert "allocation-ledger:allocation:released" in topics
+    assert "allocation-ledger:allocation:granted" in topics
+    assert await state_of(client, small) == "active"
+    assert (await call(client, "get_queue"))["count"] == 0
+    newcomer = await ask(client, "newcomer", 1, "high")
+    assert newcomer["status"] == "active"  # nothing left at the head to wait for
+
+
+async def test_a_request_bigger_than_the_pool_that_would_wait_is_refused_exceeds_pool(
+    client: Client,
+) -> None:
+    refused = await ask(client, "huge", 5, wait=True)
+    assert refused["status"] == "failed"
+    assert refused["reason"] == {
+        "code": "exceeds_pool",
+        "dimension": "workers",
+        "requested": 5,
+        "available": 4,
+    }
+    assert refused["error"] == (
+        "Exceeds the pool: requested 5 workers, the pool has 4 in all"
+    )
+
+
+async def test_a_queued_request_over_its_lowered_quota_fails_and_the_queue_moves_on(
+    client: Client,
+) -> None:
+    await ask(client, "holder", 3)
+    team_a = await ask(client, "a", 3, tenant="team-a", wait=True)
+    team_b = await ask(client, "b", 1, tenant="team-b", wait=True)
+    assert team_a["status"] == team_b["status"] == "queued"
+
+    await call(client, "set_quota", tenant="team-a", workers=2)
+    failed = await call(client, "get_allocation", allocation_id=team_a["allocation_id"])
+    assert failed["state"] == "failed"
+    assert failed["reason"] == {
+        "code": "quota_exceeded",
+        "dimension": "workers",
+        "requested": 3,
+        "available": 2,
+    }
+    assert await state_of(client, team_b) == "active"
+    assert (await call(client, "get_queue"))["count"] == 0
+
+
+async def test_a_queued_request_whose_quota_is_only_used_up_now_keeps_waiting(
+    client: Client,
+) -> None:
+    own = await ask(client, "a-holder", 2, tenant="team-a")
+    other = await ask(client, "b-holder", 2, tenant="team-b")
+    waiting = await ask(client, "a-waits", 2, tenant="team-a", wait=True)
+    await call(client, "set_quota", tenant="team-a", workers=3)
+    assert await state_of(client, waiting) == "queued"
+    await call(client, "release_resources", allocation_id=other["allocation_id"])
+    assert await state_of(client, waiting) == "queued"
+    await call(client, "release_resources", allocation_id=own["allocation_id"])
+    assert await state_of(client, waiting) == "active"
+
+
+# -- granted or preempted, never both in one decision ---------------------------
+
+
+async def test_room_freed_by_expiry_goes_by_rank_to_the_newcomer_and_the_queue(
+    client: Client, clock: ManualClock
+) -> None:
+    x = await ask(client, "x", 4, ttl_seconds=60)
+    q1 = await ask(client, "q1", 2, wait=True)
+    q2 = await ask(client, "q2", 2, wait=True)
+    clock.advance(61)
+    urgent = await ask(client, "urgent", 2, "critical")
+    assert urgent["status"] == "active"
+    assert urgent["expired_first"] == [x["allocation_id"]]
+    assert urgent["preempted"] == []
+    assert await state_of(client, q1) == "active"
+    assert await state_of(client, q2) == "queued"
+    assert await events_of(client, q1) == [
+        "requested",
+        "queued",
+        "granted",
+        "activated",
+    ]
+
+
+# -- a retry is the same request ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "wording"),
+    [
+        ({"tenant": "team-b"}, "tenant was 'team-a', now 'team-b'"),
+        ({"wait": True}, "wait was false, now true"),
+        ({"max_wait_seconds": 600}, "max_wait_seconds was null, now 600"),
+        ({"preempt": False}, "preempt was true, now false"),
+        ({"dry_run": True}, "dry_run was false, now true"),
+        (
+            {"mcp_servers": ["github"], "wait": True},
+            'mcp_servers was [], now ["github"]; wait was false, now true',
+        ),
+    ],
+)
+async def test_a_retry_with_other_arguments_is_an_error_naming_each_with_both_values(
+    client: Client,
+    service: AllocationService,
+    changes: dict[str, Any],
+    wording: str,
+) -> None:
+    arguments: dict[str, Any] = {
+        "job_id": "j",
+        "mcp_servers": [],
+        "workers": 1,
+        "request_id": "r-1",
+        "tenant": "team-a",
+    }
+    first = await call(client, "request_resources", **arguments)
+    history = await call(
+        client, "get_allocation_history", allocation_id=first["allocation_id"]
+    )
+    recorded = history["events"][0]["changes"]
+    assert (recorded["tenant"], recorded["wait"], recorded["preempt"]) == (
+        "team-a",
+        False,
+        True,
+    )
+    assert recorded["max_wait_seconds"] is None
+    before = max_notification_id(service)
+    error = await call_error(client, "request_resources", {**arguments, **changes})
+    assert (
+        "request_id 'r-1' was already used for allocation "
+        f"{first['allocation_id']} with other arguments, so this is not a retry "
+        "of it: "
+    ) in error
+    assert wording in error
+    assert max_notification_id(service) == before  # nothing changed
+    again = await call(client, "request_resources", **arguments)
+    assert again["replayed"] is True
+
+
+async def test_a_retry_by_another_tenant_does_not_learn_whose_it_was(
+    service: AllocationService,
+) -> None:
+    async with as_token(service, "agent-7", "write") as writer:
+        first = await call(
+            writer, "request_resources", job_id="j", mcp_servers=[], request_id="r-9"
+        )
+        assert first["status"] == "active"
+    async with as_token(service, "agent-8", "write") as other:
+        error = await call_error(
+            other,
+            "request_resources",
+            {"job_id": "j", "mcp_servers": [], "request_id": "r-9"},
+        )
+    assert "tenant was another tenant, now 'agent-8'" in error
+    assert "agent-7" not in error
+
+
 # -- who may do what -----------------------------------------------------------
 
 

@@ -7,6 +7,10 @@ holds what; it checks the invariants themselves against the ledger's pool:
 - a queued request never holds capacity;
 - after any command, the queue holds nothing the policy would grant now
   (strict: the head does not fit; backfill: no entry fits);
+- after any step, nothing queued is one that can never be granted (bigger
+  than the pool's total, or than its tenant's quota);
+- a request preempts only allocations that were live before it came, never
+  one granted in the same decision;
 - every reservation, and only live allocations, are counted (invariant 1);
 - only strictly lower priorities are preempted, and no reservation passed its
   tenant's quota (both checked event by event by `verify`).
@@ -79,6 +83,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         tenant: str | None,
         servers: tuple[str, ...],
     ) -> str:
+        live_before = set(self.ledger.pool("default").reservations)
         result = self.ledger.request(
             AllocationRequest(f"job-{next(self.ids)}", servers, workers, priority),
             wait=wait,
@@ -90,6 +95,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         if allocation.state is AllocationState.QUEUED:
             assert wait
         for victim in result.preempted:
+            assert victim in live_before, f"{victim} granted and preempted at once"
             taken = self.ledger.allocation(victim)
             assert taken.state is AllocationState.PREEMPTED
             assert taken.request.priority.rank < priority.rank
@@ -155,6 +161,21 @@ class SchedulingMachine(RuleBasedStateMachine):
             return
         pool = self.ledger.pool("default")
         assert pool.next_to_grant(self.clock.now()) is None
+
+    @invariant()
+    def nothing_queued_can_never_be_granted(self) -> None:
+        pool = self.ledger.pool("default")
+        for entry in pool.queue.values():
+            needed = pool.settings.resources_for(entry.request).as_dict()
+            limits = [pool.settings.capacity.as_dict()]
+            if entry.tenant in pool.quotas:
+                limits.append(pool.quotas[entry.tenant].as_dict())
+            for limit in limits:
+                for dimension, amount in needed.items():
+                    assert amount == 0 or amount <= limit[dimension], (
+                        f"{entry.allocation_id} waits for {amount} {dimension} "
+                        f"of at most {limit[dimension]}"
+                    )
 
 
 TestScheduling = SchedulingMachine.TestCase

@@ -83,6 +83,8 @@ def _changes(event: Allocation.Event) -> dict[str, Any]:
     """What one event recorded, in client units."""
     if isinstance(event, Allocation.Requested):
         request = event.request
+        # How it asked to be admitted; not recorded by older ledgers.
+        options = {} if event.options is None else dict(event.options)
         return {
             "job_id": request["job_id"],
             "pool": event.pool,
@@ -100,6 +102,7 @@ def _changes(event: Allocation.Event) -> dict[str, Any]:
             ],
             "expires_at": _json_safe(event.expires_at),
             "tenant": event.tenant,
+            **options,
         }
     if isinstance(event, Allocation.Rejected):
         reason = reason_of(Rejection.from_dict(event.reason))

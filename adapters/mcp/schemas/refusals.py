@@ -1,13 +1,17 @@
-"""Why a request was refused, in client units and in the original wording."""
+"""Why a request was refused, in client units and in the original wording;
+why a retry with a used request_id was refused."""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.domain.errors import RequestIdConflictError
 from allocation_ledger.domain.values import (
+    EXCEEDS_POOL,
     QUEUE_TIMEOUT,
     QUEUED_AHEAD,
     QUOTA_EXCEEDED,
@@ -23,8 +27,10 @@ class Reason(BaseModel):
         description=(
             "'insufficient_capacity' (the pool is short), 'quota_exceeded' (the "
             "tenant's quota would be passed), 'queued_ahead' (it would fit, but "
-            "requests queued ahead of it come first) or 'queue_timeout' (its "
-            "max_wait_seconds passed while queued)."
+            "requests queued ahead of it come first), 'queue_timeout' (its "
+            "max_wait_seconds passed while queued) or 'exceeds_pool' (it needs "
+            "more than the pool has in all, so it could never be granted: not "
+            "queued, or failed in the queue when the pool shrank)."
         )
     )
     dimension: Literal["workers", "cpu", "memory", "mcp_ports"]
@@ -34,7 +40,9 @@ class Reason(BaseModel):
     available: int | float = Field(
         description=(
             "What the pool had left (cpu in cores, memory in MB); for "
-            "quota_exceeded, what the tenant's quota had left."
+            "quota_exceeded, what the tenant's quota had left (for a queued "
+            "request failed by a lower quota: the quota's limit); for "
+            "exceeds_pool, the pool's total."
         )
     )
 
@@ -66,6 +74,44 @@ def refusal_message(reason: Reason) -> str:
             f"Requests queued ahead come first ({reason.dimension}: {amounts} "
             "after them)"
         )
+    if reason.code == EXCEEDS_POOL:
+        return (
+            f"Exceeds the pool: requested {reason.requested} {reason.dimension}, "
+            f"the pool has {reason.available} in all"
+        )
     if reason.code == QUEUE_TIMEOUT:
         return f"Queue wait ran out: insufficient {reason.dimension}: {amounts}"
     return f"Insufficient {reason.dimension}: {amounts}"
+
+
+ARGUMENT_NAMES = {"servers": "mcp_servers"}
+"""request_resources's names for the domain's, where they differ."""
+
+
+def retry_conflict_message(
+    error: RequestIdConflictError, *, hide_tenant: bool = False
+) -> str:
+    """One sentence naming each argument a retry changed, with both values
+    (a string in quotes, anything else as JSON). `hide_tenant`: the caller
+    may not see other tenants, so the original tenant is not named."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, str):
+            return f"'{value}'"
+        return json.dumps(value, sort_keys=True)
+
+    parts = []
+    for change in error.changes:
+        name = ARGUMENT_NAMES.get(change.argument, change.argument)
+        original = (
+            "another tenant"
+            if hide_tenant and change.argument == "tenant"
+            else shown(change.original)
+        )
+        parts.append(f"{name} was {original}, now {shown(change.retried)}")
+    return (
+        f"request_id {shown(error.request_id)} was already used for allocation "
+        f"{error.allocation_id} with other arguments, so this is not a retry of "
+        f"it: {'; '.join(parts)} (repeat the original arguments to retry it, or "
+        "use a new request_id for a different request)"
+    )

@@ -46,12 +46,13 @@ from allocation_ledger.adapters.mcp.schemas.allocation_results import (
     RequestResourcesResult,
     request_result,
 )
+from allocation_ledger.adapters.mcp.schemas.refusals import retry_conflict_message
 from allocation_ledger.adapters.mcp.schemas.scheduling import queued_requests
 from allocation_ledger.adapters.mcp.schemas.units import cores
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid
-from allocation_ledger.domain.errors import PoolNotFoundError
+from allocation_ledger.domain.errors import PoolNotFoundError, RequestIdConflictError
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.values import (
@@ -84,6 +85,12 @@ class AllocationTools(ToolGroup):
             )
             raise ToolError(msg)
         return requested
+
+    def _sees_every_tenant(self) -> bool:
+        """Whether the caller may see other tenants' requests: an admin
+        token, or no token (stdio, --no-auth)."""
+        token = get_access_token()
+        return token is None or "admin" in token.scopes
 
     def _waiting_for(self, result: RequestResult) -> Rejection | None:
         """What a queued request waits for: recorded with it, or (dry run)
@@ -158,15 +165,22 @@ class AllocationTools(ToolGroup):
         With max_wait_seconds it fails with reason code "queue_timeout" if not
         granted in time; release_resources cancels it. Under the pool's strict
         queue policy a new request does not pass requests queued ahead of it
-        (code "queued_ahead"). A request bigger than the whole pool is refused,
-        never queued. A tenant (by default the caller's token subject) over its
+        (code "queued_ahead"). A request bigger than the whole pool is never
+        queued: with wait=true it is refused with code "exceeds_pool". A queued
+        request that the pool can no longer ever hold (capacity or quota
+        lowered below it) fails at once with "exceeds_pool" or
+        "quota_exceeded". A tenant (by default the caller's token subject) over its
         quota in the pool is refused with code "quota_exceeded", wait or not.
         dry_run=true reserves nothing and reports what would happen, including
         who would be preempted.
 
         Retries: with the same request_id and the same arguments
         you get the original allocation back (replayed: true) and nothing
-        changes; reusing a request_id with different arguments is an error.
+        changes. Reusing a request_id with any argument different (job_id,
+        mcp_servers, workers, priority, ttl_seconds, metadata, tenant, wait,
+        max_wait_seconds, preempt) is an error naming each with both values,
+        and so is a dry_run with a request_id already used (a dry run records
+        nothing, so a later real request with its request_id is new).
         Invalid arguments (bad names, out-of-range numbers, unknown pool) are
         errors and reserve nothing.
         """
@@ -182,17 +196,23 @@ class AllocationTools(ToolGroup):
                 ttl_seconds=ttl_seconds,
                 metadata=metadata if metadata is not None else {},
             )
-            result = self.ledger.request(
-                request,
-                pool=pool,
-                request_id=request_id,
-                dry_run=dry_run,
-                actor=actor,
-                wait=wait,
-                max_wait_seconds=max_wait_seconds,
-                preempt=preempt,
-                tenant=tenant,
-            )
+            try:
+                result = self.ledger.request(
+                    request,
+                    pool=pool,
+                    request_id=request_id,
+                    dry_run=dry_run,
+                    actor=actor,
+                    wait=wait,
+                    max_wait_seconds=max_wait_seconds,
+                    preempt=preempt,
+                    tenant=tenant,
+                )
+            except RequestIdConflictError as error:
+                hide = not self._sees_every_tenant()
+                raise ToolError(
+                    retry_conflict_message(error, hide_tenant=hide)
+                ) from error
             return request_result(
                 result.allocation,
                 worker_size=self._worker_size(result.allocation.pool),

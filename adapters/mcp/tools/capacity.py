@@ -36,7 +36,9 @@ class CapacityTools(ToolGroup):
         Give any of cpu (cores), memory (MB) and workers; the others keep their
         current totals. Lowering capacity below what is allocated never evicts
         anything: it only refuses new requests until enough is released
-        (available_* may be negative meanwhile). Setting the totals a pool
+        (available_* may be negative meanwhile); queued requests bigger than
+        the new totals fail at once with reason code "exceeds_pool", and a
+        raise grants queued requests that now fit. Setting the totals a pool
         already has changes nothing (changed: false). Returns the pool's
         capacity afterwards.
         """

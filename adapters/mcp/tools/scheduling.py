@@ -85,7 +85,9 @@ class SchedulingTools(ToolGroup):
         quota. clear=true removes the quota. A request that would take the
         tenant past a limit is refused with reason code "quota_exceeded"
         (waiting does not help: it is not queued). Lowering a quota below what
-        the tenant holds evicts nothing; it only refuses its new requests.
+        the tenant holds evicts nothing; it only refuses its new requests. A
+        queued request of the tenant bigger than the new limit fails at once
+        with "quota_exceeded" and the queue moves on.
         Setting the quota it already has changes nothing (changed: false).
         Returns the tenant's quota and what it holds, and every quota of the
         pool.
