@@ -91,7 +91,7 @@ class Provisioning(UnitOfWorkApplication):
             allocation = work.allocation(pending.allocation_id)
             if allocation.state is not AllocationState.PENDING:
                 if allocation.state is not AllocationState.ACTIVE:
-                    self._undo_provisioning(work, allocation)
+                    self._undo_provisioning(work, allocation, actor)
                 return RequestResult(allocation.snapshot(), reserved.position)
             now = self.clock.now()
             allocation.activate(
@@ -115,18 +115,29 @@ class Provisioning(UnitOfWorkApplication):
 
         return self._run("activate", activate)
 
-    def _undo_provisioning(self, work: UnitOfWork, allocation: Allocation) -> None:
-        """Arrange, for after `work`, the teardown of what provisioning set up
-        for an allocation that ended (or began its release) meanwhile: its own
-        resources, and the process of every server of it that the pool no
-        longer records on the port it had. Decided on fresh reads."""
+    def _undo_provisioning(
+        self, work: UnitOfWork, allocation: Allocation, actor: str
+    ) -> None:
+        """Tear down, after `work`, what provisioning set up for an allocation
+        that ended (or began its release) meanwhile: its own resources, and
+        the process of each of its servers that the pool no longer records
+        on the port it had. Its servers that no live allocation uses are
+        recorded stopped here (ports free), not left idle: they were being
+        started for a request that is gone. Decided on fresh reads."""
         work.require_current()
         pool = work.pool(allocation.pool)
         work.teardown.append(allocation.snapshot())
+        now = self.clock.now()
         for slot in allocation.servers:
             recorded = pool.servers.get(slot.name)
-            if recorded is None or recorded.port != slot.port:
+            if recorded is not None and recorded.port == slot.port:
+                port = pool.stop_unused_server(slot.name, at=now, actor=actor)
+                if port is not None:
+                    work.stopped.append(StoppedServer(pool.name, slot.name, slot.port))
+            else:
                 work.stopped.append(StoppedServer(pool.name, slot.name, slot.port))
+        if pool.pending_events:
+            work.save()
 
     def _fail_provisioning(
         self, reserved: RequestResult, error: str, actor: str
@@ -143,7 +154,7 @@ class Provisioning(UnitOfWorkApplication):
             if allocation.state is AllocationState.ACTIVE:
                 return RequestResult(allocation.snapshot(), reserved.position)
             if allocation.state is not AllocationState.PENDING:
-                self._undo_provisioning(work, allocation)
+                self._undo_provisioning(work, allocation, actor)
                 return RequestResult(allocation.snapshot(), reserved.position)
             now = self.clock.now()
             allocation.fail(error, at=now, actor=actor)
