@@ -25,6 +25,7 @@ from allocation_ledger.adapters.config.apply import apply_catalog
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.provisioning.process_provisioner import (
+    DataDirectoryBusyError,
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage.audit import verify
@@ -334,3 +335,15 @@ def test_a_recorded_server_that_cannot_start_again_is_stopped_unless_in_use(
         AllocationState.ACTIVE
     )
     assert verify(second).clean
+
+
+def test_one_ledger_at_a_time_runs_the_servers_of_a_data_directory(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    service = open_ledger({"echo": ECHO})
+    with pytest.raises(DataDirectoryBusyError, match=f"pid {os.getpid()}"):
+        ProcessProvisioner(service.settings.catalog, tmp_path / "data")
+    provisioner = service.ledger.provisioner
+    assert isinstance(provisioner, ProcessProvisioner)
+    provisioner.close()
+    ProcessProvisioner(service.settings.catalog, tmp_path / "data").close()

@@ -17,12 +17,15 @@ See docs/provisioning.md.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from allocation_ledger.adapters.config.catalog import (
     DEFAULT_ADVERTISE_HOST,
@@ -88,6 +91,37 @@ def unknown_servers_message(names: Sequence[str], known: Sequence[str]) -> str:
     return f"unknown MCP server{plural} {quoted}: this ledger's catalog has {has}"
 
 
+class DataDirectoryBusyError(RuntimeError):
+    """Another ledger process runs the MCP servers of this data directory."""
+
+
+def _lock_data_directory(data_dir: Path) -> IO[str]:
+    """Take `<data_dir>/ledger.lock` for this process (created if need be).
+
+    Raises DataDirectoryBusyError naming the holder's pid when it is taken.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "ledger.lock"
+    handle = open(path, "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        msg = (
+            f"another ledger (pid {holder}) runs the MCP servers of the data "
+            f"directory {data_dir}; one ledger server per data directory and "
+            "machine may use the process provisioner"
+        )
+        raise DataDirectoryBusyError(msg) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class ProcessProvisioner:
     """Runs the catalog's MCP servers as processes on this machine.
 
@@ -102,6 +136,11 @@ class ProcessProvisioner:
     Call `connect(ledger)` before use: events are recorded in that ledger,
     and a stop asks it whether the server was recorded again meanwhile.
     Every method blocks; call them from worker threads.
+
+    One provisioner at a time runs the servers of a data directory: it holds
+    an exclusive lock on `<data_dir>/ledger.lock` until `close()` (the
+    kernel drops it if the process dies). Raises DataDirectoryBusyError when
+    another process holds it.
     """
 
     instant = False
@@ -122,6 +161,7 @@ class ProcessProvisioner:
             for name, entry in catalog.mcp_servers.items()
         }
         self.data_dir = Path(data_dir)
+        self._lock_file = _lock_data_directory(self.data_dir)
         self._ledger: Ledger | None = None
         self._guard = threading.Lock()
         self._locks: dict[Key, threading.Lock] = {}
@@ -269,6 +309,8 @@ class ProcessProvisioner:
         data directory adopts them (reconcile).
         """
         self.processes.close(stop_all=stop_all)
+        if not self._lock_file.closed:
+            self._lock_file.close()  # releases the lock
 
     # -- internals -------------------------------------------------------------
 
