@@ -7,8 +7,9 @@ version; the unit of work is then discarded and run again from a fresh read.
 
 The commands are grouped by what they act on, one mixin each: pools
 (pool_commands.py), new and queued requests (request_commands.py), releases
-(release_commands.py), leases and idle servers (lease_commands.py); they
-share the provisioning steps (provisioning.py). Queries belong to the read
+(release_commands.py), leases and idle servers (lease_commands.py), what
+happened to MCP server processes (server_process_commands.py); they share the
+provisioning steps (provisioning.py). Queries belong to the read
 models (projections).
 """
 
@@ -25,6 +26,7 @@ from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.pool_commands import PoolCommands
 from allocation_ledger.domain.release_commands import ReleaseCommands
 from allocation_ledger.domain.request_commands import RequestCommands
+from allocation_ledger.domain.server_process_commands import ServerProcessCommands
 from allocation_ledger.domain.transcodings import TRANSCODINGS
 
 SNAPSHOT_AFTER_EVENTS = 50
@@ -32,7 +34,13 @@ SNAPSHOT_AFTER_EVENTS = 50
 is snapshotted at once."""
 
 
-class Ledger(PoolCommands, RequestCommands, ReleaseCommands, LeaseCommands):
+class Ledger(
+    PoolCommands,
+    RequestCommands,
+    ReleaseCommands,
+    LeaseCommands,
+    ServerProcessCommands,
+):
     """Commands on allocations and pools. Queries belong to the read models.
 
     Built with the ledger's clock and provisioner (see UnitOfWorkApplication

@@ -268,6 +268,19 @@ class PoolDecisions(_Aggregate):
             )
         return stopped
 
+    def stop_unused_server(self, name: str, *, at: datetime, actor: str) -> int | None:
+        """Record the MCP server `name` stopped when no live allocation uses
+        it (a start that failed, a process that cannot be brought back): its
+        port is free again. The port it had; None when it is not recorded
+        here or still in use (then nothing is recorded)."""
+        server = self.servers.get(name)
+        if server is None or server.references:
+            return None
+        self.trigger_event(
+            self.ServerStopped, timestamp=at, actor=actor, name=name, port=server.port
+        )
+        return server.port
+
     def enqueue(
         self,
         allocation_id: str,

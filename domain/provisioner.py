@@ -35,12 +35,32 @@ class Endpoints:
 class Provisioner(Protocol):
     """Sets up what an allocation reserved. Raising leaves the allocation failed.
 
+    Every call names the `pool` (keyword) the allocation or server belongs
+    to: a provisioner may run each pool's servers and workers in a different
+    place, and uses the pool's settings (e.g. the host its endpoints carry).
+
+    - `provision`: make the allocation's workers and MCP servers real (start
+      a server that does not run yet on the port the pool assigned; attach
+      to one that does) and answer where each is reached. Raising fails the
+      allocation: the exception's message is recorded as its error, so it
+      should name what failed (the server, and the last lines of its log).
+    - `deprovision`: tear down what `provision` set up for this allocation
+      only (its workers). Shared MCP servers are not stopped here: the pool
+      stops a server once it has been idle too long (`stop_server`). Called
+      again when a release, expiry or preemption happened while `provision`
+      was still running; must tolerate being called twice.
+    - `stop_server`: the pool no longer records the server `name` on `port`
+      (idle too long, its port reclaimed, or its allocation failed): stop its
+      process. A provisioner that can see the ledger should skip the stop
+      when the pool has meanwhile recorded the server again on that port.
+
     A provisioner whose `provision` only works out endpoints, touching nothing
     outside, may say so with a class attribute `instant = True`: the ledger
     then reserves and activates in one transaction, so no crash can leave an
     allocation reserved but never provisioned. Any other provisioner runs
-    between two transactions (the allocation is `pending` meanwhile), and must
-    tolerate being called again for the same allocation after a crash.
+    between two transactions (the allocation is `pending` meanwhile), is
+    never called inside a unit of work, and must tolerate being called again
+    for the same allocation after a crash.
     """
 
     def provision(
@@ -48,6 +68,8 @@ class Provisioner(Protocol):
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> Endpoints: ...
 
     def deprovision(
@@ -55,6 +77,8 @@ class Provisioner(Protocol):
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> None: ...
 
-    def stop_server(self, name: str, port: int) -> None: ...
+    def stop_server(self, name: str, port: int, *, pool: str) -> None: ...

@@ -7,6 +7,14 @@ share one transaction. Any other is called between two: the allocation is
 `pending` meanwhile, and activated (or failed, its capacity given back) in a
 second unit of work. What a committed unit of work tore down or stopped is
 deprovisioned after the commit; a failure there is reported, not raised.
+
+The slow path keeps two promises (issue 11, "What the slow path must keep"):
+the lease counts from activation (the pool's reservation is moved to the
+allocation's `expires_at` in the unit of work that activates it), and an
+allocation that ended while its provisioning ran has what provisioning set
+up torn down again once it returns (its teardown, and the stop of every
+server of it the pool no longer records on that port). A failed provisioning
+gives back everything: the capacity, and the servers nobody else uses.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from allocation_ledger.domain.provisioner import Endpoints
 from allocation_ledger.domain.results import RequestResult, StoppedServer
 from allocation_ledger.domain.unit_of_work import UnitOfWork, UnitOfWorkApplication
 from allocation_ledger.domain.values import AllocationState
+
+PROVISIONING_FAILED = "provisioning_failed"
+"""The reason code of an allocation whose provisioning failed (its `error`
+says what failed)."""
 
 
 class Provisioning(UnitOfWorkApplication):
@@ -38,7 +50,10 @@ class Provisioning(UnitOfWorkApplication):
         """Provision inside the unit of work (instant provisioners only)."""
         try:
             endpoints = self.provisioner.provision(
-                allocation.allocation_id, allocation.workers, allocation.servers
+                allocation.allocation_id,
+                allocation.workers,
+                allocation.servers,
+                pool=pool.name,
             )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
             allocation.fail(str(error) or type(error).__name__, at=at, actor=actor)
@@ -52,11 +67,20 @@ class Provisioning(UnitOfWorkApplication):
 
     def _provision(self, reserved: RequestResult, *, actor: str) -> RequestResult:
         """Provision a pending allocation, then activate it in a unit of work
-        (or fail it, giving its capacity back, if the provisioner raised)."""
+        (or fail it, giving its capacity back, if the provisioner raised).
+
+        Activation moves the pool's lease to the allocation's new expiry
+        (activation + ttl), so both agree. An allocation that ended while the
+        provisioner ran is not activated: what provisioning set up is torn
+        down again after the unit of work (`_undo_provisioning`).
+        """
         pending = reserved.allocation
         try:
             endpoints = self.provisioner.provision(
-                pending.allocation_id, pending.workers, pending.servers
+                pending.allocation_id,
+                pending.workers,
+                pending.servers,
+                pool=pending.pool,
             )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
             return self._fail_provisioning(
@@ -66,12 +90,22 @@ class Provisioning(UnitOfWorkApplication):
         def activate(work: UnitOfWork) -> RequestResult:
             allocation = work.allocation(pending.allocation_id)
             if allocation.state is not AllocationState.PENDING:
+                if allocation.state is not AllocationState.ACTIVE:
+                    self._undo_provisioning(work, allocation, actor)
                 return RequestResult(allocation.snapshot(), reserved.position)
+            now = self.clock.now()
             allocation.activate(
                 Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
-                at=self.clock.now(),
+                at=now,
                 actor=actor,
             )
+            pool = work.pool(allocation.pool)
+            held = pool.reservations.get(allocation.allocation_id)
+            assert allocation.expires_at is not None
+            if held is not None and held.expires_at != allocation.expires_at:
+                pool.extend_lease(
+                    allocation.allocation_id, allocation.expires_at, at=now, actor=actor
+                )
             position = work.save()
             return RequestResult(
                 allocation.snapshot(),
@@ -81,20 +115,56 @@ class Provisioning(UnitOfWorkApplication):
 
         return self._run("activate", activate)
 
+    def _undo_provisioning(
+        self, work: UnitOfWork, allocation: Allocation, actor: str
+    ) -> None:
+        """Tear down, after `work`, what provisioning set up for an allocation
+        that ended (or began its release) meanwhile: its own resources, and
+        the process of each of its servers that the pool no longer records
+        on the port it had. Its servers that no live allocation uses are
+        recorded stopped here (ports free), not left idle: they were being
+        started for a request that is gone. Decided on fresh reads."""
+        work.require_current()
+        pool = work.pool(allocation.pool)
+        work.teardown.append(allocation.snapshot())
+        now = self.clock.now()
+        for slot in allocation.servers:
+            recorded = pool.servers.get(slot.name)
+            if recorded is not None and recorded.port == slot.port:
+                port = pool.stop_unused_server(slot.name, at=now, actor=actor)
+                if port is not None:
+                    work.stopped.append(StoppedServer(pool.name, slot.name, slot.port))
+            else:
+                work.stopped.append(StoppedServer(pool.name, slot.name, slot.port))
+        if pool.pending_events:
+            work.save()
+
     def _fail_provisioning(
         self, reserved: RequestResult, error: str, actor: str
     ) -> RequestResult:
+        """Fail a pending allocation whose provisioning raised `error`: its
+        capacity back, and each of its servers that no live allocation uses
+        any more recorded stopped (its port free; its process, if any, stopped
+        after the commit). Its teardown follows, for whatever provisioning
+        set up before it failed."""
         allocation_id = reserved.allocation.allocation_id
 
         def fail(work: UnitOfWork) -> RequestResult:
             allocation = work.allocation(allocation_id)
-            if not allocation.state.is_live:
+            if allocation.state is AllocationState.ACTIVE:
+                return RequestResult(allocation.snapshot(), reserved.position)
+            if allocation.state is not AllocationState.PENDING:
+                self._undo_provisioning(work, allocation, actor)
                 return RequestResult(allocation.snapshot(), reserved.position)
             now = self.clock.now()
             allocation.fail(error, at=now, actor=actor)
-            work.pool(allocation.pool).free(
-                allocation_id, "failed", at=now, actor=actor
-            )
+            pool = work.pool(allocation.pool)
+            pool.free(allocation_id, "failed", at=now, actor=actor)
+            for slot in allocation.servers:
+                port = pool.stop_unused_server(slot.name, at=now, actor=actor)
+                if port is not None:
+                    work.stopped.append(StoppedServer(pool.name, slot.name, port))
+            work.teardown.append(allocation.snapshot())
             return RequestResult(allocation.snapshot(), work.save())
 
         return self._run("fail_provisioning", fail)
@@ -114,7 +184,10 @@ class Provisioning(UnitOfWorkApplication):
         for allocation in allocations:
             try:
                 self.provisioner.deprovision(
-                    allocation.allocation_id, allocation.workers, allocation.servers
+                    allocation.allocation_id,
+                    allocation.workers,
+                    allocation.servers,
+                    pool=allocation.pool,
                 )
             except Exception as error:  # noqa: BLE001 - reported, not raised
                 errors.append(f"{allocation.allocation_id}: {error}")
@@ -125,7 +198,7 @@ class Provisioning(UnitOfWorkApplication):
         errors: list[str] = []
         for server in servers:
             try:
-                self.provisioner.stop_server(server.name, server.port)
+                self.provisioner.stop_server(server.name, server.port, pool=server.pool)
             except Exception as error:  # noqa: BLE001 - reported, not raised
                 errors.append(f"{server.name}: {error}")
         return errors

@@ -53,7 +53,7 @@ class ReleaseCommands(Provisioning):
             self._mark_releasing(allocation_id, actor)
         try:
             self.provisioner.deprovision(
-                allocation_id, current.workers, current.servers
+                allocation_id, current.workers, current.servers, pool=current.pool
             )
         except Exception as error:
             self._mark_releasing(allocation_id, actor)
@@ -95,7 +95,10 @@ class ReleaseCommands(Provisioning):
                 return self._unchanged_release(allocation.snapshot())
             try:
                 self.provisioner.deprovision(
-                    allocation_id, allocation.workers, allocation.servers
+                    allocation_id,
+                    allocation.workers,
+                    allocation.servers,
+                    pool=allocation.pool,
                 )
             except Exception as error:
                 raise TeardownError(error) from error

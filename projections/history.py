@@ -10,6 +10,7 @@ from typing import Any
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.registry import PoolRegistry
+from allocation_ledger.domain.server_process import ServerProcess
 
 _BASE_FIELDS = frozenset(
     {"originator_id", "originator_version", "timestamp", "actor", "originator_topic"}
@@ -62,6 +63,8 @@ def aggregate_kind(event: object) -> str:
         return "pool"
     if isinstance(event, PoolRegistry.Event):
         return "pool-registry"
+    if isinstance(event, ServerProcess.Event):
+        return "server-process"
     return "unknown"
 
 

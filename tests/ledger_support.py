@@ -35,23 +35,27 @@ class RecordingProvisioner(LocalProvisioner):
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> Endpoints:
         if self.fail_provision is not None:
             raise self.fail_provision
         self.provisioned.append(allocation_id)
-        return super().provision(allocation_id, workers, servers)
+        return super().provision(allocation_id, workers, servers, pool=pool)
 
     def deprovision(
         self,
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> None:
         if self.fail_deprovision is not None:
             raise self.fail_deprovision
         self.deprovisioned.append(allocation_id)
 
-    def stop_server(self, name: str, port: int) -> None:
+    def stop_server(self, name: str, port: int, *, pool: str) -> None:
         self.stopped.append((name, port))
 
 

@@ -325,6 +325,9 @@ class Model:
         """Allocations a command changed since the last check."""
         self.findings: list[str] = []
         """Known ledger bugs met (marked, not failed; see the module constants)."""
+        self.slow_provisioning = False
+        """Provisioning runs after the request's transaction: a failed one then
+        also records stopped the servers it leaves unused (their ports free)."""
 
     # -- derived facts -----------------------------------------------------------
 
@@ -664,6 +667,10 @@ class Model:
             )
         if fails:
             self._end(allocation, FAILED)
+            if self.slow_provisioning:
+                for name in body.servers:
+                    if pool.servers[name].references == 0:
+                        del pool.servers[name]
             kind = "failed"
         else:
             allocation.state = ACTIVE
@@ -818,22 +825,26 @@ class ScriptedProvisioner(LocalProvisioner):
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> Endpoints:
         if self.fail_provision:
             msg = "scripted provisioning failure"
             raise RuntimeError(msg)
-        return super().provision(allocation_id, workers, servers)
+        return super().provision(allocation_id, workers, servers, pool=pool)
 
     def deprovision(
         self,
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> None:
         if self.fail_deprovision:
             msg = "scripted deprovisioning failure"
             raise RuntimeError(msg)
-        super().deprovision(allocation_id, workers, servers)
+        super().deprovision(allocation_id, workers, servers, pool=pool)
 
 
 def _state_of(aggregate: object) -> dict[str, Any]:
@@ -1093,6 +1104,7 @@ class LedgerMachine(RuleBasedStateMachine):
         read after a refusal; `ledger.pool`) happens in short runs too.
         """
         self.provisioner.instant = instant
+        self.model.slow_provisioning = not instant
         if snapshot_after is not None:
             self._snapshot_sooner(snapshot_after)
         before = self._position()

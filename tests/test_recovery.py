@@ -34,6 +34,8 @@ class SlowProvisioner:
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> Endpoints:
         if self.crash_next:
             self.crash_next = False
@@ -49,13 +51,15 @@ class SlowProvisioner:
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> None:
         if self.crash_next:
             self.crash_next = False
             raise Interrupted
         self.deprovisioned.append(allocation_id)
 
-    def stop_server(self, name: str, port: int) -> None:
+    def stop_server(self, name: str, port: int, *, pool: str) -> None:
         return None
 
 

@@ -42,8 +42,19 @@ def moment(text: str) -> datetime:
 
 def add_commands(commands: Any) -> None:
     """Register the audit commands on the command line's subparsers."""
-    history = commands.add_parser("history", help="every event of an allocation")
-    history.add_argument("allocation_id")
+    history = commands.add_parser(
+        "history",
+        help="every event of an allocation, or of an MCP server's processes",
+    )
+    history.add_argument("allocation_id", nargs="?")
+    history.add_argument(
+        "--server",
+        metavar="NAME",
+        help="the MCP server whose processes' history to show (instead of an id)",
+    )
+    history.add_argument(
+        "--pool", default=DEFAULT_POOL, help="the pool of --server (default: default)"
+    )
     _json(history)
 
     capacity = commands.add_parser(
@@ -132,11 +143,19 @@ def _print_json(data: Any) -> None:
 def _history(
     args: argparse.Namespace, service: AllocationService, console: Console
 ) -> int:
-    entries = audit.allocation_history(service, args.allocation_id)
+    if (args.server is None) == (args.allocation_id is None):
+        console.print("history: give an allocation id or --server NAME (not both)")
+        return 2
+    if args.server is not None:
+        entries = audit.server_process_history(service, args.pool, args.server)
+        title = f"History of MCP server {args.server} of pool {args.pool}"
+    else:
+        entries = audit.allocation_history(service, args.allocation_id)
+        title = f"History of {args.allocation_id}"
     if args.json:
         _print_json([e.as_dict() for e in entries])
         return 0
-    table = Table(title=f"History of {args.allocation_id}")
+    table = Table(title=title)
     for column in ("#", "time", "event", "actor", "what changed"):
         table.add_column(column)
     for entry in entries:

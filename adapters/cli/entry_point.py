@@ -18,6 +18,7 @@ from allocation_ledger.adapters.cli.demo import run_demo
 from allocation_ledger.adapters.cli.serve import run_serve
 from allocation_ledger.adapters.config.catalog import CatalogError
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
     DatabaseError,
@@ -135,7 +136,8 @@ def _main(argv: Sequence[str] | None) -> int:
         console.print(f"the {settings.store} ledger's tables are ready")
         return 0
     try:
-        service = open_service(settings)
+        # These commands read and audit; they never provision.
+        service = open_service(settings, provisioner=LocalProvisioner())
     except Exception as error:  # noqa: BLE001 - shown to the operator
         return fail(f"cannot open the ledger: {error}", 2)
     try:

@@ -89,6 +89,23 @@ class Settings(BaseSettings):
     tokens_file: Path | None = Field(
         None, description="A JSON file with more tokens, in the same form as `tokens`."
     )
+    data_directory: Path | None = Field(
+        None,
+        description=(
+            "Where the process provisioner keeps MCP server logs (logs/) and "
+            "state files (run/). Default: next to the SQLite file, "
+            "<database>.d/; ./allocation-ledger.d/ with PostgreSQL; a temporary "
+            "directory with the in-memory store."
+        ),
+    )
+    stop_mcp_servers_on_exit: bool = Field(
+        False,
+        description=(
+            "Stop every MCP server process when the ledger stops. By default "
+            "they keep running and the next start on the same data directory "
+            "adopts them (always stopped with the in-memory store)."
+        ),
+    )
     catalog: Catalog = Field(
         default_factory=Catalog,
         description="The config file's provisioner, [mcp_servers.*] and [pools.*].",

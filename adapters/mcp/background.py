@@ -1,5 +1,7 @@
-"""What a running server does on its own: the expiry sweeper (which also
-finishes work an interruption left half done) and the idle-MCP-server stopper.
+"""What a running server does on its own: at start, the reconciliation of MCP
+server processes with the ledger (process provisioner only); then the expiry
+sweeper (which also finishes work an interruption left half done) and the
+idle-MCP-server stopper.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.to_thread
 
+from allocation_ledger.adapters.provisioning.process_provisioner import (
+    ProcessProvisioner,
+)
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
     resume_interrupted,
@@ -69,10 +74,23 @@ class BackgroundWork:
         for error in result.errors:
             logger.warning("stopping an idle MCP server failed: %s", error)
 
+    async def reconcile(self) -> None:
+        """Make this machine's MCP server processes what the ledger records
+        (process provisioner only; see ProcessProvisioner.reconcile)."""
+        provisioner = self.service.ledger.provisioner
+        if not isinstance(provisioner, ProcessProvisioner):
+            return
+        lines = await anyio.to_thread.run_sync(provisioner.reconcile)
+        for line in lines:
+            logger.info("reconciled: %s", line)
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BackgroundWork]:
-        """Sweep and stop idle servers periodically while the context is open."""
+        """Reconcile server processes first (before any request is served),
+        then sweep and stop idle servers periodically while the context is
+        open."""
         settings = self.service.settings
+        await self.reconcile()
         async with anyio.create_task_group() as group:
             group.start_soon(
                 _periodically,

@@ -1,33 +1,47 @@
-"""The default provisioner: endpoints on localhost, handed out at once."""
+"""The endpoints-only provisioner: addresses handed out at once, nothing run."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+
+
+def url_host(host: str) -> str:
+    """`host` as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 class LocalProvisioner:
     """Hands out `http://<host>:<port>` endpoints for the ports the pool assigned.
 
-    It only works out endpoints (`instant`), so the ledger reserves and
-    activates in one transaction.
+    `host`: the host name in the endpoints of any pool not in `hosts`;
+    `hosts`: the host per pool name (the catalog's `advertise_host`). It
+    only works out endpoints (`instant`), so the ledger reserves and
+    activates in one transaction; it starts and stops nothing (the
+    `endpoints` provisioner, for sites where something else runs the servers).
     """
 
     instant = True
 
-    def __init__(self, host: str = "localhost") -> None:
+    def __init__(
+        self, host: str = "localhost", hosts: Mapping[str, str] | None = None
+    ) -> None:
         self.host = host
+        self.hosts = dict(hosts or {})
 
     def provision(
         self,
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> Endpoints:
+        """The endpoints of the allocation's workers and servers (no I/O)."""
         return Endpoints(
-            workers={w.worker_id: self._endpoint(w.port) for w in workers},
-            servers={s.name: self._endpoint(s.port) for s in servers},
+            workers={w.worker_id: self._endpoint(pool, w.port) for w in workers},
+            servers={s.name: self._endpoint(pool, s.port) for s in servers},
         )
 
     def deprovision(
@@ -35,11 +49,19 @@ class LocalProvisioner:
         allocation_id: str,
         workers: Sequence[WorkerSlot],
         servers: Sequence[ServerSlot],
+        *,
+        pool: str,
     ) -> None:
+        """Nothing to tear down."""
         return None
 
-    def stop_server(self, name: str, port: int) -> None:
+    def stop_server(self, name: str, port: int, *, pool: str) -> None:
+        """Nothing to stop."""
         return None
 
-    def _endpoint(self, port: int) -> str:
-        return f"http://{self.host}:{port}"
+    def host_of(self, pool: str) -> str:
+        """The host name the pool's endpoints carry."""
+        return self.hosts.get(pool, self.host)
+
+    def _endpoint(self, pool: str, port: int) -> str:
+        return f"http://{url_host(self.host_of(pool))}:{port}"

@@ -106,15 +106,20 @@ class ServerProcesses(Supervision):
             self._emit(events)
 
     def reconcile(
-        self, expected: Mapping[Key, int], host: str = "127.0.0.1"
+        self,
+        expected: Mapping[Key, int],
+        host: str = "127.0.0.1",
+        *,
+        hosts: Mapping[str, str] | None = None,
     ) -> list[ProcessEvent]:
         """Make the running servers exactly `expected`: {(pool, name): port}.
 
         Each expected server is adopted (see adopt_or_stop) or started (its
-        spec from the catalog); every other recorded or known process is
-        stopped. A failed start shows as a `health_failed` event, not as an
-        exception. Returns the events (also given to on_event). Raises
-        KeyError, before doing anything, when an expected server has no spec.
+        spec from the catalog, on `hosts[pool]`, else `host`); every other
+        recorded or known process is stopped. A failed start shows as a
+        `health_failed` event, not as an exception. Returns the events (also
+        given to on_event). Raises KeyError, before doing anything, when an
+        expected server has no spec.
         """
         missing = sorted(
             {name for pool, name in expected if not self._spec(pool, name)}
@@ -144,7 +149,8 @@ class ServerProcesses(Supervision):
                     spec = self._spec(pool, name)
                     assert spec is not None
                     try:
-                        self._ensure_running(pool, spec, port, host, events)
+                        where = (hosts or {}).get(pool, host)
+                        self._ensure_running(pool, spec, port, where, events)
                     except ServerStartError as exc:
                         logger.warning("%s", exc)
                 done += self._emit(events)

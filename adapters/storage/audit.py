@@ -12,6 +12,7 @@ from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError, PoolNotFoundError
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
+from allocation_ledger.domain.server_process import server_process_uuid
 from allocation_ledger.domain.values import LIVE_STATES
 from allocation_ledger.projections.catchup import Progress
 from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
@@ -37,6 +38,15 @@ def allocation_history(
     )
     if not events:
         raise AllocationNotFoundError(allocation_id)
+    return [describe(event) for event in events]
+
+
+def server_process_history(
+    service: AllocationService, pool: str, name: str
+) -> list[HistoryEntry]:
+    """Every event of the processes of MCP server `name` in `pool`, in order
+    (starts, health checks, exits, restarts, stops); empty when none ran."""
+    events = service.ledger.repository.event_store.get(server_process_uuid(pool, name))
     return [describe(event) for event in events]
 
 

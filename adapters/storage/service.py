@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.provisioning.local import LocalProvisioner
+from allocation_ledger.adapters.provisioning.process_provisioner import (
+    ProcessProvisioner,
+)
 from allocation_ledger.adapters.storage.event_log import (
     EventDecoder,
     SQLiteNotificationLog,
@@ -95,17 +100,23 @@ def open_service(
         extra["new_allocation_id"] = new_allocation_id
     env = settings.eventsourcing_env()
     env["CREATE_TABLE"] = "y" if create_tables else "n"
+    clock = clock or SystemClock()
+    closers: list[Callable[[], None]] = []
+    if provisioner is None:
+        provisioner = _configured_provisioner(settings, clock, closers)
     ledger = Ledger(
         env,
-        clock=clock or SystemClock(),
-        provisioner=provisioner or LocalProvisioner(),
+        clock=clock,
+        provisioner=provisioner,
         pause=time.sleep,
         jitter=random.random,
         on_clock_behind=log_clock_behind,
         **extra,
     )
+    if isinstance(provisioner, ProcessProvisioner):
+        provisioner.connect(ledger)
     store: ReadModelStore
-    closers: list[Callable[[], None]] = [ledger.close]
+    closers.append(ledger.close)
     replaced = False
     if settings.store == "memory":
         store = InMemoryReadModels()
@@ -161,11 +172,46 @@ def _rebuild_replaced(projector: Projector) -> None:
     )
 
 
+def data_directory(settings: Settings) -> Path:
+    """Where the process provisioner keeps logs and state files.
+
+    `settings.data_directory` if set; else `<database>.d` beside the SQLite
+    file, `allocation-ledger.d` in the working directory with PostgreSQL,
+    and a new temporary directory with the in-memory store.
+    """
+    if settings.data_directory is not None:
+        return settings.data_directory
+    if settings.store == "sqlite":
+        return settings.database.with_name(settings.database.name + ".d")
+    if settings.store == "postgres":
+        return Path("allocation-ledger.d")
+    return Path(tempfile.mkdtemp(prefix="allocation-ledger-"))
+
+
+def _configured_provisioner(
+    settings: Settings, clock: Clock, closers: list[Callable[[], None]]
+) -> Provisioner:
+    """The provisioner the catalog asks for: process or endpoints.
+
+    The process provisioner is closed first when the service closes; its
+    processes keep running for the next start to adopt, unless the settings
+    ask to stop them (always with the in-memory store, which forgets them).
+    """
+    catalog = settings.catalog
+    if catalog.effective_provisioner != "process":
+        hosts = {name: pool.advertise_host for name, pool in catalog.pools.items()}
+        return LocalProvisioner(hosts=hosts)
+    processes = ProcessProvisioner(catalog, data_directory(settings), now=clock.now)
+    stop_all = settings.stop_mcp_servers_on_exit or settings.store == "memory"
+    closers.append(lambda: processes.close(stop_all=stop_all))
+    return processes
+
+
 def init_database(settings: Settings) -> None:
     """Create the ledger's tables (events and read models); safe to repeat."""
     if settings.store == "postgres":
         _check_postgres(settings, initialised=False)
-    service = open_service(settings, create_tables=True)
+    service = open_service(settings, create_tables=True, provisioner=LocalProvisioner())
     service.close()
 
 

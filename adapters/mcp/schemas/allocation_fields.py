@@ -46,12 +46,23 @@ class ServerEndpoint(BaseModel):
     endpoint: str | None
     status: str = Field(
         description=(
-            "running, pending, stopping, released, failed or planned (dry run)."
+            "running, pending, stopping, released, failed or planned (dry run). "
+            "In get_allocation, while the allocation is active and the ledger "
+            "runs its servers as processes: the process's live status, "
+            "running, restarting (it exited and is being started again) or "
+            "failed (it exited and could not be brought back)."
         )
     )
     port: int
     started: bool = Field(
         description="True if this allocation started the server, false if shared."
+    )
+    pid: OmittedIfNone[int] = Field(
+        None, description="get_allocation only: the server's process id, if known."
+    )
+    restarts: OmittedIfNone[int] = Field(
+        None,
+        description="get_allocation only: restarts after exits since it was started.",
     )
 
 

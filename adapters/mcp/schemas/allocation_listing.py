@@ -20,6 +20,7 @@ from allocation_ledger.adapters.mcp.schemas.allocation_fields import (
 )
 from allocation_ledger.adapters.mcp.schemas.refusals import (
     Reason,
+    failure_reason,
     reason_of,
     refusal_message,
 )
@@ -127,10 +128,9 @@ def allocation_detail(
     state = AllocationState(view.state)
     queued = state is AllocationState.QUEUED
     held = Resources() if view.rejection is not None or queued else view.resources
-    reason = (
-        None
-        if view.rejection is None
-        else reason_of(Rejection.from_dict(view.rejection))
+    rejection = None if view.rejection is None else Rejection.from_dict(view.rejection)
+    reason = failure_reason(
+        rejection, failed=state is AllocationState.FAILED, error=view.error
     )
     ended = state in (
         AllocationState.RELEASED,
@@ -176,7 +176,11 @@ def allocation_detail(
             else None
         ),
         preempted_by=view.preempted_by,
-        error=refusal_message(reason) if reason is not None else view.error,
+        error=(
+            refusal_message(reason_of(rejection))
+            if rejection is not None
+            else view.error
+        ),
         reason=reason,
     )
 

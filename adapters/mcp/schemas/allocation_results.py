@@ -16,6 +16,7 @@ from allocation_ledger.adapters.mcp.schemas.allocation_fields import (
 )
 from allocation_ledger.adapters.mcp.schemas.refusals import (
     Reason,
+    failure_reason,
     reason_of,
     refusal_message,
 )
@@ -81,7 +82,11 @@ class RequestResourcesResult(BaseModel):
         "available 6'. Only present when status is 'failed'.",
     )
     reason: OmittedIfNone[Reason] = Field(
-        None, description="The refusal, structured. Only present for refusals."
+        None,
+        description=(
+            "The refusal, structured (only for refusals), or code "
+            "'provisioning_failed' when an MCP server did not start."
+        ),
     )
 
 
@@ -145,8 +150,15 @@ def request_result(
     state = allocation.state
     planned = dry_run and state is AllocationState.PENDING
     endpoints: Endpoints = allocation.endpoints
-    reason = None if allocation.rejection is None else reason_of(allocation.rejection)
-    error = refusal_message(reason) if reason is not None else allocation.error
+    rejection = allocation.rejection
+    reason = failure_reason(
+        rejection, failed=state is AllocationState.FAILED, error=allocation.error
+    )
+    error = (
+        refusal_message(reason_of(rejection))
+        if rejection is not None
+        else allocation.error
+    )
     request = allocation.request
     return RequestResourcesResult(
         allocation_id=allocation.allocation_id,

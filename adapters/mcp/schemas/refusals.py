@@ -8,8 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from allocation_ledger.adapters.mcp.schemas.allocation_fields import OmittedIfNone
 from allocation_ledger.adapters.mcp.schemas.units import cores
 from allocation_ledger.domain.errors import RequestIdConflictError
+from allocation_ledger.domain.provisioning import PROVISIONING_FAILED
 from allocation_ledger.domain.values import (
     EXCEEDS_POOL,
     QUEUE_TIMEOUT,
@@ -21,30 +23,52 @@ from allocation_ledger.domain.values import (
 
 
 class Reason(BaseModel):
-    """Why a request was refused: the first dimension that did not fit."""
+    """Why a request was refused (the first dimension that did not fit), or
+    that its provisioning failed (code only; `error` says what failed)."""
 
     code: str = Field(
         description=(
             "'insufficient_capacity' (the pool is short), 'quota_exceeded' (the "
             "tenant's quota would be passed), 'queued_ahead' (it would fit, but "
             "requests queued ahead of it come first), 'queue_timeout' (its "
-            "max_wait_seconds passed while queued) or 'exceeds_pool' (it needs "
+            "max_wait_seconds passed while queued), 'exceeds_pool' (it needs "
             "more than the pool has in all, so it could never be granted: not "
-            "queued, or failed in the queue when the pool shrank)."
+            "queued, or failed in the queue when the pool shrank) or "
+            "'provisioning_failed' (an MCP server did not start; `error` names "
+            "it and quotes its log)."
         )
     )
-    dimension: Literal["workers", "cpu", "memory", "mcp_ports"]
-    requested: int | float = Field(
-        description="What the request needed (cpu in cores, memory in MB)."
+    dimension: OmittedIfNone[Literal["workers", "cpu", "memory", "mcp_ports"]] = Field(
+        None, description="The dimension short (not for provisioning_failed)."
     )
-    available: int | float = Field(
+    requested: OmittedIfNone[int | float] = Field(
+        None, description="What the request needed (cpu in cores, memory in MB)."
+    )
+    available: OmittedIfNone[int | float] = Field(
+        None,
         description=(
             "What the pool had left (cpu in cores, memory in MB); for "
             "quota_exceeded, what the tenant's quota had left (for a queued "
             "request failed by a lower quota: the quota's limit); for "
             "exceeds_pool, the pool's total."
-        )
+        ),
     )
+
+
+PROVISIONING_FAILURE = Reason(code=PROVISIONING_FAILED)
+"""The reason of an allocation whose provisioning failed."""
+
+
+def failure_reason(
+    rejection: Rejection | None, *, failed: bool, error: str | None
+) -> Reason | None:
+    """The reason a failed allocation shows: its refusal, or, when its
+    provisioning failed (failed, no refusal, an error), provisioning_failed."""
+    if rejection is not None:
+        return reason_of(rejection)
+    if failed and error is not None:
+        return PROVISIONING_FAILURE
+    return None
 
 
 def _client_amount(dimension: Dimension, amount: int) -> int | float:
@@ -66,6 +90,8 @@ def refusal_message(reason: Reason) -> str:
 
     The scheduling refusals say what stopped them in the same form.
     """
+    if reason.code == PROVISIONING_FAILED:
+        return "Provisioning failed"
     amounts = f"requested {reason.requested}, available {reason.available}"
     if reason.code == QUOTA_EXCEEDED:
         return f"Quota exceeded for {reason.dimension}: {amounts} within the quota"

@@ -50,6 +50,10 @@ from allocation_ledger.adapters.mcp.schemas.refusals import retry_conflict_messa
 from allocation_ledger.adapters.mcp.schemas.scheduling import queued_requests
 from allocation_ledger.adapters.mcp.schemas.units import cores
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
+from allocation_ledger.adapters.mcp.tools.servers import (
+    check_servers_known,
+    show_live_servers,
+)
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.errors import PoolNotFoundError, RequestIdConflictError
@@ -186,6 +190,7 @@ class AllocationTools(ToolGroup):
         """
         actor = self._actor("request_resources")
         tenant = self._tenant("request_resources", tenant)
+        check_servers_known(self.service.settings.catalog, mcp_servers)
 
         def work() -> RequestResourcesResult:
             request = AllocationRequest(
@@ -344,11 +349,14 @@ class AllocationTools(ToolGroup):
     def detail(self, allocation_id: str) -> AllocationDetail:
         """get_allocation's answer (also the allocation resource); blocking."""
         view = self.read.allocation(allocation_id)
-        return allocation_detail(
+        detail = allocation_detail(
             view,
             worker_size=self._worker_size(view.pool, caught_up=True),
             now=self.ledger.clock.now(),
         )
+        if view.state == AllocationState.ACTIVE.value:
+            show_live_servers(detail, self.ledger.provisioner)
+        return detail
 
     async def list_allocations(
         self,

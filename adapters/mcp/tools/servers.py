@@ -1,0 +1,45 @@
+"""What the allocation tools add when the ledger runs MCP servers itself: the
+check of server names against the catalog, and the live status of a server's
+process in get_allocation."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+from allocation_ledger.adapters.config.catalog import Catalog
+from allocation_ledger.adapters.mcp.schemas.allocation_listing import (
+    AllocationDetail,
+)
+from allocation_ledger.adapters.provisioning.process_provisioner import (
+    ProcessProvisioner,
+    unknown_servers_message,
+)
+from allocation_ledger.domain.provisioner import Provisioner
+
+LIVE_SERVER_STATUS = {"starting": "restarting"}
+"""How a server process's status reads in an active allocation's detail (a
+process of an active allocation that is starting is being restarted)."""
+
+
+def check_servers_known(catalog: Catalog, names: list[str]) -> None:
+    """With a catalog that names MCP servers (or the process provisioner), a
+    request naming a server not in it is refused before the ledger is asked:
+    a ToolError naming the known servers, and nothing reserved."""
+    if not catalog.mcp_servers and catalog.effective_provisioner != "process":
+        return
+    unknown = [name for name in names if name not in catalog.mcp_servers]
+    if unknown:
+        raise ToolError(unknown_servers_message(unknown, list(catalog.mcp_servers)))
+
+
+def show_live_servers(detail: AllocationDetail, provisioner: Provisioner) -> None:
+    """Put the live status of each server's process (running, restarting,
+    failed, stopped), its pid and restarts in an active allocation's detail,
+    when the ledger runs the servers on this machine."""
+    if not isinstance(provisioner, ProcessProvisioner):
+        return
+    for server in detail.mcp_servers:
+        info = provisioner.server_info(detail.pool, server.name)
+        if info is not None and info.port == server.port:
+            server.status = LIVE_SERVER_STATUS.get(info.status, info.status)
+            server.pid, server.restarts = info.pid, info.restarts

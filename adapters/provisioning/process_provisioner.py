@@ -1,0 +1,385 @@
+"""The process provisioner: the MCP servers an allocation names run for real.
+
+`ProcessProvisioner` implements the ledger's Provisioner port on
+`ServerProcesses` (processes.py): `provision` makes sure each of the
+allocation's servers runs on the port its pool assigned and answers MCP,
+then hands out `http://<advertise_host>:<port><path>`; `stop_server` stops a
+server's process once its pool no longer records it. Everything its
+processes go through (start, health check, exit, restart, stop, adoption) is
+recorded in the ledger as ServerProcess events, and `reconcile` makes the
+processes on this machine what the ledger records, at start.
+
+It is not instant: the ledger calls it between two units of work (the
+allocation `pending` meanwhile), never inside one, so it may block and may
+record events itself. Workers stay addresses (reserved slots) here.
+See docs/provisioning.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from allocation_ledger.adapters.config.catalog import (
+    DEFAULT_ADVERTISE_HOST,
+    Catalog,
+    McpServerEntry,
+)
+from allocation_ledger.adapters.provisioning.local import url_host
+from allocation_ledger.adapters.provisioning.process_reports import (
+    ProcessEvent,
+    ProcessInfo,
+)
+from allocation_ledger.adapters.provisioning.processes import ServerProcesses
+from allocation_ledger.adapters.provisioning.server_spec import (
+    RestartPolicy,
+    ServerSpec,
+)
+from allocation_ledger.adapters.provisioning.supervision import Key, utc_now
+from allocation_ledger.domain.errors import PoolNotFoundError
+from allocation_ledger.domain.ledger import Ledger
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.server_process import ProcessReport
+
+logger = logging.getLogger(__name__)
+
+
+def server_spec(name: str, entry: McpServerEntry) -> ServerSpec:
+    """The supervisor's spec of the catalog's `[mcp_servers.NAME]` table."""
+    return ServerSpec(
+        name=name,
+        command=tuple(entry.command),
+        transport=entry.transport,
+        path=entry.path,
+        env=dict(entry.env),
+        start_timeout_seconds=entry.start_timeout_seconds,
+        idle_timeout_seconds=float(entry.idle_timeout_seconds),
+    )
+
+
+def bind_host(advertise_host: str) -> str:
+    """Where a server listens so that its advertised endpoint reaches it.
+
+    A loopback name or address (`localhost`, 127.0.0.1, ::1) keeps it on
+    this machine; any other host name or address means other machines
+    connect, so it listens on every interface (0.0.0.0, or :: for IPv6).
+    """
+    if advertise_host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(advertise_host)
+    except ValueError:
+        return "0.0.0.0"  # the operator advertised it to other machines
+    if address.is_loopback:
+        return str(address)
+    return "::" if address.version == 6 else "0.0.0.0"
+
+
+def unknown_servers_message(names: Sequence[str], known: Sequence[str]) -> str:
+    """`unknown MCP server "gitlab": this ledger's catalog has filesystem, time`
+    (`unknown MCP servers "a", "b": ...` for several)."""
+    has = ", ".join(sorted(known)) if known else "no MCP servers"
+    quoted = ", ".join(f'"{name}"' for name in names)
+    plural = "s" if len(names) > 1 else ""
+    return f"unknown MCP server{plural} {quoted}: this ledger's catalog has {has}"
+
+
+class DataDirectoryBusyError(RuntimeError):
+    """Another ledger process runs the MCP servers of this data directory."""
+
+
+def _lock_data_directory(data_dir: Path) -> IO[str]:
+    """Take `<data_dir>/ledger.lock` for this process (created if need be).
+
+    Raises DataDirectoryBusyError naming the holder's pid when it is taken.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "ledger.lock"
+    handle = open(path, "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        msg = (
+            f"another ledger (pid {holder}) runs the MCP servers of the data "
+            f"directory {data_dir}; one ledger server per data directory and "
+            "machine may use the process provisioner"
+        )
+        raise DataDirectoryBusyError(msg) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+class ProcessProvisioner:
+    """Runs the catalog's MCP servers as processes on this machine.
+
+    - `catalog`: the servers (how to run each) and pools (`advertise_host`).
+    - `data_dir`: logs in `<data_dir>/logs/`, state files in `<data_dir>/run/`
+      (what lets the next run adopt the processes this one leaves running).
+    - `now`: the clock of the supervisor's own event times (the ledger
+      records every event at its own clock's time).
+    - `restart_policy`, `watch_interval_seconds`, `health_timeout_seconds`:
+      as ServerProcesses takes them.
+
+    Call `connect(ledger)` before use: events are recorded in that ledger,
+    and a stop asks it whether the server was recorded again meanwhile.
+    Every method blocks; call them from worker threads.
+
+    One provisioner at a time runs the servers of a data directory: it holds
+    an exclusive lock on `<data_dir>/ledger.lock` until `close()` (the
+    kernel drops it if the process dies). Raises DataDirectoryBusyError when
+    another process holds it.
+    """
+
+    instant = False
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        data_dir: Path,
+        *,
+        now: Callable[[], datetime] = utc_now,
+        restart_policy: RestartPolicy | None = None,
+        watch_interval_seconds: float = 0.2,
+        health_timeout_seconds: float = 5.0,
+    ) -> None:
+        self.catalog = catalog
+        self.specs = {
+            name: server_spec(name, entry)
+            for name, entry in catalog.mcp_servers.items()
+        }
+        self.data_dir = Path(data_dir)
+        self._lock_file = _lock_data_directory(self.data_dir)
+        self._ledger: Ledger | None = None
+        self._guard = threading.Lock()
+        self._locks: dict[Key, threading.Lock] = {}
+        self.processes = ServerProcesses(
+            self.data_dir,
+            self._record,
+            catalog=self.specs,
+            restart_policy=restart_policy,
+            now=now,
+            watch_interval_seconds=watch_interval_seconds,
+            health_timeout_seconds=health_timeout_seconds,
+        )
+
+    def connect(self, ledger: Ledger) -> None:
+        """Record every process event in `ledger`, and consult it before a stop."""
+        self._ledger = ledger
+
+    # -- the Provisioner port ----------------------------------------------
+
+    def provision(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints:
+        """Make sure each server runs on its port and answers MCP; the endpoints.
+
+        A server already running there is shared (same process); one that
+        runs on another port than the pool assigned is moved there; another
+        server of the pool still holding the port is stopped first. Blocks
+        until every server answers (at most each one's start timeout).
+        Raises ServerStartError (its message names the server and quotes the
+        last lines of its log) or ValueError for a server not in the catalog;
+        servers started before the failure are left to the pool (idle ones
+        are stopped by the ledger).
+        """
+        host = self.advertise_host(pool)
+        endpoints: dict[str, str] = {}
+        for slot in servers:
+            spec = self.specs.get(slot.name)
+            if spec is None:
+                raise ValueError(unknown_servers_message([slot.name], list(self.specs)))
+            with self._lock(pool, slot.name):
+                self._free_port(pool, slot)
+                self._ensure_running(pool, spec, slot.port, bind_host(host))
+            endpoints[slot.name] = spec.endpoint(host, slot.port)
+        return Endpoints(
+            workers={w.worker_id: f"http://{url_host(host)}:{w.port}" for w in workers},
+            servers=endpoints,
+        )
+
+    def deprovision(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> None:
+        """Nothing of the allocation's own runs here: its MCP servers are
+        shared, and stopped by the ledger once idle (`stop_server`)."""
+        return None
+
+    def stop_server(self, name: str, port: int, *, pool: str) -> None:
+        """Stop the process of `name` in `pool`, which served on `port`.
+
+        Skipped when the pool has meanwhile recorded the server again on the
+        same port (a new allocation started it again), or when the process
+        now serves on another port (a newer start). Waits until the process
+        group is gone and the port is free.
+        """
+        with self._lock(pool, name):
+            if self._recorded_port(pool, name) == port:
+                return
+            info = self.processes.info(pool, name)
+            if info is not None and info.port != port and info.pid is not None:
+                return
+            self.processes.stop(pool, name)
+
+    # -- start-up and status -------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Make this machine's processes what the ledger records; lines for the log.
+
+        Every server the pools record as running or idle gets one live
+        process (adopted from an earlier run of this data directory, or
+        started); every other process of an earlier run is stopped. A server
+        that cannot be started (not in the catalog any more, or its start
+        fails) and that no live allocation uses is recorded stopped in its
+        pool, its port free; one in use stays recorded, with its failure in
+        its history. Raises RuntimeError before connect().
+        """
+        ledger = self._require_ledger()
+        recorded = ledger.recorded_servers()
+        expected = {
+            key: server.port for key, server in recorded.items() if key[1] in self.specs
+        }
+        hosts = {pool: bind_host(self.advertise_host(pool)) for pool, _ in recorded}
+        self.processes.reconcile(expected, hosts=hosts)
+        lines: list[str] = []
+        for (pool, name), server in sorted(recorded.items()):
+            info = self.processes.info(pool, name)
+            if info is not None and info.pid is not None:
+                lines.append(
+                    f"MCP server {name} of pool {pool}: pid {info.pid} on port "
+                    f"{server.port} ({info.status})"
+                )
+                continue
+            if name not in self.specs:
+                reason = f'"{name}" is not in the catalog any more'
+                self._record_report(
+                    ProcessReport(
+                        "failed", pool, name, server.port, None, {"reason": reason}
+                    )
+                )
+            else:
+                reason = "its start failed"
+            if ledger.stop_unstartable_server(pool, name, server.port):
+                lines.append(
+                    f"MCP server {name} of pool {pool}: {reason}; recorded "
+                    f"stopped, port {server.port} free"
+                )
+            else:
+                lines.append(
+                    f"MCP server {name} of pool {pool}: {reason}; still in use "
+                    f"by {server.references} allocation(s)"
+                )
+        return lines
+
+    def advertise_host(self, pool: str) -> str:
+        """The host name the endpoints of `pool` carry (catalog, else localhost)."""
+        entry = self.catalog.pools.get(pool)
+        return entry.advertise_host if entry is not None else DEFAULT_ADVERTISE_HOST
+
+    def server_info(self, pool: str, name: str) -> ProcessInfo | None:
+        """What this machine's supervisor knows of the server; None if nothing."""
+        return self.processes.info(pool, name)
+
+    def close(self, *, stop_all: bool = False) -> None:
+        """Stop watching; with `stop_all`, stop every server process too.
+
+        Without, the processes keep running and the next run on the same
+        data directory adopts them (reconcile).
+        """
+        self.processes.close(stop_all=stop_all)
+        if not self._lock_file.closed:
+            self._lock_file.close()  # releases the lock
+
+    # -- internals -------------------------------------------------------------
+
+    def _ensure_running(
+        self, pool: str, spec: ServerSpec, port: int, host: str
+    ) -> ProcessInfo:
+        try:
+            return self.processes.ensure_running(pool, spec, port, host)
+        except ValueError:
+            # It runs on another port than the pool now assigns: the pool's
+            # record counts, so it is moved.
+            self.processes.stop(pool, spec.name)
+            return self.processes.ensure_running(pool, spec, port, host)
+
+    def _free_port(self, pool: str, slot: ServerSlot) -> None:
+        """Stop another server of the pool whose process still holds the
+        slot's port: the pool gave the port to this server, so it no longer
+        records the other one there."""
+        for info in self.processes.status():
+            holds = info.pid is not None or info.status == "starting"
+            if (
+                info.pool == pool
+                and info.name != slot.name
+                and info.port == slot.port
+                and holds
+            ):
+                logger.warning(
+                    "stopping MCP server %s of pool %s: port %d now belongs to %s",
+                    info.name,
+                    pool,
+                    slot.port,
+                    slot.name,
+                )
+                self.processes.stop(pool, info.name)
+
+    def _recorded_port(self, pool: str, name: str) -> int | None:
+        """The port the pool records the server on now (fresh), or None."""
+        if self._ledger is None:
+            return None
+        try:
+            server = self._ledger.pool(pool).servers.get(name)
+        except PoolNotFoundError:
+            return None
+        return None if server is None else server.port
+
+    def _lock(self, pool: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((pool, name), threading.Lock())
+
+    def _require_ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("ProcessProvisioner.connect(ledger) was not called")
+        return self._ledger
+
+    def _record(self, event: ProcessEvent) -> None:
+        """The supervisor's on_event: record the event in the ledger."""
+        self._record_report(
+            ProcessReport(
+                event.kind,
+                event.pool,
+                event.name,
+                event.port,
+                event.pid,
+                dict(event.detail),
+            )
+        )
+
+    def _record_report(self, report: ProcessReport) -> None:
+        if self._ledger is None:
+            logger.info("not recorded (no ledger connected): %s", report)
+            return
+        self._ledger.record_server_process(report)
