@@ -266,7 +266,7 @@ class ProcessProvisioner:
         lines: list[str] = []
         for (pool, name), server in sorted(recorded.items()):
             info = self.processes.info(pool, name)
-            if info is not None and info.pid is not None:
+            if info is not None and info.pid is not None and info.status == "running":
                 lines.append(
                     f"MCP server {name} of pool {pool}: pid {info.pid} on port "
                     f"{server.port} ({info.status})"
