@@ -26,6 +26,7 @@ ITEMS = {
     "4": "bench.mcp_overhead",
     "5": "bench.contention",
     "6": "bench.memory",
+    "7": "bench.provisioning",
 }
 
 

@@ -164,6 +164,21 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                     ".2f",
                 ),
             ]
+    seven = items.get("7") or {}
+    for row in seven.get("rows") or []:
+        case = row["case"]
+        for key in ("p50", "p99"):
+            label = f"7 {case}: request-to-active {key} ms"
+            out.append((f"7.{case}.{key}", label, row[f"{key}_ms"], ".2f"))
+    if "warm_over_endpoints_p50" in seven:
+        out.append(
+            (
+                "7.ratio",
+                "7 warm / endpoints only, p50 (≤ 1.3)",
+                seven["warm_over_endpoints_p50"],
+                ".2f",
+            )
+        )
     return out
 
 

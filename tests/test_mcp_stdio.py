@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
+from allocation_ledger.domain.server_process import server_process_uuid
 from tests.mcp_support import (
     REPO,
     call,
@@ -21,6 +24,7 @@ from tests.mcp_support import (
     sqlite_service,
     stdio_params,
 )
+from tests.process_support import is_alive, kinds, refuses_connections
 
 pytestmark = pytest.mark.anyio
 
@@ -149,7 +153,29 @@ def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> N
     assert "Insufficient workers: requested" in out
     assert "already_released" in out
     assert str(tmp_path / "ledger.db") in out
+    # The time server: started for the first request, called by an agent at
+    # the endpoint handed out, shared by the second, stopped once idle.
+    assert "time http://localhost:9000/mcp (started for it)" in out
+    assert "time http://localhost:9000/mcp (already running)" in out
+    assert "the same process" in out
+    answered = re.search(r"it answered: current time (\S+) \(UTC\)", out)
+    assert answered is not None, out
+    told = datetime.fromisoformat(answered.group(1))
+    assert abs(told - datetime.now(UTC)) < timedelta(minutes=5)
+    assert "time stopped: running MCP servers: none" in out
+    assert "its port 9000 refuses connections" in out
     with sqlite_service(tmp_path / "ledger.db") as service:
         capacity = service.read_models.capacity()
         assert capacity is not None
         assert capacity.live_allocations == 0
+        assert capacity.servers == {}
+        events = list(
+            service.ledger.repository.event_store.get(
+                server_process_uuid("default", "time")
+            )
+        )
+    assert kinds(events) == ["Registered", "Started", "HealthPassed", "Stopped"]
+    pid = getattr(events[1], "pid", None)
+    assert pid is not None and not is_alive(pid)
+    assert refuses_connections(9000)
+    assert not list((tmp_path / "ledger.db.d" / "run").glob("*.json"))

@@ -1,13 +1,23 @@
 """`allocation-ledger demo`: the real server over stdio, driven by a real MCP
-client through requests, a retry, a refusal, a renewal and releases."""
+client through requests, a retry, a refusal, a renewal and releases, with a
+real MCP server (the reference `mcp-server-time`) started on demand, called
+by an agent at the endpoint the ledger handed out, shared, and stopped once
+idle."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import socket
 import sys
+import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from rich.console import Console
@@ -21,31 +31,79 @@ from allocation_ledger.adapters.cli.console import (
 )
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 
+SERVER = "time"
+"""The one MCP server of the demo's catalog: the reference `mcp-server-time`."""
+IDLE_TIMEOUT_SECONDS = 5
+"""The demo's idle timeout: short, so that the idle stop is seen."""
+IDLE_CHECK_INTERVAL_SECONDS = 0.5
+IDLE_STOP_BOUND_SECONDS = IDLE_TIMEOUT_SECONDS + 20.0
+"""How long the demo waits for the idle server to be stopped before failing."""
+
+Call = Callable[..., Awaitable[dict[str, Any]]]
+
 
 def _server_command() -> tuple[str, list[str]]:
     return sys.executable, ["-m", "allocation_ledger.adapters.cli", "serve"]
 
 
-def _child_env() -> dict[str, str]:
-    """The settings the served ledger should see: this process's own."""
+def demo_catalog() -> str:
+    """The demo's config file: one MCP server, `time`, run by this Python.
+
+    The same shape as examples/ledger.toml, with this interpreter (so the
+    server runs in the environment the ledger is installed in) and a short
+    idle timeout.
+    """
+    command = json.dumps([sys.executable, "-m", "mcp_server_time"])
+    return (
+        "# Written by `allocation-ledger demo` for its own ledger server.\n"
+        f"idle_check_interval_seconds = {IDLE_CHECK_INTERVAL_SECONDS}\n"
+        "stop_mcp_servers_on_exit = true\n"
+        "\n"
+        f"[mcp_servers.{SERVER}]\n"
+        f"command = {command}\n"
+        'transport = "stdio"\n'
+        f"idle_timeout_seconds = {IDLE_TIMEOUT_SECONDS}\n"
+    )
+
+
+def _child_env(settings: Settings, config: Path) -> dict[str, str]:
+    """The settings the served ledger should see: this process's own store
+    and database, with the demo's catalog (config file) instead of any other."""
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     env.setdefault(ENV_PREFIX + "LOG_LEVEL", "WARNING")
-    for name in ("PYTHONPATH", "HOME", "TMPDIR"):
+    env[ENV_PREFIX + "CONFIG"] = str(config)
+    env[ENV_PREFIX + "STORE"] = settings.store
+    if settings.store == "sqlite":
+        env[ENV_PREFIX + "DATABASE"] = str(settings.database.resolve())
+    # Environment variables win over the file: the demo's own, whatever is set.
+    env[ENV_PREFIX + "IDLE_CHECK_INTERVAL_SECONDS"] = str(IDLE_CHECK_INTERVAL_SECONDS)
+    env[ENV_PREFIX + "STOP_MCP_SERVERS_ON_EXIT"] = "true"
+    for name in ("PYTHONPATH", "HOME", "TMPDIR", "PATH", "LANG", "TZ"):
         if name in os.environ:
             env[name] = os.environ[name]
     return env
 
 
 class DemoError(Exception):
-    """A tool call in the demo came back as an error."""
+    """A tool call in the demo came back as an error, or something it shows
+    did not happen."""
 
 
 async def _drive_demo(settings: Settings, console: Console) -> None:
+    with tempfile.TemporaryDirectory(prefix="allocation-ledger-demo-") as directory:
+        config = Path(directory) / "ledger.toml"
+        config.write_text(demo_catalog())
+        await _drive_server(settings, console, config)
+
+
+async def _drive_server(settings: Settings, console: Console, config: Path) -> None:
     from mcp import Client, StdioServerParameters
     from mcp_types import TextContent
 
     command, arguments = _server_command()
-    params = StdioServerParameters(command=command, args=arguments, env=_child_env())
+    params = StdioServerParameters(
+        command=command, args=arguments, env=_child_env(settings, config)
+    )
     run = uuid.uuid4().hex[:8]
 
     async with Client(params) as client:
@@ -77,32 +135,50 @@ async def _drive_demo(settings: Settings, console: Console) -> None:
             else f"{settings.store} store"
         )
         console.print(f"Ledger: {where}")
+        console.print(
+            f"Catalog: one MCP server, [bold]{SERVER}[/] (`{sys.executable} -m "
+            f"mcp_server_time`, over stdio, bridged by the ledger to streamable "
+            f"HTTP), idle timeout {IDLE_TIMEOUT_SECONDS} s"
+        )
 
         capacity = await call("get_capacity")
         console.print(capacity_summary_table(capacity))
 
         research: dict[str, Any] = {
             "job_id": "demo-research",
-            "mcp_servers": ["filesystem", "github"],
+            "mcp_servers": [SERVER],
             "workers": 2,
             "request_id": f"demo-{run}-research",
             "metadata": {"demo_run": run},
         }
+        began = time.monotonic()
         first = await call("request_resources", **research)
-        _show_request(console, first)
+        _show_request(console, first, time.monotonic() - began)
         again = await call("request_resources", **research)  # the same request again
         console.print(
             f"  retry with the same request_id: {again['allocation_id']} "
             f"(replayed={again['replayed']}); nothing new was reserved"
         )
+        if first["status"] == "active":
+            await _agent_calls_the_server(console, _endpoint(first))
+
+        began = time.monotonic()
         second = await call(
             "request_resources",
             job_id="demo-review",
-            mcp_servers=["github"],
+            mcp_servers=[SERVER],
             workers=1,
             metadata={"demo_run": run},
         )
-        _show_request(console, second)
+        _show_request(console, second, time.monotonic() - began)
+        if first["status"] == second["status"] == "active":
+            shared = _endpoint(first) == _endpoint(second)
+            console.print(
+                f"  {SERVER} is shared: the same endpoint, "
+                f"{'the same process' if shared else 'NOT the same endpoint'}"
+            )
+            if not shared:
+                raise DemoError("the second allocation did not share the server")
 
         capacity = await call("get_capacity")
         too_big = await call(
@@ -145,13 +221,80 @@ async def _drive_demo(settings: Settings, console: Console) -> None:
 
         capacity = await call("get_capacity")
         console.print(capacity_summary_table(capacity))
+        if granted:
+            await _wait_for_idle_stop(console, call, _endpoint(granted[0]))
+
+
+def _endpoint(result: Mapping[str, Any]) -> str:
+    [server] = [s for s in result["mcp_servers"] if s["name"] == SERVER]
+    return str(server["endpoint"])
+
+
+async def _agent_calls_the_server(console: Console, endpoint: str) -> None:
+    """An agent connects to the endpoint it was handed (streamable HTTP, the
+    official client) and calls the server's get_current_time."""
+    from mcp import Client
+    from mcp_types import TextContent
+
+    console.print(
+        f"[bold magenta]agent[/] connects to {endpoint} (streamable HTTP) "
+        "and calls get_current_time(timezone='UTC')"
+    )
+    async with Client(endpoint) as agent:
+        tools = await agent.list_tools()
+        answer = await agent.call_tool("get_current_time", {"timezone": "UTC"})
+    text = " ".join(c.text for c in answer.content if isinstance(c, TextContent))
+    if answer.is_error:
+        raise DemoError(f"get_current_time at {endpoint} failed: {text}")
+    served = answer.structured_content or {}
+    console.print(
+        f"  {SERVER} offers {', '.join(t.name for t in tools.tools)}; "
+        f"it answered: current time {served.get('datetime', text)} "
+        f"({served.get('timezone', '?')})"
+    )
+
+
+async def _wait_for_idle_stop(console: Console, call: Call, endpoint: str) -> None:
+    """Poll get_capacity until the idle server is no longer running (bounded)."""
+    console.print(
+        f"Nobody uses {SERVER} now: it is idle, and is stopped after its idle "
+        f"timeout ({IDLE_TIMEOUT_SECONDS} s); polling get_capacity"
+    )
+    began = time.monotonic()
+    while True:
+        await anyio.sleep(1.0)
+        capacity = await call("get_capacity")
+        servers = {s["name"]: s for s in capacity["mcp_servers"]}
+        waited = time.monotonic() - began
+        if SERVER not in capacity["running_mcp_servers"]:
+            break
         console.print(
-            "Idle MCP servers keep their ports until the idle timeout "
-            f"({capacity['idle_timeout_seconds']} s), then stop."
+            f"  after {waited:.0f} s: {SERVER} is {servers[SERVER]['status']}"
+            if SERVER in servers
+            else f"  after {waited:.0f} s: {SERVER} is still listed as running"
         )
+        if waited > IDLE_STOP_BOUND_SECONDS:
+            raise DemoError(f"{SERVER} was not stopped {waited:.0f} s after release")
+    where = urlsplit(endpoint)
+    refused = _refuses_connections(where.hostname or "localhost", where.port or 80)
+    console.print(
+        f"  after {waited:.0f} s: [bold]{SERVER} stopped[/]: running MCP servers: "
+        f"{', '.join(capacity['running_mcp_servers']) or 'none'}; its port "
+        f"{where.port} {'refuses connections' if refused else 'still answers'}"
+    )
 
 
-def _show_request(console: Console, result: Mapping[str, Any]) -> None:
+def _refuses_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return False
+    except OSError:
+        return True
+
+
+def _show_request(
+    console: Console, result: Mapping[str, Any], seconds: float | None = None
+) -> None:
     allocation = result["allocation_id"]
     if result["status"] != "active":
         console.print(
@@ -159,16 +302,27 @@ def _show_request(console: Console, result: Mapping[str, Any]) -> None:
             f"{result.get('error')} (reason: {result.get('reason')})"
         )
         return
-    servers = ", ".join(f"{s['name']} {s['endpoint']}" for s in result["mcp_servers"])
+    servers = ", ".join(
+        f"{s['name']} {s['endpoint']}"
+        + (" (started for it)" if s.get("started") else " (already running)")
+        for s in result["mcp_servers"]
+    )
     workers = ", ".join(w["endpoint"] for w in result["workers_allocated"])
+    took = f" after {seconds:.2f} s" if seconds is not None else ""
     console.print(
-        f"  {allocation}: [bold green]active[/] until {result['expires_at']}; "
+        f"  {allocation}: [bold green]active[/]{took} until {result['expires_at']}; "
         f"MCP servers: {servers or 'none'}; workers: {workers or 'none'}"
     )
 
 
 def run_demo(settings: Settings, console: Console) -> int:
     """Start the real server over stdio and drive it with a real MCP client."""
+    if importlib.util.find_spec("mcp_server_time") is None:
+        return fail(
+            "the demo runs the reference MCP server mcp-server-time, which is not "
+            "installed here: pip install mcp-server-time",
+            2,
+        )
     try:
         anyio.run(_drive_demo, settings, console)
     except DemoError as error:
