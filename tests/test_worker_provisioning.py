@@ -172,6 +172,16 @@ async def test_workers_run_limited_with_their_facts_and_stop_at_release(
         assert worker_kinds(service, slot.worker_id) == ["Registered", "Started"]
 
     async with Client(stdio_server(service)) as client:
+        capacity = await call(client, "get_capacity", pool=POOL)
+        assert capacity["worker_enforcement"]["memory"] == limits.memory
+        listed = await call(client, "list_mcp_servers", pool=POOL)
+        assert listed["provisioner"] == "process"
+        [server] = listed["servers"]
+        status = await call(client, "get_mcp_status", name="time", pool=POOL)
+        assert status == server
+        assert status["status"] == "running" and status["references"] == 1
+        assert status["endpoint"] == time_endpoint
+        assert status["pid"] is not None and status["last_exit"] is None
         detail = await call(
             client, "get_allocation", allocation_id=allocation.allocation_id
         )
