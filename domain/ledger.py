@@ -8,7 +8,8 @@ version; the unit of work is then discarded and run again from a fresh read.
 The commands are grouped by what they act on, one mixin each: pools
 (pool_commands.py), new and queued requests (request_commands.py), releases
 (release_commands.py), leases and idle servers (lease_commands.py), what
-happened to MCP server processes (server_process_commands.py); they share the
+happened to MCP server processes (server_process_commands.py) and to worker
+processes (worker_process_commands.py); they share the
 provisioning steps (provisioning.py). Queries belong to the read
 models (projections).
 """
@@ -28,6 +29,7 @@ from allocation_ledger.domain.release_commands import ReleaseCommands
 from allocation_ledger.domain.request_commands import RequestCommands
 from allocation_ledger.domain.server_process_commands import ServerProcessCommands
 from allocation_ledger.domain.transcodings import TRANSCODINGS
+from allocation_ledger.domain.worker_process_commands import WorkerProcessCommands
 
 SNAPSHOT_AFTER_EVENTS = 50
 """A pool read that replays more events than this (and than its state holds)
@@ -40,6 +42,7 @@ class Ledger(
     ReleaseCommands,
     LeaseCommands,
     ServerProcessCommands,
+    WorkerProcessCommands,
 ):
     """Commands on allocations and pools. Queries belong to the read models.
 

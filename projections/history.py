@@ -11,6 +11,7 @@ from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.registry import PoolRegistry
 from allocation_ledger.domain.server_process import ServerProcess
+from allocation_ledger.domain.worker_process import WorkerProcess
 
 _BASE_FIELDS = frozenset(
     {"originator_id", "originator_version", "timestamp", "actor", "originator_topic"}
@@ -65,6 +66,8 @@ def aggregate_kind(event: object) -> str:
         return "pool-registry"
     if isinstance(event, ServerProcess.Event):
         return "server-process"
+    if isinstance(event, WorkerProcess.Event):
+        return "worker-process"
     return "unknown"
 
 

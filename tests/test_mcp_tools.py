@@ -49,6 +49,8 @@ TOOLS = {
     "get_queue",
     "set_quota",
     "set_scheduling",
+    "list_mcp_servers",
+    "get_mcp_status",
 }
 READ_ONLY = {
     "get_capacity",
@@ -57,6 +59,8 @@ READ_ONLY = {
     "get_allocation_history",
     "get_usage",
     "get_queue",
+    "list_mcp_servers",
+    "get_mcp_status",
 }
 DESTRUCTIVE = {
     "release_resources",
@@ -848,6 +852,15 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         "pool 'elsewhere' not found",
     ),
     ("set_scheduling", {"policy": "strict"}, "policy"),
+    ("list_mcp_servers", {"pool": "elsewhere"}, "pool 'elsewhere' not found"),
+    ("list_mcp_servers", {"pools": "default"}, "pools"),
+    ("get_mcp_status", {}, "name"),
+    ("get_mcp_status", {"name": "nope"}, 'unknown MCP server "nope"'),
+    (
+        "get_mcp_status",
+        {"name": "github", "pool": "elsewhere"},
+        "pool 'elsewhere' not found",
+    ),
 ]
 
 
@@ -886,3 +899,19 @@ async def test_a_request_id_is_scoped_to_its_pool(client: Client) -> None:
         {"job_id": "j", "mcp_servers": [], "request_id": key, "pool": "other"},
     )
     assert "pool 'other' not found" in text
+
+
+async def test_list_mcp_servers_and_get_mcp_status_show_the_pools_servers(
+    client: Client,
+) -> None:
+    await call(client, "request_resources", job_id="j", mcp_servers=["github"])
+    listed = await call(client, "list_mcp_servers")
+    assert listed["provisioner"] == "endpoints"
+    [github] = [s for s in listed["servers"] if s["name"] == "github"]
+    assert github["pool"] == "default"
+    assert github["status"] == "running"
+    assert github["references"] == 1
+    assert github["endpoint"] == f"http://localhost:{github['port']}"
+    assert github["pid"] is None
+    status = await call(client, "get_mcp_status", name="github")
+    assert status == github

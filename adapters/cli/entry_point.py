@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -22,6 +23,7 @@ from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
     DatabaseError,
+    data_directory,
     init_database,
     open_service,
 )
@@ -35,16 +37,81 @@ def _capacity(service: AllocationService) -> CapacityView:
     return view
 
 
+def worker_enforcement(service: AllocationService, pool: str) -> dict[str, str] | str:
+    """How the pool's workers are held to their size on this machine: the
+    mechanisms (probed as the worker supervisor probes them) when the catalog
+    gives the pool a worker_command, else "reserved slots only"."""
+    settings = service.settings
+    entry = settings.catalog.pools.get(pool)
+    if entry is None or not entry.worker_command:
+        return "reserved slots only"
+    if settings.catalog.effective_provisioner != "process":
+        return "reserved slots only"
+    from allocation_ledger.adapters.provisioning.limits import Limiter, group_name
+
+    limiter = Limiter.detect(group_name(data_directory(settings)))
+    try:
+        return limiter.enforcement.as_dict()
+    finally:
+        limiter.close()
+
+
+def server_processes(
+    service: AllocationService, view: CapacityView
+) -> list[dict[str, Any]]:
+    """The pool's MCP servers with what happened to their processes (the
+    ServerProcess records): name, port, status, references, pid, restarts."""
+    shown: list[dict[str, Any]] = []
+    for name in sorted(view.servers):
+        server = view.servers[name]
+        record = service.ledger.server_process(view.pool, name)
+        status = "running" if server.references > 0 else "idle"
+        if record is not None and record.status in ("starting", "failed"):
+            status = record.status
+        shown.append(
+            {
+                "name": name,
+                "port": server.port,
+                "status": status,
+                "references": server.references,
+                "pid": None if record is None else record.pid,
+                "restarts": 0 if record is None else record.restarts,
+            }
+        )
+    return shown
+
+
 def run_status(service: AllocationService, console: Console, *, as_json: bool) -> None:
-    """Every pool's capacity, as tables or (`as_json`) as JSON."""
+    """Every pool's capacity, its MCP servers with their process status and
+    its worker enforcement, as tables or (`as_json`) as JSON."""
     views = service.read_models.capacities() or [_capacity(service)]
     if as_json:
         from allocation_ledger.projections.codec import capacity_to_dict
 
-        print(json.dumps([capacity_to_dict(v) for v in views], indent=2))
+        shown = [
+            capacity_to_dict(v)
+            | {
+                "mcp_server_processes": server_processes(service, v),
+                "worker_enforcement": worker_enforcement(service, v.pool),
+            }
+            for v in views
+        ]
+        print(json.dumps(shown, indent=2, default=str))
         return
     for view in views:
         console.print(capacity_table(view))
+        enforcement = worker_enforcement(service, view.pool)
+        if isinstance(enforcement, dict):
+            said = ", ".join(f"{k}: {v}" for k, v in enforcement.items())
+        else:
+            said = enforcement
+        console.print(f"workers of pool {view.pool!r}: {said}")
+        for server in server_processes(service, view):
+            console.print(
+                f"  MCP server {server['name']} on port {server['port']}: "
+                f"{server['status']}, {server['references']} allocation(s), "
+                f"pid {server['pid'] or '-'}, restarts {server['restarts']}"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ from allocation_ledger.adapters.mcp.resources import register_resources
 from allocation_ledger.adapters.mcp.tools.allocations import AllocationTools
 from allocation_ledger.adapters.mcp.tools.audit import AuditTools
 from allocation_ledger.adapters.mcp.tools.capacity import CapacityTools
+from allocation_ledger.adapters.mcp.tools.mcp_servers import McpServerTools
 from allocation_ledger.adapters.mcp.tools.scheduling import SchedulingTools
 from allocation_ledger.adapters.mcp.tools.specs import served_tools
 from allocation_ledger.adapters.storage.service import AllocationService
@@ -73,7 +74,13 @@ def build_server(
     allocations = AllocationTools(service, access)
     capacity = CapacityTools(service, access)
     audit = AuditTools(service, access)
-    groups = (allocations, capacity, SchedulingTools(service, access), audit)
+    groups = (
+        allocations,
+        capacity,
+        SchedulingTools(service, access),
+        audit,
+        McpServerTools(service, access),
+    )
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[BackgroundWork]) -> AsyncIterator[BackgroundWork]:

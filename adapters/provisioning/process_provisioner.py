@@ -1,18 +1,23 @@
-"""The process provisioner: the MCP servers an allocation names run for real.
+"""The process provisioner: the MCP servers and workers an allocation holds
+run for real.
 
 `ProcessProvisioner` implements the ledger's Provisioner port on
-`ServerProcesses` (processes.py): `provision` makes sure each of the
-allocation's servers runs on the port its pool assigned and answers MCP,
-then hands out `http://<advertise_host>:<port><path>`; `stop_server` stops a
-server's process once its pool no longer records it. Everything its
-processes go through (start, health check, exit, restart, stop, adoption) is
-recorded in the ledger as ServerProcess events, and `reconcile` makes the
+`ServerProcesses` (processes.py) and `WorkerProcesses` (workers.py):
+`provision` makes sure each of the allocation's servers runs on the port its
+pool assigned and answers MCP, then, when the pool has a `worker_command`,
+starts each of its workers as a process limited to the pool's worker size,
+given the servers' endpoints; it hands out `http://<advertise_host>:<port>`
+addresses. `deprovision` stops the allocation's workers (SIGTERM, grace,
+SIGKILL); `stop_server` stops a server's process once its pool no longer
+records it. Everything the processes go through is recorded in the ledger:
+ServerProcess events for servers, WorkerProcess events for workers (a
+worker's exit never changes its allocation's state). `reconcile` makes the
 processes on this machine what the ledger records, at start.
 
 It is not instant: the ledger calls it between two units of work (the
 allocation `pending` meanwhile), never inside one, so it may block and may
-record events itself. Workers stay addresses (reserved slots) here.
-See docs/provisioning.md.
+record events itself. A pool without a `worker_command` keeps its workers
+as addresses (reserved slots). See docs/provisioning.md.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from allocation_ledger.adapters.config.catalog import (
     DEFAULT_ADVERTISE_HOST,
@@ -43,10 +49,17 @@ from allocation_ledger.adapters.provisioning.server_spec import (
     ServerSpec,
 )
 from allocation_ledger.adapters.provisioning.supervision import Key, utc_now
+from allocation_ledger.adapters.provisioning.worker_reports import (
+    WorkerEvent,
+    WorkerInfo,
+)
+from allocation_ledger.adapters.provisioning.workers import WorkerProcesses
 from allocation_ledger.domain.errors import PoolNotFoundError
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.server_process import ProcessReport
+from allocation_ledger.domain.values import Resources
+from allocation_ledger.domain.worker_process import WorkerReport
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +145,12 @@ class ProcessProvisioner:
       records every event at its own clock's time).
     - `restart_policy`, `watch_interval_seconds`, `health_timeout_seconds`:
       as ServerProcesses takes them.
+    - `worker_grace_seconds`: how long a stopped worker has between SIGTERM
+      and SIGKILL; `worker_enforce`: "auto" (cgroups where the machine
+      offers them, else RLIMIT_AS) or "rlimit" (see WorkerProcesses).
+
+    The worker supervisor runs only when a pool of the catalog has a
+    `worker_command` (`workers` is None otherwise).
 
     Call `connect(ledger)` before use: events are recorded in that ledger,
     and a stop asks it whether the server was recorded again meanwhile.
@@ -154,6 +173,8 @@ class ProcessProvisioner:
         restart_policy: RestartPolicy | None = None,
         watch_interval_seconds: float = 0.2,
         health_timeout_seconds: float = 5.0,
+        worker_grace_seconds: float = 5.0,
+        worker_enforce: Literal["auto", "rlimit"] = "auto",
     ) -> None:
         self.catalog = catalog
         self.specs = {
@@ -174,6 +195,16 @@ class ProcessProvisioner:
             watch_interval_seconds=watch_interval_seconds,
             health_timeout_seconds=health_timeout_seconds,
         )
+        self.worker_grace_seconds = worker_grace_seconds
+        self.workers: WorkerProcesses | None = None
+        if any(entry.worker_command for entry in catalog.pools.values()):
+            self.workers = WorkerProcesses(
+                self.data_dir,
+                self._record_worker,
+                enforce=worker_enforce,
+                now=now,
+                watch_interval_seconds=watch_interval_seconds,
+            )
 
     def connect(self, ledger: Ledger) -> None:
         """Record every process event in `ledger`, and consult it before a stop."""
@@ -199,6 +230,12 @@ class ProcessProvisioner:
         last lines of its log) or ValueError for a server not in the catalog;
         servers started before the failure are left to the pool (idle ones
         are stopped by the ledger).
+
+        Then, when the pool has a `worker_command`, each worker is started
+        (or found running, on a second call) with the servers' endpoints in
+        `LEDGER_MCP_ENDPOINTS`, limited to the pool's worker size. A worker
+        that cannot start raises WorkerStartError (quoting its log) after
+        the workers already started for the allocation are stopped.
         """
         host = self.advertise_host(pool)
         endpoints: dict[str, str] = {}
@@ -210,6 +247,8 @@ class ProcessProvisioner:
                 self._free_port(pool, slot)
                 self._ensure_running(pool, spec, slot.port, bind_host(host))
             endpoints[slot.name] = spec.endpoint(host, slot.port)
+        if workers and self.runs_workers(pool):
+            self._start_workers(allocation_id, workers, endpoints, pool=pool)
         return Endpoints(
             workers={w.worker_id: f"http://{url_host(host)}:{w.port}" for w in workers},
             servers=endpoints,
@@ -223,9 +262,12 @@ class ProcessProvisioner:
         *,
         pool: str,
     ) -> None:
-        """Nothing of the allocation's own runs here: its MCP servers are
-        shared, and stopped by the ledger once idle (`stop_server`)."""
-        return None
+        """Stop the allocation's workers, when its pool runs them as
+        processes (SIGTERM to each one's group, the grace period, SIGKILL;
+        all at once). Its MCP servers are shared, and stopped by the ledger
+        once idle (`stop_server`)."""
+        if workers and self.workers is not None:
+            self._stop_workers([slot.worker_id for slot in workers])
 
     def stop_server(self, name: str, port: int, *, pool: str) -> None:
         """Stop the process of `name` in `pool`, which served on `port`.
@@ -257,6 +299,10 @@ class ProcessProvisioner:
         its history. Raises RuntimeError before connect().
         """
         ledger = self._require_ledger()
+        lines = self._reconcile_servers(ledger)
+        return lines + self._reconcile_workers(ledger)
+
+    def _reconcile_servers(self, ledger: Ledger) -> list[str]:
         recorded = ledger.recorded_servers()
         expected = {
             key: server.port for key, server in recorded.items() if key[1] in self.specs
@@ -293,6 +339,44 @@ class ProcessProvisioner:
                 )
         return lines
 
+    def _reconcile_workers(self, ledger: Ledger) -> list[str]:
+        """Adopt the workers of live allocations an earlier run left running;
+        stop those no live allocation holds; record the ones gone."""
+        if self.workers is None:
+            return []
+        expected = ledger.live_worker_ids()
+        lines: list[str] = []
+        for event in self.workers.reconcile(expected):
+            what = {
+                "adopted": "adopted",
+                "exited": f"gone (cause {event.detail.get('cause', 'unknown')})",
+                "stopped": f"stopped ({event.detail.get('reason', 'requested')})",
+            }.get(event.kind, event.kind)
+            lines.append(
+                f"worker {event.worker_id} of allocation {event.allocation_id} "
+                f"(pool {event.pool}): pid {event.pid} {what}"
+            )
+        return lines
+
+    def runs_workers(self, pool: str) -> bool:
+        """Whether the workers of `pool` are processes (it has a worker_command)."""
+        entry = self.catalog.pools.get(pool)
+        return (
+            self.workers is not None
+            and entry is not None
+            and bool(entry.worker_command)
+        )
+
+    def worker_info(self, worker_id: str) -> WorkerInfo | None:
+        """What this machine's worker supervisor knows of the worker; None if
+        nothing (not a process here, or forgotten an hour after it ended)."""
+        return None if self.workers is None else self.workers.info(worker_id)
+
+    def worker_enforcement(self) -> dict[str, str] | None:
+        """How workers are limited here (`{"memory": ..., "cpu": ...}`, and a
+        `note` when a dimension fell back); None when no pool runs workers."""
+        return None if self.workers is None else self.workers.enforcement()
+
     def advertise_host(self, pool: str) -> str:
         """The host name the endpoints of `pool` carry (catalog, else localhost)."""
         entry = self.catalog.pools.get(pool)
@@ -305,10 +389,12 @@ class ProcessProvisioner:
     def close(self, *, stop_all: bool = False) -> None:
         """Stop watching; with `stop_all`, stop every server process too.
 
-        Without, the processes keep running and the next run on the same
-        data directory adopts them (reconcile).
+        Without, the processes (servers and workers) keep running and the
+        next run on the same data directory adopts them (reconcile).
         """
         self.processes.close(stop_all=stop_all)
+        if self.workers is not None:
+            self.workers.close(stop_all=stop_all)
         if not self._lock_file.closed:
             self._lock_file.close()  # releases the lock
 
@@ -324,6 +410,60 @@ class ProcessProvisioner:
             # record counts, so it is moved.
             self.processes.stop(pool, spec.name)
             return self.processes.ensure_running(pool, spec, port, host)
+
+    def _start_workers(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        endpoints: Mapping[str, str],
+        *,
+        pool: str,
+    ) -> None:
+        """Start each worker (the pool has a worker_command); on a failure,
+        stop the ones started for the allocation and raise it."""
+        assert self.workers is not None
+        entry = self.catalog.pools[pool]
+        size = self._worker_size(pool)
+        started: list[str] = []
+        try:
+            for slot in workers:
+                argv = entry.worker_argv(
+                    port=slot.port,
+                    worker_id=slot.worker_id,
+                    allocation_id=allocation_id,
+                )
+                self.workers.start(
+                    pool=pool,
+                    allocation_id=allocation_id,
+                    worker_id=slot.worker_id,
+                    port=slot.port,
+                    argv=argv,
+                    cpu_millicores=size.cpu_millicores,
+                    memory_mib=size.memory_mib,
+                    mcp_endpoints=endpoints,
+                )
+                started.append(slot.worker_id)
+        except Exception:
+            self._stop_workers(started)
+            raise
+
+    def _stop_workers(self, worker_ids: Sequence[str]) -> None:
+        """Stop the workers, all at once (each waits out its own grace)."""
+        workers = self.workers
+        if workers is None or not worker_ids:
+            return
+        grace = self.worker_grace_seconds
+        if len(worker_ids) == 1:
+            workers.stop(worker_ids[0], grace)
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(worker_ids))) as threads:
+            for done in [threads.submit(workers.stop, w, grace) for w in worker_ids]:
+                done.result()
+
+    def _worker_size(self, pool: str) -> Resources:
+        """What one worker of `pool` holds (the pool's recorded worker size)."""
+        ledger = self._require_ledger()
+        return ledger.pool(pool).settings.worker_size
 
     def _free_port(self, pool: str, slot: ServerSlot) -> None:
         """Stop another server of the pool whose process still holds the
@@ -377,6 +517,21 @@ class ProcessProvisioner:
                 dict(event.detail),
             )
         )
+
+    def _record_worker(self, event: WorkerEvent) -> None:
+        """The worker supervisor's on_event: record the event in the ledger."""
+        report = WorkerReport(
+            event.kind,
+            event.pool,
+            event.allocation_id,
+            event.worker_id,
+            event.pid,
+            dict(event.detail),
+        )
+        if self._ledger is None:
+            logger.info("not recorded (no ledger connected): %s", report)
+            return
+        self._ledger.record_worker_process(report)
 
     def _record_report(self, report: ProcessReport) -> None:
         if self._ledger is None:

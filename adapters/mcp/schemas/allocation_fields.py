@@ -77,6 +77,36 @@ class WorkerEndpoint(BaseModel):
     cpu: float = Field(description="CPU cores of one worker.")
     memory: int = Field(description="MB of memory of one worker.")
     port: int
+    pid: OmittedIfNone[int] = Field(
+        None,
+        description=(
+            "get_allocation only, when the pool runs its workers as processes: "
+            "the worker's process id."
+        ),
+    )
+    state: OmittedIfNone[str] = Field(
+        None,
+        description=(
+            "get_allocation only, when the pool runs its workers as processes: "
+            "running, exited (it ended by itself or was killed) or stopped "
+            "(stopped at release, expiry or preemption). A worker that exited "
+            "is not restarted, and the allocation's status does not change."
+        ),
+    )
+    cause: OmittedIfNone[str] = Field(
+        None,
+        description=(
+            "Why an exited or stopped worker ended: exited (with exit_code), "
+            "signal, memory_limit (killed or failed for passing its memory), "
+            "stopped, unknown."
+        ),
+    )
+    exit_code: OmittedIfNone[int] = Field(
+        None, description="The exit code of a worker that exited with one."
+    )
+    signal: OmittedIfNone[int] = Field(
+        None, description="The signal that ended the worker, if one did."
+    )
 
 
 _SERVER_STATUS: dict[AllocationState, str] = {

@@ -83,6 +83,10 @@ class McpServerStatus(BaseModel):
     idle_since: UtcTime | None
 
 
+RESERVED_SLOTS_ONLY = "reserved slots only"
+"""get_capacity's worker_enforcement for a pool whose workers are addresses."""
+
+
 class CapacityResult(BaseModel):
     """A pool's capacity, what is allocated, and what is left."""
 
@@ -125,6 +129,15 @@ class CapacityResult(BaseModel):
     held_by_tenant: dict[str, Amounts] = Field(
         description="What each tenant holds now (allocations without a tenant: not "
         "counted here)."
+    )
+    worker_enforcement: dict[str, str] | str = Field(
+        RESERVED_SLOTS_ONLY,
+        description=(
+            'How workers are held to their size: {"memory": "cgroup-v2", '
+            '"cgroup-v1" or "rlimit-as", "cpu": "cgroup-v2", "cgroup-v1" or '
+            '"none"} (and a "note" when one fell back) when the pool runs its '
+            'workers as processes (a worker_command), else "reserved slots only".'
+        ),
     )
 
 

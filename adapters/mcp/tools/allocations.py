@@ -53,6 +53,7 @@ from allocation_ledger.adapters.mcp.tools.group import ToolGroup
 from allocation_ledger.adapters.mcp.tools.servers import (
     check_servers_known,
     show_live_servers,
+    show_workers,
 )
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid
@@ -356,6 +357,7 @@ class AllocationTools(ToolGroup):
         )
         if view.state == AllocationState.ACTIVE.value:
             show_live_servers(detail, self.ledger.provisioner)
+        show_workers(detail, self.ledger)
         return detail
 
     async def list_allocations(

@@ -16,6 +16,9 @@ from allocation_ledger.adapters.mcp.schemas.capacity import (
 )
 from allocation_ledger.adapters.mcp.schemas.units import utc, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
+from allocation_ledger.adapters.provisioning.process_provisioner import (
+    ProcessProvisioner,
+)
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.domain.pool import DEFAULT_POOL
 
@@ -51,7 +54,7 @@ class CapacityTools(ToolGroup):
             total = self._capacity_view(pool).total
             capacity = with_amounts(total, cpu=cpu, memory=memory, workers=workers)
             result = self.ledger.set_capacity(capacity, pool=pool, actor=actor)
-            view = capacity_result(self._capacity_view(pool))
+            view = self.capacity(pool)
             return SetCapacityResult(**dict(view), changed=result.position is not None)
 
         return await self._call(work)
@@ -76,11 +79,22 @@ class CapacityTools(ToolGroup):
             return await self._call(lambda: self.capacity(pool))
         moment = utc(at)
         return await self._call(
-            lambda: capacity_result(
-                audit.capacity_at(self.service, moment, pool).capacity
+            lambda: self._enforced(
+                capacity_result(audit.capacity_at(self.service, moment, pool).capacity)
             )
         )
 
     def capacity(self, pool: str) -> CapacityResult:
         """get_capacity's answer for now (also the pool capacity resource)."""
-        return capacity_result(self._capacity_view(pool))
+        return self._enforced(capacity_result(self._capacity_view(pool)))
+
+    def _enforced(self, result: CapacityResult) -> CapacityResult:
+        """The result with its pool's worker enforcement."""
+        provisioner = self.ledger.provisioner
+        if isinstance(provisioner, ProcessProvisioner) and provisioner.runs_workers(
+            result.pool
+        ):
+            enforcement = provisioner.worker_enforcement()
+            if enforcement is not None:
+                result.worker_enforcement = enforcement
+        return result

@@ -1,6 +1,7 @@
-"""What the allocation tools add when the ledger runs MCP servers itself: the
-check of server names against the catalog, and the live status of a server's
-process in get_allocation."""
+"""What the allocation tools add when the ledger runs MCP servers and workers
+itself: the check of server names against the catalog, the live status of a
+server's process in get_allocation, and each worker's process (pid, state,
+cause) there."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
     unknown_servers_message,
 )
+from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Provisioner
 
 LIVE_SERVER_STATUS = {"starting": "restarting"}
@@ -43,3 +45,25 @@ def show_live_servers(detail: AllocationDetail, provisioner: Provisioner) -> Non
         if info is not None and info.port == server.port:
             server.status = LIVE_SERVER_STATUS.get(info.status, info.status)
             server.pid, server.restarts = info.pid, info.restarts
+
+
+def show_workers(detail: AllocationDetail, ledger: Ledger) -> None:
+    """Put each worker's process (pid, state, cause, exit code or signal) in
+    an allocation's detail, when its pool runs workers as processes: from the
+    ledger's WorkerProcess record (what the provisioner saw happen, durable
+    across restarts of the ledger). A worker with no record yet shows none."""
+    provisioner = ledger.provisioner
+    if not isinstance(provisioner, ProcessProvisioner):
+        return
+    if not provisioner.runs_workers(detail.pool):
+        return
+    for worker in detail.workers:
+        record = ledger.worker_process(worker.worker_id)
+        if record is None:
+            continue
+        worker.pid, worker.state = record.pid, record.status
+        if record.status != "running":
+            ended = record.last_exit or {}
+            worker.cause = record.cause
+            worker.exit_code = ended.get("code")
+            worker.signal = ended.get("signal")
