@@ -112,6 +112,7 @@ from allocation_ledger.projections.store import (
     ReadModelStore,
 )
 from allocation_ledger.projections.views import AllocationView, CapacityView
+from tests.ledger_properties import LedgerProperties
 
 T = TypeVar("T")
 
@@ -1544,6 +1545,24 @@ class LedgerMachine(RuleBasedStateMachine):
         self._check_returned_copies()
         live_rows, live_capacities = self._check_read_models()
         self._check_replay(live_rows, live_capacities)
+
+    @invariant()
+    def scheduling_and_accounting_hold(self) -> None:
+        """Invariants 8-10 and billing over the ledger's own events and read
+        models, computed independently (tests/ledger_properties.py): event
+        times never decrease; nothing granted and preempted in one decision;
+        nothing queued that can never be granted; billed usage = reserved time.
+        Preemption victims are checked against the model (`check_victims`)."""
+        properties: LedgerProperties | None = getattr(self, "_properties", None)
+        if properties is None:
+            properties = LedgerProperties(
+                self.ledger,
+                self.service.store,
+                lambda: [self._stored_pool(name) for name in self.model.pools],
+            )
+            self._properties = properties
+        self.service.read_models.catch_up()
+        properties.check(self.clock.now())
 
     def _stored_pool(self, name: str) -> Pool:
         """The Pool as stored: replayed from its events, kept up to date by version.

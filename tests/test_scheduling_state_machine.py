@@ -13,17 +13,32 @@ holds what; it checks the invariants themselves against the ledger's pool:
   one granted in the same decision;
 - every reservation, and only live allocations, are counted (invariant 1);
 - only strictly lower priorities are preempted, and no reservation passed its
-  tenant's quota (both checked event by event by `verify`).
+  tenant's quota (both checked event by event by `verify`);
+- and, over the ledger's own events and read models (tests/ledger_properties.py):
+  event times never decrease, nothing is granted and preempted in one
+  decision, nothing queued can never be granted (computed in the test), and
+  each allocation's billed usage equals its reserved time.
+
+Besides requests (waiting or not, with `max_wait_seconds`, preempting or not,
+per tenant), releases, sweeps and clock steps, it renews leases, jumps to the
+exact moment a queued request times out or a lease ends, sets and lowers
+quotas in every dimension, and changes the pool's capacity, worker size and
+server costs.
 """
 
 from __future__ import annotations
 
+import contextlib
+from datetime import timedelta
+
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     invariant,
+    precondition,
     rule,
 )
 
@@ -31,6 +46,7 @@ from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.errors import LedgerError
 from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
@@ -39,8 +55,16 @@ from allocation_ledger.domain.values import (
     QueuePolicy,
     Resources,
 )
+from tests.ledger_properties import LedgerProperties
 
 TENANTS = ("team-a", "team-b", None)
+
+# KNOWN LEDGER BUG: a request queued before the pool's worker size or server
+# costs change is granted at the new size by the pool but keeps the old size on
+# the allocation (its row, its bill, invariant 1 as `verify` checks it); see
+# test_a_grant_after_a_worker_size_change_holds_what_the_pool_reserves. While
+# True, sizes change only when nothing is queued.
+QUEUED_GRANT_KEEPS_OLD_SIZE_IS_KNOWN = True
 
 
 class SchedulingMachine(RuleBasedStateMachine):
@@ -54,6 +78,11 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.ledger.set_capacity(Resources(6000, 12_288, 6))
         self.ids = iter(range(1_000_000))
         self.checked_queue = True
+        self.properties = LedgerProperties(
+            self.ledger,
+            self.service.store,
+            lambda: [self.ledger.pool("default")],
+        )
 
     def teardown(self) -> None:
         try:
@@ -141,6 +170,78 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.ledger.set_capacity(Resources(workers * 1000, workers * 2048, workers))
         self.checked_queue = True
 
+    @rule(
+        allocation_id=allocations,
+        ttl_seconds=st.sampled_from((None, 60, 600)),
+    )
+    def renew(self, allocation_id: str, ttl_seconds: int | None) -> None:
+        """Any allocation, in any state: only an active, unexpired one renews."""
+        with contextlib.suppress(LedgerError):
+            self.ledger.renew(allocation_id, ttl_seconds)
+        self.checked_queue = True
+
+    def _moments(self) -> list[timedelta]:
+        """How far ahead a queued request times out or a live lease ends."""
+        now = self.clock.now()
+        pool = self.ledger.pool("default")
+        moments = {e.deadline for e in pool.queue.values() if e.deadline is not None}
+        for reservation in pool.reservations.values():
+            expires_at = self.ledger.allocation(reservation.allocation_id).expires_at
+            if expires_at is not None:
+                moments.add(expires_at)
+        return sorted(m - now for m in moments if m > now)
+
+    @precondition(lambda self: bool(self._moments()))
+    @rule(data=st.data(), offset=st.sampled_from((0, 1)))
+    def advance_to_a_deadline(self, data: st.DataObject, offset: int) -> None:
+        """At or just after a queue deadline or a lease's end."""
+        step = data.draw(st.sampled_from(self._moments()))
+        self.clock.advance(step.total_seconds() + offset)
+        self.checked_queue = False
+
+    @rule(
+        tenant=st.sampled_from(("team-a", "team-b")),
+        cpu=st.sampled_from((500, 1000, 3000, 12_000)),
+        memory=st.sampled_from((1024, 4096, 12_288)),
+        workers=st.sampled_from((0, 1, 4)),
+    )
+    def quota_in_every_dimension(
+        self, tenant: str, cpu: int, memory: int, workers: int
+    ) -> None:
+        """Quotas short of CPU or memory too, and zero workers."""
+        self.ledger.set_quota(tenant, Resources(cpu, memory, workers))
+        self.checked_queue = True
+
+    @precondition(
+        lambda self: (
+            not QUEUED_GRANT_KEEPS_OLD_SIZE_IS_KNOWN
+            or not self.ledger.pool("default").queue
+        )
+    )
+    @rule(
+        worker=st.sampled_from(
+            (
+                Resources(1000, 2048, 1),
+                Resources(2000, 2048, 1),
+                Resources(500, 4096, 1),
+            )
+        ),
+        search_cost=st.sampled_from((None, Resources(1000, 1024, 0))),
+    )
+    def worker_size_and_server_costs(
+        self, worker: Resources, search_cost: Resources | None
+    ) -> None:
+        """A bigger worker or a server cost can make a queued request hopeless."""
+        costs = {} if search_cost is None else {"search": search_cost}
+        self.ledger.configure_pool("default", worker_size=worker, server_costs=costs)
+        self.checked_queue = True
+
+    @invariant()
+    def scheduling_and_accounting_hold(self) -> None:
+        """Invariants 8-10 and billing, over the ledger's events and read models."""
+        self.service.read_models.catch_up()
+        self.properties.check(self.clock.now())
+
     @invariant()
     def queued_requests_hold_nothing_and_reservations_are_live(self) -> None:
         pool = self.ledger.pool("default")
@@ -180,3 +281,29 @@ class SchedulingMachine(RuleBasedStateMachine):
 
 TestScheduling = SchedulingMachine.TestCase
 TestScheduling.settings = settings(settings(), stateful_step_count=40)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN LEDGER BUG: a queued request granted after a worker size change "
+    "keeps its old size on the allocation while the pool reserves the new one",
+)
+def test_a_grant_after_a_worker_size_change_holds_what_the_pool_reserves() -> None:
+    clock = ManualClock()
+    service = open_service(Settings(store="memory"), clock=clock)
+    try:
+        ledger = service.ledger
+        ledger.set_capacity(Resources(4000, 16_384, 4))
+        holder = ledger.request(AllocationRequest("holder", (), 4)).allocation
+        waiting = ledger.request(AllocationRequest("waiter", (), 1), wait=True)
+        assert waiting.allocation.state is AllocationState.QUEUED
+        ledger.configure_pool("default", worker_size=Resources(2000, 4096, 1))
+        ledger.release(holder.allocation_id)
+        granted = ledger.allocation(waiting.allocation.allocation_id)
+        assert granted.state is AllocationState.ACTIVE
+        assert ledger.pool("default").reserved == Resources(2000, 4096, 1)
+        assert granted.resources == Resources(2000, 4096, 1)
+        report = audit.verify(service)
+        assert report.clean, report.as_dict()
+    finally:
+        service.close()
