@@ -26,6 +26,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,11 +65,27 @@ from allocation_ledger.domain.worker_process import WorkerReport
 logger = logging.getLogger(__name__)
 
 
+THIS_PYTHON = ("python", "python3")
+"""Program names in a catalog command that mean the ledger's own interpreter."""
+
+
+def own_interpreter(command: Sequence[str]) -> tuple[str, ...]:
+    """`command` with a bare `python`/`python3` program replaced by the
+    interpreter the ledger runs on (`sys.executable`), so a server installed
+    beside the ledger (`python -m mcp_server_time`) starts whichever way the
+    ledger was started (an MCP client's absolute path to the command, a
+    service manager, an activated environment). A path is left as given."""
+    if command and command[0] in THIS_PYTHON:
+        return (sys.executable, *command[1:])
+    return tuple(command)
+
+
 def server_spec(name: str, entry: McpServerEntry) -> ServerSpec:
-    """The supervisor's spec of the catalog's `[mcp_servers.NAME]` table."""
+    """The supervisor's spec of the catalog's `[mcp_servers.NAME]` table;
+    a bare `python` program is the ledger's own interpreter."""
     return ServerSpec(
         name=name,
-        command=tuple(entry.command),
+        command=own_interpreter(entry.command),
         transport=entry.transport,
         path=entry.path,
         env=dict(entry.env),

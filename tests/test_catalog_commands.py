@@ -1,0 +1,21 @@
+"""A catalog command naming `python` runs on the ledger's own interpreter."""
+
+from __future__ import annotations
+
+import sys
+
+from allocation_ledger.adapters.config.catalog import McpServerEntry
+from allocation_ledger.adapters.provisioning.process_provisioner import server_spec
+
+
+def test_a_bare_python_is_the_ledgers_own_interpreter() -> None:
+    for program in ("python", "python3"):
+        entry = McpServerEntry(command=[program, "-m", "mcp_server_time"])
+        spec = server_spec("time", entry)
+        assert spec.command == (sys.executable, "-m", "mcp_server_time")
+
+
+def test_a_path_or_other_program_is_left_as_given() -> None:
+    for command in (["/usr/bin/python3", "-m", "x"], ["uvx", "mcp-server-time"]):
+        spec = server_spec("time", McpServerEntry(command=command))
+        assert spec.command == tuple(command)
