@@ -69,12 +69,15 @@ class ServerSpec:
                 "--path",
                 self.path,
                 "--",
-                *self.command,
+                *self.child_argv(host, port),
             ]
-        return [
-            part.replace("{port}", str(port)).replace("{host}", host)
-            for part in self.command
-        ]
+        return self.child_argv(host, port)
+
+    def child_argv(self, host: str, port: int) -> list[str]:
+        """The server's own command with `{port}` and `{host}` filled in, for
+        both transports (`{{` and `}}` are literal braces, as in the catalog)."""
+        values = {"port": port, "host": host}
+        return [part.format_map(values) for part in self.command]
 
     def endpoint(self, host: str, port: int) -> str:
         """The URL of the MCP endpoint on host:port."""
