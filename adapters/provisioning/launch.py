@@ -1,8 +1,6 @@
-"""One start of one process: `ProcessLaunch`, what a server's and a worker's
-start share (the command line in its log, the spawn, the identity of what
-was spawned, its end when the start fails), and `ServerLaunch`, the start of
-an MCP server: spawn it, then wait until its endpoint answers MCP, watching
-the process meanwhile."""
+"""One start of one process (`ProcessLaunch`, for servers and workers), and
+of an MCP server (`ServerLaunch`): spawn it, then wait until its endpoint
+answers MCP, watching the process meanwhile."""
 
 from __future__ import annotations
 
@@ -37,13 +35,8 @@ CONNECT_PROBE_SECONDS = 0.5
 
 
 class ProcessLaunch:
-    """One start of `argv`, its output appended to `log_path`.
-
-    `spawn_with(start)` writes `--- <time> starting: <command line>` to the log,
-    runs `start()` (which makes the process, or raises OSError) and takes
-    down what identifies the process; `abort()` ends it when the start fails.
-    `exit` tells how the process ended, once it did.
-    """
+    """One start of `argv`, its output appended to `log_path`: the process,
+    what identifies it, and (`exit`) how it ended, once it did."""
 
     def __init__(
         self,
@@ -60,10 +53,8 @@ class ProcessLaunch:
     def spawn_with(
         self, start: Callable[[], subprocess.Popen[bytes]]
     ) -> subprocess.Popen[bytes]:
-        """Log the start, make the process with `start()`; the process.
-
-        Raises whatever `start` raises (OSError when it cannot be executed).
-        """
+        """Note the start in the log, make the process with `start()` (which
+        raises OSError when it cannot be executed); the process."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             stamp = self._now().isoformat()

@@ -117,8 +117,7 @@ class ProcessEvent:
 
 
 class ProcessStartError(RuntimeError):
-    """A process (`what`, e.g. "MCP server 'time' of pool 'default'") did not
-    start; nothing of it is left running. `reason` says what went wrong in
+    """A process (`what`) did not start, and nothing of it runs: `reason` in
     one line; the message quotes `tail`, the last lines of its log."""
 
     def __init__(self, what: str, reason: str, tail: str) -> None:

@@ -1,14 +1,9 @@
-"""State files of running processes, so that a later run can find them again.
-
-One JSON file per process, written when it starts (or is adopted) and
-removed when it is stopped or found gone: an MCP server's in
-`<data_dir>/run/<pool>-<name>.json` (`RunRecords`), a worker's in
-`<data_dir>/run/workers/<worker_id>.json` (`WorkerRecords`; the servers'
-files are not read from there). `StateFiles` is what both kinds share. A
-record identifies its process by its pid with its command line and its
-start time in /proc (`process_control.is_same_process`). The file names
-quote anything but letters, digits, `.`, `_` and `-`; the key inside the
-file is what counts.
+"""State files of running processes (`StateFiles`), so that a later run can
+find them again: one JSON file per process, written when it starts (or is
+adopted), removed when it is stopped or found gone. An MCP server's is
+`<data_dir>/run/<pool>-<name>.json` (`RunRecords`), a worker's
+`<data_dir>/run/workers/<worker_id>.json` (`WorkerRecords`). File names quote
+anything but letters, digits, `.`, `_` and `-`; the key inside is what counts.
 """
 
 from __future__ import annotations
@@ -55,12 +50,9 @@ R = TypeVar("R", bound=Record)
 
 
 class StateFiles(Generic[R]):
-    """The state files in one directory (created on first write).
-
-    `parse` reads a record from a file's JSON (raising ValueError, KeyError,
-    TypeError or AttributeError when malformed); a record's key is the
-    arguments of `path`, `read` and `remove`.
-    """
+    """The state files in one directory (created on first write), by the
+    records' keys; `parse` reads one from its JSON (raising ValueError,
+    KeyError, TypeError or AttributeError when malformed)."""
 
     def __init__(self, directory: Path, parse: Callable[[dict[str, Any]], R]) -> None:
         self.directory = directory

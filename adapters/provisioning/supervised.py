@@ -1,11 +1,6 @@
-"""What a supervisor knows of one process it runs.
-
-`SupervisedProcess` is what both kinds share: a process known by its pid,
-argv and start time in /proc (so that it is told from another that got the
-same pid later), and whether (and how) it has exited. `SupervisedServer` is
-an MCP server of a pool, with its restart budget; `SupervisedWorker` is a
-worker of an allocation, with its limits.
-"""
+"""What a supervisor knows of one process: `SupervisedProcess`, what both
+kinds share, `SupervisedServer` (with its restart budget) and
+`SupervisedWorker` (with its limits)."""
 
 from __future__ import annotations
 
@@ -17,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from allocation_ledger.adapters.provisioning import process_control as control
 from allocation_ledger.adapters.provisioning.limits import WorkerLimits
@@ -46,12 +41,11 @@ if TYPE_CHECKING:
 
 
 class SupervisedProcess:
-    """A process the supervisor runs or adopted, as the subclass's fields hold it.
+    """A process the supervisor runs or adopted (`pid` None: none runs).
 
-    `process` is the Popen when the process is our child, None when it was
-    adopted from an earlier run (then only `pid` is known, with its `argv`
-    and `start_ticks` from /proc to tell it from a later process that got
-    the same pid). `pid` is None when no process runs.
+    `process` is None when it was adopted from an earlier run: then its
+    `argv` and `start_ticks` (/proc) tell it from a later process that got
+    the same pid.
     """
 
     pid: int | None
@@ -115,10 +109,9 @@ class SupervisedProcess:
 class SupervisedServer(SupervisedProcess):
     """The supervisor's mutable record of (pool, name); guarded by its lock.
 
-    `process` is None when the process was adopted from an earlier run
-    (then only `pid` is known). `wanted` says the server should run (the
-    watcher restarts it); `generation` changes with every start, adoption or
-    scheduled restart, so that a stale restart knows to give way.
+    `wanted` says the server should run (the watcher restarts it);
+    `generation` changes with every start, adoption or scheduled restart, so
+    that a stale restart knows to give way.
     """
 
     pool: str
@@ -241,13 +234,21 @@ class SupervisedServer(SupervisedProcess):
         return policy.delay(made)
 
 
+class WorkerStart(NamedTuple):
+    """What a start of a worker asks for."""
+
+    pool: str
+    allocation_id: str
+    worker_id: str
+    port: int
+    argv: tuple[str, ...]
+
+
 @dataclass(eq=False)
 class SupervisedWorker(SupervisedProcess):
     """The supervisor's mutable record of one worker; guarded by its locks.
 
-    `process` is None when the worker was adopted from an earlier run (then
-    only `pid` and its identity are known). `pid` is kept after it ended,
-    for the record: never signal it then.
+    `pid` is kept after it ended, for the record: never signal it then.
     """
 
     worker_id: str
@@ -296,12 +297,10 @@ class SupervisedWorker(SupervisedProcess):
             limits=self.limits,
         )
 
-    def matches(
-        self, allocation_id: str, pool: str, port: int, argv: tuple[str, ...]
-    ) -> bool:
+    def matches(self, asked: WorkerStart) -> bool:
         """Whether a start with these facts asks for this very worker."""
-        mine = (self.allocation_id, self.pool, self.port, self.argv)
-        return mine == (allocation_id, pool, port, argv)
+        mine = (self.pool, self.allocation_id, self.worker_id, self.port, self.argv)
+        return mine == asked
 
     def event(
         self, kind: WorkerEventKind, detail: Mapping[str, object], at: datetime

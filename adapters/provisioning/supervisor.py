@@ -1,12 +1,7 @@
-"""What the supervisors of MCP server processes and of worker processes share.
-
-`Supervisor` is the base of `ServerProcesses` and `WorkerProcesses`: the
-watcher thread, the events collected while locks are held and told to
-`on_event` once they are released, the refusal of calls after close() or
-inside an event loop, and `KeyLocks`, a lock per process. What is known of
-one process is a `SupervisedProcess` (supervised.py), one start of one is a
-`ProcessLaunch` (launch.py), their state files are `StateFiles`
-(run_records.py).
+"""The base of the supervisors of MCP servers and of workers (`Supervisor`):
+the watcher thread, events told to `on_event` once locks are released, calls
+refused after close() or inside an event loop, a lock per process
+(`KeyLocks`). The rest of the core: supervised.py, launch.py, run_records.py.
 """
 
 from __future__ import annotations

@@ -30,7 +30,10 @@ from allocation_ledger.adapters.provisioning.run_records import (
     WorkerRecords,
     file_stem,
 )
-from allocation_ledger.adapters.provisioning.supervised import SupervisedWorker
+from allocation_ledger.adapters.provisioning.supervised import (
+    SupervisedWorker,
+    WorkerStart,
+)
 from allocation_ledger.adapters.provisioning.supervisor import (
     Supervisor,
     utc_now,
@@ -208,14 +211,14 @@ class WorkerSupervision(Supervisor[str, WorkerEvent]):
 
     def _spawn(
         self,
-        facts: tuple[str, str, str, int, tuple[str, ...]],
+        asked: WorkerStart,
         environment: Mapping[str, str],
         limits: WorkerLimits,
         events: list[WorkerEvent],
     ) -> SupervisedWorker:
-        """Spawn the worker of `facts` (pool, allocation_id, worker_id, port,
-        argv) in its limits, write its state file, tell it `started`."""
-        pool, allocation_id, worker_id, port, argv = facts
+        """Spawn the worker asked for in its limits, write its state file,
+        tell it `started`."""
+        pool, allocation_id, worker_id, port, argv = asked
         launch = ProcessLaunch(argv, self.log_path(worker_id), self._now)
         try:
             process = launch.spawn_with(

@@ -20,6 +20,7 @@ import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 
+from allocation_ledger.adapters.provisioning.supervised import WorkerStart
 from allocation_ledger.adapters.provisioning.worker_reports import (
     WorkerEvent,
     WorkerInfo,
@@ -91,9 +92,10 @@ class WorkerProcesses(WorkerSupervision):
         if not argv:
             raise ValueError(f"worker {worker_id!r} has an empty command")
         with self._telling() as events, self._keys.hold(worker_id):
+            asked = WorkerStart(pool, allocation_id, worker_id, port, argv)
             running = self._find(worker_id, events, announce=True)
             if running is not None:
-                if running.matches(allocation_id, pool, port, argv):
+                if running.matches(asked):
                     with self._lock:
                         return running.info()
                 if running.process is not None:
@@ -115,8 +117,7 @@ class WorkerProcesses(WorkerSupervision):
                 ),
             }
             limits = self._prepare(worker_id, cpu_millicores, memory_mib)
-            facts = (pool, allocation_id, worker_id, port, argv)
-            worker = self._spawn(facts, environment, limits, events)
+            worker = self._spawn(asked, environment, limits, events)
             with self._lock:
                 return worker.info()
 
