@@ -48,13 +48,20 @@ class SchedulingTools(ToolGroup):
         for never). The queue is served by effective rank, then arrival.
         Also the pool's queue_policy (strict: nobody passes the head;
         backfill: smaller ones may), aging_seconds, preemption rules and what
-        is available now. An unknown pool is an error.
+        is available now. An unknown pool is an error. Without the admin
+        scope, only your tenant's requests are listed (and counted); their
+        positions count every request waiting, so a gap means others' wait
+        ahead.
         """
-        self._actor("get_queue")
+        caller = self._caller("get_queue")
 
         def work() -> QueueResult:
             view = self._capacity_view(pool)
-            entries = queued_requests(view, self.ledger.clock.now())
+            entries = [
+                entry
+                for entry in queued_requests(view, self.ledger.clock.now())
+                if caller.visibility.includes(entry.tenant)
+            ]
             return QueueResult(
                 pool=view.pool,
                 queue=entries,
