@@ -351,7 +351,7 @@ class AllocationTools(ToolGroup):
         has run out (is_expired), its tenant and, for a refused request, the
         error and reason. A queued one (state "queued") holds nothing and
         shows queue_deadline and waiting_for; a preempted one shows
-        preempted_by, the allocation that took its capacity (null when that
+        preempted_by, the allocation that took its capacity (left out when that
         one is another tenant's and you lack the admin scope). An unknown
         allocation_id is an error; without the admin scope, so is another
         tenant's, with the same words.
