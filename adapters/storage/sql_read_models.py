@@ -381,12 +381,15 @@ class SQLReadModels:
             f"SUM(workers * {held}), SUM(server_count * {held}) "
             "FROM ledger_allocation_view "
             "WHERE reserved_at IS NOT NULL AND reserved_at < ? "
-            "AND (ended_at IS NULL OR ended_at > ?)"
+            f"AND {least}(COALESCE(ended_at, expires_at, ?), ?) > ?"
             + filters
             + " GROUP BY job_id, pool"
         )
         window = (now.timestamp(), now.timestamp(), until, since)
-        held_params = [*window, *window, *window, *window, until, since]
+        # Only rows that held capacity inside the window: a lease that ran
+        # out at or before `since` (swept or not) bills nothing there.
+        overlaps = [until, now.timestamp(), now.timestamp(), since]
+        held_params = [*window, *window, *window, *window, *overlaps]
         counts = (
             "SELECT job_id, pool, state, COUNT(*) FROM ledger_allocation_view "
             "WHERE started_at >= ? AND started_at < ?"
