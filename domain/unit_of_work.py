@@ -23,13 +23,12 @@ moment no earlier. See docs/operations.md, "Time".
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -257,6 +256,10 @@ class UnitOfWork:
         self.to_provision.clear()
 
 
+READ_PAGE = 5_000
+"""Events read at once when a pool is read fresh outside a command."""
+
+
 class Replayer:
     """Applies events to an aggregate, counting those replayed (not snapshots).
 
@@ -444,14 +447,31 @@ class UnitOfWorkApplication(Application[UUID]):
         """
         with self._lock:
             self.forget(cached_pool_uuid(name))
-            try:
-                found: Aggregate = self.repository.get(
-                    cached_pool_uuid(name), projector_func=Replayer()
-                )
-            except AggregateNotFoundError:
-                raise PoolNotFoundError(name) from None
+            found = self._read_in_pages(cached_pool_uuid(name))
+            if found is None:
+                raise PoolNotFoundError(name)
             assert isinstance(found, Pool)
-            return copy.deepcopy(found)
+            return found
+
+    def _read_in_pages(self, aggregate_id: UUID) -> Aggregate | None:
+        """An aggregate from its latest snapshot and then its events, read
+        READ_PAGE at a time: memory does not grow with a long history (the
+        library's read holds every event since the snapshot at once)."""
+        aggregate: Any = None
+        after: int | None = None
+        if self.snapshots is not None:
+            for snapshot in self.snapshots.get(aggregate_id, desc=True, limit=1):
+                aggregate = cast(Any, snapshot).mutate(None)
+                after = snapshot.originator_version
+        while True:
+            page: list[Any] = list(
+                self.events.get(aggregate_id, gt=after, limit=READ_PAGE)
+            )
+            for event in page:
+                aggregate = event.mutate(aggregate)
+            if len(page) < READ_PAGE:
+                return cast(Aggregate | None, aggregate)
+            after = page[-1].originator_version
 
     def allocation(self, allocation_id: str) -> Allocation:
         """The allocation aggregate as stored (a fresh read; for audits and tests).
