@@ -131,9 +131,14 @@ class Allocation(Aggregate):
         worker_ports: list[int]
         servers: list[list[Any]]  # [name, port, started]
         expires_at: datetime
+        # What the pool reserved at the grant (the pool's sizes then, which
+        # may differ from those at the request); None in older histories.
+        resources: dict[str, int] | None = None
 
         def apply(self, aggregate: Allocation) -> None:
             aggregate.state = AllocationState.PENDING
+            if self.resources is not None:
+                aggregate.resources = Resources.from_dict(self.resources)
             aggregate.workers = [
                 WorkerSlot(worker_id(aggregate.allocation_id, i), port)
                 for i, port in enumerate(self.worker_ports)
@@ -332,14 +337,18 @@ class Allocation(Aggregate):
         worker_ports: tuple[int, ...],
         servers: tuple[tuple[str, int, bool], ...],
         *,
+        resources: Resources | None = None,
         at: datetime,
         actor: str,
     ) -> None:
+        """Room was found: hold `resources` (what the pool reserved, at the
+        pool's sizes now) on these ports. Raises if not queued."""
         self._require(AllocationState.QUEUED, "grant")
         self.trigger_event(
             self.Granted,
             timestamp=at,
             actor=actor,
+            resources=None if resources is None else resources.as_dict(),
             worker_ports=list(worker_ports),
             servers=[[name, port, started] for name, port, started in servers],
             expires_at=at + timedelta(seconds=self.request.ttl_seconds),

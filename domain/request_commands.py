@@ -325,7 +325,11 @@ class RequestCommands(Provisioning):
                 StoppedServer(pool.name, name, port) for name, port in ports.stopped
             )
             allocation.grant(
-                ports.worker_ports, ports.servers, at=now, actor=SCHEDULER_ACTOR
+                ports.worker_ports,
+                ports.servers,
+                resources=pool.reservations[entry.allocation_id].resources,
+                at=now,
+                actor=SCHEDULER_ACTOR,
             )
             if self.provisions_instantly:
                 self._provision_now(allocation, pool, at=now, actor=SCHEDULER_ACTOR)

@@ -79,6 +79,8 @@ def fold_allocation(
         view.reserved_at = None  # waits holding nothing
     elif isinstance(event, Allocation.Granted):
         view.state = AllocationState.PENDING.value
+        if event.resources is not None:
+            view.resources = Resources.from_dict(event.resources)
         view.workers = [
             WorkerView(worker_id(view.allocation_id, i), port)
             for i, port in enumerate(event.worker_ports)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 from datetime import timedelta
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -59,12 +58,11 @@ from tests.ledger_properties import LedgerProperties
 
 TENANTS = ("team-a", "team-b", None)
 
-# KNOWN LEDGER BUG: a request queued before the pool's worker size or server
-# costs change is granted at the new size by the pool but keeps the old size on
-# the allocation (its row, its bill, invariant 1 as `verify` checks it); see
-# test_a_grant_after_a_worker_size_change_holds_what_the_pool_reserves. While
-# True, sizes change only when nothing is queued.
-QUEUED_GRANT_KEEPS_OLD_SIZE_IS_KNOWN = True
+# Found by this machine and fixed: a request queued before the pool's worker
+# size or server costs change is granted at the new size, by the pool and on
+# the allocation alike (test_a_grant_after_a_worker_size_change_holds_what_the_
+# pool_reserves). Set True only to keep sizes fixed while something is queued.
+QUEUED_GRANT_KEEPS_OLD_SIZE_IS_KNOWN = False
 
 
 class SchedulingMachine(RuleBasedStateMachine):
@@ -283,11 +281,6 @@ TestScheduling = SchedulingMachine.TestCase
 TestScheduling.settings = settings(settings(), stateful_step_count=40)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN LEDGER BUG: a queued request granted after a worker size change "
-    "keeps its old size on the allocation while the pool reserves the new one",
-)
 def test_a_grant_after_a_worker_size_change_holds_what_the_pool_reserves() -> None:
     clock = ManualClock()
     service = open_service(Settings(store="memory"), clock=clock)
