@@ -27,6 +27,7 @@ ITEMS = {
     "5": "bench.contention",
     "6": "bench.memory",
     "7": "bench.provisioning",
+    "8": "bench.preemption",
 }
 
 

@@ -208,7 +208,7 @@ def generate(
         )
         writer.save(allocation, pool)
         endpoints = provisioner.provision(
-            allocation_id, allocation.workers, allocation.servers
+            allocation_id, allocation.workers, allocation.servers, pool="default"
         )
         allocation.activate(endpoints, at=at, actor=actor)
         writer.save(allocation)

@@ -52,8 +52,8 @@ from allocation_ledger.domain.values import AllocationRequest, Rejection, Resour
 class Grant:
     """Reserve the request's capacity now, after preempting `victims`.
 
-    `victims`: live reservations (in the order found: lowest priority, then
-    youngest) whose allocations are preempted first, in the same unit of
+    `victims`: live reservations (youngest first; chosen by the rule in
+    preemption.py) whose allocations are preempted first, in the same unit of
     work; empty when the request fits as things are.
     """
 

@@ -1,14 +1,21 @@
 """An allocation's ids: its public id, its aggregate id, its workers' ids.
 
 The public id is `alloc-` + 12 lowercase hex characters (design contract,
-"Aggregates"): random, or derived from `(pool, request_id)` when the client
-gives a request id, which makes requests idempotent. The aggregate UUID is
-derived from the public id (uuid5), so no lookup table is needed.
+"Aggregates"): random, or derived from `(pool, tenant, request_id)` when the
+client gives a request id, which makes requests idempotent within a tenant
+while two tenants' equal request ids name two allocations. The aggregate UUID
+is derived from the public id (uuid5), so no lookup table is needed.
+
+Ledgers written before request ids belonged to tenants derived the id from
+`(pool, request_id)` alone (`pre_tenant_allocation_id`); those allocations
+keep their ids, and a retry finds them there when their tenant is the
+retrying one (`RequestCommands.request`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 ALLOCATION_ID_PREFIX = "alloc-"
@@ -19,8 +26,21 @@ def allocation_uuid(allocation_id: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"allocation-ledger:allocation:{allocation_id}")
 
 
-def allocation_id_for_request(pool: str, request_id: str) -> str:
-    """Retries with the same (pool, request_id) name the same allocation."""
+def allocation_id_for_request(
+    pool: str, request_id: str, tenant: str | None = None
+) -> str:
+    """Retries with the same (pool, tenant, request_id) name the same
+    allocation; another tenant (or none) with the same request id names
+    another. Never one that `pre_tenant_allocation_id` gives (what is hashed
+    starts with "[" here, with a pool name there)."""
+    key = json.dumps([pool, tenant, request_id])
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return ALLOCATION_ID_PREFIX + digest[:12]
+
+
+def pre_tenant_allocation_id(pool: str, request_id: str) -> str:
+    """The id a ledger before tenants gave a request with this request id,
+    whatever its tenant: only looked up, never given to a new allocation."""
     digest = hashlib.sha256(f"{pool}\x00{request_id}".encode()).hexdigest()
     return ALLOCATION_ID_PREFIX + digest[:12]
 

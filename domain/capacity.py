@@ -57,6 +57,26 @@ def shortfall(
         left = available.amount(dimension)
         if wanted > 0 and wanted > left:
             return Rejection(INSUFFICIENT_CAPACITY, dimension, wanted, max(left, 0))
+    wanted, left = _mcp_ports(pool, request, released_names)
+    if wanted > left:
+        return Rejection(INSUFFICIENT_CAPACITY, Dimension.MCP_PORTS, wanted, left)
+    return None
+
+
+def ports_short(pool: PoolState, request: AllocationRequest) -> int:
+    """How many more MCP ports the request needs than the pool can give it
+    now (0 if it has enough): one per MCP server it names that does not
+    run yet, against free ports and those of idle servers it does not use."""
+    wanted, left = _mcp_ports(pool, request, [])
+    return max(wanted - left, 0)
+
+
+def _mcp_ports(
+    pool: PoolState, request: AllocationRequest, released_names: list[str]
+) -> tuple[int, int]:
+    """(ports the request needs for new MCP servers, ports it could have),
+    counting servers used only by the reservations of `released_names` (one
+    name per reservation using it) as stoppable."""
     new_servers = [n for n in request.servers if n not in pool.servers]
     reclaimable = [
         s
@@ -64,12 +84,9 @@ def shortfall(
         if s.references - released_names.count(s.name) == 0
         and s.name not in request.servers
     ]
-    ports_left = free_mcp_ports(pool.ports, len(pool.servers)) + len(reclaimable)
-    if len(new_servers) > ports_left:
-        return Rejection(
-            INSUFFICIENT_CAPACITY, Dimension.MCP_PORTS, len(new_servers), ports_left
-        )
-    return None
+    return len(new_servers), free_mcp_ports(pool.ports, len(pool.servers)) + len(
+        reclaimable
+    )
 
 
 def never_fits(pool: PoolState, needed: Resources) -> Rejection | None:

@@ -24,6 +24,7 @@ from allocation_ledger.domain.results import (
     StoppedServer,
     SweepResult,
 )
+from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 from allocation_ledger.domain.unit_of_work import UnitOfWork
 from allocation_ledger.domain.values import AllocationState, validate_ttl
 
@@ -42,16 +43,20 @@ class LeaseCommands(Provisioning):
         ttl_seconds: int | None = None,
         *,
         actor: str = LOCAL_ACTOR,
+        visibility: Visibility = EVERY_TENANT,
     ) -> RenewOutcome:
         """Move an active allocation's expiry to now + ttl (its own ttl by default).
 
-        An allocation whose lease already ran out is expired, not renewed.
+        An allocation whose lease already ran out is expired, not renewed. One
+        of a tenant outside `visibility` raises AllocationNotFoundError, as an
+        unknown one does, and changes nothing (not even an expiry).
         """
         if ttl_seconds is not None:
             validate_ttl(ttl_seconds)
 
         def body(work: UnitOfWork) -> RenewOutcome:
             allocation = work.allocation(allocation_id)
+            visibility.check(allocation_id, allocation.tenant)
             now = self.clock.now()
             pool = work.pool(allocation.pool)
             if allocation.is_due(now):
@@ -116,7 +121,10 @@ class LeaseCommands(Provisioning):
                     break
         errors = self._deprovision_quietly(expired)
         return SweepResult(
-            tuple(a.allocation_id for a in expired), position, tuple(errors)
+            tuple(a.allocation_id for a in expired),
+            position,
+            tuple(errors),
+            tenants=tuple(a.tenant for a in expired),
         )
 
     def stop_idle_servers(self, *, actor: str = SWEEPER_ACTOR) -> IdleStopResult:

@@ -2,54 +2,56 @@
 
 A pure function over a pool's state (`PoolState`). Only live allocations of
 a strictly lower priority that the pool's rules let the request's priority
-preempt are candidates (docs/scheduling.md, "Preemption"); of the sets of
-them that would make the request fit, the smallest is taken, and among sets
-of that size the one of lowest priorities, then youngest (the rule the
-property tests check: tests/test_ledger_state_machine.py).
+preempt are candidates (docs/scheduling.md, "Preemption"). Of the sets of
+candidates that would make the request fit, the one taken is, in this order
+(the order Kubernetes and Kueue use):
+
+1. the set whose highest priority is lowest;
+2. then the set with the fewest victims;
+3. then the youngest set: the one whose oldest victim was reserved latest,
+   and if that ties, whose next oldest was, and so on; allocations reserved
+   at the same instant count as younger in the order of their ids.
+
+The rule is exact for any number of candidates; tests/test_preemption.py
+checks it against a search of every subset, and the ledger state machine
+checks the ledger's every preemption against it.
 """
 
 from __future__ import annotations
 
-import itertools
+import heapq
+from collections.abc import Sequence
 from datetime import datetime
 
-from allocation_ledger.domain.capacity import shortfall
+from allocation_ledger.domain.capacity import AMOUNTS, ports_short, shortfall
 from allocation_ledger.domain.pool_state import PoolState, Reservation
 from allocation_ledger.domain.values import AllocationRequest, Resources
 
-EXACT_PREEMPTION_SEARCH = 12
-"""Up to this many candidates, the smallest victim set is found exactly; with
-more, lowest-priority-youngest-first victims are taken until the request fits,
-then any that turn out not to be needed are spared."""
+Gains = tuple[int, ...]
+"""What freeing one reservation gives back at most, per dimension: workers,
+millicores, MiB (as in `AMOUNTS`), then MCP ports."""
 
 
 def preemption_candidates(
     pool: PoolState, request: AllocationRequest, now: datetime
 ) -> list[Reservation]:
-    """Live allocations the request's priority may preempt here, in order of
-    preference: lowest priority first, then youngest (latest reserved; one
-    reserved before times were kept counts as reserved `now`), then id."""
+    """Live allocations the request's priority may preempt here, youngest
+    first: latest reserved first (one reserved before times were kept counts
+    as reserved `now`), then in order of allocation id."""
     allowed = [
         r
         for r in pool.reservations.values()
         if pool.scheduling.may_preempt(request.priority, r.priority)
     ]
-    allowed.sort(
-        key=lambda r: (
-            r.priority.rank,
-            -(r.reserved_at or now).timestamp(),
-            r.allocation_id,
-        )
-    )
+    allowed.sort(key=lambda r: (-(r.reserved_at or now).timestamp(), r.allocation_id))
     return allowed
 
 
 def preemption_victims(
     pool: PoolState, request: AllocationRequest, needed: Resources, *, now: datetime
 ) -> list[Reservation] | None:
-    """The smallest set of live allocations whose capacity would let the
-    request fit, lowest priority first, youngest first among sets of that
-    size; None if no set the policy allows would do.
+    """The victims the rule above chooses, youngest first; None if no set
+    the pool's rules allow would make the request fit.
 
     `needed`: what the request holds while live (millicores, MiB, workers).
     Call it only for a request that does not fit as things are: the answer
@@ -58,20 +60,109 @@ def preemption_victims(
     allowed = preemption_candidates(pool, request, now)
     if not allowed or shortfall(pool, request, needed, freeing=allowed) is not None:
         return None
-    if len(allowed) <= EXACT_PREEMPTION_SEARCH:
-        # Smallest sets first; within a size, combinations come in the
-        # order of preference (lowest priority, then youngest).
-        for size in range(1, len(allowed) + 1):
-            for victims in itertools.combinations(allowed, size):
-                if shortfall(pool, request, needed, freeing=victims) is None:
-                    return list(victims)
-    chosen: list[Reservation] = []
-    for reservation in allowed:
-        if shortfall(pool, request, needed, freeing=chosen) is None:
+    eligible = allowed
+    for top in sorted({r.priority.rank for r in allowed}):
+        eligible = [r for r in allowed if r.priority.rank <= top]
+        if shortfall(pool, request, needed, freeing=eligible) is None:
             break
-        chosen.append(reservation)
-    for reservation in reversed(list(chosen)):
-        fewer = [r for r in chosen if r is not reservation]
-        if shortfall(pool, request, needed, freeing=fewer) is None:
-            chosen = fewer
-    return chosen
+    return _FewestYoungest(pool, request, needed, eligible).search()
+
+
+class _FewestYoungest:
+    """The smallest set of `candidates` (youngest first) that makes the
+    request fit, and of those the youngest (colexicographic order of their
+    positions: the lowest greatest position first).
+
+    Sizes are tried from one up. For a size, positions are chosen greatest
+    first, each as low as it can be, so the first set that fits is the
+    youngest of its size. A branch is cut as soon as, in some dimension, the
+    largest gains that the positions left could add cannot cover what is
+    still missing: gains are upper bounds (an MCP server counts as freed for
+    each reservation using it), so no set that fits is ever cut, and
+    `shortfall` decides each complete set. With one dimension short the
+    bound is exact and no branch is entered in vain.
+    """
+
+    def __init__(
+        self,
+        pool: PoolState,
+        request: AllocationRequest,
+        needed: Resources,
+        candidates: Sequence[Reservation],
+    ) -> None:
+        self._pool = pool
+        self._request = request
+        self._needed = needed
+        self._candidates = candidates
+        self._gains: list[Gains] = [self._gain(r) for r in candidates]
+        self._chosen: list[int] = []
+
+    def search(self) -> list[Reservation] | None:
+        missing = self._missing()
+        for size in range(1, len(self._candidates) + 1):
+            self._chosen = []
+            if self._choose(size, len(self._candidates), missing):
+                return [self._candidates[i] for i in sorted(self._chosen)]
+        return None
+
+    def _gain(self, reservation: Reservation) -> Gains:
+        amounts = tuple(reservation.resources.amount(d) for d in AMOUNTS)
+        servers = {n for n in reservation.servers if n not in self._request.servers}
+        return (*amounts, len(servers))
+
+    def _missing(self) -> Gains:
+        """What the request lacks per dimension before anyone is freed."""
+        available = self._pool.available
+        amounts = tuple(
+            max(self._needed.amount(d) - available.amount(d), 0)
+            if self._needed.amount(d) > 0
+            else 0
+            for d in AMOUNTS
+        )
+        return (*amounts, ports_short(self._pool, self._request))
+
+    def _choose(self, count: int, below: int, missing: Gains) -> bool:
+        """Add to `_chosen` the colexicographically first `count` positions
+        under `below` that make the request fit; False if there are none."""
+        if count == 0:
+            freeing = [self._candidates[i] for i in self._chosen]
+            return (
+                shortfall(self._pool, self._request, self._needed, freeing=freeing)
+                is None
+            )
+        best = _LargestGains(count - 1, len(missing))
+        for position in range(below):
+            if position >= count - 1:
+                left = tuple(
+                    m - g for m, g in zip(missing, self._gains[position], strict=True)
+                )
+                if best.may_cover(left):
+                    self._chosen.append(position)
+                    if self._choose(count - 1, position, left):
+                        return True
+                    self._chosen.pop()
+            best.add(self._gains[position])
+        return False
+
+
+class _LargestGains:
+    """The sum, per dimension, of the `keep` largest gains added so far."""
+
+    def __init__(self, keep: int, dimensions: int) -> None:
+        self._keep = keep
+        self._heaps: list[list[int]] = [[] for _ in range(dimensions)]
+        self._sums = [0] * dimensions
+
+    def add(self, gains: Gains) -> None:
+        if self._keep == 0:
+            return
+        for d, gain in enumerate(gains):
+            heap = self._heaps[d]
+            if len(heap) < self._keep:
+                heapq.heappush(heap, gain)
+                self._sums[d] += gain
+            elif gain > heap[0]:
+                self._sums[d] += gain - heapq.heapreplace(heap, gain)
+
+    def may_cover(self, missing: Gains) -> bool:
+        return all(m <= 0 or m <= s for m, s in zip(missing, self._sums, strict=True))

@@ -15,6 +15,7 @@ from allocation_ledger.domain.allocation import Allocation, ReleaseResult
 from allocation_ledger.domain.errors import ProvisioningError
 from allocation_ledger.domain.provisioning import Provisioning
 from allocation_ledger.domain.results import ReleaseOutcome, RequestResult
+from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 from allocation_ledger.domain.unit_of_work import (
     StaleReadError,
     TeardownError,
@@ -27,20 +28,27 @@ class ReleaseCommands(Provisioning):
     """Releasing and resuming allocations (a mixin of `ledger.Ledger`)."""
 
     def release(
-        self, allocation_id: str, *, actor: str = LOCAL_ACTOR
+        self,
+        allocation_id: str,
+        *,
+        actor: str = LOCAL_ACTOR,
+        visibility: Visibility = EVERY_TENANT,
     ) -> ReleaseOutcome:
         """Give an allocation's capacity back.
 
         Releasing one that is already released or expired changes nothing and
         says `already_released`; releasing a failed one changes nothing and
-        says `failed`.
+        says `failed`. One of a tenant outside `visibility` raises
+        AllocationNotFoundError, as an unknown one does, and changes nothing.
         """
 
         if self.provisions_instantly:
-            return self._release_instantly(allocation_id, actor)
+            return self._release_instantly(allocation_id, actor, visibility)
 
         def look(work: UnitOfWork) -> Allocation:
-            return work.allocation(allocation_id).snapshot()
+            allocation = work.allocation(allocation_id)
+            visibility.check(allocation_id, allocation.tenant)
+            return allocation.snapshot()
 
         current = self._run("release_resources", look)
         if current.state is AllocationState.QUEUED:
@@ -73,7 +81,9 @@ class ReleaseCommands(Provisioning):
 
         return self._run("release_resources", body)
 
-    def _release_instantly(self, allocation_id: str, actor: str) -> ReleaseOutcome:
+    def _release_instantly(
+        self, allocation_id: str, actor: str, visibility: Visibility
+    ) -> ReleaseOutcome:
         """`release` for an instant provisioner, in one unit of work.
 
         The same steps in the same order (look, cancel a queued request or
@@ -84,6 +94,7 @@ class ReleaseCommands(Provisioning):
 
         def body(work: UnitOfWork) -> ReleaseOutcome:
             allocation = work.allocation(allocation_id)
+            visibility.check(allocation_id, allocation.tenant)
             if allocation.state is AllocationState.QUEUED:
                 now = self.clock.now()
                 result = allocation.cancel(at=now, actor=actor)

@@ -16,7 +16,10 @@ from typing import Any
 from allocation_ledger.domain.actors import LOCAL_ACTOR, SCHEDULER_ACTOR
 from allocation_ledger.domain.admission import Admission, Grant, Queue, Refuse, admit
 from allocation_ledger.domain.allocation import Allocation, RequestFacts
-from allocation_ledger.domain.allocation_ids import allocation_id_for_request
+from allocation_ledger.domain.allocation_ids import (
+    allocation_id_for_request,
+    pre_tenant_allocation_id,
+)
 from allocation_ledger.domain.capacity import shortfall
 from allocation_ledger.domain.errors import ArgumentChange, RequestIdConflictError
 from allocation_ledger.domain.lease_commands import expire_due_leases
@@ -93,8 +96,8 @@ class RequestCommands(Provisioning):
         def body(work: UnitOfWork) -> RequestResult:
             now = self.clock.now()
             if request_id is not None:
-                allocation_id = allocation_id_for_request(pool, request_id)
-                existing = work.find_allocation(allocation_id, fresh=True)
+                allocation_id = allocation_id_for_request(pool, request_id, tenant)
+                existing = _earlier_request(work, pool, request_id, tenant)
                 if existing is not None:
                     _check_same_request(
                         existing,
@@ -155,21 +158,24 @@ class RequestCommands(Provisioning):
                 max_wait_seconds=max_wait_seconds,
             )
             work.add(allocation)
-            preempted = (
-                tuple(v.allocation_id for v in decision.victims)
-                if isinstance(decision, Grant)
-                else ()
-            )
+            victims = decision.victims if isinstance(decision, Grant) else ()
+            preempted = tuple(v.allocation_id for v in victims)
+            tenants = {v.allocation_id: v.tenant for v in victims} | {
+                i: work.allocation(i).tenant for i in expired
+            }
             if dry_run:
                 snapshot = allocation.snapshot()
                 work.discard()
-                return RequestResult(snapshot, None, dry_run=True, preempted=preempted)
+                return RequestResult(
+                    snapshot, None, dry_run=True, preempted=preempted, tenants=tenants
+                )
             position = work.save()
             return RequestResult(
                 allocation.snapshot(),
                 position,
                 expired_first=tuple(expired),
                 preempted=preempted,
+                tenants=tenants,
             )
 
         reserved = self._run("request_resources", body)
@@ -183,6 +189,7 @@ class RequestCommands(Provisioning):
             replayed=reserved.replayed,
             expired_first=reserved.expired_first,
             preempted=reserved.preempted,
+            tenants=reserved.tenants,
         )
 
     def _carry_out(
@@ -335,6 +342,26 @@ class RequestCommands(Provisioning):
             if not self._provision_now(allocation, pool, at=now, actor=SCHEDULER_ACTOR):
                 work.to_provision.append(allocation.snapshot())
         return granted
+
+
+def _earlier_request(
+    work: UnitOfWork, pool: str, request_id: str, tenant: str | None
+) -> Allocation | None:
+    """The allocation an earlier request of `tenant` with this request id
+    made in `pool`, if any (a fresh read): at the id derived from all three,
+    or, for one recorded before request ids belonged to tenants, at the id
+    derived from (pool, request_id) when its tenant is this one. Another
+    tenant's is never found: it can be neither replayed nor refused here."""
+    found = work.find_allocation(
+        allocation_id_for_request(pool, request_id, tenant), fresh=True
+    )
+    if found is None:
+        older = work.find_allocation(
+            pre_tenant_allocation_id(pool, request_id), fresh=True
+        )
+        if older is not None and older.tenant == tenant:
+            found = older
+    return found
 
 
 def _check_same_request(

@@ -8,7 +8,8 @@ pools in answers are copies, safe to read at leisure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from allocation_ledger.domain.allocation import Allocation, ReleaseResult
 from allocation_ledger.domain.pool import Pool
@@ -30,6 +31,8 @@ class RequestResult:
     expired_first: tuple[str, ...] = ()
     preempted: tuple[str, ...] = ()
     """Allocations whose capacity this request took (would take, on a dry run)."""
+    tenants: Mapping[str, str | None] = field(default_factory=dict)
+    """The tenant of each allocation in `expired_first` and `preempted`."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class SweepResult:
     expired: tuple[str, ...]
     position: int | None
     deprovision_errors: tuple[str, ...] = ()
+    tenants: tuple[str | None, ...] = ()
+    """The tenant of each allocation in `expired`, in the same order."""
 
 
 @dataclass(frozen=True)

@@ -445,7 +445,9 @@ class UnitOfWorkApplication(Application[UUID]):
         with self._lock:
             self.forget(cached_pool_uuid(name))
             try:
-                found: Aggregate = self.repository.get(cached_pool_uuid(name))
+                found: Aggregate = self.repository.get(
+                    cached_pool_uuid(name), projector_func=Replayer()
+                )
             except AggregateNotFoundError:
                 raise PoolNotFoundError(name) from None
             assert isinstance(found, Pool)

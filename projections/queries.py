@@ -16,6 +16,7 @@ from allocation_ledger.domain.pool_settings import (
     DEFAULT_WORKER_SIZE,
 )
 from allocation_ledger.domain.scheduling import DEFAULT_PREEMPTION
+from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 from allocation_ledger.domain.values import Resources
 from allocation_ledger.projections.catchup import Projector
 from allocation_ledger.projections.store import ListingQuery
@@ -30,11 +31,16 @@ class ReadModels:
     def catch_up(self) -> int:
         return self.projector.catch_up()
 
-    def allocation(self, allocation_id: str) -> AllocationView:
+    def allocation(
+        self, allocation_id: str, visibility: Visibility = EVERY_TENANT
+    ) -> AllocationView:
+        """One allocation; AllocationNotFoundError for an unknown one, and
+        alike for one of a tenant outside `visibility`."""
         self.catch_up()
         found = self.store.get_allocation(allocation_id)
         if found is None:
             raise AllocationNotFoundError(allocation_id)
+        visibility.check(allocation_id, found.tenant)
         return found
 
     def allocations(self, query: ListingQuery | None = None) -> list[AllocationView]:

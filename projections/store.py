@@ -22,7 +22,10 @@ MAX_PAGE_SIZE = 1000
 
 @dataclass(frozen=True)
 class ListingQuery:
-    """Filters and page of an allocation listing, in request order."""
+    """Filters and page of an allocation listing, in request order.
+
+    `tenant`: only that tenant's allocations (None: every tenant's).
+    """
 
     state: AllocationState | None = None
     job_id: str | None = None
@@ -30,6 +33,7 @@ class ListingQuery:
     pool: str | None = None
     after: int = 0
     limit: int = MAX_PAGE_SIZE
+    tenant: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_PAGE_SIZE:
@@ -45,6 +49,7 @@ class ListingQuery:
             and (self.job_id is None or view.job_id == self.job_id)
             and (self.priority is None or view.priority == self.priority.value)
             and (self.pool is None or view.pool == self.pool)
+            and (self.tenant is None or view.tenant == self.tenant)
             and view.sequence > self.after
         )
 
@@ -101,12 +106,17 @@ class ReadModelStore(Protocol):
 
 
 class InMemoryReadModels:
-    """Read models held in dictionaries: for tests, replays and audits."""
+    """Read models held in dictionaries: for tests, replays and audits.
+
+    Allocations are indexed by state and by tenant (a tenant's listing and
+    usage read that tenant's rows only).
+    """
 
     def __init__(self) -> None:
         self._position = 0
         self._allocations: dict[UUID, AllocationView] = {}
         self._by_state: dict[str, dict[UUID, AllocationView]] = {}
+        self._by_tenant: dict[str | None, dict[UUID, AllocationView]] = {}
         self._capacities: dict[UUID, CapacityView] = {}
         self._lock = threading.Lock()
 
@@ -147,6 +157,7 @@ class InMemoryReadModels:
                     self._by_state.get(old.state, {}).pop(key, None)
                 self._allocations[key] = view
                 self._by_state.setdefault(view.state, {})[key] = view
+                self._by_tenant.setdefault(view.tenant, {})[key] = view
             for capacity in capacities:
                 self._capacities[pool_uuid(capacity.pool)] = capacity
             self._position = position
@@ -159,7 +170,9 @@ class InMemoryReadModels:
 
     def list_allocations(self, query: ListingQuery) -> list[AllocationView]:
         with self._lock:
-            if query.state is not None:
+            if query.tenant is not None:
+                candidates = list(self._by_tenant.get(query.tenant, {}).values())
+            elif query.state is not None:
                 candidates = list(self._by_state.get(query.state.value, {}).values())
             else:
                 candidates = list(self._allocations.values())
@@ -196,6 +209,10 @@ class InMemoryReadModels:
 
     def usage(self, query: UsageQuery, now: datetime) -> list[UsageRow]:
         with self._lock:
+            if query.tenant is not None:
+                return usage_of(
+                    self._by_tenant.get(query.tenant, {}).values(), query, now
+                )
             return usage_of(self._allocations.values(), query, now)
 
     def clear(self) -> None:
@@ -203,4 +220,5 @@ class InMemoryReadModels:
             self._position = 0
             self._allocations.clear()
             self._by_state.clear()
+            self._by_tenant.clear()
             self._capacities.clear()

@@ -22,10 +22,14 @@ from allocation_ledger.projections.views import AllocationView
 
 @dataclass(frozen=True)
 class UsageQuery:
+    """Whose usage, over which window. `tenant`: only that tenant's
+    allocations (None: every tenant's)."""
+
     job_id: str | None = None
     pool: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    tenant: str | None = None
 
 
 @dataclass
@@ -120,6 +124,8 @@ def usage_of(
         if query.job_id is not None and view.job_id != query.job_id:
             continue
         if query.pool is not None and view.pool != query.pool:
+            continue
+        if query.tenant is not None and view.tenant != query.tenant:
             continue
         span = reserved_span(view, now)
         seconds = 0.0 if span is None else overlap_seconds(*span, query, now)

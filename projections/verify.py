@@ -7,6 +7,12 @@ and its pool) are made when a unit of work is complete, that is, at the end of
 each run of events with the same timestamp: one unit of work writes all its
 events at one moment of the ledger's clock.
 
+Memory does not grow with the history: an allocation that ended (a terminal
+state) can take no further event, so at the end of its unit of work it is
+handed to `settled` (verify compares it with the stored read model there)
+and forgotten. Only live allocations, pools and the port and server
+bookkeeping stay in memory.
+
 Time (invariant 8): within each aggregate, no event is earlier than the one
 before it. Across the log, no event is earlier than the latest before it by
 more than `time_tolerance`: servers sharing one PostgreSQL store take their
@@ -17,6 +23,7 @@ log slightly out of time order (see docs/operations.md, "Time").
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -33,7 +40,8 @@ from allocation_ledger.domain.values import (
     Resources,
 )
 from allocation_ledger.projections.catchup import Batch, fold_event
-from allocation_ledger.projections.store import InMemoryReadModels
+from allocation_ledger.projections.store import InMemoryReadModels, ReadModelStore
+from allocation_ledger.projections.views import AllocationView
 
 _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
@@ -66,11 +74,32 @@ class _PoolState:
     ranges: PortRanges = field(default_factory=PortRanges)
 
 
-class InvariantChecker:
-    """Feed it every event in log order; it records the first violation."""
+Settled = Callable[[UUID, AllocationView], None]
+"""Told of each allocation once it ended, with its replayed row, at the end
+of the unit of work that ended it."""
 
-    def __init__(self, *, time_tolerance: timedelta = DEFAULT_TIME_TOLERANCE) -> None:
+
+class InvariantChecker:
+    """Feed it every event in log order; it records the first violation.
+
+    `settled`: told of each allocation that ended, before it is forgotten
+    (see the module's notes). `lookup`: where to read the final row of an
+    allocation an event names that the checker no longer holds, only to
+    word the violation (already ended, or never requested)."""
+
+    def __init__(
+        self,
+        *,
+        time_tolerance: timedelta = DEFAULT_TIME_TOLERANCE,
+        settled: Settled | None = None,
+        lookup: ReadModelStore | None = None,
+    ) -> None:
         self.time_tolerance = time_tolerance
+        self._settled = settled
+        self._lookup = lookup
+        self._ending: list[UUID] = []
+        self.allocations = 0
+        """Allocations requested so far (live and ended)."""
         self._times: dict[UUID, datetime] = {}  # per aggregate, its last event
         self._latest: tuple[datetime, int] | None = None  # and its position
         self.batch = Batch()
@@ -98,6 +127,7 @@ class InvariantChecker:
             was_live = self._is_live(event)
             fold_event(self.batch, event, position, self.models)
             self._count_live(event, was_live)
+            self._note_ending(event)
         self._moment = moment if isinstance(moment, datetime) else None
         self._last_position = position
         self.events += 1
@@ -106,6 +136,23 @@ class InvariantChecker:
         if self.violation is None and self.events:
             self._check_balance(self._last_position, "end of log")
         return self.violation
+
+    def _note_ending(self, event: object) -> None:
+        if isinstance(event, Allocation.Requested):
+            self.allocations += 1
+        if isinstance(event, Allocation.Event):
+            view = self.batch.allocations[event.originator_id]
+            if view.state in _TERMINAL:
+                self._ending.append(event.originator_id)
+
+    def _settle(self) -> None:
+        """Hand over and forget the allocations that ended in this unit."""
+        for key in self._ending:
+            view = self.batch.allocations.pop(key, None)
+            self._times.pop(key, None)
+            if view is not None and self._settled is not None:
+                self._settled(key, view)
+        self._ending.clear()
 
     # -- per event ---------------------------------------------------------
 
@@ -147,6 +194,14 @@ class InvariantChecker:
         if latest is None or moment > latest[0]:
             self._latest = (moment, position)
 
+    def _unknown(self, key: UUID) -> str:
+        """Why an allocation the checker does not hold takes no event."""
+        ended = None if self._lookup is None else self._lookup.allocations([key])
+        view = None if ended is None else ended.get(key)
+        if view is not None:
+            return f"allocation {view.allocation_id} had already ended"
+        return "event for an allocation never requested"
+
     def _aggregate_name(self, key: UUID) -> str:
         allocation = self.batch.allocations.get(key)
         if allocation is not None:
@@ -163,7 +218,7 @@ class InvariantChecker:
         ):
             view = self.batch.allocations.get(event.originator_id)
             if view is None:
-                self._fail(position, name, 4, "event for an allocation never requested")
+                self._fail(position, name, 4, self._unknown(event.originator_id))
             elif view.state in _TERMINAL:
                 self._fail(
                     position,
@@ -281,6 +336,11 @@ class InvariantChecker:
         self._check_preemptions()
         if self.violation is not None:
             return
+        self._check_totals(position, where)
+        if self.violation is None:
+            self._settle()
+
+    def _check_totals(self, position: int, where: str) -> None:
         held = self._held
         naming = self._naming
         for capacity in self.batch.capacities.values():

@@ -260,6 +260,7 @@ def _held(events: list[Any], now: datetime) -> Held:
     held_from: datetime | None = None
     ended: datetime | None = None
     lease: datetime | None = None
+    resources = dict(first.resources)
     for index, (name, event) in enumerate(zip(names, events, strict=True)):
         if name == "Requested":
             if _holds_after_request(names, index):
@@ -268,6 +269,8 @@ def _held(events: list[Any], now: datetime) -> Held:
         elif name == "Granted":
             held_from = event.timestamp
             lease = event.expires_at
+            if event.resources is not None:  # the pool's sizes at the grant
+                resources = dict(event.resources)
         elif name in {"Activated", "Renewed"}:
             lease = event.expires_at
         elif name == "Expired":
@@ -282,7 +285,7 @@ def _held(events: list[Any], now: datetime) -> Held:
     return Held(
         job_id=str(first.request["job_id"]),
         pool=first.pool,
-        resources=dict(first.resources),
+        resources=resources,
         servers=len(first.request.get("servers", ())),
         seconds=seconds,
     )

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx2
 from mcp import Client, StdioServerParameters
@@ -141,11 +141,27 @@ def stdio_params(database: Path, **extra: str) -> StdioServerParameters:
     )
 
 
-@contextmanager
 def http_server_process(
     database: Path, *arguments: str, **env: str
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+) -> AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]:
     """`allocation-ledger serve --transport http` on a free port; its base URL."""
+    return served_over_http(database, arguments, env)
+
+
+@contextmanager
+def served_over_http(
+    database: Path,
+    arguments: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    stderr: IO[bytes] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`allocation-ledger serve --transport http ARGUMENTS` on a free port of
+    the address after `--host` (default 127.0.0.1), with `env`; its base URL.
+    Its log goes to `stderr` (default: the test's)."""
+    bind = "127.0.0.1"
+    if "--host" in arguments:
+        bind = arguments[list(arguments).index("--host") + 1]
     port = free_port()
     process = subprocess.Popen(
         [
@@ -162,8 +178,9 @@ def http_server_process(
         env={**os.environ, **server_env(database, **env)},
         cwd=database.parent,
         stdout=subprocess.DEVNULL,
+        stderr=stderr,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{bind}:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:

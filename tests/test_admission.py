@@ -155,14 +155,24 @@ def test_a_request_that_does_not_fit_is_granted_over_lower_priorities() -> None:
     assert decision.victims == (pool.reservations["alloc-00000000000a"],)
 
 
-def test_the_smallest_set_of_victims_youngest_first() -> None:
+def test_victims_lowest_priority_first_then_fewest_then_youngest() -> None:
     pool = small_pool()
     hold(pool, "alloc-00000000000a", 1, LOW, seconds=0)
     hold(pool, "alloc-00000000000b", 1, LOW, seconds=1)
     hold(pool, "alloc-00000000000c", 2, NORMAL, seconds=2)
-    # One worker: the youngest low one. Two: the normal one alone beats two.
+    # One worker: the youngest low one. Two: both lows, though the normal one
+    # alone would be fewer (the lowest highest priority comes first). Three:
+    # a normal must go, and then the fewest: the normal and the younger low.
     assert victims(decide(pool, ask(1, CRITICAL))) == ["alloc-00000000000b"]
-    assert victims(decide(pool, ask(2, CRITICAL))) == ["alloc-00000000000c"]
+    # (Victims are listed youngest first.)
+    assert victims(decide(pool, ask(2, CRITICAL))) == [
+        "alloc-00000000000b",
+        "alloc-00000000000a",
+    ]
+    assert victims(decide(pool, ask(3, CRITICAL))) == [
+        "alloc-00000000000c",
+        "alloc-00000000000b",
+    ]
 
 
 def test_only_the_priorities_the_rules_name_are_victims() -> None:

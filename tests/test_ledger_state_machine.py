@@ -184,10 +184,6 @@ class Amount:
 # anywhere share a port; True would only count a clash as an event.
 CROSS_POOL_PORT_CLASH_IS_KNOWN = False
 
-# Preemption takes the smallest set of victims (lowest priority, then youngest,
-# among sets of that size); True would only count a larger set as an event.
-PREEMPTION_NOT_SMALLEST_IS_KNOWN = False
-
 # The order a rejection names the first dimension short in (pool.shortfall's
 # documented contract), and how each dimension is called in the reason.
 DIMENSIONS = (("workers", "workers"), ("cpu", "cpu"), ("memory", "memory"))
@@ -413,53 +409,42 @@ class Model:
     def check_victims(
         self, pool: str, body: Body, chosen: Sequence[str]
     ) -> list[ModelAllocation]:
-        """The ledger's preemption victims, checked against the documented rule.
-
-        Only live allocations of a priority the requester may preempt; needed
-        (the request does not fit without them) and enough; none to spare;
-        lowest priority first; and the smallest such set (marked: known bug).
-        """
+        """The ledger's preemption victims, checked against the documented rule
+        by trying every subset of the allowed victims (docs/scheduling.md,
+        "Preemption"): only live allocations of a priority the requester may
+        preempt; of the sets that make the request fit, the lowest highest
+        priority, then the fewest victims, then the youngest (its oldest
+        victim reserved latest, then the next oldest; equal times in order of
+        allocation id). No set at all: nobody is preempted."""
         candidates = [
             a
             for a in self.live(pool)
             if a.body.priority in PREEMPTS.get(body.priority, ())
         ]
-        everyone = frozenset(a.allocation_id for a in candidates)
-        if not chosen:
-            assert self.shortfall(pool, body, everyone) is not None, (
-                "the request could have preempted lower priorities but did not"
-            )
-            return []
+        youth = sorted(
+            candidates,
+            key=lambda a: (-(a.since or self.now).timestamp(), a.allocation_id),
+        )
+        position = {a.allocation_id: i for i, a in enumerate(youth)}
+        best: tuple[Any, ...] | None = None
+        expected: frozenset[str] = frozenset()
+        for size in range(1, len(candidates) + 1):
+            for victims in itertools.combinations(candidates, size):
+                ids = frozenset(a.allocation_id for a in victims)
+                if self.shortfall(pool, body, ids) is not None:
+                    continue
+                key = (
+                    max(RANK[a.body.priority] for a in victims),
+                    size,
+                    sorted((position[i] for i in ids), reverse=True),
+                )
+                if best is None or key < best:
+                    best, expected = key, ids
+        assert len(set(chosen)) == len(chosen), f"preempted twice: {chosen}"
+        assert set(chosen) == expected, (
+            f"preempted {sorted(chosen)}; the rule chooses {sorted(expected)}"
+        )
         by_id = {a.allocation_id: a for a in candidates}
-        assert set(chosen) <= set(by_id), f"may not preempt {set(chosen) - set(by_id)}"
-        assert len(set(chosen)) == len(chosen)
-        victims = frozenset(chosen)
-        assert self.shortfall(pool, body, victims) is None, "victims not enough"
-        for spared in chosen:
-            assert self.shortfall(pool, body, victims - {spared}) is not None, (
-                f"{spared} was preempted but not needed"
-            )
-        top = max(RANK[by_id[i].body.priority] for i in chosen)
-        lower = frozenset(i for i in everyone if RANK[by_id[i].body.priority] < top)
-        assert self.shortfall(pool, body, lower) is not None, (
-            "preempted a higher priority than needed"
-        )
-        allowed = sorted(i for i in everyone if RANK[by_id[i].body.priority] <= top)
-        smallest = next(
-            size
-            for size in range(1, len(allowed) + 1)
-            if any(
-                self.shortfall(pool, body, frozenset(c)) is None
-                for c in itertools.combinations(allowed, size)
-            )
-        )
-        if len(chosen) > smallest:
-            assert PREEMPTION_NOT_SMALLEST_IS_KNOWN, (
-                f"preempted {len(chosen)} allocations where {smallest} would do"
-            )
-            self.findings.append(
-                "KNOWN BUG: preemption took more than the smallest set"
-            )
         return [by_id[i] for i in chosen]
 
     # -- pools -------------------------------------------------------------------
@@ -1222,6 +1207,26 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(
         target=allocations,
+        sizes=st.lists(st.integers(1, 2), min_size=2, max_size=5),
+        priority=st.sampled_from(("low", "normal")),
+        same_instant=st.booleans(),
+    )
+    def request_a_crowd(
+        self, sizes: list[int], priority: str, same_instant: bool
+    ) -> Any:
+        """Several small allocations of one priority, a second apart or all at
+        one instant: the ties in size and age the preemption rule breaks
+        (fewest, then youngest, then allocation id)."""
+        made = []
+        for workers in sizes:
+            if not same_instant:
+                self.advance_clock(1)
+            body = Body("job-b", (), workers, priority, 3_600, ())
+            made.append(self._request(DEFAULT_POOL, body, None))
+        return multiple(*[m for m in made if isinstance(m, str)])
+
+    @rule(
+        target=allocations,
         pool=st.sampled_from(POOLS),
         body=bodies,
         request_id=st.sampled_from(REQUEST_IDS),
@@ -1805,25 +1810,18 @@ TestLedgerOnSQLite = SQLiteLedgerMachine.TestCase
 TestLedgerOnSQLite.settings = _sqlite
 
 
-# -- the two marked ledger bugs, as minimal runs of the same machine ------------------
-# Each drives the machine through the smallest repro with its mark switched off.
-# Strict xfail: once the ledger is fixed they pass, which fails the run - then
-# drop the mark here and set the constant above to False.
+# -- minimal runs of the same machine ---------------------------------------------
 
 
-def test_preemption_takes_the_smallest_set(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Low 2, 1, 1 workers, 10 s apart; a critical 2 takes the 2-worker one."""
-    monkeypatch.setattr(
-        sys.modules[__name__], "PREEMPTION_NOT_SMALLEST_IS_KNOWN", False
-    )
+def _run_requests(*steps: tuple[int, str]) -> None:
+    """Requests of (workers, priority), 10 s apart, on a default pool of 4,
+    the ledger checked against the model after each."""
     machine = LedgerMachine()
     try:
         machine.small_default_pool(
             capacity=Amount(4_000, 8_192, 4), snapshot_after=None, instant=True
         )
-        for workers, priority in ((2, "low"), (1, "low"), (1, "low"), (2, "critical")):
+        for workers, priority in steps:
             machine.advance_clock(seconds=10)
             machine.request_workers(
                 workers=workers, priority=priority, ttl_seconds=3_600
@@ -1831,6 +1829,17 @@ def test_preemption_takes_the_smallest_set(
             machine.ledger_agrees_with_the_model()
     finally:
         machine.teardown()
+
+
+def test_preemption_takes_the_fewest_of_the_lowest_priority() -> None:
+    """Low 2, 1, 1 workers, 10 s apart; a critical 2 takes the 2-worker one."""
+    _run_requests((2, "low"), (1, "low"), (1, "low"), (2, "critical"))
+
+
+def test_preemption_spares_a_higher_priority_even_if_it_alone_would_do() -> None:
+    """Issue 12, input A: normal 2, then low 1, low 1; a critical 2 takes the
+    two lows (lowest highest priority before fewest victims)."""
+    _run_requests((2, "normal"), (1, "low"), (1, "low"), (2, "critical"))
 
 
 def test_two_pools_never_hand_out_the_same_ports(

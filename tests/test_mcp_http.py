@@ -49,7 +49,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         )
     )
     tokens = [
-        {"subject": "dashboard", "scopes": ["read"], "token": READER},
+        # The dashboard reads the allocations of agent-7's tenant.
+        {
+            "subject": "dashboard",
+            "scopes": ["read"],
+            "token": READER,
+            "tenant": "agent-7",
+        },
         {"subject": "agent-7", "scopes": ["write"], "token": WRITER},
     ]
     with http_server_process(

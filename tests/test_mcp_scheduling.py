@@ -510,7 +510,6 @@ async def test_room_freed_by_expiry_goes_by_rank_to_the_newcomer_and_the_queue(
 @pytest.mark.parametrize(
     ("changes", "wording"),
     [
-        ({"tenant": "team-b"}, "tenant was 'team-a', now 'team-b'"),
         ({"wait": True}, "wait was false, now true"),
         ({"max_wait_seconds": 600}, "max_wait_seconds was null, now 600"),
         ({"preempt": False}, "preempt was true, now false"),
@@ -558,22 +557,48 @@ async def test_a_retry_with_other_arguments_is_an_error_naming_each_with_both_va
     assert again["replayed"] is True
 
 
-async def test_a_retry_by_another_tenant_does_not_learn_whose_it_was(
-    service: AllocationService,
+async def test_a_request_id_belongs_to_its_tenant(
+    client: Client, service: AllocationService
 ) -> None:
+    """The same request_id for another tenant is another request: neither a
+    retry of the first nor refused because of it."""
     async with as_token(service, "agent-7", "write") as writer:
         first = await call(
             writer, "request_resources", job_id="j", mcp_servers=[], request_id="r-9"
         )
         assert first["status"] == "active"
     async with as_token(service, "agent-8", "write") as other:
-        error = await call_error(
+        second = await call(
             other,
             "request_resources",
-            {"job_id": "j", "mcp_servers": [], "request_id": "r-9"},
+            job_id="other-job",
+            mcp_servers=[],
+            workers=2,
+            request_id="r-9",
         )
-    assert "tenant was another tenant, now 'agent-8'" in error
-    assert "agent-7" not in error
+    assert second["replayed"] is False
+    assert second["allocation_id"] != first["allocation_id"]
+    assert (second["tenant"], second["workers_allocated"] != []) == ("agent-8", True)
+    # Over stdio (no tenant unless one is named) it is a third request; naming
+    # agent-7 retries agent-7's.
+    local = await call(
+        client, "request_resources", job_id="local", mcp_servers=[], request_id="r-9"
+    )
+    assert local["replayed"] is False
+    assert local["tenant"] is None
+    assert (
+        len({first["allocation_id"], second["allocation_id"], local["allocation_id"]})
+        == 3
+    )
+    again = await call(
+        client,
+        "request_resources",
+        job_id="j",
+        mcp_servers=[],
+        request_id="r-9",
+        tenant="agent-7",
+    )
+    assert (again["replayed"], again["allocation_id"]) == (True, first["allocation_id"])
 
 
 # -- who may do what -----------------------------------------------------------

@@ -179,3 +179,78 @@ def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> N
     assert pid is not None and not is_alive(pid)
     assert refuses_connections(9000)
     assert not list((tmp_path / "ledger.db.d" / "run").glob("*.json"))
+
+
+def test_a_line_that_is_not_a_message_gets_an_error_reply_and_serving_goes_on(
+    tmp_path: Path,
+) -> None:
+    """JSON-RPC asks for an error reply: -32700 (id null) for a line that is not
+    JSON, -32600 for JSON that is no message (with its id when it has one),
+    as over HTTP. Before, no reply came, and the client waited for ever."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw-test", "version": "0"},
+        },
+    }
+    lone_surrogate = b'{"jsonrpc": "2.0", "id": 2, "method": "ping", "x": "\\ud800"}'
+    malformed = [
+        (lone_surrogate, -32700, None),
+        (b"this is not JSON", -32700, None),
+        (b'{"jsonrpc": "2.0", "id": 3, "method": ', -32700, None),
+        (b"\xff\xfe\x00 not UTF-8", -32700, None),
+        (b'"' + b"x" * 100_000 + b'\\ud800"', -32700, None),
+        (b"[1, 2]", -32600, None),
+        (b'{"jsonrpc": "2.0", "id": 4, "method": 5}', -32600, 4),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "allocation_ledger.adapters.cli", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(tmp_path / "ledger.db"),
+        cwd=tmp_path,
+    )
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(json.dumps(initialize).encode() + b"\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline())["id"] == 1
+        process.stdin.write(
+            b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n'
+        )
+        for line, code, request_id in malformed:
+            process.stdin.write(line + b"\n\n")  # a blank line needs no answer
+            process.stdin.flush()
+            reply = json.loads(process.stdout.readline())
+            assert reply["jsonrpc"] == "2.0"
+            assert reply["id"] == request_id, line[:60]
+            assert reply["error"]["code"] == code, line[:60]
+            assert len(reply["error"]["message"]) < 400
+        process.stdin.write(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 9,
+                    "method": "tools/call",
+                    "params": {"name": "get_capacity", "arguments": {}},
+                }
+            ).encode()
+            + b"\n"
+        )
+        process.stdin.flush()
+        served = json.loads(process.stdout.readline())
+        assert served["id"] == 9
+        assert served["result"]["structuredContent"]["total_workers"] == 10
+        rest, errors = process.communicate()  # closes stdin: the server stops
+    finally:
+        watchdog.cancel()
+    assert process.returncode == 0, errors
+    assert rest == b""

@@ -8,7 +8,8 @@
   with the queue in one ranking for what expiring due leases freed, and only
   allocations live before the decision are preempted.
 - A retry is the same request, or it is refused, naming each argument that
-  differs (docs/tools.md, "Retries").
+  differs (docs/tools.md, "Retries"); another tenant's request with the same
+  request id is another request.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import (
     allocation_id_for_request,
     allocation_uuid,
+    pre_tenant_allocation_id,
 )
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import ArgumentChange, RequestIdConflictError
@@ -331,17 +333,15 @@ def test_a_request_granted_from_the_queue_is_never_preempted_in_the_same_decisio
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"tenant": "team-b"}, [ArgumentChange("tenant", "team-a", "team-b")]),
-        ({"tenant": None}, [ArgumentChange("tenant", "team-a", None)]),
         ({"wait": True}, [ArgumentChange("wait", False, True)]),
         ({"max_wait_seconds": 600}, [ArgumentChange("max_wait_seconds", None, 600)]),
         ({"preempt": False}, [ArgumentChange("preempt", True, False)]),
         ({"dry_run": True}, [ArgumentChange("dry_run", False, True)]),
         (
-            {"tenant": "team-b", "wait": True, "dry_run": True},
+            {"wait": True, "preempt": False, "dry_run": True},
             [
-                ArgumentChange("tenant", "team-a", "team-b"),
                 ArgumentChange("wait", False, True),
+                ArgumentChange("preempt", True, False),
                 ArgumentChange("dry_run", False, True),
             ],
         ),
@@ -402,8 +402,9 @@ def test_a_real_request_after_a_dry_run_with_its_request_id_is_a_new_request(
 def test_a_request_recorded_before_its_options_were_kept_is_compared_on_the_rest(
     ledger: Ledger,
 ) -> None:
-    # Requested as stored before `options` existed: the event has none.
-    allocation_id = allocation_id_for_request("default", "old")
+    # Requested as stored before `options` existed: the event has none (and
+    # its id is derived as then, from the pool and request id alone).
+    allocation_id = pre_tenant_allocation_id("default", "old")
     request = AllocationRequest("job", (), 1)
     legacy = Allocation._create(
         Allocation.Requested,
@@ -436,5 +437,9 @@ def test_a_request_recorded_before_its_options_were_kept_is_compared_on_the_rest
     again = ledger.request(request, request_id="old", wait=True, preempt=False)
     assert again.replayed
     with pytest.raises(RequestIdConflictError) as raised:
-        ledger.request(request, request_id="old", tenant="team-a")
-    assert raised.value.differing == ["tenant"]
+        ledger.request(AllocationRequest("job", (), 2), request_id="old")
+    assert raised.value.differing == ["workers"]
+    # The request id is its tenant's (none): another tenant's is another request.
+    other = ledger.request(request, request_id="old", tenant="team-a")
+    assert not other.replayed
+    assert other.allocation.allocation_id != allocation_id

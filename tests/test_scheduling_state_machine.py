@@ -10,7 +10,9 @@ holds what; it checks the invariants themselves against the ledger's pool:
 - after any step, nothing queued is one that can never be granted (bigger
   than the pool's total, or than its tenant's quota);
 - a request preempts only allocations that were live before it came, never
-  one granted in the same decision;
+  one granted in the same decision, and exactly those the rule chooses
+  (lowest highest priority, fewest, youngest), checked against a search of
+  every subset of the pool as the decision saw it;
 - every reservation, and only live allocations, are counted (invariant 1);
 - only strictly lower priorities are preempted, and no reservation passed its
   tenant's quota (both checked event by event by `verify`);
@@ -46,6 +48,8 @@ from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import LedgerError
+from allocation_ledger.domain.pool_state import Reservation
+from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
@@ -55,6 +59,7 @@ from allocation_ledger.domain.values import (
     Resources,
 )
 from tests.ledger_properties import LedgerProperties
+from tests.preemption_reference import PoolView, reference_victims
 
 TENANTS = ("team-a", "team-b", None)
 
@@ -110,9 +115,10 @@ class SchedulingMachine(RuleBasedStateMachine):
         tenant: str | None,
         servers: tuple[str, ...],
     ) -> str:
-        live_before = set(self.ledger.pool("default").reservations)
+        before = dict(self.ledger.pool("default").reservations)
+        request = AllocationRequest(f"job-{next(self.ids)}", servers, workers, priority)
         result = self.ledger.request(
-            AllocationRequest(f"job-{next(self.ids)}", servers, workers, priority),
+            request,
             wait=wait,
             max_wait_seconds=max_wait,
             preempt=preempt,
@@ -122,12 +128,47 @@ class SchedulingMachine(RuleBasedStateMachine):
         if allocation.state is AllocationState.QUEUED:
             assert wait
         for victim in result.preempted:
-            assert victim in live_before, f"{victim} granted and preempted at once"
+            assert victim in before, f"{victim} granted and preempted at once"
             taken = self.ledger.allocation(victim)
             assert taken.state is AllocationState.PREEMPTED
             assert taken.request.priority.rank < priority.rank
+        if result.preempted:
+            self._check_victims(request, allocation.allocation_id, before, result)
         self.checked_queue = True
         return allocation.allocation_id
+
+    def _check_victims(
+        self,
+        request: AllocationRequest,
+        allocation_id: str,
+        before: dict[str, Reservation],
+        result: RequestResult,
+    ) -> None:
+        """The victims are those the rule chooses (tests/preemption_reference.py)
+        in the pool as the decision saw it: after the leases due expired and
+        the queue was served (those granted now hold capacity but are no
+        candidates), before anyone was preempted."""
+        pool = self.ledger.pool("default")
+        after = dict(pool.reservations)
+        needed = after.pop(allocation_id).resources
+        granted_now = {k: r for k, r in after.items() if k not in before}
+        candidates = {k: r for k, r in after.items() if k in before}
+        candidates.update({k: before[k] for k in result.preempted})
+        also_held = Resources()
+        for reservation in granted_now.values():
+            also_held = also_held + reservation.resources
+        view = PoolView(
+            capacity=pool.settings.capacity,
+            reservations=candidates,
+            servers=pool.servers,
+            ports=pool.ports,
+            scheduling=pool.scheduling,
+            also_held=also_held,
+        )
+        expected = reference_victims(view, request, needed, self.clock.now())
+        assert sorted(result.preempted) == expected, (
+            f"preempted {sorted(result.preempted)}; the rule chooses {expected}"
+        )
 
     @rule(allocation_id=allocations)
     def release(self, allocation_id: str) -> None:

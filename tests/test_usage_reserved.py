@@ -269,3 +269,27 @@ def test_the_usage_command_answers_the_same(
     assert figures(rows["A"]) == held(60)
     assert figures(rows["B"]) == ZERO
     assert figures(rows["holder"]) == held(600)
+
+
+def test_a_grant_after_the_worker_size_changed_bills_the_size_it_holds(
+    queue: Queue,
+) -> None:
+    """A waits while the pool's worker size doubles; granted at 600 s, it
+    holds (and is billed) two cores and 4096 MB for its 60 s, on every store
+    and in the Python API alike: what the pool reserved, not what the request
+    cost when it was queued."""
+    ledger = queue.service.ledger
+    ledger.configure_pool("default", worker_size=Resources(2000, 4096, 1))
+    run_to_the_end(queue)
+    assert ledger.allocation(queue.a).resources == Resources(2000, 4096, 1)
+    usage = queue.usage()
+    assert figures(usage["A"]) == {
+        "cpu_core_seconds": 120.0,
+        "memory_mb_seconds": 4096 * 60.0,
+        "worker_seconds": 60.0,
+        "mcp_server_seconds": 0.0,
+    }
+    assert figures(usage["holder"]) == held(600)  # reserved at the old size
+    assert queue.store_usage() == usage
+    report = audit.verify(queue.service)
+    assert report.clean, report.as_dict()

@@ -145,6 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--path", help=f"MCP endpoint path (default: /mcp, or {ENV_PREFIX}HTTP_PATH)"
     )
     serve.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help=(
+            "a Host header to accept besides the loopback names and --host, such "
+            "as a reverse proxy's public name (repeatable; default: "
+            f"{ENV_PREFIX}HTTP_ALLOWED_HOSTS)"
+        ),
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help=(
+            "an Origin header (browser page) to accept, such as "
+            "https://ledger.example.com (repeatable; default: "
+            f"{ENV_PREFIX}HTTP_ALLOWED_ORIGINS)"
+        ),
+    )
+    serve.add_argument(
         "--no-auth",
         action="store_true",
         help="serve HTTP without bearer tokens (calls are recorded as 'anonymous')",

@@ -10,8 +10,14 @@ import sys
 import anyio
 
 from allocation_ledger.adapters.cli.console import PROG, fail
+from allocation_ledger.adapters.cli.server_log import configure_server_log
 from allocation_ledger.adapters.config.apply import apply_catalog
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.http.hosts import (
+    allowed_host,
+    allowed_origin,
+    host_name,
+)
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.errors import LedgerError
 
@@ -25,6 +31,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _say_allowed_hosts(host: str, hosts: list[str]) -> None:
+    """Tell the operator which Host headers the MCP endpoint accepts."""
+    names = ", ".join(
+        dict.fromkeys(["127.0.0.1", "localhost", "[::1]", host_name(host), *hosts])
+    )
+    hint = ""
+    if not hosts and not _is_loopback(host):
+        hint = (
+            f"; to reach it by another name (a reverse proxy's), set "
+            f"{ENV_PREFIX}HTTP_ALLOWED_HOSTS or --allowed-host"
+        )
+    print(f"{PROG}: accepting requests addressed to {names}{hint}", file=sys.stderr)
+
+
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the MCP server until stdin closes (stdio) or it is interrupted (HTTP)."""
     from allocation_ledger.adapters.http.auth import StaticTokenVerifier
@@ -33,6 +53,13 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.http_host
     port = args.port if args.port is not None else settings.http_port
     path = args.path or settings.http_path
+    try:
+        hosts = [allowed_host(h) for h in args.allowed_host or ()]
+        origins = [allowed_origin(o) for o in args.allowed_origin or ()]
+    except ValueError as error:
+        return fail(str(error), 2)
+    hosts = hosts or settings.http_allowed_hosts
+    origins = origins or settings.http_allowed_origins
     if args.transport == "http":
         if not path.startswith("/"):
             return fail(f"--path must start with '/', got {path!r}", 2)
@@ -57,6 +84,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                     "--no-auth to serve without authentication",
                     2,
                 )
+    configure_server_log(settings.log_level)
     try:
         service = open_service(settings)
     except Exception as error:  # noqa: BLE001 - shown to the operator
@@ -70,8 +98,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.transport == "stdio":
             from allocation_ledger.adapters.mcp.server import stdio_server
+            from allocation_ledger.adapters.mcp.stdio import run_stdio
 
-            anyio.run(stdio_server(service).run_stdio_async)
+            anyio.run(run_stdio, stdio_server(service))
         else:
             from allocation_ledger.adapters.mcp.server import http_app, serve_http
 
@@ -81,6 +110,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 path=path,
                 verifier=verifier,
                 stateless=args.stateless or settings.http_stateless,
+                allowed_hosts=hosts,
+                allowed_origins=origins,
+                sessions_per_token=settings.http_sessions_per_token,
+                session_idle_seconds=settings.http_session_idle_seconds,
             )
             auth = (
                 "without authentication" if verifier is None else "with bearer tokens"
@@ -89,6 +122,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 f"{PROG}: serving MCP on http://{host}:{port}{path} {auth}",
                 file=sys.stderr,
             )
+            _say_allowed_hosts(host, hosts)
             anyio.run(
                 functools.partial(
                     serve_http, app, host=host, port=port, log_level=settings.log_level

@@ -6,24 +6,34 @@ line); environment variables override what it says.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from allocation_ledger.adapters.config.catalog import Catalog
 from allocation_ledger.adapters.config.file import ConfigFileSource
+from allocation_ledger.adapters.http.hosts import allowed_host, allowed_origin
 from allocation_ledger.adapters.http.tokens import TokenEntry, load_tokens_file
 
 ENV_PREFIX = "ALLOCATION_LEDGER_"
 DEFAULT_DATABASE = "allocation-ledger.db"
 DEFAULT_HTTP_PORT = 8765
+DEFAULT_SESSIONS_PER_TOKEN = 32
+"""A client holds one MCP session while connected; 32 leaves room for a few
+agents sharing a token and for reconnects, while what one token can hold
+stays small (a session costs the server about 45 KB; docs/deployment.md)."""
+DEFAULT_SESSION_IDLE_SECONDS = 600.0
+"""A session with a request or event stream open never idles; this only says
+how soon a client gone without ending its session gives its place back."""
 
 
 class Settings(BaseSettings):
@@ -79,6 +89,38 @@ class Settings(BaseSettings):
             "may send each request to any server (several servers, one ledger)."
         ),
     )
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Host headers the MCP endpoint accepts besides the loopback names "
+            "and the bind address (a reverse proxy's public name): name, "
+            "name:port or name:*; comma-separated or a JSON list."
+        ),
+    )
+    http_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Origin headers (browser pages) accepted besides the loopback names "
+            "and the bind address: http(s)://name[:port|:*]; comma-separated "
+            "or a JSON list."
+        ),
+    )
+    http_sessions_per_token: int = Field(
+        DEFAULT_SESSIONS_PER_TOKEN,
+        ge=1,
+        description=(
+            "MCP sessions one token (one client address without authentication) "
+            "may hold open over HTTP; a request for one more gets 429."
+        ),
+    )
+    http_session_idle_seconds: float = Field(
+        DEFAULT_SESSION_IDLE_SECONDS,
+        gt=0,
+        description=(
+            "An HTTP MCP session with no request in flight for this long is "
+            "closed; its client must initialize a new one."
+        ),
+    )
     tokens: list[TokenEntry] = Field(
         default_factory=list,
         description=(
@@ -115,6 +157,26 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("http_allowed_hosts", "http_allowed_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("http_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        return [allowed_host(entry) for entry in value]
+
+    @field_validator("http_allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        return [allowed_origin(entry) for entry in value]
 
     @model_validator(mode="after")
     def _postgres_dsn_parts(self) -> Settings:

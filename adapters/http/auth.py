@@ -2,11 +2,13 @@
 
 Tokens come from settings (`ALLOCATION_LEDGER_TOKENS` as JSON, or a JSON file
 named by `ALLOCATION_LEDGER_TOKENS_FILE`). Each has a subject, recorded as the
-`actor` of the events its calls cause, and scopes:
+`actor` of the events its calls cause, a tenant (default: the subject), whose
+allocations it sees and acts on, and scopes:
 
 - `read`: every query tool and resource;
 - `write`: also request, renew and release allocations, and clean up;
-- `admin`: also set a pool's capacity.
+- `admin`: also set a pool's capacity, and see and act on every tenant's
+  allocations.
 
 Each scope includes the ones before it. A token is given either in clear
 (`token`) or as the hex SHA-256 of the token (`token_sha256`), so a tokens file
@@ -31,8 +33,19 @@ from allocation_ledger.adapters.http.tokens import (
     token_digest,
 )
 from allocation_ledger.domain.actors import LOCAL_ACTOR
+from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 
-__all__ = ["ANONYMOUS_ACTOR", "LOCAL_ACTOR", "Access", "Scope", "StaticTokenVerifier"]
+__all__ = [
+    "ANONYMOUS_ACTOR",
+    "LOCAL_ACTOR",
+    "Access",
+    "Caller",
+    "Scope",
+    "StaticTokenVerifier",
+]
+
+TENANT_CLAIM = "tenant"
+"""The claim of a verified token that names its tenant (absent: the subject)."""
 
 
 def expand_scopes(scopes: Iterable[str]) -> list[str]:
@@ -69,8 +82,24 @@ class StaticTokenVerifier:
                     client_id=entry.subject,
                     subject=entry.subject,
                     scopes=expand_scopes(entry.scopes),
+                    claims={TENANT_CLAIM: entry.tenant_name},
                 )
         return None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls a tool: recorded as `actor` on the events the call causes,
+    acting for `tenant` (whose allocations it makes; None: no tenant), and
+    seeing and acting on the allocations `visibility` includes."""
+
+    actor: str
+    tenant: str | None
+    visibility: Visibility
+
+    @property
+    def sees_every_tenant(self) -> bool:
+        return self.visibility.tenant is None
 
 
 @dataclass(frozen=True)
@@ -88,12 +117,22 @@ class Access:
 
     def actor(self, scope: Scope, action: str) -> str:
         """The actor for a call that needs `scope`; ToolError if not allowed."""
+        return self.caller(scope, action).actor
+
+    def caller(self, scope: Scope, action: str) -> Caller:
+        """Who makes a call that needs `scope`; ToolError if not allowed.
+
+        With a token: its subject, acting for its tenant, seeing that
+        tenant's allocations only unless it has the admin scope. Without
+        (stdio, --no-auth): `anonymous_actor`, with no tenant, seeing every
+        tenant's allocations, so all such callers share one view.
+        """
         token = get_access_token()
         if token is None:
             if self.require_token:
                 msg = f"{action} needs a bearer token with the {scope!r} scope"
                 raise ToolError(msg)
-            return self.anonymous_actor
+            return Caller(self.anonymous_actor, None, EVERY_TENANT)
         subject = token.subject or token.client_id
         if scope not in token.scopes:
             msg = (
@@ -101,4 +140,7 @@ class Access:
                 f"has {', '.join(token.scopes) or 'no scopes'}"
             )
             raise ToolError(msg)
-        return subject
+        claimed = (token.claims or {}).get(TENANT_CLAIM)
+        tenant = claimed if isinstance(claimed, str) else subject
+        admin = "admin" in token.scopes
+        return Caller(subject, tenant, EVERY_TENANT if admin else Visibility(tenant))

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from allocation_ledger.domain.actors import LOCAL_ACTOR
+from allocation_ledger.domain.values import TENANT_PATTERN
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
@@ -38,13 +39,27 @@ Subject = Annotated[
 ]
 
 
+Tenant = Annotated[
+    str,
+    Field(
+        pattern=TENANT_PATTERN.pattern,
+        description=(
+            "Whose allocations the token sees and acts on; tokens with the same "
+            "tenant share them. Default: the subject."
+        ),
+    ),
+]
+
+
 class TokenEntry(BaseModel):
-    """One bearer token: its secret (or its SHA-256), subject and scopes."""
+    """One bearer token: its secret (or its SHA-256), subject, tenant and
+    scopes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     subject: Subject
     scopes: list[Scope] = Field(min_length=1)
+    tenant: Tenant | None = None
     token: SecretStr | None = Field(
         None, description=f"The token itself, at least {MIN_TOKEN_LENGTH} characters."
     )
@@ -70,6 +85,11 @@ class TokenEntry(BaseModel):
             msg = f"subject {self.subject!r} is reserved for the ledger itself"
             raise ValueError(msg)
         return self
+
+    @property
+    def tenant_name(self) -> str:
+        """The token's tenant: as configured, else its subject."""
+        return self.subject if self.tenant is None else self.tenant
 
     def digest(self) -> bytes:
         if self.token is not None:

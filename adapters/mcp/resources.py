@@ -21,16 +21,23 @@ from allocation_ledger.domain.errors import (
     LedgerError,
     PoolNotFoundError,
 )
+from allocation_ledger.domain.tenancy import Visibility
+
+Reader = Callable[[str, Visibility], BaseModel]
+"""Builds a resource's answer for a name, for a caller who sees `Visibility`."""
 
 
-async def _resource(access: Access, uri: str, work: Callable[[], BaseModel]) -> str:
-    """A resource's JSON, read with `work` if the caller may read."""
+async def _resource(
+    access: Access, uri: str, work: Callable[[Visibility], BaseModel]
+) -> str:
+    """A resource's JSON, read with `work` if the caller may read, as the
+    caller sees it (another tenant's allocation reads as unknown)."""
     try:
-        access.actor("read", f"reading {uri}")
+        caller = access.caller("read", f"reading {uri}")
     except ToolError as error:
         raise ResourceError(str(error)) from error
     try:
-        model = await anyio.to_thread.run_sync(work)
+        model = await anyio.to_thread.run_sync(work, caller.visibility)
     except (AllocationNotFoundError, PoolNotFoundError) as error:
         raise ResourceNotFoundError(str(error)) from error
     except LedgerError as error:
@@ -42,14 +49,15 @@ def register_resources(
     server: MCPServer[Any],
     access: Access,
     *,
-    capacity: Callable[[str], BaseModel],
-    detail: Callable[[str], BaseModel],
-    history: Callable[[str], BaseModel],
+    capacity: Reader,
+    detail: Reader,
+    history: Reader,
 ) -> None:
     """The ledger's resources: a pool's capacity, an allocation, its history.
 
     Each reads as the tool of the same name answers (`capacity`, `detail`
-    and `history` build those answers), with the read scope.
+    and `history` build those answers), with the read scope and the
+    caller's view of tenants.
     """
 
     @server.resource(
@@ -61,7 +69,9 @@ def register_resources(
     )
     async def pool_capacity(pool: str) -> str:
         return await _resource(
-            access, f"ledger://pools/{pool}/capacity", lambda: capacity(pool)
+            access,
+            f"ledger://pools/{pool}/capacity",
+            lambda seen: capacity(pool, seen),
         )
 
     @server.resource(
@@ -75,7 +85,7 @@ def register_resources(
         return await _resource(
             access,
             f"ledger://allocations/{allocation_id}",
-            lambda: detail(allocation_id),
+            lambda seen: detail(allocation_id, seen),
         )
 
     @server.resource(
@@ -92,5 +102,5 @@ def register_resources(
         return await _resource(
             access,
             f"ledger://allocations/{allocation_id}/history",
-            lambda: history(allocation_id),
+            lambda seen: history(allocation_id, seen),
         )

@@ -10,24 +10,31 @@ does not fit is not an error but a result with status "failed".
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
 import anyio.to_thread
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
+from allocation_ledger.adapters.config.settings import (
+    DEFAULT_SESSION_IDLE_SECONDS,
+    DEFAULT_SESSIONS_PER_TOKEN,
+)
 from allocation_ledger.adapters.http.auth import (
     ANONYMOUS_ACTOR,
     LOCAL_ACTOR,
     Access,
     StaticTokenVerifier,
 )
+from allocation_ledger.adapters.http.hosts import host_patterns, origin_patterns
+from allocation_ledger.adapters.http.sessions import SessionLimit
 from allocation_ledger.adapters.mcp.background import BackgroundWork
 from allocation_ledger.adapters.mcp.resources import register_resources
 from allocation_ledger.adapters.mcp.tools.allocations import AllocationTools
@@ -148,23 +155,51 @@ def http_app(
     path: str = "/mcp",
     verifier: StaticTokenVerifier | None,
     stateless: bool = False,
-) -> Starlette:
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
+    sessions_per_token: int = DEFAULT_SESSIONS_PER_TOKEN,
+    session_idle_seconds: float = DEFAULT_SESSION_IDLE_SECONDS,
+) -> ASGIApp:
     """The streamable HTTP app, with `/healthz`; no verifier means no auth.
 
     `stateless` keeps no MCP session in the process, so a load balancer may
-    send each request to any of several servers.
+    send each request to any of several servers. Requests to the MCP
+    endpoint must name the loopback, `host` (the bind address) or one of
+    `allowed_hosts` in their Host header (421 otherwise) and, when they
+    carry an Origin, come from one of those or `allowed_origins` (403):
+    see `adapters.http.hosts`. Each token may hold `sessions_per_token`
+    sessions open (429 past it); a session idle for `session_idle_seconds`
+    is closed (`adapters.http.sessions`).
     """
     access = Access(
         require_token=verifier is not None,
         anonymous_actor=ANONYMOUS_ACTOR,
     )
     server = build_server(service, access=access, verifier=verifier)
-    return server.streamable_http_app(
-        streamable_http_path=path, host=host, stateless_http=stateless
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=host_patterns(host, allowed_hosts),
+        allowed_origins=origin_patterns(host, allowed_origins),
+    )
+    app = server.streamable_http_app(
+        streamable_http_path=path,
+        host=host,
+        stateless_http=stateless,
+        transport_security=security,
+        session_idle_timeout=session_idle_seconds,
+    )
+    if stateless:
+        return app
+    return SessionLimit(
+        app,
+        path=path,
+        limit=sessions_per_token,
+        idle_seconds=session_idle_seconds,
+        subjects=verifier,
     )
 
 
-async def serve_http(app: Starlette, *, host: str, port: int, log_level: str) -> None:
+async def serve_http(app: ASGIApp, *, host: str, port: int, log_level: str) -> None:
     """Serve `app` with uvicorn until interrupted; uvicorn logs to stderr."""
     import uvicorn
 

@@ -1,4 +1,6 @@
-"""One start of one MCP server: spawn it, then wait until its endpoint answers MCP."""
+"""One start of one process (`ProcessLaunch`, for servers and workers), and
+of an MCP server (`ServerLaunch`): spawn it, then wait until its endpoint
+answers MCP, watching the process meanwhile."""
 
 from __future__ import annotations
 
@@ -27,11 +29,62 @@ from allocation_ledger.adapters.provisioning.run_records import RunRecord
 from allocation_ledger.adapters.provisioning.server_spec import ServerSpec
 
 KILL_GRACE_SECONDS = 2.0
+"""How long a failed start's process has between SIGTERM and SIGKILL."""
 RETRY_SECONDS = 0.1
 CONNECT_PROBE_SECONDS = 0.5
 
 
-class ServerLaunch:
+class ProcessLaunch:
+    """One start of `argv`, its output appended to `log_path`: the process,
+    what identifies it, and (`exit`) how it ended, once it did."""
+
+    def __init__(
+        self,
+        argv: tuple[str, ...],
+        log_path: Path,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.argv, self.log_path, self._now = argv, log_path, now
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start_ticks: int | None = None
+        self.started_at: datetime | None = None
+        self.exit: ExitStatus | None = None
+
+    def spawn_with(
+        self, start: Callable[[], subprocess.Popen[bytes]]
+    ) -> subprocess.Popen[bytes]:
+        """Note the start in the log, make the process with `start()` (which
+        raises OSError when it cannot be executed); the process."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
+            stamp = self._now().isoformat()
+            log.write(f"--- {stamp} starting: {shlex.join(self.argv)}\n")
+        process = start()
+        self.process = process
+        self.start_ticks = control.start_ticks(process.pid)
+        self.started_at = self._now()
+        return process
+
+    def exited(self) -> ExitStatus | None:
+        """How the process ended, when it has (taken down in `exit`)."""
+        process = self.process
+        returncode = None if process is None else process.poll()
+        if returncode is None:
+            return None
+        self.exit = ExitStatus.from_returncode(returncode, self._now())
+        return self.exit
+
+    def abort(self, grace_seconds: float = KILL_GRACE_SECONDS) -> None:
+        """End the process group if it still runs (SIGTERM, then SIGKILL after
+        grace_seconds); idempotent."""
+        process = self.process
+        if process is not None:
+            control.terminate_group(process.pid, grace_seconds, process)
+            if self.exit is None:
+                self.exit = ExitStatus.from_returncode(process.returncode, self._now())
+
+
+class ServerLaunch(ProcessLaunch):
     """Starts `spec` for `pool` on host:port, appending its output to `log_path`.
 
     Call `spawn()`, then `wait_until_healthy()`. Either raises
@@ -52,15 +105,9 @@ class ServerLaunch:
         health_timeout_seconds: float,
         events: list[ProcessEvent],
     ) -> None:
+        super().__init__(tuple(spec.argv(host, port)), log_path, now)
         self.pool, self.spec, self.port, self.host = pool, spec, port, host
-        self.log_path = log_path
-        self.argv = tuple(spec.argv(host, port))
         self.endpoint = spec.endpoint(host, port)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start_ticks: int | None = None
-        self.started_at: datetime | None = None
-        self.exit: ExitStatus | None = None
-        self._now = now
         self._health_timeout = health_timeout_seconds
         self._events = events
         self._began = time.monotonic()
@@ -69,20 +116,14 @@ class ServerLaunch:
         """Start the process (spec.env over `environ`) once the port is free."""
         if not control.port_is_free(self.host, self.port):
             self._fail(f"port {self.port} on {self.host} is already in use")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as log:
-            stamp = self._now().isoformat()
-            log.write(f"--- {stamp} starting: {shlex.join(self.argv)}\n")
+        env = dict(environ) | dict(self.spec.env)
         try:
-            process = control.spawn(
-                self.argv, dict(environ) | dict(self.spec.env), self.log_path
+            process = self.spawn_with(
+                lambda: control.spawn(self.argv, env, self.log_path)
             )
         except OSError as exc:
             self._fail(f"cannot start {self.argv[0]!r}: {exc}")
         self._began = time.monotonic()
-        self.process = process
-        self.start_ticks = control.start_ticks(process.pid)
-        self.started_at = self._now()
         detail = {"argv": list(self.argv), "log": str(self.log_path)}
         self._note("started", detail)
         return process
@@ -126,13 +167,11 @@ class ServerLaunch:
         deadline = self._began + timeout
         last_error = "nothing listens on the port"
         while True:
-            returncode = process.poll()
-            if returncode is not None:
-                self.exit = ExitStatus.from_returncode(returncode, self._now())
-                self._note("exited", self.exit.as_detail())
-                self._fail(
-                    f"it exited before its endpoint answered ({self.exit.describe()})"
-                )
+            ended = self.exited()
+            if ended is not None:
+                self._note("exited", ended.as_detail())
+                why = ended.describe()
+                self._fail(f"it exited before its endpoint answered ({why})")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._fail(
@@ -153,14 +192,6 @@ class ServerLaunch:
                     return health
                 last_error = health.error or "no answer"
             time.sleep(RETRY_SECONDS)
-
-    def abort(self) -> None:
-        """Kill the process group if it still runs (no event); idempotent."""
-        process = self.process
-        if process is not None:
-            control.terminate_group(process.pid, KILL_GRACE_SECONDS, process)
-            if self.exit is None:
-                self.exit = ExitStatus.from_returncode(process.returncode, self._now())
 
     def _fail(self, reason: str) -> NoReturn:
         self.abort()

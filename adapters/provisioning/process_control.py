@@ -23,11 +23,15 @@ TAIL_BYTES = 64 * 1024
 
 
 def spawn(
-    argv: Sequence[str], env: Mapping[str, str], log_path: Path
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start argv as the leader of a new process group, output appended to log_path.
 
-    stdin is /dev/null; stdout and stderr both go to the log. Raises OSError
+    stdin is /dev/null; stdout and stderr both go to the log; of this
+    process's file descriptors, only `pass_fds` are inherited. Raises OSError
     when argv[0] cannot be executed (the reason is also written to the log).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +45,7 @@ def spawn(
                 env=dict(env),
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=tuple(pass_fds),
             )
         except OSError as exc:
             log.write(f"cannot start {argv[0]!r}: {exc}\n".encode())

@@ -50,7 +50,8 @@ from allocation_ledger.adapters.provisioning.server_spec import (
     RestartPolicy,
     ServerSpec,
 )
-from allocation_ledger.adapters.provisioning.supervision import Key, utc_now
+from allocation_ledger.adapters.provisioning.supervision import Key
+from allocation_ledger.adapters.provisioning.supervisor import utc_now
 from allocation_ledger.adapters.provisioning.worker_reports import (
     WorkerEvent,
     WorkerInfo,

@@ -116,7 +116,19 @@ class ProcessEvent:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-class ServerStartError(RuntimeError):
+class ProcessStartError(RuntimeError):
+    """A process (`what`) did not start, and nothing of it runs: `reason` in
+    one line; the message quotes `tail`, the last lines of its log."""
+
+    def __init__(self, what: str, reason: str, tail: str) -> None:
+        self.reason = reason
+        message = f"{what} did not start: {reason}"
+        if tail:
+            message += "\n--- last lines of its log ---\n" + tail
+        super().__init__(message)
+
+
+class ServerStartError(ProcessStartError):
     """An MCP server did not start: it could not be spawned, exited before its
     endpoint answered, or did not answer within its start timeout.
 
@@ -127,9 +139,5 @@ class ServerStartError(RuntimeError):
     def __init__(self, name: str, pool: str, reason: str, stderr_tail: str) -> None:
         self.name = name
         self.pool = pool
-        self.reason = reason
         self.stderr_tail = stderr_tail
-        message = f"MCP server {name!r} of pool {pool!r} did not start: {reason}"
-        if stderr_tail:
-            message += "\n--- last lines of its log ---\n" + stderr_tail
-        super().__init__(message)
+        super().__init__(f"MCP server {name!r} of pool {pool!r}", reason, stderr_tail)

@@ -14,7 +14,6 @@ any thread that runs no event loop; from async code, use a worker thread.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 
 from allocation_ledger.adapters.provisioning import process_control as control
@@ -23,7 +22,6 @@ from allocation_ledger.adapters.provisioning.adoption import (
     discard_record,
 )
 from allocation_ledger.adapters.provisioning.process_reports import (
-    ExitStatus,
     ProcessEvent,
     ProcessInfo,
     ServerStartError,
@@ -68,11 +66,8 @@ class ServerProcesses(Supervision):
         left running), ValueError when the server already runs on another
         port, RuntimeError after close() or inside a running event loop.
         """
-        events: list[ProcessEvent] = []
-        try:
+        with self._telling() as events:
             return self._ensure_running(pool, spec, port, host, events)
-        finally:
-            self._emit(events)
 
     def stop(
         self, pool: str, name: str, grace_seconds: float = 5.0
@@ -84,11 +79,8 @@ class ServerProcesses(Supervision):
         (pool, name), when still ours. Its final info; None when this
         supervisor never ran it.
         """
-        events: list[ProcessEvent] = []
-        try:
+        with self._telling() as events:
             return self._stop(pool, name, grace_seconds, events)
-        finally:
-            self._emit(events)
 
     def adopt_or_stop(self, pool: str, name: str, port: int) -> ProcessInfo | None:
         """Take over the process an earlier run recorded for (pool, name), if sound.
@@ -99,11 +91,8 @@ class ServerProcesses(Supervision):
         alive and ours), its record dropped, and None returned. A server this
         supervisor already runs on `port` is returned as it is.
         """
-        events: list[ProcessEvent] = []
-        try:
+        with self._telling() as events:
             return self._adopt_or_stop(pool, name, port, events)
-        finally:
-            self._emit(events)
 
     def reconcile(
         self,
@@ -126,9 +115,8 @@ class ServerProcesses(Supervision):
         )
         if missing:
             raise KeyError(f"no spec in the catalog for: {', '.join(missing)}")
-        events: list[ProcessEvent] = []
         done: list[ProcessEvent] = []
-        try:
+        with self._telling() as events:
             unexpected: set[Key] = set()
             for path, record in self.records:
                 if record is None:
@@ -154,8 +142,6 @@ class ServerProcesses(Supervision):
                     except ServerStartError as exc:
                         logger.warning("%s", exc)
                 done += self._emit(events)
-        finally:
-            done += self._emit(events)
         return done
 
     def close(self, stop_all: bool = False) -> None:
@@ -165,9 +151,7 @@ class ServerProcesses(Supervision):
         let the next run on this data directory adopt them. Waits for a
         restart under way to finish (at most its start timeout).
         """
-        self._closing.set()
-        if threading.current_thread() is not self._watcher:
-            self._watcher.join()
+        super().close()
         with self._lock:
             restarting = list(self._restart_threads)
         for thread in restarting:
@@ -177,12 +161,6 @@ class ServerProcesses(Supervision):
                 keys = [key for key, server in self._servers.items() if server.pid]
             for pool, name in keys:
                 self.stop(pool, name)
-
-    def __enter__(self) -> ServerProcesses:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- starting, stopping, adopting --------------------------------------
 
@@ -196,7 +174,7 @@ class ServerProcesses(Supervision):
     ) -> ProcessInfo:
         self._check_open()
         key = (pool, spec.name)
-        with self._key_lock(key):
+        with self._keys.hold(key):
             with self._lock:
                 server = self._servers.get(key)
                 if server is not None and server.status == "running":
@@ -225,7 +203,7 @@ class ServerProcesses(Supervision):
             if server is not None:
                 server.wanted = False
                 server.status = "stopping" if server.pid is not None else server.status
-        with self._key_lock(key):
+        with self._keys.hold(key):
             if server is None:
                 record = self.records.read(pool, name)
                 if record is not None:
@@ -236,14 +214,10 @@ class ServerProcesses(Supervision):
                 return None
             with self._lock:
                 server.wanted = False
-                process, pid = server.process, server.pid
+                pid = server.pid
             if pid is not None:
-                forced, returncode = control.terminate_group(
-                    pid, grace_seconds, process
-                )
-                ended = ExitStatus.from_returncode(returncode, self._now())
+                ended, detail = server.terminate(grace_seconds, self._now)
                 control.wait_port_free(server.host, server.port, 5.0)
-                detail = ended.as_detail() | {"forced": forced}
                 events.append(server.event("stopped", detail, self._now(), pid))
                 with self._lock:
                     server.last_exit = ended
@@ -258,7 +232,7 @@ class ServerProcesses(Supervision):
     ) -> ProcessInfo | None:
         self._check_open()
         key = (pool, name)
-        with self._key_lock(key):
+        with self._keys.hold(key):
             with self._lock:
                 server = self._servers.get(key)
                 live = server is not None and server.is_alive()

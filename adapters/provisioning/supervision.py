@@ -1,20 +1,18 @@
 """The machinery under ServerProcesses: its state, starting, watching, restarting.
 
-`Supervision` holds what the supervisor knows (one SupervisedServer per
-(pool, name), a lock per key that serialises starts and stops, the state
-files), starts a server (`_start_locked`), and runs the watcher thread that
-notices a process that exited while it should run and restarts it with
-exponential backoff, within the restart policy. Events are collected while
-locks are held and told to `on_event` only once every lock is released.
+`Supervision` (a `Supervisor` of ProcessEvents, supervisor.py) holds what
+the supervisor knows (one SupervisedServer per (pool, name), a lock per key
+that serialises starts and stops, the state files), starts a server
+(`_start_locked`), and runs the watcher that notices a process that exited
+while it should run and restarts it with exponential backoff, within the
+restart policy.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from allocation_ledger.adapters.provisioning.launch import ServerLaunch
@@ -29,20 +27,20 @@ from allocation_ledger.adapters.provisioning.server_spec import (
     ServerSpec,
 )
 from allocation_ledger.adapters.provisioning.supervised import SupervisedServer
-
-logger = logging.getLogger(__name__)
+from allocation_ledger.adapters.provisioning.supervisor import (
+    Supervisor,
+    utc_now,
+)
 
 Key = tuple[str, str]
 """(pool, server name)"""
 
 
-def utc_now() -> datetime:
-    """The default clock: the current time in UTC."""
-    return datetime.now(UTC)
-
-
-class Supervision:
+class Supervision(Supervisor[Key, ProcessEvent]):
     """State, starts, the watcher and restarts; see ServerProcesses for the API."""
+
+    watcher_name = "mcp-server-watcher"
+    blocking_work = "a server starts"
 
     def __init__(
         self,
@@ -55,25 +53,19 @@ class Supervision:
         watch_interval_seconds: float = 0.2,
         health_timeout_seconds: float = 5.0,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        super().__init__(
+            data_dir,
+            on_event,
+            now=now,
+            watch_interval_seconds=watch_interval_seconds,
+        )
         self.records = RunRecords(self.data_dir / "run")
-        self._on_event = on_event or (lambda event: None)
         self._catalog = dict(catalog or {})
         self._policy = restart_policy or RestartPolicy()
-        self._now = now
         self._health_timeout = health_timeout_seconds
-        self._lock = threading.Lock()
-        self._key_locks: dict[Key, threading.Lock] = {}
         self._servers: dict[Key, SupervisedServer] = {}
-        self._closing = threading.Event()
         self._restart_threads: set[threading.Thread] = set()
-        self._watcher = threading.Thread(
-            target=self._watch,
-            args=(watch_interval_seconds,),
-            name="mcp-server-watcher",
-            daemon=True,
-        )
-        self._watcher.start()
+        self._start_watching()
 
     def log_path(self, pool: str, name: str) -> Path:
         """Where the output of (pool, name) goes: <data_dir>/logs/<pool>-<name>.log."""
@@ -134,13 +126,6 @@ class Supervision:
 
     # -- watching and restarting -------------------------------------------
 
-    def _watch(self, interval: float) -> None:
-        while not self._closing.wait(interval):
-            try:
-                self._look()
-            except Exception:
-                logger.exception("the MCP server watcher failed one round")
-
     def _look(self) -> None:
         events: list[ProcessEvent] = []
         restarts: list[tuple[SupervisedServer, int, float]] = []
@@ -186,7 +171,7 @@ class Supervision:
         try:
             if self._closing.wait(delay):
                 return
-            with self._key_lock((server.pool, server.name)):
+            with self._keys.hold((server.pool, server.name)):
                 with self._lock:
                     spec = server.spec
                     current = server.wanted and server.generation == generation
@@ -220,31 +205,3 @@ class Supervision:
             if server is not None and server.spec is not None:
                 return server.spec
         return self._catalog.get(name)
-
-    def _key_lock(self, key: Key) -> threading.Lock:
-        with self._lock:
-            return self._key_locks.setdefault(key, threading.Lock())
-
-    def _check_open(self) -> None:
-        """Raise RuntimeError after close(), or inside a running event loop."""
-        if self._closing.is_set():
-            raise RuntimeError("ServerProcesses is closed")
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        raise RuntimeError(
-            "ServerProcesses blocks while a server starts: call it from a worker "
-            "thread (anyio.to_thread.run_sync), not inside a running event loop"
-        )
-
-    def _emit(self, events: list[ProcessEvent]) -> list[ProcessEvent]:
-        """Tell on_event of the events (no lock held), empty the list; the events."""
-        told = list(events)
-        events.clear()
-        for event in told:
-            try:
-                self._on_event(event)
-            except Exception:
-                logger.exception("on_event failed for %s", event)
-        return told

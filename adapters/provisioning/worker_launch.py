@@ -46,7 +46,6 @@ def spawn_worker(
     the reason is in the log), or the exec does not happen within
     timeout_seconds.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     setup = {
         "procs": procs_files(limits),
@@ -55,20 +54,7 @@ def spawn_worker(
     }
     command = [sys.executable, "-I", "-S", str(EXEC_PROGRAM), json.dumps(setup)]
     try:
-        with open(log_path, "ab") as log:
-            try:
-                process = subprocess.Popen(
-                    [*command, "--", *argv],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(env),
-                    start_new_session=True,
-                    pass_fds=(write_fd,),
-                )
-            except OSError as exc:
-                log.write(f"cannot start the worker's launcher: {exc}\n".encode())
-                raise
+        process = control.spawn([*command, "--", *argv], env, log_path, (write_fd,))
     except BaseException:
         os.close(read_fd)
         raise

@@ -11,7 +11,10 @@ from typing import Any, Literal
 from allocation_ledger.adapters.provisioning import limits as worker_limits
 from allocation_ledger.adapters.provisioning import process_control as control
 from allocation_ledger.adapters.provisioning.limits import WorkerLimits
-from allocation_ledger.adapters.provisioning.process_reports import ExitStatus
+from allocation_ledger.adapters.provisioning.process_reports import (
+    ExitStatus,
+    ProcessStartError,
+)
 
 WorkerStatus = Literal["running", "exited", "stopped"]
 """`running`: its process runs; `exited`: it ended by itself (or was killed
@@ -85,7 +88,7 @@ class WorkerEvent:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(ProcessStartError):
     """A worker could not be started: its command could not be executed, its
     limits could not be set up, or its state file not written.
 
@@ -94,12 +97,8 @@ class WorkerStartError(RuntimeError):
 
     def __init__(self, worker_id: str, reason: str, log_tail: str = "") -> None:
         self.worker_id = worker_id
-        self.reason = reason
         self.log_tail = log_tail
-        message = f"worker {worker_id!r} did not start: {reason}"
-        if log_tail:
-            message += "\n--- last lines of its log ---\n" + log_tail
-        super().__init__(message)
+        super().__init__(f"worker {worker_id!r}", reason, log_tail)
 
 
 def exit_cause(

@@ -1,31 +1,24 @@
 """The machinery under WorkerProcesses: its state, starts, exits, stops, watcher.
 
-`WorkerSupervision` holds what the supervisor knows (one SupervisedWorker per
-worker id, a lock per worker id held by whoever starts, stops or notes the
-exit of that worker, the state files and the limiter), spawns a worker in its
-limits, notes how a worker ended, stops one, and runs the watcher thread that
-notices exits. Events are collected while locks are held and told to
-`on_event` only once every lock is released. Ended workers are forgotten
-`keep_ended_seconds` after they ended (the ledger's events are the record).
+`WorkerSupervision` (a `Supervisor` of WorkerEvents, supervisor.py) holds
+what the supervisor knows (one SupervisedWorker per worker id, a lock per
+worker id held by whoever starts, stops or notes the exit of that worker,
+the state files and the limiter), spawns a worker in its limits, notes how a
+worker ended, stops one, and runs the watcher that notices exits. Ended
+workers are forgotten `keep_ended_seconds` after they ended (the ledger's
+events are the record).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import os
-import shlex
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
 
-from allocation_ledger.adapters.provisioning import process_control as control
+from allocation_ledger.adapters.provisioning.launch import ProcessLaunch
 from allocation_ledger.adapters.provisioning.limits import (
     Limiter,
     WorkerLimits,
@@ -33,11 +26,19 @@ from allocation_ledger.adapters.provisioning.limits import (
     release_groups,
 )
 from allocation_ledger.adapters.provisioning.process_reports import ExitStatus
-from allocation_ledger.adapters.provisioning.supervised_worker import (
+from allocation_ledger.adapters.provisioning.run_records import (
+    WorkerRecords,
+    file_stem,
+)
+from allocation_ledger.adapters.provisioning.supervised import (
     SupervisedWorker,
+    WorkerStart,
+)
+from allocation_ledger.adapters.provisioning.supervisor import (
+    Supervisor,
+    utc_now,
 )
 from allocation_ledger.adapters.provisioning.worker_launch import spawn_worker
-from allocation_ledger.adapters.provisioning.worker_records import WorkerRecords
 from allocation_ledger.adapters.provisioning.worker_reports import (
     WorkerEvent,
     WorkerInfo,
@@ -46,49 +47,15 @@ from allocation_ledger.adapters.provisioning.worker_reports import (
     last_run_lines,
 )
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_KEEP_ENDED_SECONDS = 3600.0
 
 
-def utc_now() -> datetime:
-    """The default clock: the current time in UTC."""
-    return datetime.now(UTC)
-
-
-class KeyLocks:
-    """One lock per worker id, existing only while someone holds or awaits it."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
-
-    @contextlib.contextmanager
-    def hold(self, key: str, *, wait: bool = True) -> Iterator[bool]:
-        """Hold key's lock for the block; yields False (not held) when `wait`
-        is False and someone else holds it."""
-        with self._guard:
-            lock, users = self._locks.get(key, (threading.Lock(), 0))
-            self._locks[key] = (lock, users + 1)
-        try:
-            held = lock.acquire(blocking=wait)
-            try:
-                yield held
-            finally:
-                if held:
-                    lock.release()
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-
-class WorkerSupervision:
+class WorkerSupervision(Supervisor[str, WorkerEvent]):
     """State, spawning, ending and the watcher; see WorkerProcesses for the API."""
+
+    watcher_name = "worker-watcher"
+    blocking_work = "a worker starts or stops"
 
     def __init__(
         self,
@@ -102,28 +69,22 @@ class WorkerSupervision:
         watch_interval_seconds: float = 0.2,
         keep_ended_seconds: float = DEFAULT_KEEP_ENDED_SECONDS,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        super().__init__(
+            data_dir,
+            on_event,
+            now=now,
+            watch_interval_seconds=watch_interval_seconds,
+        )
         self.records = WorkerRecords(self.data_dir / "run" / "workers")
-        self._on_event = on_event or (lambda event: None)
         self._environ = dict(os.environ if environ is None else environ)
-        self._now = now
         if enforce == "rlimit":
             self._limiter = Limiter.rlimit_only()
         else:
             name = group_name(self.data_dir)
             self._limiter = Limiter.detect(name, v2_parent=cgroup_v2_parent)
-        self._lock = threading.Lock()
-        self._keys = KeyLocks()
         self._keep_ended = keep_ended_seconds
         self._workers: dict[str, SupervisedWorker] = {}
-        self._closing = threading.Event()
-        self._watcher = threading.Thread(
-            target=self._watch,
-            args=(watch_interval_seconds,),
-            name="worker-watcher",
-            daemon=True,
-        )
-        self._watcher.start()
+        self._start_watching()
 
     # -- what it tells -----------------------------------------------------
 
@@ -135,7 +96,7 @@ class WorkerSupervision:
 
     def log_path(self, worker_id: str) -> Path:
         """Where the worker's output goes: <data_dir>/logs/worker-<worker_id>.log."""
-        return self.data_dir / "logs" / f"worker-{quote(worker_id, safe='._-')}.log"
+        return self.data_dir / "logs" / f"worker-{file_stem(worker_id)}.log"
 
     def status(self) -> list[WorkerInfo]:
         """Every worker this supervisor started or adopted, by worker id."""
@@ -161,6 +122,21 @@ class WorkerSupervision:
             return None
         return None if self._note_exit(worker, events) else worker
 
+    def _find(
+        self, worker_id: str, events: list[WorkerEvent], *, announce: bool
+    ) -> SupervisedWorker | None:
+        """The worker when it runs, here or as an earlier run recorded it
+        (adopted then); how it ended is noted (see `_take_record`)."""
+        running = self._running(worker_id, events)
+        if running is not None:
+            return running
+        return self._take_record(worker_id, events, announce=announce)
+
+    def _running_ids(self) -> list[str]:
+        """The ids of the workers that run, as this supervisor last saw them."""
+        with self._lock:
+            return sorted(w for w, x in self._workers.items() if x.status == "running")
+
     def _take_record(
         self, worker_id: str, events: list[WorkerEvent], *, announce: bool
     ) -> SupervisedWorker | None:
@@ -177,7 +153,10 @@ class WorkerSupervision:
                 detail = {"limits": record.limits.as_detail()}
                 events.append(worker.event("adopted", detail, self._now()))
             return worker
-        self._ended(worker, None, events if announce else [], kill_group=False)
+        # its pid failed the identity check: it may be another's now, so
+        # its process group is not signalled
+        unknown = ExitStatus.from_returncode(None, self._now())
+        self._ended(worker, unknown, events if announce else [])
         if announce:
             with self._lock:
                 self._workers[worker_id] = worker
@@ -185,29 +164,17 @@ class WorkerSupervision:
 
     def _note_exit(self, worker: SupervisedWorker, events: list[WorkerEvent]) -> bool:
         """Whether the worker's process has ended (then noted: `exited`)."""
-        exited, returncode = worker.exit_code()
-        if exited:
-            self._ended(worker, returncode, events)
-        return exited
+        ended = worker.ended(self._now())
+        if ended is not None:
+            self._ended(worker, ended, events)
+        return ended is not None
 
     def _ended(
-        self,
-        worker: SupervisedWorker,
-        returncode: int | None,
-        events: list[WorkerEvent],
-        *,
-        kill_group: bool = True,
+        self, worker: SupervisedWorker, ended: ExitStatus, events: list[WorkerEvent]
     ) -> None:
-        """The worker ended by itself: find why, clean up, tell.
-
-        What it left in its process group is killed, unless `kill_group` is
-        False (its pid failed the identity check, so it may be another's now);
-        what it left in its cgroups is killed in any case.
-        """
-        ended = ExitStatus.from_returncode(returncode, self._now())
+        """The worker ended by itself: find why, clean up, tell. What it left
+        in its cgroups is killed."""
         cause, detail = exit_cause(ended, worker.limits, worker.log_path)
-        if kill_group and control.group_alive(worker.pid):
-            control.signal_group(worker.pid, signal.SIGKILL)
         release_groups(worker.limits)
         self.records.remove(worker.worker_id)
         with self._lock:
@@ -223,18 +190,13 @@ class WorkerSupervision:
         reason: str,
     ) -> None:
         """Stop a running worker (its key lock held)."""
-        forced, returncode = control.terminate_group(
-            worker.pid, grace_seconds, worker.process
-        )
-        if worker.process is None and returncode is None:
-            returncode = control.reap(worker.pid)
+        ended, detail = worker.terminate(grace_seconds, self._now)
         released = release_groups(worker.limits)
         self.records.remove(worker.worker_id)
-        ended = ExitStatus.from_returncode(returncode, self._now())
         with self._lock:
             worker.status, worker.exit, worker.cause = "stopped", ended, "stopped"
             worker.process, worker.ended_monotonic = None, time.monotonic()
-        detail = ended.as_detail() | {"forced": forced, "reason": reason}
+        detail["reason"] = reason
         if not released:
             detail["cgroups_left"] = [str(g) for g in worker.limits.groups()]
         events.append(worker.event("stopped", detail, ended.at))
@@ -249,29 +211,27 @@ class WorkerSupervision:
 
     def _spawn(
         self,
-        *,
-        pool: str,
-        allocation_id: str,
-        worker_id: str,
-        port: int,
-        argv: tuple[str, ...],
+        asked: WorkerStart,
         environment: Mapping[str, str],
         limits: WorkerLimits,
+        events: list[WorkerEvent],
     ) -> SupervisedWorker:
-        """Spawn the worker in its limits and write its state file."""
-        log_path = self.log_path(worker_id)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as log:
-            log.write(f"--- {self._now().isoformat()} starting: {shlex.join(argv)}\n")
+        """Spawn the worker asked for in its limits, write its state file,
+        tell it `started`."""
+        pool, allocation_id, worker_id, port, argv = asked
+        launch = ProcessLaunch(argv, self.log_path(worker_id), self._now)
         try:
-            process = spawn_worker(argv, environment, log_path, limits)
+            process = launch.spawn_with(
+                lambda: spawn_worker(argv, environment, launch.log_path, limits)
+            )
         except OSError as exc:
             release_groups(limits)
-            tail = last_run_lines(log_path)
+            tail = last_run_lines(launch.log_path)
             raise WorkerStartError(worker_id, str(exc), tail) from exc
         except BaseException:
             release_groups(limits)
             raise
+        assert launch.started_at is not None
         worker = SupervisedWorker(
             worker_id=worker_id,
             allocation_id=allocation_id,
@@ -279,16 +239,16 @@ class WorkerSupervision:
             port=port,
             argv=argv,
             limits=limits,
-            log_path=log_path,
+            log_path=launch.log_path,
             pid=process.pid,
-            start_ticks=control.start_ticks(process.pid),
-            started_at=self._now(),
+            start_ticks=launch.start_ticks,
+            started_at=launch.started_at,
             process=process,
         )
         try:
             self.records.write(worker.record())
         except BaseException as exc:
-            control.terminate_group(process.pid, 0.5, process)
+            launch.abort(0.5)
             release_groups(limits)
             self.records.remove(worker_id)
             if isinstance(exc, OSError):
@@ -297,16 +257,15 @@ class WorkerSupervision:
             raise
         with self._lock:
             self._workers[worker_id] = worker
+        detail = {
+            "argv": list(argv),
+            "log": str(launch.log_path),
+            "limits": limits.as_detail(),
+        }
+        events.append(worker.event("started", detail, self._now()))
         return worker
 
     # -- watching ----------------------------------------------------------------
-
-    def _watch(self, interval: float) -> None:
-        while not self._closing.wait(interval):
-            try:
-                self._look()
-            except Exception:
-                logger.exception("the worker watcher failed one round")
 
     def _look(self) -> None:
         with self._lock:
@@ -329,29 +288,3 @@ class WorkerSupervision:
                     worker.ended_monotonic < horizon
                 ):
                     del self._workers[worker_id]
-
-    # -- small parts -------------------------------------------------------------
-
-    def _check_open(self, *, loop_only: bool = False) -> None:
-        """Raise RuntimeError after close() (for starts), or in a running loop."""
-        if not loop_only and self._closing.is_set():
-            raise RuntimeError("WorkerProcesses is closed")
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        raise RuntimeError(
-            "WorkerProcesses blocks while a worker starts or stops: call it from a "
-            "worker thread (anyio.to_thread.run_sync), not inside a running loop"
-        )
-
-    def _emit(self, events: list[WorkerEvent]) -> list[WorkerEvent]:
-        """Tell on_event of the events (no lock held), empty the list; the events."""
-        told = list(events)
-        events.clear()
-        for event in told:
-            try:
-                self._on_event(event)
-            except Exception:
-                logger.exception("on_event failed for %s", event)
-        return told

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 
+from allocation_ledger.adapters.provisioning.supervised import WorkerStart
 from allocation_ledger.adapters.provisioning.worker_reports import (
     WorkerEvent,
     WorkerInfo,
@@ -91,54 +91,35 @@ class WorkerProcesses(WorkerSupervision):
         argv = tuple(argv)
         if not argv:
             raise ValueError(f"worker {worker_id!r} has an empty command")
-        events: list[WorkerEvent] = []
-        try:
-            with self._keys.hold(worker_id):
-                running = self._running(worker_id, events)
-                if running is None:
-                    running = self._take_record(worker_id, events, announce=True)
-                if running is not None:
-                    if running.matches(allocation_id, pool, port, argv):
-                        with self._lock:
-                            return running.info()
-                    if running.process is not None:
-                        raise ValueError(
-                            f"worker {worker_id!r} already runs for allocation "
-                            f"{running.allocation_id!r} on port {running.port} "
-                            f"with {shlex.join(running.argv)}"
-                        )
-                    reason = "started again with other facts"
-                    self._stop_locked(running, DEFAULT_GRACE_SECONDS, events, reason)
-                environment = self._environ | dict(env or {})
-                environment |= {
-                    ENV_ALLOCATION_ID: allocation_id,
-                    ENV_WORKER_ID: worker_id,
-                    ENV_POOL: pool,
-                    ENV_WORKER_PORT: str(port),
-                    ENV_MCP_ENDPOINTS: json.dumps(
-                        dict(mcp_endpoints or {}), sort_keys=True
-                    ),
-                }
-                limits = self._prepare(worker_id, cpu_millicores, memory_mib)
-                worker = self._spawn(
-                    pool=pool,
-                    allocation_id=allocation_id,
-                    worker_id=worker_id,
-                    port=port,
-                    argv=argv,
-                    environment=environment,
-                    limits=limits,
-                )
-                detail = {
-                    "argv": list(argv),
-                    "log": str(worker.log_path),
-                    "limits": limits.as_detail(),
-                }
-                events.append(worker.event("started", detail, self._now()))
-                with self._lock:
-                    return worker.info()
-        finally:
-            self._emit(events)
+        with self._telling() as events, self._keys.hold(worker_id):
+            asked = WorkerStart(pool, allocation_id, worker_id, port, argv)
+            running = self._find(worker_id, events, announce=True)
+            if running is not None:
+                if running.matches(asked):
+                    with self._lock:
+                        return running.info()
+                if running.process is not None:
+                    raise ValueError(
+                        f"worker {worker_id!r} already runs for allocation "
+                        f"{running.allocation_id!r} on port {running.port} "
+                        f"with {shlex.join(running.argv)}"
+                    )
+                reason = "started again with other facts"
+                self._stop_locked(running, DEFAULT_GRACE_SECONDS, events, reason)
+            environment = self._environ | dict(env or {})
+            environment |= {
+                ENV_ALLOCATION_ID: allocation_id,
+                ENV_WORKER_ID: worker_id,
+                ENV_POOL: pool,
+                ENV_WORKER_PORT: str(port),
+                ENV_MCP_ENDPOINTS: json.dumps(
+                    dict(mcp_endpoints or {}), sort_keys=True
+                ),
+            }
+            limits = self._prepare(worker_id, cpu_millicores, memory_mib)
+            worker = self._spawn(asked, environment, limits, events)
+            with self._lock:
+                return worker.info()
 
     def stop(
         self, worker_id: str, grace_seconds: float = DEFAULT_GRACE_SECONDS
@@ -152,19 +133,13 @@ class WorkerProcesses(WorkerSupervision):
         None when no worker of this id is known here or recorded.
         """
         self._check_open(loop_only=True)
-        events: list[WorkerEvent] = []
-        try:
-            with self._keys.hold(worker_id):
-                worker = self._running(worker_id, events)
-                if worker is None:
-                    worker = self._take_record(worker_id, events, announce=False)
-                if worker is not None:
-                    self._stop_locked(worker, grace_seconds, events, "requested")
-                with self._lock:
-                    known = self._workers.get(worker_id)
-                    return None if known is None else known.info()
-        finally:
-            self._emit(events)
+        with self._telling() as events, self._keys.hold(worker_id):
+            worker = self._find(worker_id, events, announce=False)
+            if worker is not None:
+                self._stop_locked(worker, grace_seconds, events, "requested")
+            with self._lock:
+                known = self._workers.get(worker_id)
+                return None if known is None else known.info()
 
     def reconcile(self, expected_worker_ids: Iterable[str]) -> list[WorkerEvent]:
         """Make the running workers exactly those expected that still live.
@@ -180,28 +155,22 @@ class WorkerProcesses(WorkerSupervision):
         """
         self._check_open(loop_only=True)
         expected = set(expected_worker_ids)
-        events: list[WorkerEvent] = []
         done: list[WorkerEvent] = []
-        try:
+        with self._telling() as events:
             for path, record in self.records:
                 if record is None:
-                    path.unlink(missing_ok=True)
+                    self.records.remove_file(path)
                     continue
                 with self._keys.hold(record.worker_id):
-                    if self._running(record.worker_id, events) is None:
-                        wanted = record.worker_id in expected
-                        self._take_record(record.worker_id, events, announce=wanted)
+                    wanted = record.worker_id in expected
+                    self._find(record.worker_id, events, announce=wanted)
                 done += self._emit(events)
-            with self._lock:
-                ids = [w for w, x in self._workers.items() if x.status == "running"]
-            for worker_id in sorted(ids):
+            for worker_id in self._running_ids():
                 with self._keys.hold(worker_id):
                     worker = self._running(worker_id, events)
                     if worker is not None and worker_id not in expected:
                         self._stop_locked(worker, 5.0, events, "not expected")
                 done += self._emit(events)
-        finally:
-            done += self._emit(events)
         return done
 
     def close(self, stop_all: bool = False) -> None:
@@ -211,29 +180,13 @@ class WorkerProcesses(WorkerSupervision):
         the next run on this data directory adopt them. Parent cgroups left
         empty are removed.
         """
-        self._closing.set()
-        if threading.current_thread() is not self._watcher:
-            self._watcher.join()
-        if stop_all:
-            with self._lock:
-                ids = [w for w, x in self._workers.items() if x.status == "running"]
-            for worker_id in ids:
-                events: list[WorkerEvent] = []
-                try:
-                    with self._keys.hold(worker_id):
-                        worker = self._running(worker_id, events)
-                        if worker is not None:
-                            reason = "supervisor closed"
-                            self._stop_locked(worker, 5.0, events, reason)
-                finally:
-                    self._emit(events)
+        super().close()
+        for worker_id in self._running_ids() if stop_all else []:
+            with self._telling() as events, self._keys.hold(worker_id):
+                worker = self._running(worker_id, events)
+                if worker is not None:
+                    self._stop_locked(worker, 5.0, events, "supervisor closed")
         self._limiter.close()
-
-    def __enter__(self) -> WorkerProcesses:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 __all__ = [

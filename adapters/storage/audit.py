@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
@@ -131,14 +132,22 @@ def verify(
     *,
     time_tolerance: timedelta = DEFAULT_TIME_TOLERANCE,
 ) -> VerifyReport:
-    """Replay everything, checking every invariant after every event, then
+    """Replay everything, checking every invariant after every event, and
     compare the result with the persisted read models and the Pool aggregates.
 
-    `time_tolerance`: how much earlier than the latest event before it an
-    event of another aggregate may be (see projections/verify.py)."""
+    It streams: each allocation is compared with its stored row once it has
+    ended, then forgotten, so memory holds the live allocations only, however
+    long the history. `time_tolerance`: how much earlier than the latest event
+    before it an event of another aggregate may be (see projections/verify.py).
+    """
     started = time.perf_counter()
     end = service.projector.catch_up()
-    checker = InvariantChecker(time_tolerance=time_tolerance)
+    comparison = _RowComparison(service)
+    checker = InvariantChecker(
+        time_tolerance=time_tolerance,
+        settled=comparison.add,
+        lookup=service.store,
+    )
     for position, event in logged_events(
         service.ledger.recorder,
         service.projector.decode,
@@ -151,34 +160,58 @@ def verify(
     violation = checker.finish()
     report = VerifyReport(
         events=checker.events,
-        allocations=len(checker.batch.allocations),
+        allocations=checker.allocations,
         pools=len(checker.batch.capacities),
         position=end,
         violation=violation,
     )
     if violation is None:
-        report.mismatches = _compare(service, checker)
+        for key, view in checker.batch.allocations.items():
+            comparison.add(key, view)
+        report.mismatches = comparison.finish() + _compare_pools(service, checker)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _compare(service: AllocationService, checker: InvariantChecker) -> list[str]:
-    mismatches: list[str] = []
-    store = service.store
-    replayed = list(checker.batch.allocations.items())
-    for start in range(0, len(replayed), 500):
-        chunk = replayed[start : start + 500]
-        stored_rows = store.allocations([key for key, _ in chunk])
+class _RowComparison:
+    """Compares replayed allocation rows with the stored ones, 500 at a time."""
+
+    CHUNK = 500
+
+    def __init__(self, service: AllocationService) -> None:
+        self._store = service.store
+        self._pending: list[tuple[UUID, AllocationView]] = []
+        self.mismatches: list[str] = []
+
+    def add(self, key: UUID, view: AllocationView) -> None:
+        self._pending.append((key, view))
+        if len(self._pending) >= self.CHUNK:
+            self._compare()
+
+    def finish(self) -> list[str]:
+        self._compare()
+        return self.mismatches
+
+    def _compare(self) -> None:
+        chunk, self._pending = self._pending, []
+        if not chunk:
+            return
+        stored_rows = self._store.allocations([key for key, _ in chunk])
         for key, view in chunk:
             stored = stored_rows.get(key)
             if stored is None:
-                mismatches.append(
+                self.mismatches.append(
                     f"allocation {view.allocation_id} is not in read model"
                 )
             elif allocation_to_dict(stored) != allocation_to_dict(view):
-                mismatches.append(
+                self.mismatches.append(
                     f"allocation {view.allocation_id} differs in read model"
                 )
+
+
+def _compare_pools(service: AllocationService, checker: InvariantChecker) -> list[str]:
+    mismatches: list[str] = []
+    store = service.store
     for capacity in checker.batch.capacities.values():
         stored_capacity = store.get_capacity(capacity.pool)
         if stored_capacity is None or capacity_to_dict(

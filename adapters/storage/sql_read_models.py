@@ -44,10 +44,11 @@ from allocation_ledger.projections.views import AllocationView, CapacityView
 
 POSITION_KEY = "read_models"
 SCHEMA_KEY = "schema_version"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout of the read-model tables. 1 (no version row): before
 `reserved_at`. 2: `reserved_at`, the moment capacity was reserved, which usage
-counts from. Raise it whenever the tables or their documents change shape."""
+counts from. 3: `tenant`, indexed, which a tenant's listing and usage filter
+on. Raise it whenever the tables or their documents change shape."""
 
 _LIVE = tuple(sorted(s.value for s in LIVE_STATES))
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
@@ -75,6 +76,7 @@ VIEW_SCHEMA = (
         memory_mib BIGINT NOT NULL,
         workers INTEGER NOT NULL,
         server_count INTEGER NOT NULL,
+        tenant TEXT,
         doc TEXT NOT NULL
     )""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_started
@@ -88,6 +90,10 @@ VIEW_SCHEMA = (
         ON ledger_allocation_view (state, sequence)""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_job
         ON ledger_allocation_view (job_id, sequence)""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_tenant
+        ON ledger_allocation_view (tenant, sequence)""",
+    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_tenant_reserved
+        ON ledger_allocation_view (tenant, reserved_at)""",
     """CREATE INDEX IF NOT EXISTS ledger_allocation_view_due
         ON ledger_allocation_view (expires_at, allocation_id)
         WHERE expires_at IS NOT NULL""",
@@ -101,8 +107,8 @@ VIEW_SCHEMA = (
 UPSERT_ALLOCATION = """INSERT INTO ledger_allocation_view
     (aggregate_id, allocation_id, sequence, pool, job_id, state, priority,
      expires_at, started_at, reserved_at, ended_at, cpu_millicores, memory_mib,
-     workers, server_count, doc)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     workers, server_count, tenant, doc)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (aggregate_id) DO UPDATE SET
         state = excluded.state,
         expires_at = excluded.expires_at,
@@ -145,6 +151,7 @@ def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
         view.resources.memory_mib,
         view.resources.workers,
         len(view.servers_requested),
+        view.tenant,
         _encode(allocation_to_dict(view)),
     )
 
@@ -314,6 +321,7 @@ class SQLReadModels:
             ("job_id", query.job_id),
             ("priority", query.priority),
             ("pool", query.pool),
+            ("tenant", query.tenant),
         ):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -410,6 +418,9 @@ class SQLReadModels:
         if query.pool is not None:
             clauses += " AND pool = ?"
             params.append(query.pool)
+        if query.tenant is not None:
+            clauses += " AND tenant = ?"
+            params.append(query.tenant)
         return clauses, params
 
     def clear(self) -> None:

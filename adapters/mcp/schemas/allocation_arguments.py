@@ -192,9 +192,9 @@ TenantArg = Annotated[
         max_length=128,
         pattern=TENANT_PATTERN.pattern,
         description=(
-            "Whose quota the request counts against. Omit for your own identity "
-            "(the token's subject over HTTP; no tenant over stdio). Naming "
-            "another tenant needs the admin scope."
+            "The tenant the allocation belongs to and whose quota it counts "
+            "against. Omit for your own (the token's tenant over HTTP; no tenant "
+            "over stdio). Naming another tenant needs the admin scope."
         ),
     ),
 ]
@@ -231,6 +231,18 @@ PoolFilterArg = Annotated[
         max_length=63,
         pattern=POOL_NAME_PATTERN.pattern,
         description="Only allocations in this pool (omit for all pools).",
+    ),
+]
+TenantFilterArg = Annotated[
+    str | None,
+    Field(
+        max_length=128,
+        pattern=TENANT_PATTERN.pattern,
+        description=(
+            "Only allocations of this tenant. Omit for all you may see: your "
+            "token's tenant, or every tenant with the admin scope (or over "
+            "stdio). Naming another tenant needs the admin scope."
+        ),
     ),
 ]
 AfterArg = Annotated[

@@ -114,7 +114,13 @@ def _changes(event: Allocation.Event) -> dict[str, Any]:
             "queue_deadline": _json_safe(event.deadline),
         }
     if isinstance(event, Allocation.Granted):
+        held = {}
+        if event.resources is not None:  # the pool's sizes at the grant
+            held = {
+                "resources": amounts(Resources.from_dict(event.resources)).model_dump()
+            }
         return {
+            **held,
             "worker_ports": list(event.worker_ports),
             "server_ports": {str(name): int(port) for name, port, _ in event.servers},
             "servers_started": [

@@ -114,12 +114,10 @@ ARGUMENT_NAMES = {"servers": "mcp_servers"}
 """request_resources's names for the domain's, where they differ."""
 
 
-def retry_conflict_message(
-    error: RequestIdConflictError, *, hide_tenant: bool = False
-) -> str:
+def retry_conflict_message(error: RequestIdConflictError) -> str:
     """One sentence naming each argument a retry changed, with both values
-    (a string in quotes, anything else as JSON). `hide_tenant`: the caller
-    may not see other tenants, so the original tenant is not named."""
+    (a string in quotes, anything else as JSON). (A request id belongs to
+    its tenant, so a retry never finds another tenant's request to name.)"""
 
     def shown(value: Any) -> str:
         if isinstance(value, str):
@@ -129,12 +127,9 @@ def retry_conflict_message(
     parts = []
     for change in error.changes:
         name = ARGUMENT_NAMES.get(change.argument, change.argument)
-        original = (
-            "another tenant"
-            if hide_tenant and change.argument == "tenant"
-            else shown(change.original)
+        parts.append(
+            f"{name} was {shown(change.original)}, now {shown(change.retried)}"
         )
-        parts.append(f"{name} was {original}, now {shown(change.retried)}")
     return (
         f"request_id {shown(error.request_id)} was already used for allocation "
         f"{error.allocation_id} with other arguments, so this is not a retry of "

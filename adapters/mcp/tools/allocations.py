@@ -6,7 +6,6 @@ import json
 from contextlib import suppress
 from typing import Annotated
 
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
 
@@ -29,6 +28,7 @@ from allocation_ledger.adapters.mcp.schemas.allocation_arguments import (
     RequestIdArg,
     StateArg,
     TenantArg,
+    TenantFilterArg,
     TtlArg,
     WaitArg,
     WorkersArg,
@@ -60,6 +60,7 @@ from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.errors import PoolNotFoundError, RequestIdConflictError
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.results import RequestResult
+from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
@@ -71,31 +72,6 @@ from allocation_ledger.projections.store import MAX_PAGE_SIZE, ListingQuery
 
 class AllocationTools(ToolGroup):
     """Request, release, renew and expire allocations; show and list them."""
-
-    def _tenant(self, tool: str, requested: str | None) -> str | None:
-        """Whose quota a call counts in: the caller's own identity by default.
-
-        Over HTTP with a token that is its subject, and naming another tenant
-        needs the admin scope. Without a token (stdio, --no-auth) there is no
-        tenant unless one is given, and any may be given.
-        """
-        token = get_access_token()
-        own = None if token is None else (token.subject or token.client_id)
-        if requested is None or requested == own or token is None:
-            return own if requested is None else requested
-        if "admin" not in token.scopes:
-            msg = (
-                f"{tool} for tenant {requested!r} needs the 'admin' scope; the "
-                f"token of {own!r} may only request as itself"
-            )
-            raise ToolError(msg)
-        return requested
-
-    def _sees_every_tenant(self) -> bool:
-        """Whether the caller may see other tenants' requests: an admin
-        token, or no token (stdio, --no-auth)."""
-        token = get_access_token()
-        return token is None or "admin" in token.scopes
 
     def _waiting_for(self, result: RequestResult) -> Rejection | None:
         """What a queued request waits for: recorded with it, or (dry run)
@@ -174,23 +150,33 @@ class AllocationTools(ToolGroup):
         queued: with wait=true it is refused with code "exceeds_pool". A queued
         request that the pool can no longer ever hold (capacity or quota
         lowered below it) fails at once with "exceeds_pool" or
-        "quota_exceeded". A tenant (by default the caller's token subject) over its
-        quota in the pool is refused with code "quota_exceeded", wait or not.
+        "quota_exceeded".
+        The allocation belongs to a tenant (by default the caller's: the
+        token's tenant over HTTP); a tenant over its quota in the pool is
+        refused with code "quota_exceeded", wait or not.
         dry_run=true reserves nothing and reports what would happen, including
-        who would be preempted.
+        who would be preempted. Without the admin scope, expired_first and
+        preempted name only your tenant's allocations.
 
         Retries: with the same request_id and the same arguments
         you get the original allocation back (replayed: true) and nothing
-        changes. Reusing a request_id with any argument different (job_id,
-        mcp_servers, workers, priority, ttl_seconds, metadata, tenant, wait,
-        max_wait_seconds, preempt) is an error naming each with both values,
-        and so is a dry_run with a request_id already used (a dry run records
-        nothing, so a later real request with its request_id is new).
+        changes. A request_id belongs to the tenant: another tenant's equal
+        request_id is another allocation. Reusing a request_id with any
+        argument different (job_id, mcp_servers, workers, priority,
+        ttl_seconds, metadata, wait, max_wait_seconds, preempt) is an error
+        naming each with both values, and so is a dry_run with a request_id
+        already used (a dry run records nothing, so a later real request with
+        its request_id is new).
         Invalid arguments (bad names, out-of-range numbers, unknown pool) are
         errors and reserve nothing.
         """
-        actor = self._actor("request_resources")
-        tenant = self._tenant("request_resources", tenant)
+        caller = self._caller("request_resources")
+        actor = caller.actor
+        tenant = (
+            caller.tenant
+            if tenant is None
+            else self._named_tenant(caller, "request_resources", tenant)
+        )
         check_servers_known(self.service.settings.catalog, mcp_servers)
 
         def work() -> RequestResourcesResult:
@@ -215,17 +201,19 @@ class AllocationTools(ToolGroup):
                     tenant=tenant,
                 )
             except RequestIdConflictError as error:
-                hide = not self._sees_every_tenant()
-                raise ToolError(
-                    retry_conflict_message(error, hide_tenant=hide)
-                ) from error
+                raise ToolError(retry_conflict_message(error)) from error
+
+            def shown(ids: tuple[str, ...]) -> tuple[str, ...]:
+                seen = caller.visibility
+                return tuple(i for i in ids if seen.includes(result.tenants.get(i)))
+
             return request_result(
                 result.allocation,
                 worker_size=self._worker_size(result.allocation.pool),
                 replayed=result.replayed,
                 dry_run=result.dry_run,
-                expired_first=result.expired_first,
-                preempted=result.preempted,
+                expired_first=shown(result.expired_first),
+                preempted=shown(result.preempted),
                 waiting_for=self._waiting_for(result),
                 queue_position=self._queue_position(result),
             )
@@ -245,12 +233,16 @@ class AllocationTools(ToolGroup):
         releasing an allocation that was already released, has expired or was
         preempted changes nothing and returns status "already_released";
         releasing one that failed changes nothing and returns status
-        "failed". An unknown allocation_id is an error.
+        "failed". An unknown allocation_id is an error, and so is, without
+        the admin scope, another tenant's (the same error: it is not told
+        apart from an unknown one).
         """
-        actor = self._actor("release_resources")
+        caller = self._caller("release_resources")
 
         def work() -> ReleaseResourcesResult:
-            outcome = self.ledger.release(allocation_id, actor=actor)
+            outcome = self.ledger.release(
+                allocation_id, actor=caller.actor, visibility=caller.visibility
+            )
             result, allocation = outcome.result, outcome.allocation
             message = None
             if result.status == "already_released":
@@ -285,15 +277,21 @@ class AllocationTools(ToolGroup):
 
         Without ttl_seconds, the allocation's own ttl_seconds is used again.
         Call it while the job still needs its resources, before expires_at.
-        Errors: an unknown allocation_id; an allocation that is no longer live
+        Errors: an unknown allocation_id (without the admin scope, another
+        tenant's is answered alike); an allocation that is no longer live
         (released, expired or failed); one whose lease has already run out,
         which is expired instead of renewed (request new resources then). Each
         call moves the expiry again, from the time of that call.
         """
-        actor = self._actor("renew_allocation")
+        caller = self._caller("renew_allocation")
 
         def work() -> RenewResult:
-            allocation = self.ledger.renew(allocation_id, ttl_seconds, actor=actor)
+            allocation = self.ledger.renew(
+                allocation_id,
+                ttl_seconds,
+                actor=caller.actor,
+                visibility=caller.visibility,
+            )
             renewed = allocation.allocation
             assert renewed.expires_at is not None
             return RenewResult(
@@ -319,16 +317,28 @@ class AllocationTools(ToolGroup):
         which goes to queued requests at once; queued requests whose
         max_wait_seconds has passed fail (reason code "queue_timeout").
         Returns the ids expired (`cleaned_up`) and their `count`; calling it
-        again right away finds nothing more.
+        again right away finds nothing more. Without the admin scope, only
+        your tenant's allocations are listed and counted (others' expire all
+        the same).
         """
-        actor = self._actor("cleanup_expired")
+        caller = self._caller("cleanup_expired")
 
         def work() -> CleanupResult:
-            result = self.ledger.expire_due(actor=actor)
+            result = self.ledger.expire_due(actor=caller.actor)
+            shown = [
+                allocation_id
+                for allocation_id, tenant in zip(
+                    result.expired, result.tenants, strict=True
+                )
+                if caller.visibility.includes(tenant)
+            ]
+            errors = [
+                line
+                for line in result.deprovision_errors
+                if line.split(":", 1)[0] in shown
+            ]
             return CleanupResult(
-                cleaned_up=list(result.expired),
-                count=len(result.expired),
-                deprovision_errors=list(result.deprovision_errors),
+                cleaned_up=shown, count=len(shown), deprovision_errors=errors
             )
 
         return await self._call(work)
@@ -341,15 +351,24 @@ class AllocationTools(ToolGroup):
         has run out (is_expired), its tenant and, for a refused request, the
         error and reason. A queued one (state "queued") holds nothing and
         shows queue_deadline and waiting_for; a preempted one shows
-        preempted_by, the allocation that took its capacity. An unknown
-        allocation_id is an error.
+        preempted_by, the allocation that took its capacity (left out when that
+        one is another tenant's and you lack the admin scope). An unknown
+        allocation_id is an error; without the admin scope, so is another
+        tenant's, with the same words.
         """
-        self._actor("get_allocation")
-        return await self._call(lambda: self.detail(allocation_id))
+        caller = self._caller("get_allocation")
+        return await self._call(lambda: self.detail(allocation_id, caller.visibility))
 
-    def detail(self, allocation_id: str) -> AllocationDetail:
-        """get_allocation's answer (also the allocation resource); blocking."""
-        view = self.read.allocation(allocation_id)
+    def detail(
+        self, allocation_id: str, visibility: Visibility = EVERY_TENANT
+    ) -> AllocationDetail:
+        """get_allocation's answer (also the allocation resource) for a
+        caller who sees `visibility`; blocking."""
+        view = self.read.allocation(allocation_id, visibility)
+        if view.preempted_by is not None and not self._visible_ids(
+            [view.preempted_by], visibility
+        ):
+            view.preempted_by = None
         detail = allocation_detail(
             view,
             worker_size=self._worker_size(view.pool, caught_up=True),
@@ -369,11 +388,14 @@ class AllocationTools(ToolGroup):
         pool: PoolFilterArg = None,
         after: AfterArg = 0,
         limit: LimitArg = MAX_PAGE_SIZE,
+        tenant: TenantFilterArg = None,
     ) -> Annotated[CallToolResult, AllocationList]:
         """List allocations, oldest first, optionally filtered.
 
-        Filters: state (queued, pending, active, releasing, released, expired,
-        failed, preempted), job_id, priority, pool. Each item has
+        Without the admin scope you see your tenant's allocations only; with
+        it (or over stdio), every tenant's. Filters: state (queued, pending,
+        active, releasing, released, expired, failed, preempted), job_id,
+        priority, pool, tenant. Each item has
         allocation_id, job_id, state, priority, workers, age_seconds and
         is_expired, plus pool, created_at, expires_at, sequence, tenant,
         queue_deadline and, when preempted, preempted_by. Returns at most
@@ -381,7 +403,7 @@ class AllocationTools(ToolGroup):
         page pass the last item's sequence as `after`. The text result is the
         JSON list; the structured result is {allocations, count}.
         """
-        self._actor("list_allocations")
+        caller = self._caller("list_allocations")
         query = ListingQuery(
             state=None if state is None else AllocationState(state),
             job_id=job_id,
@@ -389,10 +411,16 @@ class AllocationTools(ToolGroup):
             pool=pool,
             after=after,
             limit=limit,
+            tenant=self._tenant_filter(caller, "list_allocations", tenant),
         )
 
         def work() -> AllocationList:
             views = self.read.allocations(query)
+            preemptors = [v.preempted_by for v in views if v.preempted_by]
+            shown = self._visible_ids(preemptors, caller.visibility)
+            for view in views:
+                if view.preempted_by not in shown:
+                    view.preempted_by = None
             now = self.ledger.clock.now()
             items = [allocation_summary(v, now=now) for v in views]
             return AllocationList(allocations=items, count=len(items))

@@ -8,6 +8,7 @@ from allocation_ledger.adapters.mcp.schemas.allocation_arguments import (
     AllocationIdArg,
     JobIdFilterArg,
     PoolFilterArg,
+    TenantFilterArg,
 )
 from allocation_ledger.adapters.mcp.schemas.history import HistoryResult, history_result
 from allocation_ledger.adapters.mcp.schemas.units import utc
@@ -22,6 +23,7 @@ from allocation_ledger.adapters.storage import audit
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError
+from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 from allocation_ledger.projections.usage import UsageQuery
 
 
@@ -37,24 +39,54 @@ class AuditTools(ToolGroup):
         rejected, activated, renewed, release_requested, released, expired,
         preempted, failed), time, actor (a token subject, "local" over stdio,
         "system:sweeper" for expiry by the server, "system:scheduler" for a
-        grant or queue timeout) and what it changed. Read from the event log
-        itself, so it is the audit record. An unknown allocation_id is an
-        error.
+        grant or queue timeout) and what it changed; `tenant` is whom the
+        allocation belongs to (its "requested" event records it). Read from
+        the event log itself, so it is the audit record. An unknown
+        allocation_id is an error; without the admin scope, so is another
+        tenant's, with the same words (and a "preempted" event names the
+        allocation that took the capacity only when it is your tenant's).
         """
-        self._actor("get_allocation_history")
-        return await self._call(lambda: self.history(allocation_id))
+        caller = self._caller("get_allocation_history")
+        return await self._call(lambda: self.history(allocation_id, caller.visibility))
 
-    def history(self, allocation_id: str) -> HistoryResult:
-        """get_allocation_history's answer (also its resource), from the log."""
-        events: list[Allocation.Event] = []
-        if is_allocation_id(allocation_id):
-            store = self.ledger.repository.event_store
-            for event in store.get(allocation_uuid(allocation_id)):
-                if isinstance(event, Allocation.Event):
-                    events.append(event)
-        if not events:
+    def history(
+        self, allocation_id: str, visibility: Visibility = EVERY_TENANT
+    ) -> HistoryResult:
+        """get_allocation_history's answer (also its resource), from the log,
+        for a caller who sees `visibility`."""
+        events = self._events(allocation_id)
+        if not events or not isinstance(events[0], Allocation.Requested):
             raise AllocationNotFoundError(allocation_id)
-        return history_result(allocation_id, events)
+        visibility.check(allocation_id, events[0].tenant)
+        result = history_result(allocation_id, events)
+        for entry in result.events:
+            by = entry.changes.get("preempted_by")
+            if by is not None and not self._sees(by, visibility):
+                entry.changes["preempted_by"] = None
+        return result
+
+    def _events(self, allocation_id: str) -> list[Allocation.Event]:
+        """Every event of an allocation, from the log (none for what is not
+        an allocation id)."""
+        if not is_allocation_id(allocation_id):
+            return []
+        store = self.ledger.repository.event_store
+        return [
+            event
+            for event in store.get(allocation_uuid(allocation_id))
+            if isinstance(event, Allocation.Event)
+        ]
+
+    def _sees(self, allocation_id: str, visibility: Visibility) -> bool:
+        """Whether an allocation is visible, by the tenant its first event
+        records."""
+        if visibility.tenant is None:
+            return True
+        store = self.ledger.repository.event_store
+        first = next(iter(store.get(allocation_uuid(allocation_id), limit=1)), None)
+        return isinstance(first, Allocation.Requested) and visibility.includes(
+            first.tenant
+        )
 
     async def get_usage(
         self,
@@ -63,6 +95,7 @@ class AuditTools(ToolGroup):
         pool: PoolFilterArg = None,
         since: SinceArg = None,
         until: UntilArg = None,
+        tenant: TenantFilterArg = None,
     ) -> UsageResult:
         """What each job held, per pool, over a period: the accounting.
 
@@ -72,15 +105,18 @@ class AuditTools(ToolGroup):
         capacity is reserved (the request, or the grant of a queued request)
         to its release, preemption or failure; an expired allocation up to
         its lease's end; a live one up to now. Time in the queue counts 0.
-        Only the part inside [since, until) counts.
+        Only the part inside [since, until) counts. Without the admin scope,
+        only your tenant's allocations count; with it (or over stdio), every
+        tenant's, or the one named by `tenant`.
         """
-        self._actor("get_usage")
+        caller = self._caller("get_usage")
         now = self.ledger.clock.now()
         query = UsageQuery(
             job_id=job_id,
             pool=pool,
             since=None if since is None else utc(since),
             until=None if until is None else utc(until),
+            tenant=self._tenant_filter(caller, "get_usage", tenant),
         )
         if query.since and query.until and query.since >= query.until:
             msg = "since must be before until"

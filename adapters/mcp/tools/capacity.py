@@ -21,6 +21,7 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
 )
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 
 
 class CapacityTools(ToolGroup):
@@ -70,23 +71,33 @@ class CapacityTools(ToolGroup):
         mcp_servers gives each one's port, status and users. Scheduling:
         queue_length (requests waiting; get_queue lists them), queue_policy,
         aging_seconds, preemption rules, each tenant's quotas and what each
-        tenant holds (held_by_tenant). With `at`, the
+        tenant holds (held_by_tenant; without the admin scope, your tenant's
+        only: the pool's totals are everyone's to see). With `at`, the
         pool as it was at that past moment, replayed from the event log. An
         unknown pool (or one that did not exist yet at `at`) is an error.
         """
-        self._actor("get_capacity")
+        caller = self._caller("get_capacity")
         if at is None:
-            return await self._call(lambda: self.capacity(pool))
+            return await self._call(lambda: self.capacity(pool, caller.visibility))
         moment = utc(at)
         return await self._call(
-            lambda: self._enforced(
-                capacity_result(audit.capacity_at(self.service, moment, pool).capacity)
+            lambda: _tenants_seen(
+                self._enforced(
+                    capacity_result(
+                        audit.capacity_at(self.service, moment, pool).capacity
+                    )
+                ),
+                caller.visibility,
             )
         )
 
-    def capacity(self, pool: str) -> CapacityResult:
-        """get_capacity's answer for now (also the pool capacity resource)."""
-        return self._enforced(capacity_result(self._capacity_view(pool)))
+    def capacity(
+        self, pool: str, visibility: Visibility = EVERY_TENANT
+    ) -> CapacityResult:
+        """get_capacity's answer for now (also the pool capacity resource)
+        for a caller who sees `visibility`."""
+        result = self._enforced(capacity_result(self._capacity_view(pool)))
+        return _tenants_seen(result, visibility)
 
     def _enforced(self, result: CapacityResult) -> CapacityResult:
         """The result with its pool's worker enforcement."""
@@ -98,3 +109,16 @@ class CapacityTools(ToolGroup):
             if enforcement is not None:
                 result.worker_enforcement = enforcement
         return result
+
+
+def _tenants_seen(result: CapacityResult, visibility: Visibility) -> CapacityResult:
+    """The result with the quotas and holdings of the tenants `visibility`
+    includes only; the pool's totals stay."""
+    if visibility.tenant is not None:
+        result.quotas = {
+            t: q for t, q in result.quotas.items() if visibility.includes(t)
+        }
+        result.held_by_tenant = {
+            t: h for t, h in result.held_by_tenant.items() if visibility.includes(t)
+        }
+    return result

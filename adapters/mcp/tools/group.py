@@ -4,18 +4,20 @@ plumbing between a tool call and the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver.exceptions import ToolError
 
-from allocation_ledger.adapters.http.auth import Access
+from allocation_ledger.adapters.http.auth import Access, Caller
 from allocation_ledger.adapters.mcp.tools.specs import TOOLS
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.errors import LedgerError, PoolNotFoundError
 from allocation_ledger.domain.pool_settings import DEFAULT_WORKER_SIZE
+from allocation_ledger.domain.tenancy import Visibility
 from allocation_ledger.domain.values import Resources
 from allocation_ledger.projections.views import CapacityView
 
@@ -42,6 +44,43 @@ class ToolGroup:
 
     def _actor(self, tool: str) -> str:
         return self.access.actor(TOOLS[tool].scope, tool)
+
+    def _caller(self, tool: str) -> Caller:
+        return self.access.caller(TOOLS[tool].scope, tool)
+
+    @staticmethod
+    def _named_tenant(caller: Caller, tool: str, tenant: str) -> str:
+        """A tenant a call names: the caller's own, or any with the admin
+        scope (or no token); ToolError otherwise."""
+        if tenant == caller.tenant or caller.sees_every_tenant:
+            return tenant
+        msg = (
+            f"{tool} for tenant {tenant!r} needs the 'admin' scope; the token of "
+            f"{caller.actor!r} acts for tenant {caller.tenant!r} only"
+        )
+        raise ToolError(msg)
+
+    def _tenant_filter(
+        self, caller: Caller, tool: str, tenant: str | None
+    ) -> str | None:
+        """The tenant a query is confined to: the one named (see
+        `_named_tenant`), else all the caller sees (None: every tenant)."""
+        if tenant is None:
+            return caller.visibility.tenant
+        return self._named_tenant(caller, tool, tenant)
+
+    def _visible_ids(self, ids: Iterable[str], visibility: Visibility) -> set[str]:
+        """Which of these allocations `visibility` includes, by their rows in
+        the read models (read as they are: call after catching up)."""
+        wanted = set(ids)
+        if visibility.tenant is None or not wanted:
+            return wanted
+        rows = self.read.store.allocations([allocation_uuid(i) for i in wanted])
+        return {
+            view.allocation_id
+            for view in rows.values()
+            if visibility.includes(view.tenant)
+        }
 
     def _capacity_view(self, pool: str, *, caught_up: bool = False) -> CapacityView:
         """A pool's capacity; `caught_up` skips catching up (just done)."""

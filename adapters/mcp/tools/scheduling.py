@@ -48,13 +48,20 @@ class SchedulingTools(ToolGroup):
         for never). The queue is served by effective rank, then arrival.
         Also the pool's queue_policy (strict: nobody passes the head;
         backfill: smaller ones may), aging_seconds, preemption rules and what
-        is available now. An unknown pool is an error.
+        is available now. An unknown pool is an error. Without the admin
+        scope, only your tenant's requests are listed (and counted); their
+        positions count every request waiting, so a gap means others' wait
+        ahead.
         """
-        self._actor("get_queue")
+        caller = self._caller("get_queue")
 
         def work() -> QueueResult:
             view = self._capacity_view(pool)
-            entries = queued_requests(view, self.ledger.clock.now())
+            entries = [
+                entry
+                for entry in queued_requests(view, self.ledger.clock.now())
+                if caller.visibility.includes(entry.tenant)
+            ]
             return QueueResult(
                 pool=view.pool,
                 queue=entries,
@@ -79,13 +86,14 @@ class SchedulingTools(ToolGroup):
     ) -> QuotaResult:
         """Limit what a tenant may hold at once in a pool (needs the admin scope).
 
-        A tenant is whoever a request counts for: by default the caller's
-        token subject. Give any of cpu (cores), memory (MB) and workers; the
-        others keep their current limit, or have none if the tenant had no
-        quota. clear=true removes the quota. A request that would take the
-        tenant past a limit is refused with reason code "quota_exceeded"
-        (waiting does not help: it is not queued). Lowering a quota below what
-        the tenant holds evicts nothing; it only refuses its new requests. A
+        A tenant is whom a request belongs to: by default the caller's
+        token's tenant (its subject unless configured). Give any of cpu
+        (cores), memory (MB) and workers; the others keep their current
+        limit, or have none if the tenant had no quota. clear=true removes
+        the quota. A request that would take the tenant past a limit is
+        refused with reason code "quota_exceeded" (waiting does not help: it
+        is not queued). Lowering a quota below what the tenant holds evicts
+        nothing; it only refuses its new requests. A
         queued request of the tenant bigger than the new limit fails at once
         with "quota_exceeded" and the queue moves on.
         Setting the quota it already has changes nothing (changed: false).

@@ -1,0 +1,100 @@
+"""The preemption rule by brute force: the reference the tests hold the
+ledger's choice of victims to (docs/scheduling.md, "Preemption").
+
+`PoolView` is a pool's state as the decision functions read it, built
+directly; `reference_victims` tries every subset of the allowed victims and
+keeps the one the rule prefers: lowest highest priority, then fewest, then
+youngest (its oldest victim reserved latest, then its next oldest, ...;
+equal times in order of allocation id).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from allocation_ledger.domain.capacity import shortfall
+from allocation_ledger.domain.pool_settings import PoolSettings
+from allocation_ledger.domain.pool_state import QueueEntry, Reservation, ServerInstance
+from allocation_ledger.domain.ports import PortRanges
+from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.values import AllocationRequest, Priority, Resources
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class PoolView:
+    """A pool's state as the decision functions read it, built directly."""
+
+    capacity: Resources
+    reservations: Mapping[str, Reservation]
+    servers: Mapping[str, ServerInstance] = field(default_factory=dict)
+    ports: PortRanges = field(default_factory=PortRanges)
+    scheduling: Scheduling = field(default_factory=Scheduling)
+    queue: Mapping[str, QueueEntry] = field(default_factory=dict)
+    quotas: Mapping[str, Resources] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> PoolSettings:
+        return PoolSettings(capacity=self.capacity)
+
+    also_held: Resources = field(default_factory=Resources)
+    """Held by reservations that are not candidates (granted in the same
+    decision), beside `reservations`."""
+
+    @property
+    def available(self) -> Resources:
+        held = self.also_held
+        for reservation in self.reservations.values():
+            held = held + reservation.resources
+        return self.capacity - held
+
+
+def reservation(
+    allocation_id: str,
+    priority: Priority,
+    resources: Resources,
+    *,
+    seconds: float,
+    servers: Sequence[str] = (),
+) -> Reservation:
+    return Reservation(
+        allocation_id,
+        resources,
+        worker_ports=(),
+        servers=tuple(servers),
+        expires_at=T0 + timedelta(hours=9),
+        priority=priority,
+        reserved_at=T0 + timedelta(seconds=seconds),
+    )
+
+
+def reference_victims(
+    pool: PoolView, request: AllocationRequest, needed: Resources, now: datetime
+) -> list[str] | None:
+    """The rule, by trying every subset of the allowed victims."""
+    allowed = [
+        r
+        for r in pool.reservations.values()
+        if pool.scheduling.may_preempt(request.priority, r.priority)
+    ]
+    youth = sorted(
+        allowed, key=lambda r: (-(r.reserved_at or now).timestamp(), r.allocation_id)
+    )
+    position = {r.allocation_id: i for i, r in enumerate(youth)}
+    best: tuple[object, ...] | None = None
+    chosen: list[str] | None = None
+    for size in range(1, len(allowed) + 1):
+        for victims in itertools.combinations(allowed, size):
+            if shortfall(pool, request, needed, freeing=victims) is not None:
+                continue
+            oldest_first = sorted(
+                (position[v.allocation_id] for v in victims), reverse=True
+            )
+            key = (max(v.priority.rank for v in victims), size, oldest_first)
+            if best is None or key < best:
+                best, chosen = key, sorted(v.allocation_id for v in victims)
+    return chosen

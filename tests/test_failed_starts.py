@@ -1,0 +1,144 @@
+"""A command that crashes at start answers at once, with the ledger's real
+clock: an MCP server whose process exits before its endpoint answers fails
+its allocation (`provisioning_failed`) with its exit code and the last lines
+of its output, long before its start timeout; a worker whose command exits
+is recorded ended, with its code and output, while its allocation stands.
+Every process a test starts is killed when it ends (tests/process_support.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from allocation_ledger.adapters.config.apply import apply_catalog
+from allocation_ledger.adapters.config.settings import Settings
+from allocation_ledger.adapters.provisioning.process_provisioner import (
+    ProcessProvisioner,
+)
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.domain.values import AllocationRequest, AllocationState
+from tests.process_support import (
+    MARK,
+    POOL,
+    catalog,
+    kinds,
+    marked_processes,
+    marking,
+    process_events,
+    wait_until,
+)
+
+START_TIMEOUT_SECONDS = 30
+SAYS = "crashing on purpose"
+CRASH = [
+    sys.executable,
+    "-c",
+    f"import sys; print({SAYS!r}, file=sys.stderr, flush=True); sys.exit(3)",
+]
+OpenLedger = Callable[..., AllocationService]
+
+
+@pytest.fixture
+def mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This test's mark, also in the environment workers inherit; every
+    marked process is killed when the test ends."""
+    for value in marking(tmp_path):
+        monkeypatch.setenv(MARK, value)
+        yield value
+
+
+@pytest.fixture
+def open_ledger(mark: str, tmp_path: Path) -> Iterator[OpenLedger]:
+    """Opens a ledger on the wall clock (no clock is injected) whose catalog
+    names `servers` and gives POOL `pool`'s keys."""
+    opened: list[AllocationService] = []
+
+    def open_(
+        servers: dict[str, dict[str, Any]], pool: dict[str, Any] | None = None
+    ) -> AllocationService:
+        entries = catalog(mark, servers, pool=pool)
+        settings = Settings(
+            store="sqlite",
+            database=tmp_path / "ledger.db",
+            data_directory=tmp_path / "data",
+            catalog=entries,
+        )
+        service = open_service(settings)
+        opened.append(service)
+        apply_catalog(service.ledger, entries)
+        return service
+
+    yield open_
+    for service in opened:
+        provisioner = service.ledger.provisioner
+        if isinstance(provisioner, ProcessProvisioner):
+            provisioner.close(stop_all=True)
+        service.close()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_server_that_crashes_at_start_fails_at_once_with_its_code_and_output(
+    open_ledger: OpenLedger, mark: str, transport: str
+) -> None:
+    entry = {
+        "command": CRASH,
+        "transport": transport,
+        "start_timeout_seconds": START_TIMEOUT_SECONDS,
+    }
+    service = open_ledger({"crashing": entry})
+    before = service.ledger.pool(POOL).reservations
+
+    result = service.ledger.request(
+        AllocationRequest(job_id="crash", servers=("crashing",)), pool=POOL
+    )
+
+    allocation = service.ledger.allocation(result.allocation.allocation_id)
+    assert allocation.state is AllocationState.FAILED
+    error = allocation.error or ""
+    assert "MCP server 'crashing' of pool 'procs' did not start" in error
+    assert "it exited before its endpoint answered (exit code 3)" in error
+    assert "did not answer within" not in error
+    assert SAYS in error
+    assert allocation.requested_at is not None and allocation.ended_at is not None
+    waited = allocation.ended_at - allocation.requested_at
+    assert waited < timedelta(seconds=START_TIMEOUT_SECONDS), waited
+    events = process_events(service, "crashing")
+    assert kinds(events)[-3:] == ["Started", "Exited", "HealthFailed"]
+    exited, failed = events[-2:]
+    assert exited.detail["code"] == 3
+    assert "exit code 3" in failed.detail["reason"]
+    assert SAYS in failed.detail["stderr_tail"]
+    assert service.ledger.pool(POOL).reservations == before
+    assert marked_processes(mark) == []
+
+
+def test_a_worker_whose_command_crashes_is_recorded_ended_with_its_code_and_output(
+    open_ledger: OpenLedger,
+) -> None:
+    service = open_ledger({}, {"worker_command": CRASH})
+
+    result = service.ledger.request(
+        AllocationRequest(job_id="crash", workers=1), pool=POOL
+    )
+
+    allocation = result.allocation
+    # a worker is started once its own program runs (no readiness check):
+    # the allocation is active, and the worker's end is a fact it shows
+    assert allocation.state is AllocationState.ACTIVE, allocation.error
+    [slot] = allocation.workers
+
+    def ended() -> bool:
+        record = service.ledger.worker_process(slot.worker_id)
+        return record is not None and record.status == "exited"
+
+    assert wait_until(ended, timeout=START_TIMEOUT_SECONDS)
+    record = service.ledger.worker_process(slot.worker_id)
+    assert record is not None and record.last_exit is not None
+    assert record.cause == "exited"
+    assert (record.last_exit["code"], record.last_exit["signal"]) == (3, None)
+    assert SAYS in record.last_exit["log_tail"]
