@@ -53,14 +53,26 @@ class Provisioner(Protocol):
       (idle too long, its port reclaimed, or its allocation failed): stop its
       process. A provisioner that can see the ledger should skip the stop
       when the pool has meanwhile recorded the server again on that port.
+    - `instant_endpoints`: the allocation's endpoints when provisioning it
+      needs nothing done outside (every server it names already runs,
+      healthy, on its port, and it has no worker to start): the ledger then
+      reserves and activates in ONE transaction, calling this inside the
+      unit of work, while it holds its lock. So it must answer from what
+      the provisioner already knows: never block, start or stop anything,
+      nor call the ledger. None when `provision` has work to do: the ledger
+      then takes the slow path below. Raising fails the allocation (in that
+      same transaction). The answer is for this request only, one check
+      (never a `bool` followed by `provision`: what it checked may change in
+      between); a server that dies right after it answered is the same case
+      as one that dies right after an activation (restarted, recorded).
 
-    A provisioner whose `provision` only works out endpoints, touching nothing
-    outside, may say so with a class attribute `instant = True`: the ledger
-    then reserves and activates in one transaction, so no crash can leave an
-    allocation reserved but never provisioned. Any other provisioner runs
-    between two transactions (the allocation is `pending` meanwhile), is
-    never called inside a unit of work, and must tolerate being called again
-    for the same allocation after a crash.
+    A provisioner whose `provision` and `deprovision` only work out
+    endpoints, touching nothing outside, may say so with a class attribute
+    `instant = True` (its `instant_endpoints` answers `provision`): a
+    release is then one transaction too. Any other provisioner's
+    `provision` runs between two transactions (the allocation is `pending`
+    meanwhile), is never called inside a unit of work, and must tolerate
+    being called again for the same allocation after a crash.
     """
 
     def provision(
@@ -71,6 +83,15 @@ class Provisioner(Protocol):
         *,
         pool: str,
     ) -> Endpoints: ...
+
+    def instant_endpoints(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints | None: ...
 
     def deprovision(
         self,

@@ -1,12 +1,15 @@
 """Making decisions real: provisioning and tearing down around units of work.
 
 The ledger decides; a provisioner (the `Provisioner` port) makes it real
-(design contract, "Provisioning"). An instant provisioner, which only works
-out endpoints, is called inside the unit of work, so reserve and activate
-share one transaction. Any other is called between two: the allocation is
-`pending` meanwhile, and activated (or failed, its capacity given back) in a
-second unit of work. What a committed unit of work tore down or stopped is
-deprovisioned after the commit; a failure there is reported, not raised.
+(design contract, "Provisioning"). When provisioning a granted request needs
+nothing done outside (the provisioner's `instant_endpoints` answers its
+endpoints: always for the endpoints-only provisioner; for the process
+provisioner when every server it names already runs and its pool starts no
+workers), reserve and activate share one transaction. Otherwise the
+provisioner is called between two: the allocation is `pending` meanwhile,
+and activated (or failed, its capacity given back) in a second unit of work.
+What a committed unit of work tore down or stopped is deprovisioned after
+the commit; a failure there is reported, not raised.
 
 The slow path keeps two promises (issue 11, "What the slow path must keep"):
 the lease counts from activation (the pool's reservation is moved to the
@@ -40,16 +43,21 @@ class Provisioning(UnitOfWorkApplication):
 
     @property
     def provisions_instantly(self) -> bool:
-        """Whether the provisioner says it only works out endpoints
-        (`instant = True`): it is then called inside the unit of work."""
+        """Whether the provisioner says all it ever does is work out endpoints
+        (`instant = True`): a release is then one unit of work too."""
         return bool(getattr(self.provisioner, "instant", False))
 
     def _provision_now(
         self, allocation: Allocation, pool: Pool, *, at: datetime, actor: str
-    ) -> None:
-        """Provision inside the unit of work (instant provisioners only)."""
+    ) -> bool:
+        """Provision inside the unit of work, if that needs nothing done
+        outside: activate the allocation with the endpoints the provisioner's
+        `instant_endpoints` answers (or fail it, its capacity back, if that
+        raised). Answers False, changing nothing, when the provisioner has
+        work to do: the allocation stays `pending`, for `_provision` after
+        the commit."""
         try:
-            endpoints = self.provisioner.provision(
+            endpoints = self.provisioner.instant_endpoints(
                 allocation.allocation_id,
                 allocation.workers,
                 allocation.servers,
@@ -58,12 +66,15 @@ class Provisioning(UnitOfWorkApplication):
         except Exception as error:  # noqa: BLE001 - any provisioner failure
             allocation.fail(str(error) or type(error).__name__, at=at, actor=actor)
             pool.free(allocation.allocation_id, "failed", at=at, actor=actor)
-            return
+            return True
+        if endpoints is None:
+            return False
         allocation.activate(
             Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
             at=at,
             actor=actor,
         )
+        return True
 
     def _provision(self, reserved: RequestResult, *, actor: str) -> RequestResult:
         """Provision a pending allocation, then activate it in a unit of work
@@ -172,7 +183,7 @@ class Provisioning(UnitOfWorkApplication):
     def _after_commit(self, work: UnitOfWork) -> None:
         """Side effects of a committed unit of work, outside the lock: tear
         down what it ended, stop the servers it stopped, provision what the
-        queue was granted (by a provisioner that is not instant)."""
+        queue was granted and could not provision at once)."""
         self._deprovision_quietly(work.teardown)
         self._stop_servers_quietly(work.stopped)
         for granted in work.to_provision:

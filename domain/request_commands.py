@@ -154,7 +154,7 @@ class RequestCommands(Provisioning):
                 decision,
                 allocation_id,
                 facts,
-                instant=not dry_run and self.provisions_instantly,
+                provision_now=not dry_run,
                 max_wait_seconds=max_wait_seconds,
             )
             work.add(allocation)
@@ -200,13 +200,14 @@ class RequestCommands(Provisioning):
         allocation_id: str,
         facts: RequestFacts,
         *,
-        instant: bool,
+        provision_now: bool,
         max_wait_seconds: int | None,
     ) -> Allocation:
         """Record what admission decided about a new request, in `work`.
 
         A grant preempts its victims first, then reserves (and, with
-        `instant`, provisions at once); a queued request goes in the pool's
+        `provision_now`, activates at once when the provisioner needs nothing
+        done outside: `_provision_now`); a queued request goes in the pool's
         queue with its deadline; a refusal is recorded with its reason.
         (On a dry run too: the whole unit of work is discarded.)
         """
@@ -237,7 +238,7 @@ class RequestCommands(Provisioning):
                     expires_at=expires_at,
                     **facts,
                 )
-                if instant:
+                if provision_now:
                     self._provision_now(allocation, pool, at=now, actor=actor)
                 return allocation
             case Queue(waiting_for=waiting_for):
@@ -338,9 +339,7 @@ class RequestCommands(Provisioning):
                 at=now,
                 actor=SCHEDULER_ACTOR,
             )
-            if self.provisions_instantly:
-                self._provision_now(allocation, pool, at=now, actor=SCHEDULER_ACTOR)
-            else:
+            if not self._provision_now(allocation, pool, at=now, actor=SCHEDULER_ACTOR):
                 work.to_provision.append(allocation.snapshot())
         return granted
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from allocation_ledger.adapters.config.catalog import McpServerEntry
-from allocation_ledger.adapters.provisioning.process_provisioner import server_spec
+from allocation_ledger.adapters.provisioning.catalog_specs import server_spec
 
 
 def test_a_bare_python_is_the_ledgers_own_interpreter() -> None:

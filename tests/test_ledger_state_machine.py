@@ -819,6 +819,18 @@ class ScriptedProvisioner(LocalProvisioner):
             raise RuntimeError(msg)
         return super().provision(allocation_id, workers, servers, pool=pool)
 
+    def instant_endpoints(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints | None:
+        if not self.instant:
+            return None
+        return super().instant_endpoints(allocation_id, workers, servers, pool=pool)
+
     def deprovision(
         self,
         allocation_id: str,

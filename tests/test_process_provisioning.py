@@ -24,8 +24,10 @@ from mcp import Client
 from allocation_ledger.adapters.config.apply import apply_catalog
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.server import stdio_server
-from allocation_ledger.adapters.provisioning.process_provisioner import (
+from allocation_ledger.adapters.provisioning.data_directory import (
     DataDirectoryBusyError,
+)
+from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage.audit import verify

@@ -46,6 +46,17 @@ class SlowProvisioner:
             {s.name: f"http://node-1:{s.port}" for s in servers},
         )
 
+    def instant_endpoints(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints | None:
+        """Never: its work is outside the ledger's transactions."""
+        return None
+
     def deprovision(
         self,
         allocation_id: str,

@@ -81,6 +81,17 @@ class GatedProvisioner:
             {s.name: f"http://h:{s.port}/mcp" for s in servers},
         )
 
+    def instant_endpoints(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints | None:
+        """Never: every request waits for the gate."""
+        return None
+
     def deprovision(
         self,
         allocation_id: str,

@@ -17,9 +17,10 @@ class LocalProvisioner:
 
     `host`: the host name in the endpoints of any pool not in `hosts`;
     `hosts`: the host per pool name (the catalog's `advertise_host`). It
-    only works out endpoints (`instant`), so the ledger reserves and
-    activates in one transaction; it starts and stops nothing (the
-    `endpoints` provisioner, for sites where something else runs the servers).
+    only works out endpoints (`instant`; `instant_endpoints` always answers
+    them), so the ledger reserves and activates in one transaction, and
+    releases in one; it starts and stops nothing (the `endpoints`
+    provisioner, for sites where something else runs the servers).
     """
 
     instant = True
@@ -43,6 +44,18 @@ class LocalProvisioner:
             workers={w.worker_id: self._endpoint(pool, w.port) for w in workers},
             servers={s.name: self._endpoint(pool, s.port) for s in servers},
         )
+
+    def instant_endpoints(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints | None:
+        """Always the endpoints (`provision`): it has nothing to do outside, so
+        the ledger reserves and activates every request in one transaction."""
+        return self.provision(allocation_id, workers, servers, pool=pool)
 
     def deprovision(
         self,

@@ -14,31 +14,32 @@ ServerProcess events for servers, WorkerProcess events for workers (a
 worker's exit never changes its allocation's state). `reconcile` makes the
 processes on this machine what the ledger records, at start.
 
-It is not instant: the ledger calls it between two units of work (the
-allocation `pending` meanwhile), never inside one, so it may block and may
-record events itself. A pool without a `worker_command` keeps its workers
-as addresses (reserved slots). See docs/provisioning.md.
+It is not instant: the ledger calls `provision` between two units of work
+(the allocation `pending` meanwhile), never inside one, so it may block and
+may record events itself. Only a warm request (every server it names already
+runs here, and its pool starts no workers) is activated in the unit of work
+that reserves it: `instant_endpoints` then answers its endpoints from the
+supervisor's state, without blocking. A pool without a `worker_command`
+keeps its workers as addresses (reserved slots). See docs/provisioning.md.
 """
 
 from __future__ import annotations
 
-import fcntl
-import ipaddress
 import logging
-import os
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
-from allocation_ledger.adapters.config.catalog import (
-    DEFAULT_ADVERTISE_HOST,
-    Catalog,
-    McpServerEntry,
+from allocation_ledger.adapters.config.catalog import DEFAULT_ADVERTISE_HOST, Catalog
+from allocation_ledger.adapters.provisioning.catalog_specs import (
+    bind_host,
+    server_spec,
+    unknown_servers_message,
 )
+from allocation_ledger.adapters.provisioning.data_directory import lock_data_directory
 from allocation_ledger.adapters.provisioning.local import url_host
 from allocation_ledger.adapters.provisioning.process_reports import (
     ProcessEvent,
@@ -66,91 +67,9 @@ from allocation_ledger.domain.worker_process import WorkerReport
 logger = logging.getLogger(__name__)
 
 
-THIS_PYTHON = ("python", "python3")
-"""Program names in a catalog command that mean the ledger's own interpreter."""
-
-
-def own_interpreter(command: Sequence[str]) -> tuple[str, ...]:
-    """`command` with a bare `python`/`python3` program replaced by the
-    interpreter the ledger runs on (`sys.executable`), so a server installed
-    beside the ledger (`python -m mcp_server_time`) starts whichever way the
-    ledger was started (an MCP client's absolute path to the command, a
-    service manager, an activated environment). A path is left as given."""
-    if command and command[0] in THIS_PYTHON:
-        return (sys.executable, *command[1:])
-    return tuple(command)
-
-
-def server_spec(name: str, entry: McpServerEntry) -> ServerSpec:
-    """The supervisor's spec of the catalog's `[mcp_servers.NAME]` table;
-    a bare `python` program is the ledger's own interpreter."""
-    return ServerSpec(
-        name=name,
-        command=own_interpreter(entry.command),
-        transport=entry.transport,
-        path=entry.path,
-        env=dict(entry.env),
-        start_timeout_seconds=entry.start_timeout_seconds,
-        idle_timeout_seconds=float(entry.idle_timeout_seconds),
-    )
-
-
-def bind_host(advertise_host: str) -> str:
-    """Where a server listens so that its advertised endpoint reaches it.
-
-    A loopback name or address (`localhost`, 127.0.0.1, ::1) keeps it on
-    this machine; any other host name or address means other machines
-    connect, so it listens on every interface (0.0.0.0, or :: for IPv6).
-    """
-    if advertise_host == "localhost":
-        return "127.0.0.1"
-    try:
-        address = ipaddress.ip_address(advertise_host)
-    except ValueError:
-        return "0.0.0.0"  # the operator advertised it to other machines
-    if address.is_loopback:
-        return str(address)
-    return "::" if address.version == 6 else "0.0.0.0"
-
-
-def unknown_servers_message(names: Sequence[str], known: Sequence[str]) -> str:
-    """`unknown MCP server "gitlab": this ledger's catalog has filesystem, time`
-    (`unknown MCP servers "a", "b": ...` for several)."""
-    has = ", ".join(sorted(known)) if known else "no MCP servers"
-    quoted = ", ".join(f'"{name}"' for name in names)
-    plural = "s" if len(names) > 1 else ""
-    return f"unknown MCP server{plural} {quoted}: this ledger's catalog has {has}"
-
-
-class DataDirectoryBusyError(RuntimeError):
-    """Another ledger process runs the MCP servers of this data directory."""
-
-
-def _lock_data_directory(data_dir: Path) -> IO[str]:
-    """Take `<data_dir>/ledger.lock` for this process (created if need be).
-
-    Raises DataDirectoryBusyError naming the holder's pid when it is taken.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / "ledger.lock"
-    handle = open(path, "a+")  # noqa: SIM115 - held until close()
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        msg = (
-            f"another ledger (pid {holder}) runs the MCP servers of the data "
-            f"directory {data_dir}; one ledger server per data directory and "
-            "machine may use the process provisioner"
-        )
-        raise DataDirectoryBusyError(msg) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+def worker_endpoints(host: str, workers: Sequence[WorkerSlot]) -> dict[str, str]:
+    """`{worker_id: "http://<host>:<port>"}` for the workers' slots."""
+    return {w.worker_id: f"http://{url_host(host)}:{w.port}" for w in workers}
 
 
 class ProcessProvisioner:
@@ -172,7 +91,8 @@ class ProcessProvisioner:
 
     Call `connect(ledger)` before use: events are recorded in that ledger,
     and a stop asks it whether the server was recorded again meanwhile.
-    Every method blocks; call them from worker threads.
+    Every method but `instant_endpoints` may block; call them from worker
+    threads.
 
     One provisioner at a time runs the servers of a data directory: it holds
     an exclusive lock on `<data_dir>/ledger.lock` until `close()` (the
@@ -200,7 +120,7 @@ class ProcessProvisioner:
             for name, entry in catalog.mcp_servers.items()
         }
         self.data_dir = Path(data_dir)
-        self._lock_file = _lock_data_directory(self.data_dir)
+        self._lock_file = lock_data_directory(self.data_dir)
         self._ledger: Ledger | None = None
         self._guard = threading.Lock()
         self._locks: dict[Key, threading.Lock] = {}
@@ -267,10 +187,43 @@ class ProcessProvisioner:
             endpoints[slot.name] = spec.endpoint(host, slot.port)
         if workers and self.runs_workers(pool):
             self._start_workers(allocation_id, workers, endpoints, pool=pool)
-        return Endpoints(
-            workers={w.worker_id: f"http://{url_host(host)}:{w.port}" for w in workers},
-            servers=endpoints,
-        )
+        return Endpoints(workers=worker_endpoints(host, workers), servers=endpoints)
+
+    def instant_endpoints(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints | None:
+        """The endpoints, with nothing done, when the allocation's servers
+        are all warm here and its pool runs no workers; else None.
+
+        Warm: the pool recorded the server before this request (its slot
+        was not `started` by it), and this machine's supervisor has it
+        `running` (it answered MCP when it was started or adopted) with a
+        pid, on the slot's port, with no start or stop of it under way here.
+        A pool with a `worker_command` always answers None (its workers are
+        processes `provision` starts).
+
+        The ledger calls it inside the unit of work that reserves, holding
+        its lock, so it never blocks: a server whose lock a start or stop
+        holds is not warm (the slow path waits for it). A `stop_server`
+        that takes the lock after this answer reads the pool only once that
+        unit of work is over (`Ledger.pool` waits for the ledger's lock), so
+        it sees the server in use and leaves it running.
+        """
+        if self.runs_workers(pool):
+            return None
+        host = self.advertise_host(pool)
+        endpoints: dict[str, str] = {}
+        for slot in servers:
+            spec = self.specs.get(slot.name)
+            if spec is None or slot.started or not self._runs_warm(pool, slot):
+                return None
+            endpoints[slot.name] = spec.endpoint(host, slot.port)
+        return Endpoints(workers=worker_endpoints(host, workers), servers=endpoints)
 
     def deprovision(
         self,
@@ -428,6 +381,23 @@ class ProcessProvisioner:
             # record counts, so it is moved.
             self.processes.stop(pool, spec.name)
             return self.processes.ensure_running(pool, spec, port, host)
+
+    def _runs_warm(self, pool: str, slot: ServerSlot) -> bool:
+        """Whether the server runs here on the slot's port, answering, with
+        no start or stop of it under way (never waits for its lock)."""
+        lock = self._lock(pool, slot.name)
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            info = self.processes.info(pool, slot.name)
+        finally:
+            lock.release()
+        return (
+            info is not None
+            and info.status == "running"
+            and info.pid is not None
+            and info.port == slot.port
+        )
 
     def _start_workers(
         self,

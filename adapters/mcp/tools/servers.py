@@ -11,9 +11,11 @@ from allocation_ledger.adapters.config.catalog import Catalog
 from allocation_ledger.adapters.mcp.schemas.allocation_listing import (
     AllocationDetail,
 )
+from allocation_ledger.adapters.provisioning.catalog_specs import (
+    unknown_servers_message,
+)
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
-    unknown_servers_message,
 )
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Provisioner
