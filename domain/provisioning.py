@@ -48,6 +48,7 @@ class Provisioning(UnitOfWorkApplication):
         self, allocation: Allocation, pool: Pool, *, at: datetime, actor: str
     ) -> None:
         """Provision inside the unit of work (instant provisioners only)."""
+        done = self.observer.provisioning(pool.name)
         try:
             endpoints = self.provisioner.provision(
                 allocation.allocation_id,
@@ -56,9 +57,11 @@ class Provisioning(UnitOfWorkApplication):
                 pool=pool.name,
             )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
+            done("failed")
             allocation.fail(str(error) or type(error).__name__, at=at, actor=actor)
             pool.free(allocation.allocation_id, "failed", at=at, actor=actor)
             return
+        done("active")
         allocation.activate(
             Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
             at=at,
@@ -75,6 +78,7 @@ class Provisioning(UnitOfWorkApplication):
         down again after the unit of work (`_undo_provisioning`).
         """
         pending = reserved.allocation
+        done = self.observer.provisioning(pending.pool)
         try:
             endpoints = self.provisioner.provision(
                 pending.allocation_id,
@@ -83,9 +87,11 @@ class Provisioning(UnitOfWorkApplication):
                 pool=pending.pool,
             )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
+            done("failed")
             return self._fail_provisioning(
                 reserved, str(error) or type(error).__name__, actor
             )
+        done("active")
 
         def activate(work: UnitOfWork) -> RequestResult:
             allocation = work.allocation(pending.allocation_id)

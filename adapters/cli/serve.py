@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import ipaddress
 import sys
@@ -25,9 +26,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def add_metrics_arguments(serve: argparse.ArgumentParser) -> None:
+    """`serve --metrics-port N [--metrics-host H]`."""
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help=(
+            "also serve Prometheus metrics at http://HOST:PORT/metrics, with no "
+            "authentication (for stdio servers; over HTTP /metrics is served too)"
+        ),
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of --metrics-port (default: 127.0.0.1)",
+    )
+
+
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the MCP server until stdin closes (stdio) or it is interrupted (HTTP)."""
     from allocation_ledger.adapters.http.auth import StaticTokenVerifier
+    from allocation_ledger.adapters.mcp.tools.specs import TOOLS
+    from allocation_ledger.adapters.metrics.exposition import metrics_listener
+    from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 
     verifier: StaticTokenVerifier | None = None
     host = args.host or settings.http_host
@@ -57,6 +78,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                     "--no-auth to serve without authentication",
                     2,
                 )
+    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
+        return fail(f"--metrics-port must be 0-65535, got {args.metrics_port}", 2)
     try:
         service = open_service(settings)
     except Exception as error:  # noqa: BLE001 - shown to the operator
@@ -67,11 +90,25 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     except LedgerError as error:
         service.close()
         return fail(f"cannot apply the catalog of the config file: {error}", 2)
+    metrics = LedgerMetrics(service, TOOLS)
+    listener = contextlib.ExitStack()
+    if args.metrics_port is not None:
+        where = f"{args.metrics_host}:{args.metrics_port}"
+        try:
+            url = listener.enter_context(
+                metrics_listener(
+                    metrics.registry, host=args.metrics_host, port=args.metrics_port
+                )
+            )
+        except OSError as error:
+            service.close()
+            return fail(f"cannot serve metrics on {where}: {error}", 2)
+        print(f"{PROG}: serving metrics on {url}", file=sys.stderr)
     try:
         if args.transport == "stdio":
             from allocation_ledger.adapters.mcp.server import stdio_server
 
-            anyio.run(stdio_server(service).run_stdio_async)
+            anyio.run(stdio_server(service, metrics=metrics).run_stdio_async)
         else:
             from allocation_ledger.adapters.mcp.server import http_app, serve_http
 
@@ -81,6 +118,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 path=path,
                 verifier=verifier,
                 stateless=args.stateless or settings.http_stateless,
+                metrics=metrics,
             )
             auth = (
                 "without authentication" if verifier is None else "with bearer tokens"
@@ -97,5 +135,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        listener.close()
         service.close()
     return 0

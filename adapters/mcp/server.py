@@ -29,13 +29,24 @@ from allocation_ledger.adapters.http.auth import (
     StaticTokenVerifier,
 )
 from allocation_ledger.adapters.mcp.background import BackgroundWork
-from allocation_ledger.adapters.mcp.resources import register_resources
+from allocation_ledger.adapters.mcp.ledger_server import LedgerServer
+from allocation_ledger.adapters.mcp.prompts import register_prompts
+from allocation_ledger.adapters.mcp.resources import (
+    ResourceListing,
+    pool_names,
+    register_resources,
+)
 from allocation_ledger.adapters.mcp.tools.allocations import AllocationTools
 from allocation_ledger.adapters.mcp.tools.audit import AuditTools
 from allocation_ledger.adapters.mcp.tools.capacity import CapacityTools
 from allocation_ledger.adapters.mcp.tools.mcp_servers import McpServerTools
 from allocation_ledger.adapters.mcp.tools.scheduling import SchedulingTools
-from allocation_ledger.adapters.mcp.tools.specs import served_tools
+from allocation_ledger.adapters.mcp.tools.specs import TOOLS, served_tools
+from allocation_ledger.adapters.metrics.exposition import (
+    METRICS_PATH,
+    metrics_endpoint,
+)
+from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 from allocation_ledger.adapters.storage.service import AllocationService
 
 logger = logging.getLogger("allocation_ledger.mcp")
@@ -62,15 +73,20 @@ def build_server(
     *,
     access: Access | None = None,
     verifier: StaticTokenVerifier | None = None,
+    metrics: LedgerMetrics | None = None,
 ) -> MCPServer[BackgroundWork]:
     """The MCP server over one service.
 
     With a `verifier`, HTTP requests need a valid bearer token (401 without
     one) and tools check the token's scopes. Without, every call is allowed
-    and recorded as `access.anonymous_actor` ("local" by default).
+    and recorded as `access.anonymous_actor` ("local" by default). Its
+    work is counted in `metrics` (new ones if not given), served at
+    /metrics over HTTP (with a token when `access` requires one).
     """
     if access is None:
         access = Access(require_token=verifier is not None)
+    if metrics is None:
+        metrics = LedgerMetrics(service, TOOLS)
     allocations = AllocationTools(service, access)
     capacity = CapacityTools(service, access)
     audit = AuditTools(service, access)
@@ -84,7 +100,7 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[BackgroundWork]) -> AsyncIterator[BackgroundWork]:
-        async with BackgroundWork(service).running() as work:
+        async with BackgroundWork(service, metrics).running() as work:
             yield work
 
     auth = None
@@ -94,7 +110,7 @@ def build_server(
             resource_server_url=None,
             required_scopes=[],
         )
-    server: MCPServer[BackgroundWork] = MCPServer(
+    server = LedgerServer(
         SERVER_NAME,
         title="Allocation Ledger",
         instructions=INSTRUCTIONS,
@@ -104,6 +120,12 @@ def build_server(
         auth=auth,
         token_verifier=verifier,
         log_level=service.settings.log_level,
+        metrics=metrics,
+        list_concrete=ResourceListing(
+            access,
+            pools=lambda: pool_names(service.read_models),
+            list_allocations=allocations.list_allocations,
+        ),
     )
     register_resources(
         server,
@@ -111,6 +133,13 @@ def build_server(
         capacity=capacity.capacity,
         detail=allocations.detail,
         history=audit.history,
+    )
+    register_prompts(
+        server,
+        access,
+        service.settings.catalog,
+        capacity=capacity.capacity,
+        detail=allocations.detail,
     )
 
     async def healthz(_: Request) -> Response:
@@ -122,6 +151,9 @@ def build_server(
         return JSONResponse({"status": "ok"})
 
     server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(healthz)
+    server.custom_route(METRICS_PATH, methods=["GET"], include_in_schema=False)(
+        metrics_endpoint(metrics.registry, require_token=access.require_token)
+    )
     return server
 
 
@@ -134,10 +166,14 @@ def _version() -> str:
         return "0"
 
 
-def stdio_server(service: AllocationService) -> MCPServer[BackgroundWork]:
+def stdio_server(
+    service: AllocationService, *, metrics: LedgerMetrics | None = None
+) -> MCPServer[BackgroundWork]:
     """The server for stdio: one local user, recorded as `local`."""
     return build_server(
-        service, access=Access(require_token=False, anonymous_actor=LOCAL_ACTOR)
+        service,
+        access=Access(require_token=False, anonymous_actor=LOCAL_ACTOR),
+        metrics=metrics,
     )
 
 
@@ -148,8 +184,10 @@ def http_app(
     path: str = "/mcp",
     verifier: StaticTokenVerifier | None,
     stateless: bool = False,
+    metrics: LedgerMetrics | None = None,
 ) -> Starlette:
-    """The streamable HTTP app, with `/healthz`; no verifier means no auth.
+    """The streamable HTTP app, with `/healthz` and `/metrics`; no verifier
+    means no auth.
 
     `stateless` keeps no MCP session in the process, so a load balancer may
     send each request to any of several servers.
@@ -158,7 +196,7 @@ def http_app(
         require_token=verifier is not None,
         anonymous_actor=ANONYMOUS_ACTOR,
     )
-    server = build_server(service, access=access, verifier=verifier)
+    server = build_server(service, access=access, verifier=verifier, metrics=metrics)
     return server.streamable_http_app(
         streamable_http_path=path, host=host, stateless_http=stateless
     )
