@@ -455,6 +455,22 @@ def test_a_store_that_cannot_be_read_is_store_up_0_and_the_scrape_still_answers(
     assert value(broken, "process_resident_memory_bytes") > 0
 
 
+async def test_a_made_up_tool_name_makes_no_series_of_its_own(
+    service: AllocationService,
+) -> None:
+    server = stdio_server(service)
+    assert isinstance(server, LedgerServer)
+    async with Client(server) as own:
+        result = await own.call_tool("drop_all_tables", {})
+        assert result.is_error
+    registry = server.metrics.registry
+    errors = "allocation_ledger_tool_errors_total"
+    assert (
+        registry.get_sample_value(errors, {"tool": "unknown", "kind": "refused"}) == 1
+    )
+    assert "drop_all_tables" not in generate_latest(registry).decode()
+
+
 # -- the dashboard and the docs --------------------------------------------------
 
 SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")

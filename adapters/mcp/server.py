@@ -1,5 +1,5 @@
-"""The MCP server over one service: its tools, resources, background work and
-transports.
+"""The MCP server over one service: its tools, resources, prompts, background
+work, metrics and transports.
 
 Commands go to `service.ledger`, queries to `service.read_models` (which catch
 up with the log first, so a query sees every write acknowledged before it).
