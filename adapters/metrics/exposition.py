@@ -33,7 +33,8 @@ def metrics_endpoint(
     token when `require_token`."""
 
     async def metrics(request: Request) -> Response:
-        if require_token and get_access_token() is None:
+        token = get_access_token()
+        if require_token and (token is None or "read" not in token.scopes):
             return PlainTextResponse(
                 "reading /metrics needs a bearer token (any token with the "
                 "'read' scope)\n",
