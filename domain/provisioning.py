@@ -55,7 +55,8 @@ class Provisioning(UnitOfWorkApplication):
         `instant_endpoints` answers (or fail it, its capacity back, if that
         raised). Answers False, changing nothing, when the provisioner has
         work to do: the allocation stays `pending`, for `_provision` after
-        the commit."""
+        the commit (which the observer is told of then)."""
+        done = self.observer.provisioning(pool.name)
         try:
             endpoints = self.provisioner.instant_endpoints(
                 allocation.allocation_id,
@@ -64,11 +65,13 @@ class Provisioning(UnitOfWorkApplication):
                 pool=pool.name,
             )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
+            done("failed")
             allocation.fail(str(error) or type(error).__name__, at=at, actor=actor)
             pool.free(allocation.allocation_id, "failed", at=at, actor=actor)
             return True
         if endpoints is None:
             return False
+        done("active")
         allocation.activate(
             Endpoints(dict(endpoints.workers), dict(endpoints.servers)),
             at=at,
@@ -86,6 +89,7 @@ class Provisioning(UnitOfWorkApplication):
         down again after the unit of work (`_undo_provisioning`).
         """
         pending = reserved.allocation
+        done = self.observer.provisioning(pending.pool)
         try:
             endpoints = self.provisioner.provision(
                 pending.allocation_id,
@@ -94,9 +98,11 @@ class Provisioning(UnitOfWorkApplication):
                 pool=pending.pool,
             )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
+            done("failed")
             return self._fail_provisioning(
                 reserved, str(error) or type(error).__name__, actor
             )
+        done("active")
 
         def activate(work: UnitOfWork) -> RequestResult:
             allocation = work.allocation(pending.allocation_id)

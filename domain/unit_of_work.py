@@ -53,6 +53,7 @@ from allocation_ledger.domain.errors import (
     InvalidRequestError,
     PoolNotFoundError,
 )
+from allocation_ledger.domain.observer import LedgerObserver
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool, pool_uuid
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.ports import MAX_OTHER_POOLS, PortRanges
@@ -297,7 +298,8 @@ class UnitOfWorkApplication(Application[UUID]):
     from 0 to 1), injectable so tests need not sleep. `clock` is recorded
     through a RecordedClock (`self.clock`), which starts from the time of the
     last event in the log; `on_clock_behind` is told when the clock reads
-    earlier than that mark (the adapter logs it).
+    earlier than that mark (the adapter logs it). `observer` is told of
+    retries and provisioning (observer.py); set it to watch the ledger.
     """
 
     def __init__(
@@ -323,6 +325,7 @@ class UnitOfWorkApplication(Application[UUID]):
         self.pause = pause
         self.jitter = jitter
         self.conflicts = 0
+        self.observer = LedgerObserver()
         self.replayer = Replayer()
         self._lock = threading.RLock()
         # With fast-forwarding, every cached read is brought up to date first.
@@ -395,14 +398,21 @@ class UnitOfWorkApplication(Application[UUID]):
                 committed = False
                 try:
                     result = body(work)
-                except StaleReadError:
+                except StaleReadError as stale:
                     work.discard()
                     fresh = True
+                    self.observer.retried(
+                        command,
+                        "time_behind"
+                        if isinstance(stale, RecordedTimeBehindError)
+                        else "stale_read",
+                    )
                     continue
                 except IntegrityError:
                     work.discard()
                     self.conflicts += 1
                     fresh = True
+                    self.observer.retried(command, "conflict")
                 except BaseException:
                     work.discard()
                     raise

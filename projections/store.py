@@ -18,6 +18,13 @@ from allocation_ledger.projections.usage import UsageQuery, UsageRow, usage_of
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
 MAX_PAGE_SIZE = 1000
+UNFINISHED_STATES = (
+    AllocationState.QUEUED,
+    AllocationState.PENDING,
+    AllocationState.ACTIVE,
+    AllocationState.RELEASING,
+)
+"""The states an allocation leaves again: waiting, or holding capacity."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,12 @@ class ReadModelStore(Protocol):
 
     def due_allocations(self, now: datetime, limit: int) -> list[AllocationView]:
         """Live allocations whose lease ran out, by (expires_at, id)."""
+        ...
+
+    def count_unfinished(self) -> dict[tuple[str, str], int]:
+        """How many allocations are in each state that is not terminal
+        (queued, pending, active, releasing), by (pool, state); states with
+        none are left out. Reads live rows only, never the terminal ones."""
         ...
 
     def get_capacity(self, pool: str) -> CapacityView | None: ...
@@ -196,6 +209,15 @@ class InMemoryReadModels:
             ]
             due.sort(key=lambda v: (v.expires_at or now, v.allocation_id))
             return copy.deepcopy(due[:limit])
+
+    def count_unfinished(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        with self._lock:
+            for state in UNFINISHED_STATES:
+                for view in self._by_state.get(state.value, {}).values():
+                    key = (view.pool, view.state)
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def get_capacity(self, pool: str) -> CapacityView | None:
         with self._lock:

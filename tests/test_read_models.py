@@ -257,6 +257,34 @@ def test_both_stores_answer_a_listing_query_alike(
         service.close()
 
 
+def test_unfinished_allocations_are_counted_by_pool_and_state(
+    service: AllocationService, manual_clock: ManualClock
+) -> None:
+    made = varied_history(service, manual_clock)
+    ledger = service.ledger
+    ledger.request(AllocationRequest("job-q", (), 7), wait=True)  # 5 are free
+
+    def listed() -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for view in service.read_models.allocations():
+            if view.state in ("queued", "pending", "active", "releasing"):
+                key = (view.pool, view.state)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    before = listed()
+    assert before == {
+        ("default", "active"): 2,
+        ("default", "queued"): 1,
+        ("gpu", "active"): 1,
+    }
+    assert service.store.count_unfinished() == before
+    ledger.release(made["active"])  # 7 are free: the queued request is granted
+    service.read_models.catch_up()
+    after = service.store.count_unfinished()
+    assert after == listed() == {("default", "active"): 2, ("gpu", "active"): 1}
+
+
 # -- read-your-writes ------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from allocation_ledger.adapters.cli import audit_commands
 from allocation_ledger.adapters.cli.console import PROG, capacity_table, fail
 from allocation_ledger.adapters.cli.demo import run_demo
-from allocation_ledger.adapters.cli.serve import run_serve
+from allocation_ledger.adapters.cli.serve import add_metrics_arguments, run_serve
 from allocation_ledger.adapters.config.catalog import CatalogError
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 from allocation_ledger.adapters.provisioning.local import LocalProvisioner
@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
             "request to any server (several servers on one PostgreSQL ledger)"
         ),
     )
+    add_metrics_arguments(serve)
     commands.add_parser(
         "demo",
         help="start the server over stdio and drive it with an MCP client",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import ipaddress
 import sys
@@ -45,9 +46,29 @@ def _say_allowed_hosts(host: str, hosts: list[str]) -> None:
     print(f"{PROG}: accepting requests addressed to {names}{hint}", file=sys.stderr)
 
 
+def add_metrics_arguments(serve: argparse.ArgumentParser) -> None:
+    """`serve --metrics-port N [--metrics-host H]`."""
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help=(
+            "also serve Prometheus metrics at http://HOST:PORT/metrics, with no "
+            "authentication (for stdio servers; over HTTP /metrics is served too)"
+        ),
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of --metrics-port (default: 127.0.0.1)",
+    )
+
+
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the MCP server until stdin closes (stdio) or it is interrupted (HTTP)."""
     from allocation_ledger.adapters.http.auth import StaticTokenVerifier
+    from allocation_ledger.adapters.mcp.tools.specs import TOOLS
+    from allocation_ledger.adapters.metrics.exposition import metrics_listener
+    from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 
     verifier: StaticTokenVerifier | None = None
     host = args.host or settings.http_host
@@ -84,6 +105,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                     "--no-auth to serve without authentication",
                     2,
                 )
+    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
+        return fail(f"--metrics-port must be 0-65535, got {args.metrics_port}", 2)
     configure_server_log(settings.log_level)
     try:
         service = open_service(settings)
@@ -95,12 +118,26 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     except LedgerError as error:
         service.close()
         return fail(f"cannot apply the catalog of the config file: {error}", 2)
+    metrics = LedgerMetrics(service, TOOLS)
+    listener = contextlib.ExitStack()
+    if args.metrics_port is not None:
+        where = f"{args.metrics_host}:{args.metrics_port}"
+        try:
+            url = listener.enter_context(
+                metrics_listener(
+                    metrics.registry, host=args.metrics_host, port=args.metrics_port
+                )
+            )
+        except OSError as error:
+            service.close()
+            return fail(f"cannot serve metrics on {where}: {error}", 2)
+        print(f"{PROG}: serving metrics on {url}", file=sys.stderr)
     try:
         if args.transport == "stdio":
             from allocation_ledger.adapters.mcp.server import stdio_server
             from allocation_ledger.adapters.mcp.stdio import run_stdio
 
-            anyio.run(run_stdio, stdio_server(service))
+            anyio.run(run_stdio, stdio_server(service, metrics=metrics))
         else:
             from allocation_ledger.adapters.mcp.server import http_app, serve_http
 
@@ -114,6 +151,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 allowed_origins=origins,
                 sessions_per_token=settings.http_sessions_per_token,
                 session_idle_seconds=settings.http_session_idle_seconds,
+                metrics=metrics,
             )
             auth = (
                 "without authentication" if verifier is None else "with bearer tokens"
@@ -131,5 +169,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        listener.close()
         service.close()
     return 0

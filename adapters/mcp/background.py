@@ -6,6 +6,7 @@ idle-MCP-server stopper.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.to_thread
 
+from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
@@ -25,22 +27,32 @@ logger = logging.getLogger("allocation_ledger.mcp")
 
 
 async def _periodically(
-    name: str, interval: float, job: Callable[[], Awaitable[None]]
+    name: str,
+    interval: float,
+    job: Callable[[], Awaitable[None]],
+    ran: Callable[[bool], None],
 ) -> None:
-    """Run `job` now and then every `interval` seconds; errors are logged, not fatal."""
+    """Run `job` now and then every `interval` seconds; errors are logged, not
+    fatal. `ran` is told of each run: True if it succeeded."""
     while True:
         try:
             await job()
         except Exception:  # - logged and retried on the next round
             logger.exception("%s failed; trying again in %g s", name, interval)
+            ran(False)
+        else:
+            ran(True)
         await anyio.sleep(interval)
 
 
 class BackgroundWork:
-    """The expiry sweeper and the idle-MCP-server stopper of one running server."""
+    """The expiry sweeper and the idle-MCP-server stopper of one running
+    server; each run, and what it expired or stopped, is counted in
+    `metrics`."""
 
-    def __init__(self, service: AllocationService) -> None:
+    def __init__(self, service: AllocationService, metrics: LedgerMetrics) -> None:
         self.service = service
+        self.metrics = metrics
 
     async def sweep(self) -> None:
         """Finish interrupted work, then expire every lease that has run out."""
@@ -52,6 +64,7 @@ class BackgroundWork:
                 ", ".join(resumed),
             )
         result = await anyio.to_thread.run_sync(self.service.ledger.expire_due)
+        self.metrics.expired.labels("sweeper").inc(len(result.expired))
         if result.expired:
             logger.info(
                 "expired %d allocation(s): %s",
@@ -64,6 +77,7 @@ class BackgroundWork:
     async def stop_idle(self) -> None:
         """Stop the MCP servers idle longer than their pool's idle timeout."""
         result = await anyio.to_thread.run_sync(self.service.ledger.stop_idle_servers)
+        self.metrics.idle_stopped.inc(len(result.stopped))
         for server in result.stopped:
             logger.info(
                 "stopped idle MCP server %s on port %d (pool %s)",
@@ -97,12 +111,14 @@ class BackgroundWork:
                 "expiry sweep",
                 settings.sweep_interval_seconds,
                 self.sweep,
+                functools.partial(self.metrics.background_run, "expiry_sweep"),
             )
             group.start_soon(
                 _periodically,
                 "idle MCP server check",
                 settings.idle_check_interval_seconds,
                 self.stop_idle,
+                functools.partial(self.metrics.background_run, "idle_stop"),
             )
             try:
                 yield self

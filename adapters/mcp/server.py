@@ -1,5 +1,5 @@
-"""The MCP server over one service: its tools, resources, background work and
-transports.
+"""The MCP server over one service: its tools, resources, prompts, background
+work, metrics and transports.
 
 Commands go to `service.ledger`, queries to `service.read_models` (which catch
 up with the log first, so a query sees every write acknowledged before it).
@@ -36,13 +36,24 @@ from allocation_ledger.adapters.http.auth import (
 from allocation_ledger.adapters.http.hosts import host_patterns, origin_patterns
 from allocation_ledger.adapters.http.sessions import SessionLimit
 from allocation_ledger.adapters.mcp.background import BackgroundWork
-from allocation_ledger.adapters.mcp.resources import register_resources
+from allocation_ledger.adapters.mcp.ledger_server import LedgerServer
+from allocation_ledger.adapters.mcp.prompts import register_prompts
+from allocation_ledger.adapters.mcp.resources import (
+    ResourceListing,
+    pool_names,
+    register_resources,
+)
 from allocation_ledger.adapters.mcp.tools.allocations import AllocationTools
 from allocation_ledger.adapters.mcp.tools.audit import AuditTools
 from allocation_ledger.adapters.mcp.tools.capacity import CapacityTools
 from allocation_ledger.adapters.mcp.tools.mcp_servers import McpServerTools
 from allocation_ledger.adapters.mcp.tools.scheduling import SchedulingTools
-from allocation_ledger.adapters.mcp.tools.specs import served_tools
+from allocation_ledger.adapters.mcp.tools.specs import TOOLS, served_tools
+from allocation_ledger.adapters.metrics.exposition import (
+    METRICS_PATH,
+    metrics_endpoint,
+)
+from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 from allocation_ledger.adapters.storage.service import AllocationService
 
 logger = logging.getLogger("allocation_ledger.mcp")
@@ -69,15 +80,20 @@ def build_server(
     *,
     access: Access | None = None,
     verifier: StaticTokenVerifier | None = None,
+    metrics: LedgerMetrics | None = None,
 ) -> MCPServer[BackgroundWork]:
     """The MCP server over one service.
 
     With a `verifier`, HTTP requests need a valid bearer token (401 without
     one) and tools check the token's scopes. Without, every call is allowed
-    and recorded as `access.anonymous_actor` ("local" by default).
+    and recorded as `access.anonymous_actor` ("local" by default). Its
+    work is counted in `metrics` (new ones if not given), served at
+    /metrics over HTTP (with a token when `access` requires one).
     """
     if access is None:
         access = Access(require_token=verifier is not None)
+    if metrics is None:
+        metrics = LedgerMetrics(service, TOOLS)
     allocations = AllocationTools(service, access)
     capacity = CapacityTools(service, access)
     audit = AuditTools(service, access)
@@ -91,7 +107,7 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[BackgroundWork]) -> AsyncIterator[BackgroundWork]:
-        async with BackgroundWork(service).running() as work:
+        async with BackgroundWork(service, metrics).running() as work:
             yield work
 
     auth = None
@@ -101,7 +117,7 @@ def build_server(
             resource_server_url=None,
             required_scopes=[],
         )
-    server: MCPServer[BackgroundWork] = MCPServer(
+    server = LedgerServer(
         SERVER_NAME,
         title="Allocation Ledger",
         instructions=INSTRUCTIONS,
@@ -111,6 +127,12 @@ def build_server(
         auth=auth,
         token_verifier=verifier,
         log_level=service.settings.log_level,
+        metrics=metrics,
+        list_concrete=ResourceListing(
+            access,
+            pools=lambda: pool_names(service.read_models),
+            list_allocations=allocations.list_allocations,
+        ),
     )
     register_resources(
         server,
@@ -118,6 +140,13 @@ def build_server(
         capacity=capacity.capacity,
         detail=allocations.detail,
         history=audit.history,
+    )
+    register_prompts(
+        server,
+        access,
+        service.settings.catalog,
+        capacity=capacity.capacity,
+        detail=allocations.detail,
     )
 
     async def healthz(_: Request) -> Response:
@@ -129,6 +158,9 @@ def build_server(
         return JSONResponse({"status": "ok"})
 
     server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(healthz)
+    server.custom_route(METRICS_PATH, methods=["GET"], include_in_schema=False)(
+        metrics_endpoint(metrics.registry, require_token=access.require_token)
+    )
     return server
 
 
@@ -141,10 +173,14 @@ def _version() -> str:
         return "0"
 
 
-def stdio_server(service: AllocationService) -> MCPServer[BackgroundWork]:
+def stdio_server(
+    service: AllocationService, *, metrics: LedgerMetrics | None = None
+) -> MCPServer[BackgroundWork]:
     """The server for stdio: one local user, recorded as `local`."""
     return build_server(
-        service, access=Access(require_token=False, anonymous_actor=LOCAL_ACTOR)
+        service,
+        access=Access(require_token=False, anonymous_actor=LOCAL_ACTOR),
+        metrics=metrics,
     )
 
 
@@ -159,8 +195,10 @@ def http_app(
     allowed_origins: Sequence[str] = (),
     sessions_per_token: int = DEFAULT_SESSIONS_PER_TOKEN,
     session_idle_seconds: float = DEFAULT_SESSION_IDLE_SECONDS,
+    metrics: LedgerMetrics | None = None,
 ) -> ASGIApp:
-    """The streamable HTTP app, with `/healthz`; no verifier means no auth.
+    """The streamable HTTP app, with `/healthz` and `/metrics`; no verifier
+    means no auth.
 
     `stateless` keeps no MCP session in the process, so a load balancer may
     send each request to any of several servers. Requests to the MCP
@@ -175,7 +213,7 @@ def http_app(
         require_token=verifier is not None,
         anonymous_actor=ANONYMOUS_ACTOR,
     )
-    server = build_server(service, access=access, verifier=verifier)
+    server = build_server(service, access=access, verifier=verifier, metrics=metrics)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=host_patterns(host, allowed_hosts),

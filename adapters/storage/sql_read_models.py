@@ -38,7 +38,7 @@ from allocation_ledger.projections.codec import (
     capacity_from_dict,
     capacity_to_dict,
 )
-from allocation_ledger.projections.store import ListingQuery
+from allocation_ledger.projections.store import UNFINISHED_STATES, ListingQuery
 from allocation_ledger.projections.usage import UsageQuery, UsageRow, held_until
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
@@ -349,6 +349,21 @@ class SQLReadModels:
             )
             rows = cursor.fetchall()
         return [allocation_from_dict(json.loads(row[0])) for row in rows]
+
+    def count_unfinished(self) -> dict[tuple[str, str], int]:
+        """Counted over the (state, sequence) index: the rows of terminal
+        allocations, which only ever grow, are never read."""
+        marks = ", ".join("?" for _ in UNFINISHED_STATES)
+        with self.dialect.transaction(write=False) as cursor:
+            cursor.execute(
+                self._q(
+                    "SELECT pool, state, COUNT(*) FROM ledger_allocation_view "
+                    f"WHERE state IN ({marks}) GROUP BY pool, state"
+                ),
+                [state.value for state in UNFINISHED_STATES],
+            )
+            rows = cursor.fetchall()
+        return {(str(pool), str(state)): int(count) for pool, state, count in rows}
 
     def get_capacity(self, pool: str) -> CapacityView | None:
         found = self.capacities([pool_uuid(pool)])
