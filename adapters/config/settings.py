@@ -24,6 +24,8 @@ from allocation_ledger.adapters.http.tokens import TokenEntry, load_tokens_file
 ENV_PREFIX = "ALLOCATION_LEDGER_"
 DEFAULT_DATABASE = "allocation-ledger.db"
 DEFAULT_HTTP_PORT = 8765
+STORE_TIMEOUT_ENV = "LEDGER_STORE_TIMEOUT"
+"""The key under which the PostgreSQL event store reads the store timeout."""
 
 
 class Settings(BaseSettings):
@@ -50,7 +52,19 @@ class Settings(BaseSettings):
     postgres_dbname: str = "postgres"
     postgres_schema: str | None = None
     postgres_pool_size: int = Field(5, ge=1, le=100)
-    postgres_connect_timeout: int = Field(5, ge=1, le=300)
+    postgres_connect_timeout: int = Field(
+        5, ge=1, le=300, description="Seconds one attempt to connect may take."
+    )
+    store_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description=(
+            "The longest a command waits for the ledger's database: for a "
+            "PostgreSQL connection, and again for this server's other commands "
+            "ahead of it; then it fails, naming the cause, and writes nothing."
+        ),
+    )
     sweep_interval_seconds: float = Field(300.0, gt=0)
     idle_check_interval_seconds: float = Field(60.0, gt=0)
     provisioning_timeout_seconds: float = Field(
@@ -163,7 +177,13 @@ class Settings(BaseSettings):
                 "SQLITE_LOCK_TIMEOUT": "30",
             }
         env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # eventsourcing's factory, with bounded waits and writes tried once
+            # (adapters/storage/postgres_store.py).
+            "PERSISTENCE_MODULE": (
+                "allocation_ledger.adapters.storage.postgres_store:"
+                "LedgerPostgresFactory"
+            ),
+            STORE_TIMEOUT_ENV: str(self.store_timeout_seconds),
             # Several processes write: bring a cached pool up to date before
             # deciding, rather than losing the race and retrying.
             "AGGREGATE_CACHE_FASTFORWARD": "y",
@@ -190,4 +210,18 @@ class Settings(BaseSettings):
             "password": self.postgres_password.get_secret_value() or None,
             "dbname": self.postgres_dbname,
             "connect_timeout": self.postgres_connect_timeout,
+            **connection_limits(self.store_timeout_seconds),
         }
+
+
+def connection_limits(timeout: float) -> dict[str, Any]:
+    """libpq options that make a silent PostgreSQL peer fail a connection in
+    about `timeout` seconds: TCP keepalives, and a limit on how long sent data
+    may stay unacknowledged."""
+    return {
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(timeout)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": max(1000, int(timeout * 1000)),
+    }
