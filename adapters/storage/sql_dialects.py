@@ -160,8 +160,9 @@ def _hung_up(connection: Any) -> bool:
     query after a database restart or outage. One poll of the socket, no
     round trip.
     """
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([connection.fileno()], [], [], 0)
+        poller.register(connection.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)

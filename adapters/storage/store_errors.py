@@ -52,16 +52,16 @@ def write_may_be_committed(error: BaseException) -> bool:
     return sqlstate is None or sqlstate.startswith(_GONE_SQLSTATE_PREFIXES)
 
 
-def store_cause(error: BaseException, probe: StoreProbe) -> str:
+def store_cause(error: BaseException, probe: StoreProbe | None) -> str:
     """What went wrong with the database, for a client to read.
 
-    When the PostgreSQL pool gave no connection in time, `probe` is asked
-    why (one connection attempt, up to about 2 s).
+    When the PostgreSQL pool gave no connection in time, `probe` (if any) is
+    asked why (one connection attempt, up to about 2 s).
     """
     driver = _driver_error(error)
     if isinstance(driver, PoolTimeout):
-        state = probe.check()
-        if state.problem is not None:
+        state = probe.check() if probe is not None else None
+        if state is not None and state.problem is not None:
             return state.problem
         return (
             "the ledger's database gave this server no connection in time "
