@@ -122,7 +122,7 @@ class WriteJournal:
     def begin(self, aggregates: tuple[Any, ...]) -> SaveAttempt | None:
         """A save of `aggregates` is about to be made (None: not noted)."""
         writes = self.current()
-        if writes is None:
+        if writes is None or not all(isinstance(a, Aggregate) for a in aggregates):
             return None
         allocations: dict[str, str] = {}
         pools: dict[str, PoolSettings] = {}
@@ -151,7 +151,7 @@ class JournaledLedger(Ledger):
         super().__init__(*args, **kwargs)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        attempt = self.journal.begin(objs) if _all_aggregates(objs) else None
+        attempt = self.journal.begin(objs)
         try:
             recordings = super().save(*objs, **kwargs)
         except BaseException as error:
@@ -161,7 +161,3 @@ class JournaledLedger(Ledger):
         if attempt is not None:
             attempt.committed = True
         return recordings
-
-
-def _all_aggregates(objs: tuple[Any, ...]) -> bool:
-    return all(isinstance(obj, Aggregate) for obj in objs)
