@@ -60,9 +60,9 @@ class Settings(BaseSettings):
         gt=0,
         le=300,
         description=(
-            "The longest a command waits for the ledger's database: for a "
-            "PostgreSQL connection, and again for this server's other commands "
-            "ahead of it; then it fails, naming the cause, and writes nothing."
+            "The longest a command waits for the ledger's database (for this "
+            "server's other commands ahead of it, then for a PostgreSQL "
+            "connection, in all); then it fails, naming the cause."
         ),
     )
     sweep_interval_seconds: float = Field(300.0, gt=0)

@@ -28,7 +28,9 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -206,7 +208,7 @@ def _bounded_pool(
         finally:
             sweeping.release()
 
-    pool: ConnectionPool[Any] = ConnectionPool(
+    pool: ConnectionPool[Any] = _DeadlinePool(
         get_password_func=old.get_password_func,
         connection_class=old.connection_class,
         kwargs=kwargs,
@@ -221,3 +223,34 @@ def _bounded_pool(
         check=check if datastore.pre_ping else None,
     )
     return pool
+
+
+_deadline = threading.local()
+MIN_WAIT = 0.1
+"""Seconds a unit of work past its deadline still waits for a connection
+(one is usually ready at once)."""
+
+
+@contextmanager
+def unit_deadline(seconds: float) -> Iterator[None]:
+    """Within the block, a wait of this thread for a connection ends at the
+    latest `seconds` after the block began (an inner block has its own)."""
+    outer = getattr(_deadline, "at", None)
+    _deadline.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.at = outer
+
+
+class _DeadlinePool(ConnectionPool[Any]):
+    """A pool whose wait for a connection also ends at the deadline of the
+    unit of work running in the thread (see `unit_deadline`): a command that
+    waited for the ledger while others held it waits the less for a
+    connection, so that both waits together stay within the store timeout."""
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        at = getattr(_deadline, "at", None)
+        if timeout is None and at is not None:
+            timeout = min(self.timeout, max(at - time.monotonic(), MIN_WAIT))
+        return super().getconn(timeout)

@@ -15,19 +15,23 @@ noted.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
+from allocation_ledger.adapters.storage.postgres_store import unit_deadline
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.pool_settings import PoolSettings
+from allocation_ledger.domain.unit_of_work import UnitOfWork
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -140,7 +144,9 @@ class WriteJournal:
 
 
 class JournaledLedger(Ledger):
-    """The Ledger, with each save noted in `journal` (see the module)."""
+    """The Ledger, with each save noted in `journal` (see the module), and
+    each unit of work's waits for the store bounded by `lock_timeout` in all
+    (postgres_store.unit_deadline)."""
 
     # eventsourcing names an application after its class unless told: keep
     # the Ledger's name, which names the tables.
@@ -149,6 +155,14 @@ class JournaledLedger(Ledger):
     def __init__(self, *args: Any, journal: WriteJournal, **kwargs: Any) -> None:
         self.journal = journal
         super().__init__(*args, **kwargs)
+
+    def _run(self, command: str, body: Callable[[UnitOfWork], T]) -> T:
+        """Each unit of work waits for the store (for the ledger, then for a
+        PostgreSQL connection) `lock_timeout` seconds in all, at most."""
+        if self.lock_timeout is None:
+            return super()._run(command, body)
+        with unit_deadline(self.lock_timeout):
+            return super()._run(command, body)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         attempt = self.journal.begin(objs)
