@@ -122,6 +122,7 @@ class Allocation(Aggregate):
         def apply(self, aggregate: Allocation) -> None:
             aggregate.state = AllocationState.QUEUED
             aggregate.queue_deadline = self.deadline
+            aggregate.waiting_for = Rejection.from_dict(self.reason)
             aggregate.expires_at = None
 
     class Granted(Event):
@@ -235,6 +236,8 @@ class Allocation(Aggregate):
         self.tenant: str | None = None
         self.options: AdmissionOptions | None = None
         self.queue_deadline: datetime | None = None
+        self.waiting_for: Rejection | None = None
+        """What it waited for when it was queued (the dimension short)."""
         self.preempted_by: str | None = None
 
     # -- creation ------------------------------------------------------------

@@ -129,3 +129,17 @@ class LeaseNotDueError(LedgerError):
         )
         self.allocation_id = allocation_id
         self.expires_at = expires_at
+
+
+class LedgerBusyError(LedgerError):
+    """A command waited its longest for the ledger, which other commands of
+    this process held (each waiting for the store, as a rule); this command
+    wrote nothing itself. `waited_seconds`: how long it waited."""
+
+    def __init__(self, command: str, waited_seconds: float) -> None:
+        super().__init__(
+            f"{command} waited {waited_seconds:g} s for this server's other "
+            "commands, which held the ledger (waiting for its database)"
+        )
+        self.command = command
+        self.waited_seconds = waited_seconds

@@ -53,7 +53,7 @@ class PoolCommands(UnitOfWorkApplication):
             if work.get(cached_pool_uuid(name), fresh=True) is not None:
                 raise PoolExistsError(name)
             pool = work.create_pool(name, chosen, actor=actor)
-            return PoolResult(copy.deepcopy(pool), work.save(), created=True)
+            return _saved(work, pool, created=True)
 
         return self._run("create_pool", body)
 
@@ -91,10 +91,10 @@ class PoolCommands(UnitOfWorkApplication):
             now = self.clock.now()
             if not isinstance(found, Pool):
                 pool = work.create_pool(name, settings, actor=actor)
-                return PoolResult(copy.deepcopy(pool), work.save(), created=True)
+                return _saved(work, pool, created=True)
             found.change_capacity(settings.capacity, at=now, actor=actor)
             found.reconfigure(settings, at=now, actor=actor)
-            return PoolResult(copy.deepcopy(found), work.save(), created=False)
+            return _saved(work, found, created=False)
 
         return self._run("configure_pool", body)
 
@@ -133,7 +133,7 @@ class PoolCommands(UnitOfWorkApplication):
         def body(work: UnitOfWork) -> PoolResult:
             target = work.pool(pool, actor=actor)
             target.set_quota(tenant, limits, at=self.clock.now(), actor=actor)
-            return PoolResult(copy.deepcopy(target), work.save(), created=False)
+            return _saved(work, target, created=False)
 
         return self._run("set_quota", body)
 
@@ -151,6 +151,13 @@ class PoolCommands(UnitOfWorkApplication):
         def body(work: UnitOfWork) -> PoolResult:
             target = work.pool(pool, actor=actor)
             target.configure_scheduling(scheduling, at=self.clock.now(), actor=actor)
-            return PoolResult(copy.deepcopy(target), work.save(), created=False)
+            return _saved(work, target, created=False)
 
         return self._run("configure_scheduling", body)
+
+
+def _saved(work: UnitOfWork, pool: Pool, *, created: bool) -> PoolResult:
+    """Save `work`, then answer the pool as saved (saving serves its queue,
+    which may change it)."""
+    position = work.save()
+    return PoolResult(copy.deepcopy(pool), position, created=created)

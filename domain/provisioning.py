@@ -22,6 +22,7 @@ gives back everything: the capacity, and the servers nobody else uses.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -189,11 +190,16 @@ class Provisioning(UnitOfWorkApplication):
     def _after_commit(self, work: UnitOfWork) -> None:
         """Side effects of a committed unit of work, outside the lock: tear
         down what it ended, stop the servers it stopped, provision what the
-        queue was granted and could not provision at once)."""
+        queue was granted and could not provision at once).
+
+        Nothing here may fail the command, which is committed: a grant whose
+        activation cannot be saved (the store failed) stays pending, for a
+        retry of its request or the sweeper's `resume` to finish."""
         self._deprovision_quietly(work.teardown)
         self._stop_servers_quietly(work.stopped)
         for granted in work.to_provision:
-            self._provision(RequestResult(granted, None), actor=SCHEDULER_ACTOR)
+            with contextlib.suppress(Exception):
+                self._provision(RequestResult(granted, None), actor=SCHEDULER_ACTOR)
 
     def _deprovision_quietly(self, allocations: Sequence[Allocation]) -> list[str]:
         """Tear allocations down; each failure is reported as a line, not raised."""

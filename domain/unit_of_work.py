@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -51,6 +51,7 @@ from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
     ConcurrentUpdateError,
     InvalidRequestError,
+    LedgerBusyError,
     PoolNotFoundError,
 )
 from allocation_ledger.domain.observer import LedgerObserver
@@ -295,11 +296,14 @@ class UnitOfWorkApplication(Application[UUID]):
 
     `max_attempts`: how often a command is tried before ConcurrentUpdateError;
     `pause` and `jitter`: the backoff between attempts (seconds, and a factor
-    from 0 to 1), injectable so tests need not sleep. `clock` is recorded
-    through a RecordedClock (`self.clock`), which starts from the time of the
-    last event in the log; `on_clock_behind` is told when the clock reads
-    earlier than that mark (the adapter logs it). `observer` is told of
-    retries and provisioning (observer.py); set it to watch the ledger.
+    from 0 to 1), injectable so tests need not sleep. `lock_timeout`: the
+    longest a command waits (seconds) for the ledger while other commands of
+    this process hold it (None: as long as it takes), then LedgerBusyError.
+    `clock` is recorded through a RecordedClock (`self.clock`), which starts
+    from the time of the last event in the log; `on_clock_behind` is told
+    when the clock reads earlier than that mark (the adapter logs it).
+    `observer` is told of retries and provisioning (observer.py); set it to
+    watch the ledger.
     """
 
     def __init__(
@@ -313,6 +317,7 @@ class UnitOfWorkApplication(Application[UUID]):
         pause: Callable[[float], None] = _no_pause,
         jitter: Callable[[], float] = lambda: 0.5,
         on_clock_behind: Callable[[ClockBehind], None] | None = None,
+        lock_timeout: float | None = None,
     ) -> None:
         super().__init__(env)
         self.clock = RecordedClock(clock, on_clock_behind)
@@ -328,6 +333,7 @@ class UnitOfWorkApplication(Application[UUID]):
         self.observer = LedgerObserver()
         self.replayer = Replayer()
         self._lock = threading.RLock()
+        self.lock_timeout = lock_timeout
         # With fast-forwarding, every cached read is brought up to date first.
         self.cache_is_current = bool(
             self.repository.cache is not None and self.repository.fastforward
@@ -389,11 +395,12 @@ class UnitOfWorkApplication(Application[UUID]):
         discarded and run again on fresh reads; any other exception discards
         it and is raised. Side effects (`_after_commit`) follow a commit,
         outside the lock. Raises ConcurrentUpdateError, naming `command`,
-        after `max_attempts` attempts.
+        after `max_attempts` attempts; LedgerBusyError when the ledger stayed
+        held by other commands for `lock_timeout`.
         """
         fresh = False
         for attempt in range(1, self.max_attempts + 1):
-            with self._lock, self.clock.unit():
+            with self._held(command), self.clock.unit():
                 work = UnitOfWork(self, fresh)
                 committed = False
                 try:
@@ -423,6 +430,17 @@ class UnitOfWorkApplication(Application[UUID]):
                 return result
             self.pause(min(0.002 * 2**attempt, 0.25) * (0.5 + self.jitter()))
         raise ConcurrentUpdateError(command, self.max_attempts)
+
+    @contextlib.contextmanager
+    def _held(self, command: str) -> Iterator[None]:
+        """Hold the ledger's lock, waiting at most `lock_timeout` for it."""
+        timeout = -1 if self.lock_timeout is None else self.lock_timeout
+        if not self._lock.acquire(timeout=timeout):
+            raise LedgerBusyError(command, timeout)
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def serve_queue(self, work: UnitOfWork, pool: Pool) -> list[str]:
         """Serve the pool's queue inside `work` (before it saves); answers

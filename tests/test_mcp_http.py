@@ -77,7 +77,11 @@ def test_healthz_answers_without_a_token(served: tuple[str, Path]) -> None:
     url, _ = served
     health = httpx2.get(url.replace("/ledger/mcp", "/healthz"))
     assert health.status_code == 200
-    assert health.json() == {"status": "ok"}
+    body = health.json()
+    assert body.keys() == {"status", "store", "last_position"}
+    assert body["status"] == "ok"
+    assert body["store"] == "sqlite"
+    assert isinstance(body["last_position"], int)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,8 @@ stays small (a session costs the server about 45 KB; docs/deployment.md)."""
 DEFAULT_SESSION_IDLE_SECONDS = 600.0
 """A session with a request or event stream open never idles; this only says
 how soon a client gone without ending its session gives its place back."""
+STORE_TIMEOUT_ENV = "LEDGER_STORE_TIMEOUT"
+"""The key under which the PostgreSQL event store reads the store timeout."""
 
 
 class Settings(BaseSettings):
@@ -60,7 +62,19 @@ class Settings(BaseSettings):
     postgres_dbname: str = "postgres"
     postgres_schema: str | None = None
     postgres_pool_size: int = Field(5, ge=1, le=100)
-    postgres_connect_timeout: int = Field(5, ge=1, le=300)
+    postgres_connect_timeout: int = Field(
+        5, ge=1, le=300, description="Seconds one attempt to connect may take."
+    )
+    store_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description=(
+            "The longest a command waits for the ledger's database (for this "
+            "server's other commands ahead of it, then for a PostgreSQL "
+            "connection, in all); then it fails, naming the cause."
+        ),
+    )
     sweep_interval_seconds: float = Field(300.0, gt=0)
     idle_check_interval_seconds: float = Field(60.0, gt=0)
     provisioning_timeout_seconds: float = Field(
@@ -225,7 +239,13 @@ class Settings(BaseSettings):
                 "SQLITE_LOCK_TIMEOUT": "30",
             }
         env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # eventsourcing's factory, with bounded waits and writes tried once
+            # (adapters/storage/postgres_store.py).
+            "PERSISTENCE_MODULE": (
+                "allocation_ledger.adapters.storage.postgres_store:"
+                "LedgerPostgresFactory"
+            ),
+            STORE_TIMEOUT_ENV: str(self.store_timeout_seconds),
             # Several processes write: bring a cached pool up to date before
             # deciding, rather than losing the race and retrying.
             "AGGREGATE_CACHE_FASTFORWARD": "y",
@@ -252,4 +272,18 @@ class Settings(BaseSettings):
             "password": self.postgres_password.get_secret_value() or None,
             "dbname": self.postgres_dbname,
             "connect_timeout": self.postgres_connect_timeout,
+            **connection_limits(self.store_timeout_seconds),
         }
+
+
+def connection_limits(timeout: float) -> dict[str, Any]:
+    """libpq options that make a silent PostgreSQL peer fail a connection in
+    about `timeout` seconds: TCP keepalives, and a limit on how long sent data
+    may stay unacknowledged."""
+    return {
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(timeout)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": max(1000, int(timeout * 1000)),
+    }

@@ -20,6 +20,7 @@ from mcp_types import Resource as MCPResource
 from pydantic import BaseModel
 
 from allocation_ledger.adapters.http.auth import Access
+from allocation_ledger.adapters.storage.store_errors import is_store_error, store_cause
 from allocation_ledger.domain.errors import (
     AllocationNotFoundError,
     LedgerError,
@@ -51,6 +52,10 @@ async def _resource(
         raise ResourceNotFoundError(str(error)) from error
     except LedgerError as error:
         raise ResourceError(str(error)) from error
+    except Exception as error:
+        if not is_store_error(error):
+            raise
+        raise ResourceError(store_cause(error, None)) from error
     return model.model_dump_json(indent=2)
 
 

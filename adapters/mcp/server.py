@@ -55,11 +55,14 @@ from allocation_ledger.adapters.metrics.exposition import (
 )
 from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.adapters.storage.store_health import StoreProbe, StoreState
 
 logger = logging.getLogger("allocation_ledger.mcp")
 
 SERVER_NAME = "allocation-ledger"
 HEALTH_PATH = "/healthz"
+HEALTH_DEADLINE = 1.5
+"""Seconds /healthz takes at most to answer (checkers give up after 2 s)."""
 
 INSTRUCTIONS = """\
 Allocation Ledger reserves workers (CPU and memory) and shared MCP servers for
@@ -149,19 +152,42 @@ def build_server(
         detail=allocations.detail,
     )
 
+    health = HealthCheck(service.probe)
+
     async def healthz(_: Request) -> Response:
-        try:
-            await anyio.to_thread.run_sync(service.projector.log.max_notification_id)
-        except Exception:
-            logger.exception("health check could not reach the event store")
-            return JSONResponse({"status": "unavailable"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        state = await health.state()
+        return JSONResponse(state.as_json(), status_code=200 if state.ok else 503)
 
     server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(healthz)
     server.custom_route(METRICS_PATH, methods=["GET"], include_in_schema=False)(
         metrics_endpoint(metrics.registry, require_token=access.require_token)
     )
     return server
+
+
+class HealthCheck:
+    """/healthz: the store checked from scratch, answered within
+    HEALTH_DEADLINE seconds whatever happens.
+
+    Checks run in threads of their own (at most two at once), not in the
+    pool the tools share, which commands waiting out an outage may fill. A
+    check still running at the deadline is left to finish on its own and
+    the answer says the store did not answer in time.
+    """
+
+    def __init__(self, probe: StoreProbe) -> None:
+        self.probe = probe
+        self.limiter = anyio.CapacityLimiter(2)
+
+    async def state(self) -> StoreState:
+        with anyio.move_on_after(HEALTH_DEADLINE):
+            return await anyio.to_thread.run_sync(
+                self.probe.check, limiter=self.limiter, abandon_on_cancel=True
+            )
+        return StoreState(
+            self.probe.settings.store,
+            f"the ledger's database did not answer within {HEALTH_DEADLINE:g} s",
+        )
 
 
 def _version() -> str:

@@ -29,9 +29,14 @@ from allocation_ledger.adapters.storage.sql_read_models import (
     SCHEMA_VERSION,
     SQLReadModels,
 )
+from allocation_ledger.adapters.storage.store_health import EVENTS_TABLE, StoreProbe
 from allocation_ledger.adapters.storage.system_clock import (
     SystemClock,
     log_clock_behind,
+)
+from allocation_ledger.adapters.storage.write_journal import (
+    JournaledLedger,
+    WriteJournal,
 )
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.ledger import Ledger
@@ -52,18 +57,19 @@ class DatabaseError(Exception):
     """The ledger's database cannot be used; the message says what to do."""
 
 
-EVENTS_TABLE = "allocationledger_events"
-
-
 @dataclass
 class AllocationService:
-    """Everything a running ledger needs: commands, read models, catch-up."""
+    """Everything a running ledger needs: commands, read models, catch-up;
+    `writes`, what each command wrote (write_journal.py); `probe`, a check
+    of the store from scratch (store_health.py)."""
 
     settings: Settings
     ledger: Ledger
     projector: Projector
     read_models: ReadModels
     store: ReadModelStore
+    writes: WriteJournal
+    probe: StoreProbe
     _closers: tuple[Callable[[], None], ...] = ()
 
     def close(self) -> None:
@@ -104,13 +110,16 @@ def open_service(
     closers: list[Callable[[], None]] = []
     if provisioner is None:
         provisioner = _configured_provisioner(settings, clock, closers)
-    ledger = Ledger(
+    writes = WriteJournal()
+    ledger = JournaledLedger(
         env,
+        journal=writes,
         clock=clock,
         provisioner=provisioner,
         pause=time.sleep,
         jitter=random.random,
         on_clock_behind=log_clock_behind,
+        lock_timeout=settings.store_timeout_seconds,
         **extra,
     )
     if isinstance(provisioner, ProcessProvisioner):
@@ -152,6 +161,8 @@ def open_service(
         projector=projector,
         read_models=ReadModels(projector),
         store=store,
+        writes=writes,
+        probe=StoreProbe(settings),
         _closers=tuple(closers),
     )
 

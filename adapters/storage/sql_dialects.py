@@ -7,6 +7,7 @@ mode for rebuilds.
 
 from __future__ import annotations
 
+import select
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -96,7 +97,10 @@ class PostgresDialect:
             self._connection is None
             or self._connection.closed
             or self._connection.broken
+            or _hung_up(self._connection)
         ):
+            if self._connection is not None:
+                self._connection.close()
             self._connection = self._connect()
             if self._schema:
                 with self._connection.cursor() as cursor:
@@ -146,3 +150,19 @@ class PostgresDialect:
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
+
+
+def _hung_up(connection: Any) -> bool:
+    """Whether the server (or something between) closed an idle connection.
+
+    An idle connection has nothing to read unless its peer hung up (or sent
+    a notice): then it is replaced before use, rather than failing the next
+    query after a database restart or outage. One poll of the socket, no
+    round trip.
+    """
+    poller = select.poll()
+    try:
+        poller.register(connection.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True

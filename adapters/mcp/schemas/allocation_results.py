@@ -74,7 +74,11 @@ class RequestResourcesResult(BaseModel):
         None, description="Only while queued: what it waits for (the dimension short)."
     )
     queue_position: OmittedIfNone[int] = Field(
-        None, description="Only while queued: its place in the queue, 1 = served next."
+        None,
+        description=(
+            "Only while queued: its place in the queue, 1 = served next (left "
+            "out if the queue could not be read just after the request was saved)."
+        ),
     )
     error: OmittedIfNone[str] = Field(
         None,

@@ -49,14 +49,19 @@ from allocation_ledger.adapters.mcp.schemas.allocation_results import (
 from allocation_ledger.adapters.mcp.schemas.refusals import retry_conflict_message
 from allocation_ledger.adapters.mcp.schemas.scheduling import queued_requests
 from allocation_ledger.adapters.mcp.schemas.units import cores
-from allocation_ledger.adapters.mcp.tools.group import ToolGroup
+from allocation_ledger.adapters.mcp.tools.group import ToolGroup, logger
+from allocation_ledger.adapters.mcp.tools.outcomes import (
+    release_settle,
+    renew_settle,
+    repeat_settle,
+    request_settle,
+)
 from allocation_ledger.adapters.mcp.tools.servers import (
     check_servers_known,
     show_live_servers,
     show_workers,
 )
-from allocation_ledger.domain.allocation import Allocation
-from allocation_ledger.domain.allocation_ids import allocation_uuid
+from allocation_ledger.adapters.storage.store_errors import is_store_error
 from allocation_ledger.domain.errors import PoolNotFoundError, RequestIdConflictError
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.results import RequestResult
@@ -66,6 +71,7 @@ from allocation_ledger.domain.values import (
     AllocationState,
     Priority,
     Rejection,
+    Resources,
 )
 from allocation_ledger.projections.store import MAX_PAGE_SIZE, ListingQuery
 
@@ -87,22 +93,37 @@ class AllocationTools(ToolGroup):
                     allocation.request, now
                 )
             return None
-        store = self.ledger.repository.event_store
-        waiting = None
-        for event in store.get(allocation_uuid(allocation.allocation_id)):
-            if isinstance(event, Allocation.Queued):
-                waiting = Rejection.from_dict(event.reason)
-        return waiting
+        return allocation.waiting_for
 
     def _queue_position(self, result: RequestResult) -> int | None:
+        """A queued request's place in the queue, read after the request was
+        saved: None when that read fails (the reply still tells the truth:
+        the request is queued)."""
         allocation = result.allocation
         if result.dry_run or allocation.state is not AllocationState.QUEUED:
             return None
-        view = self._capacity_view(allocation.pool)
+        try:
+            view = self._capacity_view(allocation.pool)
+        except Exception as error:
+            if not is_store_error(error):
+                raise
+            logger.warning(
+                "queue position of %s not read: %s", allocation.allocation_id, error
+            )
+            return None
         for entry in queued_requests(view, self.ledger.clock.now()):
             if entry.allocation_id == allocation.allocation_id:
                 return entry.position
         return None
+
+    def _reply_worker_size(self, pool: str) -> Resources:
+        """The worker size of `pool` as this command saved it; when it saved
+        nothing, as the read models have it now."""
+        writes = self._writes()
+        saved = writes.pool_settings(pool) if writes is not None else None
+        if saved is not None:
+            return saved.worker_size
+        return self._worker_size(pool)
 
     async def request_resources(
         self,
@@ -207,9 +228,11 @@ class AllocationTools(ToolGroup):
                 seen = caller.visibility
                 return tuple(i for i in ids if seen.includes(result.tenants.get(i)))
 
+            # Built from what the command saved: nothing read after a commit
+            # may turn it into an error (but the queue position, optional).
             return request_result(
                 result.allocation,
-                worker_size=self._worker_size(result.allocation.pool),
+                worker_size=self._reply_worker_size(result.allocation.pool),
                 replayed=result.replayed,
                 dry_run=result.dry_run,
                 expired_first=shown(result.expired_first),
@@ -218,7 +241,7 @@ class AllocationTools(ToolGroup):
                 queue_position=self._queue_position(result),
             )
 
-        return await self._call(work)
+        return await self._call(work, settle=request_settle(request_id))
 
     async def release_resources(
         self, allocation_id: AllocationIdArg
@@ -268,7 +291,7 @@ class AllocationTools(ToolGroup):
                 message=message,
             )
 
-        return await self._call(work)
+        return await self._call(work, settle=release_settle())
 
     async def renew_allocation(
         self, allocation_id: AllocationIdArg, ttl_seconds: RenewTtlArg = None
@@ -307,7 +330,7 @@ class AllocationTools(ToolGroup):
                 renewals=renewed.renewals,
             )
 
-        return await self._call(work)
+        return await self._call(work, settle=renew_settle())
 
     async def cleanup_expired(self) -> CleanupResult:
         """Expire every allocation whose lease has run out, now.
@@ -341,7 +364,7 @@ class AllocationTools(ToolGroup):
                 cleaned_up=shown, count=len(shown), deprovision_errors=errors
             )
 
-        return await self._call(work)
+        return await self._call(work, settle=repeat_settle("cleanup_expired"))
 
     async def get_allocation(self, allocation_id: AllocationIdArg) -> AllocationDetail:
         """Show one allocation: state, resources, endpoints, times, lease.

@@ -16,12 +16,14 @@ from allocation_ledger.adapters.mcp.schemas.capacity import (
 )
 from allocation_ledger.adapters.mcp.schemas.units import utc, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
+from allocation_ledger.adapters.mcp.tools.outcomes import repeat_settle
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
+from allocation_ledger.projections.aggregate_views import capacity_view_of
 
 
 class CapacityTools(ToolGroup):
@@ -55,10 +57,11 @@ class CapacityTools(ToolGroup):
             total = self._capacity_view(pool).total
             capacity = with_amounts(total, cpu=cpu, memory=memory, workers=workers)
             result = self.ledger.set_capacity(capacity, pool=pool, actor=actor)
-            view = self.capacity(pool)
+            # From the pool as the command saved it, not from a read after it.
+            view = self._enforced(capacity_result(capacity_view_of(result.pool)))
             return SetCapacityResult(**dict(view), changed=result.position is not None)
 
-        return await self._call(work)
+        return await self._call(work, settle=repeat_settle("set_capacity"))
 
     async def get_capacity(
         self, pool: CapacityPoolArg = DEFAULT_POOL, at: AtArg = None

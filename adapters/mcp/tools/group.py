@@ -4,6 +4,7 @@ plumbing between a tool call and the ledger.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -12,16 +13,34 @@ import anyio.to_thread
 from mcp.server.mcpserver.exceptions import ToolError
 
 from allocation_ledger.adapters.http.auth import Access, Caller
+from allocation_ledger.adapters.mcp.tools.outcomes import Settle, failure_message
 from allocation_ledger.adapters.mcp.tools.specs import TOOLS
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.adapters.storage.store_errors import (
+    is_store_error,
+    store_cause,
+    write_may_be_committed,
+)
+from allocation_ledger.adapters.storage.write_journal import CommandWrites
 from allocation_ledger.domain.allocation_ids import allocation_uuid
-from allocation_ledger.domain.errors import LedgerError, PoolNotFoundError
+from allocation_ledger.domain.errors import (
+    LedgerBusyError,
+    LedgerError,
+    PoolNotFoundError,
+)
 from allocation_ledger.domain.pool_settings import DEFAULT_WORKER_SIZE
 from allocation_ledger.domain.tenancy import Visibility
 from allocation_ledger.domain.values import Resources
 from allocation_ledger.projections.views import CapacityView
 
 T = TypeVar("T")
+
+logger = logging.getLogger("allocation_ledger.mcp")
+
+_QUERY = Settle(
+    check=lambda _: "Calling it again is safe.",
+    finish=lambda _: "Calling it again is safe.",
+)
 
 
 class ToolGroup:
@@ -35,12 +54,57 @@ class ToolGroup:
         self.read = service.read_models
         self.access = access
 
-    async def _call(self, work: Callable[[], T]) -> T:
-        """Run ledger work off the event loop; domain errors become ToolErrors."""
-        try:
-            return await anyio.to_thread.run_sync(work)
-        except LedgerError as error:
-            raise ToolError(str(error)) from error
+    async def _call(self, work: Callable[[], T], *, settle: Settle = _QUERY) -> T:
+        """Run ledger work off the event loop, noting what it writes.
+
+        Domain errors become ToolErrors with their own text; failures of the
+        database become ToolErrors naming the cause. Either says what the
+        work had written, if anything, and how to settle a write in doubt
+        (`settle`, for commands; outcomes.py).
+        """
+        return await anyio.to_thread.run_sync(self._recorded, work, settle)
+
+    def _recorded(self, work: Callable[[], T], settle: Settle) -> T:
+        with self.service.writes.recording() as writes:
+            try:
+                return work()
+            except LedgerBusyError as error:
+                # It waited for other commands, which wait for the store: why?
+                problem = self.service.probe.check().problem
+                cause = str(error) if problem is None else f"{problem} ({error})"
+                raise ToolError(self._failure(cause, writes, settle)) from error
+            except LedgerError as error:
+                if writes.committed:
+                    raise ToolError(
+                        self._failure(str(error), writes, settle)
+                    ) from error
+                raise ToolError(str(error)) from error
+            except Exception as error:
+                if not is_store_error(error):
+                    raise
+                cause = store_cause(error, self.service.probe)
+                logger.warning(
+                    "a command failed on the database: %s (%s)", cause, error
+                )
+                raise ToolError(self._failure(cause, writes, settle)) from error
+
+    @staticmethod
+    def _failure(cause: str, writes: CommandWrites, settle: Settle) -> str:
+        failed = writes.failed
+        return failure_message(
+            cause,
+            writes,
+            may_be_committed=(
+                failed is not None
+                and failed.error is not None
+                and write_may_be_committed(failed.error)
+            ),
+            settle=settle,
+        )
+
+    def _writes(self) -> CommandWrites | None:
+        """What the command running in this thread has written so far."""
+        return self.service.writes.current()
 
     def _actor(self, tool: str) -> str:
         return self.access.actor(TOOLS[tool].scope, tool)

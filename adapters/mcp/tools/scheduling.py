@@ -27,9 +27,11 @@ from allocation_ledger.adapters.mcp.schemas.scheduling import (
 )
 from allocation_ledger.adapters.mcp.schemas.units import amounts, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
+from allocation_ledger.adapters.mcp.tools.outcomes import repeat_settle
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import QueuePolicy, Resources
+from allocation_ledger.projections.aggregate_views import capacity_view_of
 
 
 class SchedulingTools(ToolGroup):
@@ -115,7 +117,8 @@ class SchedulingTools(ToolGroup):
                 current = self._capacity_view(pool).quotas.get(tenant, UNLIMITED)
                 limits = with_amounts(current, cpu=cpu, memory=memory, workers=workers)
             result = self.ledger.set_quota(tenant, limits, pool=pool, actor=actor)
-            view = self._capacity_view(pool)
+            # From the pool as the command saved it, not from a read after it.
+            view = capacity_view_of(result.pool)
             quota = view.quotas.get(tenant)
             return QuotaResult(
                 pool=pool,
@@ -127,7 +130,7 @@ class SchedulingTools(ToolGroup):
                 held_by_tenant=tenant_holdings(view),
             )
 
-        return await self._call(work)
+        return await self._call(work, settle=repeat_settle("set_quota"))
 
     async def set_scheduling(
         self,
@@ -177,7 +180,8 @@ class SchedulingTools(ToolGroup):
             result = self.ledger.configure_scheduling(
                 scheduling, pool=pool, actor=actor
             )
-            after = self._capacity_view(pool)
+            # From the pool as the command saved it, not from a read after it.
+            after = capacity_view_of(result.pool)
             return SchedulingResult(
                 pool=pool,
                 queue_policy=QueuePolicy(after.queue_policy).value,
@@ -187,4 +191,4 @@ class SchedulingTools(ToolGroup):
                 changed=result.position is not None,
             )
 
-        return await self._call(work)
+        return await self._call(work, settle=repeat_settle("set_scheduling"))
