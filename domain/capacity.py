@@ -63,8 +63,11 @@ def shortfall(
         for s in pool.servers.values()
         if s.references - released_names.count(s.name) == 0
         and s.name not in request.servers
+        and pool.ports.has_mcp_port(s.port)
     ]
-    ports_left = free_mcp_ports(pool.ports, len(pool.servers)) + len(reclaimable)
+    ports_left = free_mcp_ports(
+        pool.ports, (s.port for s in pool.servers.values())
+    ) + len(reclaimable)
     if len(new_servers) > ports_left:
         return Rejection(
             INSUFFICIENT_CAPACITY, Dimension.MCP_PORTS, len(new_servers), ports_left
@@ -72,17 +75,24 @@ def shortfall(
     return None
 
 
-def never_fits(pool: PoolState, needed: Resources) -> Rejection | None:
+def never_fits(
+    pool: PoolState, needed: Resources, *, servers: int = 0
+) -> Rejection | None:
     """Why a request could not fit even in the empty pool, if so: such a
     request is refused rather than queued, and one already queued fails
     when the pool shrinks below it (invariant 10: nothing stays queued that
-    can never be granted). `available` in the answer is the pool's total.
-    Code `exceeds_pool`."""
+    can never be granted). `servers`: how many MCP servers it names (more
+    than the pool's MCP range has ports never fit). `available` in the
+    answer is the pool's total. Code `exceeds_pool`."""
     total = pool.settings.capacity
     for dimension in AMOUNTS:
         wanted = needed.amount(dimension)
         if wanted > 0 and wanted > total.amount(dimension):
             return Rejection(EXCEEDS_POOL, dimension, wanted, total.amount(dimension))
+    if servers > pool.ports.mcp_count:
+        return Rejection(
+            EXCEEDS_POOL, Dimension.MCP_PORTS, servers, pool.ports.mcp_count
+        )
     return None
 
 

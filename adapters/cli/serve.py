@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import functools
 import ipaddress
+import os
 import sys
 
 import anyio
 
 from allocation_ledger.adapters.cli.console import PROG, fail
-from allocation_ledger.adapters.config.apply import apply_catalog
+from allocation_ledger.adapters.config.apply import DEFAULT_FILE_LABEL, apply_catalog
+from allocation_ledger.adapters.config.catalog import CatalogError
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.errors import LedgerError
@@ -62,8 +64,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as error:  # noqa: BLE001 - shown to the operator
         return fail(f"cannot open the ledger: {error}", 2)
     try:
-        for change in apply_catalog(service.ledger, settings.catalog):
+        config = os.environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_FILE_LABEL
+        for change in apply_catalog(service.ledger, settings.catalog, path=config):
             print(f"{PROG}: config: {change}", file=sys.stderr)
+    except CatalogError as error:
+        service.close()
+        return fail(str(error), 2)
     except LedgerError as error:
         service.close()
         return fail(f"cannot apply the catalog of the config file: {error}", 2)

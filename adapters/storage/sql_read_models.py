@@ -44,10 +44,11 @@ from allocation_ledger.projections.views import AllocationView, CapacityView
 
 POSITION_KEY = "read_models"
 SCHEMA_KEY = "schema_version"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout of the read-model tables. 1 (no version row): before
 `reserved_at`. 2: `reserved_at`, the moment capacity was reserved, which usage
-counts from. Raise it whenever the tables or their documents change shape."""
+counts from. 3: each pool's port ranges (`ports`) in its capacity document.
+Raise it whenever the tables or their documents change shape."""
 
 _LIVE = tuple(sorted(s.value for s in LIVE_STATES))
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
