@@ -124,7 +124,12 @@ def catalog(
     return Catalog.model_validate({"mcp_servers": entries, "pools": pools})
 
 
-def catalog_toml(mark: str, servers: Mapping[str, Mapping[str, Any]]) -> str:
+def catalog_toml(
+    mark: str,
+    servers: Mapping[str, Mapping[str, Any]],
+    *,
+    pool: Mapping[str, Any] | None = None,
+) -> str:
     """The same catalog as TOML, for a config file."""
     lines: list[str] = []
     for name, entry in servers.items():
@@ -134,7 +139,7 @@ def catalog_toml(mark: str, servers: Mapping[str, Mapping[str, Any]]) -> str:
         env = {**entry.get("env", {}), MARK: mark}
         lines.append(f"env = {_toml(env)}")
     lines.append(f'[pools."{POOL}"]')
-    for key, value in POOL_PORTS.items():
+    for key, value in {**POOL_PORTS, **(pool or {})}.items():
         lines.append(f"{key} = {_toml(value)}")
     return "\n".join(lines) + "\n"
 
