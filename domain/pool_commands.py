@@ -120,6 +120,7 @@ class PoolCommands(UnitOfWorkApplication):
                     found.worker_ports,
                 )
                 if mine is not None:
+                    work.require_current()  # never refuse on a cached read
                     msg = mine.describe(ports)
                     raise InvalidRequestError(msg, field=mine.field)
                 registry.change_ports(name, ports, at=now, actor=actor)
@@ -128,7 +129,11 @@ class PoolCommands(UnitOfWorkApplication):
                     StoppedServer(name, server, port) for server, port in stopped
                 )
             else:
-                validate_worker_room(ports, settings.capacity.workers)
+                try:
+                    validate_worker_room(ports, settings.capacity.workers)
+                except InvalidRequestError:
+                    work.require_current()  # never refuse on a cached read
+                    raise
             found.change_capacity(settings.capacity, at=now, actor=actor)
             found.reconfigure(settings, at=now, actor=actor)
             return PoolResult(copy.deepcopy(found), work.save(), created=False)

@@ -275,8 +275,8 @@ class UnitOfWork:
             held[other] = found.held_ports()
         return neighbours, held
 
-    @staticmethod
     def check_ports(
+        self,
         ports: PortRanges,
         neighbours: dict[str, PortRanges],
         held: dict[str, set[int]],
@@ -285,12 +285,18 @@ class UnitOfWork:
     ) -> None:
         """Ranges a pool may have: well formed, clear of every other pool's
         ports, with room for `workers`. Raises InvalidRequestError naming the
-        range (`worker_ports`, `mcp_ports`) or `workers`."""
+        range (`worker_ports`, `mcp_ports`) or `workers` (after making sure,
+        with `require_current`, that the refusal rests on fresh reads)."""
         validate_ranges(ports)
         conflict = ranges_conflict(ports, neighbours, held)
         if conflict is not None:
+            self.require_current()
             raise InvalidRequestError(conflict.describe(ports), field=conflict.field)
-        validate_worker_room(ports, workers)
+        try:
+            validate_worker_room(ports, workers)
+        except InvalidRequestError:
+            self.require_current()
+            raise
 
     def add(self, aggregate: Aggregate) -> Aggregate:
         """Save this new aggregate with the others."""

@@ -363,10 +363,9 @@ class SQLReadModels:
         least, greatest = self.dialect.least, self.dialect.greatest
         since = max(query.since.timestamp() if query.since else -1e18, -1e18)
         until = query.until.timestamp() if query.until else now.timestamp()
-        held = (
-            f"{greatest}(0, {least}(COALESCE(ended_at, expires_at, ?), ?, ?) "
-            f"- {greatest}(reserved_at, ?))"
-        )
+        end = f"{least}(COALESCE(ended_at, expires_at, ?), ?, ?)"
+        start = f"{greatest}(reserved_at, ?)"
+        held = f"{greatest}(0, {end} - {start})"
         filters, params = self._usage_filters(query)
         statement = (
             "SELECT job_id, pool, "
@@ -374,12 +373,12 @@ class SQLReadModels:
             f"SUM(workers * {held}), SUM(server_count * {held}) "
             "FROM ledger_allocation_view "
             "WHERE reserved_at IS NOT NULL AND reserved_at < ? "
-            "AND (ended_at IS NULL OR ended_at > ?)"
+            f"AND {end} > {start}"  # held some time in the window
             + filters
             + " GROUP BY job_id, pool"
         )
         window = (now.timestamp(), now.timestamp(), until, since)
-        held_params = [*window, *window, *window, *window, until, since]
+        held_params = [*window, *window, *window, *window, until, *window]
         counts = (
             "SELECT job_id, pool, state, COUNT(*) FROM ledger_allocation_view "
             "WHERE started_at >= ? AND started_at < ?"
