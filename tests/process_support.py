@@ -56,6 +56,9 @@ def _binds(port: int) -> bool:
     return True
 
 
+LEGACY_TEST_PORTS = (62_800, 63_899)
+"""The fixed ports of the process tests before they claimed blocks (the 49th
+pool's ranges): a run of an older checkout may use them at any moment."""
 PORT_BLOCK = 100
 """Ports a test run takes: POOL's MCP range, then its worker range."""
 _LOCKS = Path(tempfile.gettempdir()) / "allocation-ledger-test-ports"
@@ -74,8 +77,12 @@ def claim_port_block(size: int = PORT_BLOCK) -> int:
     """
     global _held_lock  # noqa: PLW0603 - one block per test run
     low, high = _ephemeral_range()
-    above = list(range(high + 1, 65_536 - size + 1, size))
-    below = list(range(20_000, low - size + 1, size))
+
+    def clear(start: int) -> bool:  # of the fixed ports earlier test runs used
+        return start + size <= LEGACY_TEST_PORTS[0] or start > LEGACY_TEST_PORTS[1]
+
+    above = [s for s in range(high + 1, 65_536 - size + 1, size) if clear(s)]
+    below = [s for s in range(20_000, low - size + 1, size) if clear(s)]
     _LOCKS.mkdir(exist_ok=True)
     starts: list[int] = []
     for blocks in (above, below):
