@@ -125,7 +125,7 @@ def admit(
         refusal = short or ahead
     if not wait:
         return Refuse(refusal)
-    never = never_fits(pool, needed)
+    never = never_fits(pool, needed, servers=len(request.servers))
     return Queue(refusal) if never is None else Refuse(never)
 
 

@@ -83,23 +83,30 @@ def _mcp_ports(
         for s in pool.servers.values()
         if s.references - released_names.count(s.name) == 0
         and s.name not in request.servers
+        and pool.ports.has_mcp_port(s.port)
     ]
-    return len(new_servers), free_mcp_ports(pool.ports, len(pool.servers)) + len(
-        reclaimable
-    )
+    left = free_mcp_ports(pool.ports, (s.port for s in pool.servers.values()))
+    return len(new_servers), left + len(reclaimable)
 
 
-def never_fits(pool: PoolState, needed: Resources) -> Rejection | None:
+def never_fits(
+    pool: PoolState, needed: Resources, *, servers: int = 0
+) -> Rejection | None:
     """Why a request could not fit even in the empty pool, if so: such a
     request is refused rather than queued, and one already queued fails
     when the pool shrinks below it (invariant 10: nothing stays queued that
-    can never be granted). `available` in the answer is the pool's total.
-    Code `exceeds_pool`."""
+    can never be granted). `servers`: how many MCP servers it names (more
+    than the pool's MCP range has ports never fit). `available` in the
+    answer is the pool's total. Code `exceeds_pool`."""
     total = pool.settings.capacity
     for dimension in AMOUNTS:
         wanted = needed.amount(dimension)
         if wanted > 0 and wanted > total.amount(dimension):
             return Rejection(EXCEEDS_POOL, dimension, wanted, total.amount(dimension))
+    if servers > pool.ports.mcp_count:
+        return Rejection(
+            EXCEEDS_POOL, Dimension.MCP_PORTS, servers, pool.ports.mcp_count
+        )
     return None
 
 

@@ -96,6 +96,16 @@ class Pool(PoolDecisions, Aggregate):
                 idle_timeout_seconds=self.idle_timeout_seconds,
             )
 
+    class PortsChanged(Event):
+        """New port ranges, for the ports handed out from now on (ports live
+        allocations hold outside them stay theirs until given back)."""
+
+        TOPIC = "allocation-ledger:pool:ports-changed"
+        ports: dict[str, int]
+
+        def apply(self, aggregate: Pool) -> None:
+            aggregate.ports = PortRanges(**self.ports)
+
     class ServerStarted(Event):
         TOPIC = "allocation-ledger:pool:server-started"
         name: str

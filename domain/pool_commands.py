@@ -11,14 +11,15 @@ from __future__ import annotations
 import copy
 
 from allocation_ledger.domain.actors import LOCAL_ACTOR
-from allocation_ledger.domain.errors import PoolExistsError
+from allocation_ledger.domain.errors import InvalidRequestError, PoolExistsError
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.pool_settings import (
     PoolSettings,
     validate_capacity,
     validate_settings,
 )
-from allocation_ledger.domain.results import PoolResult
+from allocation_ledger.domain.ports import Span, own_conflict, validate_worker_room
+from allocation_ledger.domain.results import PoolResult, StoppedServer
 from allocation_ledger.domain.scheduling import Scheduling, validate_scheduling
 from allocation_ledger.domain.unit_of_work import (
     UnitOfWork,
@@ -65,9 +66,21 @@ class PoolCommands(UnitOfWorkApplication):
         worker_size: Resources | None = None,
         server_costs: dict[str, Resources] | None = None,
         idle_timeout_seconds: int | None = None,
+        worker_ports: Span | None = None,
+        mcp_ports: Span | None = None,
         actor: str = LOCAL_ACTOR,
     ) -> PoolResult:
-        """Create the pool with these settings, or change the ones given."""
+        """Create the pool with these settings, or change the ones given.
+
+        `worker_ports` and `mcp_ports`: its port ranges, (first, last) both
+        included (None: kept; a new pool's by the rule of domain/ports.py).
+        New ranges apply to the ports handed out from now on: what live
+        allocations hold outside them stays theirs until given back, and an
+        idle MCP server outside the new MCP range is recorded stopped (and
+        its process stopped once this commits). The pool's workers must fit
+        its worker range. Raises InvalidRequestError naming the field
+        (`worker_ports`, `mcp_ports`, `workers`, ...), nothing written.
+        """
         validate_pool_name(name)
 
         def body(work: UnitOfWork) -> PoolResult:
@@ -90,8 +103,37 @@ class PoolCommands(UnitOfWorkApplication):
             validate_settings(settings)
             now = self.clock.now()
             if not isinstance(found, Pool):
-                pool = work.create_pool(name, settings, actor=actor)
+                pool = work.create_pool(
+                    name, settings, actor=actor, workers=worker_ports, mcp=mcp_ports
+                )
                 return _saved(work, pool, created=True)
+            ports = found.ports.with_spans(workers=worker_ports, mcp=mcp_ports)
+            if ports != found.ports:
+                registry = work.registry(actor=actor)
+                neighbours, held = work.port_neighbours(registry, name)
+                work.check_ports(
+                    ports, neighbours, held, workers=settings.capacity.workers
+                )
+                mine = own_conflict(
+                    ports,
+                    (s.port for s in found.servers.values() if s.references),
+                    found.worker_ports,
+                )
+                if mine is not None:
+                    work.require_current()  # never refuse on a cached read
+                    msg = mine.describe(ports)
+                    raise InvalidRequestError(msg, field=mine.field)
+                registry.change_ports(name, ports, at=now, actor=actor)
+                stopped = found.change_ports(ports, at=now, actor=actor)
+                work.stopped.extend(
+                    StoppedServer(name, server, port) for server, port in stopped
+                )
+            else:
+                try:
+                    validate_worker_room(ports, settings.capacity.workers)
+                except InvalidRequestError:
+                    work.require_current()  # never refuse on a cached read
+                    raise
             found.change_capacity(settings.capacity, at=now, actor=actor)
             found.reconfigure(settings, at=now, actor=actor)
             return _saved(work, found, created=False)

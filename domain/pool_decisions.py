@@ -66,6 +66,7 @@ class PoolDecisions(_Aggregate):
         ports: PortRanges
         CapacityChanged: ClassVar[type[Aggregate.Event]]
         Reconfigured: ClassVar[type[Aggregate.Event]]
+        PortsChanged: ClassVar[type[Aggregate.Event]]
         ServerStarted: ClassVar[type[Aggregate.Event]]
         Reserved: ClassVar[type[Aggregate.Event]]
         LeaseExtended: ClassVar[type[Aggregate.Event]]
@@ -108,6 +109,37 @@ class PoolDecisions(_Aggregate):
         )
         return True
 
+    def change_ports(
+        self, ranges: PortRanges, *, at: datetime, actor: str
+    ) -> list[tuple[str, int]]:
+        """Hand out ports from `ranges` from now on (checked by the caller:
+        `ports.validate_ranges`, and against the other pools). Ports live
+        allocations hold outside them stay theirs until given back; an idle
+        MCP server outside the new MCP range is recorded stopped now (its
+        port is no longer the pool's to keep). Answers the servers stopped
+        (name, port); nothing is recorded when the ranges are these already."""
+        if ranges == self.ports:
+            return []
+        stopped: list[tuple[str, int]] = []
+        for server in sorted(self.servers.values(), key=lambda s: (s.port, s.name)):
+            if server.references == 0 and not ranges.has_mcp_port(server.port):
+                self.trigger_event(
+                    self.ServerStopped,
+                    timestamp=at,
+                    actor=actor,
+                    name=server.name,
+                    port=server.port,
+                )
+                stopped.append((server.name, server.port))
+        self.trigger_event(
+            self.PortsChanged, timestamp=at, actor=actor, ports=ranges.as_dict()
+        )
+        return stopped
+
+    def held_ports(self) -> set[int]:
+        """Every port the pool holds now: its servers' and its live workers'."""
+        return {s.port for s in self.servers.values()} | set(self.worker_ports)
+
     # -- what the decisions rest on -------------------------------------------
 
     @property
@@ -117,7 +149,7 @@ class PoolDecisions(_Aggregate):
 
     def free_mcp_ports(self) -> int:
         """MCP ports in this pool's range not taken by a running or idle server."""
-        return free_mcp_ports(self.ports, len(self.servers))
+        return free_mcp_ports(self.ports, (s.port for s in self.servers.values()))
 
     def shortfall(
         self, request: AllocationRequest, *, freeing: Iterable[Reservation] = ()
@@ -366,12 +398,16 @@ class PoolDecisions(_Aggregate):
     def _stop_longest_idle(
         self, *, keep: Iterable[str], at: datetime, actor: str
     ) -> tuple[str, int]:
-        """Stop the longest-idle server not in `keep`, for its port."""
+        """Stop the longest-idle server in the MCP range not in `keep`, for
+        its port."""
         kept = set(keep)
         idle = [
             s
             for s in self.servers.values()
-            if s.references == 0 and s.name not in kept and s.idle_since is not None
+            if s.references == 0
+            and s.name not in kept
+            and s.idle_since is not None
+            and self.ports.has_mcp_port(s.port)
         ]
         idle.sort(key=lambda s: (s.idle_since or at, s.name))
         server = idle[0]

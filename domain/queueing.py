@@ -80,7 +80,7 @@ def waiting_ahead(
     blocking = blocked_by(pool, head)
     dimension = blocking.dimension if blocking else Dimension.WORKERS
     available = (
-        free_mcp_ports(pool.ports, len(pool.servers))
+        free_mcp_ports(pool.ports, (s.port for s in pool.servers.values()))
         if dimension is Dimension.MCP_PORTS
         else pool.available.amount(dimension)
     )
@@ -124,7 +124,9 @@ def never_granted(pool: PoolState) -> list[tuple[QueueEntry, Rejection]]:
     found: list[tuple[QueueEntry, Rejection]] = []
     for entry in sorted(pool.queue.values(), key=lambda e: e.arrival):
         needed = pool.settings.resources_for(entry.request)
-        never = never_fits(pool, needed) or quota_never_fits(pool, entry.tenant, needed)
+        never = never_fits(
+            pool, needed, servers=len(entry.request.servers)
+        ) or quota_never_fits(pool, entry.tenant, needed)
         if never is not None:
             found.append((entry, never))
     return found

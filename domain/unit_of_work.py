@@ -57,7 +57,17 @@ from allocation_ledger.domain.errors import (
 from allocation_ledger.domain.observer import LedgerObserver
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool, pool_uuid
 from allocation_ledger.domain.pool_settings import PoolSettings
-from allocation_ledger.domain.ports import MAX_OTHER_POOLS, PortRanges
+from allocation_ledger.domain.ports import (
+    MAX_OTHER_POOLS,
+    MCP_PORTS_FIELD,
+    PORTS_PER_BLOCK,
+    PortRanges,
+    Span,
+    free_block,
+    ranges_conflict,
+    validate_ranges,
+    validate_worker_room,
+)
 from allocation_ledger.domain.provisioner import Provisioner
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
 from allocation_ledger.domain.results import StoppedServer
@@ -185,30 +195,109 @@ class UnitOfWork:
         assert isinstance(found, Pool)
         return found
 
-    def create_pool(self, name: str, settings: PoolSettings, *, actor: str) -> Pool:
+    def create_pool(
+        self,
+        name: str,
+        settings: PoolSettings,
+        *,
+        actor: str,
+        workers: Span | None = None,
+        mcp: Span | None = None,
+    ) -> Pool:
         """A new pool, registered (under the registry's version, so that two
-        pools never get the same port ranges) with ranges of its own.
+        pools never get overlapping port ranges) with ranges of its own.
 
-        Raises InvalidRequestError past MAX_OTHER_POOLS pools besides the
-        default one.
+        `workers` and `mcp`: its worker and MCP server ranges, (first, last);
+        one left out is that of the pool's block by the original rule (see
+        domain/ports.py). Raises InvalidRequestError (field `worker_ports`,
+        `mcp_ports` or `workers`) for ranges that are malformed, touch another
+        pool's ports or are too small for the pool's workers, or past
+        MAX_OTHER_POOLS pools besides the default one.
         """
         now = self.ledger.clock.now()
-        registry = self.get(REGISTRY_ID)
-        if registry is None:
-            registry = self.add(PoolRegistry.open(at=now, actor=actor))
-        assert isinstance(registry, PoolRegistry)
-        registry.register(name, at=now, actor=actor)
-        others = [p for p in registry.pools if p != DEFAULT_POOL]
-        if name == DEFAULT_POOL:
-            ports = PortRanges()
-        elif others.index(name) < MAX_OTHER_POOLS:
-            ports = PortRanges.for_other_pool(others.index(name))
-        else:
+        registry = self.registry(actor=actor)
+        others = [p for p in registry.pools if p not in (DEFAULT_POOL, name)]
+        if name != DEFAULT_POOL and len(others) >= MAX_OTHER_POOLS:
             msg = f"at most {MAX_OTHER_POOLS} pools besides the default one"
             raise InvalidRequestError(msg, field="pool")
+        neighbours, held = self.port_neighbours(registry, name)
+        if name == DEFAULT_POOL:
+            block = PortRanges()
+        elif workers is None and mcp is None:
+            found = free_block(len(others), neighbours, held)
+            if found is None:
+                msg = (
+                    f"no block of {PORTS_PER_BLOCK} ports is free for pool {name!r}: "
+                    "give it worker_ports and mcp_ports"
+                )
+                raise InvalidRequestError(msg, field=MCP_PORTS_FIELD)
+            block = found
+        else:
+            block = free_block(
+                len(others), neighbours, held
+            ) or PortRanges.for_other_pool(min(len(others), MAX_OTHER_POOLS - 1))
+        ports = block.with_spans(workers=workers, mcp=mcp)
+        self.check_ports(ports, neighbours, held, workers=settings.capacity.workers)
+        registry.register(name, at=now, actor=actor, ports=ports)
         pool = Pool.create(name, settings, at=now, actor=actor, ports=ports)
         self.add(pool)
         return pool
+
+    def registry(self, *, actor: str) -> PoolRegistry:
+        """The pool registry (opened here, in this unit of work, if new)."""
+        registry = self.get(REGISTRY_ID)
+        if registry is None:
+            now = self.ledger.clock.now()
+            registry = self.add(PoolRegistry.open(at=now, actor=actor))
+        assert isinstance(registry, PoolRegistry)
+        return registry
+
+    def port_neighbours(
+        self, registry: PoolRegistry, name: str
+    ) -> tuple[dict[str, PortRanges], dict[str, set[int]]]:
+        """What pool `name`'s ranges must keep clear of: every other pool's
+        ranges (the default pool's original ones even before it exists), and
+        the ports that pools whose ranges were changed still hold (read
+        fresh, without touching them here)."""
+        neighbours = registry.ranges_of_others(name)
+        if name != DEFAULT_POOL and DEFAULT_POOL not in registry.pools:
+            neighbours[DEFAULT_POOL] = PortRanges()
+        held: dict[str, set[int]] = {}
+        for other in registry.moved:
+            if other == name:
+                continue
+            self.ledger.forget(cached_pool_uuid(other))
+            try:
+                found: Aggregate = self.ledger.repository.get(cached_pool_uuid(other))
+            except AggregateNotFoundError:
+                continue
+            assert isinstance(found, Pool)
+            self._read_at(found.modified_on)
+            held[other] = found.held_ports()
+        return neighbours, held
+
+    def check_ports(
+        self,
+        ports: PortRanges,
+        neighbours: dict[str, PortRanges],
+        held: dict[str, set[int]],
+        *,
+        workers: int,
+    ) -> None:
+        """Ranges a pool may have: well formed, clear of every other pool's
+        ports, with room for `workers`. Raises InvalidRequestError naming the
+        range (`worker_ports`, `mcp_ports`) or `workers` (after making sure,
+        with `require_current`, that the refusal rests on fresh reads)."""
+        validate_ranges(ports)
+        conflict = ranges_conflict(ports, neighbours, held)
+        if conflict is not None:
+            self.require_current()
+            raise InvalidRequestError(conflict.describe(ports), field=conflict.field)
+        try:
+            validate_worker_room(ports, workers)
+        except InvalidRequestError:
+            self.require_current()
+            raise
 
     def add(self, aggregate: Aggregate) -> Aggregate:
         """Save this new aggregate with the others."""

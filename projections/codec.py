@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.values import Resources
 from allocation_ledger.projections.views import (
     AllocationView,
@@ -138,6 +139,7 @@ def capacity_to_dict(view: CapacityView) -> dict[str, Any]:
         "held_by_tenant": {
             t: r.as_dict() for t, r in sorted(view.held_by_tenant.items())
         },
+        "ports": view.ports.as_dict(),
     }
 
 
@@ -180,4 +182,5 @@ def capacity_from_dict(data: dict[str, Any]) -> CapacityView:
         held_by_tenant={
             t: Resources.from_dict(r) for t, r in data.get("held_by_tenant", {}).items()
         },
+        ports=PortRanges(**data["ports"]) if "ports" in data else PortRanges(),
     )

@@ -11,6 +11,7 @@ from dataclasses import replace
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import worker_id
 from allocation_ledger.domain.pool import Pool
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.scheduling import DEFAULT_PREEMPTION
 from allocation_ledger.domain.values import AllocationState, Resources
 from allocation_ledger.projections.views import (
@@ -135,6 +136,7 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
             updated_at=event.timestamp,
             version=event.originator_version,
             preemption={k: list(v) for k, v in DEFAULT_PREEMPTION.items()},
+            ports=PortRanges(**event.ports) if event.ports else PortRanges(),
         )
     if view is None:
         msg = f"{type(event).__qualname__} arrived before the pool was created"
@@ -146,6 +148,8 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
     elif isinstance(event, Pool.Reconfigured):
         view.worker_size = Resources.from_dict(event.worker_size)
         view.idle_timeout_seconds = event.idle_timeout_seconds
+    elif isinstance(event, Pool.PortsChanged):
+        view.ports = PortRanges(**event.ports)
     elif isinstance(event, Pool.ServerStarted):
         view.servers[event.name] = ServerView(
             name=event.name,

@@ -105,6 +105,7 @@ class InvariantChecker:
         self.batch = Batch()
         self.models = InMemoryReadModels()
         self.pools: dict[UUID, _PoolState] = {}
+        self._owners: dict[int, UUID] = {}  # port: the pool holding it
         self.violation: Violation | None = None
         self.events = 0
         self._moment: datetime | None = None
@@ -235,26 +236,42 @@ class InvariantChecker:
         key = event.originator_id
         state = self.pools.setdefault(key, _PoolState())
         capacity = self.batch.capacities.get(key)
-        if isinstance(event, Pool.Created):
+        if isinstance(event, Pool.Created | Pool.PortsChanged):
             state.ranges = PortRanges(**event.ports) if event.ports else PortRanges()
             for other_key, other in self.pools.items():
-                if other_key != key and _overlap(other.ranges, state.ranges):
+                if other_key != key and other.ranges.overlaps(state.ranges):
                     self._fail(position, name, 2, "two pools share port ranges")
+            for port, owner in self._owners.items():
+                if owner != key and state.ranges.has_port(port):
+                    self._fail(
+                        position,
+                        name,
+                        2,
+                        f"a pool's ranges take port {port}, which another pool holds",
+                    )
+                    break
         elif isinstance(event, Pool.ServerStarted):
             ranges = state.ranges
-            if not ranges.mcp_first <= event.port <= ranges.mcp_last:
+            if not ranges.has_mcp_port(event.port):
                 self._fail(position, name, 2, f"MCP port {event.port} out of range")
-            if event.port in state.server_ports.values():
+            if (
+                event.port in state.server_ports.values()
+                or event.port in state.worker_ports
+            ):
                 self._fail(position, name, 2, f"MCP port {event.port} already in use")
+            self._check_not_elsewhere(position, name, key, [event.port])
             state.server_ports[event.name] = event.port
         elif isinstance(event, Pool.ServerStopped):
-            state.server_ports.pop(event.name, None)
+            stopped = state.server_ports.pop(event.name, None)
+            if stopped is not None and self._owners.get(stopped) == key:
+                del self._owners[stopped]
         elif isinstance(event, Pool.Reserved):
             for port in event.worker_ports:
-                if not state.ranges.worker_first <= port <= state.ranges.worker_last:
+                if not state.ranges.has_worker_port(port):
                     self._fail(position, name, 2, f"worker port {port} out of range")
-                if port in state.worker_ports:
+                if port in state.worker_ports or port in state.server_ports.values():
                     self._fail(position, name, 2, f"worker port {port} already in use")
+            self._check_not_elsewhere(position, name, key, event.worker_ports)
             state.worker_ports.update(event.worker_ports)
             if capacity is not None and event.tenant in capacity.quotas:
                 added = Resources.from_dict(event.resources)
@@ -289,6 +306,19 @@ class InvariantChecker:
                         )
         elif isinstance(event, Pool.Freed):
             state.worker_ports.difference_update(event.worker_ports)
+            for port in event.worker_ports:
+                if self._owners.get(port) == key:
+                    del self._owners[port]
+
+    def _check_not_elsewhere(
+        self, position: int, name: str, key: UUID, ports: list[int]
+    ) -> None:
+        """Invariant 2 across pools: no port is held by two pools at once."""
+        for port in ports:
+            if self._owners.get(port, key) != key:
+                self._fail(position, name, 2, f"port {port} held by another pool too")
+                return
+            self._owners[port] = key
 
     # -- across aggregates ---------------------------------------------------
 
@@ -376,11 +406,3 @@ class InvariantChecker:
                     f"not running in pool {capacity.pool!r}",
                 )
                 return
-
-
-def _overlap(one: PortRanges, other: PortRanges) -> bool:
-    return any(
-        first <= other_last and other_first <= last
-        for first, last in one.spans()
-        for other_first, other_last in other.spans()
-    )

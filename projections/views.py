@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.values import Resources
 
 
@@ -120,6 +121,8 @@ class CapacityView:
     preemption: dict[str, list[str]] = field(default_factory=dict)
     quotas: dict[str, Resources] = field(default_factory=dict)
     held_by_tenant: dict[str, Resources] = field(default_factory=dict)
+    ports: PortRanges = field(default_factory=PortRanges)
+    """The ranges the pool hands ports out from now."""
 
     @property
     def available(self) -> Resources:

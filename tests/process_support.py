@@ -2,6 +2,10 @@
 servers are real processes, a pool whose ports nothing else on the machine
 uses, and the cleanup of every process a test started.
 
+POOL's ports are a block this test run claims for itself when the module is
+imported (`claim_port_block`), so two runs of the tests on one machine never
+use the same ports.
+
 Every server a test's catalog names carries an environment variable that
 marks it as that test's (`LEDGER_TEST_MARK=<tmp_path>`); its bridge and its
 children inherit it, so at the end of the test (passed or failed) every
@@ -11,10 +15,12 @@ process with the mark is killed, whoever started it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,11 +36,83 @@ TIME_SERVER = [PYTHON, "-m", "mcp_server_time"]
 MARK = "LEDGER_TEST_MARK"
 
 POOL = "procs"
-FILLER_POOLS = tuple(f"filler-{i:02d}" for i in range(48))
-"""Pools registered before POOL, so that POOL is the 49th pool besides the
-default one: its ports (MCP servers from 63800) are above the kernel's
-ephemeral range and far from those other tests use."""
-POOL_MCP_FIRST = 10_000 + 1_100 * len(FILLER_POOLS) + 1_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 32_768, 60_999
+    return int(low), int(high)
+
+
+def _binds(port: int) -> bool:
+    """Nothing holds 127.0.0.1:port (nor a wildcard address on it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+LEGACY_TEST_PORTS = (62_800, 63_899)
+"""The fixed ports of the process tests before they claimed blocks (the 49th
+pool's ranges): a run of an older checkout may use them at any moment."""
+PORT_BLOCK = 100
+"""Ports a test run takes: POOL's MCP range, then its worker range."""
+_LOCKS = Path(tempfile.gettempdir()) / "allocation-ledger-test-ports"
+_held_lock: Any = None  # the open lock file of this run's block, kept till exit
+
+
+def claim_port_block(size: int = PORT_BLOCK) -> int:
+    """The first port of `size` ports this test run has to itself.
+
+    Blocks lie above the kernel's ephemeral range (where no outgoing
+    connection takes a port) or, if there is no room there, below it. Each
+    is claimed with an exclusive lock on a file in the temporary directory,
+    held until this process exits, so test runs side by side on one machine
+    take different blocks; a block where anything already listens is
+    skipped. The search starts at a place derived from the pid.
+    """
+    global _held_lock  # noqa: PLW0603 - one block per test run
+    low, high = _ephemeral_range()
+
+    def clear(start: int) -> bool:  # of the fixed ports earlier test runs used
+        return start + size <= LEGACY_TEST_PORTS[0] or start > LEGACY_TEST_PORTS[1]
+
+    above = [s for s in range(high + 1, 65_536 - size + 1, size) if clear(s)]
+    below = [s for s in range(20_000, low - size + 1, size) if clear(s)]
+    _LOCKS.mkdir(exist_ok=True)
+    starts: list[int] = []
+    for blocks in (above, below):
+        offset = os.getpid() % len(blocks) if blocks else 0
+        starts += blocks[offset:] + blocks[:offset]
+    for start in starts:
+        lock = (_LOCKS / f"{start}.lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        if all(_binds(port) for port in range(start, start + size)):
+            _held_lock = lock
+            return start
+        lock.close()
+    msg = f"no block of {size} free ports for the process tests"
+    raise RuntimeError(msg)
+
+
+PORTS_FIRST = claim_port_block()
+POOL_MCP_FIRST = PORTS_FIRST
+POOL_MCP_LAST = PORTS_FIRST + 59
+POOL_WORKER_FIRST = POOL_MCP_LAST + 1
+POOL_WORKER_LAST = PORTS_FIRST + PORT_BLOCK - 1
+POOL_PORTS = {
+    "mcp_ports": [POOL_MCP_FIRST, POOL_MCP_LAST],
+    "worker_ports": [POOL_WORKER_FIRST, POOL_WORKER_LAST],
+}
+"""POOL's port ranges: a block this test run has to itself (`claim_port_block`)."""
 
 
 def catalog(
@@ -44,18 +122,21 @@ def catalog(
     pool: Mapping[str, Any] | None = None,
 ) -> Catalog:
     """A catalog of `servers` (name: its `[mcp_servers.NAME]` table), each
-    marked as this test's, and the filler pools then POOL (with `pool`'s
-    keys)."""
+    marked as this test's, and POOL (with `pool`'s keys) on this run's ports."""
     entries = {
         name: {**entry, "env": {**entry.get("env", {}), MARK: mark}}
         for name, entry in servers.items()
     }
-    pools: dict[str, Any] = {name: {} for name in FILLER_POOLS}
-    pools[POOL] = dict(pool or {})
+    pools = {POOL: {**POOL_PORTS, **(pool or {})}}
     return Catalog.model_validate({"mcp_servers": entries, "pools": pools})
 
 
-def catalog_toml(mark: str, servers: Mapping[str, Mapping[str, Any]]) -> str:
+def catalog_toml(
+    mark: str,
+    servers: Mapping[str, Mapping[str, Any]],
+    *,
+    pool: Mapping[str, Any] | None = None,
+) -> str:
     """The same catalog as TOML, for a config file."""
     lines: list[str] = []
     for name, entry in servers.items():
@@ -64,8 +145,9 @@ def catalog_toml(mark: str, servers: Mapping[str, Mapping[str, Any]]) -> str:
             lines.append(f"{key} = {_toml(value)}")
         env = {**entry.get("env", {}), MARK: mark}
         lines.append(f"env = {_toml(env)}")
-    for pool in (*FILLER_POOLS, POOL):
-        lines.append(f'[pools."{pool}"]')
+    lines.append(f'[pools."{POOL}"]')
+    for key, value in {**POOL_PORTS, **(pool or {})}.items():
+        lines.append(f"{key} = {_toml(value)}")
     return "\n".join(lines) + "\n"
 
 

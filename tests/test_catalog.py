@@ -185,7 +185,8 @@ def test_the_provisioner_is_process_when_the_catalog_runs_something(
             "cpu = 64",
             "cpus = 64",
             'config.toml: [pools.big-box] unknown key "cpus" (known: cpu, memory, '
-            "workers, worker_cpu, worker_memory, worker_command, advertise_host)",
+            "workers, worker_cpu, worker_memory, worker_command, advertise_host, "
+            "mcp_ports, worker_ports)",
         ),
         (
             'command = ["python", "-m", "mcp_server_time"]',
@@ -397,7 +398,8 @@ def test_applying_creates_pools_with_their_totals_and_server_costs(
     assert changes[1] == (
         "pool big-box: created with cpu 64, memory 262144 MB, workers 32; each "
         "worker cpu 1, memory 2048 MB; idle MCP servers stop after 300 s; "
-        "time costs cpu 0.25, memory 128 MB"
+        "time costs cpu 0.25, memory 128 MB; ports workers 10000-10999, "
+        "MCP servers 11000-11099"
     )
     big = ledger.pool("big-box").settings
     assert big.capacity == Resources(64_000, 262_144, 32)

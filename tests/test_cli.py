@@ -13,6 +13,11 @@ from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.values import AllocationState, Resources
 from allocation_ledger.projections.store import ListingQuery
+from tests.process_support import POOL_MCP_FIRST
+
+DEMO_PORTS = ("--mcp-ports", f"{POOL_MCP_FIRST}-{POOL_MCP_FIRST + 9}")
+"""This test run's own ports for the demo's time server, not 9000 (which a
+run beside it may use)."""
 
 
 @pytest.fixture
@@ -40,7 +45,7 @@ def test_demo_then_status_on_the_configured_file(
 
     The demo's wording may change; what it did is checked in the file.
     """
-    assert main(["demo"]) == 0
+    assert main(["demo", *DEMO_PORTS]) == 0
     out = capfd.readouterr().out
     assert database.exists()
     assert str(database.resolve()) in out
@@ -79,7 +84,7 @@ def test_demo_then_status_on_the_configured_file(
     assert all(s[2] == 0 for s in listed)  # idle: nobody holds them
 
     # Again on the same file: the history grows, nothing is left held.
-    assert main(["demo"]) == 0
+    assert main(["demo", *DEMO_PORTS]) == 0
     capfd.readouterr()
     service = open_service(Settings(store="sqlite", database=database))
     try:

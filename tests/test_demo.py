@@ -12,6 +12,7 @@ from allocation_ledger.adapters.cli.demo import (
     IDLE_TIMEOUT_SECONDS,
     SERVER,
     demo_catalog,
+    parse_port_range,
 )
 from allocation_ledger.adapters.config.settings import Settings
 from tests.mcp_support import REPO
@@ -50,3 +51,19 @@ def test_the_example_config_file_names_the_same_server(
     assert entry.transport == "stdio"
     assert settings.catalog.effective_provisioner == "process"
     assert settings.catalog.pools["default"].advertise_host == "localhost"
+
+
+def test_the_demo_can_run_its_servers_on_ports_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "demo.toml"
+    path.write_text(demo_catalog(parse_port_range("62000-62009")))
+    settings = settings_of(path, monkeypatch)
+    assert settings.catalog.pools["default"].mcp_span == (62000, 62009)
+    assert "pools" not in demo_catalog()  # otherwise the pool's own
+
+
+@pytest.mark.parametrize("text", ["62000", "62009-62000", "0-10", "a-b", "1-70000"])
+def test_a_port_range_for_the_demo_is_first_dash_last(text: str) -> None:
+    with pytest.raises(ValueError, match="FIRST"):
+        parse_port_range(text)

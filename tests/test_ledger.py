@@ -999,6 +999,7 @@ STABLE_TOPICS: dict[type[DomainEvent], str] = {
     Pool.Created: "allocation-ledger:pool:created",
     Pool.CapacityChanged: "allocation-ledger:pool:capacity-changed",
     Pool.Reconfigured: "allocation-ledger:pool:reconfigured",
+    Pool.PortsChanged: "allocation-ledger:pool:ports-changed",
     Pool.ServerStarted: "allocation-ledger:pool:server-started",
     Pool.Reserved: "allocation-ledger:pool:reserved",
     Pool.LeaseExtended: "allocation-ledger:pool:lease-extended",
@@ -1010,6 +1011,7 @@ STABLE_TOPICS: dict[type[DomainEvent], str] = {
     Pool.Dequeued: "allocation-ledger:pool:dequeued",
     PoolRegistry.Opened: "allocation-ledger:pool-registry:opened",
     PoolRegistry.PoolRegistered: "allocation-ledger:pool-registry:pool-registered",
+    PoolRegistry.PortsChanged: "allocation-ledger:pool-registry:ports-changed",
 }
 
 

@@ -24,7 +24,12 @@ from tests.mcp_support import (
     sqlite_service,
     stdio_params,
 )
-from tests.process_support import is_alive, kinds, refuses_connections
+from tests.process_support import (
+    POOL_MCP_FIRST,
+    is_alive,
+    kinds,
+    refuses_connections,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -129,7 +134,15 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
 
 def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "allocation_ledger.adapters.cli", "demo"],
+        [
+            sys.executable,
+            "-m",
+            "allocation_ledger.adapters.cli",
+            "demo",
+            # This test run's own ports, not 9000 (which another run may use).
+            "--mcp-ports",
+            f"{POOL_MCP_FIRST}-{POOL_MCP_FIRST + 9}",
+        ],
         capture_output=True,
         text=True,
         env={**server_env(tmp_path / "ledger.db"), "COLUMNS": "200"},
@@ -155,15 +168,16 @@ def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> N
     assert str(tmp_path / "ledger.db") in out
     # The time server: started for the first request, called by an agent at
     # the endpoint handed out, shared by the second, stopped once idle.
-    assert "time http://localhost:9000/mcp (started for it)" in out
-    assert "time http://localhost:9000/mcp (already running)" in out
+    endpoint = f"http://localhost:{POOL_MCP_FIRST}/mcp"
+    assert f"time {endpoint} (started for it)" in out
+    assert f"time {endpoint} (already running)" in out
     assert "the same process" in out
     answered = re.search(r"it answered: current time (\S+) \(UTC\)", out)
     assert answered is not None, out
     told = datetime.fromisoformat(answered.group(1))
     assert abs(told - datetime.now(UTC)) < timedelta(minutes=5)
     assert "time stopped: running MCP servers: none" in out
-    assert "its port 9000 refuses connections" in out
+    assert f"its port {POOL_MCP_FIRST} refuses connections" in out
     with sqlite_service(tmp_path / "ledger.db") as service:
         capacity = service.read_models.capacity()
         assert capacity is not None
@@ -177,7 +191,7 @@ def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> N
     assert kinds(events) == ["Registered", "Started", "HealthPassed", "Stopped"]
     pid = getattr(events[1], "pid", None)
     assert pid is not None and not is_alive(pid)
-    assert refuses_connections(9000)
+    assert refuses_connections(POOL_MCP_FIRST)
     assert not list((tmp_path / "ledger.db.d" / "run").glob("*.json"))
 
 

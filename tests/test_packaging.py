@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.process_support import POOL_MCP_FIRST
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "allocation_ledger"
 FOLDERS = ("domain", "projections", "adapters")
@@ -217,7 +219,9 @@ def test_the_demo_runs_beside_the_users_own_packages(
 ) -> None:
     assert COMMAND.exists(), f"{COMMAND} is not installed: pip install -e '.[dev]'"
     database = tmp_path / "ledger.db"
-    completed = run([str(COMMAND), "demo"], users_directory, command_env(database))
+    ports = f"{POOL_MCP_FIRST}-{POOL_MCP_FIRST + 9}"  # this run's, not 9000
+    command = [str(COMMAND), "demo", "--mcp-ports", ports]
+    completed = run(command, users_directory, command_env(database))
     assert completed.returncode == 0, completed.stderr
     assert "user's package" not in completed.stdout + completed.stderr
     assert "Connected over stdio to allocation-ledger" in completed.stdout

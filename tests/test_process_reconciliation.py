@@ -7,8 +7,11 @@ and both are in the ledger's history."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +24,7 @@ from mcp import Client
 from allocation_ledger.adapters.provisioning.processes import ServerProcesses
 from allocation_ledger.adapters.provisioning.server_spec import ServerSpec
 from allocation_ledger.adapters.storage.audit import verify
+from allocation_ledger.domain.worker_process import worker_process_uuid
 from tests.mcp_support import call, server_env, sqlite_service, stdio_params, text_of
 from tests.process_support import (
     MARK,
@@ -34,6 +38,7 @@ from tests.process_support import (
     marking,
     process_events,
     refuses_connections,
+    wait_until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -165,4 +170,99 @@ async def test_a_killed_ledger_started_again_adopts_its_servers_and_stops_orphan
     with sqlite_service(database) as outside:
         assert kinds(process_events(outside, "echo"))[-1] == "Adopted"
         assert kinds(process_events(outside, "orphan")) == ["Registered", "Stopped"]
+        assert verify(outside).clean
+
+
+WORKER = [
+    sys.executable,
+    str(Path(__file__).with_name("worker_program.py")),
+    "--port",
+    "{port}",
+    "--worker-id",
+    "{worker_id}",
+    "--allocation-id",
+    "{allocation_id}",
+]
+
+
+def worker_answer(port: int) -> dict[str, Any] | None:
+    """What the worker on the port says of itself (None: nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as reply:
+            facts: dict[str, Any] = json.loads(reply.read())
+            return facts
+    except OSError:
+        return None
+
+
+async def test_a_killed_ledger_started_again_starts_a_missing_worker_again(
+    tmp_path: Path, mark: str
+) -> None:
+    """A worker of a live allocation that is gone when the ledger starts again
+    (it died while no ledger watched) is started again; the one still
+    running is adopted."""
+    database = tmp_path / "ledger.db"
+    data = tmp_path / "data"
+    config = tmp_path / "ledger.toml"
+    config.write_text(
+        catalog_toml(
+            mark, {"echo": {"command": TEST_SERVER}}, pool={"worker_command": WORKER}
+        )
+    )
+    env = {
+        "ALLOCATION_LEDGER_CONFIG": str(config),
+        "ALLOCATION_LEDGER_DATA_DIRECTORY": str(data),
+        MARK: mark,  # the workers inherit the ledger's environment
+    }
+    with open(tmp_path / "ledger.log", "w") as log:
+        ledger = subprocess.Popen(
+            [sys.executable, "-m", "allocation_ledger.adapters.cli", "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=server_env(database, **env),
+            cwd=tmp_path,
+        )
+    try:
+        client = RawClient(ledger)
+        granted = client.call(
+            "request_resources", job_id="a", mcp_servers=["echo"], workers=2, pool=POOL
+        )
+        assert granted["status"] == "active", granted
+        before = client.call("get_allocation", allocation_id=granted["allocation_id"])
+    finally:
+        ledger.kill()  # SIGKILL: no shutdown, no cleanup
+        ledger.wait(10)
+    kept, lost = before["workers"]
+    assert kept["state"] == lost["state"] == "running"
+    os.killpg(lost["pid"], signal.SIGKILL)  # dies while no ledger watches
+    assert wait_until(lambda: not is_alive(lost["pid"]), 10)
+    assert is_alive(kept["pid"])
+
+    async with Client(stdio_params(database, **env)) as again:
+        detail = await call(
+            again, "get_allocation", allocation_id=granted["allocation_id"]
+        )
+        now = {w["worker_id"]: w for w in detail["workers"]}
+        assert now[kept["worker_id"]]["pid"] == kept["pid"]
+        restarted = now[lost["worker_id"]]
+        assert restarted["state"] == "running"
+        assert restarted["pid"] not in (None, lost["pid"]) and is_alive(
+            restarted["pid"]
+        )
+        assert wait_until(lambda: worker_answer(lost["port"]) is not None, 15)
+        facts = worker_answer(lost["port"])
+        assert facts is not None and facts["pid"] == restarted["pid"]
+        assert facts["env"]["LEDGER_WORKER_ID"] == lost["worker_id"]
+        echo = json.loads(facts["env"]["LEDGER_MCP_ENDPOINTS"])["echo"]
+        assert echo == detail["mcp_servers"][0]["endpoint"]
+
+    with sqlite_service(database) as outside:
+        store = outside.ledger.repository.event_store
+        history = list(store.get(worker_process_uuid(lost["worker_id"])))
+        assert kinds(history) == ["Registered", "Started", "Exited", "Started"]
+        assert getattr(history[2], "detail", {})["cause"] == "unknown"
+        adopted = list(store.get(worker_process_uuid(kept["worker_id"])))
+        assert kinds(adopted) == ["Registered", "Started", "Adopted"]
         assert verify(outside).clean

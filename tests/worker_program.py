@@ -4,7 +4,9 @@
 
 Modes:
 - `serve`: answers every HTTP request on 127.0.0.1:P with JSON: its argv,
-  its LEDGER_* variables and its pid;
+  its LEDGER_* variables and its pid; with `--delay-seconds S` it sleeps S
+  seconds before it listens (a slow start), with `--ignore-term` it ignores
+  SIGTERM (only SIGKILL ends it, after the stop's grace period);
 - `exit`: exits at once with `--exit-code`;
 - `allocate`: allocates (and touches) `--megabytes` MB, one MB at a time,
   then sleeps; a memory limit below that ends it;
@@ -27,7 +29,10 @@ import time
 MB = 1024 * 1024
 
 
-def serve(port: int) -> None:
+def serve(port: int, delay_seconds: float = 0.0) -> None:
+    if delay_seconds:
+        print(f"starting slowly: listening in {delay_seconds} s", flush=True)
+        time.sleep(delay_seconds)
     facts = {
         "argv": sys.argv,
         "env": {k: v for k, v in os.environ.items() if k.startswith("LEDGER_")},
@@ -80,9 +85,13 @@ def main() -> None:
     parser.add_argument("--exit-code", type=int, default=0)
     parser.add_argument("--megabytes", type=int, default=256)
     parser.add_argument("--pid-file", default="")
+    parser.add_argument("--delay-seconds", type=float, default=0.0)
+    parser.add_argument("--ignore-term", action="store_true")
     args = parser.parse_args()
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.mode == "serve":
-        serve(args.port)
+        serve(args.port, args.delay_seconds)
     elif args.mode == "exit":
         print(f"exiting with {args.exit_code}", flush=True)
         sys.exit(args.exit_code)

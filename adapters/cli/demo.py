@@ -46,15 +46,16 @@ def _server_command() -> tuple[str, list[str]]:
     return sys.executable, ["-m", "allocation_ledger.adapters.cli", "serve"]
 
 
-def demo_catalog() -> str:
+def demo_catalog(mcp_ports: tuple[int, int] | None = None) -> str:
     """The demo's config file: one MCP server, `time`, run by this Python.
 
     The same shape as examples/ledger.toml, with this interpreter (so the
     server runs in the environment the ledger is installed in) and a short
-    idle timeout.
+    idle timeout. `mcp_ports`: (first, last) of the default pool's MCP
+    server ports (None: the pool's own, 9000-9099 on a new ledger).
     """
     command = json.dumps([sys.executable, "-m", "mcp_server_time"])
-    return (
+    text = (
         "# Written by `allocation-ledger demo` for its own ledger server.\n"
         f"idle_check_interval_seconds = {IDLE_CHECK_INTERVAL_SECONDS}\n"
         "stop_mcp_servers_on_exit = true\n"
@@ -64,6 +65,29 @@ def demo_catalog() -> str:
         'transport = "stdio"\n'
         f"idle_timeout_seconds = {IDLE_TIMEOUT_SECONDS}\n"
     )
+    if mcp_ports is not None:
+        text += f"\n[pools.default]\nmcp_ports = [{mcp_ports[0]}, {mcp_ports[1]}]\n"
+    return text
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """`FIRST-LAST` (e.g. 9000-9099) as (first, last), both included.
+
+    Raises ValueError with a message for the operator when it is not two
+    port numbers (1-65535), the first not after the last.
+    """
+    first, dash, last = text.partition("-")
+    try:
+        span = (int(first), int(last))
+    except ValueError:
+        span = None
+    if not dash or span is None:
+        msg = f"expected FIRST-LAST, e.g. 9000-9099, got {text!r}"
+        raise ValueError(msg)
+    if not 1 <= span[0] <= span[1] <= 65_535:
+        msg = f"expected ports 1-65535 with FIRST <= LAST, got {text!r}"
+        raise ValueError(msg)
+    return span
 
 
 def _child_env(settings: Settings, config: Path) -> dict[str, str]:
@@ -89,10 +113,12 @@ class DemoError(Exception):
     did not happen."""
 
 
-async def _drive_demo(settings: Settings, console: Console) -> None:
+async def _drive_demo(
+    settings: Settings, console: Console, mcp_ports: tuple[int, int] | None
+) -> None:
     with tempfile.TemporaryDirectory(prefix="allocation-ledger-demo-") as directory:
         config = Path(directory) / "ledger.toml"
-        config.write_text(demo_catalog())
+        config.write_text(demo_catalog(mcp_ports))
         await _drive_server(settings, console, config)
 
 
@@ -315,8 +341,16 @@ def _show_request(
     )
 
 
-def run_demo(settings: Settings, console: Console) -> int:
-    """Start the real server over stdio and drive it with a real MCP client."""
+def run_demo(settings: Settings, console: Console, mcp_ports: str | None = None) -> int:
+    """Start the real server over stdio and drive it with a real MCP client.
+
+    `mcp_ports`: `FIRST-LAST`, the default pool's MCP server ports for the
+    demo (e.g. when something else listens on 9000); None keeps the pool's.
+    """
+    try:
+        span = None if mcp_ports is None else parse_port_range(mcp_ports)
+    except ValueError as error:
+        return fail(f"--mcp-ports: {error}", 2)
     if importlib.util.find_spec("mcp_server_time") is None:
         return fail(
             "the demo runs the reference MCP server mcp-server-time, which is not "
@@ -324,7 +358,7 @@ def run_demo(settings: Settings, console: Console) -> int:
             2,
         )
     try:
-        anyio.run(_drive_demo, settings, console)
+        anyio.run(_drive_demo, settings, console, span)
     except DemoError as error:
         return fail(str(error), 1)
     return 0

@@ -178,9 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_metrics_arguments(serve)
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo",
         help="start the server over stdio and drive it with an MCP client",
+    )
+    demo.add_argument(
+        "--mcp-ports",
+        metavar="FIRST-LAST",
+        help=(
+            "the default pool's MCP server ports for the demo, e.g. 62000-62009 "
+            "(default: the pool's own, 9000-9099 on a new ledger)"
+        ),
     )
     status = commands.add_parser("status", help="show every pool's capacity")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -215,7 +223,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return run_serve(args, settings)
     console = Console(stderr=False)
     if args.command == "demo":
-        return run_demo(settings, console)
+        return run_demo(settings, console, args.mcp_ports)
     if args.command == "init-db":
         try:
             init_database(settings)

@@ -6,13 +6,15 @@ import argparse
 import contextlib
 import functools
 import ipaddress
+import os
 import sys
 
 import anyio
 
 from allocation_ledger.adapters.cli.console import PROG, fail
 from allocation_ledger.adapters.cli.server_log import configure_server_log
-from allocation_ledger.adapters.config.apply import apply_catalog
+from allocation_ledger.adapters.config.apply import DEFAULT_FILE_LABEL, apply_catalog
+from allocation_ledger.adapters.config.catalog import CatalogError
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 from allocation_ledger.adapters.http.hosts import (
     allowed_host,
@@ -113,8 +115,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as error:  # noqa: BLE001 - shown to the operator
         return fail(f"cannot open the ledger: {error}", 2)
     try:
-        for change in apply_catalog(service.ledger, settings.catalog):
+        config = os.environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_FILE_LABEL
+        for change in apply_catalog(service.ledger, settings.catalog, path=config):
             print(f"{PROG}: config: {change}", file=sys.stderr)
+    except CatalogError as error:
+        service.close()
+        return fail(str(error), 2)
     except LedgerError as error:
         service.close()
         return fail(f"cannot apply the catalog of the config file: {error}", 2)

@@ -6,28 +6,47 @@ unchanged file records nothing (docs/provisioning.md, "Catalog").
 
 from __future__ import annotations
 
-from allocation_ledger.adapters.config.catalog import CONFIG_ACTOR, Catalog
+from pathlib import Path
+
+from allocation_ledger.adapters.config.catalog import (
+    CONFIG_ACTOR,
+    Catalog,
+    CatalogError,
+    entry_name,
+)
 from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.ledger import Ledger
-from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.pool_settings import PoolSettings
+from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.results import PoolResult
 from allocation_ledger.domain.values import Resources
 
+DEFAULT_FILE_LABEL = "config file"
+"""How errors name the file when the caller does not say which it is."""
+
 
 def apply_catalog(
-    ledger: Ledger, catalog: Catalog, *, actor: str = CONFIG_ACTOR
+    ledger: Ledger,
+    catalog: Catalog,
+    *,
+    actor: str = CONFIG_ACTOR,
+    path: str | Path = DEFAULT_FILE_LABEL,
 ) -> list[str]:
     """Create or reconfigure the pools the catalog describes; say what changed.
 
-    Each `[pools.NAME]` sets the totals and worker size it gives (keys left
-    out keep the pool's value). When the catalog names MCP servers, every
-    listed pool and the default one get exactly the catalog's server costs
-    and the shortest of the servers' idle timeouts (the ledger keeps one idle
-    timeout per pool). Pools not in the file are left as they are. Unchanged
-    values record nothing, so applying the same file again writes no events.
-    Returns one line per pool created or changed, for the log. Raises the
-    domain's LedgerError if the ledger refuses (nothing of that pool written).
+    Each `[pools.NAME]` sets the totals, worker size and port ranges it gives
+    (keys left out keep the pool's value). When the catalog names MCP
+    servers, every listed pool and the default one get exactly the catalog's
+    server costs and the shortest of the servers' idle timeouts (the ledger
+    keeps one idle timeout per pool). Pools not in the file are left as they
+    are. Unchanged values record nothing, so applying the same file again
+    writes no events. Returns one line per pool created or changed, for the
+    log. Raises CatalogError (one line naming `path`, the entry and the key)
+    when the ledger refuses an entry's value, e.g. port ranges that touch
+    another pool's ports; the domain's other LedgerErrors as they are.
+    Nothing of the refused pool is written (pools before it are).
     """
     costs: dict[str, Resources] | None = None
     idle: int | None = None
@@ -39,27 +58,41 @@ def apply_catalog(
             names.insert(0, DEFAULT_POOL)
     changes: list[str] = []
     for name in names:
-        before = _stored_settings(ledger, name)
-        base = before or PoolSettings()
+        before = _stored_pool(ledger, name)
+        base = before.settings if before is not None else PoolSettings()
         entry = catalog.pools.get(name)
-        result = ledger.configure_pool(
-            name,
-            capacity=entry.capacity(base.capacity) if entry else None,
-            worker_size=entry.worker_size(base.worker_size) if entry else None,
-            server_costs=costs,
-            idle_timeout_seconds=idle,
-            actor=actor,
-        )
+        try:
+            result = ledger.configure_pool(
+                name,
+                capacity=entry.capacity(base.capacity) if entry else None,
+                worker_size=entry.worker_size(base.worker_size) if entry else None,
+                server_costs=costs,
+                idle_timeout_seconds=idle,
+                worker_ports=entry.worker_span if entry else None,
+                mcp_ports=entry.mcp_span if entry else None,
+                actor=actor,
+            )
+        except InvalidRequestError as error:
+            if entry is None:
+                raise
+            problem = str(error)
+            raise CatalogError(
+                path,
+                entry_name("pools", name),
+                error.field,
+                problem,
+                field_in_problem=problem.startswith(error.field),
+            ) from None
         line = _describe(name, before, result)
         if line is not None:
             changes.append(line)
     return changes
 
 
-def _stored_settings(ledger: Ledger, name: str) -> PoolSettings | None:
+def _stored_pool(ledger: Ledger, name: str) -> Pool | None:
     if name not in ledger.pool_names():
         return None
-    return ledger.pool(name).settings
+    return ledger.pool(name)
 
 
 def _amounts(amount: Resources, *, workers: bool = True) -> str:
@@ -79,15 +112,26 @@ def _settings_text(settings: PoolSettings) -> str:
     )
 
 
-def _describe(name: str, before: PoolSettings | None, result: PoolResult) -> str | None:
+def _ports_text(ports: PortRanges) -> str:
+    return (
+        f"workers {ports.worker_first}-{ports.worker_last}, "
+        f"MCP servers {ports.mcp_first}-{ports.mcp_last}"
+    )
+
+
+def _describe(name: str, was: Pool | None, result: PoolResult) -> str | None:
     after = result.pool.settings
     if result.position is None:
         return None
+    ports = _ports_text(result.pool.ports)
     if result.created:
-        return f"pool {name}: created with {_settings_text(after)}"
-    if before is None:  # another server created it meanwhile
-        return f"pool {name}: set to {_settings_text(after)}"
+        return f"pool {name}: created with {_settings_text(after)}; ports {ports}"
+    if was is None:  # another server created it meanwhile
+        return f"pool {name}: set to {_settings_text(after)}; ports {ports}"
+    before = was.settings
     said: list[str] = []
+    if result.pool.ports != was.ports:
+        said.append(f"ports {_ports_text(was.ports)} -> {ports}")
     if after.capacity != before.capacity:
         said.append(f"totals {_amounts(before.capacity)} -> {_amounts(after.capacity)}")
     if after.worker_size != before.worker_size:
@@ -101,11 +145,11 @@ def _describe(name: str, before: PoolSettings | None, result: PoolResult) -> str
     old_costs = dict(before.server_costs or {})
     new_costs = dict(after.server_costs or {})
     for server in sorted(set(old_costs) | set(new_costs)):
-        was = old_costs.get(server, Resources())
-        now = new_costs.get(server, Resources())
-        if was != now:
+        cost_was = old_costs.get(server, Resources())
+        cost_now = new_costs.get(server, Resources())
+        if cost_was != cost_now:
             said.append(
-                f"{server} costs {_amounts(was, workers=False)} -> "
-                f"{_amounts(now, workers=False)}"
+                f"{server} costs {_amounts(cost_was, workers=False)} -> "
+                f"{_amounts(cost_now, workers=False)}"
             )
     return f"pool {name}: " + "; ".join(said) if said else None

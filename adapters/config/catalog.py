@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 import string
 from pathlib import Path
@@ -45,7 +46,7 @@ from allocation_ledger.domain.pool_settings import (
     MAX_MEMORY_MIB,
     MAX_WORKERS_CAPACITY,
 )
-from allocation_ledger.domain.ports import MAX_OTHER_POOLS
+from allocation_ledger.domain.ports import HIGHEST_PORT, LOWEST_PORT, MAX_OTHER_POOLS
 from allocation_ledger.domain.values import (
     Resources,
     validate_pool_name,
@@ -221,8 +222,47 @@ def _check_path(path: str) -> str:
 EndpointPath = Annotated[str, AfterValidator(_check_path)]
 
 
+def _check_port_range(span: list[int]) -> tuple[int, int]:
+    if len(span) != 2:
+        raise PydanticCustomError(
+            "catalog_port_range",
+            "must be [first, last], two port numbers, got {count} numbers",
+            {"count": len(span)},
+        )
+    first, last = span
+    for port in (first, last):
+        if not LOWEST_PORT <= port <= HIGHEST_PORT:
+            raise PydanticCustomError(
+                "catalog_port_range",
+                "ports must be from {low} to {high}, got {port}",
+                {"low": LOWEST_PORT, "high": HIGHEST_PORT, "port": port},
+            )
+    if first > last:
+        raise PydanticCustomError(
+            "catalog_port_range",
+            "must be [first, last] with first <= last, got [{first}, {last}]",
+            {"first": first, "last": last},
+        )
+    return first, last
+
+
+PortSpan = Annotated[list[int], AfterValidator(_check_port_range)]
+"""[first, last] of a range of ports, both included; held as a tuple."""
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _touch(one: tuple[int, int], other: tuple[int, int]) -> bool:
+    return one[0] <= other[1] and other[0] <= one[1]
+
+
+def entry_name(table: str, name: str) -> str:
+    """An entry as its TOML table header names it: pools.big-box, pools."a.b"."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return f"{table}.{name}"
+    return f"{table}.{json.dumps(name, ensure_ascii=False)}"
 
 
 # -- the catalog ---------------------------------------------------------------
@@ -300,6 +340,72 @@ class PoolEntry(_Entry):
         DEFAULT_ADVERTISE_HOST,
         description="Host name put in the endpoints handed out from this pool.",
     )
+    mcp_ports: PortSpan | None = Field(
+        None,
+        description=(
+            "[first, last]: the ports its MCP servers are started on. Default: "
+            "the pool's (9000-9099 for default, a block from 10000 for others)."
+        ),
+    )
+    worker_ports: PortSpan | None = Field(
+        None,
+        description=(
+            "[first, last]: the ports its workers get; at least `workers` of "
+            "them. Default: the pool's (from 8000 for default)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ranges_apart(self) -> PoolEntry:
+        mcp, workers = self.mcp_span, self.worker_span
+        if mcp is not None and workers is not None and _touch(mcp, workers):
+            raise PydanticCustomError(
+                "catalog_port_overlap",
+                "mcp_ports: [{first}, {last}] overlaps worker_ports "
+                "[{other_first}, {other_last}]",
+                {
+                    "first": mcp[0],
+                    "last": mcp[1],
+                    "other_first": workers[0],
+                    "other_last": workers[1],
+                },
+            )
+        if (
+            workers is not None
+            and self.workers is not None
+            and workers[1] - workers[0] + 1 < self.workers
+        ):
+            raise PydanticCustomError(
+                "catalog_port_room",
+                "worker_ports: [{first}, {last}] has {count} ports, fewer than "
+                "its {workers} workers",
+                {
+                    "first": workers[0],
+                    "last": workers[1],
+                    "count": workers[1] - workers[0] + 1,
+                    "workers": self.workers,
+                },
+            )
+        return self
+
+    @property
+    def mcp_span(self) -> tuple[int, int] | None:
+        """`mcp_ports` as (first, last), or None."""
+        return (
+            None if self.mcp_ports is None else (self.mcp_ports[0], self.mcp_ports[1])
+        )
+
+    @property
+    def worker_span(self) -> tuple[int, int] | None:
+        """`worker_ports` as (first, last), or None."""
+        if self.worker_ports is None:
+            return None
+        return self.worker_ports[0], self.worker_ports[1]
+
+    def spans(self) -> list[tuple[str, tuple[int, int]]]:
+        """The ranges this entry gives, by key: [("mcp_ports", (first, last)), ...]."""
+        given = [("mcp_ports", self.mcp_span), ("worker_ports", self.worker_span)]
+        return [(key, span) for key, span in given if span is not None]
 
     def capacity(self, current: Resources) -> Resources | None:
         """The totals this entry sets over `current` (None: it sets none)."""
@@ -373,7 +479,31 @@ class Catalog(_Entry):
                     "most": MAX_OTHER_POOLS,
                 },
             )
+        self._ranges_apart_across_pools()
         return self
+
+    def _ranges_apart_across_pools(self) -> None:
+        seen: list[tuple[str, str, tuple[int, int]]] = []
+        for pool, entry in self.pools.items():
+            for key, span in entry.spans():
+                for other_pool, other_key, other in seen:
+                    if _touch(span, other):
+                        raise PydanticCustomError(
+                            "catalog_port_overlap",
+                            "[{entry}] {key}: [{first}, {last}] overlaps "
+                            "[{other_entry}] {other_key} [{other_first}, {other_last}]",
+                            {
+                                "entry": entry_name("pools", pool),
+                                "key": key,
+                                "first": span[0],
+                                "last": span[1],
+                                "other_entry": entry_name("pools", other_pool),
+                                "other_key": other_key,
+                                "other_first": other[0],
+                                "other_last": other[1],
+                            },
+                        )
+                seen.append((pool, key, span))
 
     @property
     def effective_provisioner(self) -> Provisioner:

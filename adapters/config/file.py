@@ -42,6 +42,7 @@ from allocation_ledger.adapters.config.catalog import (
     McpServerEntry,
     PoolEntry,
     Provisioner,
+    entry_name,
 )
 from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.values import validate_pool_name, validate_server_name
@@ -91,8 +92,10 @@ def parse_catalog(data: Mapping[str, Any], path: str | Path) -> Catalog:
     pools = _entries(data, "pools", PoolEntry, validate_pool_name, path)
     try:
         return Catalog(mcp_servers=servers, pools=pools, provisioner=provisioner)
-    except ValidationError as error:  # the number of pools
+    except ValidationError as error:  # the number of pools, or their ports
         first = error.errors(include_url=False)[0]
+        if first["type"] == "catalog_port_overlap":  # names entry and key itself
+            raise CatalogError(path, None, None, _problem(first)) from None
         raise CatalogError(path, None, "pools", _problem(first)) from None
 
 
@@ -174,21 +177,17 @@ def _entries(
             entries[name] = model.model_validate(fields)
         except ValidationError as error:
             first = error.errors(include_url=False)[0]
-            raise CatalogError(
-                path, entry, _label(first["loc"]), _problem(first)
-            ) from None
+            problem = _problem(first)
+            if first["type"] == "list_type" and first["loc"][0] in _PORT_RANGE_KEYS:
+                got = _show(first.get("input"))
+                problem = f"must be [first, last], two port numbers, got {got}"
+            raise CatalogError(path, entry, _label(first["loc"]), problem) from None
     return entries
-
-
-def entry_name(table: str, name: str) -> str:
-    """An entry as its TOML table header names it: pools.big-box, pools."a.b"."""
-    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        return f"{table}.{name}"
-    return f"{table}.{json.dumps(name, ensure_ascii=False)}"
 
 
 # -- wording ---------------------------------------------------------------------
 
+_PORT_RANGE_KEYS = ("mcp_ports", "worker_ports")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_POSITION = re.compile(r"(.*) \(at line (\d+), column (\d+)\)", re.DOTALL)
 _TOML_END = re.compile(r"(.*) \(at end of document\)", re.DOTALL)

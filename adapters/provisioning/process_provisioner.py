@@ -52,16 +52,17 @@ from allocation_ledger.adapters.provisioning.server_spec import (
 )
 from allocation_ledger.adapters.provisioning.supervision import Key
 from allocation_ledger.adapters.provisioning.supervisor import utc_now
+from allocation_ledger.adapters.provisioning.worker_ports import WorkerPortClaims
 from allocation_ledger.adapters.provisioning.worker_reports import (
     WorkerEvent,
     WorkerInfo,
 )
 from allocation_ledger.adapters.provisioning.workers import WorkerProcesses
-from allocation_ledger.domain.errors import PoolNotFoundError
+from allocation_ledger.domain.errors import LedgerError, PoolNotFoundError
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.server_process import ProcessReport
-from allocation_ledger.domain.values import Resources
+from allocation_ledger.domain.values import AllocationState, Resources
 from allocation_ledger.domain.worker_process import WorkerReport
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class ProcessProvisioner:
         )
         self.worker_grace_seconds = worker_grace_seconds
         self.workers: WorkerProcesses | None = None
+        self._worker_ports: WorkerPortClaims | None = None
         if any(entry.worker_command for entry in catalog.pools.values()):
             self.workers = WorkerProcesses(
                 self.data_dir,
@@ -142,6 +144,9 @@ class ProcessProvisioner:
                 enforce=worker_enforce,
                 now=now,
                 watch_interval_seconds=watch_interval_seconds,
+            )
+            self._worker_ports = WorkerPortClaims(
+                self.workers, self._require_ledger, grace_seconds=worker_grace_seconds
             )
 
     def connect(self, ledger: Ledger) -> None:
@@ -267,7 +272,9 @@ class ProcessProvisioner:
         that cannot be started (not in the catalog any more, or its start
         fails) and that no live allocation uses is recorded stopped in its
         pool, its port free; one in use stays recorded, with its failure in
-        its history. Raises RuntimeError before connect().
+        its history. Workers: adopted, stopped when no live allocation holds
+        them, and started again when gone while their allocation is active
+        (`_start_again`). Raises RuntimeError before connect().
         """
         ledger = self._require_ledger()
         lines = self._reconcile_servers(ledger)
@@ -327,7 +334,36 @@ class ProcessProvisioner:
                 f"worker {event.worker_id} of allocation {event.allocation_id} "
                 f"(pool {event.pool}): pid {event.pid} {what}"
             )
+            if event.kind == "exited" and event.detail.get("cause") == "unknown":
+                lines.append(self._start_again(ledger, event))
         return lines
+
+    def _start_again(self, ledger: Ledger, gone: WorkerEvent) -> str:
+        """Start again a worker of an active allocation whose process was gone
+        at reconciliation (it ended while no ledger watched: the ledger
+        still holds it running). A worker the kernel killed for its memory,
+        or of an allocation not active (a pending one is provisioned again),
+        is left as it is. A line for the log."""
+        where = f"worker {gone.worker_id} of allocation {gone.allocation_id}"
+        try:
+            allocation = ledger.allocation(gone.allocation_id)
+        except LedgerError as error:
+            return f"{where}: not started again ({error})"
+        slots = [w for w in allocation.workers if w.worker_id == gone.worker_id]
+        if allocation.state is not AllocationState.ACTIVE or not slots:
+            return f"{where}: not started again (allocation {allocation.state})"
+        try:
+            self._start_workers(
+                gone.allocation_id,
+                slots,
+                allocation.endpoints.servers,
+                pool=allocation.pool,
+            )
+        except Exception as error:  # noqa: BLE001 - reported, the allocation stays
+            return f"{where}: could not be started again: {error}"
+        info = self.worker_info(gone.worker_id)
+        pid = None if info is None else info.pid
+        return f"{where} (pool {allocation.pool}): started again, pid {pid}"
 
     def runs_workers(self, pool: str) -> bool:
         """Whether the workers of `pool` are processes (it has a worker_command)."""
@@ -409,7 +445,7 @@ class ProcessProvisioner:
     ) -> None:
         """Start each worker (the pool has a worker_command); on a failure,
         stop the ones started for the allocation and raise it."""
-        assert self.workers is not None
+        assert self.workers is not None and self._worker_ports is not None
         entry = self.catalog.pools[pool]
         size = self._worker_size(pool)
         started: list[str] = []
@@ -420,16 +456,24 @@ class ProcessProvisioner:
                     worker_id=slot.worker_id,
                     allocation_id=allocation_id,
                 )
-                self.workers.start(
+                with self._worker_ports.claim(
                     pool=pool,
                     allocation_id=allocation_id,
                     worker_id=slot.worker_id,
                     port=slot.port,
-                    argv=argv,
-                    cpu_millicores=size.cpu_millicores,
-                    memory_mib=size.memory_mib,
-                    mcp_endpoints=endpoints,
-                )
+                ) as ours:
+                    if not ours:  # the allocation ended: its teardown follows
+                        continue
+                    self.workers.start(
+                        pool=pool,
+                        allocation_id=allocation_id,
+                        worker_id=slot.worker_id,
+                        port=slot.port,
+                        argv=argv,
+                        cpu_millicores=size.cpu_millicores,
+                        memory_mib=size.memory_mib,
+                        mcp_endpoints=endpoints,
+                    )
                 started.append(slot.worker_id)
         except Exception:
             self._stop_workers(started)

@@ -233,6 +233,11 @@ def _compare_pool(pool: Pool, capacity: CapacityView) -> list[str]:
         )
     if pool.settings.capacity != capacity.total:
         found.append(f"pool {pool.name!r} aggregate capacity differs from replay")
+    if pool.ports != capacity.ports:
+        found.append(
+            f"pool {pool.name!r} aggregate port ranges {pool.ports} differ from "
+            f"replay {capacity.ports}"
+        )
     servers = {s.name: (s.port, s.references) for s in pool.servers.values()}
     replayed = {s.name: (s.port, s.references) for s in capacity.servers.values()}
     if servers != replayed:

@@ -21,6 +21,7 @@ from allocation_ledger.adapters.storage.event_log import (
     EventDecoder,
     SQLiteNotificationLog,
 )
+from allocation_ledger.adapters.storage.server_lock import ServerLock
 from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
@@ -207,9 +208,20 @@ def _configured_provisioner(
     The process provisioner is closed first when the service closes; its
     processes keep running for the next start to adopt, unless the settings
     ask to stop them (always with the in-memory store, which forgets them).
+    On PostgreSQL the server first takes its lock on the ledger
+    (server_lock.py): exclusive with the process provisioner, shared with
+    the endpoints one; ServerLockError when another server excludes it.
     """
     catalog = settings.catalog
-    if catalog.effective_provisioner != "process":
+    runs_processes = catalog.effective_provisioner == "process"
+    if settings.store == "postgres":
+        lock = ServerLock(
+            settings.postgres_conninfo(),
+            settings.postgres_schema or "public",
+            "exclusive" if runs_processes else "shared",
+        )
+        closers.append(lock.close)
+    if not runs_processes:
         hosts = {name: pool.advertise_host for name, pool in catalog.pools.items()}
         return LocalProvisioner(hosts=hosts)
     processes = ProcessProvisioner(catalog, data_directory(settings), now=clock.now)

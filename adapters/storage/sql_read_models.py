@@ -44,11 +44,12 @@ from allocation_ledger.projections.views import AllocationView, CapacityView
 
 POSITION_KEY = "read_models"
 SCHEMA_KEY = "schema_version"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout of the read-model tables. 1 (no version row): before
 `reserved_at`. 2: `reserved_at`, the moment capacity was reserved, which usage
 counts from. 3: `tenant`, indexed, which a tenant's listing and usage filter
-on. Raise it whenever the tables or their documents change shape."""
+on. 4: each pool's port ranges (`ports`) in its capacity document. Raise it
+whenever the tables or their documents change shape."""
 
 _LIVE = tuple(sorted(s.value for s in LIVE_STATES))
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
@@ -385,10 +386,9 @@ class SQLReadModels:
         least, greatest = self.dialect.least, self.dialect.greatest
         since = max(query.since.timestamp() if query.since else -1e18, -1e18)
         until = query.until.timestamp() if query.until else now.timestamp()
-        held = (
-            f"{greatest}(0, {least}(COALESCE(ended_at, expires_at, ?), ?, ?) "
-            f"- {greatest}(reserved_at, ?))"
-        )
+        end = f"{least}(COALESCE(ended_at, expires_at, ?), ?, ?)"
+        start = f"{greatest}(reserved_at, ?)"
+        held = f"{greatest}(0, {end} - {start})"
         filters, params = self._usage_filters(query)
         statement = (
             "SELECT job_id, pool, "
@@ -396,15 +396,12 @@ class SQLReadModels:
             f"SUM(workers * {held}), SUM(server_count * {held}) "
             "FROM ledger_allocation_view "
             "WHERE reserved_at IS NOT NULL AND reserved_at < ? "
-            f"AND {least}(COALESCE(ended_at, expires_at, ?), ?) > ?"
+            f"AND {end} > {start}"  # held some time in the window
             + filters
             + " GROUP BY job_id, pool"
         )
         window = (now.timestamp(), now.timestamp(), until, since)
-        # Only rows that held capacity inside the window: a lease that ran
-        # out at or before `since` (swept or not) bills nothing there.
-        overlaps = [until, now.timestamp(), now.timestamp(), since]
-        held_params = [*window, *window, *window, *window, *overlaps]
+        held_params = [*window, *window, *window, *window, until, *window]
         counts = (
             "SELECT job_id, pool, state, COUNT(*) FROM ledger_allocation_view "
             "WHERE started_at >= ? AND started_at < ?"

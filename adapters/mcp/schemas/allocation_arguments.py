@@ -66,7 +66,8 @@ McpServersArg = Annotated[
         description=(
             "Names of the MCP servers the job needs, e.g. ['filesystem', 'github'] "
             "(may be empty). A server already running is shared; otherwise it is "
-            f"started on a free port in {MCP_PORT_FIRST}-{MCP_PORT_LAST}. Names: "
+            "started on a free port of the pool's MCP range (get_capacity's "
+            f"mcp_ports; {MCP_PORT_FIRST}-{MCP_PORT_LAST} unless configured). Names: "
             "1-63 lowercase letters, digits, '.', '_' or '-', starting with a "
             f"letter or digit; at most {MAX_SERVERS_PER_REQUEST}, no repeats."
         ),

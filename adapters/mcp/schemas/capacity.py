@@ -26,7 +26,7 @@ from allocation_ledger.adapters.mcp.schemas.units import (
     cores,
 )
 from allocation_ledger.domain.pool_settings import MAX_WORKERS_CAPACITY
-from allocation_ledger.domain.ports import MCP_PORT_FIRST, MCP_PORT_LAST
+from allocation_ledger.domain.ports import free_mcp_ports
 from allocation_ledger.projections.views import CapacityView
 
 CapacityCpuArg = Annotated[
@@ -109,7 +109,21 @@ class CapacityResult(BaseModel):
     )
     pool: str
     mcp_servers: list[McpServerStatus]
-    free_mcp_ports: int
+    free_mcp_ports: int = Field(
+        description="Ports of the pool's MCP range no running or idle server holds."
+    )
+    mcp_ports: tuple[int, int] = Field(
+        description=(
+            "[first, last] (both included): the ports this pool's MCP servers "
+            "are started on, the lowest free first."
+        )
+    )
+    worker_ports: tuple[int, int] = Field(
+        description=(
+            "[first, last] (both included): the ports this pool's workers get, "
+            "the lowest free first."
+        )
+    )
     worker_size: Amounts = Field(description="What one worker costs.")
     idle_timeout_seconds: int = Field(
         description="How long an unused MCP server keeps its port before it stops."
@@ -175,7 +189,9 @@ def capacity_result(view: CapacityView) -> CapacityResult:
             )
             for s in servers
         ],
-        free_mcp_ports=MCP_PORT_LAST - MCP_PORT_FIRST + 1 - len(servers),
+        free_mcp_ports=free_mcp_ports(view.ports, (s.port for s in servers)),
+        mcp_ports=view.ports.mcp,
+        worker_ports=view.ports.workers,
         worker_size=amounts(view.worker_size),
         idle_timeout_seconds=view.idle_timeout_seconds,
         updated_at=view.updated_at,

@@ -144,7 +144,9 @@ class McpServerTools(ToolGroup):
                 restarts = max(restarts, info.restarts)
                 if info.status == "running":
                     status = _recorded_status(server)
-                else:
+                elif not (info.status == "stopped" and status == "failed"):
+                    # (the stop of a server whose process had already failed
+                    # does not hide that it failed)
                     status = _LIVE_STATUS.get(info.status, status)
                 if info.last_exit is not None and last_exit is None:
                     last_exit = LastExit(
