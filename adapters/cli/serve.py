@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import functools
 import ipaddress
-import sys
+import logging
+import socket
 
 import anyio
 
-from allocation_ledger.adapters.cli.console import PROG, fail
+from allocation_ledger.adapters.cli.console import fail
+from allocation_ledger.adapters.cli.server_log import configure_server_log
 from allocation_ledger.adapters.config.apply import apply_catalog
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
-from allocation_ledger.adapters.storage.service import open_service
+from allocation_ledger.adapters.http.listener import listen
+from allocation_ledger.adapters.storage.ledger_file import ledger_location
+from allocation_ledger.adapters.storage.service import DatabaseError, open_service
 from allocation_ledger.domain.errors import LedgerError
+
+logger = logging.getLogger("allocation_ledger.serve")
 
 
 def _is_loopback(host: str) -> bool:
@@ -29,6 +35,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the MCP server until stdin closes (stdio) or it is interrupted (HTTP)."""
     from allocation_ledger.adapters.http.auth import StaticTokenVerifier
 
+    configure_server_log(settings.log_level, args.log_format or settings.log_format)
     verifier: StaticTokenVerifier | None = None
     host = args.host or settings.http_host
     port = args.port if args.port is not None else settings.http_port
@@ -40,10 +47,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             return fail(f"--port must be 1-65535, got {port}", 2)
         if args.no_auth:
             if not _is_loopback(host):
-                print(
-                    f"{PROG}: WARNING: serving without authentication on {host}; "
-                    "anyone who can reach it can allocate and release",
-                    file=sys.stderr,
+                logger.warning(
+                    "serving without authentication on %s; anyone who can "
+                    "reach it can allocate and release",
+                    host,
                 )
         else:
             try:
@@ -57,15 +64,33 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                     "--no-auth to serve without authentication",
                     2,
                 )
+    listener: socket.socket | None = None
+    if args.transport == "http":
+        try:
+            listener = listen(host, port)
+        except OSError as error:
+            return fail(
+                f"cannot listen on {host}:{port}: {error.strerror or error} "
+                f"(is another server using it? choose another with --port or "
+                f"{ENV_PREFIX}HTTP_PORT)",
+                1,
+            )
     try:
         service = open_service(settings)
     except Exception as error:  # noqa: BLE001 - shown to the operator
-        return fail(f"cannot open the ledger: {error}", 2)
+        if listener is not None:
+            listener.close()
+        if isinstance(error, DatabaseError):
+            return fail(str(error), 1)
+        return fail(f"cannot open the ledger {ledger_location(settings)}: {error}", 1)
+    logger.info("ledger: %s %s", settings.store, ledger_location(settings))
     try:
         for change in apply_catalog(service.ledger, settings.catalog):
-            print(f"{PROG}: config: {change}", file=sys.stderr)
+            logger.info("config: %s", change)
     except LedgerError as error:
         service.close()
+        if listener is not None:
+            listener.close()
         return fail(f"cannot apply the catalog of the config file: {error}", 2)
     try:
         if args.transport == "stdio":
@@ -85,13 +110,15 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             auth = (
                 "without authentication" if verifier is None else "with bearer tokens"
             )
-            print(
-                f"{PROG}: serving MCP on http://{host}:{port}{path} {auth}",
-                file=sys.stderr,
-            )
+            logger.info("serving MCP on http://%s:%d%s %s", host, port, path, auth)
             anyio.run(
                 functools.partial(
-                    serve_http, app, host=host, port=port, log_level=settings.log_level
+                    serve_http,
+                    app,
+                    host=host,
+                    port=port,
+                    log_level=settings.log_level,
+                    sock=listener,
                 )
             )
     except KeyboardInterrupt:

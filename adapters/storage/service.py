@@ -21,6 +21,15 @@ from allocation_ledger.adapters.storage.event_log import (
     EventDecoder,
     SQLiteNotificationLog,
 )
+from allocation_ledger.adapters.storage.ledger_file import (
+    DatabaseError,
+    LedgerMissingError,
+    check_ledger_tables,
+    check_sqlite_file,
+    ledger_location,
+    read_only_uri,
+)
+from allocation_ledger.adapters.storage.read_only_models import ReadOnlyReadModels
 from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
@@ -48,9 +57,7 @@ from allocation_ledger.projections.store import (
 logger = logging.getLogger(__name__)
 
 
-class DatabaseError(Exception):
-    """The ledger's database cannot be used; the message says what to do."""
-
+__all__ = ["DatabaseError", "LedgerMissingError"]
 
 EVENTS_TABLE = "allocationledger_events"
 
@@ -65,6 +72,8 @@ class AllocationService:
     read_models: ReadModels
     store: ReadModelStore
     _closers: tuple[Callable[[], None], ...] = ()
+    read_only: bool = False
+    """Opened by `open_reader`: commands would fail; nothing is written."""
 
     def close(self) -> None:
         for close in self._closers:
@@ -87,12 +96,15 @@ def open_service(
     with a DatabaseError that says so, instead of racing to create them.
     Read-model tables of an older layout are replaced and rebuilt from the
     event log before the service is returned (sql_read_models.py).
+
+    A SQLite file may be created, never its directory: a path that cannot
+    be a ledger file raises DatabaseError naming it (ledger_file.py).
     """
     settings = settings or Settings()
     if create_tables is None:
         create_tables = settings.store != "postgres"
     if settings.store == "sqlite":
-        settings.database.parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_file(settings.database, must_exist=False)
     if settings.store == "postgres":
         _check_postgres(settings, initialised=not create_tables)
     extra: dict[str, Any] = {}
@@ -153,6 +165,65 @@ def open_service(
         read_models=ReadModels(projector),
         store=store,
         _closers=tuple(closers),
+    )
+
+
+def open_reader(
+    settings: Settings | None = None, *, clock: Clock | None = None
+) -> AllocationService:
+    """Open an existing ledger for commands that only read (status, history,
+    capacity, verify, export, usage, timeline); never create anything.
+
+    A SQLite file is opened read-only (ledger_file.read_only_uri), its read
+    models as ReadOnlyReadModels keep them, so a backup copy or a file
+    nobody may write can be read and verified. PostgreSQL is opened as
+    `open_service` opens it, which creates no tables there. Raises
+    LedgerMissingError when there is no ledger at the configured place (the
+    in-memory store never keeps one), DatabaseError when what is there
+    cannot be read.
+    """
+    settings = settings or Settings()
+    if settings.store == "memory":
+        raise LedgerMissingError(
+            "memory",
+            "the in-memory store keeps nothing between commands; set "
+            "ALLOCATION_LEDGER_STORE to sqlite or postgres",
+        )
+    if settings.store == "postgres":
+        service = open_service(
+            settings, clock=clock, provisioner=LocalProvisioner(), create_tables=False
+        )
+        service.read_only = True
+        return service
+    shown = ledger_location(settings)
+    check_sqlite_file(settings.database, must_exist=True)
+    uri = read_only_uri(settings.database)
+    check_ledger_tables(uri, shown)
+    env = settings.eventsourcing_env()
+    env["SQLITE_DBNAME"] = uri
+    env["CREATE_TABLE"] = "n"
+    ledger = Ledger(
+        env,
+        clock=clock or SystemClock(),
+        provisioner=LocalProvisioner(),
+        on_clock_behind=log_clock_behind,
+    )
+    store = ReadOnlyReadModels(uri)
+    closers: list[Callable[[], None]] = [ledger.close, store.close]
+    log: NotificationLog = ledger.recorder
+    if SQLiteNotificationLog.supports(ledger.recorder):
+        fast_log = SQLiteNotificationLog(ledger.recorder)
+        closers.append(fast_log.close)
+        log = fast_log
+    projector = Projector(log, EventDecoder(ledger.mapper), store)
+    return AllocationService(
+        settings=settings,
+        ledger=ledger,
+        projector=projector,
+        read_models=ReadModels(projector),
+        store=store,
+        _closers=tuple(closers),
+        read_only=True,
     )
 
 
@@ -230,6 +301,18 @@ def _check_postgres(settings: Settings, *, initialised: bool) -> None:
         raise DatabaseError(msg) from None
     try:
         schema = settings.postgres_schema or "public"
+        if (
+            connection.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+            ).fetchone()
+            is None
+        ):
+            msg = (
+                f"the schema {schema!r} does not exist in the PostgreSQL "
+                f'database at {where}: create it (CREATE SCHEMA "{schema}") '
+                "or set ALLOCATION_LEDGER_POSTGRES_SCHEMA to one that does"
+            )
+            raise DatabaseError(msg)
         row = connection.execute(
             "SELECT to_regclass(%s), to_regclass(%s)",
             (f'"{schema}".{EVENTS_TABLE}', f'"{schema}".ledger_view_position'),
