@@ -17,7 +17,7 @@ from allocation_ledger.adapters.config.catalog import CatalogError
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 
 TOKENS_SHAPE = (
-    'a JSON list such as [{"subject": "ci", "scopes": ["allocate"], '
+    'a JSON list such as [{"subject": "ci", "scopes": ["read", "write"], '
     '"token_sha256": "<64 hex digits>"}]'
 )
 _FIELD = re.compile(r'field "([A-Za-z0-9_]+)"')
@@ -42,10 +42,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if config is not None:
         if not config.is_file():
             what = "is a directory" if config.is_dir() else "does not exist"
-            msg = (
-                f"the config file {config} (named by {named_by}) {what}: "
-                f"fix the path, or unset {named_by}"
+            fix = (
+                "fix the path" if named_by == "--config" else f"fix or unset {named_by}"
             )
+            msg = f"the config file {config} (named by {named_by}) {what}: {fix}"
             raise SettingsProblem(msg)
         overrides["config"] = config
     database: Path | None = getattr(args, "database", None)

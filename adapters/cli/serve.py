@@ -6,6 +6,7 @@ import argparse
 import functools
 import ipaddress
 import logging
+import os
 import socket
 
 import anyio
@@ -70,7 +71,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             listener = listen(host, port)
         except OSError as error:
             return fail(
-                f"cannot listen on {host}:{port}: {error.strerror or error} "
+                f"cannot listen on {host}:{port}: "
+                f"{os.strerror(error.errno) if error.errno else error} "
                 f"(is another server using it? choose another with --port or "
                 f"{ENV_PREFIX}HTTP_PORT)",
                 1,
