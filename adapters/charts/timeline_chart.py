@@ -116,5 +116,8 @@ def _figure(timeline: Timeline, until: datetime | None) -> Figure:
     panels[-1].xaxis.set_major_locator(locator)
     panels[-1].xaxis.set_major_formatter(formatter)
     panels[-1].set_xlabel("time (UTC)")
-    figure.legend(loc="outside lower center", fontsize="small", ncols=4)
+    handles, labels = panels[0].get_legend_handles_labels()  # the same in each
+    figure.legend(
+        handles, labels, loc="outside lower center", fontsize="small", ncols=4
+    )
     return figure

@@ -238,6 +238,7 @@ def _capacity(
     table.title = (
         f"Pool {args.pool!r} at {found.at.isoformat()} (log position {found.position})"
     )
+    table.caption = f"active allocations: {capacity['active_allocations']}"
     console.print(table)
     held = Table(title="Reservations")
     for column in ("allocation", "job", "state", "cpu", "memory", "workers", "servers"):
@@ -253,6 +254,17 @@ def _capacity(
             ", ".join(live["mcp_servers"]) or "-",
         )
     console.print(held)
+    servers = Table(title="MCP servers")
+    for column in ("name", "port", "references", "status"):
+        servers.add_column(column)
+    for server in capacity["mcp_servers"]:
+        servers.add_row(
+            server["name"],
+            str(server["port"]),
+            str(server["references"]),
+            server["status"],
+        )
+    console.print(servers)
     return 0
 
 

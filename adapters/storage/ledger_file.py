@@ -104,9 +104,7 @@ def check_ledger_tables(uri: str, shown: str) -> None:
         msg = f"cannot read the ledger {shown}: {error}"
         raise DatabaseError(msg) from None
     if row is None:
-        raise LedgerMissingError(
-            shown, f"the file has no event log; {DATABASE_HINT}"
-        )
+        raise LedgerMissingError(shown, f"the file has no event log; {DATABASE_HINT}")
 
 
 def ledger_location(settings: Settings) -> str:
