@@ -36,15 +36,17 @@ def run_cli(
     cwd: Path,
     timeout: float = 120,
     stdin: str | None = "",
+    env: dict[str, str] | None = None,
     **settings: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed command with `arguments` in `cwd`; `settings` as
-    for cli_env. Standard input is empty (closed at once) unless given."""
+    """Run the installed command with `arguments` in `cwd`; `settings` (and
+    `env`) as for cli_env. Standard input is empty (closed at once) unless
+    given."""
     assert COMMAND.exists(), f"{COMMAND} is not installed: pip install -e '.[dev]'"
     return subprocess.run(
         [str(COMMAND), *arguments],
         cwd=cwd,
-        env=cli_env(**settings),
+        env=cli_env(**(env or {}), **settings),
         input=stdin,
         capture_output=True,
         text=True,

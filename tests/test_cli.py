@@ -32,6 +32,8 @@ from tests.mcp_support import call
 pytestmark = pytest.mark.slow
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
+COMMANDS = "serve demo status init-db history capacity verify rebuild export usage"
+COMMANDS += " timeline"
 READ_ONLY = (
     ("status",),
     ("history", "alloc-0123456789ab"),
@@ -165,9 +167,7 @@ def test_init_db_creates_the_file_and_says_where(tmp_path: Path) -> None:
 
 
 def test_every_command_takes_database_and_config(tmp_path: Path) -> None:
-    commands = ("serve", "demo", "status", "init-db", "history", "capacity")
-    commands += ("verify", "rebuild", "export", "usage", "timeline")
-    for command in commands:
+    for command in COMMANDS.split():
         helped = run_cli(command, "--help", cwd=tmp_path)
         assert helped.returncode == 0, helped.stderr
         assert "--database PATH" in helped.stdout, command
@@ -183,7 +183,7 @@ def test_database_and_config_choose_the_ledger(
     config.write_text(f'store = "sqlite"\ndatabase = "{written.database}"\n')
 
     def location(*arguments: str, **settings: str) -> Any:
-        completed = run_cli("status", "--json", *arguments, cwd=tmp_path, **settings)
+        completed = run_cli("status", "--json", *arguments, cwd=tmp_path, env=settings)
         assert completed.returncode == 0, completed.stderr
         return json.loads(completed.stdout)["ledger"]
 
