@@ -4,6 +4,7 @@ otherwise; no traceback."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
@@ -90,6 +91,25 @@ def test_a_sqlite_database_that_holds_no_ledger(tmp_path: Path) -> None:
     line = one_line_error(run_cli("verify", "--database", str(other), cwd=tmp_path), 1)
     assert line.startswith(f"allocation-ledger: no ledger at {other} (")
     assert other.read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="Linux only")
+@pytest.mark.parametrize("command", ["status", "serve"])
+def test_a_database_that_cannot_be_read(tmp_path: Path, command: str) -> None:
+    """/proc/self/mem is a file that even root cannot read from its start."""
+    line = one_line_error(
+        run_cli(command, "--database", "/proc/self/mem", cwd=tmp_path), 1
+    )
+    assert line == (
+        "allocation-ledger: cannot read the ledger /proc/self/mem: Input/output error"
+    )
+
+
+def test_a_database_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "ledger.db"
+    os.mkfifo(fifo)
+    line = one_line_error(run_cli("status", "--database", str(fifo), cwd=tmp_path), 1)
+    assert f"{fifo} is not a regular file, so not a ledger" in line
 
 
 @pytest.mark.parametrize("command", ["status", "serve"])

@@ -30,11 +30,11 @@ from allocation_ledger.adapters.storage.ledger_file import (
     check_sqlite_file,
     ledger_location,
 )
+from allocation_ledger.adapters.storage.reader import open_reader
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
     DatabaseError,
     init_database,
-    open_reader,
     open_service,
 )
 from allocation_ledger.domain.errors import LedgerError

@@ -49,8 +49,8 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
     `must_exist`: a command that only reads needs the file
     (LedgerMissingError when there is none); one that may create it needs
     its directory, never creating that. Raises DatabaseError, naming the
-    path, when it is a directory, its directory is missing, it cannot be
-    read, or it is not a SQLite database.
+    path, when it is a directory, its directory is missing, it is not a
+    regular file, it cannot be read, or it is not a SQLite database.
     """
     shown = str(path.absolute())
     if path.is_dir():
@@ -68,6 +68,9 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
             )
             raise DatabaseError(msg)
         return
+    if not path.is_file():  # a FIFO, a device: reading it could block
+        msg = f"{shown} is not a regular file, so not a ledger ({DATABASE_HINT})"
+        raise DatabaseError(msg)
     try:
         with path.open("rb") as file:
             header = file.read(len(SQLITE_HEADER))
