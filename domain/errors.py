@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -25,9 +26,15 @@ class AllocationNotFoundError(LedgerError):
 
 
 class PoolNotFoundError(LedgerError):
-    def __init__(self, pool: str) -> None:
-        super().__init__(f"pool {pool!r} not found")
+    """No pool of that name; with `at`, none existed yet at that moment."""
+
+    def __init__(self, pool: str, at: datetime | None = None) -> None:
+        if at is None:
+            super().__init__(f"pool {pool!r} not found")
+        else:
+            super().__init__(f"pool {pool!r} did not exist at {at.isoformat()}")
         self.pool = pool
+        self.at = at
 
 
 class PoolExistsError(LedgerError):

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from allocation_ledger.adapters.charts.timeline import collect, render_svg
+from allocation_ledger.adapters.charts.timeline import collect
+from allocation_ledger.adapters.charts.timeline_chart import render_chart
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
@@ -219,6 +220,10 @@ def test_timeline_marks_expiries_and_rejections(scripted: Script) -> None:
     assert workers[0] == (scripted.at(0), 2.0, 10.0)  # one point per moment
     assert (scripted.at(100), 6.0, 10.0) in workers
     assert workers[-1] == (scripted.at(600), 0.0, 10.0)
-    svg = render_svg(timeline)
-    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    svg = render_chart(timeline, fmt="svg").decode()
+    assert "<svg" in svg and svg.rstrip().endswith("</svg>")
     assert "Pool default" in svg
+    assert "rejected request" in svg  # the legend names the marks shown
+    assert "lease ran out" in svg
+    png = render_chart(timeline, fmt="png")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")

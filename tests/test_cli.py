@@ -1,54 +1,428 @@
-"""The `allocation-ledger` command line on a SQLite file named by the environment."""
+"""The installed `allocation-ledger` command, run in a directory of its own:
+commands that never invent a ledger, that say which ledger they used, that
+read a file nobody may write, and that agree with the MCP tools."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import stat
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mcp import Client
 
-from allocation_ledger.adapters.cli import main
 from allocation_ledger.adapters.config.settings import Settings
+from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.storage.service import open_service
-from allocation_ledger.domain.values import AllocationState, Resources
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from allocation_ledger.projections.store import ListingQuery
+from tests.cli_support import one_line_error, run_cli
+from tests.mcp_support import call
 from tests.process_support import POOL_MCP_FIRST
+
+pytestmark = pytest.mark.slow
 
 DEMO_PORTS = ("--mcp-ports", f"{POOL_MCP_FIRST}-{POOL_MCP_FIRST + 9}")
 """This test run's own ports for the demo's time server, not 9000 (which a
 run beside it may use)."""
 
+START = datetime(2026, 1, 1, tzinfo=UTC)
+COMMANDS = "serve demo status init-db history capacity verify rebuild export usage"
+COMMANDS += " timeline"
+READ_ONLY = (
+    ("status",),
+    ("history", "alloc-0123456789ab"),
+    ("capacity", "--at", "2026-01-01T00:00:00Z"),
+    ("verify",),
+    ("export",),
+    ("usage",),
+    ("timeline", "--out", "chart.svg"),
+)
+
+
+def tree(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under `directory`: its size, modification time and bytes."""
+    return {
+        str(p.relative_to(directory)): (
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+            p.read_bytes() if p.is_file() else b"",
+        )
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+@dataclass
+class Written:
+    """A ledger file written by the Python API; its read models were never
+    caught up (no query ran), so they lag behind the log."""
+
+    database: Path
+    held: str  # job-a's allocation: 2 workers, still active
+    released: str  # job-b's, released after 30 s
+    refused: str  # job-c's: 50 workers do not fit
+
 
 @pytest.fixture
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "data" / "ledger.db"
-    monkeypatch.chdir(tmp_path)
-    for name in ("STORE", "CONFIG"):
-        monkeypatch.delenv(f"ALLOCATION_LEDGER_{name}", raising=False)
-    monkeypatch.setenv("ALLOCATION_LEDGER_DATABASE", str(path))
-    monkeypatch.setenv("COLUMNS", "200")  # no wrapping in rich's tables
-    return path
+def written(tmp_path: Path) -> Written:
+    database = tmp_path / "ledgers" / "ledger.db"
+    database.parent.mkdir()
+    clock = ManualClock(START)
+    service = open_service(Settings(store="sqlite", database=database), clock=clock)
+    try:
+        ledger = service.ledger
+        held = ledger.request(AllocationRequest("job-a", (), 2))
+        clock.advance(60)
+        done = ledger.request(AllocationRequest("job-b", (), 1))
+        clock.advance(30)
+        ledger.release(done.allocation.allocation_id)
+        clock.advance(10)
+        refused = ledger.request(AllocationRequest("job-c", (), 50))
+        assert service.store.position() == 0  # nothing folded yet
+    finally:
+        service.close()
+    return Written(
+        database,
+        held.allocation.allocation_id,
+        done.allocation.allocation_id,
+        refused.allocation.allocation_id,
+    )
 
 
-def status(capfd: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
-    assert main(["status", "--json"]) == 0
-    printed = capfd.readouterr().out
-    parsed: list[dict[str, object]] = json.loads(printed)
-    return parsed
+@pytest.fixture
+def read_only_copy(written: Written, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the ledger in a directory, both made read-only with chmod."""
+    directory = tmp_path / "backup"
+    directory.mkdir()
+    copy = directory / "ledger.db"
+    shutil.copyfile(written.database, copy)
+    copy.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    directory.chmod(0o555)
+    try:
+        yield copy
+    finally:
+        directory.chmod(0o755)
+        copy.chmod(0o644)
 
 
-def test_demo_then_status_on_the_configured_file(
-    database: Path, capfd: pytest.CaptureFixture[str]
+def test_version_names_the_program_and_its_version(tmp_path: Path) -> None:
+    completed = run_cli("--version", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert (
+        completed.stdout.strip() == f"allocation-ledger {version('allocation-ledger')}"
+    )
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=lambda c: c[0])
+def test_a_read_only_command_without_a_ledger_creates_nothing(
+    tmp_path: Path, command: tuple[str, ...]
 ) -> None:
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    line = one_line_error(run_cli(*command, cwd=empty), 1)
+    expected = empty / "allocation-ledger.db"
+    assert line == (
+        f"allocation-ledger: no ledger at {expected} "
+        "(set ALLOCATION_LEDGER_DATABASE or --database)"
+    )
+    assert list(empty.iterdir()) == []
+
+
+def test_a_typo_in_the_database_path_creates_no_directory(tmp_path: Path) -> None:
+    typo = tmp_path / "some" / "typo" / "x.db"
+    for command in (("status",), ("verify",), ("rebuild",)):
+        line = one_line_error(run_cli(*command, cwd=tmp_path, DATABASE=str(typo)), 1)
+        assert line.endswith(
+            f"no ledger at {typo} (set ALLOCATION_LEDGER_DATABASE or --database)"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command", [("init-db",), ("serve",), ("demo",)], ids=lambda c: c[0]
+)
+def test_commands_that_create_a_ledger_never_create_its_directory(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    missing = tmp_path / "missing" / "ledger.db"
+    completed = run_cli(*command, "--database", str(missing), cwd=tmp_path)
+    line = one_line_error(completed, 1)
+    assert str(missing) in line
+    assert f"its directory {missing.parent} does not exist" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_db_creates_the_file_and_says_where(tmp_path: Path) -> None:
+    completed = run_cli("init-db", "--database", "new.db", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert str(tmp_path / "new.db") in completed.stdout
+    status = run_cli("status", "--json", "--database", "new.db", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["ledger"]["location"] == str(tmp_path / "new.db")
+
+
+def test_every_command_takes_database_and_config(tmp_path: Path) -> None:
+    for command in COMMANDS.split():
+        helped = run_cli(command, "--help", cwd=tmp_path)
+        assert helped.returncode == 0, helped.stderr
+        assert "--database PATH" in helped.stdout, command
+        assert "--config FILE" in helped.stdout, command
+
+
+def test_database_and_config_choose_the_ledger(
+    written: Written, tmp_path: Path
+) -> None:
+    """--database wins over the environment; --config's file names one too."""
+    other = tmp_path / "other.db"
+    config = tmp_path / "ledger.toml"
+    config.write_text(f'store = "sqlite"\ndatabase = "{written.database}"\n')
+
+    def location(*arguments: str, **settings: str) -> Any:
+        completed = run_cli("status", "--json", *arguments, cwd=tmp_path, env=settings)
+        assert completed.returncode == 0, completed.stderr
+        return json.loads(completed.stdout)["ledger"]
+
+    assert location("--database", str(written.database), DATABASE=str(other)) == {
+        "store": "sqlite",
+        "location": str(written.database),
+        "read_only": True,
+    }
+    assert location("--config", str(config))["location"] == str(written.database)
+    assert location(CONFIG=str(config))["location"] == str(written.database)
+    assert not other.exists()
+
+
+def test_status_names_its_ledger_and_counts_in_cores_and_mb(
+    written: Written, tmp_path: Path
+) -> None:
+    shown = run_cli("status", "--database", str(written.database), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    first = shown.stdout.splitlines()[0]
+    assert first == f"ledger: sqlite {written.database} (read-only)"
+    completed = run_cli(
+        "status", "--json", "--database", str(written.database), cwd=tmp_path
+    )
+    assert completed.returncode == 0, completed.stderr
+    pools = json.loads(completed.stdout)["pools"]
+    assert [p["pool"] for p in pools] == ["default"]
+    default = pools[0]
+    # As get_capacity answers: job-a's 2 workers hold 2 cores and 4096 MB.
+    assert (default["total_cpu"], default["total_memory"]) == (16.0, 32768)
+    assert (default["allocated_cpu"], default["allocated_memory"]) == (2.0, 4096)
+    assert default["allocated_workers"] == 2
+    assert default["active_allocations"] == 1
+    assert default["worker_enforcement"] == "reserved slots only"
+
+
+def test_a_read_only_copy_is_inspected_and_verified_untouched(
+    written: Written, read_only_copy: Path
+) -> None:
+    """Its read models lag behind the log, yet every read-only command
+    answers from the whole log, and not a byte beside it changes."""
+    directory = read_only_copy.parent
+    before = tree(directory)
+    at = (START + timedelta(seconds=70)).isoformat()
+    answers: dict[str, Any] = {}
+    for name, arguments in (
+        ("status", ("status", "--json")),
+        ("verify", ("verify", "--json")),
+        ("usage", ("usage", "--json")),
+        ("history", ("history", written.released, "--json")),
+        ("capacity", ("capacity", "--at", at, "--json")),
+    ):
+        completed = run_cli(
+            *arguments, "--database", str(read_only_copy), cwd=directory
+        )
+        assert completed.returncode == 0, completed.stderr
+        answers[name] = json.loads(completed.stdout)
+        assert answers[name]["ledger"]["read_only"] is True
+    exported = run_cli("export", "--database", str(read_only_copy), cwd=directory)
+    assert exported.returncode == 0, exported.stderr
+    assert tree(directory) == before
+
+    report = answers["verify"]
+    assert report["clean"] is True, report
+    assert report["allocations"] == 3
+    assert report["events"] == report["position"] == len(exported.stdout.splitlines())
+    assert answers["status"]["pools"][0]["allocated_workers"] == 2
+    assert {r["job_id"] for r in answers["usage"]["usage"]} == {
+        "job-a",
+        "job-b",
+        "job-c",
+    }
+    assert [e["event"] for e in answers["history"]["events"]] == [
+        "requested",
+        "activated",
+        "release_requested",
+        "released",
+    ]
+    held = answers["capacity"]["reservations"]
+    assert [r["job_id"] for r in held] == ["job-a", "job-b"]
+    assert held[1]["resources"] == {"cpu": 1.0, "memory": 2048, "workers": 1}
+
+
+@pytest.mark.anyio
+async def test_json_answers_are_the_mcp_tools_answers(
+    written: Written, tmp_path: Path
+) -> None:
+    """history, capacity --at and usage print what get_allocation_history,
+    get_capacity and get_usage answer, field for field (cores, MB)."""
+    at = (START + timedelta(seconds=70)).isoformat()
+    until = (START + timedelta(seconds=95)).isoformat()
+    printed: dict[str, Any] = {}
+    for name, arguments in (
+        ("history", ("history", written.released)),
+        ("capacity", ("capacity", "--at", at)),
+        ("usage", ("usage", "--until", until)),
+    ):
+        completed = run_cli(
+            *arguments, "--json", "--database", str(written.database), cwd=tmp_path
+        )
+        assert completed.returncode == 0, completed.stderr
+        printed[name] = json.loads(completed.stdout)
+        del printed[name]["ledger"]
+    for key in ("at", "position", "reservations"):
+        del printed["capacity"][key]
+
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(written.database, copy)
+    # Soon after the events (a server's sweeper would expire job-a later on).
+    clock = ManualClock(START + timedelta(seconds=120))
+    service = open_service(Settings(store="sqlite", database=copy), clock=clock)
+    try:
+        async with Client(stdio_server(service)) as client:
+            told = {
+                "history": await call(
+                    client, "get_allocation_history", allocation_id=written.released
+                ),
+                "capacity": await call(client, "get_capacity", at=at),
+                "usage": await call(client, "get_usage", until=until),
+            }
+    finally:
+        service.close()
+    assert printed == told
+
+
+def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
+    written: Written, tmp_path: Path
+) -> None:
+    database = ("--database", str(written.database))
+    line = one_line_error(
+        run_cli(
+            "usage",
+            "--since",
+            "2026-01-02T00:00:00Z",
+            "--until",
+            "2026-01-01T00:00:00Z",
+            *database,
+            cwd=tmp_path,
+        ),
+        2,
+    )
+    assert line == "allocation-ledger: usage: --since must be before --until"
+    unknown = "allocation-ledger: pool 'nope' not found"
+    usage = run_cli("usage", "--pool", "nope", *database, cwd=tmp_path)
+    assert one_line_error(usage, 1) == unknown
+    timeline = run_cli(
+        "timeline", "--pool", "nope", "--out", "x.svg", *database, cwd=tmp_path
+    )
+    assert one_line_error(timeline, 1) == unknown
+    assert not (tmp_path / "x.svg").exists()
+    before = (START - timedelta(days=1)).isoformat()
+    line = one_line_error(
+        run_cli(
+            "capacity", "--at", before, "--pool", "default", *database, cwd=tmp_path
+        ),
+        1,
+    )
+    assert line == f"allocation-ledger: pool 'default' did not exist at {before}"
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_timeline_writes_a_real_png_or_svg_and_nothing_else(
+    written: Written, tmp_path: Path
+) -> None:
+    database = ("--database", str(written.database))
+    png = run_cli("timeline", "--out", "chart.png", *database, cwd=tmp_path)
+    assert png.returncode == 0, png.stderr
+    assert _png_size((tmp_path / "chart.png").read_bytes()) == (960, 720)
+    assert f"from sqlite {written.database}, read-only" in png.stdout
+    svg = run_cli("timeline", "--out", "chart.svg", *database, cwd=tmp_path)
+    assert svg.returncode == 0, svg.stderr
+    text = (tmp_path / "chart.svg").read_text()
+    assert "<svg" in text and "Pool default" in text and "rejected request" in text
+
+    line = one_line_error(
+        run_cli("timeline", "--out", "chart.jpg", *database, cwd=tmp_path), 2
+    )
+    assert "a chart is written as .svg or .png, not .jpg" in line
+    assert not (tmp_path / "chart.jpg").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "timeline"])
+def test_out_into_a_missing_directory_or_onto_a_directory_is_refused(
+    written: Written, tmp_path: Path, command: str
+) -> None:
+    database = ("--database", str(written.database))
+    missing = tmp_path / "missing" / "out.svg"
+    line = one_line_error(
+        run_cli(command, "--out", str(missing), *database, cwd=tmp_path), 2
+    )
+    assert f"its directory {missing.parent} does not exist" in line
+    line = one_line_error(
+        run_cli(command, "--out", str(tmp_path), *database, cwd=tmp_path), 2
+    )
+    assert f"--out {tmp_path} is a directory" in line
+    assert not missing.parent.exists()
+
+
+def test_export_names_its_ledger_on_stderr(written: Written, tmp_path: Path) -> None:
+    completed = run_cli(
+        "export",
+        "--out",
+        "log.jsonl",
+        "--database",
+        str(written.database),
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr
+    records = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert re.fullmatch(
+        rf"exported {len(records)} events to log.jsonl from sqlite "
+        rf"{re.escape(str(written.database))}, read-only\n",
+        completed.stderr,
+    )
+
+
+def test_demo_then_status_on_the_configured_file(tmp_path: Path) -> None:
     """The demo requests, lists and releases on the file; status shows the result.
 
     The demo's wording may change; what it did is checked in the file.
     """
-    assert main(["demo", *DEMO_PORTS]) == 0
-    out = capfd.readouterr().out
-    assert database.exists()
-    assert str(database.resolve()) in out
+    database = tmp_path / "data" / "ledger.db"
+    database.parent.mkdir()
+    demo = run_cli(
+        "demo", *DEMO_PORTS, cwd=tmp_path, timeout=300, DATABASE=str(database)
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    assert str(database) in out
     printed = set(re.findall(r"alloc-[0-9a-f]{12}", out))
     for word in ("active", "released", "failed"):
         assert word in out
@@ -63,69 +437,27 @@ def test_demo_then_status_on_the_configured_file(
         assert not [r for r in rows if AllocationState(r.state).is_live]
         capacity = service.read_models.capacity()
         assert capacity is not None
-        assert capacity.reserved == Resources()
         servers = sorted(capacity.servers)
     finally:
         service.close()
 
-    pools = status(capfd)
+    status = run_cli("status", "--json", cwd=tmp_path, DATABASE=str(database))
+    assert status.returncode == 0, status.stderr
+    pools = json.loads(status.stdout)["pools"]
     assert [p["pool"] for p in pools] == ["default"]
     default = pools[0]
-    assert default["total"] == {
-        "cpu_millicores": 16_000,
-        "memory_mib": 32_768,
-        "workers": 10,
-    }
-    assert default["reserved"] == {"cpu_millicores": 0, "memory_mib": 0, "workers": 0}
-    assert default["live_allocations"] == 0
-    listed = default["servers"]
-    assert isinstance(listed, list)
-    assert sorted(s[0] for s in listed) == servers
-    assert all(s[2] == 0 for s in listed)  # idle: nobody holds them
+    assert (default["allocated_cpu"], default["allocated_workers"]) == (0.0, 0)
+    assert sorted(s["name"] for s in default["mcp_servers"]) == servers
+    assert all(s["references"] == 0 for s in default["mcp_servers"])
 
-    # Again on the same file: the history grows, nothing is left held.
-    assert main(["demo", *DEMO_PORTS]) == 0
-    capfd.readouterr()
-    service = open_service(Settings(store="sqlite", database=database))
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_ledger_is_named(written: Written, tmp_path: Path) -> None:
+    written.database.chmod(0)
     try:
-        assert len(service.read_models.allocations(ListingQuery())) == 2 * len(rows)
+        line = one_line_error(
+            run_cli("status", "--database", str(written.database), cwd=tmp_path), 1
+        )
     finally:
-        service.close()
-    assert status(capfd)[0]["reserved"] == default["reserved"]
-
-
-def test_status_on_a_new_file_shows_the_default_pool(
-    database: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    pools = status(capfd)
-    assert len(pools) == 1
-    assert pools[0]["pool"] == "default"
-    assert pools[0]["total"] == {
-        "cpu_millicores": 16_000,
-        "memory_mib": 32_768,
-        "workers": 10,
-    }
-
-
-def test_a_database_that_cannot_be_opened_exits_2_and_says_why(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ALLOCATION_LEDGER_STORE", raising=False)
-    monkeypatch.delenv("ALLOCATION_LEDGER_CONFIG", raising=False)
-    monkeypatch.setenv("ALLOCATION_LEDGER_DATABASE", str(tmp_path))  # a directory
-    assert main(["status", "--json"]) == 2
-    captured = capfd.readouterr()
-    assert captured.out == ""
-    assert "cannot open the ledger" in captured.err
-
-
-def test_an_unknown_command_is_a_usage_error(
-    database: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["frobnicate"])
-    assert exited.value.code == 2
-    assert "invalid choice" in capfd.readouterr().err
+        written.database.chmod(0o644)
+    assert f"cannot read the ledger {written.database}: Permission denied" in line

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.domain.errors import LedgerBusyError
+from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
@@ -84,6 +86,16 @@ class GatedInstantProvisioner(GatedProvisioner):
     the ledger meanwhile."""
 
     instant = True
+
+    def instant_endpoints(
+        self,
+        allocation_id: str,
+        workers: Sequence[WorkerSlot],
+        servers: Sequence[ServerSlot],
+        *,
+        pool: str,
+    ) -> Endpoints | None:
+        return self.provision(allocation_id, workers, servers, pool=pool)
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])

@@ -74,3 +74,7 @@ async def test_usage_per_job_over_a_period(client: Client, clock: ManualClock) -
     )
     assert backwards.is_error
     assert "since must be before until" in str(backwards.content)
+
+    unknown = await client.call_tool("get_usage", {"pool": "nope"})
+    assert unknown.is_error
+    assert "pool 'nope' not found" in str(unknown.content)

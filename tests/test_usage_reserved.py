@@ -265,7 +265,7 @@ def test_the_usage_command_answers_the_same(
     monkeypatch.setenv("ALLOCATION_LEDGER_DATABASE", str(database))
     until = (start + timedelta(seconds=1000)).isoformat()
     assert main(["usage", "--until", until, "--json"]) == 0
-    rows = {r["job_id"]: r for r in json.loads(capfd.readouterr().out)}
+    rows = {r["job_id"]: r for r in json.loads(capfd.readouterr().out)["usage"]}
     assert figures(rows["A"]) == held(60)
     assert figures(rows["B"]) == ZERO
     assert figures(rows["holder"]) == held(600)

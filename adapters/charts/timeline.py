@@ -1,11 +1,10 @@
-"""A chart of a pool's reserved against total capacity over time, as SVG."""
+"""A pool's reserved against total capacity over time, collected from the
+log (the chart is drawn by timeline_chart.py)."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from html import escape
+from datetime import datetime
 from uuid import UUID
 
 from allocation_ledger.domain.allocation import Allocation
@@ -172,104 +171,3 @@ def _chart(
 
 def _inside(moment: datetime, since: datetime | None) -> bool:
     return since is None or moment >= since
-
-
-WIDTH = 960
-PANEL = 180
-MARGIN_LEFT = 80
-MARGIN_RIGHT = 20
-TOP = 50
-
-
-def render_svg(timeline: Timeline, *, until: datetime | None = None) -> str:
-    """Three panels (CPU, memory, workers): reserved filled, total dashed."""
-    all_points = [p for series in timeline.points.values() for p in series]
-    height = TOP + len(DIMENSIONS) * (PANEL + 40) + 30
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{MARGIN_LEFT}" y="22" font-size="16" font-weight="bold">'
-        f"Pool {escape(timeline.pool)}: reserved vs. total capacity</text>",
-        f'<text x="{MARGIN_LEFT}" y="40" fill="#555">filled: reserved; dashed: '
-        "total; ▼ red: rejected request; ● orange: lease ran out (expired)</text>",
-    ]
-    if not all_points:
-        parts.append(
-            f'<text x="{MARGIN_LEFT}" y="{TOP + 40}">no events for this pool '
-            "in the period</text></svg>"
-        )
-        return "\n".join(parts)
-    start = min(p[0] for p in all_points)
-    end = max([until or start, *(p[0] for p in all_points)])
-    if until is None:
-        end += (end - start) * 0.05  # room to see the last change
-    if end <= start:
-        end = start + timedelta(seconds=1)
-    span = (end - start).total_seconds()
-    plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-
-    def x(moment: datetime) -> float:
-        return MARGIN_LEFT + plot_width * (moment - start).total_seconds() / span
-
-    for index, (dimension, label, _) in enumerate(DIMENSIONS):
-        top = TOP + index * (PANEL + 40) + 20
-        series = timeline.points[dimension]
-        peak = max([1.0, *(max(r, t) for _, r, t in series)]) * 1.1
-
-        def y(value: float, top: int = top, peak: float = peak) -> float:
-            return top + PANEL - PANEL * value / peak
-
-        parts.append(
-            f'<text x="{MARGIN_LEFT}" y="{top - 6}" font-weight="bold">'
-            f"{escape(label)}</text>"
-        )
-        parts.append(
-            f'<rect x="{MARGIN_LEFT}" y="{top}" width="{plot_width}" '
-            f'height="{PANEL}" fill="none" stroke="#ccc"/>'
-        )
-        for fraction in (0.0, 0.5, 1.0):
-            value = peak / 1.1 * fraction
-            parts.append(
-                f'<text x="{MARGIN_LEFT - 6}" y="{y(value) + 4:.1f}" '
-                f'text-anchor="end" fill="#555">{value:g}</text>'
-            )
-        reserved = _steps([(x(t), y(r)) for t, r, _ in series], x(end))
-        area = (
-            f"{reserved} L{x(end):.1f},{y(0):.1f} L{x(series[0][0]):.1f},{y(0):.1f} Z"
-        )
-        parts.append(f'<path d="{area}" fill="#4e79a7" fill-opacity="0.35"/>')
-        parts.append(f'<path d="{reserved}" fill="none" stroke="#4e79a7"/>')
-        total = _steps([(x(t), y(c)) for t, _, c in series], x(end))
-        parts.append(
-            f'<path d="{total}" fill="none" stroke="#333" stroke-dasharray="5,4"/>'
-        )
-        for moment in timeline.rejections:
-            px = x(moment)
-            parts.append(
-                f'<path d="M{px - 4:.1f},{top + 2} L{px + 4:.1f},{top + 2} '
-                f'L{px:.1f},{top + 10} Z" fill="#e15759"/>'
-            )
-        for moment in timeline.expiries:
-            parts.append(
-                f'<circle cx="{x(moment):.1f}" cy="{top + PANEL - 6}" r="4" '
-                'fill="#f28e2b"/>'
-            )
-    axis_y = TOP + len(DIMENSIONS) * (PANEL + 40) + 5
-    for fraction, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
-        moment = start + timedelta(seconds=span * fraction)
-        parts.append(
-            f'<text x="{x(moment):.1f}" y="{axis_y}" text-anchor="{anchor}" '
-            f'fill="#555">{moment.strftime("%Y-%m-%d %H:%M:%S")}</text>'
-        )
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def _steps(points: list[tuple[float, float]], end_x: float) -> str:
-    """A step path: each value holds until the next change."""
-    path = [f"M{points[0][0]:.1f},{points[0][1]:.1f}"]
-    for (_, previous_y), (px, py) in itertools.pairwise(points):
-        path.append(f"L{px:.1f},{previous_y:.1f} L{px:.1f},{py:.1f}")
-    path.append(f"L{end_x:.1f},{points[-1][1]:.1f}")
-    return " ".join(path)

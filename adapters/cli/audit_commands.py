@@ -1,33 +1,40 @@
 """The operator's commands on the history: history, capacity --at, verify,
 rebuild, export, usage, timeline. Each prints a table for people or, with
---json, JSON for machines; long replays show a progress bar on stderr."""
+--json, JSON for machines (cores and MB, as the MCP tools answer, with the
+ledger it read under "ledger"); long replays show a progress bar on stderr.
+
+All but `rebuild` only read: they open an existing ledger read-only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from allocation_ledger.adapters.charts.timeline import collect, render_svg
+from allocation_ledger.adapters.cli import report_commands
+from allocation_ledger.adapters.cli.console import capacity_summary_table
+from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
+from allocation_ledger.adapters.mcp.schemas.capacity import capacity_result
+from allocation_ledger.adapters.mcp.schemas.history import history_result
+from allocation_ledger.adapters.mcp.schemas.units import amounts
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
+from allocation_ledger.domain.errors import AllocationNotFoundError
 from allocation_ledger.domain.pool import DEFAULT_POOL
-from allocation_ledger.domain.values import MILLICORES_PER_CORE
-from allocation_ledger.projections.catchup import Progress as ProgressCallback
-from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
-from allocation_ledger.projections.usage import UsageQuery
 from allocation_ledger.projections.verify import DEFAULT_TIME_TOLERANCE
+from allocation_ledger.projections.views import AllocationView
 
-COMMANDS = ("history", "capacity", "verify", "rebuild", "export", "usage", "timeline")
+READ_ONLY = ("history", "capacity", "verify", "export", "usage", "timeline")
+COMMANDS = (*READ_ONLY, "rebuild")
 
 
 def moment(text: str) -> datetime:
@@ -40,11 +47,18 @@ def moment(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def add_commands(commands: Any) -> None:
-    """Register the audit commands on the command line's subparsers."""
-    history = commands.add_parser(
-        "history",
-        help="every event of an allocation, or of an MCP server's processes",
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Register the audit commands on the command line's subparsers; each
+    takes the `common` options too."""
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[common], **kwargs
+        )
+        return parser
+
+    history = command(
+        "history", help="every event of an allocation, or of an MCP server's processes"
     )
     history.add_argument("allocation_id", nargs="?")
     history.add_argument(
@@ -57,14 +71,14 @@ def add_commands(commands: Any) -> None:
     )
     _json(history)
 
-    capacity = commands.add_parser(
+    capacity = command(
         "capacity", help="a pool's capacity as it was at a moment (replayed)"
     )
     capacity.add_argument("--at", type=moment, required=True, help="ISO 8601 time")
     capacity.add_argument("--pool", default=DEFAULT_POOL)
     _json(capacity)
 
-    verify = commands.add_parser(
+    verify = command(
         "verify", help="replay the log checking every invariant; exit 1 if broken"
     )
     verify.add_argument(
@@ -78,100 +92,127 @@ def add_commands(commands: Any) -> None:
     )
     _json(verify)
 
-    rebuild = commands.add_parser("rebuild", help="drop and replay the read models")
+    rebuild = command("rebuild", help="drop and replay the read models")
     _json(rebuild)
-
-    export = commands.add_parser("export", help="the event log as JSON lines")
-    export.add_argument("--since", type=int, default=0, help="after this position")
-    export.add_argument("--out", type=Path, help="file to write (default: stdout)")
-
-    usage = commands.add_parser("usage", help="accounting per job and pool")
-    usage.add_argument("--job", help="only this job")
-    usage.add_argument("--pool", help="only this pool")
-    usage.add_argument("--since", type=moment, help="from (ISO 8601)")
-    usage.add_argument("--until", type=moment, help="until (ISO 8601; default now)")
-    _json(usage)
-
-    timeline = commands.add_parser(
-        "timeline", help="SVG chart of reserved vs. total capacity over time"
-    )
-    timeline.add_argument("--pool", default=DEFAULT_POOL)
-    timeline.add_argument("--since", type=moment)
-    timeline.add_argument("--until", type=moment)
-    timeline.add_argument("--out", type=Path, required=True, help="the .svg to write")
+    report_commands.add_commands(command, moment)
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-@contextmanager
-def progress_bar(label: str, enabled: bool = True) -> Iterator[ProgressCallback]:
-    """A progress bar on stderr, fed with (position, last position)."""
-    if not enabled:
-        yield lambda done, total: None
-        return
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command's arguments, checked before the
+    ledger is opened (a usage error, exit 2); None when nothing is."""
+    if args.command == "history" and (args.server is None) == (
+        args.allocation_id is None
+    ):
+        return "history: give an allocation id or --server NAME (not both)"
+    return report_commands.check_arguments(args)
 
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=max(total, done))
 
-        yield advance
+Handler = Callable[[argparse.Namespace, AllocationService, Console], int]
 
 
 def run(args: argparse.Namespace, service: AllocationService, console: Console) -> int:
     """Run the audit command `args` names; the exit code."""
-    handlers: dict[str, Callable[[argparse.Namespace, AllocationService, Console], int]]
-    handlers = {
+    handlers: dict[str, Handler] = {
         "history": _history,
         "capacity": _capacity,
         "verify": _verify,
         "rebuild": _rebuild,
-        "export": _export,
-        "usage": _usage,
-        "timeline": _timeline,
+        "export": report_commands.export,
+        "usage": report_commands.usage,
+        "timeline": report_commands.timeline,
     }
     return handlers[args.command](args, service, console)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
 
 
 def _history(
     args: argparse.Namespace, service: AllocationService, console: Console
 ) -> int:
-    if (args.server is None) == (args.allocation_id is None):
-        console.print("history: give an allocation id or --server NAME (not both)")
-        return 2
     if args.server is not None:
-        entries = audit.server_process_history(service, args.pool, args.server)
-        title = f"History of MCP server {args.server} of pool {args.pool}"
-    else:
-        entries = audit.allocation_history(service, args.allocation_id)
-        title = f"History of {args.allocation_id}"
+        return _server_history(args, service, console)
+    events: list[Allocation.Event] = []
+    if is_allocation_id(args.allocation_id):
+        store = service.ledger.repository.event_store
+        for event in store.get(allocation_uuid(args.allocation_id)):
+            if isinstance(event, Allocation.Event):
+                events.append(event)
+    if not events:
+        raise AllocationNotFoundError(args.allocation_id)
+    # What get_allocation_history answers (cpu in cores, memory in MB).
+    history = history_result(args.allocation_id, events).model_dump(mode="json")
     if args.json:
-        _print_json([e.as_dict() for e in entries])
+        print_json(service, history)
         return 0
-    table = Table(title=title)
-    for column in ("#", "time", "event", "actor", "what changed"):
+    table = Table(
+        title=f"History of {args.allocation_id} (job {history['job_id']}, "
+        f"pool {history['pool']})"
+    )
+    for column in ("#", "time", "event", "actor", "state", "what changed"):
         table.add_column(column)
-    for entry in entries:
-        changes = ", ".join(
-            f"{k}={json.dumps(v, separators=(',', ':'))}"
-            for k, v in entry.changes.items()
-        )
+    for event in history["events"]:
         table.add_row(
-            str(entry.version), entry.at.isoformat(), entry.event, entry.actor, changes
+            str(event["version"]),
+            event["at"],
+            event["event"],
+            event["actor"],
+            event["state"],
+            _changes(event["changes"]),
         )
     console.print(table)
     return 0
 
 
-def _cores(millicores: int) -> str:
-    return f"{millicores / MILLICORES_PER_CORE:g}"
+def _server_history(
+    args: argparse.Namespace, service: AllocationService, console: Console
+) -> int:
+    audit.require_pool(service, args.pool)
+    entries = audit.server_process_history(service, args.pool, args.server)
+    if args.json:
+        print_json(
+            service,
+            {
+                "pool": args.pool,
+                "server": args.server,
+                "events": [e.as_dict() for e in entries],
+                "count": len(entries),
+            },
+        )
+        return 0
+    table = Table(title=f"History of MCP server {args.server} of pool {args.pool}")
+    for column in ("#", "time", "event", "actor", "what changed"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            str(entry.version),
+            entry.at.isoformat(),
+            entry.event,
+            entry.actor,
+            _changes(entry.changes),
+        )
+    console.print(table)
+    return 0
+
+
+def _changes(changes: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in changes.items()
+    )
+
+
+def _reservation(view: AllocationView) -> dict[str, Any]:
+    """A live allocation at a past moment, in client units."""
+    return {
+        "allocation_id": view.allocation_id,
+        "job_id": view.job_id,
+        "state": view.state,
+        "priority": view.priority,
+        "tenant": view.tenant,
+        "resources": amounts(view.resources).model_dump(),
+        "mcp_servers": list(view.servers_requested),
+    }
 
 
 def _capacity(
@@ -179,63 +220,49 @@ def _capacity(
 ) -> int:
     with progress_bar("replaying", not args.json) as progress:
         found = audit.capacity_at(service, args.at, args.pool, progress)
+    # What get_capacity answers with `at` (cpu in cores, memory in MB).
+    capacity = capacity_result(found.capacity).model_dump(mode="json")
+    reservations = [_reservation(v) for v in found.live]
     if args.json:
-        _print_json(
-            {
+        print_json(
+            service,
+            capacity
+            | {
                 "at": found.at.isoformat(),
                 "position": found.position,
-                "capacity": capacity_to_dict(found.capacity),
-                "reservations": [allocation_to_dict(v) for v in found.live],
-            }
+                "reservations": reservations,
+            },
         )
         return 0
-    view = found.capacity
-    table = Table(
-        title=f"Pool {view.pool!r} at {found.at.isoformat()} "
-        f"(log position {found.position})"
+    table = capacity_summary_table(capacity)
+    table.title = (
+        f"Pool {args.pool!r} at {found.at.isoformat()} (log position {found.position})"
     )
-    for column in ("", "total", "reserved", "available"):
-        table.add_column(column, justify="right")
-    available = view.available
-    table.add_row(
-        "cpu (cores)",
-        _cores(view.total.cpu_millicores),
-        _cores(view.reserved.cpu_millicores),
-        _cores(available.cpu_millicores),
-    )
-    table.add_row(
-        "memory (MB)",
-        str(view.total.memory_mib),
-        str(view.reserved.memory_mib),
-        str(available.memory_mib),
-    )
-    table.add_row(
-        "workers",
-        str(view.total.workers),
-        str(view.reserved.workers),
-        str(available.workers),
-    )
+    table.caption = f"active allocations: {capacity['active_allocations']}"
     console.print(table)
     held = Table(title="Reservations")
     for column in ("allocation", "job", "state", "cpu", "memory", "workers", "servers"):
         held.add_column(column)
-    for live in found.live:
+    for live in reservations:
         held.add_row(
-            live.allocation_id,
-            live.job_id,
-            live.state,
-            _cores(live.resources.cpu_millicores),
-            str(live.resources.memory_mib),
-            str(live.resources.workers),
-            ", ".join(live.servers_requested) or "-",
+            live["allocation_id"],
+            live["job_id"],
+            live["state"],
+            f"{live['resources']['cpu']:g}",
+            str(live["resources"]["memory"]),
+            str(live["resources"]["workers"]),
+            ", ".join(live["mcp_servers"]) or "-",
         )
     console.print(held)
     servers = Table(title="MCP servers")
     for column in ("name", "port", "references", "status"):
         servers.add_column(column)
-    for server in view.servers.values():
+    for server in capacity["mcp_servers"]:
         servers.add_row(
-            server.name, str(server.port), str(server.references), server.status
+            server["name"],
+            str(server["port"]),
+            str(server["references"]),
+            server["status"],
         )
     console.print(servers)
     return 0
@@ -251,11 +278,14 @@ def _verify(
             time_tolerance=timedelta(seconds=args.time_tolerance),
         )
     if args.json:
-        _print_json(report.as_dict())
+        print_json(service, report.as_dict())
     elif report.clean:
         console.print(
             f"clean: {report.events} events, {report.allocations} allocations, "
-            f"{report.pools} pools checked in {report.seconds:.2f} s"
+            f"{report.pools} pools checked in {report.seconds:.2f} s "
+            f"({ledger_line(service)})",
+            highlight=False,
+            soft_wrap=True,
         )
     else:
         if report.violation is not None:
@@ -268,84 +298,17 @@ def _verify(
 def _rebuild(
     args: argparse.Namespace, service: AllocationService, console: Console
 ) -> int:
-    import time
-
     started = time.perf_counter()
     with progress_bar("rebuilding", not args.json) as progress:
         position = service.projector.rebuild(progress=progress)
     seconds = time.perf_counter() - started
     if args.json:
-        _print_json({"position": position, "seconds": round(seconds, 3)})
+        print_json(service, {"position": position, "seconds": round(seconds, 3)})
     else:
         console.print(
-            f"read models rebuilt up to position {position} in {seconds:.2f} s"
+            f"read models rebuilt up to position {position} in {seconds:.2f} s "
+            f"({ledger_line(service)})",
+            highlight=False,
+            soft_wrap=True,
         )
-    return 0
-
-
-def _export(
-    args: argparse.Namespace, service: AllocationService, console: Console
-) -> int:
-    out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
-    try:
-        for record in audit.export_events(service, args.since):
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
-    finally:
-        if args.out:
-            out.close()
-    return 0
-
-
-def _usage(
-    args: argparse.Namespace, service: AllocationService, console: Console
-) -> int:
-    query = UsageQuery(
-        job_id=args.job, pool=args.pool, since=args.since, until=args.until
-    )
-    rows = audit.usage(service, query)
-    if args.json:
-        _print_json([r.as_dict() for r in rows])
-        return 0
-    table = Table(title="Usage")
-    for column in (
-        "job",
-        "pool",
-        "CPU core-s",
-        "memory MB-s",
-        "worker-s",
-        "MCP server-s",
-        "allocations",
-    ):
-        table.add_column(column, justify="right" if "-s" in column else "left")
-    for row in rows:
-        table.add_row(
-            row.job_id,
-            row.pool,
-            f"{row.cpu_core_seconds:,.1f}",
-            f"{row.memory_mb_seconds:,.0f}",
-            f"{row.worker_seconds:,.1f}",
-            f"{row.mcp_server_seconds:,.1f}",
-            ", ".join(f"{k} {v}" for k, v in sorted(row.allocations.items())),
-        )
-    console.print(table)
-    return 0
-
-
-def _timeline(
-    args: argparse.Namespace, service: AllocationService, console: Console
-) -> int:
-    with progress_bar("replaying") as progress:
-        timeline = collect(
-            service.ledger.recorder,
-            service.projector.decode,
-            args.pool,
-            since=args.since,
-            until=args.until,
-            progress=progress,
-        )
-    args.out.write_text(render_svg(timeline, until=args.until), encoding="utf-8")
-    console.print(
-        f"wrote {args.out} ({len(timeline.rejections)} rejections, "
-        f"{len(timeline.expiries)} expiries marked)"
-    )
     return 0

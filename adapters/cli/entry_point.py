@@ -1,117 +1,78 @@
 """The `allocation-ledger` command line: its parser and `main`, which runs
-serve, demo, status, init-db and the audit commands."""
+serve, demo, status, init-db and the audit commands.
+
+Exit codes: 0 done; 2 the command line or the settings are wrong; 1
+anything else that stopped the command (no ledger, a database that cannot
+be used, a port in use, an unknown allocation or pool). Every failure is
+one line on stderr; --debug shows the traceback of an unexpected one.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from pydantic import ValidationError
 from rich.console import Console
 
 from allocation_ledger.adapters.cli import audit_commands
-from allocation_ledger.adapters.cli.console import PROG, capacity_table, fail
+from allocation_ledger.adapters.cli.configuration import SettingsProblem, load_settings
+from allocation_ledger.adapters.cli.console import PROG, fail
 from allocation_ledger.adapters.cli.demo import run_demo
 from allocation_ledger.adapters.cli.serve import add_metrics_arguments, run_serve
-from allocation_ledger.adapters.config.catalog import CatalogError
+from allocation_ledger.adapters.cli.status_command import run_status
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
 from allocation_ledger.adapters.provisioning.local import LocalProvisioner
+from allocation_ledger.adapters.storage.ledger_file import (
+    check_sqlite_file,
+    ledger_location,
+)
+from allocation_ledger.adapters.storage.reader import open_reader
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
     DatabaseError,
-    data_directory,
     init_database,
     open_service,
 )
 from allocation_ledger.domain.errors import LedgerError
-from allocation_ledger.projections.views import CapacityView
+
+READ_ONLY_COMMANDS = frozenset({"status", *audit_commands.READ_ONLY})
+"""Commands that only read: they open an existing ledger and write nothing."""
 
 
-def _capacity(service: AllocationService) -> CapacityView:
-    view = service.read_models.capacity()
-    assert view is not None
-    return view
-
-
-def worker_enforcement(service: AllocationService, pool: str) -> dict[str, str] | str:
-    """How the pool's workers are held to their size on this machine: the
-    mechanisms (probed as the worker supervisor probes them) when the catalog
-    gives the pool a worker_command, else "reserved slots only"."""
-    settings = service.settings
-    entry = settings.catalog.pools.get(pool)
-    if entry is None or not entry.worker_command:
-        return "reserved slots only"
-    if settings.catalog.effective_provisioner != "process":
-        return "reserved slots only"
-    from allocation_ledger.adapters.provisioning.limits import Limiter, group_name
-
-    limiter = Limiter.detect(group_name(data_directory(settings)))
+def _version() -> str:
     try:
-        return limiter.enforcement.as_dict()
-    finally:
-        limiter.close()
+        return version("allocation-ledger")
+    except PackageNotFoundError:
+        return "unknown"
 
 
-def server_processes(
-    service: AllocationService, view: CapacityView
-) -> list[dict[str, Any]]:
-    """The pool's MCP servers with what happened to their processes (the
-    ServerProcess records): name, port, status, references, pid, restarts."""
-    shown: list[dict[str, Any]] = []
-    for name in sorted(view.servers):
-        server = view.servers[name]
-        record = service.ledger.server_process(view.pool, name)
-        status = "running" if server.references > 0 else "idle"
-        if record is not None and record.status in ("starting", "failed"):
-            status = record.status
-        shown.append(
-            {
-                "name": name,
-                "port": server.port,
-                "status": status,
-                "references": server.references,
-                "pid": None if record is None else record.pid,
-                "restarts": 0 if record is None else record.restarts,
-            }
-        )
-    return shown
-
-
-def run_status(service: AllocationService, console: Console, *, as_json: bool) -> None:
-    """Every pool's capacity, its MCP servers with their process status and
-    its worker enforcement, as tables or (`as_json`) as JSON."""
-    views = service.read_models.capacities() or [_capacity(service)]
-    if as_json:
-        from allocation_ledger.projections.codec import capacity_to_dict
-
-        shown = [
-            capacity_to_dict(v)
-            | {
-                "mcp_server_processes": server_processes(service, v),
-                "worker_enforcement": worker_enforcement(service, v.pool),
-            }
-            for v in views
-        ]
-        print(json.dumps(shown, indent=2, default=str))
-        return
-    for view in views:
-        console.print(capacity_table(view))
-        enforcement = worker_enforcement(service, view.pool)
-        if isinstance(enforcement, dict):
-            said = ", ".join(f"{k}: {v}" for k, v in enforcement.items())
-        else:
-            said = enforcement
-        console.print(f"workers of pool {view.pool!r}: {said}")
-        for server in server_processes(service, view):
-            console.print(
-                f"  MCP server {server['name']} on port {server['port']}: "
-                f"{server['status']}, {server['references']} allocation(s), "
-                f"pid {server['pid'] or '-'}, restarts {server['restarts']}"
-            )
+def common_options() -> argparse.ArgumentParser:
+    """The options every command takes: --database, --config, --debug."""
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("where the ledger is")
+    where.add_argument(
+        "--database",
+        type=Path,
+        metavar="PATH",
+        help=f"the ledger's SQLite file (sets the store to sqlite; default: "
+        f"{ENV_PREFIX}DATABASE, or allocation-ledger.db here)",
+    )
+    where.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"the TOML config file (default: {ENV_PREFIX}CONFIG)",
+    )
+    where.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an unexpected error, show its traceback",
+    )
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,15 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="An event-sourced allocator of workers and MCP servers.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    common = common_options()
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
+        parents=[common],
         help="run the MCP server (stdio by default)",
         description=(
             "Run the MCP server. Over stdio (the default) an MCP client starts "
             "it as a subprocess and every call is recorded as actor 'local'. "
             "Over HTTP it serves streamable HTTP and needs a bearer token from "
-            f"{ENV_PREFIX}TOKENS or {ENV_PREFIX}TOKENS_FILE unless --no-auth."
+            f"{ENV_PREFIX}TOKENS or {ENV_PREFIX}TOKENS_FILE unless --no-auth. "
+            "The ledger's file may be created; its directory must exist."
         ),
     )
     serve.add_argument(
@@ -177,9 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
             "request to any server (several servers on one PostgreSQL ledger)"
         ),
     )
+    serve.add_argument(
+        "--log-format",
+        choices=("plain", "json"),
+        help=(
+            "the log on stderr: plain lines (time, level, logger, message) or "
+            f"one JSON object per line (default: plain, or {ENV_PREFIX}LOG_FORMAT)"
+        ),
+    )
     add_metrics_arguments(serve)
     demo = commands.add_parser(
         "demo",
+        parents=[common],
         help="start the server over stdio and drive it with an MCP client",
     )
     demo.add_argument(
@@ -190,52 +164,75 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: the pool's own, 9000-9099 on a new ledger)"
         ),
     )
-    status = commands.add_parser("status", help="show every pool's capacity")
+    status = commands.add_parser(
+        "status", parents=[common], help="show every pool's capacity"
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     commands.add_parser(
         "init-db",
+        parents=[common],
         help="create the ledger's tables (PostgreSQL: once, before any server)",
     )
-    audit_commands.add_commands(commands)
+    audit_commands.add_commands(commands, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command (`argv`, by default the process's); the exit code."""
+    args = build_parser().parse_args(argv)
     try:
-        return _main(argv)
+        return _main(args)
     except BrokenPipeError:
         # The reader stopped early (`| head`): not an error of ours. Point
         # stdout at /dev/null so the interpreter's final flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as error:
+        if args.debug:
+            raise
+        return fail(
+            f"unexpected error: {type(error).__name__}: {error} "
+            "(run it again with --debug for the traceback)",
+            1,
+        )
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _main(args: argparse.Namespace) -> int:
     try:
-        settings = Settings()
-    except CatalogError as error:
+        settings = load_settings(args)
+    except SettingsProblem as error:
         return fail(str(error), 2)
-    except ValidationError as error:
-        return fail(f"invalid settings: {error}", 2)
     if args.command == "serve":
         return run_serve(args, settings)
     console = Console(stderr=False)
     if args.command == "demo":
+        if settings.store == "sqlite":
+            try:
+                check_sqlite_file(settings.database, must_exist=False)
+            except DatabaseError as error:
+                return fail(str(error), 1)
         return run_demo(settings, console, args.mcp_ports)
     if args.command == "init-db":
         try:
             init_database(settings)
         except DatabaseError as error:
-            return fail(str(error), 2)
-        console.print(f"the {settings.store} ledger's tables are ready")
+            return fail(str(error), 1)
+        console.print(
+            f"the ledger's tables are ready: {settings.store} "
+            f"{ledger_location(settings)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 0
+    problem = audit_commands.check_arguments(args)
+    if problem is not None:
+        return fail(problem, 2)
     try:
-        # These commands read and audit; they never provision.
-        service = open_service(settings, provisioner=LocalProvisioner())
-    except Exception as error:  # noqa: BLE001 - shown to the operator
-        return fail(f"cannot open the ledger: {error}", 2)
+        service = _open(args.command, settings)
+    except DatabaseError as error:
+        return fail(str(error), 1)
     try:
         if args.command in audit_commands.COMMANDS:
             return audit_commands.run(args, service, console)
@@ -245,3 +242,23 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         service.close()
     return 0
+
+
+def _open(command: str, settings: Settings) -> AllocationService:
+    """The ledger for `command`: read-only for the commands that only read;
+    `rebuild` writes read models, but of an existing ledger only.
+
+    Raises DatabaseError (LedgerMissingError when there is none) naming the
+    place, whatever went wrong opening it.
+    """
+    try:
+        if command in READ_ONLY_COMMANDS:
+            return open_reader(settings)
+        open_reader(settings).close()  # it must exist
+        # `rebuild` never provisions: addresses only.
+        return open_service(settings, provisioner=LocalProvisioner())
+    except DatabaseError:
+        raise
+    except Exception as error:
+        msg = f"cannot open the ledger {ledger_location(settings)}: {error}"
+        raise DatabaseError(msg) from error

@@ -6,12 +6,13 @@ import argparse
 import contextlib
 import functools
 import ipaddress
+import logging
 import os
-import sys
+import socket
 
 import anyio
 
-from allocation_ledger.adapters.cli.console import PROG, fail
+from allocation_ledger.adapters.cli.console import fail
 from allocation_ledger.adapters.cli.server_log import configure_server_log
 from allocation_ledger.adapters.config.apply import DEFAULT_FILE_LABEL, apply_catalog
 from allocation_ledger.adapters.config.catalog import CatalogError
@@ -21,8 +22,12 @@ from allocation_ledger.adapters.http.hosts import (
     allowed_origin,
     host_name,
 )
-from allocation_ledger.adapters.storage.service import open_service
+from allocation_ledger.adapters.http.listener import listen
+from allocation_ledger.adapters.storage.ledger_file import ledger_location
+from allocation_ledger.adapters.storage.service import DatabaseError, open_service
 from allocation_ledger.domain.errors import LedgerError
+
+logger = logging.getLogger("allocation_ledger.serve")
 
 
 def _is_loopback(host: str) -> bool:
@@ -45,7 +50,7 @@ def _say_allowed_hosts(host: str, hosts: list[str]) -> None:
             f"; to reach it by another name (a reverse proxy's), set "
             f"{ENV_PREFIX}HTTP_ALLOWED_HOSTS or --allowed-host"
         )
-    print(f"{PROG}: accepting requests addressed to {names}{hint}", file=sys.stderr)
+    logger.info("accepting requests addressed to %s%s", names, hint)
 
 
 def add_metrics_arguments(serve: argparse.ArgumentParser) -> None:
@@ -72,6 +77,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from allocation_ledger.adapters.metrics.exposition import metrics_listener
     from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 
+    configure_server_log(settings.log_level, args.log_format or settings.log_format)
     verifier: StaticTokenVerifier | None = None
     host = args.host or settings.http_host
     port = args.port if args.port is not None else settings.http_port
@@ -90,10 +96,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             return fail(f"--port must be 1-65535, got {port}", 2)
         if args.no_auth:
             if not _is_loopback(host):
-                print(
-                    f"{PROG}: WARNING: serving without authentication on {host}; "
-                    "anyone who can reach it can allocate and release",
-                    file=sys.stderr,
+                logger.warning(
+                    "serving without authentication on %s; anyone who can "
+                    "reach it can allocate and release",
+                    host,
                 )
         else:
             try:
@@ -109,20 +115,40 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 )
     if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
         return fail(f"--metrics-port must be 0-65535, got {args.metrics_port}", 2)
-    configure_server_log(settings.log_level)
+    http_socket: socket.socket | None = None
+    if args.transport == "http":
+        try:
+            http_socket = listen(host, port)
+        except OSError as error:
+            return fail(
+                f"cannot listen on {host}:{port}: "
+                f"{os.strerror(error.errno) if error.errno else error} "
+                f"(is another server using it? choose another with --port or "
+                f"{ENV_PREFIX}HTTP_PORT)",
+                1,
+            )
     try:
         service = open_service(settings)
     except Exception as error:  # noqa: BLE001 - shown to the operator
-        return fail(f"cannot open the ledger: {error}", 2)
+        if http_socket is not None:
+            http_socket.close()
+        if isinstance(error, DatabaseError):
+            return fail(str(error), 1)
+        return fail(f"cannot open the ledger {ledger_location(settings)}: {error}", 1)
+    logger.info("ledger: %s %s", settings.store, ledger_location(settings))
     try:
         config = os.environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_FILE_LABEL
         for change in apply_catalog(service.ledger, settings.catalog, path=config):
-            print(f"{PROG}: config: {change}", file=sys.stderr)
+            logger.info("config: %s", change)
     except CatalogError as error:
         service.close()
+        if http_socket is not None:
+            http_socket.close()
         return fail(str(error), 2)
     except LedgerError as error:
         service.close()
+        if http_socket is not None:
+            http_socket.close()
         return fail(f"cannot apply the catalog of the config file: {error}", 2)
     metrics = LedgerMetrics(service, TOOLS)
     listener = contextlib.ExitStack()
@@ -136,8 +162,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             )
         except OSError as error:
             service.close()
+            if http_socket is not None:
+                http_socket.close()
             return fail(f"cannot serve metrics on {where}: {error}", 2)
-        print(f"{PROG}: serving metrics on {url}", file=sys.stderr)
+        logger.info("serving metrics on %s", url)
     try:
         if args.transport == "stdio":
             from allocation_ledger.adapters.mcp.server import stdio_server
@@ -162,14 +190,16 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             auth = (
                 "without authentication" if verifier is None else "with bearer tokens"
             )
-            print(
-                f"{PROG}: serving MCP on http://{host}:{port}{path} {auth}",
-                file=sys.stderr,
-            )
+            logger.info("serving MCP on http://%s:%d%s %s", host, port, path, auth)
             _say_allowed_hosts(host, hosts)
             anyio.run(
                 functools.partial(
-                    serve_http, app, host=host, port=port, log_level=settings.log_level
+                    serve_http,
+                    app,
+                    host=host,
+                    port=port,
+                    log_level=settings.log_level,
+                    sock=http_socket,
                 )
             )
     except KeyboardInterrupt:

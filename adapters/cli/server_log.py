@@ -1,4 +1,11 @@
-"""The served ledger's log on stderr: short lines, whatever a request sent.
+"""The server's log on stderr, as an operator ships it: short lines,
+whatever a request sent.
+
+`plain`: one line per record, `time level logger: message` (time in UTC,
+ISO 8601, milliseconds); an exception's traceback follows on its own
+indented lines, as Python prints it, never boxed. `json`: one JSON object
+per line, `{"time", "level", "logger", "message"}` and, with an
+exception, `"exception"` (the traceback as one string), for log shippers.
 
 Log records often repeat what a request supplied (a resource URI, a Host
 header, a session id, a path). A client can make those megabytes long, and a
@@ -7,18 +14,24 @@ the event loop, holding every other request) and the operator their disk.
 So every value a record is formatted with is cut to `FIELD_CHARACTERS`, and
 every line of the formatted record (message or traceback) to
 `LINE_CHARACTERS`, with a note of how much was left out.
+
+It is set up before the MCP server is built, so the SDK's own logging
+set-up (rich, boxed tracebacks) finds the root logger configured and
+leaves it alone; uvicorn's loggers propagate to it too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
+LogFormat = Literal["plain", "json"]
 FIELD_CHARACTERS = 200
 LINE_CHARACTERS = 500
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def shorten(text: str, limit: int) -> str:
@@ -72,21 +85,56 @@ class ShortLines(logging.Filter):
         return True
 
 
-def configure_server_log(level: str) -> None:
-    """Send every record at `level` and above to stderr, in short lines.
+def _utc_time(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    The MCP SDK then keeps this handler (it configures logging only when the
-    root logger has none). Calling it again changes only the level.
-    """
-    root = logging.getLogger()
-    root.setLevel(level)
-    if any(isinstance(h, _ServerLogHandler) for h in root.handlers):
-        return
-    handler = _ServerLogHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+
+class PlainFormatter(logging.Formatter):
+    """`2026-11-26T20:00:00.123Z INFO allocation_ledger.x: message`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{_utc_time(record)} {record.levelname} {record.name}: "
+            f"{record.getMessage()}"
+        )
+        trace = _traceback(self, record)
+        if trace:
+            line += "\n" + "\n".join(f"  {part}" for part in trace.splitlines())
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": _utc_time(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        trace = _traceback(self, record)
+        if trace:
+            entry["exception"] = trace
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """The record's traceback (already cut by `ShortLines`), if any."""
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    return record.exc_text or ""
+
+
+def configure_server_log(level: str, log_format: LogFormat = "plain") -> None:
+    """Send every log record at `level` or above to stderr in `log_format`,
+    in short lines (`ShortLines`), replacing any handler the root logger had."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else PlainFormatter())
     handler.addFilter(ShortLines())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
     root.addHandler(handler)
-
-
-class _ServerLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The stderr handler `configure_server_log` installs."""
+    root.setLevel(level)

@@ -127,7 +127,12 @@ class ConfigFileSource(InitSettingsSource):
     """
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
-        keys = [name for name in settings_cls.model_fields if name != CATALOG_FIELD]
+        # `config` names this file: the file cannot name another.
+        keys = [
+            name
+            for name in settings_cls.model_fields
+            if name not in (CATALOG_FIELD, "config")
+        ]
         settings, catalog = split_config(read_config_file(path), path, keys)
         if catalog is not None:
             settings[CATALOG_FIELD] = catalog

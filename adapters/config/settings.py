@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -88,6 +89,20 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of the server's log, written to stderr."
+    )
+    log_format: Literal["plain", "json"] = Field(
+        "plain",
+        description=(
+            "The server's log lines: plain (time, level, logger, message) or "
+            "json (one object per line, for log shippers)."
+        ),
+    )
+    config: Path | None = Field(
+        None,
+        description=(
+            "The TOML file the settings were read from (ALLOCATION_LEDGER_CONFIG "
+            "or --config); environment variables override what it says."
+        ),
     )
     http_host: str = Field(
         "127.0.0.1", description="Address `serve --transport http` listens on."
@@ -216,7 +231,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config = os.environ.get(ENV_PREFIX + "CONFIG")
+        config = None
+        if isinstance(init_settings, InitSettingsSource):
+            config = init_settings.init_kwargs.get("config")
+        config = config or os.environ.get(ENV_PREFIX + "CONFIG")
         if config:
             sources.append(ConfigFileSource(settings_cls, Path(config)))
         return tuple(sources)

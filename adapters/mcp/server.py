@@ -10,6 +10,7 @@ does not fit is not an error but a result with status "failed".
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -263,8 +264,19 @@ def http_app(
     )
 
 
-async def serve_http(app: ASGIApp, *, host: str, port: int, log_level: str) -> None:
-    """Serve `app` with uvicorn until interrupted; uvicorn logs to stderr."""
+async def serve_http(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve `app` with uvicorn until interrupted; uvicorn logs to stderr.
+
+    `sock`: a socket already listening on host:port (adapters/http/listener.py)
+    to serve on, instead of binding one.
+    """
     import uvicorn
 
     config = uvicorn.Config(
@@ -275,4 +287,4 @@ async def serve_http(app: ASGIApp, *, host: str, port: int, log_level: str) -> N
         log_config=None,
         lifespan="on",
     )
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(config).serve(sockets=None if sock is None else [sock])

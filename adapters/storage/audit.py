@@ -79,8 +79,7 @@ def capacity_at(
     )
     capacity = replayed.models.get_capacity(pool)
     if capacity is None:
-        msg = f"{pool} (it did not exist at {at.isoformat()})"
-        raise PoolNotFoundError(msg)
+        raise PoolNotFoundError(pool, at)
     live = [
         view
         for view in replayed.models.all_allocations()
@@ -288,9 +287,20 @@ def _public_name(
     return names[uuid]
 
 
+def require_pool(service: AllocationService, pool: str) -> None:
+    """Raise PoolNotFoundError unless `pool` exists (`default` always does)."""
+    if service.read_models.capacity(pool) is None:
+        raise PoolNotFoundError(pool)
+
+
 def usage(
     service: AllocationService, query: UsageQuery, now: datetime | None = None
 ) -> list[UsageRow]:
-    """What each job held in each pool over the query's period, up to `now`."""
+    """What each job held in each pool over the query's period, up to `now`.
+
+    Raises PoolNotFoundError when the query names a pool that does not exist.
+    """
+    if query.pool is not None:
+        require_pool(service, query.pool)
     service.read_models.catch_up()
     return service.store.usage(query, now or service.ledger.clock.now())

@@ -21,6 +21,11 @@ from allocation_ledger.adapters.storage.event_log import (
     EventDecoder,
     SQLiteNotificationLog,
 )
+from allocation_ledger.adapters.storage.ledger_file import (
+    DatabaseError,
+    LedgerMissingError,
+    check_sqlite_file,
+)
 from allocation_ledger.adapters.storage.server_lock import ServerLock
 from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
@@ -54,8 +59,7 @@ from allocation_ledger.projections.store import (
 logger = logging.getLogger(__name__)
 
 
-class DatabaseError(Exception):
-    """The ledger's database cannot be used; the message says what to do."""
+__all__ = ["DatabaseError", "LedgerMissingError"]
 
 
 @dataclass
@@ -72,6 +76,8 @@ class AllocationService:
     writes: WriteJournal
     probe: StoreProbe
     _closers: tuple[Callable[[], None], ...] = ()
+    read_only: bool = False
+    """Opened by `reader.open_reader`: nothing is written."""
 
     def close(self) -> None:
         for close in self._closers:
@@ -94,12 +100,15 @@ def open_service(
     with a DatabaseError that says so, instead of racing to create them.
     Read-model tables of an older layout are replaced and rebuilt from the
     event log before the service is returned (sql_read_models.py).
+
+    A SQLite file may be created, never its directory: a path that cannot
+    be a ledger file raises DatabaseError naming it (ledger_file.py).
     """
     settings = settings or Settings()
     if create_tables is None:
         create_tables = settings.store != "postgres"
     if settings.store == "sqlite":
-        settings.database.parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_file(settings.database, must_exist=False)
     if settings.store == "postgres":
         _check_postgres(settings, initialised=not create_tables)
     extra: dict[str, Any] = {}
@@ -253,6 +262,18 @@ def _check_postgres(settings: Settings, *, initialised: bool) -> None:
         raise DatabaseError(msg) from None
     try:
         schema = settings.postgres_schema or "public"
+        if (
+            connection.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+            ).fetchone()
+            is None
+        ):
+            msg = (
+                f"the schema {schema!r} does not exist in the PostgreSQL "
+                f'database at {where}: create it (CREATE SCHEMA "{schema}") '
+                "or set ALLOCATION_LEDGER_POSTGRES_SCHEMA to one that does"
+            )
+            raise DatabaseError(msg)
         row = connection.execute(
             "SELECT to_regclass(%s), to_regclass(%s)",
             (f'"{schema}".{EVENTS_TABLE}', f'"{schema}".ledger_view_position'),

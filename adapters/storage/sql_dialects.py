@@ -35,9 +35,10 @@ class Dialect(Protocol):
 class SQLiteDialect:
     """A SQLite file, in WAL mode; a write transaction takes the lock at once."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, uri: bool = False) -> None:
+        """`path`: the file, or with `uri` a SQLite URI (`file:...?mode=ro`)."""
         self._connection = sqlite3.connect(
-            path, timeout=30, isolation_level=None, check_same_thread=False
+            path, timeout=30, isolation_level=None, check_same_thread=False, uri=uri
         )
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA busy_timeout=30000")
@@ -73,6 +74,25 @@ class SQLiteDialect:
         finally:
             with self._lock:
                 self._connection.execute(f"PRAGMA synchronous={int(row[0])}")
+
+    def copy_rows(self, uri: str, tables: Sequence[str]) -> None:
+        """Copy every row of `tables` from the SQLite database at `uri` into
+        the same tables here (replacing rows with the same key), in one
+        transaction. This database must have been opened with `uri`."""
+        with self._lock:
+            self._connection.execute("ATTACH DATABASE ? AS source", (uri,))
+            try:
+                self._connection.execute("BEGIN")
+                for table in tables:
+                    self._connection.execute(
+                        f"INSERT OR REPLACE INTO main.{table} "
+                        f"SELECT * FROM source.{table}"
+                    )
+                self._connection.execute("COMMIT")
+            finally:
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                self._connection.execute("DETACH DATABASE source")
 
     least = "MIN"
     greatest = "MAX"

@@ -1,0 +1,192 @@
+"""The commands that report on the history: export (the log as JSON lines),
+usage (the accounting get_usage gives) and timeline (a chart, SVG or PNG).
+
+Their arguments are checked before the ledger is opened, as the MCP tools
+check theirs: --since before --until, and an --out that can be written (a
+file in an existing directory; for a chart, .svg or .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from allocation_ledger.adapters.charts.timeline import collect
+from allocation_ledger.adapters.charts.timeline_chart import (
+    CHART_FORMATS,
+    ChartFormat,
+    render_chart,
+)
+from allocation_ledger.adapters.cli.console import fail
+from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
+from allocation_ledger.adapters.mcp.schemas.usage import UsageResult, UsageRowResult
+from allocation_ledger.adapters.storage import audit
+from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.projections.usage import UsageQuery
+
+
+def add_commands(
+    command: Callable[..., argparse.ArgumentParser],
+    moment: Callable[[str], Any],
+) -> None:
+    """Register export, usage and timeline with `command` (which adds a
+    subcommand with the common options); `moment` parses a time."""
+    export = command("export", help="the event log as JSON lines")
+    export.add_argument("--since", type=int, default=0, help="after this position")
+    export.add_argument("--out", type=Path, help="file to write (default: stdout)")
+
+    usage = command("usage", help="accounting per job and pool")
+    usage.add_argument("--job", help="only this job")
+    usage.add_argument("--pool", help="only this pool")
+    usage.add_argument("--since", type=moment, help="from (ISO 8601)")
+    usage.add_argument("--until", type=moment, help="until (ISO 8601; default now)")
+    usage.add_argument("--json", action="store_true", help="print JSON")
+
+    timeline = command(
+        "timeline", help="chart of reserved vs. total capacity over time (SVG or PNG)"
+    )
+    timeline.add_argument("--pool", default=DEFAULT_POOL)
+    timeline.add_argument("--since", type=moment)
+    timeline.add_argument("--until", type=moment)
+    timeline.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the chart to write: a .svg or .png file",
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments of export, usage or timeline; None
+    when nothing is (or for another command)."""
+    since, until = getattr(args, "since", None), getattr(args, "until", None)
+    if args.command in ("usage", "timeline") and since and until and since >= until:
+        return f"{args.command}: --since must be before --until"
+    out: Path | None = getattr(args, "out", None)
+    if args.command not in ("export", "timeline") or out is None:
+        return None
+    if out.is_dir():
+        return f"--out {out} is a directory: name a file to write"
+    directory = out.absolute().parent
+    if not directory.is_dir():
+        return (
+            f"--out {out}: its directory {directory} does not exist (create it first)"
+        )
+    if args.command == "timeline" and _chart_format(out) is None:
+        suffixes = " or ".join(f".{f}" for f in CHART_FORMATS)
+        given = out.suffix or "a name without a suffix"
+        return f"--out {out}: a chart is written as {suffixes}, not {given}"
+    return None
+
+
+def _chart_format(out: Path) -> ChartFormat | None:
+    for fmt in CHART_FORMATS:
+        if out.suffix.lower() == f".{fmt}":
+            return fmt
+    return None
+
+
+def export(
+    args: argparse.Namespace, service: AllocationService, console: Console
+) -> int:
+    """The log after --since as JSON lines, to --out or stdout; the count and
+    the ledger on stderr."""
+    written = 0
+    try:
+        out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
+    except OSError as error:
+        return fail(f"cannot write {args.out}: {error.strerror or error}", 1)
+    try:
+        for record in audit.export_events(service, args.since):
+            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            written += 1
+    finally:
+        if args.out:
+            out.close()
+    where = f" to {args.out}" if args.out else ""
+    print(
+        f"exported {written} events{where} from {ledger_line(service)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def usage(
+    args: argparse.Namespace, service: AllocationService, console: Console
+) -> int:
+    """What get_usage answers, as a table or (--json) in its shape."""
+    query = UsageQuery(
+        job_id=args.job, pool=args.pool, since=args.since, until=args.until
+    )
+    now = service.ledger.clock.now()
+    rows = audit.usage(service, query, now)
+    if args.json:
+        result = UsageResult(
+            usage=[UsageRowResult.model_validate(r.as_dict()) for r in rows],
+            count=len(rows),
+            since=query.since,
+            until=query.until or now,
+        )
+        print_json(service, result.model_dump(mode="json"))
+        return 0
+    table = Table(title="Usage", caption=f"ledger: {ledger_line(service)}")
+    for column in (
+        "job",
+        "pool",
+        "CPU core-s",
+        "memory MB-s",
+        "worker-s",
+        "MCP server-s",
+        "allocations",
+    ):
+        table.add_column(column, justify="right" if "-s" in column else "left")
+    for row in rows:
+        table.add_row(
+            row.job_id,
+            row.pool,
+            f"{row.cpu_core_seconds:,.1f}",
+            f"{row.memory_mb_seconds:,.0f}",
+            f"{row.worker_seconds:,.1f}",
+            f"{row.mcp_server_seconds:,.1f}",
+            ", ".join(f"{k} {v}" for k, v in sorted(row.allocations.items())),
+        )
+    console.print(table)
+    return 0
+
+
+def timeline(
+    args: argparse.Namespace, service: AllocationService, console: Console
+) -> int:
+    """Chart the pool's reserved and total capacity into --out (.svg, .png)."""
+    fmt = _chart_format(args.out)
+    assert fmt is not None  # check_arguments refused other suffixes
+    audit.require_pool(service, args.pool)
+    with progress_bar("replaying") as progress:
+        found = collect(
+            service.ledger.recorder,
+            service.projector.decode,
+            args.pool,
+            since=args.since,
+            until=args.until,
+            progress=progress,
+        )
+    chart = render_chart(found, fmt=fmt, until=args.until)
+    try:
+        args.out.write_bytes(chart)
+    except OSError as error:
+        return fail(f"cannot write {args.out}: {error.strerror or error}", 1)
+    console.print(
+        f"wrote {args.out} ({fmt.upper()}, {len(found.rejections)} rejections, "
+        f"{len(found.expiries)} expiries marked) from {ledger_line(service)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0

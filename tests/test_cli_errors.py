@@ -1,0 +1,173 @@
+"""Every mistake an operator makes with the installed command gets one line
+naming the thing and the fix, exit 2 for the command line and settings, 1
+otherwise; no traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.cli_support import COMMAND, cli_env, one_line_error, run_cli
+from tests.postgres import DBNAME, HOST, PORT, USER, require_postgres
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
+    completed = run_cli("frobnicate", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert "invalid choice: 'frobnicate'" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize("by", ["environment", "option"])
+def test_a_config_file_that_does_not_exist(tmp_path: Path, by: str) -> None:
+    missing = tmp_path / "ledger.toml"
+    if by == "environment":
+        completed = run_cli("status", cwd=tmp_path, CONFIG=str(missing))
+        named = "ALLOCATION_LEDGER_CONFIG"
+    else:
+        completed = run_cli("status", "--config", str(missing), cwd=tmp_path)
+        named = "--config"
+    line = one_line_error(completed, 2)
+    assert f"the config file {missing} (named by {named}) does not exist" in line
+
+
+def test_malformed_toml_names_the_file_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "ledger.toml"
+    config.write_text('store = "sqlite"\nhttp_port = \n')
+    line = one_line_error(run_cli("status", "--config", str(config), cwd=tmp_path), 2)
+    assert line.startswith(f"allocation-ledger: {config}: invalid TOML at line 2")
+
+
+def test_invalid_json_in_the_tokens_variable(tmp_path: Path) -> None:
+    completed = run_cli("serve", "--transport", "http", cwd=tmp_path, TOKENS="[{")
+    line = one_line_error(completed, 2)
+    assert "ALLOCATION_LEDGER_TOKENS is not valid JSON" in line
+    assert "it takes a JSON list" in line
+
+
+def test_an_invalid_setting_names_its_variable(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("status", cwd=tmp_path, HTTP_PORT="99999"), 2)
+    assert (
+        "ALLOCATION_LEDGER_HTTP_PORT: input should be less than or equal to 65535"
+        in line
+    )
+    assert "got '99999'" in line
+
+
+@pytest.mark.parametrize("command", ["status", "serve"])
+def test_a_database_path_that_is_a_directory(tmp_path: Path, command: str) -> None:
+    line = one_line_error(
+        run_cli(command, "--database", str(tmp_path), cwd=tmp_path), 1
+    )
+    assert line == (
+        f"allocation-ledger: {tmp_path} is a directory, not a ledger file "
+        "(set ALLOCATION_LEDGER_DATABASE or --database to a file)"
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "serve"])
+def test_a_database_that_is_not_sqlite(tmp_path: Path, command: str) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("these are my notes\n")
+    line = one_line_error(run_cli(command, "--database", str(text), cwd=tmp_path), 1)
+    assert f"{text} is not a SQLite database, so not a ledger" in line
+    assert text.read_text() == "these are my notes\n"
+
+
+def test_a_sqlite_database_that_holds_no_ledger(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as connection:
+        connection.execute("CREATE TABLE notes (text)")
+        connection.commit()
+    before = other.read_bytes()
+    line = one_line_error(run_cli("verify", "--database", str(other), cwd=tmp_path), 1)
+    assert line.startswith(f"allocation-ledger: no ledger at {other} (")
+    assert other.read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="Linux only")
+@pytest.mark.parametrize("command", ["status", "serve"])
+def test_a_database_that_cannot_be_read(tmp_path: Path, command: str) -> None:
+    """/proc/self/mem is a file that even root cannot read from its start."""
+    line = one_line_error(
+        run_cli(command, "--database", "/proc/self/mem", cwd=tmp_path), 1
+    )
+    assert line == (
+        "allocation-ledger: cannot read the ledger /proc/self/mem: Input/output error"
+    )
+
+
+def test_a_database_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "ledger.db"
+    os.mkfifo(fifo)
+    line = one_line_error(run_cli("status", "--database", str(fifo), cwd=tmp_path), 1)
+    assert f"{fifo} is not a regular file, so not a ledger" in line
+
+
+@pytest.mark.parametrize("command", ["status", "serve"])
+def test_a_damaged_database_is_named(tmp_path: Path, command: str) -> None:
+    """A file that starts as SQLite but whose pages are garbage."""
+    ledger = tmp_path / "ledger.db"
+    assert run_cli("init-db", "--database", str(ledger), cwd=tmp_path).returncode == 0
+    data = bytearray(ledger.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)
+    ledger.write_bytes(bytes(data))
+    line = one_line_error(run_cli(command, "--database", str(ledger), cwd=tmp_path), 1)
+    assert str(ledger) in line
+    assert "malformed" in line or "not a database" in line
+
+
+@pytest.mark.postgres
+def test_init_db_on_a_postgres_schema_that_does_not_exist(tmp_path: Path) -> None:
+    require_postgres()
+    completed = run_cli(
+        "init-db",
+        cwd=tmp_path,
+        STORE="postgres",
+        POSTGRES_HOST=HOST,
+        POSTGRES_PORT=str(PORT),
+        POSTGRES_USER=USER,
+        POSTGRES_DBNAME=DBNAME,
+        POSTGRES_SCHEMA="no_such_schema_here",
+    )
+    line = one_line_error(completed, 1)
+    assert "the schema 'no_such_schema_here' does not exist" in line
+    assert 'CREATE SCHEMA "no_such_schema_here"' in line
+
+
+def test_a_port_in_use_is_said_before_any_serving_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            [
+                str(COMMAND),
+                "serve",
+                "--transport",
+                "http",
+                "--no-auth",
+                "--port",
+                str(port),
+                "--database",
+                str(tmp_path / "ledger.db"),
+            ],
+            cwd=tmp_path,
+            env=cli_env(LOG_LEVEL="INFO"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    line = one_line_error(completed, 1)
+    assert line == (
+        f"allocation-ledger: cannot listen on 127.0.0.1:{port}: Address already "
+        "in use (is another server using it? choose another with --port or "
+        "ALLOCATION_LEDGER_HTTP_PORT)"
+    )
