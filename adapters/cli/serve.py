@@ -120,6 +120,15 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         try:
             http_socket = listen(host, port)
         except OSError as error:
+            if isinstance(error, socket.gaierror) or (error.errno or 0) < 0:
+                # getaddrinfo's errors are negative: the name did not resolve
+                reason = (error.strerror or str(error)).split(" (while")[0]
+                return fail(
+                    f"cannot listen on {host}:{port}: {host!r} is not an address "
+                    f"of this machine ({reason}); set --host or "
+                    f"{ENV_PREFIX}HTTP_HOST to one",
+                    1,
+                )
             return fail(
                 f"cannot listen on {host}:{port}: "
                 f"{os.strerror(error.errno) if error.errno else error} "
