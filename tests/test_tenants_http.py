@@ -123,6 +123,36 @@ async def test_another_tenants_allocation_answers_exactly_as_one_that_does_not_e
         assert after["timestamps"]["expires_at"] == held["expires_at"]
 
 
+async def test_prompts_show_only_what_the_caller_may_see(
+    served: tuple[str, Path],
+) -> None:
+    """The prompts read as the tools do: another tenant's allocation is as
+    unknown to explain_refusal as to get_allocation (nothing of it, not even
+    its metadata, reaches the text), and size_request shows the caller's
+    own tenant's holdings only."""
+    url, _ = served
+    async with connected(url, A_ONE, BOB) as (alice, bob):
+        held = await request(
+            alice, "a-secret", workers=1, metadata={"api_key": "s3cr3t-A"}
+        )
+        theirs = held["allocation_id"]
+        await request(bob, "b-job", workers=1)
+        with pytest.raises(MCPError) as foreign:
+            await bob.get_prompt("explain_refusal", {"allocation_id": theirs})
+        with pytest.raises(MCPError) as missing:
+            await bob.get_prompt("explain_refusal", {"allocation_id": UNKNOWN})
+        assert foreign.value.code == missing.value.code
+        assert foreign.value.message.replace(theirs, "<id>") == (
+            missing.value.message.replace(UNKNOWN, "<id>")
+        )
+        assert "s3cr3t-A" not in foreign.value.message
+        own = await alice.get_prompt("explain_refusal", {"allocation_id": theirs})
+        assert "s3cr3t-A" in own.messages[0].content.text  # type: ignore[union-attr]
+        sized = await bob.get_prompt("size_request", {"task": "x"})
+        text = sized.messages[0].content.text  # type: ignore[union-attr]
+        assert '"bob"' in text and "team-a" not in text
+
+
 async def test_tokens_of_one_tenant_share_their_allocations(
     served: tuple[str, Path],
 ) -> None:
@@ -236,11 +266,13 @@ async def test_preemption_names_only_what_the_caller_may_see(
         history = await call(bob, "get_allocation_history", allocation_id=victim)
         assert history["events"][-1]["event"] == "preempted"
         assert history["events"][-1]["changes"] == {"preempted_by": None}
+        assert history["events"][-1]["actor"] == "another tenant"  # not a-agent-1
 
         admin_view = await call(ops, "get_allocation", allocation_id=victim)
         assert admin_view["preempted_by"] == preemptor
         history = await call(ops, "get_allocation_history", allocation_id=victim)
         assert history["events"][-1]["changes"] == {"preempted_by": preemptor}
+        assert history["events"][-1]["actor"] == "a-agent-1"
 
 
 # -- request ids belong to their tenant ----------------------------------------

@@ -34,6 +34,7 @@ from allocation_ledger.adapters.mcp.schemas.capacity import CapacityResult
 from allocation_ledger.adapters.mcp.schemas.refusals import Reason
 from allocation_ledger.domain.errors import LedgerError
 from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.tenancy import Visibility
 
 TaskArg = Annotated[
     str,
@@ -77,11 +78,13 @@ CAPACITY_FACTS = (
 )
 
 
-async def _read(access: Access, prompt: str, work: Callable[[], Any]) -> Any:
-    """`work`'s answer, read off the event loop, if the caller may read."""
+async def _read(access: Access, prompt: str, work: Callable[[Visibility], Any]) -> Any:
+    """`work`'s answer, read off the event loop, if the caller may read, as
+    the caller sees it (another tenant's allocation reads as unknown, and
+    other tenants' holdings are left out), exactly as the tools answer."""
     try:
-        access.actor("read", f"the prompt {prompt}")
-        return await anyio.to_thread.run_sync(work)
+        caller = access.caller("read", f"the prompt {prompt}")
+        return await anyio.to_thread.run_sync(work, caller.visibility)
     except (ToolError, LedgerError) as error:
         raise MCPError(code=INVALID_PARAMS, message=str(error)) from error
 
@@ -111,8 +114,8 @@ def register_prompts(
     access: Access,
     catalog: Catalog,
     *,
-    capacity: Callable[[str], CapacityResult],
-    detail: Callable[[str], BaseModel],
+    capacity: Callable[[str, Visibility], CapacityResult],
+    detail: Callable[[str, Visibility], BaseModel],
 ) -> None:
     """The ledger's prompts; `capacity` and `detail` answer as get_capacity
     and get_allocation do (blocking)."""
@@ -122,7 +125,7 @@ def register_prompts(
         """Work out how many workers and which MCP servers a job needs, from
         the pool's capacity now; check it with a dry run, then request it
         with a request_id so a retry is safe."""
-        now = await _read(access, "size_request", lambda: capacity(pool))
+        now = await _read(access, "size_request", lambda seen: capacity(pool, seen))
         return f"""\
 Size a request to the Allocation Ledger for this job, then make it.
 
@@ -149,9 +152,11 @@ was refused, which dimension was short (reason) and what you suggest."""
         """Explain why a request was refused, is queued or was preempted,
         from its recorded reason and its pool as it is now, and the smallest
         change that would let it through."""
-        shown = await _read(access, "explain_refusal", lambda: detail(allocation_id))
+        shown = await _read(
+            access, "explain_refusal", lambda seen: detail(allocation_id, seen)
+        )
         pool = str(getattr(shown, "pool", DEFAULT_POOL))
-        now = await _read(access, "explain_refusal", lambda: capacity(pool))
+        now = await _read(access, "explain_refusal", lambda seen: capacity(pool, seen))
         return f"""\
 Explain to me, in plain words, what became of allocation {allocation_id} and \
 what to do about it.

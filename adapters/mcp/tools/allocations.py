@@ -65,7 +65,7 @@ from allocation_ledger.adapters.storage.store_errors import is_store_error
 from allocation_ledger.domain.errors import PoolNotFoundError, RequestIdConflictError
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.results import RequestResult
-from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
+from allocation_ledger.domain.tenancy import Visibility
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
@@ -382,9 +382,7 @@ class AllocationTools(ToolGroup):
         caller = self._caller("get_allocation")
         return await self._call(lambda: self.detail(allocation_id, caller.visibility))
 
-    def detail(
-        self, allocation_id: str, visibility: Visibility = EVERY_TENANT
-    ) -> AllocationDetail:
+    def detail(self, allocation_id: str, visibility: Visibility) -> AllocationDetail:
         """get_allocation's answer (also the allocation resource) for a
         caller who sees `visibility`; blocking."""
         view = self.read.allocation(allocation_id, visibility)

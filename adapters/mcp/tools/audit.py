@@ -23,8 +23,12 @@ from allocation_ledger.adapters.storage import audit
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError
-from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
+from allocation_ledger.domain.tenancy import Visibility
 from allocation_ledger.projections.usage import UsageQuery
+
+OTHER_TENANT_ACTOR = "another tenant"
+"""The actor shown, without the admin scope, for a preemption by another
+tenant's request (its subject is not shown)."""
 
 
 class AuditTools(ToolGroup):
@@ -49,9 +53,7 @@ class AuditTools(ToolGroup):
         caller = self._caller("get_allocation_history")
         return await self._call(lambda: self.history(allocation_id, caller.visibility))
 
-    def history(
-        self, allocation_id: str, visibility: Visibility = EVERY_TENANT
-    ) -> HistoryResult:
+    def history(self, allocation_id: str, visibility: Visibility) -> HistoryResult:
         """get_allocation_history's answer (also its resource), from the log,
         for a caller who sees `visibility`."""
         events = self._events(allocation_id)
@@ -62,7 +64,10 @@ class AuditTools(ToolGroup):
         for entry in result.events:
             by = entry.changes.get("preempted_by")
             if by is not None and not self._sees(by, visibility):
+                # who preempted it is another tenant's: neither its
+                # allocation nor its token's subject is shown
                 entry.changes["preempted_by"] = None
+                entry.actor = OTHER_TENANT_ACTOR
         return result
 
     def _events(self, allocation_id: str) -> list[Allocation.Event]:

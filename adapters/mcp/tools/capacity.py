@@ -22,7 +22,7 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
 )
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.domain.pool import DEFAULT_POOL
-from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
+from allocation_ledger.domain.tenancy import Visibility
 from allocation_ledger.projections.aggregate_views import capacity_view_of
 
 
@@ -94,9 +94,7 @@ class CapacityTools(ToolGroup):
             )
         )
 
-    def capacity(
-        self, pool: str, visibility: Visibility = EVERY_TENANT
-    ) -> CapacityResult:
+    def capacity(self, pool: str, visibility: Visibility) -> CapacityResult:
         """get_capacity's answer for now (also the pool capacity resource)
         for a caller who sees `visibility`."""
         result = self._enforced(capacity_result(self._capacity_view(pool)))
