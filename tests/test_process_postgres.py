@@ -162,7 +162,7 @@ async def test_only_one_process_server_ever_serves_a_postgres_ledger(
         winner = started[outcomes.index("serving")]
         loser = started[outcomes.index("exited")]
         running.append(winner)
-        assert loser.process.returncode == 2
+        assert loser.process.returncode == 1  # not a usage error
         assert "another ledger server serves this ledger" in loser.errors
         assert f"pid {winner.process.pid} on " in loser.errors  # names the holder
 
@@ -190,7 +190,7 @@ async def test_only_one_process_server_ever_serves_a_postgres_ledger(
             late_env = env(data, ALLOCATION_LEDGER_CONFIG=str(path))
             late = Server(late_env, tmp_path / f"{data}.log")
             assert late.outcome() == "exited", late.errors
-            assert late.process.returncode == 2
+            assert late.process.returncode == 1
             assert f"pid {winner.process.pid} on " in late.errors
         assert bridges(mark) == [bridge]  # none started twice
 

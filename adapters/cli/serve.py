@@ -173,7 +173,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             service.close()
             if http_socket is not None:
                 http_socket.close()
-            return fail(f"cannot serve metrics on {where}: {error}", 2)
+            return fail(f"cannot serve metrics on {where}: {error}", 1)
         logger.info("serving metrics on %s", url)
     try:
         if args.transport == "stdio":
