@@ -22,6 +22,7 @@ from allocation_ledger.domain.pool_settings import (
     PoolSettings,
     costs_from_event,
     costs_to_event,
+    timeouts_to_event,
 )
 from allocation_ledger.domain.pool_state import (
     QueueEntry,
@@ -62,6 +63,8 @@ class Pool(PoolDecisions, Aggregate):
         server_costs: dict[str, Any]
         idle_timeout_seconds: int
         ports: dict[str, int] | None = None
+        # Per MCP server, where the catalog gives one; None in older histories.
+        server_idle_timeouts: dict[str, int] | None = None
 
         def apply(self, aggregate: Pool) -> None:
             aggregate.name = self.name
@@ -71,6 +74,7 @@ class Pool(PoolDecisions, Aggregate):
                 worker_size=Resources.from_dict(self.worker_size),
                 server_costs=costs_from_event(self.server_costs),
                 idle_timeout_seconds=self.idle_timeout_seconds,
+                server_idle_timeouts=self.server_idle_timeouts or None,
             )
 
     class CapacityChanged(Event):
@@ -87,6 +91,8 @@ class Pool(PoolDecisions, Aggregate):
         worker_size: dict[str, int]
         server_costs: dict[str, Any]
         idle_timeout_seconds: int
+        # Per MCP server, where the catalog gives one; None in older histories.
+        server_idle_timeouts: dict[str, int] | None = None
 
         def apply(self, aggregate: Pool) -> None:
             aggregate.settings = replace(
@@ -94,6 +100,7 @@ class Pool(PoolDecisions, Aggregate):
                 worker_size=Resources.from_dict(self.worker_size),
                 server_costs=costs_from_event(self.server_costs),
                 idle_timeout_seconds=self.idle_timeout_seconds,
+                server_idle_timeouts=self.server_idle_timeouts or None,
             )
 
     class PortsChanged(Event):
@@ -300,4 +307,5 @@ class Pool(PoolDecisions, Aggregate):
             server_costs=costs_to_event(settings.server_costs),
             idle_timeout_seconds=settings.idle_timeout_seconds,
             ports=(ports or PortRanges()).as_dict(),
+            server_idle_timeouts=timeouts_to_event(settings.server_idle_timeouts),
         )

@@ -66,6 +66,7 @@ class PoolCommands(UnitOfWorkApplication):
         worker_size: Resources | None = None,
         server_costs: dict[str, Resources] | None = None,
         idle_timeout_seconds: int | None = None,
+        server_idle_timeouts: dict[str, int] | None = None,
         worker_ports: Span | None = None,
         mcp_ports: Span | None = None,
         actor: str = LOCAL_ACTOR,
@@ -98,6 +99,11 @@ class PoolCommands(UnitOfWorkApplication):
                     idle_timeout_seconds
                     if idle_timeout_seconds is not None
                     else base.idle_timeout_seconds
+                ),
+                server_idle_timeouts=(
+                    server_idle_timeouts
+                    if server_idle_timeouts is not None
+                    else base.server_idle_timeouts
                 ),
             )
             validate_settings(settings)

@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, ClassVar
 from eventsourcing.domain import Aggregate
 
 from allocation_ledger.domain.capacity import shortfall
-from allocation_ledger.domain.pool_settings import PoolSettings, costs_to_event
+from allocation_ledger.domain.pool_settings import (
+    PoolSettings,
+    costs_to_event,
+    timeouts_to_event,
+)
 from allocation_ledger.domain.pool_state import (
     QueueEntry,
     Reservation,
@@ -97,6 +101,8 @@ class PoolDecisions(_Aggregate):
             and costs_to_event(settings.server_costs)
             == costs_to_event(current.server_costs)
             and settings.idle_timeout_seconds == current.idle_timeout_seconds
+            and timeouts_to_event(settings.server_idle_timeouts)
+            == timeouts_to_event(current.server_idle_timeouts)
         ):
             return False
         self.trigger_event(
@@ -106,6 +112,7 @@ class PoolDecisions(_Aggregate):
             worker_size=settings.worker_size.as_dict(),
             server_costs=costs_to_event(settings.server_costs),
             idle_timeout_seconds=settings.idle_timeout_seconds,
+            server_idle_timeouts=timeouts_to_event(settings.server_idle_timeouts),
         )
         return True
 
@@ -178,12 +185,15 @@ class PoolDecisions(_Aggregate):
         return due
 
     def idle_servers_due(self, now: datetime) -> list[ServerInstance]:
-        """Idle servers whose idle timeout passed, oldest idle first."""
-        timeout = timedelta(seconds=self.settings.idle_timeout_seconds)
+        """Idle servers whose idle timeout (their own, or the pool's)
+        passed, oldest idle first."""
+        settings = self.settings
         due = [
             s
             for s in self.servers.values()
-            if s.idle_since is not None and s.idle_since + timeout <= now
+            if s.idle_since is not None
+            and s.idle_since + timedelta(seconds=settings.idle_timeout_of(s.name))
+            <= now
         ]
         due.sort(key=lambda s: (s.idle_since or now, s.name))
         return due

@@ -42,13 +42,19 @@ class PoolSettings:
     allocation naming an MCP server is charged for it, by server name (CPU
     and memory only; none configured: free). `idle_timeout_seconds`: how
     long an MCP server no live allocation uses keeps its port before it is
-    stopped.
+    stopped; `server_idle_timeouts`: that time for each server named there
+    (the catalog's `idle_timeout_seconds` per server), the pool's for others.
     """
 
     capacity: Resources = DEFAULT_CAPACITY
     worker_size: Resources = DEFAULT_WORKER_SIZE
     server_costs: Mapping[str, Resources] | None = None
     idle_timeout_seconds: int = DEFAULT_IDLE_TIMEOUT_SECONDS
+    server_idle_timeouts: Mapping[str, int] | None = None
+
+    def idle_timeout_of(self, name: str) -> int:
+        """Seconds MCP server `name` may stay idle before it is stopped."""
+        return (self.server_idle_timeouts or {}).get(name, self.idle_timeout_seconds)
 
     def cost_of_server(self, name: str) -> Resources:
         """What one allocation is charged for using MCP server `name`."""
@@ -71,6 +77,14 @@ class PoolSettings:
 def costs_to_event(costs: Mapping[str, Resources] | None) -> dict[str, Any]:
     """Server costs as the Pool's events store them: by name, in name order."""
     return {name: amount.as_dict() for name, amount in sorted((costs or {}).items())}
+
+
+def timeouts_to_event(timeouts: Mapping[str, int] | None) -> dict[str, int] | None:
+    """Per-server idle timeouts as the Pool's events store them: by name, in
+    name order; None when there are none (as in histories before them)."""
+    if not timeouts:
+        return None
+    return dict(sorted(timeouts.items()))
 
 
 def costs_from_event(costs: Mapping[str, Any]) -> dict[str, Resources]:
@@ -113,6 +127,16 @@ def validate_settings(settings: PoolSettings) -> None:
         if cost.cpu_millicores < 0 or cost.memory_mib < 0 or cost.workers != 0:
             msg = f"cost of MCP server {name!r} must be CPU and memory >= 0, got {cost}"
             raise InvalidRequestError(msg, field="server_costs")
+    for name, seconds in (settings.server_idle_timeouts or {}).items():
+        if isinstance(seconds, bool) or not isinstance(seconds, int):
+            msg = f"idle timeout of MCP server {name!r} must be whole seconds"
+            raise InvalidRequestError(msg, field="idle_timeout_seconds")
+        if not 0 <= seconds <= MAX_IDLE_TIMEOUT_SECONDS:
+            msg = (
+                f"idle timeout of MCP server {name!r} must be between 0 and "
+                f"{MAX_IDLE_TIMEOUT_SECONDS}, got {seconds}"
+            )
+            raise InvalidRequestError(msg, field="idle_timeout_seconds")
     if not 0 <= settings.idle_timeout_seconds <= MAX_IDLE_TIMEOUT_SECONDS:
         msg = (
             f"idle_timeout_seconds must be between 0 and {MAX_IDLE_TIMEOUT_SECONDS}, "

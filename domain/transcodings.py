@@ -131,10 +131,12 @@ class PoolSettingsAsDict(Transcoding):
             "worker_size": obj.worker_size,
             "server_costs": dict(obj.server_costs or {}),
             "idle_timeout_seconds": obj.idle_timeout_seconds,
+            "server_idle_timeouts": dict(obj.server_idle_timeouts or {}),
         }
 
     def decode(self, data: dict[str, Any]) -> PoolSettings:
-        return PoolSettings(**data)
+        timeouts = data.get("server_idle_timeouts") or None  # none: as before them
+        return PoolSettings(**{**data, "server_idle_timeouts": timeouts})
 
 
 class IntSetAsList(Transcoding):

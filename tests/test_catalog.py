@@ -484,17 +484,28 @@ def test_pools_without_servers_leave_costs_and_the_default_pool_alone(
     assert all(e.event.actor == CONFIG_ACTOR for e in stored_events(ledger, position))
 
 
-def test_the_shortest_idle_timeout_of_the_servers_is_the_pools(
+def test_each_server_keeps_its_own_idle_timeout(
     config: Path, ledger_service: AllocationService
 ) -> None:
+    """`a` stays 600 s once idle, `b` 120 s; a name the catalog does not
+    list gets the shortest. Applying the file again writes nothing."""
     ledger = ledger_service.ledger
     text = (
         '[mcp_servers.a]\ncommand = ["a"]\nidle_timeout_seconds = 600\n'
         '[mcp_servers.b]\ncommand = ["b"]\nidle_timeout_seconds = 120\n'
     )
-    apply_catalog(ledger, load(config, text))
-    assert ledger.pool(DEFAULT_POOL).settings.idle_timeout_seconds == 120
-    assert ledger.pool(DEFAULT_POOL).settings.server_costs in (None, {})
+    lines = apply_catalog(ledger, load(config, text))
+    settings = ledger.pool(DEFAULT_POOL).settings
+    assert (settings.idle_timeout_of("a"), settings.idle_timeout_of("b")) == (600, 120)
+    assert settings.idle_timeout_of("unlisted") == settings.idle_timeout_seconds == 120
+    assert settings.server_costs in (None, {})
+    assert lines
+    position = last_position(ledger)
+    assert apply_catalog(ledger, load(config, text)) == []
+    assert last_position(ledger) == position
+    changed = text.replace("= 600", "= 900")
+    [line] = apply_catalog(ledger, load(config, changed))
+    assert "idle timeouts a 600 s, b 120 s -> a 900 s, b 120 s" in line
 
 
 def test_an_empty_catalog_changes_nothing(ledger_service: AllocationService) -> None:

@@ -225,6 +225,20 @@ def test_an_idle_server_stops_after_the_idle_timeout_and_frees_its_port() -> Non
     assert servers == (("jira", 9000, True),)
 
 
+def test_each_idle_server_stops_after_its_own_idle_timeout() -> None:
+    pool = new_pool(
+        PoolSettings(idle_timeout_seconds=300, server_idle_timeouts={"github": 60})
+    )
+    reserve(pool, "alloc-000000000001", servers=("github", "slack"))
+    pool.free("alloc-000000000001", "released", at=at(100), actor="bob")
+    assert pool.stop_idle_servers(at(159), actor="system:sweeper") == []
+    [github] = pool.stop_idle_servers(at(160), actor="system:sweeper")
+    assert github.name == "github"
+    assert pool.stop_idle_servers(at(399), actor="system:sweeper") == []
+    [slack] = pool.stop_idle_servers(at(400), actor="system:sweeper")
+    assert slack.name == "slack"
+
+
 def test_an_idle_server_that_is_used_again_is_not_stopped() -> None:
     pool = new_pool(PoolSettings(idle_timeout_seconds=300))
     reserve(pool, "alloc-000000000001", servers=("github",))

@@ -6,6 +6,7 @@ unchanged file records nothing (docs/provisioning.md, "Catalog").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from allocation_ledger.adapters.config.catalog import (
@@ -36,24 +37,29 @@ def apply_catalog(
 ) -> list[str]:
     """Create or reconfigure the pools the catalog describes; say what changed.
 
-    Each `[pools.NAME]` sets the totals, worker size and port ranges it gives
-    (keys left out keep the pool's value). When the catalog names MCP
-    servers, every listed pool and the default one get exactly the catalog's
-    server costs and the shortest of the servers' idle timeouts (the ledger
-    keeps one idle timeout per pool). Pools not in the file are left as they
-    are. Unchanged values record nothing, so applying the same file again
-    writes no events. Returns one line per pool created or changed, for the
-    log. Raises CatalogError (one line naming `path`, the entry and the key)
-    when the ledger refuses an entry's value, e.g. port ranges that touch
-    another pool's ports; the domain's other LedgerErrors as they are.
-    Nothing of the refused pool is written (pools before it are).
+    Each `[pools.NAME]` sets the totals, worker size and port ranges it gives (keys
+    left out keep the pool's value). When the catalog names MCP servers, every
+    listed pool and the default one get exactly the catalog's server costs and each
+    server's idle timeout (the pool's own, for a name the catalog does not list, is
+    the shortest of them). Pools not in the file are left as they are. Unchanged
+    values record nothing, so applying the same file again writes no events. Returns
+    one line per pool created or changed, for the log. Raises CatalogError (one line
+    naming `path`, the entry and the key) when the ledger refuses an entry's value,
+    e.g. port ranges that touch another pool's ports; the domain's other
+    LedgerErrors as they are. Nothing of the refused pool is written (pools before
+    it are).
     """
     costs: dict[str, Resources] | None = None
     idle: int | None = None
+    idle_each: dict[str, int] | None = None
     names = list(catalog.pools)
     if catalog.mcp_servers:
         costs = catalog.server_costs()
         idle = min(s.idle_timeout_seconds for s in catalog.mcp_servers.values())
+        idle_each = {
+            name: entry.idle_timeout_seconds
+            for name, entry in catalog.mcp_servers.items()
+        }
         if DEFAULT_POOL not in catalog.pools:
             names.insert(0, DEFAULT_POOL)
     changes: list[str] = []
@@ -68,6 +74,7 @@ def apply_catalog(
                 worker_size=entry.worker_size(base.worker_size) if entry else None,
                 server_costs=costs,
                 idle_timeout_seconds=idle,
+                server_idle_timeouts=idle_each,
                 worker_ports=entry.worker_span if entry else None,
                 mcp_ports=entry.mcp_span if entry else None,
                 actor=actor,
@@ -112,6 +119,14 @@ def _settings_text(settings: PoolSettings) -> str:
     )
 
 
+def _timeouts_text(timeouts: Mapping[str, int] | None) -> str:
+    if not timeouts:
+        return "the pool's"
+    return ", ".join(
+        f"{name} {seconds} s" for name, seconds in sorted(timeouts.items())
+    )
+
+
 def _ports_text(ports: PortRanges) -> str:
     return (
         f"workers {ports.worker_first}-{ports.worker_last}, "
@@ -137,6 +152,12 @@ def _describe(name: str, was: Pool | None, result: PoolResult) -> str | None:
     if after.worker_size != before.worker_size:
         old = _amounts(before.worker_size, workers=False)
         said.append(f"worker {old} -> {_amounts(after.worker_size, workers=False)}")
+    if after.server_idle_timeouts != before.server_idle_timeouts:
+        said.append(
+            "idle timeouts "
+            f"{_timeouts_text(before.server_idle_timeouts)} -> "
+            f"{_timeouts_text(after.server_idle_timeouts)}"
+        )
     if after.idle_timeout_seconds != before.idle_timeout_seconds:
         said.append(
             f"idle timeout {before.idle_timeout_seconds} s -> "
