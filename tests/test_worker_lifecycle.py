@@ -262,6 +262,9 @@ def test_a_releasing_allocation_keeps_its_worker_port_until_the_worker_is_gone(
     first = granted(service, job_id="first", workers=1)
     [old] = first.workers
     old_pid = running_pid(service, old.worker_id)
+    # Once it listens it ignores SIGTERM (a SIGTERM before that, while its
+    # Python starts, would end it at once).
+    assert wait_until(lambda: facts_on(old.port) is not None, 15)
     # Its worker ignores SIGTERM: the release waits out the grace period, and
     # the allocation is `releasing`, holding its port, until it is gone.
     releasing = threading.Thread(
