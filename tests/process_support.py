@@ -22,12 +22,18 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from allocation_ledger.adapters.config.apply import apply_catalog
 from allocation_ledger.adapters.config.catalog import Catalog
-from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.adapters.config.settings import Settings
+from allocation_ledger.adapters.provisioning.process_provisioner import (
+    ProcessProvisioner,
+)
+from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.server_process import server_process_uuid
 
 PYTHON = sys.executable
@@ -239,3 +245,44 @@ def process_events(service: AllocationService, name: str) -> list[Any]:
 def kinds(events: list[Any]) -> list[str]:
     """Event class names, in order."""
     return [type(event).__name__ for event in events]
+
+
+OpenProcessLedger = Callable[..., AllocationService]
+
+
+@contextlib.contextmanager
+def process_ledgers(
+    mark: str, directory: Path, clock: Clock | None
+) -> Iterator[OpenProcessLedger]:
+    """Opens ledgers on a SQLite file in `directory` with the process
+    provisioner: `open_(servers, pool=None)` gives a catalog of `servers`
+    (marked as this test's) and POOL `pool`'s keys, applied as `serve` would.
+    `clock`: the ledger's (None: the wall clock). At the end every process a
+    ledger started is stopped and each ledger closed, also if the test failed.
+    """
+    opened: list[AllocationService] = []
+
+    def open_(
+        servers: Mapping[str, Mapping[str, Any]],
+        pool: Mapping[str, Any] | None = None,
+    ) -> AllocationService:
+        entries = catalog(mark, servers, pool=pool)
+        settings = Settings(
+            store="sqlite",
+            database=directory / "ledger.db",
+            data_directory=directory / "data",
+            catalog=entries,
+        )
+        service = open_service(settings, clock=clock)
+        opened.append(service)
+        apply_catalog(service.ledger, entries)
+        return service
+
+    try:
+        yield open_
+    finally:
+        for service in opened:
+            provisioner = service.ledger.provisioner
+            if isinstance(provisioner, ProcessProvisioner):
+                provisioner.close(stop_all=True)
+            service.close()

@@ -11,25 +11,19 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from allocation_ledger.adapters.config.apply import apply_catalog
-from allocation_ledger.adapters.config.settings import Settings
-from allocation_ledger.adapters.provisioning.process_provisioner import (
-    ProcessProvisioner,
-)
-from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from tests.process_support import (
     MARK,
     POOL,
-    catalog,
     kinds,
     marked_processes,
     marking,
     process_events,
+    process_ledgers,
     wait_until,
 )
 
@@ -56,29 +50,8 @@ def mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def open_ledger(mark: str, tmp_path: Path) -> Iterator[OpenLedger]:
     """Opens a ledger on the wall clock (no clock is injected) whose catalog
     names `servers` and gives POOL `pool`'s keys."""
-    opened: list[AllocationService] = []
-
-    def open_(
-        servers: dict[str, dict[str, Any]], pool: dict[str, Any] | None = None
-    ) -> AllocationService:
-        entries = catalog(mark, servers, pool=pool)
-        settings = Settings(
-            store="sqlite",
-            database=tmp_path / "ledger.db",
-            data_directory=tmp_path / "data",
-            catalog=entries,
-        )
-        service = open_service(settings)
-        opened.append(service)
-        apply_catalog(service.ledger, entries)
-        return service
-
-    yield open_
-    for service in opened:
-        provisioner = service.ledger.provisioner
-        if isinstance(provisioner, ProcessProvisioner):
-            provisioner.close(stop_all=True)
-        service.close()
+    with process_ledgers(mark, tmp_path, None) as open_:
+        yield open_
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])

@@ -18,14 +18,9 @@ import anyio.to_thread
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.config.apply import apply_catalog
-from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.server import stdio_server
-from allocation_ledger.adapters.provisioning.process_provisioner import (
-    ProcessProvisioner,
-)
 from allocation_ledger.adapters.storage.audit import verify
-from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
@@ -34,11 +29,11 @@ from tests.process_support import (
     POOL,
     POOL_MCP_FIRST,
     TEST_SERVER,
-    catalog,
     is_alive,
     kinds,
     marking,
     process_events,
+    process_ledgers,
     wait_until,
 )
 
@@ -59,27 +54,8 @@ def mark(tmp_path: Path) -> Iterator[str]:
 def open_ledger(
     mark: str, tmp_path: Path, manual_clock: ManualClock
 ) -> Iterator[OpenLedger]:
-    opened: list[AllocationService] = []
-
-    def open_(servers: dict[str, dict[str, Any]]) -> AllocationService:
-        entries = catalog(mark, servers)
-        settings = Settings(
-            store="sqlite",
-            database=tmp_path / "ledger.db",
-            data_directory=tmp_path / "data",
-            catalog=entries,
-        )
-        service = open_service(settings, clock=manual_clock)
-        opened.append(service)
-        apply_catalog(service.ledger, entries)
-        return service
-
-    yield open_
-    for service in opened:
-        provisioner = service.ledger.provisioner
-        if isinstance(provisioner, ProcessProvisioner):
-            provisioner.close(stop_all=True)
-        service.close()
+    with process_ledgers(mark, tmp_path, manual_clock) as open_:
+        yield open_
 
 
 async def status_of(client: Client, name: str) -> dict[str, Any]:

@@ -21,8 +21,6 @@ import anyio.to_thread
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.config.apply import apply_catalog
-from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.provisioning.data_directory import (
     DataDirectoryBusyError,
@@ -31,7 +29,7 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage.audit import verify
-from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.results import RequestResult
@@ -42,12 +40,12 @@ from tests.process_support import (
     POOL_MCP_FIRST,
     TEST_SERVER,
     TIME_SERVER,
-    catalog,
     is_alive,
     kinds,
     marked_processes,
     marking,
     process_events,
+    process_ledgers,
     refuses_connections,
     wait_until,
 )
@@ -72,27 +70,8 @@ def open_ledger(
 ) -> Iterator[OpenLedger]:
     """Opens a ledger on a SQLite file whose catalog names `servers` (its
     pools made what the catalog says); its processes are stopped at the end."""
-    opened: list[AllocationService] = []
-
-    def open_(servers: dict[str, dict[str, Any]]) -> AllocationService:
-        entries = catalog(mark, servers)
-        settings = Settings(
-            store="sqlite",
-            database=tmp_path / "ledger.db",
-            data_directory=tmp_path / "data",
-            catalog=entries,
-        )
-        service = open_service(settings, clock=manual_clock)
-        opened.append(service)
-        apply_catalog(service.ledger, entries)
-        return service
-
-    yield open_
-    for service in opened:
-        provisioner = service.ledger.provisioner
-        if isinstance(provisioner, ProcessProvisioner):
-            provisioner.close(stop_all=True)
-        service.close()
+    with process_ledgers(mark, tmp_path, manual_clock) as open_:
+        yield open_
 
 
 async def request(client: Client, job_id: str, *servers: str, **more: Any) -> Any:

@@ -22,14 +22,12 @@ import anyio.to_thread
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.config.apply import apply_catalog
-from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage.audit import verify
-from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import AllocationNotFoundError
@@ -41,11 +39,11 @@ from tests.process_support import (
     MARK,
     POOL,
     TEST_SERVER,
-    catalog,
     is_alive,
     kinds,
     marking,
     process_events,
+    process_ledgers,
     wait_until,
 )
 
@@ -90,29 +88,8 @@ def mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def open_ledger(mark: str, tmp_path: Path, clock: TickingClock) -> Iterator[OpenLedger]:
     """Opens a ledger whose catalog names `servers` and gives POOL `pool`'s
     keys; its processes are stopped at the end."""
-    opened: list[AllocationService] = []
-
-    def open_(
-        servers: dict[str, dict[str, Any]], pool: dict[str, Any] | None = None
-    ) -> AllocationService:
-        entries = catalog(mark, servers, pool=pool)
-        settings = Settings(
-            store="sqlite",
-            database=tmp_path / "ledger.db",
-            data_directory=tmp_path / "data",
-            catalog=entries,
-        )
-        service = open_service(settings, clock=clock)
-        opened.append(service)
-        apply_catalog(service.ledger, entries)
-        return service
-
-    yield open_
-    for service in opened:
-        provisioner = service.ledger.provisioner
-        if isinstance(provisioner, ProcessProvisioner):
-            provisioner.close(stop_all=True)
-        service.close()
+    with process_ledgers(mark, tmp_path, clock) as open_:
+        yield open_
 
 
 async def request(client: Client, job_id: str, *servers: str, **more: Any) -> Any:

@@ -21,14 +21,12 @@ from typing import Any
 
 import pytest
 
-from allocation_ledger.adapters.config.apply import apply_catalog
-from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.schemas.refusals import failure_reason
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage.audit import verify
-from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
@@ -40,10 +38,10 @@ from tests.process_support import (
     POOL,
     POOL_WORKER_FIRST,
     TEST_SERVER,
-    catalog,
     is_alive,
     marked_processes,
     marking,
+    process_ledgers,
     refuses_connections,
     wait_until,
 )
@@ -79,29 +77,8 @@ def open_ledger(
 ) -> Iterator[OpenLedger]:
     """Opens a ledger whose catalog names `servers` and gives POOL `pool`'s
     keys; its processes are stopped at the end."""
-    opened: list[AllocationService] = []
-
-    def open_(
-        pool: dict[str, Any], servers: dict[str, dict[str, Any]] | None = None
-    ) -> AllocationService:
-        entries = catalog(mark, servers or {}, pool=pool)
-        settings = Settings(
-            store="sqlite",
-            database=tmp_path / "ledger.db",
-            data_directory=tmp_path / "data",
-            catalog=entries,
-        )
-        service = open_service(settings, clock=manual_clock)
-        opened.append(service)
-        apply_catalog(service.ledger, entries)
-        return service
-
-    yield open_
-    for service in opened:
-        provisioner = service.ledger.provisioner
-        if isinstance(provisioner, ProcessProvisioner):
-            provisioner.close(stop_all=True)
-        service.close()
+    with process_ledgers(mark, tmp_path, manual_clock) as open_:
+        yield lambda pool, servers=None: open_(servers or {}, pool)
 
 
 def provisioner_of(service: AllocationService) -> ProcessProvisioner:

@@ -19,15 +19,13 @@ import anyio.to_thread
 import pytest
 from mcp import Client
 
-from allocation_ledger.adapters.config.apply import apply_catalog
-from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.provisioning.limits import MIB
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage.audit import verify
-from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from allocation_ledger.domain.worker_process import worker_process_uuid
@@ -36,9 +34,9 @@ from tests.process_support import (
     MARK,
     POOL,
     TIME_SERVER,
-    catalog,
     is_alive,
     marking,
+    process_ledgers,
     wait_until,
 )
 
@@ -74,29 +72,8 @@ def open_ledger(
 ) -> Iterator[OpenLedger]:
     """Opens a ledger whose catalog names `servers` and gives POOL `pool`'s
     keys; its processes are stopped at the end."""
-    opened: list[AllocationService] = []
-
-    def open_(
-        servers: dict[str, dict[str, Any]], pool: dict[str, Any]
-    ) -> AllocationService:
-        entries = catalog(mark, servers, pool=pool)
-        settings = Settings(
-            store="sqlite",
-            database=tmp_path / "ledger.db",
-            data_directory=tmp_path / "data",
-            catalog=entries,
-        )
-        service = open_service(settings, clock=manual_clock)
-        opened.append(service)
-        apply_catalog(service.ledger, entries)
-        return service
-
-    yield open_
-    for service in opened:
-        provisioner = service.ledger.provisioner
-        if isinstance(provisioner, ProcessProvisioner):
-            provisioner.close(stop_all=True)
-        service.close()
+    with process_ledgers(mark, tmp_path, manual_clock) as open_:
+        yield open_
 
 
 def provisioner_of(service: AllocationService) -> ProcessProvisioner:
