@@ -84,7 +84,26 @@ def _is_pool_timeout(error: BaseException) -> bool:
     return isinstance(error.__cause__, PoolTimeout)
 
 
-class LedgerPostgresAggregateRecorder(PostgresAggregateRecorder):
+class _ReadsRetriedOnce(PostgresAggregateRecorder):
+    """An aggregate's events read once more if the connection broke."""
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        return _read(
+            lambda: _select_events(
+                self, originator_id, gt=gt, lte=lte, desc=desc, limit=limit
+            )
+        )
+
+
+class LedgerPostgresAggregateRecorder(_ReadsRetriedOnce):
     """The snapshot store: writes tried once, reads once more if broken."""
 
     def insert_events(
@@ -95,23 +114,8 @@ class LedgerPostgresAggregateRecorder(PostgresAggregateRecorder):
         )
         return result
 
-    def select_events(
-        self,
-        originator_id: UUID | str,
-        *,
-        gt: int | None = None,
-        lte: int | None = None,
-        desc: bool = False,
-        limit: int | None = None,
-    ) -> Sequence[StoredEvent]:
-        return _read(
-            lambda: _select_events(
-                self, originator_id, gt=gt, lte=lte, desc=desc, limit=limit
-            )
-        )
 
-
-class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
+class LedgerPostgresApplicationRecorder(_ReadsRetriedOnce, PostgresApplicationRecorder):
     """The event log: writes tried once, reads once more if broken."""
 
     def insert_events(
@@ -121,21 +125,6 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             self, stored_events, **kwargs
         )
         return result
-
-    def select_events(
-        self,
-        originator_id: UUID | str,
-        *,
-        gt: int | None = None,
-        lte: int | None = None,
-        desc: bool = False,
-        limit: int | None = None,
-    ) -> Sequence[StoredEvent]:
-        return _read(
-            lambda: _select_events(
-                self, originator_id, gt=gt, lte=lte, desc=desc, limit=limit
-            )
-        )
 
     def select_notifications(
         self,
