@@ -1,7 +1,7 @@
 """What a running server does on its own: at start, the reconciliation of MCP
 server processes with the ledger (process provisioner only); then the expiry
-sweeper (which also finishes work an interruption left half done) and the
-idle-MCP-server stopper.
+sweeper (which also finishes work an interruption left half done), the
+idle-MCP-server stopper and the change feed (change_feed.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.to_thread
 
+from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
 from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
@@ -50,9 +51,15 @@ class BackgroundWork:
     server; each run, and what it expired or stopped, is counted in
     `metrics`."""
 
-    def __init__(self, service: AllocationService, metrics: LedgerMetrics) -> None:
+    def __init__(
+        self,
+        service: AllocationService,
+        metrics: LedgerMetrics,
+        changes: ChangeFeed | None = None,
+    ) -> None:
         self.service = service
         self.metrics = metrics
+        self.changes = changes
 
     async def sweep(self) -> None:
         """Finish interrupted work, then expire every lease that has run out."""
@@ -73,6 +80,12 @@ class BackgroundWork:
             )
         for error in result.deprovision_errors:
             logger.warning("teardown after expiry failed: %s", error)
+        if resumed or result.expired:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        if self.changes is not None:
+            self.changes.nudge()
 
     async def stop_idle(self) -> None:
         """Stop the MCP servers idle longer than their pool's idle timeout."""
@@ -87,6 +100,8 @@ class BackgroundWork:
             )
         for error in result.errors:
             logger.warning("stopping an idle MCP server failed: %s", error)
+        if result.stopped:
+            self._nudge()
 
     async def reconcile(self) -> None:
         """Make this machine's MCP server processes what the ledger records
@@ -101,11 +116,14 @@ class BackgroundWork:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BackgroundWork]:
         """Reconcile server processes first (before any request is served),
-        then sweep and stop idle servers periodically while the context is
-        open."""
+        then, while the context is open, sweep and stop idle servers
+        periodically and follow the ledger's changes (if given a feed)."""
         settings = self.service.settings
         await self.reconcile()
         async with anyio.create_task_group() as group:
+            if self.changes is not None:
+                await anyio.to_thread.run_sync(self.changes.follower.start_at_end)
+                group.start_soon(self.changes.run)
             group.start_soon(
                 _periodically,
                 "expiry sweep",

@@ -32,6 +32,8 @@ from pydantic import ValidationError
 
 from allocation_ledger.adapters.mcp.argument_errors import argument_problems
 from allocation_ledger.adapters.mcp.background import BackgroundWork
+from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
+from allocation_ledger.adapters.mcp.tools.specs import TOOLS
 from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 
 ResourceLister = Callable[[], Awaitable[list[MCPResource]]]
@@ -42,8 +44,9 @@ class LedgerServer(MCPServer[BackgroundWork]):
     resources and plain prompt errors (module docstring).
 
     `metrics` records every tool call; `list_concrete` answers the concrete
-    resources (listed before any registered with `resource()`). Other
-    arguments are MCPServer's.
+    resources (listed before any registered with `resource()`); `changes`
+    is nudged after every call of a tool that writes, so whoever waits for
+    a change hears of it at once. Other arguments are MCPServer's.
     """
 
     def __init__(
@@ -51,11 +54,13 @@ class LedgerServer(MCPServer[BackgroundWork]):
         *args: Any,
         metrics: LedgerMetrics,
         list_concrete: ResourceLister,
+        changes: ChangeFeed,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.metrics = metrics
         self.list_concrete = list_concrete
+        self.changes = changes
 
     async def call_tool(
         self,
@@ -70,11 +75,13 @@ class LedgerServer(MCPServer[BackgroundWork]):
         try:
             result = await super().call_tool(name, arguments, context)
         except UnexpectedToolError:
+            self._nudge(name)
             self._called(name, started, None, "crash")
             raise
         except ToolError as error:
             cause = error.__cause__
             if not isinstance(cause, ValidationError):
+                self._nudge(name)
                 self._called(name, started, None, "refused")
                 raise
             self._called(name, started, None, "invalid_arguments")
@@ -83,11 +90,19 @@ class LedgerServer(MCPServer[BackgroundWork]):
         except MCPError:
             self._called(name, started, None, "refused")
             raise
+        self._nudge(name)
         structured = None
         if isinstance(result, CallToolResult):
             structured = result.structured_content
         self._called(name, started, structured, None)
         return result
+
+    def _nudge(self, tool: str) -> None:
+        """Tell the change feed to look now after a tool that may have
+        written (even one that failed part way)."""
+        spec = TOOLS.get(tool)
+        if spec is None or not spec.read_only:
+            self.changes.nudge()
 
     def _called(
         self,

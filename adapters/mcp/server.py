@@ -37,6 +37,7 @@ from allocation_ledger.adapters.http.auth import (
 from allocation_ledger.adapters.http.hosts import host_patterns, origin_patterns
 from allocation_ledger.adapters.http.sessions import SessionLimit
 from allocation_ledger.adapters.mcp.background import BackgroundWork
+from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
 from allocation_ledger.adapters.mcp.ledger_server import LedgerServer
 from allocation_ledger.adapters.mcp.prompts import register_prompts
 from allocation_ledger.adapters.mcp.resources import (
@@ -57,6 +58,7 @@ from allocation_ledger.adapters.metrics.exposition import (
 from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.adapters.storage.store_health import StoreProbe, StoreState
+from allocation_ledger.projections.changes import ChangeFollower
 
 logger = logging.getLogger("allocation_ledger.mcp")
 
@@ -109,9 +111,11 @@ def build_server(
         McpServerTools(service, access),
     )
 
+    changes = change_feed(service)
+
     @asynccontextmanager
     async def lifespan(_: MCPServer[BackgroundWork]) -> AsyncIterator[BackgroundWork]:
-        async with BackgroundWork(service, metrics).running() as work:
+        async with BackgroundWork(service, metrics, changes).running() as work:
             yield work
 
     auth = None
@@ -132,6 +136,7 @@ def build_server(
         token_verifier=verifier,
         log_level=service.settings.log_level,
         metrics=metrics,
+        changes=changes,
         list_concrete=ResourceListing(
             access,
             pools=lambda: pool_names(service.read_models),
@@ -164,6 +169,19 @@ def build_server(
         metrics_endpoint(metrics.registry, require_token=access.require_token)
     )
     return server
+
+
+def change_feed(service: AllocationService) -> ChangeFeed:
+    """The feed of the ledger's changes a server's waiters listen to,
+    following the service's event log (change_feed.py)."""
+    projector = service.projector
+    follower = ChangeFollower(
+        projector.log,
+        service.store,
+        projector.catch_up,
+        server_names=service.settings.catalog.mcp_servers,
+    )
+    return ChangeFeed(follower)
 
 
 class HealthCheck:

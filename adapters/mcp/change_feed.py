@@ -1,0 +1,102 @@
+"""The ledger's changes, told to whoever waits for them in a running server.
+
+A `ChangeFeed` polls its `ChangeFollower` (projections/changes.py) in a
+worker thread whenever this server wrote something (`nudge`) and at least
+every `interval` seconds otherwise (for writes of other servers on the same
+database), and hands every non-empty `Changes` to its listeners on the
+event loop. Blocking requests and subscriptions listen to it; waiting on it
+holds no lock and no database connection: a waiter is an event in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import anyio
+import anyio.to_thread
+
+from allocation_ledger.projections.changes import ChangeFollower, Changes
+
+logger = logging.getLogger("allocation_ledger.mcp")
+
+DEFAULT_FOLLOW_INTERVAL = 0.25
+"""Seconds between two looks at the log when this server wrote nothing."""
+
+Listener = Callable[[Changes], None]
+
+
+class ChangeFeed:
+    """Fans the ledger's changes out to listeners (module docstring).
+
+    Listeners are called on the event loop, in subscription order, must not
+    block and should not raise (one that raises is logged and skipped).
+    """
+
+    def __init__(
+        self, follower: ChangeFollower, *, interval: float = DEFAULT_FOLLOW_INTERVAL
+    ) -> None:
+        self.follower = follower
+        self.interval = interval
+        self._listeners: dict[object, Listener] = {}
+        self._wake: anyio.Event | None = None
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Register `listener`; returns an idempotent unsubscribe."""
+        token = object()
+        self._listeners[token] = listener
+
+        def unsubscribe() -> None:
+            self._listeners.pop(token, None)
+
+        return unsubscribe
+
+    @contextmanager
+    def listening(self, listener: Listener) -> Iterator[None]:
+        """`listener` subscribed for the length of a `with` block."""
+        unsubscribe = self.subscribe(listener)
+        try:
+            yield
+        finally:
+            unsubscribe()
+
+    def nudge(self) -> None:
+        """Look at the log now rather than at the next interval: something
+        was written. Call it on the event loop (after awaiting the command's
+        thread), not from a worker thread. A no-op before `run` starts."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def poll(self) -> Changes:
+        """Read what changed now and tell the listeners; returns it. `run`
+        calls it; never two at once (the follower is not thread-safe)."""
+        changes = await anyio.to_thread.run_sync(self.follower.poll)
+        if changes:
+            self._tell(changes)
+        return changes
+
+    async def run(self) -> None:
+        """Follow the log until cancelled, from its end when this starts."""
+        if self.follower.position is None:
+            await anyio.to_thread.run_sync(self.follower.start_at_end)
+        self._wake = wake = anyio.Event()
+        while True:
+            with anyio.move_on_after(self.interval):
+                await wake.wait()
+            self._wake = wake = anyio.Event()
+            try:
+                await self.poll()
+            except Exception:  # - logged; the next round reads again
+                logger.exception(
+                    "reading the ledger's changes failed; trying again in %g s",
+                    self.interval,
+                )
+                await anyio.sleep(self.interval)
+
+    def _tell(self, changes: Changes) -> None:
+        for listener in list(self._listeners.values()):
+            try:
+                listener(changes)
+            except Exception:  # - one listener must not starve the others
+                logger.exception("a change listener failed; continuing")
