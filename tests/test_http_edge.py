@@ -156,6 +156,48 @@ async def test_requests_addressed_to_another_host_are_refused_and_change_nothing
     assert health.status_code == 200
 
 
+async def test_the_host_is_checked_first_on_every_path_but_the_health_check(
+    served: Served,
+) -> None:
+    foreign = {"Host": "evil.example"}
+    # Before authentication: a rebound request without a token is told 421,
+    # not 401, so it learns nothing of how the ledger authenticates.
+    anonymous = httpx2.post(
+        served.url, json=INITIALIZE, headers={**MCP_ACCEPT, **foreign}
+    )
+    assert anonymous.status_code == 421
+    # Before the SDK's redirect of /mcp/ to /mcp.
+    slash = httpx2.post(
+        served.url + "/", json=INITIALIZE, headers=_headers(AGENT, **foreign)
+    )
+    assert slash.status_code == 421
+    # The metrics, with or without a token.
+    assert httpx2.get(served.base + "/metrics", headers=foreign).status_code == 421
+    metrics = httpx2.get(
+        served.base + "/metrics",
+        headers={"Authorization": f"Bearer {DASHBOARD}", **foreign},
+    )
+    assert metrics.status_code == 421
+    assert (
+        httpx2.get(
+            served.base + "/metrics",
+            headers={
+                "Authorization": f"Bearer {DASHBOARD}",
+                "Origin": "http://evil.example",
+            },
+        ).status_code
+        == 403
+    )
+    # Addressed to the ledger itself, the same requests are served as before.
+    assert (
+        httpx2.post(served.url, json=INITIALIZE, headers=MCP_ACCEPT).status_code == 401
+    )
+    own_metrics = httpx2.get(
+        served.base + "/metrics", headers={"Authorization": f"Bearer {DASHBOARD}"}
+    )
+    assert own_metrics.status_code == 200
+
+
 async def test_a_reverse_proxy_keeping_its_public_name_is_served(
     tmp_path: Path,
 ) -> None:

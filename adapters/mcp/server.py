@@ -34,7 +34,11 @@ from allocation_ledger.adapters.http.auth import (
     Access,
     StaticTokenVerifier,
 )
-from allocation_ledger.adapters.http.hosts import host_patterns, origin_patterns
+from allocation_ledger.adapters.http.hosts import (
+    HostCheck,
+    host_patterns,
+    origin_patterns,
+)
 from allocation_ledger.adapters.http.sessions import SessionLimit
 from allocation_ledger.adapters.mcp.background import BackgroundWork
 from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
@@ -250,7 +254,8 @@ def http_app(
     endpoint must name the loopback, `host` (the bind address) or one of
     `allowed_hosts` in their Host header (421 otherwise) and, when they
     carry an Origin, come from one of those or `allowed_origins` (403):
-    see `adapters.http.hosts`. Each token may hold `sessions_per_token`
+    see `adapters.http.hosts`; every other path but /healthz is checked the
+    same way, first. Each token may hold `sessions_per_token`
     sessions open (429 past it); a session idle for `session_idle_seconds`
     is closed (`adapters.http.sessions`).
     """
@@ -264,21 +269,26 @@ def http_app(
         allowed_hosts=host_patterns(host, allowed_hosts),
         allowed_origins=origin_patterns(host, allowed_origins),
     )
-    app = server.streamable_http_app(
+    app: ASGIApp = server.streamable_http_app(
         streamable_http_path=path,
         host=host,
         stateless_http=stateless,
         transport_security=security,
         session_idle_timeout=session_idle_seconds,
     )
-    if stateless:
-        return app
-    return SessionLimit(
+    if not stateless:
+        app = SessionLimit(
+            app,
+            path=path,
+            limit=sessions_per_token,
+            idle_seconds=session_idle_seconds,
+            subjects=verifier,
+        )
+    return HostCheck(
         app,
-        path=path,
-        limit=sessions_per_token,
-        idle_seconds=session_idle_seconds,
-        subjects=verifier,
+        hosts=security.allowed_hosts,
+        origins=security.allowed_origins,
+        exempt=(HEALTH_PATH,),
     )
 
 
