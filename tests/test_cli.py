@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import struct
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from allocation_ledger.projections.store import ListingQuery
-from tests.cli_support import one_line_error, run_cli
+from tests.cli_support import COMMAND, cli_env, one_line_error, run_cli
 from tests.mcp_support import call
 from tests.process_support import POOL_MCP_FIRST
 
@@ -461,3 +462,26 @@ def test_an_unreadable_ledger_is_named(written: Written, tmp_path: Path) -> None
     finally:
         written.database.chmod(0o644)
     assert f"cannot read the ledger {written.database}: Permission denied" in line
+
+
+def test_tables_sent_to_a_pipe_keep_every_value_whole(
+    written: Written, tmp_path: Path
+) -> None:
+    """Off a terminal, with no COLUMNS, tables are not cut to 80 columns: a
+    script reading `history | grep` finds whole times and values."""
+    env = cli_env(DATABASE=str(written.database))
+    del env["COLUMNS"]
+    shown = subprocess.run(
+        [str(COMMAND), "history", written.released],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    released_at = (START + timedelta(seconds=90)).isoformat()
+    assert released_at in shown.stdout
+    assert '"job-b"' in shown.stdout
+    assert "…" not in shown.stdout

@@ -199,6 +199,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
 
+OFF_TERMINAL_WIDTH = 10_000
+"""Columns a table may take when standard output is not a terminal: a
+file or a pipe gets every value whole, not cut to 80 columns."""
+
+
+def output_console() -> Console:
+    """The console commands print to: the terminal's width on a terminal;
+    off one, `COLUMNS` if set, else wide enough for any table."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console(stderr=False)
+    return Console(stderr=False, width=OFF_TERMINAL_WIDTH)
+
+
 def _main(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args)
@@ -206,7 +219,7 @@ def _main(args: argparse.Namespace) -> int:
         return fail(str(error), 2)
     if args.command == "serve":
         return run_serve(args, settings)
-    console = Console(stderr=False)
+    console = output_console()
     if args.command == "demo":
         if settings.store == "sqlite":
             try:
