@@ -485,3 +485,24 @@ def test_tables_sent_to_a_pipe_keep_every_value_whole(
     assert released_at in shown.stdout
     assert '"job-b"' in shown.stdout
     assert "…" not in shown.stdout
+
+
+def test_the_common_options_may_come_before_the_command(
+    written: Written, tmp_path: Path
+) -> None:
+    before = run_cli("--database", str(written.database), "status", cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.splitlines()[0] == (
+        f"ledger: sqlite {written.database} (read-only)"
+    )
+    # Given on both sides, the one after the command wins.
+    both = run_cli(
+        "--database",
+        str(tmp_path / "elsewhere.db"),
+        "status",
+        "--database",
+        str(written.database),
+        cwd=tmp_path,
+    )
+    assert both.returncode == 0, both.stderr
+    assert str(written.database) in both.stdout.splitlines()[0]

@@ -50,14 +50,22 @@ def _version() -> str:
         return "unknown"
 
 
-def common_options() -> argparse.ArgumentParser:
-    """The options every command takes: --database, --config, --debug."""
+def common_options(*, after_command: bool = True) -> argparse.ArgumentParser:
+    """The options every command takes: --database, --config, --debug.
+
+    They may come before the command or after it. Argparse lets a
+    subcommand's defaults overwrite what was given before the command, so
+    the copy taken `after_command` has no defaults (argparse.SUPPRESS): an
+    option given before the command then stands, one given after wins.
+    """
+    unset: object = argparse.SUPPRESS if after_command else None
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where the ledger is")
     where.add_argument(
         "--database",
         type=Path,
         metavar="PATH",
+        default=unset,
         help=f"the ledger's SQLite file (sets the store to sqlite; default: "
         f"{ENV_PREFIX}DATABASE, or allocation-ledger.db here)",
     )
@@ -65,11 +73,13 @@ def common_options() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         metavar="FILE",
+        default=unset,
         help=f"the TOML config file (default: {ENV_PREFIX}CONFIG)",
     )
     where.add_argument(
         "--debug",
         action="store_true",
+        default=argparse.SUPPRESS if after_command else False,
         help="on an unexpected error, show its traceback",
     )
     return common
@@ -80,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="An event-sourced allocator of workers and MCP servers.",
+        parents=[common_options(after_command=False)],
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     common = common_options()
