@@ -34,11 +34,8 @@ from allocation_ledger.adapters.http.auth import (
     Access,
     StaticTokenVerifier,
 )
-from allocation_ledger.adapters.http.hosts import (
-    HostCheck,
-    host_patterns,
-    origin_patterns,
-)
+from allocation_ledger.adapters.http.host_check import HostCheck
+from allocation_ledger.adapters.http.hosts import host_patterns, origin_patterns
 from allocation_ledger.adapters.http.sessions import SessionLimit
 from allocation_ledger.adapters.mcp.background import BackgroundWork
 from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
