@@ -63,6 +63,10 @@ async def test_a_request_whose_read_models_fail_after_its_commit_answers_what_it
         # A queued request's reply reads its place in the queue after the
         # commit; that read fails here, and the reply still tells the truth.
         await call(client, "set_capacity", workers=2)
+        # The server's change feed reads what set_capacity wrote (within
+        # moments of the write); a read of the read models, which waits for
+        # it, leaves the trip wire to this request's own read.
+        await call(client, "get_capacity")
         outage.proxy.cut_when_sent(READ_MODELS)
         reply = await tool(
             client,

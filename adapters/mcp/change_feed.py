@@ -24,6 +24,9 @@ logger = logging.getLogger("allocation_ledger.mcp")
 DEFAULT_FOLLOW_INTERVAL = 0.25
 """Seconds between two looks at the log when this server wrote nothing."""
 
+MAX_RETRY_SECONDS = 5.0
+"""The longest pause between two tries while the log cannot be read."""
+
 Listener = Callable[[Changes], None]
 
 
@@ -77,22 +80,37 @@ class ChangeFeed:
         return changes
 
     async def run(self) -> None:
-        """Follow the log until cancelled, from its end when this starts."""
-        if self.follower.position is None:
-            await anyio.to_thread.run_sync(self.follower.start_at_end)
+        """Follow the log until cancelled, from its end when this starts
+        (or, if the database cannot be read then, from its end when it
+        first can: a server may start during an outage). While the log
+        cannot be read, it tries again less and less often (at most every
+        MAX_RETRY_SECONDS) and logs one line when that starts and one when
+        it ends."""
         self._wake = wake = anyio.Event()
+        failures = 0
         while True:
+            try:
+                if self.follower.position is None:
+                    await anyio.to_thread.run_sync(self.follower.start_at_end)
+                else:
+                    await self.poll()
+            except Exception as error:  # noqa: BLE001 - the next round reads again
+                failures += 1
+                if failures == 1:
+                    logger.warning(
+                        "reading the ledger's changes failed (%s: %s); "
+                        "waiters hear of changes once it can be read again",
+                        type(error).__name__,
+                        str(error).strip().splitlines()[0] if str(error) else "",
+                    )
+                await anyio.sleep(min(self.interval * 2**failures, MAX_RETRY_SECONDS))
+                continue
+            if failures:
+                logger.info("reading the ledger's changes again")
+                failures = 0
             with anyio.move_on_after(self.interval):
                 await wake.wait()
             self._wake = wake = anyio.Event()
-            try:
-                await self.poll()
-            except Exception:  # - logged; the next round reads again
-                logger.exception(
-                    "reading the ledger's changes failed; trying again in %g s",
-                    self.interval,
-                )
-                await anyio.sleep(self.interval)
 
     def _tell(self, changes: Changes) -> None:
         for listener in list(self._listeners.values()):
