@@ -90,6 +90,7 @@ class _Watch:
     expires_at: datetime | None
     renewals: int
     servers: frozenset[str]
+    version: int
     holders: int = 0
     warned_for: datetime | None = None
 
@@ -100,6 +101,7 @@ class _Watch:
         self.expires_at = view.expires_at
         self.renewals = view.renewals
         self.servers = frozenset(s.name for s in view.servers)
+        self.version = view.version
 
 
 def allocation_event(
@@ -243,6 +245,8 @@ class ResourceUpdates:
             watch = self._watches.get(allocation.allocation_id)
             if watch is None:
                 continue  # nobody holds it
+            if allocation.view.version <= watch.version:
+                continue  # seen when subscribing: not news
             event = allocation_event(watch.state, watch.renewals, allocation.view)
             watch.see(allocation.view)
             watch.tenant = allocation.tenant
@@ -298,6 +302,7 @@ class ResourceUpdates:
                 expires_at=view.expires_at,
                 renewals=view.renewals,
                 servers=frozenset(s.name for s in view.servers),
+                version=view.version,
             )
             self._watches[view.allocation_id] = watch
         watch.holders += 1
