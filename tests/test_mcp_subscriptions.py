@@ -6,6 +6,7 @@ and through resources/subscribe (earlier versions); docs/tools.md,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -16,7 +17,11 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from allocation_ledger.adapters.mcp.resource_updates import ResourceUpdate
+from allocation_ledger.adapters.mcp import server as server_module
+from allocation_ledger.adapters.mcp.resource_updates import (
+    ResourceUpdate,
+    ResourceUpdates,
+)
 from allocation_ledger.adapters.mcp.server import resource_updates, stdio_server
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
@@ -164,7 +169,7 @@ async def test_a_session_subscribed_with_resources_subscribe_is_told_the_same(
 ) -> None:
     told = Told()
     async with connected(service, told, mode="legacy") as client:
-        assert client.session.protocol_version < "2026-07-28"
+        assert (client.session.protocol_version or "") < "2026-07-28"
         capabilities = client.session.server_capabilities
         assert capabilities is not None and capabilities.resources is not None
         assert capabilities.resources.subscribe is True
@@ -227,6 +232,10 @@ async def test_a_listen_stream_honors_only_what_exists(
             assert stream.honored.resources_list_changed is None  # never announced
 
 
+def keep(into: list[str], update: ResourceUpdate) -> None:
+    into.append(update.uri)
+
+
 def test_every_update_is_checked_against_the_subscribers_tenant(
     service: AllocationService,
 ) -> None:
@@ -237,7 +246,7 @@ def test_every_update_is_checked_against_the_subscribers_tenant(
     hub = resource_updates(service)
     got: dict[str, list[str]] = {"team-a": [], "all": []}
     for name, visibility in (("team-a", Visibility("team-a")), ("all", EVERY_TENANT)):
-        subscriber = hub.subscriber(visibility, lambda u, n=name: got[n].append(u.uri))
+        subscriber = hub.subscriber(visibility, functools.partial(keep, got[name]))
         for uri in (allocation_uri("alloc-b"), pool_uri()):
             subscriber.add(uri)
     hub.publish(
@@ -248,3 +257,30 @@ def test_every_update_is_checked_against_the_subscribers_tenant(
         "team-a": [pool_uri()],
         "all": [allocation_uri("alloc-b"), pool_uri()],
     }
+
+
+async def test_a_sessions_subscriptions_end_with_it(
+    service: AllocationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hubs: list[ResourceUpdates] = []
+
+    def kept(service: AllocationService) -> ResourceUpdates:
+        hubs.append(resource_updates(service))
+        return hubs[-1]
+
+    monkeypatch.setattr(server_module, "resource_updates", kept)
+    server = stdio_server(service)
+    [hub] = hubs
+    made = await ask_once(server)
+    async with Client(server, mode="legacy") as client:
+        await client.subscribe_resource(allocation_uri(made))
+        await client.subscribe_resource(pool_uri())
+        assert [len(s.uris) for s in hub._subscribers] == [2]
+        assert list(hub._watches) == [made]
+    assert not hub._subscribers  # the session ended: so did its subscriptions
+    assert not hub._watches
+
+
+async def ask_once(server: Any) -> str:
+    async with Client(server) as client:
+        return str((await ask(client, "job", 1))["allocation_id"])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,6 +205,9 @@ class ResourceUpdates:
         self._subscribers: dict[UpdateSubscriber, None] = {}
         self._watches: dict[str, _Watch] = {}
         self._running: _Running | None = None
+        self.on_stop: list[Callable[[], None]] = []
+        """Called when `running` ends (before its tasks are cancelled): the
+        listen handler ends its streams gracefully there."""
 
     def follow(self, feed: ChangeFeed) -> Callable[[], None]:
         """Listen to `feed`; returns the unsubscribe."""
@@ -357,7 +360,7 @@ class ResourceUpdates:
         if self._running is not None:
             self._running.wake.set()
 
-    def start_soon(self, job: Callable[[], Awaitable[None]]) -> bool:
+    def start_soon(self, job: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run `job` in this hub's task group (a session's sender); False
         when the hub is not running."""
         if self._running is None:
@@ -377,4 +380,6 @@ class ResourceUpdates:
             finally:
                 if self._running is running:
                     self._running = None
+                for stop in self.on_stop:
+                    stop()
                 group.cancel_scope.cancel()

@@ -80,10 +80,10 @@ def register_subscriptions(
     that the SDK's own listen handler (which cannot tell tenants apart) is
     never served."""
     lowlevel = server._lowlevel_server  # no public way to add a spec method
+    listen = LedgerListenHandler(updates, access)
+    updates.on_stop.append(listen.close)
     lowlevel.add_request_handler(
-        "subscriptions/listen",
-        SubscriptionsListenRequestParams,
-        LedgerListenHandler(updates, access),
+        "subscriptions/listen", SubscriptionsListenRequestParams, listen
     )
     sessions = SessionSubscriptions(updates, access)
     lowlevel.add_request_handler(
