@@ -10,6 +10,7 @@ from mcp_types import ResourceUpdatedNotification
 EVENT = "allocation-ledger/event"
 STATE = "allocation-ledger/state"
 EXPIRES = "allocation-ledger/expires_at"
+SERVER = "allocation-ledger/server"
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 LEGACY_SUBSCRIBE = "ignore:resources/(un)?subscribe is removed"
 """A filterwarnings mark for the tests of resources/subscribe, which the
