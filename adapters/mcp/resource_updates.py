@@ -33,6 +33,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
+from allocation_ledger.adapters.mcp.schemas.units import iso
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.errors import AllocationNotFoundError
 from allocation_ledger.domain.tenancy import Visibility
@@ -284,7 +285,7 @@ class ResourceUpdates:
     def _allocation_update(self, watch: _Watch, event: str) -> ResourceUpdate:
         meta: dict[str, Any] = {EVENT_META: event, STATE_META: watch.state}
         if watch.expires_at is not None:
-            meta[EXPIRES_META] = watch.expires_at.isoformat()
+            meta[EXPIRES_META] = iso(watch.expires_at)
         return ResourceUpdate(
             ALLOCATION_URI.format(watch.allocation_id),
             meta,
