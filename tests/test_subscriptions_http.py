@@ -172,6 +172,30 @@ async def test_over_http_each_tenant_is_told_of_its_own_allocations_only(
     assert told["bob"].events(b_uri) == ["granted", "lease_ending", "preempted"]
 
 
+async def test_a_stateless_server_refuses_resources_subscribe_and_serves_listen(
+    tmp_path: Path,
+) -> None:
+    """Without sessions there is nowhere to send a session's updates: the
+    subscription is refused, saying what to use instead."""
+    told, told_legacy = Told(), Told()
+    with http_server_process(
+        tmp_path / "ledger.db", "--no-auth", ALLOCATION_LEDGER_HTTP_STATELESS="true"
+    ) as (base, _):
+        async with (
+            client_of(base + "/mcp", told) as client,
+            client_of(base + "/mcp", told_legacy, mode="legacy") as legacy,
+            listening() as listen,
+        ):
+            made = await ask(client, "job", 1)
+            uri = allocation_uri(made["allocation_id"])
+            with pytest.raises(MCPError) as refused:
+                await legacy.subscribe_resource(uri)
+            assert "subscribe with subscriptions/listen" in str(refused.value)
+            assert await listen(client, [uri]) == [uri]
+            await call(legacy, "renew_allocation", allocation_id=made["allocation_id"])
+            await told.wait_for(uri, "renewed")
+
+
 async def test_over_stdio_a_listening_client_is_told_of_its_grant(
     tmp_path: Path,
 ) -> None:

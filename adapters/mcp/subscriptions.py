@@ -226,6 +226,11 @@ def _notification(
     )
 
 
+NO_SESSION = (
+    "resources/subscribe needs a session the server can write to, and this "
+    "server keeps no sessions (stateless HTTP): subscribe with "
+    "subscriptions/listen (protocol 2026-07-28) instead"
+)
 SESSION_STATE_KEY = "allocation-ledger/subscriptions"
 
 
@@ -281,8 +286,11 @@ class SessionSubscriptions:
     ) -> EmptyResult:
         """Subscribe the session to `params.uri`; an invalid-params error
         for a resource the caller cannot read (another tenant's allocation
-        reads as unknown)."""
+        reads as unknown), an invalid-request error on a stateless server
+        (no session to tell)."""
         caller = _caller(self.access, f"subscribing to {params.uri}")
+        if not _connection(ctx).has_standalone_channel:
+            raise MCPError(code=INVALID_REQUEST, message=NO_SESSION)
         held = self._held(ctx, caller.visibility)
         if len(held.subscriber.uris) >= MAX_SESSION_SUBSCRIPTIONS:
             msg = (
