@@ -135,6 +135,7 @@ class UpdateSubscriber:
         self.visibility = visibility
         self.deliver = deliver
         self.uris: set[str] = set()
+        self._watched: set[str] = set()
 
     def add(self, uri: str, allocation: AllocationView | None = None) -> None:
         """Hold `uri`; for an allocation's URI, `allocation` is its row as
@@ -143,6 +144,7 @@ class UpdateSubscriber:
             return
         self.uris.add(uri)
         if allocation is not None:
+            self._watched.add(allocation.allocation_id)
             self.hub._watch(allocation)
 
     def discard(self, uri: str) -> None:
@@ -151,7 +153,8 @@ class UpdateSubscriber:
             return
         self.uris.discard(uri)
         allocation_id = allocation_of(uri)
-        if allocation_id is not None:
+        if allocation_id is not None and allocation_id in self._watched:
+            self._watched.discard(allocation_id)
             self.hub._unwatch(allocation_id)
 
     def close(self) -> None:
