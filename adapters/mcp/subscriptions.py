@@ -62,7 +62,8 @@ MAX_BUFFERED_UPDATES = 1024
 """Updates waiting for one slow client before its stream is ended (listen)
 or further updates are dropped (a session's subscriptions)."""
 MAX_SESSION_SUBSCRIPTIONS = 1024
-"""Resources one session may subscribe to with resources/subscribe."""
+"""Resources one session may subscribe to with resources/subscribe, and one
+listen stream may hold (the first so many asked for are considered)."""
 
 SUBSCRIBABLE = (
     "ledger://allocations/ALLOCATION_ID (an allocation you may read) or "
@@ -195,11 +196,13 @@ class LedgerListenHandler:
         subscriber: UpdateSubscriber,
     ) -> SubscriptionFilter:
         """What the stream will deliver: the requested resources the caller
-        may read, in the order asked; the tool and prompt lists (which never
+        may read, in the order asked (the first MAX_SESSION_SUBSCRIPTIONS
+        considered); the tool and prompt lists (which never
         change while the server runs, so nothing is ever sent for them).
         The resource list is not honored: it is never announced."""
         uris: list[str] = []
-        for uri in requested.resource_subscriptions or ():
+        asked = list(requested.resource_subscriptions or ())
+        for uri in asked[:MAX_SESSION_SUBSCRIPTIONS]:
             if uri not in uris and await _readable(
                 self.updates, uri, caller, subscriber
             ):
