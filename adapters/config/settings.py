@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     )
     sweep_interval_seconds: float = Field(300.0, gt=0)
     idle_check_interval_seconds: float = Field(60.0, gt=0)
+    lease_warning_seconds: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "How long before an allocation's lease runs out its subscribers "
+            "are told (a resources/updated notification with event "
+            "lease_ending), so that an agent can renew in time."
+        ),
+    )
     provisioning_timeout_seconds: float = Field(
         60.0,
         gt=0,

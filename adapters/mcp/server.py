@@ -41,11 +41,13 @@ from allocation_ledger.adapters.mcp.background import BackgroundWork
 from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
 from allocation_ledger.adapters.mcp.ledger_server import LedgerServer
 from allocation_ledger.adapters.mcp.prompts import register_prompts
+from allocation_ledger.adapters.mcp.resource_updates import ResourceUpdates
 from allocation_ledger.adapters.mcp.resources import (
     ResourceListing,
     pool_names,
     register_resources,
 )
+from allocation_ledger.adapters.mcp.subscriptions import register_subscriptions
 from allocation_ledger.adapters.mcp.tools.allocations import AllocationTools
 from allocation_ledger.adapters.mcp.tools.audit import AuditTools
 from allocation_ledger.adapters.mcp.tools.capacity import CapacityTools
@@ -113,10 +115,15 @@ def build_server(
     )
 
     changes = change_feed(service)
+    updates = resource_updates(service)
+    updates.follow(changes)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[BackgroundWork]) -> AsyncIterator[BackgroundWork]:
-        async with BackgroundWork(service, metrics, changes).running() as work:
+        async with (
+            BackgroundWork(service, metrics, changes).running() as work,
+            updates.running(),
+        ):
             yield work
 
     auth = None
@@ -138,6 +145,7 @@ def build_server(
         log_level=service.settings.log_level,
         metrics=metrics,
         changes=changes,
+        subscriptions=False,  # served by register_subscriptions, tenant-bound
         list_concrete=ResourceListing(
             access,
             pools=lambda: pool_names(service.read_models),
@@ -151,6 +159,7 @@ def build_server(
         detail=allocations.detail,
         history=audit.history,
     )
+    register_subscriptions(server, access, updates)
     register_prompts(
         server,
         access,
@@ -183,6 +192,16 @@ def change_feed(service: AllocationService) -> ChangeFeed:
         server_names=service.settings.catalog.mcp_servers,
     )
     return ChangeFeed(follower)
+
+
+def resource_updates(service: AllocationService) -> ResourceUpdates:
+    """Who is told of which resource's changes (resource_updates.py), on
+    the ledger's clock, with the configured lease warning."""
+    return ResourceUpdates(
+        service.read_models,
+        service.ledger.clock,
+        lease_warning_seconds=service.settings.lease_warning_seconds,
+    )
 
 
 class HealthCheck:

@@ -1,0 +1,389 @@
+"""Which subscribed resources changed, and who may be told.
+
+`ResourceUpdates` turns the ledger's changes (the change feed, fed by the
+event log: change_feed.py) into `ResourceUpdate`s of the two resources a
+client may subscribe to, `ledger://allocations/{allocation_id}` and
+`ledger://pools/{pool}/capacity`, and hands each to the subscribers that
+asked for its URI and may see it. Both protocol generations subscribe
+through it (subscriptions.py): `subscriptions/listen` streams and
+`resources/subscribe` sessions.
+
+The tenant rule (docs/tools.md, "Tenants"): a subscriber is bound to the
+visibility of the caller that subscribed. An update about an allocation
+carries the allocation's tenant, read with the change itself, and is
+checked against that visibility at every delivery, so no event about
+another tenant's allocation reaches it; a pool's capacity is visible to all.
+
+It also tells an allocation's subscribers `lease_warning_seconds` before its
+lease runs out (event `lease_ending`), on the ledger's own clock; a renewal
+moves the warning. Only subscribed allocations are watched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
+from allocation_ledger.adapters.mcp.schemas.units import iso
+from allocation_ledger.domain.clock import Clock
+from allocation_ledger.domain.errors import AllocationNotFoundError
+from allocation_ledger.domain.tenancy import Visibility
+from allocation_ledger.projections.changes import Changes
+from allocation_ledger.projections.queries import ReadModels
+from allocation_ledger.projections.views import AllocationView
+
+logger = logging.getLogger("allocation_ledger.mcp")
+
+ALLOCATION_URI = "ledger://allocations/{}"
+POOL_CAPACITY_URI = "ledger://pools/{}/capacity"
+_ALLOCATION = re.compile(r"^ledger://allocations/([^/?#]+)$")
+_POOL_CAPACITY = re.compile(r"^ledger://pools/([^/?#]+)/capacity$")
+
+EVENT_META = "allocation-ledger/event"
+"""`_meta` key of every update: why it was sent (see `allocation_event`)."""
+STATE_META = "allocation-ledger/state"
+EXPIRES_META = "allocation-ledger/expires_at"
+POOL_META = "allocation-ledger/pool"
+SERVER_META = "allocation-ledger/server"
+
+LEASE_CHECK_SECONDS = 1.0
+"""Longest the lease watcher sleeps before reading the clock again (a
+manual clock moves without telling anyone)."""
+
+LIVE_STATES = frozenset({"pending", "active", "releasing"})
+
+
+@dataclass(frozen=True)
+class ResourceUpdate:
+    """A subscribed resource changed. `uri`, the resource; `tenant`, the
+    tenant of the allocation it is about, checked against each subscriber's
+    visibility when `private` (pools are not private); `meta`, the reason,
+    sent as the notification's `_meta`."""
+
+    uri: str
+    meta: dict[str, Any]
+    tenant: str | None = None
+    private: bool = False
+
+
+Deliver = Callable[[ResourceUpdate], None]
+"""Takes an update on the event loop; must not block."""
+
+
+@dataclass
+class _Watch:
+    """What a watched allocation was when last seen, and how many
+    subscriptions hold it."""
+
+    allocation_id: str
+    pool: str
+    tenant: str | None
+    state: str
+    expires_at: datetime | None
+    renewals: int
+    servers: frozenset[str]
+    version: int
+    holders: int = 0
+    warned_for: datetime | None = None
+
+    def see(self, view: AllocationView) -> None:
+        if view.expires_at != self.expires_at:
+            self.warned_for = None
+        self.state = view.state
+        self.expires_at = view.expires_at
+        self.renewals = view.renewals
+        self.servers = frozenset(s.name for s in view.servers)
+        self.version = view.version
+
+
+def allocation_event(
+    before_state: str, before_renewals: int, after: AllocationView
+) -> str:
+    """Why an allocation's subscribers are told: `granted` (out of the
+    queue), `activated`, `renewed`, `releasing`, `released`, `expired`,
+    `preempted`, `failed`, `queued`, `pending`; `changed` for anything else
+    (say, a new expiry without a renewal)."""
+    if after.state != before_state:
+        if before_state == "queued" and after.state in ("pending", "active"):
+            return "granted"
+        if after.state == "active":
+            return "activated"
+        return after.state
+    if after.renewals != before_renewals:
+        return "renewed"
+    return "changed"
+
+
+class UpdateSubscriber:
+    """One subscription holder (a listen stream, or a session's
+    resources/subscribe calls): the URIs it holds, seen with `visibility`.
+    Made by `ResourceUpdates.subscriber`; `close` when done."""
+
+    def __init__(
+        self, hub: ResourceUpdates, visibility: Visibility, deliver: Deliver
+    ) -> None:
+        self.hub = hub
+        self.visibility = visibility
+        self.deliver = deliver
+        self.uris: set[str] = set()
+        self._watched: set[str] = set()
+
+    def add(self, uri: str, allocation: AllocationView | None = None) -> None:
+        """Hold `uri`; for an allocation's URI, `allocation` is its row as
+        read when subscribing (visible to this subscriber)."""
+        if uri in self.uris:
+            return
+        self.uris.add(uri)
+        if allocation is not None:
+            self._watched.add(allocation.allocation_id)
+            self.hub._watch(allocation)
+
+    def discard(self, uri: str) -> None:
+        """Stop holding `uri` (nothing if not held)."""
+        if uri not in self.uris:
+            return
+        self.uris.discard(uri)
+        allocation_id = allocation_of(uri)
+        if allocation_id is not None and allocation_id in self._watched:
+            self._watched.discard(allocation_id)
+            self.hub._unwatch(allocation_id)
+
+    def close(self) -> None:
+        """Drop every URI and stop receiving updates; idempotent."""
+        for uri in list(self.uris):
+            self.discard(uri)
+        self.hub._subscribers.pop(self, None)
+
+    def offer(self, update: ResourceUpdate) -> None:
+        """Deliver `update` if this subscriber holds its URI and may see it."""
+        if update.uri not in self.uris:
+            return
+        if update.private and not self.visibility.includes(update.tenant):
+            return
+        self.deliver(update)
+
+
+def allocation_of(uri: str) -> str | None:
+    """The allocation id of an allocation resource's URI, else None."""
+    found = _ALLOCATION.match(uri)
+    return found.group(1) if found else None
+
+
+def pool_of(uri: str) -> str | None:
+    """The pool of a pool capacity resource's URI, else None."""
+    found = _POOL_CAPACITY.match(uri)
+    return found.group(1) if found else None
+
+
+@dataclass
+class _Running:
+    group: TaskGroup
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+
+class ResourceUpdates:
+    """The subscriptions of one server, fed by its change feed (module
+    docstring). `read_models` answers what a caller may subscribe to;
+    `clock`, the ledger's, times the lease warnings, sent
+    `lease_warning_seconds` before an allocation's `expires_at`."""
+
+    def __init__(
+        self,
+        read_models: ReadModels,
+        clock: Clock,
+        *,
+        lease_warning_seconds: float,
+    ) -> None:
+        self.read_models = read_models
+        self.clock = clock
+        self.lease_warning_seconds = lease_warning_seconds
+        self._subscribers: dict[UpdateSubscriber, None] = {}
+        self._watches: dict[str, _Watch] = {}
+        self._running: _Running | None = None
+        self.on_stop: list[Callable[[], None]] = []
+        """Called when `running` ends (before its tasks are cancelled): the
+        listen handler ends its streams gracefully there."""
+
+    def follow(self, feed: ChangeFeed) -> Callable[[], None]:
+        """Listen to `feed`; returns the unsubscribe."""
+        return feed.subscribe(self.changed)
+
+    def subscriber(self, visibility: Visibility, deliver: Deliver) -> UpdateSubscriber:
+        """A new subscription holder for a caller who sees `visibility`."""
+        subscriber = UpdateSubscriber(self, visibility, deliver)
+        self._subscribers[subscriber] = None
+        return subscriber
+
+    def readable(
+        self, uri: str, visibility: Visibility
+    ) -> tuple[bool, AllocationView | None]:
+        """Whether a caller who sees `visibility` may subscribe to `uri`,
+        and, for an allocation, its row now. An allocation of another
+        tenant reads exactly as one that does not exist; every existing
+        pool (and the default one) is visible to all. Blocking: run it off
+        the event loop."""
+        allocation_id = allocation_of(uri)
+        if allocation_id is not None:
+            try:
+                return True, self.read_models.allocation(allocation_id, visibility)
+            except AllocationNotFoundError:
+                return False, None
+        pool = pool_of(uri)
+        if pool is not None:
+            return self.read_models.capacity(pool) is not None, None
+        return False, None
+
+    # -- from the change feed ---------------------------------------------------
+
+    def changed(self, changes: Changes) -> None:
+        """Tell subscribers what `changes` changed (a feed listener)."""
+        if not self._subscribers:
+            return
+        for allocation in changes.allocations:
+            watch = self._watches.get(allocation.allocation_id)
+            if watch is None:
+                continue  # nobody holds it
+            if allocation.view.version <= watch.version:
+                continue  # seen when subscribing: not news
+            event = allocation_event(watch.state, watch.renewals, allocation.view)
+            watch.see(allocation.view)
+            watch.tenant = allocation.tenant
+            self.publish(self._allocation_update(watch, event))
+        for pool in changes.pools:
+            self.publish(
+                ResourceUpdate(
+                    POOL_CAPACITY_URI.format(pool.pool),
+                    {EVENT_META: "capacity_changed", POOL_META: pool.pool},
+                )
+            )
+        for server in changes.servers:
+            for watch in list(self._watches.values()):
+                if (
+                    watch.pool == server.pool
+                    and server.name in watch.servers
+                    and watch.state in LIVE_STATES
+                ):
+                    update = self._allocation_update(watch, "mcp_server_changed")
+                    update.meta[SERVER_META] = server.name
+                    self.publish(update)
+        self._wake()
+
+    def publish(self, update: ResourceUpdate) -> None:
+        """Offer `update` to every subscriber (each checks URI and tenant)."""
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.offer(update)
+            except Exception:  # - one subscriber must not starve the others
+                logger.exception("delivering %s failed; continuing", update.uri)
+
+    def _allocation_update(self, watch: _Watch, event: str) -> ResourceUpdate:
+        meta: dict[str, Any] = {EVENT_META: event, STATE_META: watch.state}
+        if watch.expires_at is not None:
+            meta[EXPIRES_META] = iso(watch.expires_at)
+        return ResourceUpdate(
+            ALLOCATION_URI.format(watch.allocation_id),
+            meta,
+            tenant=watch.tenant,
+            private=True,
+        )
+
+    # -- watched allocations and lease warnings -----------------------------------
+
+    def _watch(self, view: AllocationView) -> None:
+        watch = self._watches.get(view.allocation_id)
+        if watch is None:
+            watch = _Watch(
+                allocation_id=view.allocation_id,
+                pool=view.pool,
+                tenant=view.tenant,
+                state=view.state,
+                expires_at=view.expires_at,
+                renewals=view.renewals,
+                servers=frozenset(s.name for s in view.servers),
+                version=view.version,
+            )
+            self._watches[view.allocation_id] = watch
+        watch.holders += 1
+        self._wake()
+
+    def _unwatch(self, allocation_id: str) -> None:
+        watch = self._watches.get(allocation_id)
+        if watch is None:
+            return
+        watch.holders -= 1
+        if watch.holders <= 0:
+            del self._watches[allocation_id]
+
+    def warn_due(self) -> float | None:
+        """Send every lease warning now due; the seconds until the next one
+        (None: none pending)."""
+        now = self.clock.now()
+        soonest: float | None = None
+        for watch in list(self._watches.values()):
+            if (
+                watch.state != "active"
+                or watch.expires_at is None
+                or watch.warned_for == watch.expires_at
+            ):
+                continue
+            left = (watch.expires_at - now).total_seconds()
+            if left <= 0:
+                continue  # ran out: the expiry itself is the news
+            until = left - self.lease_warning_seconds
+            if until <= 0:
+                watch.warned_for = watch.expires_at
+                self.publish(self._allocation_update(watch, "lease_ending"))
+            elif soonest is None or until < soonest:
+                soonest = until
+        return soonest
+
+    async def _watch_leases(self, running: _Running) -> None:
+        while True:
+            running.wake = anyio.Event()
+            try:
+                due = self.warn_due()
+            except Exception:  # - logged; the next round reads the clock again
+                logger.exception("checking leases for warnings failed")
+                due = LEASE_CHECK_SECONDS
+            if due is None:
+                await running.wake.wait()
+                continue
+            with anyio.move_on_after(min(due, LEASE_CHECK_SECONDS)):
+                await running.wake.wait()
+
+    def _wake(self) -> None:
+        if self._running is not None:
+            self._running.wake.set()
+
+    def start_soon(self, job: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run `job` in this hub's task group (a session's sender); False
+        when the hub is not running."""
+        if self._running is None:
+            return False
+        self._running.group.start_soon(job)
+        return True
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ResourceUpdates]:
+        """Watch leases (and run sessions' senders) while the context is open."""
+        async with anyio.create_task_group() as group:
+            running = _Running(group)
+            self._running = running
+            group.start_soon(self._watch_leases, running)
+            try:
+                yield self
+            finally:
+                if self._running is running:
+                    self._running = None
+                for stop in self.on_stop:
+                    stop()
+                group.cancel_scope.cancel()
