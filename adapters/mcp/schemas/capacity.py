@@ -81,6 +81,14 @@ class McpServerStatus(BaseModel):
     references: int = Field(description="Live allocations using it.")
     started_at: UtcTime
     idle_since: UtcTime | None
+    cost: Amounts | None = Field(
+        None,
+        description=(
+            "What this instance reserves in the pool while it runs, idle or not, "
+            "once however many allocations share it (null: started before "
+            "instances held their cost; its allocations were charged it)."
+        ),
+    )
 
 
 RESERVED_SLOTS_ONLY = "reserved slots only"
@@ -93,7 +101,12 @@ class CapacityResult(BaseModel):
     total_cpu: float
     total_memory: int
     total_workers: int
-    allocated_cpu: float
+    allocated_cpu: float = Field(
+        description=(
+            "Reserved: the workers of live allocations plus the cost of each "
+            "running or idle MCP server instance (once per instance)."
+        )
+    )
     allocated_memory: int
     allocated_workers: int
     available_cpu: float = Field(
@@ -186,6 +199,7 @@ def capacity_result(view: CapacityView) -> CapacityResult:
                 references=s.references,
                 started_at=s.started_at,
                 idle_since=s.idle_since,
+                cost=None if s.cost is None else amounts(s.cost),
             )
             for s in servers
         ],
