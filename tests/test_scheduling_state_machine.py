@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from datetime import timedelta
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -80,6 +80,16 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.service = open_service(Settings(store="memory"), clock=self.clock)
         self.ledger = self.service.ledger
         self.ledger.set_capacity(Resources(6000, 12_288, 6))
+        # What one running instance of each costs, from the start (changed by
+        # `worker_size_and_server_costs`): fits, reclaims and preemption gains
+        # count them once per instance.
+        self.ledger.configure_pool(
+            "default",
+            server_costs={
+                "search": Resources(1000, 1024, 0),
+                "files": Resources(500, 512, 0),
+            },
+        )
         self.ids = iter(range(1_000_000))
         self.checked_queue = True
         self.properties = LedgerProperties(
@@ -135,6 +145,12 @@ class SchedulingMachine(RuleBasedStateMachine):
             taken = self.ledger.allocation(victim)
             assert taken.state is AllocationState.PREEMPTED
             assert taken.request.priority.rank < priority.rank
+        written = self.ledger.events.get(pool_uuid("default"), gt=before_version)
+        if any(
+            isinstance(e, Pool.ServerStopped) and e.reason == "reclaimed"
+            for e in written
+        ):
+            event("an idle server reclaimed for room")
         if result.preempted:
             self._check_victims(
                 request, allocation.allocation_id, before, before_version, result
@@ -181,6 +197,8 @@ class SchedulingMachine(RuleBasedStateMachine):
             server_costs=pool.settings.server_costs or {},
         )
         expected = reference_victims(view, request, needed, self.clock.now())
+        if any(s.held != Resources() for s in pool.servers.values()):
+            event("preempted where servers cost something")
         assert sorted(result.preempted) == expected, (
             f"preempted {sorted(result.preempted)}; the rule chooses {expected}"
         )
