@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from allocation_ledger.adapters.mcp.schemas.allocation_arguments import PoolName
 from allocation_ledger.adapters.mcp.schemas.scheduling import (
@@ -85,10 +90,20 @@ class McpServerStatus(BaseModel):
         None,
         description=(
             "What this instance reserves in the pool while it runs, idle or not, "
-            "once however many allocations share it (null: started before "
+            "once however many allocations share it (absent: started before "
             "instances held their cost; its allocations were charged it)."
         ),
     )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_cost(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        """An instance of the old rule shows as it did then: no `cost` key."""
+        shown: dict[str, Any] = handler(self)
+        if self.cost is None:
+            shown.pop("cost", None)
+        return shown
 
 
 RESERVED_SLOTS_ONLY = "reserved slots only"
