@@ -104,8 +104,8 @@ def fits_without(
                 held = held + server.cost
             kept_ports += pool.ports.has_mcp_port(server.port)
     for name in request.servers:
-        server = pool.servers.get(name)
-        if server is None or server.cost is None:
+        instance = pool.servers.get(name)
+        if instance is None or instance.cost is None:
             wanted = wanted + pool.settings.cost_of_server(name)
     left = pool.capacity - held
     for want, have in (

@@ -180,7 +180,9 @@ class SchedulingMachine(RuleBasedStateMachine):
             for e in events
             if isinstance(e, Pool.Freed) and e.allocation_id in result.preempted
         )
-        pool = self.ledger.repository.get(key, version=first.originator_version - 1)
+        pool: Pool = self.ledger.repository.get(
+            key, version=first.originator_version - 1
+        )
         needed = after.reservations[allocation_id].resources
         granted_now = {k: r for k, r in pool.reservations.items() if k not in before}
         candidates = {k: r for k, r in pool.reservations.items() if k in before}

@@ -75,7 +75,8 @@ def shown(service: AllocationService) -> dict[str, Any]:
         ),
         "usage": [row.as_dict() for row in store.usage(UsageQuery(), NOW)],
     }
-    return json.loads(json.dumps(made, default=str))
+    answered: dict[str, Any] = json.loads(json.dumps(made, default=str))
+    return answered
 
 
 def test_the_fixture_holds_the_per_allocation_rule() -> None:

@@ -31,8 +31,7 @@ from allocation_ledger.domain.values import (
     Rejection,
     Resources,
 )
-from tests.conftest import OpenService
-from tests.ledger_support import RecordingProvisioner, sequential_ids
+from tests.ledger_support import OpenService, RecordingProvisioner, sequential_ids
 
 GITHUB = Resources(250, 128, 0)
 BROWSER = Resources(1_000, 1_024, 0)
