@@ -245,3 +245,15 @@ def test_a_failed_start_gives_the_instance_cost_back(
     assert [(e.name, e.reason, e.cost) for e in stops] == [
         ("github", "start_failed", GITHUB.as_dict())
     ]
+
+
+def test_a_dry_run_that_would_reclaim_stops_nothing(
+    ledger: Ledger, provisioner: RecordingProvisioner
+) -> None:
+    ask(ledger, "filler", workers=3)
+    ledger.release(ask(ledger, "idle", ("browser",)))
+    result = ledger.request(AllocationRequest("trial", (), 1), dry_run=True)
+    assert result.dry_run and result.allocation.state is AllocationState.PENDING
+    assert provisioner.stopped == []
+    assert "browser" in ledger.pool("default").servers
+    assert pool_events(ledger, Pool.ServerStopped) == []
