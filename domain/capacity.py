@@ -61,6 +61,8 @@ def reclaimable(
     first: those no live allocation uses once `freeing` is given back, that
     the request does not name. (One still in use until `freeing` goes counts
     as idle from now: after every instance idle already.)"""
+    if not pool.servers:
+        return []
     users = Counter(name for r in freeing for name in r.servers)
     found = [
         s
