@@ -1141,11 +1141,17 @@ class LedgerMachine(RuleBasedStateMachine):
         capacity=small_capacities,
         snapshot_after=st.sampled_from((None, 7, 2)),
         instant=st.booleans(),
+        costs=server_costs,
     )
     def small_default_pool(
-        self, capacity: Amount, snapshot_after: int | None, instant: bool
+        self,
+        capacity: Amount,
+        snapshot_after: int | None,
+        instant: bool,
+        costs: dict[str, Amount] | None = None,
     ) -> None:
-        """A small pool, so that requests are often refused.
+        """A small pool, so that requests are often refused, and often MCP
+        servers that cost something (an instance holds its cost).
 
         Also how this ledger provisions (in the request's transaction or after
         it), and how soon it snapshots a Pool: as in production (None), or
@@ -1163,6 +1169,8 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self._settle(expect, error, before, "initial set_capacity")
         assert result is not None and result.created
+        if costs:  # servers that cost something from the start, often
+            self.configure_pool(DEFAULT_POOL, None, costs, None)
 
     # -- requests ----------------------------------------------------------------
 
