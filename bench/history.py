@@ -170,7 +170,7 @@ def generate(
         actor = f"agent-{rng.randrange(50)}"
         allocation_id = f"alloc-{rng.getrandbits(48):012x}"
         request = rng.choice(requests)
-        resources = pool.settings.resources_for(request)
+        resources = pool.settings.workers_for(request)
         made += 1
         if len(sample) < 2000 or rng.random() < 2000 / made:
             if len(sample) >= 2000:

@@ -14,7 +14,9 @@ those of docs/scheduling.md, "What happens to a request", in that order:
 3. The queue comes first: under the strict policy a request does not pass a
    queued request of at least its effective priority, neither by fitting
    nor by preempting (`queued_ahead`, or the shortfall if it does not fit).
-4. Preemption: if nobody waits ahead, it does not fit and `preempt` is true,
+4. Preemption: if nobody waits ahead, it does not fit (idle MCP server
+   instances it does not name count as reclaimable: they are stopped
+   before anyone is preempted) and `preempt` is true,
    it may take the capacity of live allocations of strictly lower priority
    that the pool's rules allow (preemption.py), but only of allocations
    that were live before this decision: one granted in the same unit of
@@ -98,15 +100,17 @@ def admit(
 
     `tenant`: whose quota it counts against (None: no quota applies);
     `preempt`: whether it may take lower priorities' capacity; `wait`:
-    whether it may be queued instead of refused; `resources`: what it holds
-    while live (millicores, MiB, workers), if the caller worked it out
-    already (`pool.settings.resources_for(request)`); `granted_now`: the
+    whether it may be queued instead of refused; `resources`: what its
+    allocation holds while live (its workers: millicores, MiB, workers), if
+    the caller worked it out already (`pool.settings.workers_for(request)`;
+    fitting also counts the costs of the servers it would start, and idle
+    instances it would reclaim: capacity.py); `granted_now`: the
     allocations whose reservations were made in this same unit of work
     (granted from the queue just before): never victims. Reads the pool, changes
     nothing and raises nothing. The rules, in order, are in the module's
     docstring (from docs/scheduling.md).
     """
-    needed = pool.settings.resources_for(request) if resources is None else resources
+    needed = pool.settings.workers_for(request) if resources is None else resources
     over_quota = quota_shortfall(pool, tenant, needed)
     if over_quota is not None:
         return Refuse(over_quota)
@@ -125,7 +129,9 @@ def admit(
         refusal = short or ahead
     if not wait:
         return Refuse(refusal)
-    never = never_fits(pool, needed, servers=len(request.servers))
+    never = never_fits(
+        pool, pool.settings.in_empty_pool(request), servers=len(request.servers)
+    )
     return Queue(refusal) if never is None else Refuse(never)
 
 

@@ -27,7 +27,8 @@ class RequestFacts(TypedDict):
     Built once per request and passed as keywords to the constructor of its
     outcome: `Allocation.requested` (its capacity held at once), `queued` or
     `rejected` (holding nothing). `resources`: what it holds while live, in
-    millicores, MiB and workers (`PoolSettings.resources_for`); `at`: the
+    millicores, MiB and workers (its workers, `PoolSettings.workers_for`;
+    its MCP servers' instances hold their costs themselves); `at`: the
     ledger clock's time; `actor`: who asked; `tenant`: whose quota it counts
     against (none: nobody's); `options`: how it asked to be admitted (wait,
     max_wait_seconds, preempt), kept so a retry can be compared.

@@ -114,18 +114,44 @@ class Pool(PoolDecisions, Aggregate):
             aggregate.ports = PortRanges(**self.ports)
 
     class ServerStarted(Event):
+        """An MCP server instance started (its process is started after the
+        commit). `cost`: what the instance reserves in the pool while it
+        runs, idle or not, until it stops; None in histories written before
+        instances held their cost (then each allocation naming it was
+        charged the cost in its `Reserved` amounts)."""
+
         TOPIC = "allocation-ledger:pool:server-started"
         name: str
         port: int
+        cost: dict[str, int] | None = None
 
         def apply(self, aggregate: Pool) -> None:
+            cost = None if self.cost is None else Resources.from_dict(self.cost)
             aggregate.servers[self.name] = ServerInstance(
                 name=self.name,
                 port=self.port,
                 references=0,
                 started_at=self.timestamp,
                 idle_since=self.timestamp,
+                cost=cost,
             )
+            if cost is not None:
+                aggregate.reserved = aggregate.reserved + cost
+
+    class ServerCharged(Event):
+        """An instance started before instances held their cost now holds
+        `cost` (what the catalog gives it now): the first allocation
+        attaching to it under the per-instance rule reserved it."""
+
+        TOPIC = "allocation-ledger:pool:server-charged"
+        name: str
+        cost: dict[str, int]
+
+        def apply(self, aggregate: Pool) -> None:
+            cost = Resources.from_dict(self.cost)
+            server = aggregate.servers[self.name]
+            aggregate.servers[self.name] = replace(server, cost=cost)
+            aggregate.reserved = aggregate.reserved + cost
 
     class Reserved(Event):
         TOPIC = "allocation-ledger:pool:reserved"
@@ -193,12 +219,23 @@ class Pool(PoolDecisions, Aggregate):
                 )
 
     class ServerStopped(Event):
+        """An MCP server instance stopped (its process is stopped after the
+        commit); its port and what it reserved are free again. `reason`:
+        idle (its idle timeout passed), reclaimed (stopped for room for a
+        request), out_of_range (outside new port ranges), start_failed,
+        start_abandoned, unstartable; None in older histories. `cost`: what
+        it gave back (repeats what it held, so read models need no lookup);
+        None when it held nothing of its own."""
+
         TOPIC = "allocation-ledger:pool:server-stopped"
         name: str
         port: int
+        reason: str | None = None
+        cost: dict[str, int] | None = None
 
         def apply(self, aggregate: Pool) -> None:
-            del aggregate.servers[self.name]
+            server = aggregate.servers.pop(self.name)
+            aggregate.reserved = aggregate.reserved - server.held
 
     class SchedulingConfigured(Event):
         TOPIC = "allocation-ledger:pool:scheduling-configured"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from eventsourcing.domain import Aggregate
 
-from allocation_ledger.domain.capacity import shortfall
+from allocation_ledger.domain.capacity import shortfall, to_reclaim
 from allocation_ledger.domain.pool_settings import (
     PoolSettings,
     costs_to_event,
@@ -72,6 +72,7 @@ class PoolDecisions(_Aggregate):
         Reconfigured: ClassVar[type[Aggregate.Event]]
         PortsChanged: ClassVar[type[Aggregate.Event]]
         ServerStarted: ClassVar[type[Aggregate.Event]]
+        ServerCharged: ClassVar[type[Aggregate.Event]]
         Reserved: ClassVar[type[Aggregate.Event]]
         LeaseExtended: ClassVar[type[Aggregate.Event]]
         Freed: ClassVar[type[Aggregate.Event]]
@@ -130,13 +131,7 @@ class PoolDecisions(_Aggregate):
         stopped: list[tuple[str, int]] = []
         for server in sorted(self.servers.values(), key=lambda s: (s.port, s.name)):
             if server.references == 0 and not ranges.has_mcp_port(server.port):
-                self.trigger_event(
-                    self.ServerStopped,
-                    timestamp=at,
-                    actor=actor,
-                    name=server.name,
-                    port=server.port,
-                )
+                self._stop(server, "out_of_range", at=at, actor=actor)
                 stopped.append((server.name, server.port))
         self.trigger_event(
             self.PortsChanged, timestamp=at, actor=actor, ports=ranges.as_dict()
@@ -151,7 +146,8 @@ class PoolDecisions(_Aggregate):
 
     @property
     def available(self) -> Resources:
-        """Capacity minus what live reservations hold (negative after a cut)."""
+        """Capacity minus what is reserved: live reservations' workers and
+        running MCP server instances' costs (negative after a cut)."""
         return self.settings.capacity - self.reserved
 
     def free_mcp_ports(self) -> int:
@@ -163,16 +159,16 @@ class PoolDecisions(_Aggregate):
     ) -> Rejection | None:
         """The first dimension the request does not fit in, or None if it fits
         (`capacity.shortfall`; `freeing`: reservations to count as given back)."""
-        needed = self.settings.resources_for(request)
-        return shortfall(self, request, needed, freeing=freeing)
+        held = self.settings.workers_for(request)
+        return shortfall(self, request, held, freeing=freeing)
 
     def waiting_ahead(
         self, request: AllocationRequest, now: datetime
     ) -> Rejection | None:
         """Why a newcomer must wait behind the queue under the strict policy,
         or None when it may go ahead (`queueing.waiting_ahead`)."""
-        needed = self.settings.resources_for(request)
-        return waiting_ahead(self, request, needed, now)
+        held = self.settings.workers_for(request)
+        return waiting_ahead(self, request, held, now)
 
     def next_to_grant(self, now: datetime) -> QueueEntry | None:
         """The queued request to grant now, if any (`queueing.next_to_grant`)."""
@@ -213,32 +209,48 @@ class PoolDecisions(_Aggregate):
     ) -> ReservedPorts:
         """Hold capacity and ports for a request that fits (check `shortfall` first).
 
-        `resources`: what it holds (`settings.resources_for(request)`), if the
+        In one decision: the idle MCP servers `capacity.to_reclaim` names
+        are stopped (`reclaimed`, longest idle first, only as many as
+        needed); each server the request names that has no instance starts,
+        reserving its cost (an instance started before instances held their
+        cost is charged it); the allocation reserves its workers.
+        `resources`: what it holds (`settings.workers_for(request)`), if the
         caller worked it out already. Raises ValueError if it does not fit.
         """
-        needed = (
-            self.settings.resources_for(request) if resources is None else resources
-        )
-        rejection = shortfall(self, request, needed)
+        held = self.settings.workers_for(request) if resources is None else resources
+        rejection = shortfall(self, request, held)
         if rejection is not None:
             msg = f"reserve() called for a request that does not fit: {rejection}"
             raise ValueError(msg)
-        servers: list[tuple[str, int, bool]] = []
         stopped: list[tuple[str, int]] = []
+        for idle in to_reclaim(self, request, held):
+            self._stop(idle, "reclaimed", at=at, actor=actor)
+            stopped.append((idle.name, idle.port))
+        servers: list[tuple[str, int, bool]] = []
         for name in request.servers:
+            cost = self.settings.cost_of_server(name)
             running = self.servers.get(name)
             if running is not None:
+                if running.cost is None and cost != Resources():
+                    self.trigger_event(
+                        self.ServerCharged,
+                        timestamp=at,
+                        actor=actor,
+                        name=name,
+                        cost=cost.as_dict(),
+                    )
                 servers.append((name, running.port, False))
                 continue
-            if self.free_mcp_ports() == 0:
-                stopped.append(
-                    self._stop_longest_idle(keep=request.servers, at=at, actor=actor)
-                )
             port = lowest_free_mcp_port(
                 self.ports, (s.port for s in self.servers.values())
             )
             self.trigger_event(
-                self.ServerStarted, timestamp=at, actor=actor, name=name, port=port
+                self.ServerStarted,
+                timestamp=at,
+                actor=actor,
+                name=name,
+                port=port,
+                cost=cost.as_dict(),
             )
             servers.append((name, port, True))
         worker_ports = lowest_free_worker_ports(
@@ -249,7 +261,7 @@ class PoolDecisions(_Aggregate):
             timestamp=at,
             actor=actor,
             allocation_id=allocation_id,
-            resources=needed.as_dict(),
+            resources=held.as_dict(),
             worker_ports=list(worker_ports),
             servers=list(request.servers),
             expires_at=expires_at,
@@ -279,7 +291,9 @@ class PoolDecisions(_Aggregate):
     def free(
         self, allocation_id: str, outcome: str, *, at: datetime, actor: str
     ) -> bool:
-        """Give back what an allocation held. False if it held nothing here."""
+        """Give back what an allocation held (its workers; an MCP server it
+        was the last to use goes idle and keeps its cost until it stops).
+        False if it held nothing here."""
         reservation = self.reservations.get(allocation_id)
         if reservation is None:
             return False
@@ -297,30 +311,26 @@ class PoolDecisions(_Aggregate):
         return True
 
     def stop_idle_servers(self, now: datetime, *, actor: str) -> list[ServerInstance]:
-        """Stop the MCP servers idle past the idle timeout (their ports are
-        free again); answers those stopped, oldest idle first."""
+        """Stop the MCP servers idle past the idle timeout (their ports and
+        costs are free again; reason `idle`); answers those stopped, oldest
+        idle first."""
         stopped = self.idle_servers_due(now)
         for server in stopped:
-            self.trigger_event(
-                self.ServerStopped,
-                timestamp=now,
-                actor=actor,
-                name=server.name,
-                port=server.port,
-            )
+            self._stop(server, "idle", at=now, actor=actor)
         return stopped
 
-    def stop_unused_server(self, name: str, *, at: datetime, actor: str) -> int | None:
+    def stop_unused_server(
+        self, name: str, *, at: datetime, actor: str, reason: str = "start_failed"
+    ) -> int | None:
         """Record the MCP server `name` stopped when no live allocation uses
         it (a start that failed, a process that cannot be brought back): its
-        port is free again. The port it had; None when it is not recorded
-        here or still in use (then nothing is recorded)."""
+        port and cost are free again. `reason`: recorded on the stop. The
+        port it had; None when it is not recorded here or still in use (then
+        nothing is recorded)."""
         server = self.servers.get(name)
         if server is None or server.references:
             return None
-        self.trigger_event(
-            self.ServerStopped, timestamp=at, actor=actor, name=name, port=server.port
-        )
+        self._stop(server, reason, at=at, actor=actor)
         return server.port
 
     def enqueue(
@@ -337,11 +347,10 @@ class PoolDecisions(_Aggregate):
         """Put a request that holds nothing in the queue, behind those waiting.
 
         `deadline`: when it times out (None: never); `resources`: what it
-        will hold once granted, if the caller worked it out already.
+        will hold once granted (its workers), if the caller worked it out
+        already.
         """
-        needed = (
-            self.settings.resources_for(request) if resources is None else resources
-        )
+        needed = self.settings.workers_for(request) if resources is None else resources
         self.trigger_event(
             self.Enqueued,
             timestamp=at,
@@ -405,27 +414,16 @@ class PoolDecisions(_Aggregate):
 
     # -- internals -------------------------------------------------------------
 
-    def _stop_longest_idle(
-        self, *, keep: Iterable[str], at: datetime, actor: str
-    ) -> tuple[str, int]:
-        """Stop the longest-idle server in the MCP range not in `keep`, for
-        its port."""
-        kept = set(keep)
-        idle = [
-            s
-            for s in self.servers.values()
-            if s.references == 0
-            and s.name not in kept
-            and s.idle_since is not None
-            and self.ports.has_mcp_port(s.port)
-        ]
-        idle.sort(key=lambda s: (s.idle_since or at, s.name))
-        server = idle[0]
+    def _stop(
+        self, server: ServerInstance, reason: str, *, at: datetime, actor: str
+    ) -> None:
+        """Record `server` stopped for `reason`, giving back its port and cost."""
         self.trigger_event(
             self.ServerStopped,
             timestamp=at,
             actor=actor,
             name=server.name,
             port=server.port,
+            reason=reason,
+            cost=None if server.cost is None else server.cost.as_dict(),
         )
-        return server.name, server.port

@@ -5,6 +5,10 @@ whole workers. The defaults are the original resource manager's (design
 contract, "Original defaults"): 16 cores, 32768 MB, 10 workers; a worker is
 1 core and 2048 MB; an MCP server costs nothing unless configured; idle MCP
 servers stop after 300 s.
+
+An MCP server's cost is what one running instance of it reserves in the
+pool, from the decision that starts it until it stops (docs/provisioning.md,
+"What a server costs"); an allocation holds only its workers.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ class PoolSettings:
     """How big a pool is and what its workers and MCP servers cost.
 
     `capacity`: the pool's totals (millicores, MiB, workers). `worker_size`:
-    what one worker holds (its `workers` is 1). `server_costs`: what each
-    allocation naming an MCP server is charged for it, by server name (CPU
-    and memory only; none configured: free). `idle_timeout_seconds`: how
+    what one worker holds (its `workers` is 1). `server_costs`: what one
+    running instance of an MCP server reserves in the pool, by server name
+    (CPU and memory only; none configured: free), recorded on the instance
+    when it starts. `idle_timeout_seconds`: how
     long an MCP server no live allocation uses keeps its port before it is
     stopped; `server_idle_timeouts`: that time for each server named there
     (the catalog's `idle_timeout_seconds` per server), the pool's for others.
@@ -57,18 +62,27 @@ class PoolSettings:
         return (self.server_idle_timeouts or {}).get(name, self.idle_timeout_seconds)
 
     def cost_of_server(self, name: str) -> Resources:
-        """What one allocation is charged for using MCP server `name`."""
+        """What one running instance of MCP server `name` reserves (millicores,
+        MiB; no workers) when it starts now."""
         if self.server_costs is None:
             return Resources()
         return self.server_costs.get(name, Resources())
 
-    def resources_for(self, request: AllocationRequest) -> Resources:
-        """What a request holds while live: its workers plus its servers' costs."""
-        total = Resources(
+    def workers_for(self, request: AllocationRequest) -> Resources:
+        """What an allocation for `request` holds while live: its workers
+        (millicores, MiB, workers). The MCP servers it names hold their
+        costs themselves, once per running instance."""
+        return Resources(
             self.worker_size.cpu_millicores * request.workers,
             self.worker_size.memory_mib * request.workers,
             request.workers,
         )
+
+    def in_empty_pool(self, request: AllocationRequest) -> Resources:
+        """What granting `request` would reserve in a pool where nothing
+        runs: its workers plus one instance of each server it names (what
+        `capacity.never_fits` compares with the pool's totals)."""
+        total = self.workers_for(request)
         for name in request.servers:
             total = total + self.cost_of_server(name)
         return total

@@ -64,6 +64,10 @@ class ServerInstance:
 
     `references`: how many live allocations use it; `idle_since`: when the
     last of them ended (None while in use). It keeps its port until stopped.
+    `cost`: what it reserves in the pool while it runs, idle or not
+    (millicores, MiB); None for an instance started before instances held
+    their cost (its cost is then in the amounts its allocations reserved,
+    until an allocation attaching to it under the new rule charges it).
     """
 
     name: str
@@ -71,6 +75,12 @@ class ServerInstance:
     references: int
     started_at: datetime
     idle_since: datetime | None
+    cost: Resources | None = None
+
+    @property
+    def held(self) -> Resources:
+        """What the instance itself reserves now (nothing when `cost` is None)."""
+        return self.cost if self.cost is not None else Resources()
 
 
 @dataclass(frozen=True)
@@ -79,15 +89,17 @@ class ReservedPorts:
 
     worker_ports: tuple[int, ...]
     servers: tuple[tuple[str, int, bool], ...]  # name, port, started now
-    stopped: tuple[tuple[str, int], ...] = ()  # idle servers stopped for ports
+    stopped: tuple[tuple[str, int], ...] = ()  # idle servers reclaimed for room
 
 
 class PoolState(Protocol):
     """A pool as the pure decision functions read it (the Pool aggregate is one).
 
-    `available` is capacity minus what live reservations hold, by dimension
+    `available` is capacity minus what is reserved, by dimension
     (millicores, MiB, workers); it may be negative after capacity was
-    lowered. `quotas`: each tenant's limits on what it may hold at once.
+    lowered; what is reserved counts live reservations (their workers) and
+    running MCP server instances (their costs, idle or not). `quotas`: each
+    tenant's limits on what its allocations may hold at once.
     """
 
     @property

@@ -12,6 +12,12 @@ candidates that would make the request fit, the one taken is, in this order
    and if that ties, whose next oldest was, and so on; allocations reserved
    at the same instant count as younger in the order of their ids.
 
+What a set of victims frees (docs/scheduling.md, "Preemption"): their
+workers, and the cost and port of each MCP server instance whose every user
+is in the set and that the request does not name (it goes idle, so it is
+reclaimed in the same decision). Idle instances are reclaimed before anyone
+is preempted: a request that fits with them preempts nobody.
+
 The rule is exact for any number of candidates; tests/test_preemption.py
 checks it against a search of every subset, and the ledger state machine
 checks the ledger's every preemption against it.
@@ -23,13 +29,20 @@ import heapq
 from collections.abc import Sequence
 from datetime import datetime
 
-from allocation_ledger.domain.capacity import AMOUNTS, ports_short, shortfall
+from allocation_ledger.domain.capacity import (
+    AMOUNTS,
+    ports_short,
+    room_for,
+    shortfall,
+    starting_costs,
+)
 from allocation_ledger.domain.pool_state import PoolState, Reservation
 from allocation_ledger.domain.values import AllocationRequest, Resources
 
 Gains = tuple[int, ...]
 """What freeing one reservation gives back at most, per dimension: workers,
-millicores, MiB (as in `AMOUNTS`), then MCP ports."""
+millicores, MiB (as in `AMOUNTS`), then MCP ports. A server instance it
+uses counts in full for each reservation using it (an upper bound)."""
 
 
 def preemption_candidates(
@@ -53,9 +66,10 @@ def preemption_victims(
     """The victims the rule above chooses, youngest first; None if no set
     the pool's rules allow would make the request fit.
 
-    `needed`: what the request holds while live (millicores, MiB, workers).
-    Call it only for a request that does not fit as things are: the answer
-    is then never empty.
+    `needed`: what the request's allocation holds while live (its workers:
+    millicores, MiB, workers; `capacity.shortfall` adds the costs of the
+    servers it would start). Call it only for a request that does not fit
+    as things are: the answer is then never empty.
     """
     allowed = preemption_candidates(pool, request, now)
     if not allowed or shortfall(pool, request, needed, freeing=allowed) is not None:
@@ -77,10 +91,11 @@ class _FewestYoungest:
     first, each as low as it can be, so the first set that fits is the
     youngest of its size. A branch is cut as soon as, in some dimension, the
     largest gains that the positions left could add cannot cover what is
-    still missing: gains are upper bounds (an MCP server counts as freed for
-    each reservation using it), so no set that fits is ever cut, and
-    `shortfall` decides each complete set. With one dimension short the
-    bound is exact and no branch is entered in vain.
+    still missing: gains are upper bounds (an MCP server instance, its cost
+    and its port, counts as freed for each reservation using it, though it
+    is freed only with the last of them), so no set that fits is ever cut,
+    and `shortfall` decides each complete set. With one dimension short and
+    no shared server the bound is exact and no branch is entered in vain.
     """
 
     def __init__(
@@ -106,16 +121,23 @@ class _FewestYoungest:
         return None
 
     def _gain(self, reservation: Reservation) -> Gains:
-        amounts = tuple(reservation.resources.amount(d) for d in AMOUNTS)
         servers = {n for n in reservation.servers if n not in self._request.servers}
+        freed = reservation.resources
+        for name in servers:
+            instance = self._pool.servers.get(name)
+            if instance is not None:
+                freed = freed + instance.held
+        amounts = tuple(freed.amount(d) for d in AMOUNTS)
         return (*amounts, len(servers))
 
     def _missing(self) -> Gains:
-        """What the request lacks per dimension before anyone is freed."""
-        available = self._pool.available
+        """What the request lacks per dimension before anyone is freed (idle
+        instances it does not name count as reclaimed)."""
+        available = room_for(self._pool, self._request)
+        wanted = self._needed + starting_costs(self._pool, self._request)
         amounts = tuple(
-            max(self._needed.amount(d) - available.amount(d), 0)
-            if self._needed.amount(d) > 0
+            max(wanted.amount(d) - available.amount(d), 0)
+            if wanted.amount(d) > 0
             else 0
             for d in AMOUNTS
         )

@@ -149,7 +149,9 @@ class Provisioning(UnitOfWorkApplication):
         for slot in allocation.servers:
             recorded = pool.servers.get(slot.name)
             if recorded is not None and recorded.port == slot.port:
-                port = pool.stop_unused_server(slot.name, at=now, actor=actor)
+                port = pool.stop_unused_server(
+                    slot.name, at=now, actor=actor, reason="start_abandoned"
+                )
                 if port is not None:
                     work.stopped.append(StoppedServer(pool.name, slot.name, slot.port))
             else:

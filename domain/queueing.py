@@ -16,7 +16,9 @@ from allocation_ledger.domain.capacity import (
     never_fits,
     quota_never_fits,
     quota_shortfall,
+    room_for,
     shortfall,
+    starting_costs,
 )
 from allocation_ledger.domain.pool_state import PoolState, QueueEntry
 from allocation_ledger.domain.ports import free_mcp_ports
@@ -54,7 +56,7 @@ def queue_order(pool: PoolState, now: datetime) -> list[QueueEntry]:
 def blocked_by(pool: PoolState, entry: QueueEntry) -> Rejection | None:
     """What keeps a queued request from being granted now: the pool's
     shortfall, else its tenant's quota; None when it could be granted."""
-    needed = pool.settings.resources_for(entry.request)
+    needed = pool.settings.workers_for(entry.request)
     return shortfall(pool, entry.request, needed) or quota_shortfall(
         pool, entry.tenant, needed
     )
@@ -69,8 +71,9 @@ def waiting_ahead(
 
     The answer (code `queued_ahead`) names the dimension the head of the
     queue waits for (workers if the head could be granted) with what the
-    newcomer needs of it (`needed`, or its MCP server count) and what is
-    available (free MCP ports for that dimension).
+    newcomer needs of it (`needed`, its workers, plus the costs of the
+    servers it would start; or its MCP server count) and what it could have
+    (`capacity.room_for`; free MCP ports for that dimension).
     """
     if pool.scheduling.queue_policy is not QueuePolicy.STRICT or not pool.queue:
         return None
@@ -82,12 +85,12 @@ def waiting_ahead(
     available = (
         free_mcp_ports(pool.ports, (s.port for s in pool.servers.values()))
         if dimension is Dimension.MCP_PORTS
-        else pool.available.amount(dimension)
+        else room_for(pool, request).amount(dimension)
     )
     requested = (
         len(request.servers)
         if dimension is Dimension.MCP_PORTS
-        else needed.amount(dimension)
+        else (needed + starting_costs(pool, request)).amount(dimension)
     )
     return Rejection(QUEUED_AHEAD, dimension, requested, max(available, 0))
 
@@ -123,10 +126,12 @@ def never_granted(pool: PoolState) -> list[tuple[QueueEntry, Rejection]]:
     waits for leases to end (invariant 10)."""
     found: list[tuple[QueueEntry, Rejection]] = []
     for entry in sorted(pool.queue.values(), key=lambda e: e.arrival):
-        needed = pool.settings.resources_for(entry.request)
+        settings = pool.settings
         never = never_fits(
-            pool, needed, servers=len(entry.request.servers)
-        ) or quota_never_fits(pool, entry.tenant, needed)
+            pool,
+            settings.in_empty_pool(entry.request),
+            servers=len(entry.request.servers),
+        ) or quota_never_fits(pool, entry.tenant, settings.workers_for(entry.request))
         if never is not None:
             found.append((entry, never))
     return found

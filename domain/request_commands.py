@@ -20,7 +20,7 @@ from allocation_ledger.domain.allocation_ids import (
     allocation_id_for_request,
     pre_tenant_allocation_id,
 )
-from allocation_ledger.domain.capacity import shortfall
+from allocation_ledger.domain.capacity import fits_as_is
 from allocation_ledger.domain.errors import ArgumentChange, RequestIdConflictError
 from allocation_ledger.domain.lease_commands import expire_due_leases
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
@@ -70,6 +70,8 @@ class RequestCommands(Provisioning):
 
         Before anything is refused, allocations whose lease already ran out are
         expired in the same transaction, so a late sweep never costs capacity;
+        then idle MCP servers the request does not name are reclaimed
+        (stopped, longest idle first) as far as it needs their room;
         what that frees goes in one ranking to the queue and the newcomer
         (requests queued with at least its priority, effective, first). A
         request that still does not fit may take the capacity of allocations
@@ -113,9 +115,11 @@ class RequestCommands(Provisioning):
             else:
                 allocation_id = self.new_allocation_id()
             target = work.pool(pool, actor=actor)
-            needed = target.settings.resources_for(request)
+            needed = target.settings.workers_for(request)
             expired: list[str] = []
-            if shortfall(target, request, needed) is not None and target.due(now):
+            # What is due is expired before any idle MCP server is reclaimed
+            # (in `reserve`), and both before anyone is queued or preempted.
+            if not fits_as_is(target, request, needed) and target.due(now):
                 expired = expire_due_leases(work, target, now, limit=None)
                 work.teardown.extend(work.allocation(i).snapshot() for i in expired)
             # The newcomer and the queue share one ranking: first, what waits

@@ -68,7 +68,7 @@ class ServerProcessCommands(Provisioning):
             stopped = None
             if server is not None and server.port == port:
                 stopped = target.stop_unused_server(
-                    name, at=self.clock.now(), actor=actor
+                    name, at=self.clock.now(), actor=actor, reason="unstartable"
                 )
             if stopped is None:
                 work.require_current()

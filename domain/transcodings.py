@@ -109,13 +109,16 @@ class ServerInstanceAsDict(Transcoding):
     name = "allocation-ledger:server-instance"
 
     def encode(self, obj: ServerInstance) -> dict[str, Any]:
-        return {
+        encoded = {
             "name": obj.name,
             "port": obj.port,
             "references": obj.references,
             "started_at": obj.started_at,
             "idle_since": obj.idle_since,
         }
+        if obj.cost is not None:  # absent: started before instances held costs
+            encoded["cost"] = obj.cost
+        return encoded
 
     def decode(self, data: dict[str, Any]) -> ServerInstance:
         return ServerInstance(**data)

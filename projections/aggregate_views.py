@@ -41,6 +41,7 @@ def capacity_view_of(pool: Pool) -> CapacityView:
                 references=server.references,
                 started_at=server.started_at,
                 idle_since=server.idle_since,
+                cost=server.cost,
             )
             for name, server in pool.servers.items()
         },
@@ -54,7 +55,7 @@ def capacity_view_of(pool: Pool) -> CapacityView:
                 priority=entry.request.priority.value,
                 workers=entry.request.workers,
                 servers=list(entry.request.servers),
-                resources=settings.resources_for(entry.request),
+                resources=settings.workers_for(entry.request),
                 arrival=entry.arrival,
                 enqueued_at=entry.enqueued_at,
                 deadline=entry.deadline,

@@ -109,10 +109,7 @@ def capacity_to_dict(view: CapacityView) -> dict[str, Any]:
         "worker_size": view.worker_size.as_dict(),
         "idle_timeout_seconds": view.idle_timeout_seconds,
         "live_allocations": view.live_allocations,
-        "servers": [
-            [s.name, s.port, s.references, _time(s.started_at), _time(s.idle_since)]
-            for s in view.servers.values()
-        ],
+        "servers": [_server_to_list(s) for s in view.servers.values()],
         "worker_ports_in_use": view.worker_ports_in_use,
         "updated_at": _time(view.updated_at),
         "version": view.version,
@@ -143,9 +140,31 @@ def capacity_to_dict(view: CapacityView) -> dict[str, Any]:
     }
 
 
+def _server_to_list(server: ServerView) -> list[Any]:
+    """A server as stored: its cost last, only when it holds one (rows of
+    instances started before instances held their cost stay as they were)."""
+    row: list[Any] = [
+        server.name,
+        server.port,
+        server.references,
+        _time(server.started_at),
+        _time(server.idle_since),
+    ]
+    if server.cost is not None:
+        row.append(server.cost.as_dict())
+    return row
+
+
 def capacity_from_dict(data: dict[str, Any]) -> CapacityView:
     servers = [
-        ServerView(s[0], s[1], s[2], _parse_required(s[3]), _parse(s[4]))
+        ServerView(
+            s[0],
+            s[1],
+            s[2],
+            _parse_required(s[3]),
+            _parse(s[4]),
+            Resources.from_dict(s[5]) if len(s) > 5 else None,
+        )
         for s in data["servers"]
     ]
     return CapacityView(

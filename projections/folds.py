@@ -151,13 +151,21 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
     elif isinstance(event, Pool.PortsChanged):
         view.ports = PortRanges(**event.ports)
     elif isinstance(event, Pool.ServerStarted):
+        cost = None if event.cost is None else Resources.from_dict(event.cost)
         view.servers[event.name] = ServerView(
             name=event.name,
             port=event.port,
             references=0,
             started_at=event.timestamp,
             idle_since=event.timestamp,
+            cost=cost,
         )
+        if cost is not None:
+            view.reserved = view.reserved + cost
+    elif isinstance(event, Pool.ServerCharged):
+        cost = Resources.from_dict(event.cost)
+        view.servers[event.name] = replace(view.servers[event.name], cost=cost)
+        view.reserved = view.reserved + cost
     elif isinstance(event, Pool.Reserved):
         view.reserved = view.reserved + Resources.from_dict(event.resources)
         if event.tenant is not None:
@@ -194,6 +202,8 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
             )
     elif isinstance(event, Pool.ServerStopped):
         view.servers.pop(event.name, None)
+        if event.cost is not None:
+            view.reserved = view.reserved - Resources.from_dict(event.cost)
     elif isinstance(event, Pool.Enqueued):
         request = event.request
         view.arrivals += 1

@@ -41,7 +41,7 @@ from allocation_ledger.domain.values import (
 )
 from allocation_ledger.projections.catchup import Batch, fold_event
 from allocation_ledger.projections.store import InMemoryReadModels, ReadModelStore
-from allocation_ledger.projections.views import AllocationView
+from allocation_ledger.projections.views import AllocationView, CapacityView
 
 _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
@@ -72,6 +72,15 @@ class _PoolState:
     worker_ports: set[int] = field(default_factory=set)
     server_ports: dict[str, int] = field(default_factory=dict)
     ranges: PortRanges = field(default_factory=PortRanges)
+    server_costs: dict[str, Resources] = field(default_factory=dict)
+    """What each running instance reserves (none for one started before
+    instances held their cost)."""
+
+    def instance_costs(self) -> Resources:
+        total = Resources()
+        for cost in self.server_costs.values():
+            total = total + cost
+        return total
 
 
 Settled = Callable[[UUID, AllocationView], None]
@@ -261,10 +270,34 @@ class InvariantChecker:
                 self._fail(position, name, 2, f"MCP port {event.port} already in use")
             self._check_not_elsewhere(position, name, key, [event.port])
             state.server_ports[event.name] = event.port
+            if event.cost is not None:
+                cost = Resources.from_dict(event.cost)
+                state.server_costs[event.name] = cost
+                self._check_room(position, name, capacity, cost)
+        elif isinstance(event, Pool.ServerCharged):
+            if event.name not in state.server_ports:
+                self._fail(position, name, 1, f"MCP server {event.name!r} not running")
+            elif event.name in state.server_costs:
+                self._fail(
+                    position, name, 1, f"MCP server {event.name!r} charged twice"
+                )
+            else:
+                cost = Resources.from_dict(event.cost)
+                state.server_costs[event.name] = cost
+                self._check_room(position, name, capacity, cost)
         elif isinstance(event, Pool.ServerStopped):
             stopped = state.server_ports.pop(event.name, None)
             if stopped is not None and self._owners.get(stopped) == key:
                 del self._owners[stopped]
+            held = state.server_costs.pop(event.name, None)
+            freed = None if event.cost is None else Resources.from_dict(event.cost)
+            if held != freed:
+                self._fail(
+                    position,
+                    name,
+                    1,
+                    f"MCP server {event.name!r} gives back {freed} but held {held}",
+                )
         elif isinstance(event, Pool.Reserved):
             for port in event.worker_ports:
                 if not state.ranges.has_worker_port(port):
@@ -289,26 +322,40 @@ class InvariantChecker:
                             f"{dimension}: {held.amount(dimension)} of "
                             f"{limit.amount(dimension)}",
                         )
-            if capacity is not None:
-                added = Resources.from_dict(event.resources)
-                after = capacity.reserved + added
-                for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-                    if added.amount(dimension) > 0 and after.amount(
-                        dimension
-                    ) > capacity.total.amount(dimension):
-                        self._fail(
-                            position,
-                            name,
-                            1,
-                            f"pool {capacity.pool!r} over-committed in {dimension}: "
-                            f"{after.amount(dimension)} reserved of "
-                            f"{capacity.total.amount(dimension)}",
-                        )
+            self._check_room(
+                position, name, capacity, Resources.from_dict(event.resources)
+            )
         elif isinstance(event, Pool.Freed):
             state.worker_ports.difference_update(event.worker_ports)
             for port in event.worker_ports:
                 if self._owners.get(port) == key:
                     del self._owners[port]
+
+    def _check_room(
+        self,
+        position: int,
+        name: str,
+        capacity: CapacityView | None,
+        added: Resources,
+    ) -> None:
+        """Invariant 1: what a reservation or a server start adds never
+        takes a dimension it adds to past the pool's capacity."""
+        if capacity is None:
+            return
+        after = capacity.reserved + added
+        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
+            if added.amount(dimension) > 0 and after.amount(
+                dimension
+            ) > capacity.total.amount(dimension):
+                self._fail(
+                    position,
+                    name,
+                    1,
+                    f"pool {capacity.pool!r} over-committed in {dimension}: "
+                    f"{after.amount(dimension)} reserved of "
+                    f"{capacity.total.amount(dimension)}",
+                )
+                return
 
     def _check_not_elsewhere(
         self, position: int, name: str, key: UUID, ports: list[int]
@@ -373,15 +420,20 @@ class InvariantChecker:
     def _check_totals(self, position: int, where: str) -> None:
         held = self._held
         naming = self._naming
-        for capacity in self.batch.capacities.values():
+        for key, capacity in self.batch.capacities.items():
             live = held.get(capacity.pool, Resources())
-            if capacity.reserved != live:
+            pool_state = self.pools.get(key)
+            instances = (
+                Resources() if pool_state is None else pool_state.instance_costs()
+            )
+            if capacity.reserved != live + instances:
                 self._fail(
                     position,
                     where,
                     1,
                     f"pool {capacity.pool!r} reserves {capacity.reserved} but its "
-                    f"live allocations hold {live}",
+                    f"live allocations hold {live} and its running MCP server "
+                    f"instances {instances}",
                 )
                 return
             counts = naming.get(capacity.pool, Counter())

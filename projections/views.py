@@ -71,13 +71,16 @@ class AllocationView:
 
 @dataclass
 class ServerView:
-    """An MCP server running in a pool."""
+    """An MCP server running in a pool. `cost`: what the instance reserves
+    in the pool while it runs, idle or not (None: started before instances
+    held their cost; its allocations' amounts hold it)."""
 
     name: str
     port: int
     references: int
     started_at: datetime
     idle_since: datetime | None
+    cost: Resources | None = None
 
     @property
     def status(self) -> str:
@@ -102,7 +105,8 @@ class QueuedView:
 
 @dataclass
 class CapacityView:
-    """A pool's totals, what is reserved, and its MCP servers."""
+    """A pool's totals, what is reserved, and its MCP servers. `reserved`
+    counts live allocations' amounts and running instances' costs."""
 
     pool: str
     total: Resources

@@ -23,7 +23,13 @@ accounting functions:
   `Expired` (accounting bills an expired lease to its end, not to the sweep);
   a live one to now or its lease's end if sooner (invariant 9). Checked per
   allocation on its read-model row (`reserved_span`) and per job and pool
-  through the `usage` query.
+  through the `usage` query;
+- what a pool reserves is its live reservations' workers plus one cost per
+  running MCP server instance (idle too): each `Reserved` holds exactly its
+  workers at the pool's worker size then, each `ServerStarted` records the
+  server's cost in the pool's settings then, a `ServerStopped` gives back
+  what its instance held, and the Pool aggregate's reserved amount is the
+  sum (invariant 1).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from uuid import UUID
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.pool import Pool
-from allocation_ledger.domain.values import AllocationState
+from allocation_ledger.domain.values import AllocationState, Resources
 from allocation_ledger.projections.store import ListingQuery, ReadModelStore
 from allocation_ledger.projections.usage import UsageQuery, reserved_span
 
@@ -83,10 +89,15 @@ class LedgerProperties:
         """Ended allocations already checked: their bill no longer changes."""
         self.counts: dict[str, int] = defaultdict(int)
         """How often each property met its interesting case (for statistics)."""
+        self._sizes: dict[UUID, dict[str, int]] = {}
+        self._costs: dict[UUID, dict[str, dict[str, int]]] = {}
+        self._instances: dict[UUID, dict[str, dict[str, int] | None]] = {}
+        self._reserved: dict[UUID, dict[str, int]] = {}
 
     def check(self, now: datetime) -> None:
         written = self._read_new_events()
         self._check_times(written)
+        self._check_reserved(written)
         self._check_not_granted_and_preempted(written)
         self._check_nothing_hopeless_queued()
         self._check_usage(now)
@@ -123,6 +134,71 @@ class LedgerProperties:
                 )
             self.last_time = at
             self.last_by_aggregate[event.originator_id] = at
+
+    # -- what pools reserve --------------------------------------------------------
+
+    def _check_reserved(self, written: list[Any]) -> None:
+        """Invariant 1 with costs per instance (see the module's notes)."""
+        for event in written:
+            if isinstance(event, Pool.Event):
+                self._follow_pool(event)
+        for pool in self.pools():
+            key = pool.id
+            expected = self._reserved.get(key, dict.fromkeys(DIMENSIONS, 0))
+            assert pool.reserved.as_dict() == expected, (
+                f"pool {pool.name} reserves {pool.reserved.as_dict()}; its events "
+                f"say its reservations' workers and instances' costs are {expected}"
+            )
+            instances = self._instances.get(key, {})
+            assert {n: s.cost for n, s in pool.servers.items()} == {
+                n: None if c is None else Resources.from_dict(c)
+                for n, c in instances.items()
+            }
+
+    def _follow_pool(self, event: Any) -> None:
+        key = event.originator_id
+        reserved = self._reserved.setdefault(key, dict.fromkeys(DIMENSIONS, 0))
+        instances = self._instances.setdefault(key, {})
+
+        def add(amounts: dict[str, int] | None, sign: int) -> None:
+            for dimension in DIMENSIONS:
+                reserved[dimension] += sign * (amounts or {}).get(dimension, 0)
+
+        if isinstance(event, Pool.Created | Pool.Reconfigured):
+            self._sizes[key] = dict(event.worker_size)
+            self._costs[key] = {n: dict(c) for n, c in event.server_costs.items()}
+        elif isinstance(event, Pool.Reserved):
+            size, workers = self._sizes[key], event.resources["workers"]
+            assert event.resources == {
+                "cpu_millicores": size["cpu_millicores"] * workers,
+                "memory_mib": size["memory_mib"] * workers,
+                "workers": workers,
+            }, f"{event.allocation_id} holds more than its workers: {event.resources}"
+            add(event.resources, 1)
+        elif isinstance(event, Pool.Freed):
+            add(event.resources, -1)
+        elif isinstance(event, Pool.ServerStarted):
+            configured = self._costs[key].get(event.name)
+            expected = {
+                "cpu_millicores": (configured or {}).get("cpu_millicores", 0),
+                "memory_mib": (configured or {}).get("memory_mib", 0),
+                "workers": 0,
+            }
+            assert event.cost == expected, (event.name, event.cost, expected)
+            instances[event.name] = event.cost
+            add(event.cost, 1)
+            if any(event.cost.values()):
+                self.counts["instance with a cost"] += 1
+        elif isinstance(event, Pool.ServerCharged):
+            assert instances.get(event.name, {}) is None
+            instances[event.name] = event.cost
+            add(event.cost, 1)
+        elif isinstance(event, Pool.ServerStopped):
+            held = instances.pop(event.name)
+            assert event.cost == held, (event.name, event.cost, held)
+            add(held, -1)
+            if event.reason == "reclaimed":
+                self.counts["reclaimed"] += 1
 
     # -- granted and preempted ---------------------------------------------------
 
@@ -174,25 +250,28 @@ class LedgerProperties:
             for entry in pool.queue.values():
                 in_queues.add(entry.allocation_id)
                 request = entry.request
-                need = {
+                workers = {
                     "cpu_millicores": size.cpu_millicores * request.workers,
                     "memory_mib": size.memory_mib * request.workers,
                     "workers": request.workers,
                 }
+                # In the empty pool it would also start each of its servers;
+                # a quota counts its workers only (instances are the pool's).
+                need = dict(workers)
                 for server in request.servers:
                     cost = costs.get(server)
                     if cost is not None:
                         need["cpu_millicores"] += cost.cpu_millicores
                         need["memory_mib"] += cost.memory_mib
-                limits = [("the pool's total", total)]
+                limits = [("the pool's total", total, need)]
                 if entry.tenant is not None and entry.tenant in pool.quotas:
                     quota = pool.quotas[entry.tenant].as_dict()
-                    limits.append((f"{entry.tenant}'s quota", quota))
-                for what, limit in limits:
+                    limits.append((f"{entry.tenant}'s quota", quota, workers))
+                for what, limit, wanted in limits:
                     for dimension in DIMENSIONS:
-                        assert need[dimension] <= limit[dimension], (
+                        assert wanted[dimension] <= limit[dimension], (
                             f"{entry.allocation_id} is queued for "
-                            f"{need[dimension]} {dimension}, more than {what} "
+                            f"{wanted[dimension]} {dimension}, more than {what} "
                             f"({limit[dimension]}): it can never be granted"
                         )
                 self.counts["queued"] += 1

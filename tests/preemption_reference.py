@@ -5,7 +5,13 @@ ledger's choice of victims to (docs/scheduling.md, "Preemption").
 directly; `reference_victims` tries every subset of the allowed victims and
 keeps the one the rule prefers: lowest highest priority, then fewest, then
 youngest (its oldest victim reserved latest, then its next oldest, ...;
-equal times in order of allocation id).
+equal times in order of allocation id). Whether a set of victims makes the
+request fit is worked out here from the accounting of docs/scheduling.md,
+not with the domain's `shortfall`: once the victims are gone, every MCP
+server instance that no live allocation uses and the request does not name
+is stopped (its cost and port free); the request needs its workers plus the
+cost of each server it names that holds no cost yet (not running, or started
+before instances held their cost).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from allocation_ledger.domain.capacity import shortfall
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.pool_state import QueueEntry, Reservation, ServerInstance
 from allocation_ledger.domain.ports import PortRanges
@@ -36,10 +41,12 @@ class PoolView:
     scheduling: Scheduling = field(default_factory=Scheduling)
     queue: Mapping[str, QueueEntry] = field(default_factory=dict)
     quotas: Mapping[str, Resources] = field(default_factory=dict)
+    server_costs: Mapping[str, Resources] = field(default_factory=dict)
+    """What a server started now costs, by name."""
 
     @property
     def settings(self) -> PoolSettings:
-        return PoolSettings(capacity=self.capacity)
+        return PoolSettings(capacity=self.capacity, server_costs=self.server_costs)
 
     also_held: Resources = field(default_factory=Resources)
     """Held by reservations that are not candidates (granted in the same
@@ -50,6 +57,9 @@ class PoolView:
         held = self.also_held
         for reservation in self.reservations.values():
             held = held + reservation.resources
+        for server in self.servers.values():
+            if server.cost is not None:
+                held = held + server.cost
         return self.capacity - held
 
 
@@ -72,6 +82,43 @@ def reservation(
     )
 
 
+def fits_without(
+    pool: PoolView,
+    request: AllocationRequest,
+    needed: Resources,
+    victims: Sequence[Reservation],
+) -> bool:
+    """Whether the request fits once `victims` are gone and every instance
+    nobody then uses (and the request does not name) is stopped."""
+    gone = {v.allocation_id for v in victims}
+    held = pool.also_held
+    for reservation in pool.reservations.values():
+        if reservation.allocation_id not in gone:
+            held = held + reservation.resources
+    wanted = needed
+    kept_ports = 0
+    for name, server in pool.servers.items():
+        users = server.references - sum(name in v.servers for v in victims)
+        if users > 0 or name in request.servers:
+            if server.cost is not None:
+                held = held + server.cost
+            kept_ports += pool.ports.has_mcp_port(server.port)
+    for name in request.servers:
+        instance = pool.servers.get(name)
+        if instance is None or instance.cost is None:
+            wanted = wanted + pool.settings.cost_of_server(name)
+    left = pool.capacity - held
+    for want, have in (
+        (wanted.workers, left.workers),
+        (wanted.cpu_millicores, left.cpu_millicores),
+        (wanted.memory_mib, left.memory_mib),
+    ):
+        if want > 0 and want > have:
+            return False
+    new_servers = sum(name not in pool.servers for name in request.servers)
+    return new_servers <= pool.ports.mcp_count - kept_ports
+
+
 def reference_victims(
     pool: PoolView, request: AllocationRequest, needed: Resources, now: datetime
 ) -> list[str] | None:
@@ -89,7 +136,7 @@ def reference_victims(
     chosen: list[str] | None = None
     for size in range(1, len(allowed) + 1):
         for victims in itertools.combinations(allowed, size):
-            if shortfall(pool, request, needed, freeing=victims) is not None:
+            if not fits_without(pool, request, needed, victims):
                 continue
             oldest_first = sorted(
                 (position[v.allocation_id] for v in victims), reverse=True

@@ -130,7 +130,7 @@ def test_a_request_that_fits_is_granted_with_no_victims() -> None:
 def test_the_resources_given_are_those_it_would_work_out() -> None:
     pool = small_pool()
     request = ask(2)
-    needed = pool.settings.resources_for(request)
+    needed = pool.settings.workers_for(request)
     assert needed == Resources(2_000, 4_096, 2)
     given = admit(
         pool,

@@ -416,7 +416,9 @@ def test_applying_creates_pools_with_their_totals_and_server_costs(
     granted = ledger.request(
         AllocationRequest("job", ("time",), workers=2), pool="big-box"
     )
-    assert granted.allocation.resources == Resources(2_250, 4_224, 2)
+    assert granted.allocation.resources == Resources(2_000, 4_096, 2)  # workers
+    # time's instance holds its cost in the pool, once
+    assert ledger.pool("big-box").reserved == Resources(2_250, 4_224, 2)
 
 
 def test_applying_the_same_catalog_again_writes_nothing(

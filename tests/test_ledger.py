@@ -137,10 +137,13 @@ def test_capacity_arithmetic_of_the_default_pool(
 def test_mcp_servers_cost_nothing_unless_configured_per_name(ledger: Ledger) -> None:
     request(ledger, servers=("github", "browser"))
     assert reserved(ledger) == Resources()
-    ledger.configure_pool("default", server_costs={"browser": Resources(500, 1_024, 0)})
-    allocation = request(ledger, servers=("browser", "github"), workers=1)
-    assert allocation.resources == Resources(1_500, 3_072, 1)
-    assert reserved(ledger) == Resources(1_500, 3_072, 1)
+    ledger.configure_pool("default", server_costs={"slack": Resources(500, 1_024, 0)})
+    allocation = request(ledger, servers=("slack", "github"), workers=1)
+    assert allocation.resources == Resources(1_000, 2_048, 1)  # its worker
+    assert reserved(ledger) == Resources(1_500, 3_072, 1)  # and slack's instance
+    second = request(ledger, servers=("slack",), workers=1)
+    assert second.resources == Resources(1_000, 2_048, 1)
+    assert reserved(ledger) == Resources(2_500, 5_120, 2)  # slack counted once
 
 
 # -- rejections: the reason's facts ----------------------------------------------------
@@ -702,18 +705,28 @@ def test_an_invalid_pool_configuration_is_refused_and_writes_nothing(
 
 
 def test_changing_a_server_cost_never_unbalances_what_is_held(
-    ledger: Ledger, service: AllocationService
+    ledger: Ledger, service: AllocationService, manual_clock: ManualClock
 ) -> None:
-    ledger.configure_pool("default", server_costs={"browser": Resources(500, 1_024)})
+    """A running instance keeps the cost it started with until it stops;
+    the next start reserves the new one."""
+    ledger.configure_pool(
+        "default",
+        server_costs={"browser": Resources(500, 1_024)},
+        idle_timeout_seconds=60,
+    )
     held = request(ledger, servers=("browser",))
     ledger.configure_pool("default", server_costs={"browser": Resources(2_000, 4_096)})
     assert reserved(ledger) == Resources(500, 1_024, 0)
     ledger.release(held.allocation_id)
+    assert reserved(ledger) == Resources(500, 1_024, 0)  # idle: still running
+    manual_clock.advance(61)
+    assert [s.name for s in ledger.stop_idle_servers().stopped] == ["browser"]
     assert reserved(ledger) == Resources()
     capacity = service.read_models.capacity()
     assert capacity is not None
     assert capacity.reserved == Resources()
-    assert request(ledger, servers=("browser",)).resources == Resources(2_000, 4_096)
+    assert request(ledger, servers=("browser",)).resources == Resources()
+    assert reserved(ledger) == Resources(2_000, 4_096)
 
 
 def test_the_capacity_of_an_unknown_pool_cannot_be_set(ledger: Ledger) -> None:
@@ -1005,6 +1018,7 @@ STABLE_TOPICS: dict[type[DomainEvent], str] = {
     Pool.LeaseExtended: "allocation-ledger:pool:lease-extended",
     Pool.Freed: "allocation-ledger:pool:freed",
     Pool.ServerStopped: "allocation-ledger:pool:server-stopped",
+    Pool.ServerCharged: "allocation-ledger:pool:server-charged",
     Pool.SchedulingConfigured: "allocation-ledger:pool:scheduling-configured",
     Pool.QuotaSet: "allocation-ledger:pool:quota-set",
     Pool.Enqueued: "allocation-ledger:pool:enqueued",

@@ -12,7 +12,12 @@ invalid input. `Model` mirrors each command in plain dictionaries: pools
 (capacity, worker size, server costs, idle timeout, MCP servers with port,
 reference count and idle-since) and allocations (state, resources, ports,
 servers, expiry). It is written from design.md and, for preemption, from the
-Scheduling section of docs/architecture.md - not from the domain code.
+Scheduling section of docs/architecture.md - not from the domain code. An MCP
+server's cost is held once per running instance (idle ones too) from its
+start to its stop; an allocation holds its workers; idle instances a request
+does not name are reclaimed, longest idle first, as far as it needs their
+room, after due leases expire and before anyone is preempted
+(docs/scheduling.md, "What a request needs").
 
 After every step the invariants of design.md are checked against the Pool
 aggregates as stored (replayed from their events) and as cached by the ledger,
@@ -259,6 +264,9 @@ class ModelServer:
     port: int
     references: int
     idle_since: datetime | None
+    cost: Amount = Amount()
+    """What the instance holds in its pool while it runs (idle too): the
+    server's cost when it started."""
 
 
 @dataclass
@@ -332,9 +340,12 @@ class Model:
         return [a for a in self.allocations.values() if a.pool == pool and a.live]
 
     def reserved(self, pool: str) -> Amount:
+        """Live allocations' workers plus every running instance's cost."""
         total = Amount()
         for allocation in self.live(pool):
             total = total + allocation.resources
+        for server in self.pools[pool].servers.values():
+            total = total + server.cost
         return total
 
     def worker_ports(self, pool: str) -> set[int]:
@@ -373,38 +384,60 @@ class Model:
         return sorted(m for m in moments if m > self.now)
 
     def cost(self, pool: str, body: Body) -> Amount:
+        """What the allocation holds: its workers (its servers' instances
+        hold their costs, once each, in the pool)."""
+        return self.pools[pool].worker_size.times(body.workers)
+
+    def needs(self, pool: str, body: Body) -> Amount:
+        """What granting the request reserves: its workers plus the cost of
+        each server it names that has no instance in the pool."""
         settings_ = self.pools[pool]
-        total = settings_.worker_size.times(body.workers)
+        total = self.cost(pool, body)
         for name in body.servers:
-            total = total + settings_.server_costs.get(name, Amount())
+            if name not in settings_.servers:
+                total = total + settings_.server_costs.get(name, Amount())
         return total
 
     def shortfall(
         self, pool: str, body: Body, freeing: frozenset[str] = frozenset()
     ) -> dict[str, Any] | None:
-        """The first dimension the request needs more of than is left, or None.
-
-        `freeing`: live allocations whose capacity counts as given back.
+        """The first dimension the request needs more of than it could have,
+        or None. It could have what is not held once `freeing` (live
+        allocations) are gone and every instance nobody then uses, that the
+        request does not name, is stopped (docs/scheduling.md).
         """
         settings_ = self.pools[pool]
-        wanted, reserved = self.cost(pool, body), Amount()
+        wanted, reserved = self.needs(pool, body), Amount()
         holders = [a for a in self.live(pool) if a.allocation_id not in freeing]
         for allocation in holders:
             reserved = reserved + allocation.resources
+        in_use = {n for a in holders for n, _, _ in a.servers}
+        kept = [n for n in settings_.servers if n in in_use or n in body.servers]
+        for name in kept:
+            reserved = reserved + settings_.servers[name].cost
         for attribute, name in DIMENSIONS:
             want = wanted.of(attribute)
             left = settings_.capacity.of(attribute) - reserved.of(attribute)
             if want > 0 and want > left:
                 return _rejection(name, want, max(left, 0))
-        in_use = {n for a in holders for n, _, _ in a.servers}
         new = [n for n in body.servers if n not in settings_.servers]
-        reclaimable = [
-            n for n in settings_.servers if n not in in_use and n not in body.servers
-        ]
-        ports_left = len(MCP_PORTS) - len(settings_.servers) + len(reclaimable)
+        ports_left = len(MCP_PORTS) - len(kept)
         if len(new) > ports_left:
             return _rejection("mcp_ports", len(new), ports_left)
         return None
+
+    def fits_as_is(self, pool: str, body: Body) -> bool:
+        """Whether the request fits without stopping anything."""
+        settings_ = self.pools[pool]
+        wanted, reserved = self.needs(pool, body), self.reserved(pool)
+        for attribute, _ in DIMENSIONS:
+            want = wanted.of(attribute)
+            if want > 0 and want > settings_.capacity.of(attribute) - reserved.of(
+                attribute
+            ):
+                return False
+        new = [n for n in body.servers if n not in settings_.servers]
+        return len(new) <= len(MCP_PORTS) - len(settings_.servers)
 
     def check_victims(
         self, pool: str, body: Body, chosen: Sequence[str]
@@ -586,11 +619,11 @@ class Model:
         if pool_name not in self.pools:
             self._new_pool(pool_name)
         pool = self.pools[pool_name]
-        rejection = self.shortfall(pool_name, body)
         expired: list[str] = []
-        if rejection is not None and self.due(pool_name):
+        # Due leases expire before any idle server is reclaimed.
+        if not self.fits_as_is(pool_name, body) and self.due(pool_name):
             expired = self._expire_due_in(pool_name)
-            rejection = self.shortfall(pool_name, body)
+        rejection = self.shortfall(pool_name, body)
         victims: list[ModelAllocation] = []
         if rejection is not None and preempt:
             victims = self.check_victims(pool_name, body, preempted)
@@ -621,17 +654,17 @@ class Model:
         for victim in victims:
             self._end(victim, PREEMPTED)
             victim.preempted_by = allocation_id
+        self._reclaim(pool_name, body)
         servers: list[tuple[str, int, bool]] = []
         for name in body.servers:
             running = pool.servers.get(name)
             if running is not None:
                 servers.append((name, running.port, False))
                 continue
-            if len(pool.servers) == len(MCP_PORTS):
-                self._stop_longest_idle(pool, keep=body.servers)
             used = {s.port for s in pool.servers.values()}
             port = next(p for p in PORT_RANGES[pool_name][1] if p not in used)
-            pool.servers[name] = ModelServer(port, 0, self.now)
+            cost = pool.server_costs.get(name, Amount())
+            pool.servers[name] = ModelServer(port, 0, self.now, cost)
             servers.append((name, port, True))
         in_use = self.worker_ports(pool_name)
         first = PORT_RANGES[pool_name][0].start
@@ -679,13 +712,31 @@ class Model:
                 allocation.allocation_id
             )
 
-    def _stop_longest_idle(self, pool: ModelPool, *, keep: Sequence[str]) -> None:
+    def _reclaim(self, pool_name: str, body: Body) -> None:
+        """Stop idle servers the request does not name, longest idle first,
+        each only while a dimension it gives room in (an amount of its cost,
+        or a port) is still short."""
+        pool = self.pools[pool_name]
         idle = sorted(
             (s.idle_since or self.now, n)
             for n, s in pool.servers.items()
-            if s.references == 0 and n not in keep
+            if s.references == 0 and n not in body.servers
         )
-        del pool.servers[idle[0][1]]
+        wanted = self.needs(pool_name, body)
+        for _, name in idle:
+            held = self.reserved(pool_name)
+            short = [
+                a
+                for a, _ in DIMENSIONS
+                if wanted.of(a) > 0 and wanted.of(a) > pool.capacity.of(a) - held.of(a)
+            ]
+            new = [n for n in body.servers if n not in pool.servers]
+            ports_short = len(new) > len(MCP_PORTS) - len(pool.servers)
+            if not short and not ports_short:
+                return
+            if ports_short or any(pool.servers[name].cost.of(a) > 0 for a in short):
+                del pool.servers[name]
+                _count("an idle server reclaimed for room")
 
     def _end(self, allocation: ModelAllocation, state: str) -> None:
         """A live allocation reaches a terminal state and gives back what it held."""
@@ -1090,11 +1141,17 @@ class LedgerMachine(RuleBasedStateMachine):
         capacity=small_capacities,
         snapshot_after=st.sampled_from((None, 7, 2)),
         instant=st.booleans(),
+        costs=server_costs,
     )
     def small_default_pool(
-        self, capacity: Amount, snapshot_after: int | None, instant: bool
+        self,
+        capacity: Amount,
+        snapshot_after: int | None,
+        instant: bool,
+        costs: dict[str, Amount] | None = None,
     ) -> None:
-        """A small pool, so that requests are often refused.
+        """A small pool, so that requests are often refused, and often MCP
+        servers that cost something (an instance holds its cost).
 
         Also how this ledger provisions (in the request's transaction or after
         it), and how soon it snapshots a Pool: as in production (None), or
@@ -1112,6 +1169,8 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self._settle(expect, error, before, "initial set_capacity")
         assert result is not None and result.created
+        if costs:  # servers that cost something from the start, often
+            self.configure_pool(DEFAULT_POOL, None, costs, None)
 
     # -- requests ----------------------------------------------------------------
 
@@ -1617,13 +1676,17 @@ class LedgerMachine(RuleBasedStateMachine):
             }
             assert costs == expected.server_costs
             assert settings_.idle_timeout_seconds == expected.idle_timeout_seconds
-            # 1. Reserved = the sum over live allocations; never past the capacity
-            #    except by what was already held when the capacity was lowered.
+            # 1. Reserved = the sum over live allocations (their workers) and
+            #    running instances (their costs, once each); never past the
+            #    capacity except by what was held when the capacity was lowered.
             reserved = Amount.of_resources(pool.reserved)
             assert reserved == self.model.reserved(name)
             total = Amount()
             for reservation in pool.reservations.values():
                 total = total + Amount.of_resources(reservation.resources)
+            for server in pool.servers.values():
+                assert server.cost is not None  # every start records its cost
+                total = total + Amount.of_resources(server.cost)
             assert total == reserved
             for attribute in ("cpu", "memory", "workers"):
                 assert reserved.of(attribute) <= expected.ceiling.of(attribute), (
@@ -1666,6 +1729,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert len(holding) == naming
                 assert server.port == mine_server.port
                 assert server.idle_since == mine_server.idle_since
+                assert server.cost is not None
+                assert Amount.of_resources(server.cost) == mine_server.cost
                 assert (server.references == 0) == (server.idle_since is not None)
 
     def _check_ports_across_pools(self) -> None:

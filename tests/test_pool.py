@@ -77,8 +77,9 @@ def test_the_original_defaults() -> None:
 def test_a_request_costs_its_workers_and_nothing_for_servers_by_default() -> None:
     settings = PoolSettings()
     request = AllocationRequest("job", ("github", "filesystem"), workers=3)
-    assert settings.resources_for(request) == Resources(3_000, 6_144, 3)
-    assert settings.resources_for(AllocationRequest("job", ("github",))) == Resources()
+    assert settings.workers_for(request) == Resources(3_000, 6_144, 3)
+    assert settings.in_empty_pool(request) == Resources(3_000, 6_144, 3)
+    assert settings.workers_for(AllocationRequest("job", ("github",))) == Resources()
 
 
 def test_a_server_costs_what_is_configured_for_its_name() -> None:
@@ -86,7 +87,128 @@ def test_a_server_costs_what_is_configured_for_its_name() -> None:
     assert settings.cost_of_server("browser") == Resources(500, 1_024, 0)
     assert settings.cost_of_server("github") == Resources()
     request = AllocationRequest("job", ("browser", "github"), workers=1)
-    assert settings.resources_for(request) == Resources(1_500, 3_072, 1)
+    assert settings.workers_for(request) == Resources(1_000, 2_048, 1)
+    assert settings.in_empty_pool(request) == Resources(1_500, 3_072, 1)
+
+
+# -- what an MCP server instance costs ---------------------------------------------
+
+GITHUB = Resources(250, 128, 0)
+BROWSER = Resources(500, 1_024, 0)
+
+
+def costly_pool(capacity: Resources = DEFAULT_CAPACITY) -> Pool:
+    return new_pool(
+        PoolSettings(
+            capacity=capacity,
+            server_costs={"github": GITHUB, "browser": BROWSER},
+            idle_timeout_seconds=60,
+        )
+    )
+
+
+def test_ten_allocations_sharing_one_server_hold_its_cost_once() -> None:
+    """The issue's example: ten allocations on one `github` of 0.25 core hold
+    0.25 core for it, not 2.5; each allocation holds only its workers."""
+    pool = costly_pool()
+    for i in range(10):
+        reserve(pool, f"alloc-{i:012d}", workers=1, servers=("github",))
+    assert pool.reserved == Resources(10_000 + 250, 10 * 2_048 + 128, 10)
+    assert all(
+        r.resources == Resources(1_000, 2_048, 1) for r in pool.reservations.values()
+    )
+    started = [e for e in pool.collect_events() if isinstance(e, Pool.ServerStarted)]
+    assert [(e.name, e.cost) for e in started] == [("github", GITHUB.as_dict())]
+    assert pool.servers["github"].cost == GITHUB
+
+
+def test_an_idle_instance_holds_its_cost_until_it_stops() -> None:
+    pool = costly_pool()
+    reserve(pool, "alloc-000000000001", workers=1, servers=("github",))
+    pool.free("alloc-000000000001", "released", at=at(1), actor="bob")
+    assert pool.reserved == GITHUB  # idle, still running
+    assert pool.stop_idle_servers(at(61), actor="sweeper")
+    assert pool.reserved == Resources()
+    stopped = [e for e in pool.collect_events() if isinstance(e, Pool.ServerStopped)]
+    assert [(e.name, e.reason, e.cost) for e in stopped] == [
+        ("github", "idle", GITHUB.as_dict())
+    ]
+
+
+def test_a_request_needs_the_cost_only_of_servers_not_running() -> None:
+    """1 core free and github running: a request of github and browser
+    needs browser's 0.5 core only; one of github alone needs nothing more."""
+    pool = costly_pool(Resources(1_000 + 250, 32_768, 10))
+    reserve(pool, "alloc-000000000001", servers=("github",))
+    reserve(pool, "alloc-000000000002", workers=1)  # 1 core: 0 left
+    assert pool.shortfall(AllocationRequest("job", ("github",))) is None
+    assert pool.shortfall(AllocationRequest("job", ("github", "browser"))) == (
+        Rejection(INSUFFICIENT_CAPACITY, Dimension.CPU, 500, 0)
+    )
+
+
+def test_idle_instances_are_reclaimed_longest_idle_first_only_as_needed() -> None:
+    """Three idle instances of 0.5, 0.25 and 0.5 core, idle in that order,
+    and nothing else free: a worker of 0.5 core stops the longest idle only;
+    one of 0.75 core stops the first two."""
+    for worker_cpu, expected in ((500, ["a"]), (750, ["a", "b"])):
+        pool = new_pool(
+            PoolSettings(
+                capacity=Resources(1_250, 32_768, 10),
+                worker_size=Resources(worker_cpu, 1, 1),
+                server_costs={"a": BROWSER, "b": GITHUB, "c": BROWSER},
+            )
+        )
+        for i, name in enumerate(("a", "b", "c")):
+            reserve(pool, f"alloc-00000000000{i}", servers=(name,), now=i)
+            pool.free(f"alloc-00000000000{i}", "released", at=at(i), actor="bob")
+        assert pool.available.cpu_millicores == 0
+        pool.collect_events()
+        reserve(pool, "alloc-000000000009", workers=1, now=9)
+        stopped = [
+            e for e in pool.collect_events() if isinstance(e, Pool.ServerStopped)
+        ]
+        assert [(e.name, e.reason) for e in stopped] == [
+            (name, "reclaimed") for name in expected
+        ]
+        assert sorted(pool.servers) == sorted({"a", "b", "c"} - set(expected))
+
+
+def test_a_request_short_even_after_reclaiming_is_refused_with_all_it_could_have() -> (
+    None
+):
+    pool = costly_pool(Resources(1_000, 32_768, 10))
+    reserve(pool, "alloc-000000000001", servers=("browser",))
+    pool.free("alloc-000000000001", "released", at=at(1), actor="bob")
+    assert pool.available.cpu_millicores == 500
+    # available counts the idle browser it would reclaim: 0.5 + 0.5 core
+    assert pool.shortfall(AllocationRequest("job", ("github",), workers=1)) == (
+        Rejection(INSUFFICIENT_CAPACITY, Dimension.CPU, 1_250, 1_000)
+    )
+    assert pool.shortfall(AllocationRequest("job", ("browser",), workers=1)) == (
+        Rejection(INSUFFICIENT_CAPACITY, Dimension.CPU, 1_000, 500)
+    )
+
+
+def test_an_instance_started_before_instances_held_costs_is_charged_once() -> None:
+    """A ServerStarted without a cost (the old rule): the instance holds
+    nothing; the first allocation attaching to it now charges its cost once
+    (ServerCharged), the next does not."""
+    pool = costly_pool()
+    pool.trigger_event(
+        Pool.ServerStarted, timestamp=at(0), actor="old", name="github", port=9000
+    )
+    assert pool.servers["github"].cost is None
+    assert pool.reserved == Resources()
+    reserve(pool, "alloc-000000000001", servers=("github",), now=1)
+    reserve(pool, "alloc-000000000002", servers=("github",), now=2)
+    charged = [e for e in pool.collect_events() if isinstance(e, Pool.ServerCharged)]
+    assert [(e.name, e.cost) for e in charged] == [("github", GITHUB.as_dict())]
+    assert pool.reserved == GITHUB
+    for i in (1, 2):
+        pool.free(f"alloc-00000000000{i}", "released", at=at(3), actor="bob")
+    pool.stop_idle_servers(at(70), actor="sweeper")
+    assert pool.reserved == Resources()
 
 
 def test_reserving_takes_capacity_and_freeing_gives_it_back() -> None:

@@ -11,6 +11,8 @@ cover, where the answer is known by construction.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,6 +33,7 @@ from allocation_ledger.domain.values import (
 from tests.preemption_reference import (
     T0,
     PoolView,
+    fits_without,
     reference_victims,
     reservation,
 )
@@ -85,22 +88,32 @@ def pools_and_requests(
     )
     in_use = sorted({n for r in reservations.values() for n in r.servers})
     idle = draw(st.lists(st.sampled_from(["idle-a", "idle-b"]), unique=True))
+    costs = {
+        name: Resources(draw(st.integers(0, 3)) * 250, draw(st.integers(0, 2)) * 512)
+        for name in ("new", *SERVER_NAMES, "idle-a", "idle-b")
+    }
+    # Some instances started before instances held their cost (None).
+    legacy = draw(st.sets(st.sampled_from((*SERVER_NAMES, "idle-a")), max_size=1))
     servers = {
         name: ServerInstance(
             name,
             9000 + i,
             references=sum(name in r.servers for r in reservations.values()),
             started_at=T0,
-            idle_since=None if name in in_use else T0,
+            idle_since=None if name in in_use else T0 + timedelta(seconds=i),
+            cost=None if name in legacy else costs[name],
         )
         for i, name in enumerate([*in_use, *idle])
     }
+    for server in servers.values():
+        held = held + server.held
     mcp_ports = draw(st.integers(len(servers), len(servers) + 1))
     pool = PoolView(
         capacity=held + spare,
         reservations=reservations,
         servers=servers,
         ports=PortRanges(mcp_first=9000, mcp_last=9000 + max(mcp_ports, 1) - 1),
+        server_costs=costs,
     )
     needed = Resources(
         draw(st.integers(0, 8)) * 250,
@@ -123,7 +136,9 @@ def test_the_victims_are_those_the_rule_chooses_among_every_subset(
     case: tuple[PoolView, AllocationRequest, Resources],
 ) -> None:
     pool, request, needed = case
-    if shortfall(pool, request, needed) is None:
+    fits = shortfall(pool, request, needed) is None
+    assert fits == fits_without(pool, request, needed, ())
+    if fits:
         return  # a request that fits as things are preempts nobody
     assert chosen_ids(pool, request, needed) == reference_victims(
         pool, request, needed, T0

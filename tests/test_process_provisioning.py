@@ -328,3 +328,33 @@ def test_one_ledger_at_a_time_runs_the_servers_of_a_data_directory(
     assert isinstance(provisioner, ProcessProvisioner)
     provisioner.close()
     ProcessProvisioner(service.settings.catalog, tmp_path / "data").close()
+
+
+async def test_an_idle_server_is_reclaimed_for_room_and_its_process_stopped(
+    open_ledger: OpenLedger, mark: str
+) -> None:
+    """Each instance reserves 1 core of the pool's 1.5 while it runs, idle
+    too: `first`, idle, is stopped (its process gone) to make room for
+    `second`; get_capacity shows the running instance's cost once."""
+    costly = {**ECHO, "cpu": 1, "memory": 64}
+    service = open_ledger({"first": costly, "second": costly}, pool={"cpu": 1.5})
+    async with Client(stdio_server(service)) as client:
+        used = await request(client, "a", "first")
+        assert used["status"] == "active", used
+        pid = (await server_of(client, used["allocation_id"]))["pid"]
+        await call(client, "release_resources", allocation_id=used["allocation_id"])
+        capacity = await call(client, "get_capacity", pool=POOL)
+        assert capacity["allocated_cpu"] == 1.0  # idle, still running
+        assert is_alive(pid)
+
+        other = await request(client, "b", "second")
+        assert other["status"] == "active", other
+        assert wait_until(lambda: not is_alive(pid), timeout=10)
+        capacity = await call(client, "get_capacity", pool=POOL)
+        assert capacity["allocated_cpu"] == 1.0
+        assert capacity["running_mcp_servers"] == ["second"]
+        [instance] = capacity["mcp_servers"]
+        assert instance["cost"] == {"cpu": 1.0, "memory": 64, "workers": 0}
+        assert kinds(process_events(service, "first"))[-1] == "Stopped"
+        await call(client, "release_resources", allocation_id=other["allocation_id"])
+    assert verify(service).clean

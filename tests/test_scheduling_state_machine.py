@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from datetime import timedelta
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -48,6 +48,7 @@ from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import LedgerError
+from allocation_ledger.domain.pool import Pool, pool_uuid
 from allocation_ledger.domain.pool_state import Reservation
 from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.scheduling import Scheduling
@@ -79,6 +80,16 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.service = open_service(Settings(store="memory"), clock=self.clock)
         self.ledger = self.service.ledger
         self.ledger.set_capacity(Resources(6000, 12_288, 6))
+        # What one running instance of each costs, from the start (changed by
+        # `worker_size_and_server_costs`): fits, reclaims and preemption gains
+        # count them once per instance.
+        self.ledger.configure_pool(
+            "default",
+            server_costs={
+                "search": Resources(1000, 1024, 0),
+                "files": Resources(500, 512, 0),
+            },
+        )
         self.ids = iter(range(1_000_000))
         self.checked_queue = True
         self.properties = LedgerProperties(
@@ -115,7 +126,9 @@ class SchedulingMachine(RuleBasedStateMachine):
         tenant: str | None,
         servers: tuple[str, ...],
     ) -> str:
-        before = dict(self.ledger.pool("default").reservations)
+        before_pool = self.ledger.pool("default")
+        before = dict(before_pool.reservations)
+        before_version = before_pool.version
         request = AllocationRequest(f"job-{next(self.ids)}", servers, workers, priority)
         result = self.ledger.request(
             request,
@@ -132,8 +145,16 @@ class SchedulingMachine(RuleBasedStateMachine):
             taken = self.ledger.allocation(victim)
             assert taken.state is AllocationState.PREEMPTED
             assert taken.request.priority.rank < priority.rank
+        written = self.ledger.events.get(pool_uuid("default"), gt=before_version)
+        if any(
+            isinstance(e, Pool.ServerStopped) and e.reason == "reclaimed"
+            for e in written
+        ):
+            event("an idle server reclaimed for room")
         if result.preempted:
-            self._check_victims(request, allocation.allocation_id, before, result)
+            self._check_victims(
+                request, allocation.allocation_id, before, before_version, result
+            )
         self.checked_queue = True
         return allocation.allocation_id
 
@@ -142,18 +163,29 @@ class SchedulingMachine(RuleBasedStateMachine):
         request: AllocationRequest,
         allocation_id: str,
         before: dict[str, Reservation],
+        before_version: int,
         result: RequestResult,
     ) -> None:
         """The victims are those the rule chooses (tests/preemption_reference.py)
         in the pool as the decision saw it: after the leases due expired and
         the queue was served (those granted now hold capacity but are no
-        candidates), before anyone was preempted."""
-        pool = self.ledger.pool("default")
-        after = dict(pool.reservations)
-        needed = after.pop(allocation_id).resources
-        granted_now = {k: r for k, r in after.items() if k not in before}
-        candidates = {k: r for k, r in after.items() if k in before}
-        candidates.update({k: before[k] for k in result.preempted})
+        candidates), before anyone was preempted. That pool is the stored
+        Pool at the version before the decision's first preemption (its
+        servers, with their costs and users, as they were)."""
+        key = pool_uuid("default")
+        after = self.ledger.pool("default")
+        events = list(self.ledger.events.get(key, gt=before_version))
+        first = next(
+            e
+            for e in events
+            if isinstance(e, Pool.Freed) and e.allocation_id in result.preempted
+        )
+        pool: Pool = self.ledger.repository.get(
+            key, version=first.originator_version - 1
+        )
+        needed = after.reservations[allocation_id].resources
+        granted_now = {k: r for k, r in pool.reservations.items() if k not in before}
+        candidates = {k: r for k, r in pool.reservations.items() if k in before}
         also_held = Resources()
         for reservation in granted_now.values():
             also_held = also_held + reservation.resources
@@ -164,8 +196,11 @@ class SchedulingMachine(RuleBasedStateMachine):
             ports=pool.ports,
             scheduling=pool.scheduling,
             also_held=also_held,
+            server_costs=pool.settings.server_costs or {},
         )
         expected = reference_victims(view, request, needed, self.clock.now())
+        if any(s.held != Resources() for s in pool.servers.values()):
+            event("preempted where servers cost something")
         assert sorted(result.preempted) == expected, (
             f"preempted {sorted(result.preempted)}; the rule chooses {expected}"
         )
@@ -266,12 +301,21 @@ class SchedulingMachine(RuleBasedStateMachine):
             )
         ),
         search_cost=st.sampled_from((None, Resources(1000, 1024, 0))),
+        files_cost=st.sampled_from((None, Resources(500, 512, 0))),
     )
     def worker_size_and_server_costs(
-        self, worker: Resources, search_cost: Resources | None
+        self,
+        worker: Resources,
+        search_cost: Resources | None,
+        files_cost: Resources | None,
     ) -> None:
-        """A bigger worker or a server cost can make a queued request hopeless."""
-        costs = {} if search_cost is None else {"search": search_cost}
+        """A bigger worker or a server cost can make a queued request hopeless;
+        a running instance keeps the cost it started with."""
+        costs = {
+            name: cost
+            for name, cost in (("search", search_cost), ("files", files_cost))
+            if cost is not None
+        }
         self.ledger.configure_pool("default", worker_size=worker, server_costs=costs)
         self.checked_queue = True
 
@@ -289,6 +333,8 @@ class SchedulingMachine(RuleBasedStateMachine):
             allocation = self.ledger.allocation(reservation.allocation_id)
             assert allocation.state.is_live, allocation.state
             held = held + reservation.resources
+        for server in pool.servers.values():
+            held = held + server.held  # each running instance's cost, once
         assert held == pool.reserved
         for entry in pool.queue.values():
             assert entry.allocation_id not in pool.reservations
@@ -306,11 +352,21 @@ class SchedulingMachine(RuleBasedStateMachine):
     def nothing_queued_can_never_be_granted(self) -> None:
         pool = self.ledger.pool("default")
         for entry in pool.queue.values():
-            needed = pool.settings.resources_for(entry.request).as_dict()
-            limits = [pool.settings.capacity.as_dict()]
+            settings_ = pool.settings
+            limits = [
+                (
+                    settings_.capacity.as_dict(),
+                    settings_.in_empty_pool(entry.request).as_dict(),
+                )
+            ]
             if entry.tenant in pool.quotas:
-                limits.append(pool.quotas[entry.tenant].as_dict())
-            for limit in limits:
+                limits.append(
+                    (
+                        pool.quotas[entry.tenant].as_dict(),
+                        settings_.workers_for(entry.request).as_dict(),
+                    )
+                )
+            for limit, needed in limits:
                 for dimension, amount in needed.items():
                     assert amount == 0 or amount <= limit[dimension], (
                         f"{entry.allocation_id} waits for {amount} {dimension} "

@@ -119,6 +119,20 @@ def collect(
                     Resources() - Resources.from_dict(event.resources),
                 )
             )
+        elif isinstance(event, Pool.ServerStarted | Pool.ServerCharged):
+            if event.cost is not None:  # an instance's cost, held while it runs
+                changes.append(
+                    _Change(moment, position, Resources.from_dict(event.cost))
+                )
+        elif isinstance(event, Pool.ServerStopped):
+            if event.cost is not None:
+                changes.append(
+                    _Change(
+                        moment,
+                        position,
+                        Resources() - Resources.from_dict(event.cost),
+                    )
+                )
         elif isinstance(event, Pool.Created | Pool.CapacityChanged):
             changes.append(_Change(moment, position, total=capacity.total))
     _chart(timeline, changes, since, until)

@@ -103,7 +103,7 @@ def _servers_offered(catalog: Catalog) -> str:
             "addresses; something else runs the servers)."
         )
     costs = ", ".join(
-        f"{name} ({entry.cpu:g} cores, {entry.memory} MB per allocation)"
+        f"{name} ({entry.cpu:g} cores, {entry.memory} MB per running instance)"
         for name, entry in sorted(catalog.mcp_servers.items())
     )
     return f"MCP servers this ledger runs (only these may be asked for): {costs}."

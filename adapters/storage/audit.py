@@ -237,8 +237,10 @@ def _compare_pool(pool: Pool, capacity: CapacityView) -> list[str]:
             f"pool {pool.name!r} aggregate port ranges {pool.ports} differ from "
             f"replay {capacity.ports}"
         )
-    servers = {s.name: (s.port, s.references) for s in pool.servers.values()}
-    replayed = {s.name: (s.port, s.references) for s in capacity.servers.values()}
+    servers = {s.name: (s.port, s.references, s.cost) for s in pool.servers.values()}
+    replayed = {
+        s.name: (s.port, s.references, s.cost) for s in capacity.servers.values()
+    }
     if servers != replayed:
         found.append(
             f"pool {pool.name!r} aggregate servers {servers} differ from "

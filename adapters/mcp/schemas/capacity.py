@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from allocation_ledger.adapters.mcp.schemas.allocation_arguments import PoolName
 from allocation_ledger.adapters.mcp.schemas.scheduling import (
@@ -81,6 +86,24 @@ class McpServerStatus(BaseModel):
     references: int = Field(description="Live allocations using it.")
     started_at: UtcTime
     idle_since: UtcTime | None
+    cost: Amounts | None = Field(
+        None,
+        description=(
+            "What this instance reserves in the pool while it runs, idle or not, "
+            "once however many allocations share it (absent: started before "
+            "instances held their cost; its allocations were charged it)."
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_cost(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        """An instance of the old rule shows as it did then: no `cost` key."""
+        shown: dict[str, Any] = handler(self)
+        if self.cost is None:
+            shown.pop("cost", None)
+        return shown
 
 
 RESERVED_SLOTS_ONLY = "reserved slots only"
@@ -93,7 +116,12 @@ class CapacityResult(BaseModel):
     total_cpu: float
     total_memory: int
     total_workers: int
-    allocated_cpu: float
+    allocated_cpu: float = Field(
+        description=(
+            "Reserved: the workers of live allocations plus the cost of each "
+            "running or idle MCP server instance (once per instance)."
+        )
+    )
     allocated_memory: int
     allocated_workers: int
     available_cpu: float = Field(
@@ -186,6 +214,7 @@ def capacity_result(view: CapacityView) -> CapacityResult:
                 references=s.references,
                 started_at=s.started_at,
                 idle_since=s.idle_since,
+                cost=None if s.cost is None else amounts(s.cost),
             )
             for s in servers
         ],

@@ -145,15 +145,18 @@ class AllocationTools(ToolGroup):
         """Reserve workers and MCP servers for a job and get their endpoints.
 
         Each worker costs 1 CPU core and 2048 MB unless the pool says otherwise;
-        MCP servers are shared by name across allocations. On success, status is
-        "active" and the result lists the endpoints; the lease runs for
-        ttl_seconds from now (renew_allocation extends it; release_resources
-        ends it). If the request does not fit, nothing is reserved and the
-        result is NOT an error: status is "failed", `error` says e.g.
+        MCP servers are shared by name across allocations, and a server's cost
+        is held once by its running instance, not by each allocation. On
+        success, status is "active" and the result lists the endpoints; the
+        lease runs for ttl_seconds from now (renew_allocation extends it;
+        release_resources ends it). If the request does not fit, nothing is
+        reserved and the result is NOT an error: status is "failed", `error`
+        says e.g.
         "Insufficient workers: requested 10, available 6", and `reason` gives
         {code, dimension, requested, available}; the refusal is recorded. Before
         refusing, allocations whose lease has already run out are expired to
-        make room.
+        make room, then idle MCP servers the request does not name are
+        stopped for their room.
 
         Scheduling: a request that does not fit may preempt live allocations
         of strictly lower priority where the pool allows it (by default
