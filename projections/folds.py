@@ -7,7 +7,6 @@ point-in-time capacity, verify) use these same functions.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from allocation_ledger.domain.allocation import Allocation
@@ -236,11 +235,12 @@ def _reserved(view: CapacityView, event: Pool.Reserved) -> None:
         view.held_by_tenant[event.tenant] = held + resources
     view.live_allocations += 1
     view.worker_ports_in_use += len(event.worker_ports)
+    servers = view.servers
     for name in event.servers:
-        server = view.servers[name]
-        view.servers[name] = replace(
-            server, references=server.references + 1, idle_since=None
-        )
+        # Changed in place: a batch's rows are its own (stores hand out copies).
+        server = servers[name]
+        server.references += 1
+        server.idle_since = None
 
 
 def _freed(view: CapacityView, event: Pool.Freed) -> None:
@@ -254,14 +254,11 @@ def _freed(view: CapacityView, event: Pool.Freed) -> None:
             view.held_by_tenant[event.tenant] = left
     view.live_allocations -= 1
     view.worker_ports_in_use -= len(event.worker_ports)
+    servers = view.servers
     for name in event.servers:
-        server = view.servers[name]
-        references = server.references - 1
-        view.servers[name] = replace(
-            server,
-            references=references,
-            idle_since=event.timestamp if references == 0 else None,
-        )
+        server = servers[name]
+        server.references -= 1
+        server.idle_since = event.timestamp if server.references == 0 else None
 
 
 def _server_stopped(view: CapacityView, event: Pool.ServerStopped) -> None:

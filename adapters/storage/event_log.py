@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
     Mapper,
     Transcoding,
     find_id_convertor,
+    pass_through_convertor,
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import resolve_topic
@@ -147,11 +148,7 @@ class _Topic:
         self.cls = cls
         self.keys: list[str] = []  # top-level keys seen holding transcoded values
         self.id_type: type[Any] | None = None  # of the originator ids seen so far
-        self.convertor: Callable[[Any], Any] = _same_id
-
-
-def _same_id(value: Any) -> Any:
-    return value
+        self.convertor: Callable[[Any], Any] = pass_through_convertor
 
 
 class EventDecoder:
@@ -241,7 +238,22 @@ class EventDecoder:
         if expected:
             converted = 0
             convert = self._convert
+            moments = self._moments if self._iso else None
             for key in topic.keys:
+                value = state.get(key)
+                if type(value) is not dict:
+                    continue
+                # The common case inline: a timestamp (as `_convert` does it).
+                if (
+                    moments is not None
+                    and len(value) == 2
+                    and value.get("_type_") == "datetime_iso"
+                    and type(data := value.get("_data_")) is str
+                ):
+                    moment = moments.get(data)
+                    state[key] = self._moment(data) if moment is None else moment
+                    converted += 1
+                    continue
                 done = convert(state, key)
                 if done < 0:
                     return self.mapper.to_domain_event(notification)
@@ -263,7 +275,12 @@ class EventDecoder:
         if type(originator_id) is not topic.id_type:
             topic.id_type = type(originator_id)
             topic.convertor = find_id_convertor(cls, type(originator_id))  # type: ignore[arg-type]
-        state["originator_id"] = topic.convertor(originator_id)
+        convertor = topic.convertor
+        state["originator_id"] = (
+            originator_id
+            if convertor is pass_through_convertor
+            else convertor(originator_id)
+        )
         state["originator_version"] = notification.originator_version
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)

@@ -27,7 +27,7 @@ from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
 )
-from allocation_ledger.domain.allocation_ids import allocation_uuid
+from allocation_ledger.domain.allocation_ids import allocation_uuid, allocation_uuid_hex
 from allocation_ledger.domain.pool import pool_uuid
 from allocation_ledger.domain.values import (
     LIVE_STATES,
@@ -158,7 +158,7 @@ def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
     live = view.state in _LIVE
     ended = view.state in _TERMINAL
     return (
-        allocation_uuid(view.allocation_id).hex,
+        allocation_uuid_hex(view.allocation_id),
         view.allocation_id,
         view.sequence,
         view.pool,
