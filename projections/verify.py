@@ -46,6 +46,10 @@ from allocation_ledger.projections.views import AllocationView
 _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 
+# Read only: what a pool with no live allocations holds, and the servers they name.
+_NOTHING = Resources()
+_NO_NAMES: Counter[str] = Counter()
+
 DEFAULT_TIME_TOLERANCE = timedelta(seconds=5)
 """How much earlier than the latest event before it an event of another
 aggregate may be recorded: room for servers on one PostgreSQL store that
@@ -125,10 +129,10 @@ class InvariantChecker:
         self._check_time(position, event)
         self._check_event(position, event)
         if self.violation is None:
-            was_live = self._is_live(event)
-            fold_event(self.batch, event, position, self.models)
-            self._count_live(event, was_live)
-            self._note_ending(event)
+            if isinstance(event, Allocation.Event):
+                self._fold_allocation(position, event)
+            else:
+                fold_event(self.batch, event, position, self.models)
         self._moment = moment if isinstance(moment, datetime) else None
         self._last_position = position
         self.events += 1
@@ -138,13 +142,20 @@ class InvariantChecker:
             self._check_balance(self._last_position, "end of log")
         return self.violation
 
-    def _note_ending(self, event: object) -> None:
+    def _fold_allocation(self, position: int, event: Allocation.Event) -> None:
+        """Fold an allocation's event, keeping the live totals per pool and
+        noting the allocations that end (one look-up of the row each way)."""
+        key = event.originator_id
+        allocations = self.batch.allocations
+        before = allocations.get(key)
+        was_live = before is not None and before.state in _LIVE
+        fold_event(self.batch, event, position, self.models)
+        view = allocations[key]
+        self._count_live(view, was_live)
         if isinstance(event, Allocation.Requested):
             self.allocations += 1
-        if isinstance(event, Allocation.Event):
-            view = self.batch.allocations[event.originator_id]
-            if view.state in _TERMINAL:
-                self._ending.append(event.originator_id)
+        if view.state in _TERMINAL:
+            self._ending.append(key)
 
     def _settle(self) -> None:
         """Hand over and forget the allocations that ended in this unit."""
@@ -234,7 +245,9 @@ class InvariantChecker:
         if not isinstance(event, Pool.Event):
             return
         key = event.originator_id
-        state = self.pools.setdefault(key, _PoolState())
+        state = self.pools.get(key)
+        if state is None:
+            state = self.pools[key] = _PoolState()
         capacity = self.batch.capacities.get(key)
         if isinstance(event, Pool.Created | Pool.PortsChanged):
             state.ranges = PortRanges(**event.ports) if event.ports else PortRanges()
@@ -322,27 +335,21 @@ class InvariantChecker:
 
     # -- across aggregates ---------------------------------------------------
 
-    def _is_live(self, event: object) -> bool:
-        if not isinstance(event, Allocation.Event):
-            return False
-        view = self.batch.allocations.get(event.originator_id)
-        return view is not None and view.state in _LIVE
-
-    def _count_live(self, event: object, was_live: bool) -> None:
+    def _count_live(self, view: AllocationView, was_live: bool) -> None:
         """Keep the live allocations' totals per pool as states change."""
-        if not isinstance(event, Allocation.Event):
-            return
-        view = self.batch.allocations[event.originator_id]
         is_live = view.state in _LIVE
         if is_live == was_live:
             return
-        held = self._held.get(view.pool, Resources())
-        naming = self._naming.setdefault(view.pool, Counter())
+        pool = view.pool
+        held = self._held.get(pool)
+        naming = self._naming.get(pool)
+        if naming is None:
+            naming = self._naming[pool] = Counter()
         if is_live:
-            self._held[view.pool] = held + view.resources
+            self._held[pool] = view.resources if held is None else held + view.resources
             naming.update(view.servers_requested)
         else:
-            self._held[view.pool] = held - view.resources
+            self._held[pool] = (Resources() if held is None else held) - view.resources
             naming.subtract(view.servers_requested)
 
     def _check_preemptions(self) -> None:
@@ -374,7 +381,7 @@ class InvariantChecker:
         held = self._held
         naming = self._naming
         for capacity in self.batch.capacities.values():
-            live = held.get(capacity.pool, Resources())
+            live = held.get(capacity.pool, _NOTHING)
             if capacity.reserved != live:
                 self._fail(
                     position,
@@ -384,7 +391,7 @@ class InvariantChecker:
                     f"live allocations hold {live}",
                 )
                 return
-            counts = naming.get(capacity.pool, Counter())
+            counts = naming.get(capacity.pool, _NO_NAMES)
             for server in capacity.servers.values():
                 if server.references != counts[server.name]:
                     self._fail(
