@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError, PoolNotFoundError
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
@@ -70,12 +71,18 @@ def capacity_at(
     pool: str = DEFAULT_POOL,
     progress: Progress | None = None,
 ) -> CapacityAt:
-    """Replay the log up to `at` with the live folds and read the pool."""
+    """Replay the log up to `at` with the live folds and read the pool.
+
+    Streams: ended allocations are forgotten as the replay goes, so memory
+    holds the pools and the allocations unfinished at each moment only.
+    Raises PoolNotFoundError when the pool did not exist at `at`.
+    """
     replayed = replay(
         service.projector.log,
         service.projector.decode,
         until_time=at,
         progress=progress,
+        live_only=True,
     )
     capacity = replayed.models.get_capacity(pool)
     if capacity is None:
@@ -297,24 +304,36 @@ def _compare_pool(pool: Pool, capacity: CapacityView) -> list[str]:
     return found
 
 
+EXPORT_NAMES = 10_000
+"""How many aggregates' public names `export` keeps at once: an allocation's
+events lie close together in the log, so a small cache, emptied when full,
+finds nearly every name without a query and does not grow with history."""
+
+
 def export_events(
-    service: AllocationService, since: int = 0
+    service: AllocationService, since: int = 0, progress: Progress | None = None
 ) -> Iterator[dict[str, Any]]:
     """The log as JSON-ready records, after position `since`.
 
     Each record names its aggregate by UUID and, for allocations and pools,
-    by its public id or name (`allocation_id` / `pool`) as well.
+    by its public id or name (`allocation_id` / `pool`) as well: taken from
+    the request or creation event as it passes, else read from the read
+    models. Streams: memory does not grow with the history.
     """
     names: dict[Any, str] = {}
     service.read_models.catch_up()
-    for position, event in logged_events(
-        service.projector.log, service.projector.decode, after=since
-    ):
-        record = describe(event, position).as_dict()
-        key = record["aggregate"]
-        if key in ("allocation", "pool"):
-            record["name"] = _public_name(service, names, event, key)
-        yield record
+    with collector_paused():
+        for position, event in logged_events(
+            service.projector.log,
+            service.projector.decode,
+            after=since,
+            progress=progress,
+        ):
+            record = describe(event, position).as_dict()
+            key = record["aggregate"]
+            if key in ("allocation", "pool"):
+                record["name"] = _public_name(service, names, event, key)
+            yield record
 
 
 def _public_name(
@@ -322,14 +341,23 @@ def _public_name(
 ) -> str:
     """The allocation id or pool name of an event's aggregate."""
     uuid = event.originator_id
-    if uuid not in names:
-        if kind == "allocation":
-            found = service.store.allocations([uuid]).get(uuid)
-            names[uuid] = found.allocation_id if found else ""
-        else:
-            capacity = service.store.capacities([uuid]).get(uuid)
-            names[uuid] = capacity.pool if capacity else ""
-    return names[uuid]
+    found = names.get(uuid)
+    if found is not None:
+        return found
+    if len(names) >= EXPORT_NAMES:
+        names.clear()
+    if isinstance(event, Allocation.Requested):
+        found = event.allocation_id
+    elif isinstance(event, Pool.Created):
+        found = event.name
+    elif kind == "allocation":
+        view = service.store.allocations([uuid]).get(uuid)
+        found = view.allocation_id if view else ""
+    else:
+        capacity = service.store.capacities([uuid]).get(uuid)
+        found = capacity.pool if capacity else ""
+    names[uuid] = found
+    return found
 
 
 def require_pool(service: AllocationService, pool: str) -> None:

@@ -38,7 +38,7 @@ from eventsourcing.utils import resolve_topic
 
 _TYPE_KEY = b'"_type_"'
 _ESCAPE = b"\\u"
-_UUID_CACHE_SIZE = 200_000
+_UUID_CACHE_SIZE = 10_000  # aggregate ids: an aggregate's events lie close together
 
 
 class StoredNotification(NamedTuple):
