@@ -16,9 +16,11 @@ itself), since on Linux a child's ru_maxrss starts from its parent's.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ def child(database: Path, command: str) -> dict[str, Any]:
     try:
         opened = peak_rss_mib()
         start = now()
+        cpu_start = time.process_time()
         figures: dict[str, Any] = {}
         if command == "prepare":
             figures["position"] = service.projector.rebuild()
@@ -75,11 +78,14 @@ def child(database: Path, command: str) -> dict[str, Any]:
         else:
             raise ValueError(command)
         seconds = now() - start
+        cpu_seconds = time.process_time() - cpu_start
     finally:
         service.close()
     return figures | {
         "command": command,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "load_average": os.getloadavg()[0],
         "peak_rss_mib": peak_rss_mib(),
         "rss_after_open_mib": opened,
     }
@@ -116,10 +122,13 @@ def measure(events: int) -> dict[str, Any]:
     for command, row in rows.items():
         row["events_per_s"] = size / row["seconds"]
         row["over_raw_read"] = raw["seconds"] / row["seconds"]
+        row["cpu_over_raw_read"] = raw["cpu_seconds"] / row["cpu_seconds"]
         log(
             f"item 9, {size:,} events: {command} {row['seconds']:.1f}s "
             f"({row['events_per_s']:,.0f} events/s, {row['over_raw_read']:.2f} of "
-            f"the raw read), peak RSS {row['peak_rss_mib']:.0f} MiB"
+            f"the raw read; CPU {row['cpu_seconds']:.1f}s, "
+            f"{row['cpu_over_raw_read']:.2f}), peak RSS "
+            f"{row['peak_rss_mib']:.0f} MiB, load {row['load_average']:.1f}"
         )
     return {"events": size, "allocations": info.allocations, "commands": rows}
 

@@ -62,6 +62,12 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                 ",.0f",
             ),
             ("2.ratio", "2 rebuild / raw read (≥ 0.5)", two["rebuild_over_raw"], ".2f"),
+            (
+                "2.ratio.cpu",
+                "2 rebuild / raw read, in CPU time",
+                two.get("rebuild_over_raw_cpu"),
+                ".2f",
+            ),
         ]
     three = items.get("3") or {}
     for row in three.get("rows") or []:
@@ -197,14 +203,20 @@ def _audit_figures(nine: dict[str, Any]) -> list[Figure]:
                 (f"{key}.peak", f"{label}: peak RSS MiB", row["peak_rss_mib"], ".0f"),
             ]
             if command != "raw":
-                out.append(
+                out += [
                     (
                         f"{key}.ratio",
                         f"{label}: / raw read",
                         row["over_raw_read"],
                         ".2f",
-                    )
-                )
+                    ),
+                    (
+                        f"{key}.ratio.cpu",
+                        f"{label}: / raw read, in CPU time",
+                        row.get("cpu_over_raw_read"),
+                        ".2f",
+                    ),
+                ]
     return out
 
 
