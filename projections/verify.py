@@ -40,6 +40,7 @@ from allocation_ledger.domain.values import (
     Resources,
 )
 from allocation_ledger.projections.catchup import Batch, fold_event
+from allocation_ledger.projections.folds import fold_allocation
 from allocation_ledger.projections.store import InMemoryReadModels, ReadModelStore
 from allocation_ledger.projections.views import AllocationView
 
@@ -127,11 +128,14 @@ class InvariantChecker:
         if self.violation is not None:
             return
         self._check_time(position, event)
-        self._check_event(position, event)
-        if self.violation is None:
-            if isinstance(event, Allocation.Event):
-                self._fold_allocation(position, event)
-            else:
+        if isinstance(event, Allocation.Event):
+            before = self.batch.allocations.get(event.originator_id)
+            self._check_allocation_event(position, event, before)
+            if self.violation is None:
+                self._fold_allocation(position, event, before)
+        else:
+            self._check_event(position, event)
+            if self.violation is None:
                 fold_event(self.batch, event, position, self.models)
         self._moment = moment if isinstance(moment, datetime) else None
         self._last_position = position
@@ -142,18 +146,25 @@ class InvariantChecker:
             self._check_balance(self._last_position, "end of log")
         return self.violation
 
-    def _fold_allocation(self, position: int, event: Allocation.Event) -> None:
-        """Fold an allocation's event, keeping the live totals per pool and
-        noting the allocations that end (one look-up of the row each way)."""
+    def _fold_allocation(
+        self, position: int, event: Allocation.Event, before: AllocationView | None
+    ) -> None:
+        """Fold an allocation's event into its row `before` (as `fold_event`
+        does, without looking the row up again), keeping the live totals per
+        pool and noting the allocations that end."""
         key = event.originator_id
-        allocations = self.batch.allocations
-        before = allocations.get(key)
         was_live = before is not None and before.state in _LIVE
-        fold_event(self.batch, event, position, self.models)
-        view = allocations[key]
-        self._count_live(view, was_live)
         if isinstance(event, Allocation.Requested):
             self.allocations += 1
+            view = fold_allocation(None, event)
+            view.sequence = position
+            self.batch.allocations[key] = view
+        elif before is None:  # not held (an audit stops before: invariant 4)
+            fold_event(self.batch, event, position, self.models)
+            view = self.batch.allocations[key]
+        else:
+            view = fold_allocation(before, event)  # changes `before` in place
+        self._count_live(view, was_live)
         if view.state in _TERMINAL:
             self._ending.append(key)
 
@@ -223,25 +234,30 @@ class InvariantChecker:
             return f"pool {capacity.pool!r}"
         return f"aggregate {key}"
 
+    def _check_allocation_event(
+        self, position: int, event: Allocation.Event, view: AllocationView | None
+    ) -> None:
+        """Invariant 4 (nothing after the end) for an event of an allocation
+        whose row, before the event, is `view`; notes preemptions."""
+        if isinstance(event, Allocation.Requested):
+            return
+        if view is None:
+            self._fail(
+                position, type(event).__name__, 4, self._unknown(event.originator_id)
+            )
+        elif view.state in _TERMINAL:
+            self._fail(
+                position,
+                type(event).__name__,
+                4,
+                f"allocation {view.allocation_id} is already {view.state}",
+            )
+        if isinstance(event, Allocation.Preempted) and view is not None:
+            self._preemptions.append((position, view.priority, event.by))
+
     def _check_event(self, position: int, event: object) -> None:
+        """The checks of a pool's event (invariants 1, 2 and 10)."""
         name = type(event).__name__
-        if isinstance(event, Allocation.Event) and not isinstance(
-            event, Allocation.Requested
-        ):
-            view = self.batch.allocations.get(event.originator_id)
-            if view is None:
-                self._fail(position, name, 4, self._unknown(event.originator_id))
-            elif view.state in _TERMINAL:
-                self._fail(
-                    position,
-                    name,
-                    4,
-                    f"allocation {view.allocation_id} is already {view.state}",
-                )
-        if isinstance(event, Allocation.Preempted):
-            victim = self.batch.allocations.get(event.originator_id)
-            if victim is not None:
-                self._preemptions.append((position, victim.priority, event.by))
         if not isinstance(event, Pool.Event):
             return
         key = event.originator_id

@@ -61,6 +61,7 @@ class SQLiteNotificationLog:
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._uuids: dict[str, UUID] = {}
+        self._older_uuids: dict[str, UUID] = {}
 
     @staticmethod
     def supports(recorder: object) -> TypeGuard[SQLiteApplicationRecorder]:
@@ -122,11 +123,20 @@ class SQLiteNotificationLog:
         ]
 
     def _uuid(self, value: str) -> UUID:
+        """The UUID of an aggregate id, the same object each time while it
+        keeps coming: dictionaries keyed by it then find it by identity,
+        without comparing. Two generations of ids are kept: one seen in the
+        older is moved to the newer, so a pool's id, which recurs all along
+        the log, never changes object."""
         found = self._uuids.get(value)
         if found is None:
+            found = self._older_uuids.get(value)
+            if found is None:
+                found = UUID(value)
             if len(self._uuids) >= _UUID_CACHE_SIZE:
-                self._uuids.clear()
-            found = self._uuids[value] = UUID(value)
+                self._older_uuids = self._uuids
+                self._uuids = {}
+            self._uuids[value] = found
         return found
 
     def max_notification_id(self) -> int | None:
