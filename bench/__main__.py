@@ -28,6 +28,7 @@ ITEMS = {
     "6": "bench.memory",
     "7": "bench.provisioning",
     "8": "bench.preemption",
+    "9": "bench.audit",
 }
 
 

@@ -62,6 +62,12 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                 ",.0f",
             ),
             ("2.ratio", "2 rebuild / raw read (≥ 0.5)", two["rebuild_over_raw"], ".2f"),
+            (
+                "2.ratio.cpu",
+                "2 rebuild / raw read, in CPU time",
+                two.get("rebuild_over_raw_cpu"),
+                ".2f",
+            ),
         ]
     three = items.get("3") or {}
     for row in three.get("rows") or []:
@@ -179,6 +185,38 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                 ".2f",
             )
         )
+    out += _audit_figures(items.get("9") or {})
+    return out
+
+
+def _audit_figures(nine: dict[str, Any]) -> list[Figure]:
+    """Item 9: each audit command's time, rate against the raw read, and
+    peak RSS, at each size of log."""
+    out: list[Figure] = []
+    for size in nine.get("sizes") or []:
+        events = size["events"]
+        for command, row in size["commands"].items():
+            key = f"9.{command}.{events}"
+            label = f"9 {command}, {events:,} events"
+            out += [
+                (f"{key}.s", f"{label}: s", row["seconds"], ".1f"),
+                (f"{key}.peak", f"{label}: peak RSS MiB", row["peak_rss_mib"], ".0f"),
+            ]
+            if command != "raw":
+                out += [
+                    (
+                        f"{key}.ratio",
+                        f"{label}: / raw read",
+                        row["over_raw_read"],
+                        ".2f",
+                    ),
+                    (
+                        f"{key}.ratio.cpu",
+                        f"{label}: / raw read, in CPU time",
+                        row.get("cpu_over_raw_read"),
+                        ".2f",
+                    ),
+                ]
     return out
 
 

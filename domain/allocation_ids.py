@@ -26,6 +26,19 @@ def allocation_uuid(allocation_id: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"allocation-ledger:allocation:{allocation_id}")
 
 
+_UUID5_PREFIX = NAMESPACE_URL.bytes + b"allocation-ledger:allocation:"
+
+
+def allocation_uuid_hex(allocation_id: str) -> str:
+    """`allocation_uuid(allocation_id).hex`, computed without a UUID object
+    (read-model rows are keyed by it: a rebuild writes hundreds of
+    thousands). The same SHA-1 as uuid5, with its version and variant bits."""
+    digest = bytearray(hashlib.sha1(_UUID5_PREFIX + allocation_id.encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return digest[:16].hex()
+
+
 def allocation_id_for_request(
     pool: str, request_id: str, tenant: str | None = None
 ) -> str:

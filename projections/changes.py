@@ -14,13 +14,12 @@ wake on it, subscriptions are fed by it (adapters/mcp/change_feed.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
 from uuid import UUID
 
 from allocation_ledger.domain.server_process import server_process_uuid
-from allocation_ledger.projections.catchup import NotificationLog
+from allocation_ledger.projections.catchup import LoggedNotification, NotificationLog
 from allocation_ledger.projections.store import ReadModelStore
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
@@ -30,19 +29,6 @@ SERVER_PROCESS_TOPICS = "allocation-ledger:server-process:"
 
 FOLLOW_PAGE = 1000
 """Notifications read per query while following the log."""
-
-
-class TopicNotification(Protocol):
-    """The parts of a stored notification the follower reads."""
-
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def originator_id(self) -> UUID | str: ...
-
-    @property
-    def topic(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -103,18 +89,20 @@ class Changes:
 class ChangeFollower:
     """Follows a notification log from its own position (module docstring).
 
-    `catch_up` brings the read models up to date (the projector's
-    `catch_up`); `store`, the read models it then reads rows from;
-    `server_names`, the MCP server names the catalog knows (those of pools'
-    running servers are always known), used to name a server process from
-    its aggregate id. Not thread-safe: poll from one thread at a time.
+    `catch_up(position)` brings the read models up to at least `position`
+    (the projector's `catch_up(until=position)`, which reads nothing when
+    a query of this process already took them there); `store`, the read
+    models it then reads rows from; `server_names`, the MCP server names
+    the catalog knows (those of pools' running servers are always known),
+    used to name a server process from its aggregate id. Not thread-safe:
+    poll from one thread at a time.
     """
 
     def __init__(
         self,
         log: NotificationLog,
         store: ReadModelStore,
-        catch_up: Callable[[], int],
+        catch_up: Callable[[int], int],
         *,
         server_names: Iterable[str] = (),
         page: int = FOLLOW_PAGE,
@@ -149,7 +137,7 @@ class ChangeFollower:
         pools: dict[UUID, None] = {}
         servers: dict[UUID, None] = {}
         while start < end:
-            notifications: Sequence[TopicNotification] = self.log.select_notifications(  # type: ignore[assignment]
+            notifications = self.log.select_notifications(
                 start, self.page, stop=end, inclusive_of_start=False
             )
             if not notifications:
@@ -157,7 +145,7 @@ class ChangeFollower:
             for notification in notifications:
                 _classify(notification, allocations, pools, servers)
             start = notifications[-1].id
-        self.catch_up()
+        self.catch_up(start)
         self.position = start
         return Changes(
             start,
@@ -215,7 +203,7 @@ class ChangeFollower:
 
 
 def _classify(
-    notification: TopicNotification,
+    notification: LoggedNotification,
     allocations: dict[UUID, None],
     pools: dict[UUID, None],
     servers: dict[UUID, None],

@@ -44,16 +44,26 @@ class HistoryEntry:
         }
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+"""Types that are plain JSON as they are (exactly these: not their
+subclasses, such as a string enum)."""
+
+
 def json_safe(value: Any) -> Any:
     """Event field values as plain JSON (times as ISO 8601 with offset)."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Enum):
         return value.value
+    plain = _PLAIN
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {
+            str(k): v if type(v) in plain else json_safe(v) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
+        return [v if type(v) in plain else json_safe(v) for v in value]
     return value
 
 
@@ -73,8 +83,9 @@ def aggregate_kind(event: object) -> str:
 
 def describe(event: Any, position: int | None = None) -> HistoryEntry:
     """Describe a decoded domain event."""
+    plain = _PLAIN
     fields = {
-        name: json_safe(value)
+        name: value if type(value) in plain else json_safe(value)
         for name, value in vars(event).items()
         if name not in _BASE_FIELDS
     }

@@ -6,16 +6,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.values import TERMINAL_STATES
 from allocation_ledger.projections.catchup import (
     Batch,
     Decode,
     NotificationLog,
     Progress,
+    collector_paused,
     fold_event,
 )
 from allocation_ledger.projections.store import InMemoryReadModels
 
 REPLAY_BATCH_SIZE = 5000
+_ENDED = frozenset(state.value for state in TERMINAL_STATES)
 
 
 def logged_events(
@@ -58,26 +62,40 @@ def replay(
     until_time: datetime | None = None,
     progress: Progress | None = None,
     on_event: Callable[[int, object], None] | None = None,
+    live_only: bool = False,
 ) -> Replay:
     """Fold the log into fresh read models with the live folds.
 
     Stops after `until_position`, or before the first event later than
-    `until_time`: the read models as they were at that moment.
+    `until_time`: the read models as they were at that moment. With
+    `live_only`, an allocation is forgotten as soon as it ends (an ended
+    allocation takes no further event, design invariant 4; one that comes
+    anyway is passed over): the models then hold the pools and the
+    unfinished allocations only, and memory does not grow with the history.
     """
     models = InMemoryReadModels()
     batch = Batch()
+    allocations = batch.allocations
     position = 0
     count = 0
-    for at, event in logged_events(
-        log, decode, until=until_position, progress=progress
-    ):
-        if until_time is not None and _timestamp(event) > until_time:
-            break
-        fold_event(batch, event, at, models)
-        if on_event is not None:
-            on_event(at, event)
-        position = at
-        count += 1
+    with collector_paused():
+        for at, event in logged_events(
+            log, decode, until=until_position, progress=progress
+        ):
+            if until_time is not None and _timestamp(event) > until_time:
+                break
+            if live_only and isinstance(event, Allocation.Event):
+                key = event.originator_id
+                if key in allocations or isinstance(event, Allocation.Requested):
+                    fold_event(batch, event, at, models)
+                    if allocations[key].state in _ENDED:
+                        del allocations[key]
+            else:
+                fold_event(batch, event, at, models)
+            if on_event is not None:
+                on_event(at, event)
+            position = at
+            count += 1
     models.commit(
         expected=0,
         position=position,

@@ -40,11 +40,16 @@ from allocation_ledger.domain.values import (
     Resources,
 )
 from allocation_ledger.projections.catchup import Batch, fold_event
+from allocation_ledger.projections.folds import fold_allocation
 from allocation_ledger.projections.store import InMemoryReadModels, ReadModelStore
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
 _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+
+# Read only: what a pool with no live allocations holds, and the servers they name.
+_NOTHING = Resources()
+_NO_NAMES: Counter[str] = Counter()
 
 DEFAULT_TIME_TOLERANCE = timedelta(seconds=5)
 """How much earlier than the latest event before it an event of another
@@ -132,12 +137,15 @@ class InvariantChecker:
         if self.violation is not None:
             return
         self._check_time(position, event)
-        self._check_event(position, event)
-        if self.violation is None:
-            was_live = self._is_live(event)
-            fold_event(self.batch, event, position, self.models)
-            self._count_live(event, was_live)
-            self._note_ending(event)
+        if isinstance(event, Allocation.Event):
+            before = self.batch.allocations.get(event.originator_id)
+            self._check_allocation_event(position, event, before)
+            if self.violation is None:
+                self._fold_allocation(position, event, before)
+        else:
+            self._check_event(position, event)
+            if self.violation is None:
+                fold_event(self.batch, event, position, self.models)
         self._moment = moment if isinstance(moment, datetime) else None
         self._last_position = position
         self.events += 1
@@ -147,13 +155,27 @@ class InvariantChecker:
             self._check_balance(self._last_position, "end of log")
         return self.violation
 
-    def _note_ending(self, event: object) -> None:
+    def _fold_allocation(
+        self, position: int, event: Allocation.Event, before: AllocationView | None
+    ) -> None:
+        """Fold an allocation's event into its row `before` (as `fold_event`
+        does, without looking the row up again), keeping the live totals per
+        pool and noting the allocations that end."""
+        key = event.originator_id
+        was_live = before is not None and before.state in _LIVE
         if isinstance(event, Allocation.Requested):
             self.allocations += 1
-        if isinstance(event, Allocation.Event):
-            view = self.batch.allocations[event.originator_id]
-            if view.state in _TERMINAL:
-                self._ending.append(event.originator_id)
+            view = fold_allocation(None, event)
+            view.sequence = position
+            self.batch.allocations[key] = view
+        elif before is None:  # not held (an audit stops before: invariant 4)
+            fold_event(self.batch, event, position, self.models)
+            view = self.batch.allocations[key]
+        else:
+            view = fold_allocation(before, event)  # changes `before` in place
+        self._count_live(view, was_live)
+        if view.state in _TERMINAL:
+            self._ending.append(key)
 
     def _settle(self) -> None:
         """Hand over and forget the allocations that ended in this unit."""
@@ -221,29 +243,36 @@ class InvariantChecker:
             return f"pool {capacity.pool!r}"
         return f"aggregate {key}"
 
+    def _check_allocation_event(
+        self, position: int, event: Allocation.Event, view: AllocationView | None
+    ) -> None:
+        """Invariant 4 (nothing after the end) for an event of an allocation
+        whose row, before the event, is `view`; notes preemptions."""
+        if isinstance(event, Allocation.Requested):
+            return
+        if view is None:
+            self._fail(
+                position, type(event).__name__, 4, self._unknown(event.originator_id)
+            )
+        elif view.state in _TERMINAL:
+            self._fail(
+                position,
+                type(event).__name__,
+                4,
+                f"allocation {view.allocation_id} is already {view.state}",
+            )
+        if isinstance(event, Allocation.Preempted) and view is not None:
+            self._preemptions.append((position, view.priority, event.by))
+
     def _check_event(self, position: int, event: object) -> None:
+        """The checks of a pool's event (invariants 1, 2 and 10)."""
         name = type(event).__name__
-        if isinstance(event, Allocation.Event) and not isinstance(
-            event, Allocation.Requested
-        ):
-            view = self.batch.allocations.get(event.originator_id)
-            if view is None:
-                self._fail(position, name, 4, self._unknown(event.originator_id))
-            elif view.state in _TERMINAL:
-                self._fail(
-                    position,
-                    name,
-                    4,
-                    f"allocation {view.allocation_id} is already {view.state}",
-                )
-        if isinstance(event, Allocation.Preempted):
-            victim = self.batch.allocations.get(event.originator_id)
-            if victim is not None:
-                self._preemptions.append((position, victim.priority, event.by))
         if not isinstance(event, Pool.Event):
             return
         key = event.originator_id
-        state = self.pools.setdefault(key, _PoolState())
+        state = self.pools.get(key)
+        if state is None:
+            state = self.pools[key] = _PoolState()
         capacity = self.batch.capacities.get(key)
         if isinstance(event, Pool.Created | Pool.PortsChanged):
             state.ranges = PortRanges(**event.ports) if event.ports else PortRanges()
@@ -369,27 +398,21 @@ class InvariantChecker:
 
     # -- across aggregates ---------------------------------------------------
 
-    def _is_live(self, event: object) -> bool:
-        if not isinstance(event, Allocation.Event):
-            return False
-        view = self.batch.allocations.get(event.originator_id)
-        return view is not None and view.state in _LIVE
-
-    def _count_live(self, event: object, was_live: bool) -> None:
+    def _count_live(self, view: AllocationView, was_live: bool) -> None:
         """Keep the live allocations' totals per pool as states change."""
-        if not isinstance(event, Allocation.Event):
-            return
-        view = self.batch.allocations[event.originator_id]
         is_live = view.state in _LIVE
         if is_live == was_live:
             return
-        held = self._held.get(view.pool, Resources())
-        naming = self._naming.setdefault(view.pool, Counter())
+        pool = view.pool
+        held = self._held.get(pool)
+        naming = self._naming.get(pool)
+        if naming is None:
+            naming = self._naming[pool] = Counter()
         if is_live:
-            self._held[view.pool] = held + view.resources
+            self._held[pool] = view.resources if held is None else held + view.resources
             naming.update(view.servers_requested)
         else:
-            self._held[view.pool] = held - view.resources
+            self._held[pool] = (Resources() if held is None else held) - view.resources
             naming.subtract(view.servers_requested)
 
     def _check_preemptions(self) -> None:
@@ -421,11 +444,9 @@ class InvariantChecker:
         held = self._held
         naming = self._naming
         for key, capacity in self.batch.capacities.items():
-            live = held.get(capacity.pool, Resources())
+            live = held.get(capacity.pool, _NOTHING)
             pool_state = self.pools.get(key)
-            instances = (
-                Resources() if pool_state is None else pool_state.instance_costs()
-            )
+            instances = _NOTHING if pool_state is None else pool_state.instance_costs()
             if capacity.reserved != live + instances:
                 self._fail(
                     position,
@@ -436,7 +457,7 @@ class InvariantChecker:
                     f"instances {instances}",
                 )
                 return
-            counts = naming.get(capacity.pool, Counter())
+            counts = naming.get(capacity.pool, _NO_NAMES)
             for server in capacity.servers.values():
                 if server.references != counts[server.name]:
                     self._fail(

@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import (
     allocation_id_for_request,
     allocation_uuid,
+    allocation_uuid_hex,
     is_allocation_id,
 )
 from allocation_ledger.domain.errors import AllocationNotLiveError, AllocationStateError
@@ -130,6 +133,11 @@ def test_the_aggregate_id_is_derived_from_the_public_id() -> None:
     assert allocation_uuid(ALLOCATION_ID) == allocation_uuid(ALLOCATION_ID)
     assert allocation_uuid(ALLOCATION_ID) != allocation_uuid("alloc-0123456789ac")
     assert pending().id == allocation_uuid(ALLOCATION_ID)
+
+
+@given(st.text())
+def test_the_row_key_is_the_aggregate_id_in_hex(allocation_id: str) -> None:
+    assert allocation_uuid_hex(allocation_id) == allocation_uuid(allocation_id).hex
 
 
 # -- transitions -----------------------------------------------------------------------

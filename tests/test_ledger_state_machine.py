@@ -118,6 +118,7 @@ from allocation_ledger.projections.store import (
 )
 from allocation_ledger.projections.views import AllocationView, CapacityView
 from tests.ledger_properties import LedgerProperties
+from tests.ledger_support import assert_decoder_agrees
 
 T = TypeVar("T")
 
@@ -998,6 +999,9 @@ class LedgerMachine(RuleBasedStateMachine):
             # equal to a replay.
             report = audit.verify(self.service)
             assert report.clean, report.as_dict()
+            # Every event reads back through the fast decoder as the
+            # mapper reads it (every kind of event this machine makes).
+            assert_decoder_agrees(self.ledger)
         finally:
             for undo in reversed(self._undo):
                 undo()

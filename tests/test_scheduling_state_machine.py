@@ -60,6 +60,7 @@ from allocation_ledger.domain.values import (
     Resources,
 )
 from tests.ledger_properties import LedgerProperties
+from tests.ledger_support import assert_decoder_agrees
 from tests.preemption_reference import PoolView, reference_victims
 
 TENANTS = ("team-a", "team-b", None)
@@ -102,6 +103,9 @@ class SchedulingMachine(RuleBasedStateMachine):
         try:
             report = audit.verify(self.service)
             assert report.clean, report.as_dict()
+            # Every event reads back through the fast decoder as the
+            # mapper reads it (every kind of event this machine makes).
+            assert_decoder_agrees(self.ledger)
         finally:
             self.service.close()
 

@@ -31,6 +31,7 @@ from allocation_ledger.domain.values import AllocationRequest, Resources
 from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
 from allocation_ledger.projections.store import ListingQuery
 from allocation_ledger.projections.usage import UsageQuery
+from tests.ledger_support import assert_decoder_agrees
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LEDGER = FIXTURES / "server-cost-ledger.db"
@@ -158,3 +159,6 @@ def test_attaching_to_an_instance_of_the_old_rule_charges_it_once(
     assert ledger.pool("default").reserved == Resources(500, 512, 0)
     report = audit.verify(service)
     assert report.clean, report.as_dict()
+    # ServerCharged is written only on such a history: the fast decoder
+    # reads it as the mapper does (test_event_log.py checks every other event).
+    assert "Pool.ServerCharged" in assert_decoder_agrees(ledger)

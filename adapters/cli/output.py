@@ -31,12 +31,14 @@ def ledger_line(service: AllocationService) -> str:
 
 @contextmanager
 def progress_bar(label: str, enabled: bool = True) -> Iterator[ProgressCallback]:
-    """A progress bar on stderr, fed with (position, last position)."""
-    if not enabled:
+    """A progress bar on stderr, fed with (position, last position); nothing
+    at all (not even an empty line) when stderr is not a terminal."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
         yield lambda done, total: None
         return
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def advance(done: int, total: int) -> None:

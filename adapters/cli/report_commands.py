@@ -105,9 +105,12 @@ def export(
     except OSError as error:
         return fail(f"cannot write {args.out}: {error.strerror or error}", 1)
     try:
-        for record in audit.export_events(service, args.since):
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
-            written += 1
+        # A progress bar only when the records go to a file: on the terminal
+        # it would interleave with them.
+        with progress_bar("exporting", args.out is not None) as progress:
+            for record in audit.export_events(service, args.since, progress):
+                out.write(json.dumps(record, separators=(",", ":")) + "\n")
+                written += 1
     finally:
         if args.out:
             out.close()

@@ -188,7 +188,7 @@ def change_feed(service: AllocationService) -> ChangeFeed:
     follower = ChangeFollower(
         projector.log,
         service.store,
-        projector.catch_up,
+        lambda position: projector.catch_up(until=position),
         server_names=service.settings.catalog.mcp_servers,
     )
     return ChangeFeed(follower)

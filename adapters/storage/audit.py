@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
 from allocation_ledger.domain.errors import AllocationNotFoundError, PoolNotFoundError
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.server_process import server_process_uuid
 from allocation_ledger.domain.values import LIVE_STATES
-from allocation_ledger.projections.catchup import Progress
+from allocation_ledger.projections.catchup import Progress, collector_paused
 from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
 from allocation_ledger.projections.history import HistoryEntry, describe
 from allocation_ledger.projections.replay import logged_events, replay
@@ -70,12 +71,18 @@ def capacity_at(
     pool: str = DEFAULT_POOL,
     progress: Progress | None = None,
 ) -> CapacityAt:
-    """Replay the log up to `at` with the live folds and read the pool."""
+    """Replay the log up to `at` with the live folds and read the pool.
+
+    Streams: ended allocations are forgotten as the replay goes, so memory
+    holds the pools and the allocations unfinished at each moment only.
+    Raises PoolNotFoundError when the pool did not exist at `at`.
+    """
     replayed = replay(
-        service.ledger.recorder,
+        service.projector.log,
         service.projector.decode,
         until_time=at,
         progress=progress,
+        live_only=True,
     )
     capacity = replayed.models.get_capacity(pool)
     if capacity is None:
@@ -147,16 +154,23 @@ def verify(
         settled=comparison.add,
         lookup=service.store,
     )
-    for position, event in logged_events(
-        service.ledger.recorder,
-        service.projector.decode,
-        until=end,
-        progress=progress,
-    ):
-        checker.feed(position, event)
-        if checker.violation is not None:
-            break
-    violation = checker.finish()
+    pools: dict[UUID, Pool] = {}
+    with collector_paused():
+        for position, event in logged_events(
+            service.projector.log,
+            service.projector.decode,
+            until=end,
+            progress=progress,
+        ):
+            checker.feed(position, event)
+            if checker.violation is not None:
+                break
+            if isinstance(event, Pool.Event):
+                key = event.originator_id
+                mutated = event.mutate(pools.get(key))
+                if isinstance(mutated, Pool):
+                    pools[key] = mutated
+        violation = checker.finish()
     report = VerifyReport(
         events=checker.events,
         allocations=checker.allocations,
@@ -167,18 +181,29 @@ def verify(
     if violation is None:
         for key, view in checker.batch.allocations.items():
             comparison.add(key, view)
-        report.mismatches = comparison.finish() + _compare_pools(service, checker)
+        report.mismatches = comparison.finish() + _compare_pools(
+            service, checker, pools
+        )
     report.seconds = time.perf_counter() - started
     return report
 
 
 class _RowComparison:
-    """Compares replayed allocation rows with the stored ones, 500 at a time."""
+    """Compares replayed allocation rows with the stored ones, 500 at a time.
+
+    A stored row is read as its JSON document where the store offers that
+    (`allocation_documents`) and compared with the replayed row's; only when
+    they differ is it read as a row too, so that two spellings of one row
+    (a document written by an older version) are not called a difference.
+    """
 
     CHUNK = 500
 
     def __init__(self, service: AllocationService) -> None:
         self._store = service.store
+        self._documents: Callable[[Collection[UUID]], dict[UUID, Any]] | None = getattr(
+            service.store, "allocation_documents", None
+        )
         self._pending: list[tuple[UUID, AllocationView]] = []
         self.mismatches: list[str] = []
 
@@ -195,8 +220,16 @@ class _RowComparison:
         chunk, self._pending = self._pending, []
         if not chunk:
             return
-        stored_rows = self._store.allocations([key for key, _ in chunk])
+        keys = [key for key, _ in chunk]
+        documents = {} if self._documents is None else self._documents(keys)
+        differing: list[tuple[UUID, AllocationView]] = []
         for key, view in chunk:
+            if documents.get(key) != allocation_to_dict(view):
+                differing.append((key, view))
+        if not differing:
+            return
+        stored_rows = self._store.allocations([key for key, _ in differing])
+        for key, view in differing:
             stored = stored_rows.get(key)
             if stored is None:
                 self.mismatches.append(
@@ -208,10 +241,19 @@ class _RowComparison:
                 )
 
 
-def _compare_pools(service: AllocationService, checker: InvariantChecker) -> list[str]:
+def _compare_pools(
+    service: AllocationService, checker: InvariantChecker, replayed: dict[UUID, Pool]
+) -> list[str]:
+    """The replayed capacity rows against the stored ones and the aggregates.
+
+    `replayed`: each pool aggregate as its events, read in the same pass,
+    make it. When the pool has a snapshot the ledger's own read of it (from
+    that snapshot) is compared instead: that is the state the ledger decides
+    on. Without one, the ledger's read would fold the same events again.
+    """
     mismatches: list[str] = []
     store = service.store
-    for capacity in checker.batch.capacities.values():
+    for key, capacity in checker.batch.capacities.items():
         stored_capacity = store.get_capacity(capacity.pool)
         if stored_capacity is None or capacity_to_dict(
             stored_capacity
@@ -219,8 +261,18 @@ def _compare_pools(service: AllocationService, checker: InvariantChecker) -> lis
             mismatches.append(
                 f"capacity of pool {capacity.pool!r} differs in read model"
             )
-        mismatches.extend(_compare_pool(service.ledger.pool(capacity.pool), capacity))
+        pool = replayed.get(key)
+        if pool is None or _has_snapshot(service, key):
+            pool = service.ledger.pool(capacity.pool)
+        mismatches.extend(_compare_pool(pool, capacity))
     return mismatches
+
+
+def _has_snapshot(service: AllocationService, key: UUID) -> bool:
+    snapshots = service.ledger.snapshots
+    if snapshots is None:
+        return False
+    return any(True for _ in snapshots.get(key, desc=True, limit=1))
 
 
 def _compare_pool(pool: Pool, capacity: CapacityView) -> list[str]:
@@ -254,24 +306,36 @@ def _compare_pool(pool: Pool, capacity: CapacityView) -> list[str]:
     return found
 
 
+EXPORT_NAMES = 10_000
+"""How many aggregates' public names `export` keeps at once: an allocation's
+events lie close together in the log, so a small cache, emptied when full,
+finds nearly every name without a query and does not grow with history."""
+
+
 def export_events(
-    service: AllocationService, since: int = 0
+    service: AllocationService, since: int = 0, progress: Progress | None = None
 ) -> Iterator[dict[str, Any]]:
     """The log as JSON-ready records, after position `since`.
 
     Each record names its aggregate by UUID and, for allocations and pools,
-    by its public id or name (`allocation_id` / `pool`) as well.
+    by its public id or name (`allocation_id` / `pool`) as well: taken from
+    the request or creation event as it passes, else read from the read
+    models. Streams: memory does not grow with the history.
     """
     names: dict[Any, str] = {}
     service.read_models.catch_up()
-    for position, event in logged_events(
-        service.ledger.recorder, service.projector.decode, after=since
-    ):
-        record = describe(event, position).as_dict()
-        key = record["aggregate"]
-        if key in ("allocation", "pool"):
-            record["name"] = _public_name(service, names, event, key)
-        yield record
+    with collector_paused():
+        for position, event in logged_events(
+            service.projector.log,
+            service.projector.decode,
+            after=since,
+            progress=progress,
+        ):
+            record = describe(event, position).as_dict()
+            key = record["aggregate"]
+            if key in ("allocation", "pool"):
+                record["name"] = _public_name(service, names, event, key)
+            yield record
 
 
 def _public_name(
@@ -279,14 +343,23 @@ def _public_name(
 ) -> str:
     """The allocation id or pool name of an event's aggregate."""
     uuid = event.originator_id
-    if uuid not in names:
-        if kind == "allocation":
-            found = service.store.allocations([uuid]).get(uuid)
-            names[uuid] = found.allocation_id if found else ""
-        else:
-            capacity = service.store.capacities([uuid]).get(uuid)
-            names[uuid] = capacity.pool if capacity else ""
-    return names[uuid]
+    found = names.get(uuid)
+    if found is not None:
+        return found
+    if len(names) >= EXPORT_NAMES:
+        names.clear()
+    if isinstance(event, Allocation.Requested):
+        found = event.allocation_id
+    elif isinstance(event, Pool.Created):
+        found = event.name
+    elif kind == "allocation":
+        view = service.store.allocations([uuid]).get(uuid)
+        found = view.allocation_id if view else ""
+    else:
+        capacity = service.store.capacities([uuid]).get(uuid)
+        found = capacity.pool if capacity else ""
+    names[uuid] = found
+    return found
 
 
 def require_pool(service: AllocationService, pool: str) -> None:

@@ -7,37 +7,38 @@ Two pieces, each falling back to the library where it cannot be exact:
   of a frozen dataclass and a fresh UUID per row. Everything else (the
   maximum position, PostgreSQL, in-memory) goes to the recorder itself.
 - `EventDecoder` turns a stored notification into the same domain event the
-  ledger's mapper would, by parsing its JSON with the C decoder (no Python
-  hook for every object) and converting the top-level transcoded values
-  (timestamps) itself. Whenever the stored state holds anything else that
-  the mapper's hook would convert, or a cipher, compressor or class version
-  is in play, it hands the notification to the mapper unchanged.
+  ledger's mapper would, by parsing its JSON with orjson (no Python hook for
+  every object, several times faster than the standard library's parser)
+  and converting the top-level transcoded values (timestamps) itself.
+  Whenever the stored state holds anything else that the mapper's hook
+  would convert, or a cipher, compressor or class version is in play, or
+  orjson refuses the text, it hands the notification to the mapper.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from json.scanner import make_scanner
 from typing import Any, NamedTuple, TypeGuard
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import (
     DatetimeAsISO,
     JSONTranscoder,
     Mapper,
     Transcoding,
     find_id_convertor,
+    pass_through_convertor,
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import resolve_topic
 
 _TYPE_KEY = b'"_type_"'
 _ESCAPE = b"\\u"
-_UUID_CACHE_SIZE = 200_000
+_UUID_CACHE_SIZE = 10_000  # aggregate ids: an aggregate's events lie close together
 
 
 class StoredNotification(NamedTuple):
@@ -60,6 +61,7 @@ class SQLiteNotificationLog:
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._uuids: dict[str, UUID] = {}
+        self._older_uuids: dict[str, UUID] = {}
 
     @staticmethod
     def supports(recorder: object) -> TypeGuard[SQLiteApplicationRecorder]:
@@ -121,11 +123,20 @@ class SQLiteNotificationLog:
         ]
 
     def _uuid(self, value: str) -> UUID:
+        """The UUID of an aggregate id, the same object each time while it
+        keeps coming: dictionaries keyed by it then find it by identity,
+        without comparing. Two generations of ids are kept: one seen in the
+        older is moved to the newer, so a pool's id, which recurs all along
+        the log, never changes object."""
         found = self._uuids.get(value)
         if found is None:
+            found = self._older_uuids.get(value)
+            if found is None:
+                found = UUID(value)
             if len(self._uuids) >= _UUID_CACHE_SIZE:
-                self._uuids.clear()
-            found = self._uuids[value] = UUID(value)
+                self._older_uuids = self._uuids
+                self._uuids = {}
+            self._uuids[value] = found
         return found
 
     def max_notification_id(self) -> int | None:
@@ -141,15 +152,21 @@ class SQLiteNotificationLog:
 class _Topic:
     """What the decoder knows about one topic: its class, where values hide."""
 
-    __slots__ = ("cls", "keys")
+    __slots__ = ("cls", "convertor", "id_type", "keys")
 
     def __init__(self, cls: type[Any] | None) -> None:
         self.cls = cls
         self.keys: list[str] = []  # top-level keys seen holding transcoded values
+        self.id_type: type[Any] | None = None  # of the originator ids seen so far
+        self.convertor: Callable[[Any], Any] = pass_through_convertor
 
 
 class EventDecoder:
     """Stored notification -> domain event, as `mapper.to_domain_event` does."""
+
+    MOMENTS = 4096
+    """How many timestamps it keeps parsed: events of one unit of work share
+    their moment, and leases end at a few offsets from it."""
 
     def __init__(self, mapper: Mapper[UUID]) -> None:
         self.mapper = mapper
@@ -164,12 +181,10 @@ class EventDecoder:
         )
         # The library's own timestamp transcoding is fromisoformat: call it inline.
         self._iso = type(self._names.get("datetime_iso")) is DatetimeAsISO
-        # The C scanner: what json.loads runs, without its Python wrapper.
-        self._scan: Callable[[str, int], tuple[Any, int]] = make_scanner(
-            json.JSONDecoder()  # type: ignore[arg-type]
-        )
         self._topics: dict[str, _Topic] = {}
-        self._convertors: dict[tuple[type[Any], type[Any]], Callable[[Any], Any]] = {}
+        self._moments: dict[str, datetime] = {}
+        self.decode: Callable[[Any], object] = self._decoding()
+        """The decoder as a plain function (what catch-up and audits call)."""
 
     def _topic(self, topic: str) -> _Topic:
         found = self._topics.get(topic)
@@ -178,6 +193,16 @@ class EventDecoder:
             # A class with a version above 1 may need upcasting: the mapper's job.
             found = _Topic(cls if getattr(cls, "class_version", 1) == 1 else None)
             self._topics[topic] = found
+        return found
+
+    def _moment(self, text: str) -> datetime:
+        """datetime.fromisoformat(text), remembered (datetimes are immutable)."""
+        moments = self._moments
+        found = moments.get(text)
+        if found is None:
+            if len(moments) >= self.MOMENTS:
+                moments.clear()
+            found = moments[text] = datetime.fromisoformat(text)
         return found
 
     def _convert(self, state: dict[str, Any], key: str) -> int:
@@ -190,8 +215,8 @@ class EventDecoder:
             and "_data_" in value
         ):
             kind = value["_type_"]
-            if kind == "datetime_iso" and self._iso:
-                state[key] = datetime.fromisoformat(value["_data_"])
+            if kind == "datetime_iso" and self._iso and type(value["_data_"]) is str:
+                state[key] = self._moment(value["_data_"])
                 return 1
             transcoding = self._names.get(kind)
             if transcoding is None:
@@ -201,53 +226,97 @@ class EventDecoder:
         return 0
 
     def __call__(self, notification: Any) -> object:
+        return self.decode(notification)
+
+    def _decoding(self) -> Callable[[Any], object]:
+        """The decoding function: a closure over what it reads, since a
+        rebuild calls it once per event (a million times for a million)."""
+        mapper = self.mapper
+
+        def exact(notification: Any) -> object:
+            return mapper.to_domain_event(notification)
+
         if self._exact_only:
-            return self.mapper.to_domain_event(notification)
-        topic = self._topic(notification.topic)
-        cls = topic.cls
-        stored: bytes = notification.state
-        if cls is None or _ESCAPE in stored:
-            return self.mapper.to_domain_event(notification)
-        text = stored.decode("utf8")
-        try:
-            state, end = self._scan(text, 0)
-        except (StopIteration, ValueError):
-            return self.mapper.to_domain_event(notification)  # it raises the error
-        if end != len(text) or type(state) is not dict or "class_version" in state:
-            return self.mapper.to_domain_event(notification)
-        # Each value the mapper's hook would convert is a {"_type_", "_data_"}
-        # object, so it spells "_type_" once: when the top-level conversions
-        # account for every "_type_" in the bytes, there is nothing else to do.
-        expected = stored.count(_TYPE_KEY)
-        converted = 0
-        if expected:
-            convert = self._convert
-            for key in topic.keys:
-                done = convert(state, key)
-                if done < 0:
-                    return self.mapper.to_domain_event(notification)
-                converted += done
-            if converted != expected:
-                for key in list(state):
+            return exact
+        topics = self._topics
+        find_topic = self._topic
+        moments = self._moments if self._iso else None
+        remember = self._moment
+        convert = self._convert
+        loads = orjson.loads
+        refused = orjson.JSONDecodeError
+        make = object.__new__
+        set_state = object.__setattr__
+
+        def decode(notification: Any) -> object:
+            topic = topics.get(notification.topic)
+            if topic is None:
+                topic = find_topic(notification.topic)
+            cls = topic.cls
+            stored: bytes = notification.state
+            if cls is None or _ESCAPE in stored:
+                return exact(notification)
+            try:
+                state = loads(stored)
+            except refused:
+                # Not JSON as orjson reads it (or beyond its limits, such as
+                # an integer over 64 bits or an unpaired surrogate): the
+                # mapper reads it, or raises its error.
+                return exact(notification)
+            if type(state) is not dict or "class_version" in state:
+                return exact(notification)
+            # Each value the mapper's hook would convert is a {"_type_",
+            # "_data_"} object, so it spells "_type_" once: when the top-level
+            # conversions account for every "_type_" in the bytes, there is
+            # nothing else to do.
+            expected = stored.count(_TYPE_KEY)
+            if expected:
+                converted = 0
+                for key in topic.keys:
+                    value = state.get(key)
+                    if type(value) is not dict:
+                        continue
+                    # The common case inline: a timestamp (as `_convert` does).
+                    if (
+                        moments is not None
+                        and len(value) == 2
+                        and value.get("_type_") == "datetime_iso"
+                        and type(data := value.get("_data_")) is str
+                    ):
+                        moment = moments.get(data)
+                        state[key] = remember(data) if moment is None else moment
+                        converted += 1
+                        continue
                     done = convert(state, key)
                     if done < 0:
-                        return self.mapper.to_domain_event(notification)
-                    if done:
-                        converted += 1
-                        if key not in topic.keys:
-                            topic.keys.append(key)
-        if converted != expected:
-            # Something below the top level would be converted by the hook
-            # (or only looks like it): let the mapper do it all.
-            return self.mapper.to_domain_event(notification)
-        originator_id = notification.originator_id
-        kinds = (cls, type(originator_id))
-        convertor = self._convertors.get(kinds)
-        if convertor is None:
-            convertor = find_id_convertor(cls, type(originator_id))  # type: ignore[arg-type]
-            self._convertors[kinds] = convertor
-        state["originator_id"] = convertor(originator_id)
-        state["originator_version"] = notification.originator_version
-        event = object.__new__(cls)
-        object.__setattr__(event, "__dict__", state)
-        return event
+                        return exact(notification)
+                    converted += done
+                if converted != expected:
+                    for key in list(state):
+                        done = convert(state, key)
+                        if done < 0:
+                            return exact(notification)
+                        if done:
+                            converted += 1
+                            if key not in topic.keys:
+                                topic.keys.append(key)
+                if converted != expected:
+                    # Something below the top level would be converted by
+                    # the hook (or only looks like it): the mapper does it all.
+                    return exact(notification)
+            originator_id = notification.originator_id
+            if type(originator_id) is not topic.id_type:
+                topic.id_type = type(originator_id)
+                topic.convertor = find_id_convertor(cls, type(originator_id))  # type: ignore[arg-type]
+            convertor = topic.convertor
+            state["originator_id"] = (
+                originator_id
+                if convertor is pass_through_convertor
+                else convertor(originator_id)
+            )
+            state["originator_version"] = notification.originator_version
+            event = make(cls)
+            set_state(event, "__dict__", state)
+            return event
+
+        return decode

@@ -80,7 +80,7 @@ def open_reader(
         fast_log = SQLiteNotificationLog(ledger.recorder)
         closers.append(fast_log.close)
         log = fast_log
-    projector = Projector(log, EventDecoder(ledger.mapper), store)
+    projector = Projector(log, EventDecoder(ledger.mapper).decode, store)
     return AllocationService(
         settings=settings,
         ledger=ledger,

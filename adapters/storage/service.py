@@ -162,7 +162,7 @@ def open_service(
         fast_log = SQLiteNotificationLog(ledger.recorder)
         closers.append(fast_log.close)
         log = fast_log
-    projector = Projector(log, EventDecoder(ledger.mapper), store)
+    projector = Projector(log, EventDecoder(ledger.mapper).decode, store)
     if replaced:
         _rebuild_replaced(projector)
     return AllocationService(

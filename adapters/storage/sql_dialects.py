@@ -14,6 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+BULK_CACHE_KIB = 64 * 1024
+"""SQLite's page cache while a rebuild writes (KiB; its default is 2 MiB): the
+tables' indexes take rows in random key order, and a cache smaller than them
+reads and writes the same pages again and again as the history grows."""
+
 
 class Cursor(Protocol):
     """The part of a DB-API cursor the read models use."""
@@ -68,12 +73,15 @@ class SQLiteDialect:
         """
         with self._lock:
             row = self._connection.execute("PRAGMA synchronous").fetchone()
+            cache = self._connection.execute("PRAGMA cache_size").fetchone()
             self._connection.execute("PRAGMA synchronous=OFF")
+            self._connection.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
         try:
             yield
         finally:
             with self._lock:
                 self._connection.execute(f"PRAGMA synchronous={int(row[0])}")
+                self._connection.execute(f"PRAGMA cache_size={int(cache[0])}")
 
     def copy_rows(self, uri: str, tables: Sequence[str]) -> None:
         """Copy every row of `tables` from the SQLite database at `uri` into
