@@ -175,9 +175,12 @@ class ProcessProvisioner:
 
         Then, when the pool has a `worker_command`, each worker is started
         (or found running, on a second call) with the servers' endpoints in
-        `LEDGER_MCP_ENDPOINTS`, limited to the pool's worker size. A worker
-        that cannot start raises WorkerStartError (quoting its log) after
-        the workers already started for the allocation are stopped.
+        `LEDGER_MCP_ENDPOINTS`, limited to the pool's worker size, and
+        waited for until it is ready (WorkerProvisioning.start). A worker
+        that cannot start, exits before it is ready or is not ready within
+        the pool's `worker_start_timeout_seconds` raises WorkerStartError
+        (naming it, quoting its log) after the workers started for the
+        allocation are stopped.
         """
         host = self.advertise_host(pool)
         endpoints: dict[str, str] = {}

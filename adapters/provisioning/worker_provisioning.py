@@ -6,8 +6,14 @@ catalog, starts the workers of an allocation through `WorkerProcesses`
 (workers.py) on the ports the pool assigned (claimed through
 `WorkerPortClaims`, worker_ports.py, so that no port is started on while an
 old worker still holds it), limited to the pool's recorded worker size, and
-stops them (SIGTERM, the grace period, SIGKILL; all at once). See
-docs/provisioning.md, "The life of a worker".
+waits until every one of them is ready (the pool's `worker_ready`: it
+listens on its port, or keeps running for `worker_settle_seconds`; within
+`worker_start_timeout_seconds`), and stops them (SIGTERM, the grace period,
+SIGKILL; all at once). A worker that exits first, or is not ready in time,
+fails the start: the allocation's other workers are stopped and the error
+(naming the worker, quoting its log) is raised, for the ledger to fail the
+allocation with `provisioning_failed`. See docs/provisioning.md, "The life
+of a worker".
 """
 
 from __future__ import annotations
@@ -85,12 +91,19 @@ class WorkerProvisioning:
         pool: str,
     ) -> None:
         """Start each worker (the pool has a worker_command) with the
-        servers' `endpoints` in its environment; on a failure, stop the ones
-        started for the allocation and raise it (WorkerStartError, quoting
-        the worker's log). A worker whose allocation no longer holds its
-        port is not started (its teardown follows)."""
+        servers' `endpoints` in its environment, then wait until all are
+        ready (the pool's readiness check, within its
+        `worker_start_timeout_seconds`; see WorkerProcesses.wait_ready).
+
+        On a failure (a worker cannot start, exits before it is ready, is
+        stopped meanwhile by a release, or is not ready in time) the
+        workers started for the allocation are stopped and the
+        WorkerStartError (naming the worker, quoting its log) is raised. A
+        worker whose allocation no longer holds its port is not started
+        (its teardown follows)."""
         entry = self.catalog.pools[pool]
         size = self._worker_size(pool)
+        check = entry.worker_readiness
         started: list[str] = []
         try:
             for slot in workers:
@@ -116,22 +129,33 @@ class WorkerProvisioning:
                         cpu_millicores=size.cpu_millicores,
                         memory_mib=size.memory_mib,
                         mcp_endpoints=endpoints,
+                        port_must_be_free=check == "port",
                     )
                 started.append(slot.worker_id)
-        except Exception:
-            self.stop(started)
+            self.supervisor.wait_ready(
+                started,
+                check=check,
+                timeout_seconds=entry.worker_start_timeout_seconds,
+                settle_seconds=entry.worker_settle_seconds,
+            )
+        except Exception as error:
+            self.stop(started, reason=f"its allocation's start failed: {error}")
             raise
 
-    def stop(self, worker_ids: Sequence[str]) -> None:
-        """Stop the workers, all at once (each waits out its own grace)."""
+    def stop(self, worker_ids: Sequence[str], *, reason: str = "requested") -> None:
+        """Stop the workers, all at once (each waits out its own grace);
+        `reason` goes into their `stopped` events."""
         if not worker_ids:
             return
         supervisor, grace = self.supervisor, self.grace_seconds
         if len(worker_ids) == 1:
-            supervisor.stop(worker_ids[0], grace)
+            supervisor.stop(worker_ids[0], grace, reason)
             return
         with ThreadPoolExecutor(max_workers=min(16, len(worker_ids))) as threads:
-            for done in [threads.submit(supervisor.stop, w, grace) for w in worker_ids]:
+            stops = [
+                threads.submit(supervisor.stop, w, grace, reason) for w in worker_ids
+            ]
+            for done in stops:
                 done.result()
 
     def info(self, worker_id: str) -> WorkerInfo | None:
