@@ -235,6 +235,7 @@ def test_a_worker_on_a_port_in_use_is_not_started(
     service = open_ledger({"worker_command": WORKER})
     before = held(service)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", POOL_WORKER_FIRST))
         squatter.listen(1)
         result = service.ledger.request(
@@ -384,6 +385,45 @@ async def test_request_resources_says_failed_with_the_reason_and_gives_all_back(
             client, "get_allocation", allocation_id=made["allocation_id"]
         )
         assert detail["state"] == "failed"
+    assert await anyio.to_thread.run_sync(
+        lambda: wait_until(lambda: marked_processes(mark) == [], 10)
+    )
+
+
+@pytest.mark.anyio
+async def test_get_allocation_shows_a_worker_starting_until_a_release_stops_it(
+    open_ledger: OpenLedger, mark: str
+) -> None:
+    slow = [*WORKER, "--delay-seconds", "20"]
+    service = open_ledger({"worker_command": slow})
+    request = AllocationRequest(job_id="slow", workers=1)
+    thread, _, allocation_id = _request_in_thread(service, request)
+    try:
+        async with Client(stdio_server(service)) as client:
+
+            async def shown() -> dict[str, Any]:
+                detail = await call(
+                    client, "get_allocation", allocation_id=allocation_id
+                )
+                return detail
+
+            for _ in range(300):  # until its worker has a record (< 15 s)
+                detail = await shown()
+                if detail["workers"][0].get("pid") is not None:
+                    break
+                await anyio.sleep(0.05)
+            assert detail["state"] == "pending"
+            [worker] = detail["workers"]
+            assert worker["state"] == "starting"
+            released = await call(
+                client, "release_resources", allocation_id=allocation_id
+            )
+            assert released["status"] == "released"
+            detail = await shown()
+            assert detail["state"] == "released"
+            assert detail["workers"][0]["state"] == "stopped"
+    finally:
+        await anyio.to_thread.run_sync(lambda: thread.join(60))
     assert await anyio.to_thread.run_sync(
         lambda: wait_until(lambda: marked_processes(mark) == [], 10)
     )
