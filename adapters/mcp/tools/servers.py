@@ -66,9 +66,9 @@ def show_workers(detail: AllocationDetail, ledger: Ledger) -> None:
         if record is None:
             continue
         worker.pid, worker.state = record.pid, record.status
-        if record.status == "running" and record.ready_at is None:
-            if detail.state == "pending":
-                worker.state = "starting"
+        waiting = detail.state == "pending" and record.ready_at is None
+        if record.status == "running" and waiting:
+            worker.state = "starting"
         if record.status != "running":
             ended = record.last_exit or {}
             worker.cause = record.cause
