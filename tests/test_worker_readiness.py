@@ -226,7 +226,10 @@ def test_a_worker_that_never_listens_fails_at_its_start_timeout_and_is_stopped(
     events = worker_events(service, slot.worker_id)
     assert kinds(events) == ["Registered", "Started", "Stopped"]
     assert events[-1].detail["forced"] is True
-    assert "start failed" in events[-1].detail["reason"]
+    assert events[-1].detail["reason"] == (
+        f"its allocation's start failed: worker {slot.worker_id!r} did not "
+        f"listen on its port {slot.port} within 1.5 s"
+    )
 
 
 def test_a_worker_on_a_port_in_use_is_not_started(

@@ -29,6 +29,7 @@ from allocation_ledger.adapters.provisioning.worker_ports import WorkerPortClaim
 from allocation_ledger.adapters.provisioning.worker_reports import (
     WorkerEvent,
     WorkerInfo,
+    WorkerStartError,
 )
 from allocation_ledger.adapters.provisioning.workers import WorkerProcesses
 from allocation_ledger.domain.ledger import Ledger
@@ -139,7 +140,7 @@ class WorkerProvisioning:
                 settle_seconds=entry.worker_settle_seconds,
             )
         except Exception as error:
-            self.stop(started, reason=f"its allocation's start failed: {error}")
+            self.stop(started, reason=_failed_start(error))
             raise
 
     def stop(self, worker_ids: Sequence[str], *, reason: str = "requested") -> None:
@@ -173,3 +174,15 @@ class WorkerProvisioning:
     def _worker_size(self, pool: str) -> Resources:
         """What one worker of `pool` holds (the pool's recorded worker size)."""
         return self._ledger().pool(pool).settings.worker_size
+
+
+def _failed_start(error: Exception) -> str:
+    """The `reason` of the stops after a failed start, in one line, e.g.
+    `its allocation's start failed: worker 'alloc-…-worker-1' exited before
+    it was ready (exit code 1)`."""
+    if isinstance(error, WorkerStartError):
+        reason = error.reason
+        what = reason[3:] if reason.startswith("it ") else f"did not start: {reason}"
+        return f"its allocation's start failed: worker {error.worker_id!r} {what}"
+    first = (str(error) or type(error).__name__).splitlines()[0]
+    return f"its allocation's start failed: {first}"
