@@ -92,15 +92,17 @@ class WorkerProcesses(WorkerSupervision):
         literal brace stays one. The environment is `environ`, then `env`,
         then `LEDGER_ALLOCATION_ID`, `LEDGER_WORKER_ID`, `LEDGER_POOL`,
         `LEDGER_WORKER_PORT` and `LEDGER_MCP_ENDPOINTS` (JSON: server name to
-        endpoint). Returns once the worker's own program runs (no readiness
-        check). A worker of this id that runs (here, or left by an earlier
-        run with the same argv) is returned as it is; one that ended is
-        started again. With `port_must_be_free`, a worker to spawn is not
-        when something already listens on 127.0.0.1:port (its readiness by
-        `port` would be a false one). Raises WorkerStartError when it cannot
-        start (nothing is left running; a program that does not exist says
-        `command not found`), ValueError when the id runs with other facts,
-        RuntimeError after close() or inside a running event loop.
+        endpoint). Returns once the worker's own program runs (`wait_ready`
+        then waits until it is ready). A worker of this id that runs (here,
+        or left by an earlier run with the same argv) is returned as it is;
+        one that ended is started again. With `port_must_be_free`, a worker
+        to spawn is not when something already listens on 127.0.0.1:port
+        (its readiness by `port` would be a false one).
+
+        Raises WorkerStartError when it cannot start (nothing is left
+        running; a program that does not exist says `command not found`),
+        ValueError when the id runs with other facts, RuntimeError after
+        close() or inside a running event loop.
         """
         self._check_open()
         argv = tuple(argv)
@@ -160,8 +162,9 @@ class WorkerProcesses(WorkerSupervision):
         it exited first (its exit, and the last lines of its log), it was
         stopped meanwhile (a release during its start), it is not known
         here, or it was not ready within `timeout_seconds` (then it is left
-        running: the caller stops it). Blocks; never holds a worker's lock
-        for long, so a stop during the wait goes ahead at once.
+        running: the caller stops it), or the supervisor was closed
+        meanwhile. Blocks; never holds a worker's lock for long, so a stop
+        during the wait goes ahead at once.
         """
         self._check_open(loop_only=True)
         began = time.monotonic()
@@ -179,6 +182,8 @@ class WorkerProcesses(WorkerSupervision):
                     self._tell_ready(info, check, seconds)
             if not waiting:
                 break
+            if self._closing.is_set():
+                raise WorkerStartError(waiting[0], "the worker supervisor was closed")
             left = began + timeout_seconds - time.monotonic()
             if left <= 0:
                 raise self._not_ready(waiting[0], check, timeout_seconds)
