@@ -29,6 +29,9 @@ from mcp import Client
 
 from allocation_ledger.adapters.mcp.schemas.refusals import failure_reason
 from allocation_ledger.adapters.mcp.server import stdio_server
+from allocation_ledger.adapters.provisioning.process_provisioner import (
+    ProcessProvisioner,
+)
 from allocation_ledger.adapters.storage.audit import verify
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
@@ -41,6 +44,7 @@ from tests.process_support import (
     MARK,
     POOL,
     POOL_WORKER_FIRST,
+    TEST_SERVER,
     marked_processes,
     marking,
     process_ledgers,
@@ -82,11 +86,14 @@ def mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture
 def open_ledger(mark: str, tmp_path: Path) -> Iterator[OpenLedger]:
     """Opens a ledger on the wall clock whose POOL has `pool`'s keys (and a
-    start timeout of 30 s unless given); its processes are stopped at the end."""
+    start timeout of 30 s unless given) and whose catalog names `servers`;
+    its processes are stopped at the end."""
 
-    def open_(pool: dict[str, Any]) -> AllocationService:
+    def open_(
+        pool: dict[str, Any], servers: dict[str, Any] | None = None
+    ) -> AllocationService:
         keys = {"worker_start_timeout_seconds": START_TIMEOUT_SECONDS, **pool}
-        return opened({}, keys)
+        return opened(servers or {}, keys)
 
     with process_ledgers(mark, tmp_path, None) as opened:
         yield open_
@@ -189,6 +196,42 @@ def test_a_worker_that_exits_at_once_fails_its_allocation_with_its_output(
         if type(event).__name__ == "Exited"
     ]
     assert exits and all(e.detail["cause"] == "exited" for e in exits)
+
+
+def test_a_failed_worker_gives_back_the_servers_only_its_allocation_used(
+    open_ledger: OpenLedger, mark: str
+) -> None:
+    servers = {"shared": {"command": TEST_SERVER}, "own": {"command": TEST_SERVER}}
+    service = open_ledger({"worker_command": CRASH}, servers)
+    first = service.ledger.request(
+        AllocationRequest(job_id="first", servers=("shared",)), pool=POOL
+    ).allocation
+    assert first.state is AllocationState.ACTIVE, first.error
+    provisioner = service.ledger.provisioner
+    assert isinstance(provisioner, ProcessProvisioner)
+    shared = provisioner.server_info(POOL, "shared")
+    assert shared is not None and shared.pid is not None
+    before = held(service)
+
+    failed = service.ledger.request(
+        AllocationRequest(job_id="second", servers=("shared", "own"), workers=1),
+        pool=POOL,
+    ).allocation
+
+    assert failed.state is AllocationState.FAILED
+    assert SAYS in (failed.error or "")
+    assert held(service) == before
+    recorded = service.ledger.pool(POOL).servers
+    assert set(recorded) == {"shared"}  # "own" was started for it: stopped
+    assert recorded["shared"].references == 1  # first's, still running
+    again = provisioner.server_info(POOL, "shared")
+    assert again is not None and again.pid == shared.pid
+    own = provisioner.server_info(POOL, "own")
+    assert own is not None and own.pid is None and own.status == "stopped"
+    [slot] = failed.workers
+    assert refuses_connections(slot.port)
+    service.ledger.release(first.allocation_id)
+    assert verify(service).clean
 
 
 def test_a_worker_whose_command_does_not_exist_fails_its_allocation(
