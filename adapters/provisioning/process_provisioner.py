@@ -6,15 +6,17 @@ run for real.
 `provision` makes sure each of the allocation's servers runs on the port its
 pool assigned and answers MCP, then, when the pool has a `worker_command`,
 starts each of its workers as a process limited to the pool's worker size,
-given the servers' endpoints; it hands out `http://<advertise_host>:<port>`
-addresses. `deprovision` stops the allocation's workers (SIGTERM, grace,
-SIGKILL); `stop_server` stops a server's process once its pool no longer
-records it. Everything the processes go through is recorded in the ledger:
-ServerProcess events for servers, WorkerProcess events for workers (a
-worker's exit never changes its allocation's state). `reconcile` makes the
-processes on this machine what the ledger records, at start
-(reconciliation.py). The workers' part is worker_provisioning.py; what is
-recorded in the ledger, recorder.py.
+given the servers' endpoints, and waits until each is ready (it listens on
+its port, or keeps running for a settle time); it hands out
+`http://<advertise_host>:<port>` addresses. `deprovision` stops the
+allocation's workers (SIGTERM, grace, SIGKILL); `stop_server` stops a
+server's process once its pool no longer records it. Everything the
+processes go through is recorded in the ledger: ServerProcess events for
+servers, WorkerProcess events for workers (a worker's exit after it was
+ready never changes its allocation's state). `reconcile` makes the processes
+on this machine what the ledger records, at start (reconciliation.py). The
+workers' part is worker_provisioning.py; what is recorded in the ledger,
+recorder.py.
 
 It is not instant: the ledger calls `provision` between two units of work
 (the allocation `pending` meanwhile), never inside one, so it may block and
