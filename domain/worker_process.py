@@ -3,7 +3,8 @@
 Where a pool has a `worker_command`, each worker an allocation reserves runs
 as a process on this machine. The Allocation decides that the worker exists
 and when it ends; the WorkerProcess records what the provisioner then saw
-happen to its process: its start (with the limits in force), its exit and
+happen to its process: its start (with the limits in force), its
+readiness (what its allocation waited for before it turned active), its exit and
 why (`cause`: exited, signal, memory_limit, unknown), a stop on request, an
 adoption after a restart of the ledger.
 
@@ -29,7 +30,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
-WORKER_KINDS = ("started", "exited", "stopped", "adopted")
+WORKER_KINDS = ("started", "ready", "exited", "stopped", "adopted")
 """What a report may say happened (the worker supervisor's event kinds)."""
 
 
@@ -44,8 +45,9 @@ class WorkerReport:
 
     `kind`: one of WORKER_KINDS; `pid`: the process concerned; `detail`: the
     kind's facts, JSON values only (`argv`, `log`, `limits` for a start;
-    `code`, `signal`, `cause`, `oom_kills`, `evidence`, `log_tail` for an
-    exit; `code`, `signal`, `forced`, `reason` for a stop).
+    `check`, `seconds`, `port` for readiness; `code`, `signal`, `cause`,
+    `oom_kills`, `evidence`, `log_tail` for an exit; `code`, `signal`,
+    `forced`, `reason` for a stop).
     """
 
     kind: str
@@ -65,11 +67,14 @@ class WorkerProcess(Aggregate):
     """The process of one worker, as the provisioner saw it.
 
     State: `status` (running, exited, stopped), `pid`, `started_at`,
+    `ready_at` (when its process last passed its readiness check; None
+    before, and in histories recorded before readiness checks existed),
     `cause` (why it ended: exited, signal, memory_limit, stopped, unknown),
     `last_exit` (the detail of its exit or stop), `limits` (in force).
     """
 
     TOPIC = "allocation-ledger:worker-process"
+    ready_at: datetime | None = None  # also for snapshots older than Ready
 
     class Event(Aggregate.Event):
         TOPIC = "allocation-ledger:worker-process:event"
@@ -110,9 +115,20 @@ class WorkerProcess(Aggregate):
             aggregate.status = "running"
             aggregate.pid = self.pid
             aggregate.started_at = self.timestamp
+            aggregate.ready_at = None
             aggregate.cause = None
             aggregate.last_exit = None
             aggregate.limits = dict(self.detail.get("limits") or {})
+
+    class Ready(Happened):
+        """Its process passed its readiness check: it accepted a connection
+        on its port, or kept running for the settle time (detail: check,
+        seconds since its start was checked, port)."""
+
+        TOPIC = "allocation-ledger:worker-process:ready"
+
+        def change(self, aggregate: WorkerProcess) -> None:
+            aggregate.ready_at = self.timestamp
 
     class Exited(Happened):
         """It ended by itself or was killed (detail: code, signal, cause,
@@ -152,6 +168,7 @@ class WorkerProcess(Aggregate):
         self.status = "running"
         self.pid: int | None = None
         self.started_at: datetime | None = None
+        self.ready_at = None
         self.cause: str | None = None
         self.last_exit: dict[str, Any] | None = None
         self.limits: dict[str, Any] = {}
@@ -199,6 +216,7 @@ class WorkerProcess(Aggregate):
 
 WORKER_EVENT_CLASSES: dict[str, type[WorkerProcess.Happened]] = {
     "started": WorkerProcess.Started,
+    "ready": WorkerProcess.Ready,
     "exited": WorkerProcess.Exited,
     "stopped": WorkerProcess.Stopped,
     "adopted": WorkerProcess.Adopted,

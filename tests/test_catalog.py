@@ -150,6 +150,41 @@ def test_placeholders_fill_in_and_double_braces_stay_braces(config: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    ("text", "readiness"),
+    [
+        ('worker_command = ["run", "--port", "{port}"]\n', "port"),
+        ('worker_command = ["run", "--listen=:{port}"]\n', "port"),
+        ('worker_command = ["run", "{worker_id}"]\n', "running"),
+        ('worker_command = ["run", "{{port}}"]\n', "running"),
+        ('worker_command = ["run"]\nworker_ready = "port"\n', "port"),
+        ('worker_command = ["run", "{port}"]\nworker_ready = "running"\n', "running"),
+    ],
+)
+def test_a_workers_readiness_is_its_port_when_its_command_uses_one(
+    config: Path, text: str, readiness: str
+) -> None:
+    pool = load(config, "[pools.gpu]\n" + text).pools["gpu"]
+    assert pool.worker_readiness == readiness
+
+
+def test_worker_readiness_keys_default_and_read_as_written(config: Path) -> None:
+    default = load(config, "[pools.gpu]\n").pools["gpu"]
+    assert default.worker_ready == "auto"
+    assert default.worker_start_timeout_seconds == 30
+    assert default.worker_settle_seconds == 1
+    text = (
+        '[pools.gpu]\nworker_ready = "running"\n'
+        "worker_start_timeout_seconds = 120\nworker_settle_seconds = 2.5\n"
+    )
+    given = load(config, text).pools["gpu"]
+    assert (
+        given.worker_ready,
+        given.worker_start_timeout_seconds,
+        given.worker_settle_seconds,
+    ) == ("running", 120, 2.5)
+
+
+@pytest.mark.parametrize(
     ("text", "provisioner"),
     [
         ("", "endpoints"),
@@ -185,7 +220,8 @@ def test_the_provisioner_is_process_when_the_catalog_runs_something(
             "cpu = 64",
             "cpus = 64",
             'config.toml: [pools.big-box] unknown key "cpus" (known: cpu, memory, '
-            "workers, worker_cpu, worker_memory, worker_command, advertise_host, "
+            "workers, worker_cpu, worker_memory, worker_command, worker_ready, "
+            "worker_start_timeout_seconds, worker_settle_seconds, advertise_host, "
             "mcp_ports, worker_ports)",
         ),
         (
@@ -268,6 +304,26 @@ GPU = "pools.gpu"
         ("[pools.gpu]\nmemory = 1.5\n", GPU, "memory", "whole number"),
         ('[pools.gpu]\nadvertise_host = "a/b"\n', GPU, "advertise_host", "host"),
         ("[pools.gpu]\nworker_command = []\n", GPU, "worker_command", "non-empty"),
+        ('[pools.gpu]\nworker_ready = "tcp"\n', GPU, "worker_ready", '"running"'),
+        (
+            "[pools.gpu]\nworker_start_timeout_seconds = 0\n",
+            GPU,
+            "worker_start_timeout_seconds",
+            "more than 0",
+        ),
+        (
+            "[pools.gpu]\nworker_settle_seconds = -1\n",
+            GPU,
+            "worker_settle_seconds",
+            "negative",
+        ),
+        (
+            "[pools.gpu]\nworker_settle_seconds = 30\n",
+            GPU,
+            None,
+            "worker_settle_seconds: 30 must be less than "
+            "worker_start_timeout_seconds (30)",
+        ),
         ('[pools."Big Box"]\n', 'pools."Big Box"', None, "name 'Big Box'"),
         ("[pools.gpu.a100]\n", GPU, "a100", '[pools."gpu.a100"]'),
         ("[pools]\ngpu = 3\n", GPU, None, "must be a table"),

@@ -1,8 +1,8 @@
 """A command that crashes at start answers at once, with the ledger's real
-clock: an MCP server whose process exits before its endpoint answers fails
-its allocation (`provisioning_failed`) with its exit code and the last lines
-of its output, long before its start timeout; a worker whose command exits
-is recorded ended, with its code and output, while its allocation stands.
+clock: an MCP server whose process exits before its endpoint answers, or a
+worker whose process exits before it is ready, fails its allocation
+(`provisioning_failed`) with its exit code and the last lines of its output,
+long before its start timeout.
 Every process a test starts is killed when it ends (tests/process_support.py)."""
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from tests.process_support import (
     marking,
     process_events,
     process_ledgers,
-    wait_until,
 )
 
 START_TIMEOUT_SECONDS = 30
@@ -90,28 +89,32 @@ def test_a_server_that_crashes_at_start_fails_at_once_with_its_code_and_output(
     assert marked_processes(mark) == []
 
 
-def test_a_worker_whose_command_crashes_is_recorded_ended_with_its_code_and_output(
-    open_ledger: OpenLedger,
+def test_a_worker_whose_command_crashes_fails_at_once_with_its_code_and_output(
+    open_ledger: OpenLedger, mark: str
 ) -> None:
     service = open_ledger({}, {"worker_command": CRASH})
+    before = service.ledger.pool(POOL).reservations
 
     result = service.ledger.request(
         AllocationRequest(job_id="crash", workers=1), pool=POOL
     )
 
-    allocation = result.allocation
-    # a worker is started once its own program runs (no readiness check):
-    # the allocation is active, and the worker's end is a fact it shows
-    assert allocation.state is AllocationState.ACTIVE, allocation.error
+    # a worker is checked for readiness, as a server is: one that exits
+    # first fails its allocation, long before its start timeout
+    allocation = service.ledger.allocation(result.allocation.allocation_id)
+    assert allocation.state is AllocationState.FAILED
     [slot] = allocation.workers
-
-    def ended() -> bool:
-        record = service.ledger.worker_process(slot.worker_id)
-        return record is not None and record.status == "exited"
-
-    assert wait_until(ended, timeout=START_TIMEOUT_SECONDS)
+    error = allocation.error or ""
+    assert f"worker {slot.worker_id!r} did not start" in error
+    assert "it exited before it was ready (exit code 3)" in error
+    assert SAYS in error
+    assert allocation.requested_at is not None and allocation.ended_at is not None
+    waited = allocation.ended_at - allocation.requested_at
+    assert waited < timedelta(seconds=START_TIMEOUT_SECONDS), waited
     record = service.ledger.worker_process(slot.worker_id)
     assert record is not None and record.last_exit is not None
-    assert record.cause == "exited"
+    assert record.status == "exited" and record.cause == "exited"
     assert (record.last_exit["code"], record.last_exit["signal"]) == (3, None)
     assert SAYS in record.last_exit["log_tail"]
+    assert service.ledger.pool(POOL).reservations == before
+    assert marked_processes(mark) == []

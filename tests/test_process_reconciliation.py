@@ -261,8 +261,15 @@ async def test_a_killed_ledger_started_again_starts_a_missing_worker_again(
     with sqlite_service(database) as outside:
         store = outside.ledger.repository.event_store
         history = list(store.get(worker_process_uuid(lost["worker_id"])))
-        assert kinds(history) == ["Registered", "Started", "Exited", "Started"]
-        assert getattr(history[2], "detail", {})["cause"] == "unknown"
+        assert kinds(history) == [
+            "Registered",
+            "Started",
+            "Ready",
+            "Exited",
+            "Started",
+            "Ready",
+        ]
+        assert getattr(history[3], "detail", {})["cause"] == "unknown"
         adopted = list(store.get(worker_process_uuid(kept["worker_id"])))
-        assert kinds(adopted) == ["Registered", "Started", "Adopted"]
+        assert kinds(adopted) == ["Registered", "Started", "Ready", "Adopted"]
         assert verify(outside).clean

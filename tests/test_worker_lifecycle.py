@@ -149,7 +149,7 @@ def test_a_worker_is_stopped_when_its_allocation_expires(
     assert not is_alive(pid)  # the sweep returns once the worker is gone
     assert refuses_connections(slot.port)
     events = worker_events(service, slot.worker_id)
-    assert kinds(events) == ["Registered", "Started", "Stopped"]
+    assert kinds(events) == ["Registered", "Started", "Ready", "Stopped"]
     stopped = events[-1]
     assert stopped.pid == pid
     assert stopped.detail["forced"] is forced
@@ -177,7 +177,7 @@ def test_a_preempted_allocations_worker_is_stopped_and_its_port_goes_to_the_new_
     )
     assert not is_alive(old_pid)
     stopped = worker_events(service, old.worker_id)
-    assert kinds(stopped) == ["Registered", "Started", "Stopped"]
+    assert kinds(stopped) == ["Registered", "Started", "Ready", "Stopped"]
     assert stopped[-1].detail["forced"] is True  # it ignored SIGTERM
     # The new worker was started only once the old one was gone: it holds
     # the port now, and answers there.

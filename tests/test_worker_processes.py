@@ -481,3 +481,50 @@ def test_a_cgroup_path_is_found_under_its_mount_and_its_mount_root() -> None:
     assert group_dir(whole, "/a/b") == Path("/sys/fs/cgroup/memory/a/b")
     assert group_dir(nested, "/docker/abc/x") == Path("/sys/fs/cgroup/x")
     assert group_dir(nested, "/") == Path("/sys/fs/cgroup")
+
+
+def test_wait_ready_waits_for_the_port_and_for_the_settle_time(
+    workers: Workers, events: Events
+) -> None:
+    supervisor = workers.supervisor()
+    late = workers.start(supervisor, "--delay-seconds", "1", index=0)
+    quiet = workers.start(supervisor, "--mode", "stubborn", index=1)
+
+    [ready] = supervisor.wait_ready([late.worker_id], check="port", timeout_seconds=30)
+    assert control.accepts_connections(HOST, late.port, 1)  # it listens now
+    assert ready.pid == late.pid and ready.status == "running"
+    told = events.of("ready", late.worker_id)
+    assert [e.detail["check"] for e in told] == ["port"]
+    assert told[0].detail["port"] == late.port
+    assert told[0].detail["seconds"] > 0
+
+    supervisor.wait_ready(
+        [quiet.worker_id], check="running", timeout_seconds=30, settle_seconds=0.3
+    )
+    [settled] = events.of("ready", quiet.worker_id)
+    assert settled.detail["check"] == "running"
+    assert settled.detail["seconds"] >= 0.3
+    with pytest.raises(WorkerStartError, match="did not listen on its port"):
+        supervisor.wait_ready([quiet.worker_id], check="port", timeout_seconds=0.5)
+    running = supervisor.info(quiet.worker_id)
+    assert running is not None and running.status == "running"  # left to the caller
+
+
+def test_wait_ready_fails_at_once_for_a_worker_that_exits_or_is_stopped(
+    workers: Workers, events: Events
+) -> None:
+    supervisor = workers.supervisor(watch_interval_seconds=60)  # no watcher help
+    crash = workers.start(supervisor, "--mode", "exit", "--exit-code", "4", index=0)
+    began = time.monotonic()
+    with pytest.raises(WorkerStartError) as failed:
+        supervisor.wait_ready([crash.worker_id], check="port", timeout_seconds=60)
+    assert time.monotonic() - began < 30  # not at the timeout
+    assert "it exited before it was ready (exit code 4)" in str(failed.value)
+    assert "exiting with 4" in failed.value.log_tail
+    assert events.of("exited", crash.worker_id)
+    assert not events.of("ready", crash.worker_id)
+
+    slow = workers.start(supervisor, "--delay-seconds", "30", index=1)
+    threading.Timer(0.5, supervisor.stop, args=(slow.worker_id, 1.0)).start()
+    with pytest.raises(WorkerStartError, match="stopped before it was ready"):
+        supervisor.wait_ready([slow.worker_id], check="port", timeout_seconds=60)

@@ -146,7 +146,11 @@ async def test_workers_run_limited_with_their_facts_and_stop_at_release(
             assert memory.read_text().strip() == str(96 * MIB)
         else:
             assert limits.rlimit_as_bytes == 96 * MIB
-        assert worker_kinds(service, slot.worker_id) == ["Registered", "Started"]
+        assert worker_kinds(service, slot.worker_id) == [
+            "Registered",
+            "Started",
+            "Ready",
+        ]
 
     async with Client(stdio_server(service)) as client:
         capacity = await call(client, "get_capacity", pool=POOL)
@@ -180,8 +184,12 @@ async def test_workers_run_limited_with_their_facts_and_stop_at_release(
 async def test_a_worker_past_its_memory_is_killed_and_the_cause_is_recorded(
     open_ledger: OpenLedger,
 ) -> None:
+    # It allocates 2 s after its start: after its readiness check (it keeps
+    # running for the 1 s settle time), so its allocation turns active first.
     command = [*WORKER, "--mode", "allocate", "--megabytes", "400"]
-    service = open_ledger({}, {"worker_command": command, "worker_memory": 64})
+    command += ["--delay-seconds", "2"]
+    pool = {"worker_command": command, "worker_memory": 64, "worker_ready": "running"}
+    service = open_ledger({}, pool)
     asked = AllocationRequest(job_id="hungry", workers=1)
     result = await anyio.to_thread.run_sync(
         lambda: service.ledger.request(asked, pool=POOL)

@@ -8,8 +8,8 @@ Modes:
   seconds before it listens (a slow start), with `--ignore-term` it ignores
   SIGTERM (only SIGKILL ends it, after the stop's grace period);
 - `exit`: exits at once with `--exit-code`;
-- `allocate`: allocates (and touches) `--megabytes` MB, one MB at a time,
-  then sleeps; a memory limit below that ends it;
+- `allocate`: allocates (and touches) `--megabytes` MB, one MB at a time
+  (after `--delay-seconds` S), then sleeps; a memory limit below that ends it;
 - `stubborn`: ignores SIGTERM and sleeps (only SIGKILL ends it);
 - `escape`: starts a child that leaves the process group (setsid), writes
   the child's pid to `--pid-file`, and sleeps.
@@ -55,7 +55,10 @@ def serve(port: int, delay_seconds: float = 0.0) -> None:
             connection.sendall(head + body)
 
 
-def allocate(megabytes: int) -> None:
+def allocate(megabytes: int, delay_seconds: float = 0.0) -> None:
+    if delay_seconds:
+        print(f"allocating in {delay_seconds} s", flush=True)
+        time.sleep(delay_seconds)
     held = []
     for index in range(1, megabytes + 1):
         held.append(bytearray(b"\x01") * MB)  # written, so resident
@@ -96,7 +99,7 @@ def main() -> None:
         print(f"exiting with {args.exit_code}", flush=True)
         sys.exit(args.exit_code)
     elif args.mode == "allocate":
-        allocate(args.megabytes)
+        allocate(args.megabytes, args.delay_seconds)
     elif args.mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("ignoring SIGTERM", flush=True)

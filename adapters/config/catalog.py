@@ -63,9 +63,20 @@ SERVER_PLACEHOLDERS = ("port", "host")
 WORKER_PLACEHOLDERS = ("port", "worker_id", "allocation_id")
 DEFAULT_SERVER_PATH = "/mcp"
 DEFAULT_START_TIMEOUT_SECONDS = 30.0
+DEFAULT_WORKER_START_TIMEOUT_SECONDS = 30.0
+"""How long a started worker may take to be ready (`worker_start_timeout_seconds`)."""
+DEFAULT_WORKER_SETTLE_SECONDS = 1.0
+"""How long a worker checked by `running` keeps running to be ready
+(`worker_settle_seconds`)."""
+MAX_WORKER_WAIT_SECONDS = 3600.0
 DEFAULT_ADVERTISE_HOST = "localhost"
 Provisioner = Literal["process", "endpoints"]
 Transport = Literal["stdio", "http"]
+WorkerReady = Literal["auto", "port", "running"]
+"""How a started worker is found ready (`worker_ready`): `port`, when a TCP
+connection to its port succeeds; `running`, when it still runs
+`worker_settle_seconds` after its start; `auto`, `port` when its command
+uses `{port}`, else `running`."""
 
 
 class CatalogError(Exception):
@@ -336,6 +347,35 @@ class PoolEntry(_Entry):
             "{allocation_id}. Without it, workers are addresses only."
         ),
     )
+    worker_ready: WorkerReady = Field(
+        "auto",
+        description=(
+            "How a started worker is found ready: port (a connection to its "
+            "port succeeds), running (it still runs worker_settle_seconds "
+            "after its start), auto (port when worker_command uses {port}, "
+            "else running). Its allocation stays pending until then."
+        ),
+    )
+    worker_start_timeout_seconds: float = Field(
+        DEFAULT_WORKER_START_TIMEOUT_SECONDS,
+        gt=0,
+        le=MAX_WORKER_WAIT_SECONDS,
+        allow_inf_nan=False,
+        description=(
+            "How long a started worker may take to be ready before its "
+            "allocation fails (provisioning_failed)."
+        ),
+    )
+    worker_settle_seconds: float = Field(
+        DEFAULT_WORKER_SETTLE_SECONDS,
+        ge=0,
+        le=MAX_WORKER_WAIT_SECONDS,
+        allow_inf_nan=False,
+        description=(
+            "For worker_ready running: how long a started worker must keep "
+            "running to be ready (0: as soon as its program runs)."
+        ),
+    )
     advertise_host: Annotated[str, AfterValidator(_check_host)] = Field(
         DEFAULT_ADVERTISE_HOST,
         description="Host name put in the endpoints handed out from this pool.",
@@ -384,6 +424,20 @@ class PoolEntry(_Entry):
                     "last": workers[1],
                     "count": workers[1] - workers[0] + 1,
                     "workers": self.workers,
+                },
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _settle_within_timeout(self) -> PoolEntry:
+        if self.worker_settle_seconds >= self.worker_start_timeout_seconds:
+            raise PydanticCustomError(
+                "catalog_worker_settle",
+                "worker_settle_seconds: {settle} must be less than "
+                "worker_start_timeout_seconds ({timeout})",
+                {
+                    "settle": f"{self.worker_settle_seconds:g}",
+                    "timeout": f"{self.worker_start_timeout_seconds:g}",
                 },
             )
         return self
@@ -439,6 +493,19 @@ class PoolEntry(_Entry):
         """The worker command with its placeholders filled in ([] if none)."""
         values = {"port": port, "worker_id": worker_id, "allocation_id": allocation_id}
         return [arg.format_map(values) for arg in self.worker_command or ()]
+
+    @property
+    def worker_readiness(self) -> Literal["port", "running"]:
+        """How this pool's workers are found ready: `worker_ready`, with
+        `auto` resolved (`port` when worker_command uses {port})."""
+        if self.worker_ready != "auto":
+            return self.worker_ready
+        uses_port = any(
+            name == "port"
+            for argument in self.worker_command or ()
+            for _, name, _, _ in string.Formatter().parse(argument)
+        )
+        return "port" if uses_port else "running"
 
 
 class Catalog(_Entry):

@@ -6,13 +6,17 @@ run for real.
 `provision` makes sure each of the allocation's servers runs on the port its
 pool assigned and answers MCP, then, when the pool has a `worker_command`,
 starts each of its workers as a process limited to the pool's worker size,
-given the servers' endpoints; it hands out `http://<advertise_host>:<port>`
-addresses. `deprovision` stops the allocation's workers (SIGTERM, grace,
-SIGKILL); `stop_server` stops a server's process once its pool no longer
-records it. Everything the processes go through is recorded in the ledger:
-ServerProcess events for servers, WorkerProcess events for workers (a
-worker's exit never changes its allocation's state). `reconcile` makes the
-processes on this machine what the ledger records, at start.
+given the servers' endpoints, and waits until each is ready (it listens on
+its port, or keeps running for a settle time); it hands out
+`http://<advertise_host>:<port>` addresses. `deprovision` stops the
+allocation's workers (SIGTERM, grace, SIGKILL); `stop_server` stops a
+server's process once its pool no longer records it. Everything the
+processes go through is recorded in the ledger: ServerProcess events for
+servers, WorkerProcess events for workers (a worker's exit after it was
+ready never changes its allocation's state). `reconcile` makes the processes
+on this machine what the ledger records, at start (reconciliation.py). The
+workers' part is worker_provisioning.py; what is recorded in the ledger,
+recorder.py.
 
 It is not instant: the ledger calls `provision` between two units of work
 (the allocation `pending` meanwhile), never inside one, so it may block and
@@ -27,8 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -41,29 +44,26 @@ from allocation_ledger.adapters.provisioning.catalog_specs import (
 )
 from allocation_ledger.adapters.provisioning.data_directory import lock_data_directory
 from allocation_ledger.adapters.provisioning.local import url_host
-from allocation_ledger.adapters.provisioning.process_reports import (
-    ProcessEvent,
-    ProcessInfo,
-)
+from allocation_ledger.adapters.provisioning.process_reports import ProcessInfo
 from allocation_ledger.adapters.provisioning.processes import ServerProcesses
+from allocation_ledger.adapters.provisioning.reconciliation import (
+    reconcile_servers,
+    reconcile_workers,
+)
+from allocation_ledger.adapters.provisioning.recorder import LedgerRecorder
 from allocation_ledger.adapters.provisioning.server_spec import (
     RestartPolicy,
     ServerSpec,
 )
 from allocation_ledger.adapters.provisioning.supervision import Key
 from allocation_ledger.adapters.provisioning.supervisor import utc_now
-from allocation_ledger.adapters.provisioning.worker_ports import WorkerPortClaims
-from allocation_ledger.adapters.provisioning.worker_reports import (
-    WorkerEvent,
-    WorkerInfo,
+from allocation_ledger.adapters.provisioning.worker_provisioning import (
+    WorkerProvisioning,
 )
+from allocation_ledger.adapters.provisioning.worker_reports import WorkerInfo
 from allocation_ledger.adapters.provisioning.workers import WorkerProcesses
-from allocation_ledger.domain.errors import LedgerError, PoolNotFoundError
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
-from allocation_ledger.domain.server_process import ProcessReport
-from allocation_ledger.domain.values import AllocationState, Resources
-from allocation_ledger.domain.worker_process import WorkerReport
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +122,12 @@ class ProcessProvisioner:
         }
         self.data_dir = Path(data_dir)
         self._lock_file = lock_data_directory(self.data_dir)
-        self._ledger: Ledger | None = None
+        self.recorder = LedgerRecorder()
         self._guard = threading.Lock()
         self._locks: dict[Key, threading.Lock] = {}
         self.processes = ServerProcesses(
             self.data_dir,
-            self._record,
+            self.recorder.server_event,
             catalog=self.specs,
             restart_policy=restart_policy,
             now=now,
@@ -135,23 +135,24 @@ class ProcessProvisioner:
             health_timeout_seconds=health_timeout_seconds,
         )
         self.worker_grace_seconds = worker_grace_seconds
+        self.worker_provisioning: WorkerProvisioning | None = None
         self.workers: WorkerProcesses | None = None
-        self._worker_ports: WorkerPortClaims | None = None
         if any(entry.worker_command for entry in catalog.pools.values()):
-            self.workers = WorkerProcesses(
+            self.worker_provisioning = WorkerProvisioning(
+                catalog,
                 self.data_dir,
-                self._record_worker,
-                enforce=worker_enforce,
+                self.recorder.require,
+                self.recorder.worker_event,
                 now=now,
                 watch_interval_seconds=watch_interval_seconds,
+                grace_seconds=worker_grace_seconds,
+                enforce=worker_enforce,
             )
-            self._worker_ports = WorkerPortClaims(
-                self.workers, self._require_ledger, grace_seconds=worker_grace_seconds
-            )
+            self.workers = self.worker_provisioning.supervisor
 
     def connect(self, ledger: Ledger) -> None:
         """Record every process event in `ledger`, and consult it before a stop."""
-        self._ledger = ledger
+        self.recorder.connect(ledger)
 
     # -- the Provisioner port ----------------------------------------------
 
@@ -176,9 +177,12 @@ class ProcessProvisioner:
 
         Then, when the pool has a `worker_command`, each worker is started
         (or found running, on a second call) with the servers' endpoints in
-        `LEDGER_MCP_ENDPOINTS`, limited to the pool's worker size. A worker
-        that cannot start raises WorkerStartError (quoting its log) after
-        the workers already started for the allocation are stopped.
+        `LEDGER_MCP_ENDPOINTS`, limited to the pool's worker size, and
+        waited for until it is ready (WorkerProvisioning.start). A worker
+        that cannot start, exits before it is ready or is not ready within
+        the pool's `worker_start_timeout_seconds` raises WorkerStartError
+        (naming it, quoting its log) after the workers started for the
+        allocation are stopped.
         """
         host = self.advertise_host(pool)
         endpoints: dict[str, str] = {}
@@ -190,8 +194,8 @@ class ProcessProvisioner:
                 self._free_port(pool, slot)
                 self._ensure_running(pool, spec, slot.port, bind_host(host))
             endpoints[slot.name] = spec.endpoint(host, slot.port)
-        if workers and self.runs_workers(pool):
-            self._start_workers(allocation_id, workers, endpoints, pool=pool)
+        if workers and self.worker_provisioning is not None and self.runs_workers(pool):
+            self.worker_provisioning.start(allocation_id, workers, endpoints, pool=pool)
         return Endpoints(workers=worker_endpoints(host, workers), servers=endpoints)
 
     def instant_endpoints(
@@ -242,8 +246,8 @@ class ProcessProvisioner:
         processes (SIGTERM to each one's group, the grace period, SIGKILL;
         all at once). Its MCP servers are shared, and stopped by the ledger
         once idle (`stop_server`)."""
-        if workers and self.workers is not None:
-            self._stop_workers([slot.worker_id for slot in workers])
+        if workers and self.worker_provisioning is not None:
+            self.worker_provisioning.stop([slot.worker_id for slot in workers])
 
     def stop_server(self, name: str, port: int, *, pool: str) -> None:
         """Stop the process of `name` in `pool`, which served on `port`.
@@ -254,7 +258,7 @@ class ProcessProvisioner:
         group is gone and the port is free.
         """
         with self._lock(pool, name):
-            if self._recorded_port(pool, name) == port:
+            if self.recorder.recorded_port(pool, name) == port:
                 return
             info = self.processes.info(pool, name)
             if info is not None and info.port != port and info.pid is not None:
@@ -274,115 +278,36 @@ class ProcessProvisioner:
         pool, its port free; one in use stays recorded, with its failure in
         its history. Workers: adopted, stopped when no live allocation holds
         them, and started again when gone while their allocation is active
-        (`_start_again`). Raises RuntimeError before connect().
+        (`reconciliation.start_again`). Raises RuntimeError before connect().
         """
-        ledger = self._require_ledger()
-        lines = self._reconcile_servers(ledger)
-        return lines + self._reconcile_workers(ledger)
-
-    def _reconcile_servers(self, ledger: Ledger) -> list[str]:
-        recorded = ledger.recorded_servers()
-        expected = {
-            key: server.port for key, server in recorded.items() if key[1] in self.specs
-        }
-        hosts = {pool: bind_host(self.advertise_host(pool)) for pool, _ in recorded}
-        self.processes.reconcile(expected, hosts=hosts)
-        lines: list[str] = []
-        for (pool, name), server in sorted(recorded.items()):
-            info = self.processes.info(pool, name)
-            if info is not None and info.pid is not None and info.status == "running":
-                lines.append(
-                    f"MCP server {name} of pool {pool}: pid {info.pid} on port "
-                    f"{server.port} ({info.status})"
-                )
-                continue
-            if name not in self.specs:
-                reason = f'"{name}" is not in the catalog any more'
-                self._record_report(
-                    ProcessReport(
-                        "failed", pool, name, server.port, None, {"reason": reason}
-                    )
-                )
-            else:
-                reason = "its start failed"
-            if ledger.stop_unstartable_server(pool, name, server.port):
-                lines.append(
-                    f"MCP server {name} of pool {pool}: {reason}; recorded "
-                    f"stopped, port {server.port} free"
-                )
-            else:
-                lines.append(
-                    f"MCP server {name} of pool {pool}: {reason}; still in use "
-                    f"by {server.references} allocation(s)"
-                )
+        ledger = self.recorder.require()
+        lines = reconcile_servers(
+            ledger,
+            self.processes,
+            self.specs,
+            advertise_host=self.advertise_host,
+            record=self.recorder.report,
+        )
+        if self.worker_provisioning is not None:
+            lines += reconcile_workers(ledger, self.worker_provisioning)
         return lines
-
-    def _reconcile_workers(self, ledger: Ledger) -> list[str]:
-        """Adopt the workers of live allocations an earlier run left running;
-        stop those no live allocation holds; record the ones gone."""
-        if self.workers is None:
-            return []
-        expected = ledger.live_worker_ids()
-        lines: list[str] = []
-        for event in self.workers.reconcile(expected):
-            what = {
-                "adopted": "adopted",
-                "exited": f"gone (cause {event.detail.get('cause', 'unknown')})",
-                "stopped": f"stopped ({event.detail.get('reason', 'requested')})",
-            }.get(event.kind, event.kind)
-            lines.append(
-                f"worker {event.worker_id} of allocation {event.allocation_id} "
-                f"(pool {event.pool}): pid {event.pid} {what}"
-            )
-            if event.kind == "exited" and event.detail.get("cause") == "unknown":
-                lines.append(self._start_again(ledger, event))
-        return lines
-
-    def _start_again(self, ledger: Ledger, gone: WorkerEvent) -> str:
-        """Start again a worker of an active allocation whose process was gone
-        at reconciliation (it ended while no ledger watched: the ledger
-        still holds it running). A worker the kernel killed for its memory,
-        or of an allocation not active (a pending one is provisioned again),
-        is left as it is. A line for the log."""
-        where = f"worker {gone.worker_id} of allocation {gone.allocation_id}"
-        try:
-            allocation = ledger.allocation(gone.allocation_id)
-        except LedgerError as error:
-            return f"{where}: not started again ({error})"
-        slots = [w for w in allocation.workers if w.worker_id == gone.worker_id]
-        if allocation.state is not AllocationState.ACTIVE or not slots:
-            return f"{where}: not started again (allocation {allocation.state})"
-        try:
-            self._start_workers(
-                gone.allocation_id,
-                slots,
-                allocation.endpoints.servers,
-                pool=allocation.pool,
-            )
-        except Exception as error:  # noqa: BLE001 - reported, the allocation stays
-            return f"{where}: could not be started again: {error}"
-        info = self.worker_info(gone.worker_id)
-        pid = None if info is None else info.pid
-        return f"{where} (pool {allocation.pool}): started again, pid {pid}"
 
     def runs_workers(self, pool: str) -> bool:
         """Whether the workers of `pool` are processes (it has a worker_command)."""
-        entry = self.catalog.pools.get(pool)
-        return (
-            self.workers is not None
-            and entry is not None
-            and bool(entry.worker_command)
-        )
+        workers = self.worker_provisioning
+        return workers is not None and workers.runs_workers(pool)
 
     def worker_info(self, worker_id: str) -> WorkerInfo | None:
         """What this machine's worker supervisor knows of the worker; None if
         nothing (not a process here, or forgotten an hour after it ended)."""
-        return None if self.workers is None else self.workers.info(worker_id)
+        workers = self.worker_provisioning
+        return None if workers is None else workers.info(worker_id)
 
     def worker_enforcement(self) -> dict[str, str] | None:
         """How workers are limited here (`{"memory": ..., "cpu": ...}`, and a
         `note` when a dimension fell back); None when no pool runs workers."""
-        return None if self.workers is None else self.workers.enforcement()
+        workers = self.worker_provisioning
+        return None if workers is None else workers.enforcement()
 
     def advertise_host(self, pool: str) -> str:
         """The host name the endpoints of `pool` carry (catalog, else localhost)."""
@@ -400,8 +325,8 @@ class ProcessProvisioner:
         next run on the same data directory adopts them (reconcile).
         """
         self.processes.close(stop_all=stop_all)
-        if self.workers is not None:
-            self.workers.close(stop_all=stop_all)
+        if self.worker_provisioning is not None:
+            self.worker_provisioning.close(stop_all=stop_all)
         if not self._lock_file.closed:
             self._lock_file.close()  # releases the lock
 
@@ -435,68 +360,6 @@ class ProcessProvisioner:
             and info.port == slot.port
         )
 
-    def _start_workers(
-        self,
-        allocation_id: str,
-        workers: Sequence[WorkerSlot],
-        endpoints: Mapping[str, str],
-        *,
-        pool: str,
-    ) -> None:
-        """Start each worker (the pool has a worker_command); on a failure,
-        stop the ones started for the allocation and raise it."""
-        assert self.workers is not None and self._worker_ports is not None
-        entry = self.catalog.pools[pool]
-        size = self._worker_size(pool)
-        started: list[str] = []
-        try:
-            for slot in workers:
-                argv = entry.worker_argv(
-                    port=slot.port,
-                    worker_id=slot.worker_id,
-                    allocation_id=allocation_id,
-                )
-                with self._worker_ports.claim(
-                    pool=pool,
-                    allocation_id=allocation_id,
-                    worker_id=slot.worker_id,
-                    port=slot.port,
-                ) as ours:
-                    if not ours:  # the allocation ended: its teardown follows
-                        continue
-                    self.workers.start(
-                        pool=pool,
-                        allocation_id=allocation_id,
-                        worker_id=slot.worker_id,
-                        port=slot.port,
-                        argv=argv,
-                        cpu_millicores=size.cpu_millicores,
-                        memory_mib=size.memory_mib,
-                        mcp_endpoints=endpoints,
-                    )
-                started.append(slot.worker_id)
-        except Exception:
-            self._stop_workers(started)
-            raise
-
-    def _stop_workers(self, worker_ids: Sequence[str]) -> None:
-        """Stop the workers, all at once (each waits out its own grace)."""
-        workers = self.workers
-        if workers is None or not worker_ids:
-            return
-        grace = self.worker_grace_seconds
-        if len(worker_ids) == 1:
-            workers.stop(worker_ids[0], grace)
-            return
-        with ThreadPoolExecutor(max_workers=min(16, len(worker_ids))) as threads:
-            for done in [threads.submit(workers.stop, w, grace) for w in worker_ids]:
-                done.result()
-
-    def _worker_size(self, pool: str) -> Resources:
-        """What one worker of `pool` holds (the pool's recorded worker size)."""
-        ledger = self._require_ledger()
-        return ledger.pool(pool).settings.worker_size
-
     def _free_port(self, pool: str, slot: ServerSlot) -> None:
         """Stop another server of the pool whose process still holds the
         slot's port: the pool gave the port to this server, so it no longer
@@ -518,55 +381,6 @@ class ProcessProvisioner:
                 )
                 self.processes.stop(pool, info.name)
 
-    def _recorded_port(self, pool: str, name: str) -> int | None:
-        """The port the pool records the server on now (fresh), or None."""
-        if self._ledger is None:
-            return None
-        try:
-            server = self._ledger.pool(pool).servers.get(name)
-        except PoolNotFoundError:
-            return None
-        return None if server is None else server.port
-
     def _lock(self, pool: str, name: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault((pool, name), threading.Lock())
-
-    def _require_ledger(self) -> Ledger:
-        if self._ledger is None:
-            raise RuntimeError("ProcessProvisioner.connect(ledger) was not called")
-        return self._ledger
-
-    def _record(self, event: ProcessEvent) -> None:
-        """The supervisor's on_event: record the event in the ledger."""
-        self._record_report(
-            ProcessReport(
-                event.kind,
-                event.pool,
-                event.name,
-                event.port,
-                event.pid,
-                dict(event.detail),
-            )
-        )
-
-    def _record_worker(self, event: WorkerEvent) -> None:
-        """The worker supervisor's on_event: record the event in the ledger."""
-        report = WorkerReport(
-            event.kind,
-            event.pool,
-            event.allocation_id,
-            event.worker_id,
-            event.pid,
-            dict(event.detail),
-        )
-        if self._ledger is None:
-            logger.info("not recorded (no ledger connected): %s", report)
-            return
-        self._ledger.record_worker_process(report)
-
-    def _record_report(self, report: ProcessReport) -> None:
-        if self._ledger is None:
-            logger.info("not recorded (no ledger connected): %s", report)
-            return
-        self._ledger.record_server_process(report)

@@ -61,7 +61,7 @@ def spawn_worker(
     finally:
         os.close(write_fd)
     try:
-        report = _read_report(read_fd, timeout_seconds)
+        report = _read_report(read_fd, timeout_seconds, argv[0])
     except BaseException:
         _kill(process)
         raise
@@ -73,8 +73,9 @@ def spawn_worker(
     return process
 
 
-def _read_report(read_fd: int, timeout_seconds: float) -> OSError | None:
-    """None once the pipe closes empty (the exec happened); else the error."""
+def _read_report(read_fd: int, timeout_seconds: float, program: str) -> OSError | None:
+    """None once the pipe closes empty (the exec happened); else the error
+    (a `program` that does not exist is worded `command not found`)."""
     deadline = time.monotonic() + timeout_seconds
     data = b""
     while True:
@@ -96,6 +97,8 @@ def _read_report(read_fd: int, timeout_seconds: float) -> OSError | None:
     try:
         report = json.loads(data)
         code = int(report["errno"]) if report.get("errno") is not None else None
+        if report["step"] == "execute" and code in (errno.ENOENT, errno.ENOTDIR):
+            return FileNotFoundError(code, f"command not found: {program!r}")
         return OSError(code, f"cannot {report['step']}: {report['message']}")
     except (ValueError, KeyError, TypeError):
         return OSError(None, data.decode(errors="replace"))

@@ -28,8 +28,9 @@ killed it; `memory_limit`: it was killed, or failed, for passing its memory
 on request; `unknown`: its exit status could not be read (it was adopted
 from an earlier run, so it is not a child of this process)."""
 
-WorkerEventKind = Literal["started", "exited", "stopped", "adopted"]
-"""`started`: spawned (detail: argv, log, limits); `exited`: it ended by
+WorkerEventKind = Literal["started", "ready", "exited", "stopped", "adopted"]
+"""`started`: spawned (detail: argv, log, limits); `ready`: it passed its
+readiness check (detail: check, seconds, port); `exited`: it ended by
 itself (detail: code, signal, cause, oom_kills, evidence, log_tail);
 `stopped`: stopped on request or because nothing expects it any more
 (detail: code, signal, forced, reason); `adopted`: a process an earlier run

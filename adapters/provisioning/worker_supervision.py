@@ -227,7 +227,8 @@ class WorkerSupervision(Supervisor[str, WorkerEvent]):
         except OSError as exc:
             release_groups(limits)
             tail = last_run_lines(launch.log_path)
-            raise WorkerStartError(worker_id, str(exc), tail) from exc
+            reason = exc.strerror if exc.strerror and exc.filename is None else str(exc)
+            raise WorkerStartError(worker_id, reason, tail) from exc
         except BaseException:
             release_groups(limits)
             raise

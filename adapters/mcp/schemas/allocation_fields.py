@@ -88,7 +88,8 @@ class WorkerEndpoint(BaseModel):
         None,
         description=(
             "get_allocation only, when the pool runs its workers as processes: "
-            "running, exited (it ended by itself or was killed) or stopped "
+            "starting (its allocation waits until it is ready), running, "
+            "exited (it ended by itself or was killed) or stopped "
             "(stopped at release, expiry or preemption). A worker that exited "
             "is not restarted, and the allocation's status does not change."
         ),

@@ -53,7 +53,9 @@ def show_workers(detail: AllocationDetail, ledger: Ledger) -> None:
     """Put each worker's process (pid, state, cause, exit code or signal) in
     an allocation's detail, when its pool runs workers as processes: from the
     ledger's WorkerProcess record (what the provisioner saw happen, durable
-    across restarts of the ledger). A worker with no record yet shows none."""
+    across restarts of the ledger). A worker with no record yet shows none;
+    one that runs but is not yet ready, while its allocation is pending,
+    shows `starting`."""
     provisioner = ledger.provisioner
     if not isinstance(provisioner, ProcessProvisioner):
         return
@@ -64,6 +66,9 @@ def show_workers(detail: AllocationDetail, ledger: Ledger) -> None:
         if record is None:
             continue
         worker.pid, worker.state = record.pid, record.status
+        waiting = detail.state == "pending" and record.ready_at is None
+        if record.status == "running" and waiting:
+            worker.state = "starting"
         if record.status != "running":
             ended = record.last_exit or {}
             worker.cause = record.cause
