@@ -35,13 +35,17 @@ class Dialect(Protocol):
 class SQLiteDialect:
     """A SQLite file, in WAL mode; a write transaction takes the lock at once."""
 
-    def __init__(self, path: str, *, uri: bool = False) -> None:
-        """`path`: the file, or with `uri` a SQLite URI (`file:...?mode=ro`)."""
+    def __init__(
+        self, path: str, *, uri: bool = False, wait_seconds: float = 30
+    ) -> None:
+        """`path`: the file, or with `uri` a SQLite URI (`file:...?mode=ro`);
+        `wait_seconds`: how long a statement waits for a lock another
+        connection holds before it fails with "database is locked"."""
         self._connection = sqlite3.connect(
             path, timeout=30, isolation_level=None, check_same_thread=False, uri=uri
         )
         self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA busy_timeout=30000")
+        self._connection.execute(f"PRAGMA busy_timeout={int(wait_seconds * 1000)}")
         self._lock = threading.Lock()
 
     @contextmanager

@@ -25,8 +25,10 @@ from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
 )
-from allocation_ledger.domain.allocation_ids import allocation_uuid
-from allocation_ledger.domain.pool import pool_uuid
+from allocation_ledger.domain.unit_of_work import (
+    cached_allocation_uuid as allocation_uuid,
+)
+from allocation_ledger.domain.unit_of_work import cached_pool_uuid as pool_uuid
 from allocation_ledger.domain.values import (
     LIVE_STATES,
     MILLICORES_PER_CORE,
