@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -47,6 +47,8 @@ class Result(BaseModel):
     kind: Literal["a", "b"] | None = None
     value: int | float | None = None
     ratio: float | None = None
+    bounded: Annotated[int, Field(ge=0)] | Annotated[float, Field(le=5)] | None = 1
+    mode: dict[str, str] | str = "slots"
     tree: Tree | None = None
 
 
@@ -95,6 +97,8 @@ VALID = {
     "kind": "a",
     "value": 2.5,
     "ratio": 0.5,
+    "bounded": 7,
+    "mode": {"memory": "cgroup-v2"},
     "tree": {"label": "root", "children": [{"label": "leaf", "size": None}]},
 }
 
@@ -162,6 +166,9 @@ def test_optional_values_and_references_are_rewritten() -> None:
         "null",
     ]
     assert "anyOf" in properties["kind"]  # an enum says nothing of type alone
+    assert "anyOf" in properties["bounded"]  # both options say of integers
+    assert properties["mode"]["type"] == ["object", "string"]
+    assert properties["value"]["type"] == ["integer", "number", "null"]
 
 
 @pytest.mark.anyio

@@ -10,10 +10,11 @@ the validator most of its steps:
 - a reference to `$defs` is replaced by the definition itself (when the
   definition does not refer back to itself): no reference to resolve on
   every value;
-- an optional value, `anyOf: [S, {"type": "null"}]`, becomes S with
-  `type: [T, "null"]` when every keyword of S applies to values of its own
-  type T only (a string's `format`, an object's `properties`, ...): one type
-  check instead of a failed branch and an error object for every null.
+- a choice of types, such as an optional value `anyOf: [S, {"type":
+  "null"}]`, becomes one schema with `type: [T, "null"]` when each option
+  is one type T whose keywords apply to values of that type only (a
+  string's `format`, an object's `properties`, ...): one type check instead
+  of a failed option, and an error object, for every null.
 
 Anything else is left as it is.
 """
@@ -25,36 +26,26 @@ from typing import Any
 Schema = dict[str, Any]
 
 ANNOTATIONS = frozenset({"title", "description", "default", "examples"})
-TYPE_SPECIFIC = frozenset(
-    {
-        # strings
-        "format",
-        "minLength",
-        "maxLength",
-        "pattern",
-        # numbers
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "multipleOf",
-        # arrays
-        "items",
-        "prefixItems",
-        "minItems",
-        "maxItems",
-        "uniqueItems",
-        # objects
-        "properties",
-        "required",
-        "additionalProperties",
-        "patternProperties",
-        "minProperties",
-        "maxProperties",
-    }
-)
-"""Keywords that say nothing of a value of another type than the schema's."""
-_NULL: Schema = {"type": "null"}
+_KEYWORDS = {
+    "string": frozenset({"format", "minLength", "maxLength", "pattern"}),
+    "number": frozenset(
+        {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+    ),
+    "array": frozenset({"items", "prefixItems", "minItems", "maxItems", "uniqueItems"}),
+    "object": frozenset(
+        {
+            "properties",
+            "required",
+            "additionalProperties",
+            "patternProperties",
+            "minProperties",
+            "maxProperties",
+        }
+    ),
+}
+"""Keywords that say nothing of a value of another kind than theirs."""
+_FAMILY = {"integer": "number"}
+"""Types whose values are also values of another (an integer is a number)."""
 _DEFS_PREFIX = "#/$defs/"
 
 
@@ -68,7 +59,7 @@ def quick_to_check(schema: Schema) -> Schema:
         inlined["$defs"] = {
             name: _inline(definitions[name], definitions, kept) for name in kept
         }
-    result: Schema = _nullable(inlined)
+    result: Schema = _merged_types(inlined)
     return result
 
 
@@ -127,22 +118,49 @@ def _inline(node: Any, definitions: dict[str, Schema], kept: set[str]) -> Any:
     }
 
 
-def _nullable(node: Any) -> Any:
+def _merged_types(node: Any) -> Any:
     if isinstance(node, list):
-        return [_nullable(item) for item in node]
+        return [_merged_types(item) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: _nullable(value) for key, value in node.items()}
+    node = {key: _merged_types(value) for key, value in node.items()}
     options = node.get("anyOf")
-    if not (isinstance(options, list) and len(options) == 2 and _NULL in options):
-        return node
-    other = options[1] if options[0] == _NULL else options[0]
-    kind = other.get("type") if isinstance(other, dict) else None
-    if not isinstance(kind, str) or kind == "null":
-        return node
-    if not set(other) - {"type"} <= TYPE_SPECIFIC | ANNOTATIONS:
-        return node
     outer = {key: value for key, value in node.items() if key != "anyOf"}
-    if not set(outer) <= ANNOTATIONS:
+    if not isinstance(options, list) or not set(outer) <= ANNOTATIONS:
         return node
-    return {**other, **outer, "type": [kind, "null"]}
+    merged = _one_of_types(options)
+    if merged is None:
+        return node
+    return {**merged, **outer}
+
+
+def _one_of_types(options: list[Any]) -> Schema | None:
+    """One schema for `anyOf: options` when each option is one type with
+    keywords of that type only, and no two options say anything of the same
+    values (an integer is a number too: then neither may have keywords);
+    None when they cannot be told apart so simply."""
+    types: list[str] = []
+    keywords: Schema = {}
+    annotations: list[Schema] = []
+    kinds: dict[str, bool] = {}  # kind -> whether an option of it has keywords
+    for option in options:
+        kind = option.get("type") if isinstance(option, dict) else None
+        if not isinstance(kind, str) or kind in types:
+            return None
+        own = {k: v for k, v in option.items() if k != "type" and k not in ANNOTATIONS}
+        family = _FAMILY.get(kind, kind)
+        if not set(own) <= _KEYWORDS.get(family, frozenset()):
+            return None
+        if family in kinds and (own or kinds[family]):
+            return None
+        if set(own) & set(keywords):
+            return None
+        kinds[family] = bool(own)
+        types.append(kind)
+        keywords.update(own)
+        notes = {k: v for k, v in option.items() if k in ANNOTATIONS}
+        if notes:
+            annotations.append(notes)
+    if len(annotations) > 1:
+        return None
+    return {**keywords, **(annotations[0] if annotations else {}), "type": types}
