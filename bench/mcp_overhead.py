@@ -10,6 +10,10 @@ own persistent session) call, in turns of a few seconds each:
 - `cycle`: request_resources (one worker, one MCP server) then
   release_resources of what it got;
 - `capacity`: get_capacity;
+- `mixed`: request_resources, get_capacity, release_resources,
+  get_capacity: each query comes after a command, so it folds that
+  command's events into the read models first (as a client checking what
+  it got would see);
 - `noop`: bench_noop.
 
 Each kind takes its turn once per round, in a rotating order, and the
@@ -55,7 +59,7 @@ from bench.common import (
 )
 
 NOOP = "bench_noop"
-KINDS = ("noop", "capacity", "cycle")
+KINDS = ("noop", "capacity", "cycle", "mixed")
 CLIENT_COUNTS = (1, 4, 16)
 TARGET = 1.3
 POOL_ROOM = {"cpu": 256, "memory": 1_048_576, "workers": 256}
@@ -214,31 +218,39 @@ class Samples:
         return [s for v in self.calls.values() for s in v]
 
 
+async def _timed(
+    client: Any, tool: str, arguments: dict[str, Any], samples: Samples, name: str
+) -> Any:
+    begin = now()
+    result = await _checked(client, tool, arguments)
+    samples.add(name, now() - begin)
+    return result
+
+
 async def _one_call(client: Any, kind: str, job: str, samples: Samples) -> None:
     if kind == "noop":
-        begin = now()
-        await _checked(client, NOOP, {})
-        samples.add(NOOP, now() - begin)
+        await _timed(client, NOOP, {}, samples, NOOP)
     elif kind == "capacity":
-        begin = now()
-        await _checked(client, "get_capacity", {})
-        samples.add("get_capacity", now() - begin)
-    else:
-        begin = now()
-        made = await _checked(
-            client,
-            "request_resources",
-            {"job_id": job, "mcp_servers": ["filesystem"], "workers": 1},
+        await _timed(client, "get_capacity", {}, samples, "get_capacity")
+    else:  # cycle, or mixed: a get_capacity after each command
+        asked = {"job_id": job, "mcp_servers": ["filesystem"], "workers": 1}
+        made = await _timed(
+            client, "request_resources", asked, samples, "request_resources"
         )
-        middle = now()
         if made["status"] != "active":
             msg = f"request_resources was not granted: {made}"
             raise RuntimeError(msg)
-        await _checked(
-            client, "release_resources", {"allocation_id": made["allocation_id"]}
+        if kind == "mixed":
+            await _timed(client, "get_capacity", {}, samples, "get_capacity")
+        await _timed(
+            client,
+            "release_resources",
+            {"allocation_id": made["allocation_id"]},
+            samples,
+            "release_resources",
         )
-        samples.add("request_resources", middle - begin)
-        samples.add("release_resources", now() - middle)
+        if kind == "mixed":
+            await _timed(client, "get_capacity", {}, samples, "get_capacity")
 
 
 async def _turn(
@@ -317,18 +329,22 @@ def _row(clients: int, results: dict[str, Samples]) -> dict[str, Any]:
         values = results["cycle"].calls.get(name, [])
         row[f"{name}_p50_ms"] = percentile(values, 0.5) * 1000
         row[f"{name}_p99_ms"] = percentile(values, 0.99) * 1000
+    after_command = results["mixed"].calls.get("get_capacity", [])
+    row["mixed_get_capacity_p50_ms"] = percentile(after_command, 0.5) * 1000
+    parts = [f"no-op {noop_rate:.0f} calls/s p50 {row['noop_p50_ms']:.2f} ms"]
+    for kind in KINDS[1:]:
+        parts.append(
+            f"{kind} {row[f'{kind}_calls_per_s']:.0f} calls/s p50 "
+            f"{row[f'{kind}_p50_ms']:.2f} ms (x{row[f'{kind}_time_ratio']:.2f}, "
+            f"p50 x{row[f'{kind}_p50_ratio']:.2f})"
+        )
+    cpu = "/".join(
+        f"{row[f'{kind}_server_cpu_us']:.0f}+{row[f'{kind}_client_cpu_us']:.0f}"
+        for kind in KINDS
+    )
     log(
-        f"item 4, {clients} client(s): no-op {noop_rate:.0f} calls/s "
-        f"p50 {row['noop_p50_ms']:.2f} ms; get_capacity "
-        f"{row['capacity_calls_per_s']:.0f}/s p50 {row['capacity_p50_ms']:.2f} ms "
-        f"(x{row['capacity_time_ratio']:.2f}, p50 x{row['capacity_p50_ratio']:.2f}); "
-        f"request+release {row['cycle_calls_per_s']:.0f} calls/s p50 "
-        f"{row['cycle_p50_ms']:.2f} ms (x{row['cycle_time_ratio']:.2f}, "
-        f"p50 x{row['cycle_p50_ratio']:.2f}); server CPU per call "
-        f"{row['noop_server_cpu_us']:.0f}/{row['capacity_server_cpu_us']:.0f}/"
-        f"{row['cycle_server_cpu_us']:.0f} us, client "
-        f"{row['noop_client_cpu_us']:.0f}/{row['capacity_client_cpu_us']:.0f}/"
-        f"{row['cycle_client_cpu_us']:.0f} us"
+        f"item 4, {clients} client(s): {'; '.join(parts)}; CPU per call, "
+        f"server+client, {'/'.join(KINDS)}: {cpu} us"
     )
     return row
 
@@ -365,7 +381,7 @@ def run(scale: Scale, client_counts: tuple[int, ...] = CLIENT_COUNTS) -> Result:
     ratios = [
         row[f"{kind}_{what}_ratio"]
         for row in rows
-        for kind in ("capacity", "cycle")
+        for kind in ("capacity", "cycle", "mixed")
         for what in ("time", "p50")
     ]
     worst = max(ratios)

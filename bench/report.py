@@ -83,15 +83,27 @@ def figures(results: dict[str, Any]) -> list[Figure]:
         if "clients" not in row:  # the former item: in memory and stdio
             continue
         n = row["clients"]
-        out.append(
+        out += [
             (
                 f"4.{n}.noop",
                 f"4 {n} client(s): no-op calls/s",
                 row["noop_calls_per_s"],
                 ".0f",
-            )
-        )
-        for kind, name in (("capacity", "get_capacity"), ("cycle", "request+release")):
+            ),
+            (
+                f"4.{n}.noop.cpu",
+                f"4 {n} client(s): no-op server CPU µs per call",
+                row.get("noop_server_cpu_us"),
+                ".0f",
+            ),
+        ]
+        for kind, name in (
+            ("capacity", "get_capacity"),
+            ("cycle", "request+release"),
+            ("mixed", "request, get_capacity, release, get_capacity"),
+        ):
+            if f"{kind}_calls_per_s" not in row:
+                continue
             out += [
                 (
                     f"4.{n}.{kind}.rate",
@@ -116,6 +128,12 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                     f"4 {n} client(s): {name} / no-op, p50 (≤ 1.3)",
                     row[f"{kind}_p50_ratio"],
                     ".2f",
+                ),
+                (
+                    f"4.{n}.{kind}.cpu",
+                    f"4 {n} client(s): {name} server CPU µs per call",
+                    row.get(f"{kind}_server_cpu_us"),
+                    ".0f",
                 ),
             ]
     for row in _get(items, "5", "rows") or []:
