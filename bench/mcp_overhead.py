@@ -28,7 +28,8 @@ share is mostly the SDK checking each result against the tool's output
 schema, which grows with the result.
 
 `python -m bench.mcp_overhead serve DATABASE PORT` runs the server alone
-(for a profiler: `py-spy record --pid`).
+(for a profiler: `py-spy record --pid`); `compare BASELINE_FOLDER` measures
+the installed code against another copy of the package in the same rounds.
 """
 
 from __future__ import annotations
@@ -118,8 +119,12 @@ def serve(database: Path, port: int) -> None:
 
 
 @contextlib.contextmanager
-def server_process(database: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The server in a subprocess on a free port; its MCP URL."""
+def server_process(
+    database: Path, *, source: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The server in a subprocess on a free port; its MCP URL. `source`: a
+    folder whose `allocation_ledger` package the server runs instead of the
+    installed one (see `compare`)."""
     import socket
 
     import httpx2
@@ -128,6 +133,8 @@ def server_process(database: Path) -> Iterator[tuple[str, subprocess.Popen[bytes
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "ALLOCATION_LEDGER_LOG_LEVEL": "WARNING"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.mcp_overhead", "serve", str(database), str(port)],
         env=env,
@@ -287,17 +294,31 @@ async def _turn(
 
 
 async def _measure(
-    url: str, server_pid: int, clients: int, rounds: int, seconds: float
-) -> dict[str, Samples]:
+    servers: list[tuple[str, int]], clients: int, rounds: int, seconds: float
+) -> list[dict[str, Samples]]:
+    """Each server's samples; `servers`: (MCP URL, pid) of each. The servers
+    take turns too, within each round, in a rotating order."""
     async with contextlib.AsyncExitStack() as stack:
-        opened = [await stack.enter_async_context(_client(url)) for _ in range(clients)]
-        for kind in KINDS:  # warm up every session and path
-            await _turn(opened, kind, min(seconds, 0.5), Samples())
-        results = {kind: Samples() for kind in KINDS}
+        opened = [
+            [await stack.enter_async_context(_client(url)) for _ in range(clients)]
+            for url, _ in servers
+        ]
+        for sessions in opened:
+            for kind in KINDS:  # warm up every session and path
+                await _turn(sessions, kind, min(seconds, 0.5), Samples())
+        results = [{kind: Samples() for kind in KINDS} for _ in servers]
         for number in range(rounds):
             order = KINDS[number % len(KINDS) :] + KINDS[: number % len(KINDS)]
-            for kind in order:
-                await _turn(opened, kind, seconds, results[kind], server_pid)
+            first = number % len(servers)
+            for index in [*range(first, len(servers)), *range(first)]:
+                for kind in order:
+                    await _turn(
+                        opened[index],
+                        kind,
+                        seconds,
+                        results[index][kind],
+                        servers[index][1],
+                    )
         return results
 
 
@@ -376,7 +397,9 @@ def run(scale: Scale, client_counts: tuple[int, ...] = CLIENT_COUNTS) -> Result:
 
         anyio.run(prepare)
         for clients in client_counts:
-            results = anyio.run(_measure, url, process.pid, clients, rounds, seconds)
+            [results] = anyio.run(
+                _measure, [(url, process.pid)], clients, rounds, seconds
+            )
             rows.append(_row(clients, results))
     ratios = [
         row[f"{kind}_{what}_ratio"]
@@ -400,6 +423,40 @@ def run(scale: Scale, client_counts: tuple[int, ...] = CLIENT_COUNTS) -> Result:
     }
 
 
+def compare(
+    baseline: Path, client_counts: tuple[int, ...] = CLIENT_COUNTS
+) -> dict[str, Any]:
+    """The installed code against the `allocation_ledger` package in the
+    folder `baseline` (say, an earlier commit's domain, projections and
+    adapters linked under baseline/allocation_ledger/), two servers measured
+    in the same rounds, taking turns: each one's rows, and after/before of
+    each server's ratios and CPU per call."""
+    import anyio
+
+    rows: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    with (
+        temporary_directory() as directory,
+        server_process(directory / "before.db", source=baseline) as (old, old_p),
+        server_process(directory / "after.db") as (new, new_p),
+    ):
+        for url in (old, new):
+
+            async def prepare(url: str = url) -> None:
+                async with _client(url) as client:
+                    await _checked(client, "set_capacity", dict(POOL_ROOM))
+
+            anyio.run(prepare)
+        for clients in client_counts:
+            before, after = anyio.run(
+                _measure, [(old, old_p.pid), (new, new_p.pid)], clients, 10, 1.0
+            )
+            log("before:")
+            rows["before"].append(_row(clients, before))
+            log("after:")
+            rows["after"].append(_row(clients, after))
+    return rows
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "serve":
         serve(Path(sys.argv[2]), int(sys.argv[3]))
@@ -408,9 +465,16 @@ def main() -> None:
         counts = tuple(int(n) for n in sys.argv[2:]) or CLIENT_COUNTS
         print(json.dumps(run(Scale(quick=False), counts), indent=2))
         return
+    if len(sys.argv) >= 3 and sys.argv[1] == "compare":
+        counts = tuple(int(n) for n in sys.argv[3:]) or CLIENT_COUNTS
+        print(json.dumps(compare(Path(sys.argv[2]), counts), indent=2))
+        return
     print(
         json.dumps(
-            {"usage": "python -m bench.mcp_overhead serve DATABASE PORT | run [N...]"}
+            {
+                "usage": "python -m bench.mcp_overhead serve DATABASE PORT "
+                "| run [N...] | compare BASELINE_FOLDER [N...]"
+            }
         )
     )
 
