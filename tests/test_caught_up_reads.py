@@ -140,3 +140,18 @@ async def test_an_unknown_pool_is_the_same_error_at_once(
         at_once = await call_error(client, "get_capacity", {"pool": "elsewhere"})
     assert at_once == caught_up
     assert "pool 'elsewhere' not found" in at_once
+
+
+def test_read_models_commit_without_waiting_for_the_disk_and_events_wait(
+    settings: Settings, open_services: OpenService
+) -> None:
+    """The read models are derived (a lost commit is folded again), so their
+    connection commits without waiting for the disk; the event log's commits
+    still wait for it (sql_dialects.SQLiteDialect)."""
+    service = open_services(settings)
+    with service.store.dialect.transaction(write=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 1  # NORMAL
+    with service.ledger.recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 2  # FULL
