@@ -380,8 +380,8 @@ def run(scale: Scale, client_counts: tuple[int, ...] = CLIENT_COUNTS) -> Result:
         }
     import anyio
 
-    rounds = scale.pick(10, 3)
-    seconds = scale.pick(1.0, 0.5)
+    rounds = scale.pick(10, 2)
+    seconds = scale.pick(1.0, 0.3)
     rows = []
     with (
         temporary_directory() as directory,
