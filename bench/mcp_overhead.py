@@ -1,16 +1,48 @@
-"""Item 4: the MCP round trip of `get_capacity` beside a no-op tool.
+"""Item 4: the MCP path over streamable HTTP, beside a no-op tool.
 
-Both tools are on the same server (the ledger's own, built by
-adapters.mcp.server, with one extra tool, `bench_noop`, that returns a
-constant), called from an `mcp.Client` in memory and over stdio, interleaved.
-The ratio get_capacity / no-op is what the ledger adds to a round trip.
+The real server (`adapters.mcp.server.http_app`, served by uvicorn through
+`serve_http`, on a SQLite file, with the endpoints provisioner) runs in a
+process of its own, with one extra tool, `bench_noop`, that returns a
+constant: the baseline, registered on the same server and measured in the
+same run. 1, 4 and 16 clients (the official `mcp.Client`, each holding its
+own persistent session) call, in turns of a few seconds each:
+
+- `cycle`: request_resources (one worker, one MCP server) then
+  release_resources of what it got;
+- `capacity`: get_capacity;
+- `mixed`: request_resources, get_capacity, release_resources,
+  get_capacity: each query comes after a command, so it folds that
+  command's events into the read models first (as a client checking what
+  it got would see);
+- `noop`: bench_noop.
+
+Each kind takes its turn once per round, in a rotating order, and the
+figures add up every round; the time ratio is the median, over the rounds,
+of the no-op's rate over the kind's (turns close in time see alike the load
+of a shared machine). A call's time is what the client waits for its
+answer. Per kind and client count: calls per second (a cycle is two calls),
+p50 and p99 per call, the ratios to the no-op (per-call time by
+throughput, p50 and p99), and the CPU time the server process and the
+client process spent per call (`/proc` and `getrusage`): the client's
+share is mostly the SDK checking each result against the tool's output
+schema, which grows with the result.
+
+`python -m bench.mcp_overhead serve DATABASE PORT` runs the server alone
+(for a profiler: `py-spy record --pid`); `compare BASELINE_FOLDER` measures
+the installed code against another copy of the package in the same rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +51,7 @@ from bench.common import (
     Result,
     Scale,
     log,
+    median,
     now,
     open_bench_service,
     percentile,
@@ -27,127 +60,424 @@ from bench.common import (
 )
 
 NOOP = "bench_noop"
-TOOLS = ("get_capacity", NOOP)
+KINDS = ("noop", "capacity", "cycle", "mixed")
+CLIENT_COUNTS = (1, 4, 16)
+TARGET = 1.3
+POOL_ROOM = {"cpu": 256, "memory": 1_048_576, "workers": 256}
+"""Room enough that 16 clients' requests are always granted."""
 
 
 def mcp_server_missing() -> str | None:
     """None when adapters.mcp.server can be built, else why not."""
     try:
-        from allocation_ledger.adapters.mcp.server import stdio_server  # noqa: F401
+        from allocation_ledger.adapters.mcp.server import http_app  # noqa: F401
     except Exception as error:  # noqa: BLE001 - reported as "not measured"
         return f"adapters.mcp.server is not importable: {error!r}"
     return None
 
 
-def server_with_noop(database: Path) -> Any:
-    from allocation_ledger.adapters.mcp.server import stdio_server
+# -- the server process ---------------------------------------------------------
+
+
+def serve(database: Path, port: int) -> None:
+    """Serve the ledger over streamable HTTP on 127.0.0.1:`port`, with the
+    no-op tool added to the server `http_app` builds."""
+    import anyio
+
+    from allocation_ledger.adapters.mcp import server as server_module
 
     service = open_bench_service(sqlite_settings(database))
-    server = stdio_server(service)
+    build = server_module.build_server
 
-    async def bench_noop() -> dict[str, str]:
-        """Does nothing: the round-trip baseline."""
-        return {"status": "ok"}
+    def build_with_noop(*args: Any, **kwargs: Any) -> Any:
+        server = build(*args, **kwargs)
 
-    server.add_tool(bench_noop, name=NOOP)
-    return server
+        async def bench_noop() -> dict[str, str]:
+            """Does nothing: the round-trip baseline."""
+            return {"status": "ok"}
+
+        server.add_tool(bench_noop, name=NOOP)
+        return server
+
+    # http_app builds its server through this module attribute: the app is
+    # the real one, with one more tool.
+    server_module.build_server = build_with_noop
+    try:
+        app = server_module.http_app(service, verifier=None)
+    finally:
+        server_module.build_server = build
+    try:
+        anyio.run(
+            lambda: server_module.serve_http(
+                app, host="127.0.0.1", port=port, log_level="WARNING"
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
 
 
-async def _measure(client: Any, repeats: int) -> dict[str, list[float]]:
-    made = await client.call_tool(
-        "request_resources", {"job_id": "bench", "mcp_servers": [], "workers": 1}
+@contextlib.contextmanager
+def server_process(
+    database: Path, *, source: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The server in a subprocess on a free port; its MCP URL. `source`: a
+    folder whose `allocation_ledger` package the server runs instead of the
+    installed one (see `compare`)."""
+    import socket
+
+    import httpx2
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ALLOCATION_LEDGER_LOG_LEVEL": "WARNING"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.mcp_overhead", "serve", str(database), str(port)],
+        env=env,
+        cwd=str(BENCH_DIR.parent),
+        stdout=subprocess.DEVNULL,
     )
-    if getattr(made, "is_error", False) or getattr(made, "isError", False):
-        msg = f"request_resources failed: {made}"
-        raise RuntimeError(msg)
-    for _ in range(max(10, repeats // 10)):
-        for name in TOOLS:
-            await client.call_tool(name, {})
-    samples: dict[str, list[float]] = {name: [] for name in TOOLS}
-    for _ in range(repeats):
-        for name in TOOLS:
-            begin = now()
-            result = await client.call_tool(name, {})
-            samples[name].append(now() - begin)
-            if getattr(result, "is_error", False) or getattr(result, "isError", False):
-                msg = f"{name} failed: {result}"
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                msg = f"the bench server exited with {process.returncode}"
                 raise RuntimeError(msg)
-    return samples
+            with contextlib.suppress(httpx2.TransportError):
+                if httpx2.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                msg = "the bench server did not become healthy in 60 s"
+                raise RuntimeError(msg)
+            time.sleep(0.1)
+        yield base + "/mcp", process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
-def _row(transport: str, samples: dict[str, list[float]]) -> dict[str, Any]:
-    row: dict[str, Any] = {"transport": transport}
-    for name in TOOLS:
-        row[f"{name}_p50_ms"] = percentile(samples[name], 0.5) * 1000
-        row[f"{name}_p99_ms"] = percentile(samples[name], 0.99) * 1000
-    row["ratio_p50"] = row["get_capacity_p50_ms"] / row[f"{NOOP}_p50_ms"]
+# -- the clients ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _client(url: str) -> AsyncIterator[Any]:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
+
+
+def _failed(result: Any) -> bool:
+    return bool(getattr(result, "is_error", False) or getattr(result, "isError", False))
+
+
+async def _checked(client: Any, tool: str, arguments: dict[str, Any]) -> Any:
+    result = await client.call_tool(tool, arguments)
+    if _failed(result):
+        msg = f"{tool} failed: {result}"
+        raise RuntimeError(msg)
+    return result.structured_content
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system, seconds) of process `pid`, or of this one."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Samples:
+    """Per-call times (seconds) of one kind, with the time its turns took
+    and the CPU seconds the server and the clients spent meanwhile."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = {}
+        self.seconds = 0.0
+        self.server_cpu = 0.0
+        self.client_cpu = 0.0
+        self.rates: list[float] = []
+        """Calls per second of each turn, in order."""
+
+    def add(self, name: str, seconds: float) -> None:
+        self.calls.setdefault(name, []).append(seconds)
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.calls.values())
+
+    def every(self) -> list[float]:
+        return [s for v in self.calls.values() for s in v]
+
+
+async def _timed(
+    client: Any, tool: str, arguments: dict[str, Any], samples: Samples, name: str
+) -> Any:
+    begin = now()
+    result = await _checked(client, tool, arguments)
+    samples.add(name, now() - begin)
+    return result
+
+
+async def _one_call(client: Any, kind: str, job: str, samples: Samples) -> None:
+    if kind == "noop":
+        await _timed(client, NOOP, {}, samples, NOOP)
+    elif kind == "capacity":
+        await _timed(client, "get_capacity", {}, samples, "get_capacity")
+    else:  # cycle, or mixed: a get_capacity after each command
+        asked = {"job_id": job, "mcp_servers": ["filesystem"], "workers": 1}
+        made = await _timed(
+            client, "request_resources", asked, samples, "request_resources"
+        )
+        if made["status"] != "active":
+            msg = f"request_resources was not granted: {made}"
+            raise RuntimeError(msg)
+        if kind == "mixed":
+            await _timed(client, "get_capacity", {}, samples, "get_capacity")
+        await _timed(
+            client,
+            "release_resources",
+            {"allocation_id": made["allocation_id"]},
+            samples,
+            "release_resources",
+        )
+        if kind == "mixed":
+            await _timed(client, "get_capacity", {}, samples, "get_capacity")
+
+
+async def _turn(
+    clients: list[Any],
+    kind: str,
+    seconds: float,
+    samples: Samples,
+    server_pid: int | None = None,
+) -> None:
+    """Every client calls `kind` over and over for `seconds`."""
+    import anyio
+
+    stop_at = now() + seconds
+    taken = Samples()
+
+    async def loop(index: int, client: Any) -> None:
+        while now() < stop_at:
+            await _one_call(client, kind, f"bench-{index}", taken)
+
+    server_before = _cpu_seconds(server_pid) if server_pid else 0.0
+    client_before = _cpu_seconds(None)
+    begin = now()
+    async with anyio.create_task_group() as group:
+        for index, client in enumerate(clients):
+            group.start_soon(loop, index, client)
+    took = now() - begin
+    samples.seconds += took
+    samples.rates.append(taken.count / took)
+    samples.client_cpu += _cpu_seconds(None) - client_before
+    if server_pid:
+        samples.server_cpu += _cpu_seconds(server_pid) - server_before
+    for name, values in taken.calls.items():
+        samples.calls.setdefault(name, []).extend(values)
+
+
+async def _measure(
+    servers: list[tuple[str, int]], clients: int, rounds: int, seconds: float
+) -> list[dict[str, Samples]]:
+    """Each server's samples; `servers`: (MCP URL, pid) of each. The servers
+    take turns too, within each round, in a rotating order."""
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [
+            [await stack.enter_async_context(_client(url)) for _ in range(clients)]
+            for url, _ in servers
+        ]
+        for sessions in opened:
+            for kind in KINDS:  # warm up every session and path
+                await _turn(sessions, kind, min(seconds, 0.5), Samples())
+        results = [{kind: Samples() for kind in KINDS} for _ in servers]
+        for number in range(rounds):
+            order = KINDS[number % len(KINDS) :] + KINDS[: number % len(KINDS)]
+            first = number % len(servers)
+            for index in [*range(first, len(servers)), *range(first)]:
+                for kind in order:
+                    await _turn(
+                        opened[index],
+                        kind,
+                        seconds,
+                        results[index][kind],
+                        servers[index][1],
+                    )
+        return results
+
+
+def _row(clients: int, results: dict[str, Samples]) -> dict[str, Any]:
+    row: dict[str, Any] = {"clients": clients}
+    noop = results["noop"]
+    noop_rate = noop.count / noop.seconds
+    noop_p50 = percentile(noop.every(), 0.5)
+    for kind in KINDS:
+        samples = results[kind]
+        rate = samples.count / samples.seconds
+        row[f"{kind}_calls_per_s"] = rate
+        every = samples.every()
+        row[f"{kind}_p50_ms"] = percentile(every, 0.5) * 1000
+        row[f"{kind}_p99_ms"] = percentile(every, 0.99) * 1000
+        row[f"{kind}_server_cpu_us"] = samples.server_cpu / samples.count * 1e6
+        row[f"{kind}_client_cpu_us"] = samples.client_cpu / samples.count * 1e6
+        if kind != "noop":
+            # Each round's no-op turn against the same round's turn of this
+            # kind (close in time, so alike in the machine's load); the median.
+            row[f"{kind}_time_ratio"] = median(
+                [n / k for n, k in zip(noop.rates, samples.rates, strict=True)]
+            )
+            row[f"{kind}_p50_ratio"] = percentile(every, 0.5) / noop_p50
+            row[f"{kind}_p99_ratio"] = percentile(every, 0.99) / percentile(
+                noop.every(), 0.99
+            )
+    for name in ("request_resources", "release_resources"):
+        values = results["cycle"].calls.get(name, [])
+        row[f"{name}_p50_ms"] = percentile(values, 0.5) * 1000
+        row[f"{name}_p99_ms"] = percentile(values, 0.99) * 1000
+    after_command = results["mixed"].calls.get("get_capacity", [])
+    row["mixed_get_capacity_p50_ms"] = percentile(after_command, 0.5) * 1000
+    parts = [f"no-op {noop_rate:.0f} calls/s p50 {row['noop_p50_ms']:.2f} ms"]
+    for kind in KINDS[1:]:
+        parts.append(
+            f"{kind} {row[f'{kind}_calls_per_s']:.0f} calls/s p50 "
+            f"{row[f'{kind}_p50_ms']:.2f} ms (x{row[f'{kind}_time_ratio']:.2f}, "
+            f"p50 x{row[f'{kind}_p50_ratio']:.2f})"
+        )
+    cpu = "/".join(
+        f"{row[f'{kind}_server_cpu_us']:.0f}+{row[f'{kind}_client_cpu_us']:.0f}"
+        for kind in KINDS
+    )
     log(
-        f"item 4 {transport}: get_capacity p50 {row['get_capacity_p50_ms']:.2f} ms, "
-        f"no-op p50 {row[f'{NOOP}_p50_ms']:.2f} ms, ratio {row['ratio_p50']:.2f}"
+        f"item 4, {clients} client(s): {'; '.join(parts)}; CPU per call, "
+        f"server+client, {'/'.join(KINDS)}: {cpu} us"
     )
     return row
 
 
-def run(scale: Scale) -> Result:
+def run(scale: Scale, client_counts: tuple[int, ...] = CLIENT_COUNTS) -> Result:
     missing = mcp_server_missing()
     if missing is not None:
         return {
             "item": 4,
-            "title": "MCP overhead",
+            "title": "MCP path",
             "skipped": f"NOT MEASURED YET: {missing}",
         }
     import anyio
-    from mcp import Client, StdioServerParameters
 
-    repeats = scale.pick(400, 60)
+    rounds = scale.pick(10, 2)
+    seconds = scale.pick(1.0, 0.3)
     rows = []
-    with temporary_directory() as directory:
-        server = server_with_noop(directory / "memory.db")
+    with (
+        temporary_directory() as directory,
+        server_process(directory / "mcp.db") as (
+            url,
+            process,
+        ),
+    ):
 
-        async def in_memory() -> dict[str, list[float]]:
-            async with Client(server) as client:
-                return await _measure(client, repeats)
+        async def prepare() -> None:
+            async with _client(url) as client:
+                await _checked(client, "set_capacity", dict(POOL_ROOM))
 
-        rows.append(_row("in memory", anyio.run(in_memory)))
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key in ("PATH", "PYTHONPATH", "HOME", "LANG")
-        }
-        env["ALLOCATION_LEDGER_LOG_LEVEL"] = "WARNING"
-        params = StdioServerParameters(
-            command=sys.executable,
-            args=["-m", "bench.mcp_overhead", str(directory / "stdio.db")],
-            env=env,
-            cwd=str(BENCH_DIR.parent),
-        )
-
-        async def over_stdio() -> dict[str, list[float]]:
-            async with Client(params) as client:
-                return await _measure(client, repeats)
-
-        rows.append(_row("stdio", anyio.run(over_stdio)))
-    worst = max(r["ratio_p50"] for r in rows)
+        anyio.run(prepare)
+        for clients in client_counts:
+            [results] = anyio.run(
+                _measure, [(url, process.pid)], clients, rounds, seconds
+            )
+            rows.append(_row(clients, results))
+    ratios = [
+        row[f"{kind}_{what}_ratio"]
+        for row in rows
+        for kind in ("capacity", "cycle", "mixed")
+        for what in ("time", "p50")
+    ]
+    worst = max(ratios)
     return {
         "item": 4,
-        "title": "MCP overhead: get_capacity round trip vs a no-op tool",
+        "title": (
+            "MCP path over streamable HTTP: request+release and get_capacity "
+            "vs a no-op tool, 1/4/16 clients"
+        ),
         "rows": rows,
+        "rounds": rounds,
+        "seconds_per_turn": seconds,
         "worst_ratio": worst,
-        "target": "get_capacity <= 1.5 x the no-op round trip",
-        "met": worst <= 1.5,
+        "target": f"every time and p50 ratio <= {TARGET} x the no-op",
+        "met": worst <= TARGET,
     }
 
 
-def main() -> None:
-    """Serve the ledger plus the no-op tool over stdio on the given SQLite file."""
+def compare(
+    baseline: Path, client_counts: tuple[int, ...] = CLIENT_COUNTS
+) -> dict[str, Any]:
+    """The installed code against the `allocation_ledger` package in the
+    folder `baseline` (say, an earlier commit's domain, projections and
+    adapters linked under baseline/allocation_ledger/), two servers measured
+    in the same rounds, taking turns: each one's rows, and after/before of
+    each server's ratios and CPU per call."""
     import anyio
 
-    server = server_with_noop(Path(sys.argv[1]))
-    anyio.run(server.run_stdio_async)
+    rows: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    with (
+        temporary_directory() as directory,
+        server_process(directory / "before.db", source=baseline) as (old, old_p),
+        server_process(directory / "after.db") as (new, new_p),
+    ):
+        for url in (old, new):
+
+            async def prepare(url: str = url) -> None:
+                async with _client(url) as client:
+                    await _checked(client, "set_capacity", dict(POOL_ROOM))
+
+            anyio.run(prepare)
+        for clients in client_counts:
+            before, after = anyio.run(
+                _measure, [(old, old_p.pid), (new, new_p.pid)], clients, 10, 1.0
+            )
+            log("before:")
+            rows["before"].append(_row(clients, before))
+            log("after:")
+            rows["after"].append(_row(clients, after))
+    return rows
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        serve(Path(sys.argv[2]), int(sys.argv[3]))
+        return
+    if len(sys.argv) >= 2 and sys.argv[1] == "run":
+        counts = tuple(int(n) for n in sys.argv[2:]) or CLIENT_COUNTS
+        print(json.dumps(run(Scale(quick=False), counts), indent=2))
+        return
+    if len(sys.argv) >= 3 and sys.argv[1] == "compare":
+        counts = tuple(int(n) for n in sys.argv[3:]) or CLIENT_COUNTS
+        print(json.dumps(compare(Path(sys.argv[2]), counts), indent=2))
+        return
+    print(
+        json.dumps(
+            {
+                "usage": "python -m bench.mcp_overhead serve DATABASE PORT "
+                "| run [N...] | compare BASELINE_FOLDER [N...]"
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 2:
-        main()
-    else:
-        print(json.dumps({"usage": "python -m bench.mcp_overhead DATABASE"}))
+    main()

@@ -86,27 +86,62 @@ def figures(results: dict[str, Any]) -> list[Figure]:
             label = three.get("ratio_label", "")
             out.append((f"3.ratio.{key}", f"3 {key} {label} (≤ 1.5)", value, ".2f"))
     for row in _get(items, "4", "rows") or []:
-        transport = row["transport"]
+        if "clients" not in row:  # the former item: in memory and stdio
+            continue
+        n = row["clients"]
         out += [
             (
-                f"4.{transport}.capacity",
-                f"4 {transport}: get_capacity p50 ms",
-                row["get_capacity_p50_ms"],
-                ".2f",
+                f"4.{n}.noop",
+                f"4 {n} client(s): no-op calls/s",
+                row["noop_calls_per_s"],
+                ".0f",
             ),
             (
-                f"4.{transport}.noop",
-                f"4 {transport}: no-op p50 ms",
-                row["bench_noop_p50_ms"],
-                ".2f",
-            ),
-            (
-                f"4.{transport}.ratio",
-                f"4 {transport}: get_capacity / no-op (≤ 1.5)",
-                row["ratio_p50"],
-                ".2f",
+                f"4.{n}.noop.cpu",
+                f"4 {n} client(s): no-op server CPU µs per call",
+                row.get("noop_server_cpu_us"),
+                ".0f",
             ),
         ]
+        for kind, name in (
+            ("capacity", "get_capacity"),
+            ("cycle", "request+release"),
+            ("mixed", "request, get_capacity, release, get_capacity"),
+        ):
+            if f"{kind}_calls_per_s" not in row:
+                continue
+            out += [
+                (
+                    f"4.{n}.{kind}.rate",
+                    f"4 {n} client(s): {name} calls/s",
+                    row[f"{kind}_calls_per_s"],
+                    ".0f",
+                ),
+                (
+                    f"4.{n}.{kind}.p50",
+                    f"4 {n} client(s): {name} p50 ms",
+                    row[f"{kind}_p50_ms"],
+                    ".2f",
+                ),
+                (
+                    f"4.{n}.{kind}.time_ratio",
+                    f"4 {n} client(s): {name} / no-op, time per call (≤ 1.3)",
+                    row[f"{kind}_time_ratio"],
+                    ".2f",
+                ),
+                (
+                    f"4.{n}.{kind}.p50_ratio",
+                    f"4 {n} client(s): {name} / no-op, p50 (≤ 1.3)",
+                    row[f"{kind}_p50_ratio"],
+                    ".2f",
+                ),
+                (
+                    f"4.{n}.{kind}.cpu",
+                    f"4 {n} client(s): {name} server CPU µs per call",
+                    row.get(f"{kind}_server_cpu_us"),
+                    ".0f",
+                ),
+            ]
     for row in _get(items, "5", "rows") or []:
         n = row["writers"]
         out += [

@@ -17,6 +17,7 @@ from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
+from allocation_ledger.adapters.storage.caught_up_reads import CaughtUpReads
 from allocation_ledger.adapters.storage.event_log import (
     EventDecoder,
     SQLiteNotificationLog,
@@ -78,6 +79,10 @@ class AllocationService:
     _closers: tuple[Callable[[], None], ...] = ()
     read_only: bool = False
     """Opened by `reader.open_reader`: nothing is written."""
+    caught_up_reads: CaughtUpReads | None = None
+    """On a SQLite file: the read models read without catching up and
+    without waiting, for queries that may run on the server's event loop
+    (caught_up_reads.py); None on other stores."""
 
     def close(self) -> None:
         for close in self._closers:
@@ -165,6 +170,12 @@ def open_service(
     projector = Projector(log, EventDecoder(ledger.mapper).decode, store)
     if replaced:
         _rebuild_replaced(projector)
+    caught_up_reads = None
+    if settings.store == "sqlite" and SQLiteNotificationLog.supports(ledger.recorder):
+        caught_up_reads = CaughtUpReads(
+            settings.database, ledger.recorder.events_table_name, projector
+        )
+        closers.append(caught_up_reads.close)
     return AllocationService(
         settings=settings,
         ledger=ledger,
@@ -174,6 +185,7 @@ def open_service(
         writes=writes,
         probe=StoreProbe(settings),
         _closers=tuple(closers),
+        caught_up_reads=caught_up_reads,
     )
 
 

@@ -81,7 +81,9 @@ class CapacityTools(ToolGroup):
         """
         caller = self._caller("get_capacity")
         if at is None:
-            return await self._call(lambda: self.capacity(pool, caller.visibility))
+            return await self._call(
+                lambda: self.capacity(pool, caller.visibility), at_once=True
+            )
         moment = utc(at)
         return await self._call(
             lambda: _tenants_seen(

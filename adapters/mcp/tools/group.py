@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import TypeVar
 
 import anyio
@@ -15,6 +16,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from allocation_ledger.adapters.http.auth import Access, Caller
 from allocation_ledger.adapters.mcp.tools.outcomes import Settle, failure_message
 from allocation_ledger.adapters.mcp.tools.specs import TOOLS
+from allocation_ledger.adapters.storage.caught_up_reads import NotCaughtUp
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.adapters.storage.store_errors import (
     is_store_error,
@@ -31,9 +33,13 @@ from allocation_ledger.domain.errors import (
 from allocation_ledger.domain.pool_settings import DEFAULT_WORKER_SIZE
 from allocation_ledger.domain.tenancy import Visibility
 from allocation_ledger.domain.values import Resources
+from allocation_ledger.projections.queries import ReadModels
 from allocation_ledger.projections.views import CapacityView
 
 T = TypeVar("T")
+
+_AT_ONCE: ContextVar[ReadModels | None] = ContextVar("at_once_reads", default=None)
+"""The read models of a query run at once on the event loop (`_call`)."""
 
 logger = logging.getLogger("allocation_ledger.mcp")
 
@@ -51,18 +57,58 @@ class ToolGroup:
     def __init__(self, service: AllocationService, access: Access) -> None:
         self.service = service
         self.ledger = service.ledger
-        self.read = service.read_models
         self.access = access
 
-    async def _call(self, work: Callable[[], T], *, settle: Settle = _QUERY) -> T:
+    @property
+    def read(self) -> ReadModels:
+        """The read models a query reads: the service's, which catch up
+        first; inside `_call(..., at_once=True)`, those that never wait."""
+        return _AT_ONCE.get() or self.service.read_models
+
+    async def _call(
+        self, work: Callable[[], T], *, settle: Settle = _QUERY, at_once: bool = False
+    ) -> T:
         """Run ledger work off the event loop, noting what it writes.
 
         Domain errors become ToolErrors with their own text; failures of the
         database become ToolErrors naming the cause. Either says what the
         work had written, if anything, and how to settle a write in doubt
         (`settle`, for commands; outcomes.py).
+
+        `at_once`: a query that only reads the read models (and what is in
+        memory) is first tried right here, on the event loop, against read
+        models that never catch up and never wait (caught_up_reads.py): a
+        thread hop costs more than such a read. When those lag behind the
+        log or the database would make it wait, it runs off the event loop
+        as any other work, so the answer and its errors are the same.
         """
+        reads = self.service.caught_up_reads
+        if at_once and reads is not None:
+            token = _AT_ONCE.set(reads)
+            try:
+                return self._read_at_once(work)
+            except NotCaughtUp:
+                pass
+            finally:
+                _AT_ONCE.reset(token)
         return await anyio.to_thread.run_sync(self._recorded, work, settle)
+
+    @staticmethod
+    def _read_at_once(work: Callable[[], T]) -> T:
+        """A query's work, which writes nothing: its domain errors become
+        ToolErrors as in `_recorded`; a failure of the database is
+        NotCaughtUp (the query is asked again off the event loop, where
+        such failures are told as usual)."""
+        try:
+            return work()
+        except LedgerError as error:
+            raise ToolError(str(error)) from error
+        except NotCaughtUp:
+            raise
+        except Exception as error:
+            if is_store_error(error):
+                raise NotCaughtUp(str(error)) from error
+            raise
 
     def _recorded(self, work: Callable[[], T], settle: Settle) -> T:
         with self.service.writes.recording() as writes:

@@ -11,6 +11,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types import ToolAnnotations
 
 from allocation_ledger.adapters.http.auth import Scope
+from allocation_ledger.adapters.mcp.schemas.output_schema import quick_to_check
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ def strict_tool(fn: Callable[..., Any], spec: ToolSpec) -> Tool:
     """A tool whose arguments must all be known: a misspelt one is an error.
 
     MCPServer ignores unknown arguments by default, which would turn a typo
-    such as `worker=4` into a silent request for no workers.
+    such as `worker=4` into a silent request for no workers. Its output
+    schema is published in the shape clients check faster
+    (schemas/output_schema.py).
     """
     tool = Tool.from_function(
         fn,
@@ -77,6 +80,9 @@ def strict_tool(fn: Callable[..., Any], spec: ToolSpec) -> Tool:
     model.model_config["extra"] = "forbid"
     model.model_rebuild(force=True)
     tool.parameters = model.model_json_schema(by_alias=True)
+    metadata = tool.fn_metadata
+    if metadata.output_schema is not None:
+        metadata.output_schema = quick_to_check(metadata.output_schema)
     return tool
 
 
