@@ -96,3 +96,31 @@ async def test_the_feed_tells_its_listeners_when_nudged(
     assert [c.allocation_id for c in heard[0].allocations] == [
         result.allocation.allocation_id
     ]
+
+
+@pytest.mark.anyio
+async def test_a_feed_nobody_wants_only_keeps_its_place(
+    ledger_service: AllocationService,
+) -> None:
+    """While no listener wants changes, polling moves to the log's end and
+    tells nobody (nor reads the read models); once wanted, it reports what
+    changed from there."""
+    feed = change_feed(ledger_service)
+    heard: list[Changes] = []
+    wanted = False
+    unsubscribe = feed.subscribe(heard.append, wanted=lambda: wanted)
+    await feed.poll()
+    ledger = ledger_service.ledger
+    ignored = ledger.request(AllocationRequest(job_id="ignored"))
+    caught_up = ledger_service.projector.reached
+    assert not await feed.poll()
+    assert ledger_service.projector.reached == caught_up  # no catch-up for it
+    wanted = True
+    told = ledger.request(AllocationRequest(job_id="told"))
+    changes = await feed.poll()
+    unsubscribe()
+
+    ids = [c.allocation_id for c in changes.allocations]
+    assert ids == [told.allocation.allocation_id]
+    assert ignored.allocation.allocation_id not in ids
+    assert heard == [changes]

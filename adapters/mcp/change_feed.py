@@ -6,6 +6,8 @@ every `interval` seconds otherwise (for writes of other servers on the same
 database), and hands every non-empty `Changes` to its listeners on the
 event loop. Blocking requests and subscriptions listen to it; waiting on it
 holds no lock and no database connection: a waiter is an event in memory.
+While nobody waits or subscribes, it only keeps its place at the log's end
+(one read of the events table per look), so it costs a server nothing more.
 """
 
 from __future__ import annotations
@@ -43,17 +45,37 @@ class ChangeFeed:
         self.follower = follower
         self.interval = interval
         self._listeners: dict[object, Listener] = {}
+        self._wanted: dict[object, Callable[[], bool]] = {}
         self._wake: anyio.Event | None = None
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Register `listener`; returns an idempotent unsubscribe."""
+    def subscribe(
+        self, listener: Listener, *, wanted: Callable[[], bool] | None = None
+    ) -> Callable[[], None]:
+        """Register `listener`; returns an idempotent unsubscribe.
+
+        `wanted` says whether the listener needs changes right now (say,
+        whether anyone subscribed); without it, always. While no listener
+        wants changes the feed only keeps its place at the log's end (one
+        read of the events table), so a server nobody waits on never reads
+        its read models for the feed.
+        """
         token = object()
         self._listeners[token] = listener
+        if wanted is not None:
+            self._wanted[token] = wanted
 
         def unsubscribe() -> None:
             self._listeners.pop(token, None)
+            self._wanted.pop(token, None)
 
         return unsubscribe
+
+    def wanted(self) -> bool:
+        """Whether any listener needs changes now."""
+        return any(
+            token not in self._wanted or self._wanted[token]()
+            for token in self._listeners
+        )
 
     @contextmanager
     def listening(self, listener: Listener) -> Iterator[None]:
@@ -72,8 +94,12 @@ class ChangeFeed:
             self._wake.set()
 
     async def poll(self) -> Changes:
-        """Read what changed now and tell the listeners; returns it. `run`
+        """Read what changed now and tell the listeners; returns it (empty,
+        having only moved to the log's end, when nobody wants changes). `run`
         calls it; never two at once (the follower is not thread-safe)."""
+        if not self.wanted():
+            at = await anyio.to_thread.run_sync(self.follower.start_at_end)
+            return Changes(at)
         changes = await anyio.to_thread.run_sync(self.follower.poll)
         if changes:
             self._tell(changes)

@@ -215,7 +215,7 @@ class ResourceUpdates:
 
     def follow(self, feed: ChangeFeed) -> Callable[[], None]:
         """Listen to `feed`; returns the unsubscribe."""
-        return feed.subscribe(self.changed)
+        return feed.subscribe(self.changed, wanted=lambda: bool(self._subscribers))
 
     def subscriber(self, visibility: Visibility, deliver: Deliver) -> UpdateSubscriber:
         """A new subscription holder for a caller who sees `visibility`."""
