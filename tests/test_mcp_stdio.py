@@ -40,7 +40,7 @@ async def test_the_original_behaviours_over_stdio_are_kept_in_the_file(
     database = tmp_path / "ledger.db"
     async with Client(stdio_params(database)) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
-        assert len(tools) == 15
+        assert len(tools) == 16
         history = await original_behaviours(client)
         assert {e["actor"] for e in history["events"]} == {"local"}
 

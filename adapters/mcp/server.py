@@ -100,7 +100,8 @@ def build_server(
         access = Access(require_token=verifier is not None)
     if metrics is None:
         metrics = LedgerMetrics(service, TOOLS)
-    allocations = AllocationTools(service, access)
+    changes = change_feed(service)
+    allocations = AllocationTools(service, access, changes)
     capacity = CapacityTools(service, access)
     audit = AuditTools(service, access)
     groups = (
@@ -109,9 +110,8 @@ def build_server(
         SchedulingTools(service, access),
         audit,
         McpServerTools(service, access),
+        allocations.waits,
     )
-
-    changes = change_feed(service)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[BackgroundWork]) -> AsyncIterator[BackgroundWork]:

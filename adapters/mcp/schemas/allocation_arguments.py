@@ -175,6 +175,37 @@ MaxWaitArg = Annotated[
         ),
     ),
 ]
+MAX_BLOCK_SECONDS = 300
+"""The longest one call may block (block_seconds): five minutes, under the
+read timeouts of common HTTP proxies and clients; block again for longer."""
+BlockSecondsArg = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=1,
+        le=MAX_BLOCK_SECONDS,
+        description=(
+            "With wait=true: keep the call open up to this many seconds "
+            f"(1-{MAX_BLOCK_SECONDS}) while the request is queued, and answer as "
+            "soon as it is granted (status 'active', with endpoints), fails or "
+            "times out in the queue; after that it answers status 'queued' as "
+            "without it. Cancelling the call leaves the request queued "
+            "(release_resources withdraws it). Omit to answer at once."
+        ),
+    ),
+]
+AwaitSecondsArg = Annotated[
+    int,
+    Field(
+        strict=True,
+        ge=1,
+        le=MAX_BLOCK_SECONDS,
+        description=(
+            f"The longest to wait, in seconds (1-{MAX_BLOCK_SECONDS}); then the "
+            "allocation is shown as it is (still queued or pending)."
+        ),
+    ),
+]
 PreemptArg = Annotated[
     bool,
     Field(
