@@ -766,8 +766,8 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "request_resources",
-        {**VALID, "wait": True, "block_seconds": 301},
-        "block_seconds: must be at most 300",
+        {**VALID, "wait": True, "block_seconds": 241},
+        "block_seconds: must be at most 240",
     ),
     ("request_resources", {**VALID, "wait": True, "block_seconds": 0}, "at least 1"),
     ("request_resources", {**VALID, "wait": True, "block_seconds": 1.5}, "block_"),
@@ -875,8 +875,8 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("await_allocation", {"allocation_id": UNKNOWN_ID}, "not found"),
     (
         "await_allocation",
-        {"allocation_id": UNKNOWN_ID, "block_seconds": 301},
-        "block_seconds: must be at most 300",
+        {"allocation_id": UNKNOWN_ID, "block_seconds": 241},
+        "block_seconds: must be at most 240",
     ),
     ("await_allocation", {"allocation_id": UNKNOWN_ID, "wait": True}, "wait"),
     ("get_mcp_status", {}, "name"),

@@ -17,6 +17,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
 from allocation_ledger.adapters.http.auth import TENANT_CLAIM, Access, expand_scopes
+from allocation_ledger.adapters.mcp.ledger_server import LedgerServer
 from allocation_ledger.adapters.mcp.server import build_server, stdio_server
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
@@ -101,7 +102,10 @@ async def test_a_blocked_request_returns_active_when_another_agent_releases(
     blocked = Blocked()
     async with anyio.create_task_group() as group:
         group.start_soon(
-            blocked.run, client, "request_resources", blocking_request("waiter", 2)
+            blocked.run,
+            client,
+            "request_resources",
+            blocking_request("waiter", 2, request_id="waiter-1"),
         )
         await until(lambda: len(blocked.progress) == 1)
         assert blocked.progress == [
@@ -135,6 +139,9 @@ async def test_a_blocked_request_returns_active_when_another_agent_releases(
     assert "queue_position" not in result
     assert "waiting_for" not in result
     assert len(blocked.progress) == 2  # nothing more was told
+    # What a retry answers of it now, to the letter.
+    replay = await ask(client, "waiter", 2, wait=True, request_id="waiter-1")
+    assert replay == {**result, "replayed": True}
     # The same answer get_allocation gives of it now.
     detail = await call(client, "get_allocation", allocation_id=result["allocation_id"])
     assert [w["endpoint"] for w in detail["workers"]] == [
@@ -175,7 +182,9 @@ async def test_a_queue_timeout_ends_the_wait_with_failed(
             blocked.run,
             client,
             "request_resources",
-            blocking_request("impatient", 1, max_wait_seconds=60),
+            blocking_request(
+                "impatient", 1, max_wait_seconds=60, request_id="impatient-1"
+            ),
         )
         await until(lambda: len(blocked.progress) == 1)
         clock.advance(61)
@@ -185,12 +194,22 @@ async def test_a_queue_timeout_ends_the_wait_with_failed(
     assert result["status"] == "failed"
     assert result["reason"]["code"] == "queue_timeout"
     assert result["error"].startswith("Queue wait ran out")
+    replay = await ask(
+        client,
+        "impatient",
+        1,
+        wait=True,
+        max_wait_seconds=60,
+        request_id="impatient-1",
+    )
+    assert replay == {**result, "replayed": True}
 
 
 async def test_a_cancelled_call_leaves_the_request_queued(
     service: AllocationService,
 ) -> None:
     server = stdio_server(service)
+    assert isinstance(server, LedgerServer)
     async with Client(server) as client:
         holder = await ask(client, "holder", 10)
         blocked = Blocked()

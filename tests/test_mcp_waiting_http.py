@@ -205,7 +205,7 @@ async def test_a_hundred_blocked_calls_leave_other_calls_as_fast(served: str) ->
                     blocked.run,
                     agents,
                     "request_resources",
-                    {**blocking_request(f"agent-{number}", 1), "block_seconds": 300},
+                    {**blocking_request(f"agent-{number}", 1), "block_seconds": 240},
                 )
             # Each call blocks once it has told its first progress.
             await until(lambda: all(b.progress for b in calls), 60)
@@ -217,7 +217,8 @@ async def test_a_hundred_blocked_calls_leave_other_calls_as_fast(served: str) ->
             await call(measurer, "set_capacity", workers=10 + BLOCKED_CALLS)
         assert all(b.result is not None for b in calls), [b.error for b in calls]
         assert {b.result["status"] for b in calls if b.result} == {"active"}
-        assert max(b.returned_at or 0 for b in calls) - granted_at < 30
+        granted_in = max(b.returned_at or 0 for b in calls) - granted_at
+        assert granted_in < 30
         after = await p50_of_get_capacity(measurer)
 
     unloaded = statistics.median(before + after)
@@ -225,7 +226,8 @@ async def test_a_hundred_blocked_calls_leave_other_calls_as_fast(served: str) ->
     print(  # the figures, for docs/performance.md (pytest -s)
         f"get_capacity p50: {statistics.median(before) * 1000:.2f} ms before, "
         f"{loaded * 1000:.2f} ms with {BLOCKED_CALLS} blocked calls, "
-        f"{statistics.median(after) * 1000:.2f} ms after"
+        f"{statistics.median(after) * 1000:.2f} ms after; all {BLOCKED_CALLS} "
+        f"answered {granted_in:.2f} s after the grant"
     )
     assert loaded <= SLOWDOWN_BOUND * unloaded, (
         f"get_capacity p50 {loaded * 1000:.1f} ms with {BLOCKED_CALLS} blocked "

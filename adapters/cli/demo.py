@@ -41,7 +41,6 @@ IDLE_STOP_BOUND_SECONDS = IDLE_TIMEOUT_SECONDS + 20.0
 """How long the demo waits for the idle server to be stopped before failing."""
 
 Call = Callable[..., Awaitable[dict[str, Any]]]
-Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
 def _server_command() -> tuple[str, list[str]]:
@@ -135,9 +134,10 @@ async def _drive_server(settings: Settings, console: Console, config: Path) -> N
     run = uuid.uuid4().hex[:8]
 
     async with Client(params) as client:
+        from mcp.shared.dispatcher import ProgressFnT
 
         async def call(
-            tool: str, *, on_progress: Progress | None = None, **arguments: Any
+            tool: str, *, on_progress: ProgressFnT | None = None, **arguments: Any
         ) -> dict[str, Any]:
             shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
             console.print(f"[bold cyan]→ {tool}[/]({shown})")
@@ -276,8 +276,10 @@ async def _one_agent_waits_for_another(
     )
     told = anyio.Event()
 
-    async def progress(number: float, _: float | None, message: str | None) -> None:
-        console.print(f"  [magenta]progress {number:g}[/]: {message}")
+    async def progress(
+        progress: float, total: float | None, message: str | None
+    ) -> None:
+        console.print(f"  [magenta]progress {progress:g}[/]: {message}")
         told.set()
 
     answer: dict[str, Any] = {}

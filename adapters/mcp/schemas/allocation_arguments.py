@@ -175,9 +175,11 @@ MaxWaitArg = Annotated[
         ),
     ),
 ]
-MAX_BLOCK_SECONDS = 300
-"""The longest one call may block (block_seconds): five minutes, under the
-read timeouts of common HTTP proxies and clients; block again for longer."""
+MAX_BLOCK_SECONDS = 240
+"""The longest one call may block (block_seconds): four minutes, so that the
+answer always comes within the 300 s read timeout the official client's
+HTTP transport has by default, with a minute to spare; wait again for
+longer (await_allocation)."""
 BlockSecondsArg = Annotated[
     int | None,
     Field(

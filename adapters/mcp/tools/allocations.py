@@ -162,7 +162,7 @@ class AllocationTools(AllocationQueries):
         "queued", it holds nothing, `waiting_for` says what it waits for,
         `queue_position` its place (get_queue shows the queue), and it is
         granted (becomes active) as soon as room frees, in priority order.
-        With block_seconds (1-300, needs wait=true) the call itself waits
+        With block_seconds (1-240, needs wait=true) the call itself waits
         that long for the grant and answers as soon as it is active (with
         endpoints) or failed; progress notifications tell its queue position
         meanwhile; cancelling the call leaves it queued (await_allocation

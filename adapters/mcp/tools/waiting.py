@@ -1,14 +1,17 @@
 """Calls that wait for a queued request: request_resources with wait=true and
 block_seconds, and await_allocation.
 
-A waiting call listens to the server's change feed (change_feed.py) with an
-`anyio.Event` of its own: it holds no lock, no database connection and no
-worker thread while it waits. It wakes when its allocation changes (it is
-re-read from the read models, in a thread, and decided on), when its pool
-changes (its queue position and what it waits for are worked out from the
-pool's row the feed carries, without a read), at its queue deadline (the
-expiry sweep is run then, which fails it with `queue_timeout`) and when its
-block_seconds pass. Its own server's writes wake it at once (LedgerServer
+A waiting call reads its allocation once (as get_allocation does, so an
+unknown id or another tenant's is refused alike), then listens to the
+server's change feed (change_feed.py) with an `anyio.Event` of its own: it
+holds no lock, no database connection and no worker thread while it waits.
+It wakes when its allocation or its pool changes, and decides on the rows the
+feed carries (read from the read models once per change for every listener,
+after catching them up: a hundred waiters woken by one release cost no
+hundred reads); its queue position and what it waits for are worked out
+from its pool's row. It also wakes at its queue deadline (the expiry sweep is
+run then, which fails it with `queue_timeout`) and when its block_seconds
+pass. Its own server's writes wake it at once (LedgerServer
 nudges the feed after every writing tool); other servers' within the feed's
 interval.
 
@@ -99,31 +102,45 @@ class Sighting:
 
 class Watch:
     """One waiting call's ear on the change feed: `hear` (a feed listener)
-    notes whether the allocation changed and the pool's latest row, and sets
-    `wake`; `take` hands both over and arms a new `wake`."""
+    keeps the allocation's and its pool's latest rows as the feed read them
+    (after catching the read models up) and sets `wake`; `take` hands them
+    over and arms a new `wake`."""
 
     def __init__(self, allocation_id: str) -> None:
         self.allocation_id = allocation_id
         self.pool: str | None = None
         """Its pool, once known (changes of other pools are not heard)."""
         self.wake = anyio.Event()
-        self.changed = False
+        self.view: AllocationView | None = None
         self.capacity: CapacityView | None = None
 
     def hear(self, changes: Changes) -> None:
-        if changes.allocation(self.allocation_id) is not None:
-            self.changed = True
+        change = changes.allocation(self.allocation_id)
+        if change is not None:
+            self.view = change.view
             self.wake.set()
-        for change in changes.pools:
-            if change.pool == self.pool:
-                self.capacity = change.capacity
+        for pool in changes.pools:
+            if pool.pool == self.pool:
+                self.capacity = pool.capacity
                 self.wake.set()
 
-    def take(self) -> tuple[bool, CapacityView | None]:
-        changed, capacity = self.changed, self.capacity
-        self.changed, self.capacity = False, None
+    def take(self) -> tuple[AllocationView | None, CapacityView | None]:
+        view, capacity = self.view, self.capacity
+        self.view, self.capacity = None, None
         self.wake = anyio.Event()
-        return changed, capacity
+        return view, capacity
+
+    def seen(self, last: Sighting) -> Sighting:
+        """`last` with what was heard since (`take`): a newer row of the
+        allocation or of its pool replaces the one seen."""
+        view, capacity = self.take()
+        if capacity is not None and (
+            last.capacity is None or capacity.version >= last.capacity.version
+        ):
+            last = replace(last, capacity=capacity)
+        if view is not None and view.version >= last.view.version:
+            last = replace(last, view=view)
+        return last
 
 
 class ProgressReport:
@@ -257,7 +274,7 @@ class AllocationWaits(ToolGroup):
         with endpoints), fails (e.g. reason code "queue_timeout" when its
         max_wait_seconds pass) or is released; a pending one until it is
         active or failed; any other state is shown at once. After
-        block_seconds (default 60, at most 300) it is shown as it is, still
+        block_seconds (default 60, at most 240) it is shown as it is, still
         queued or pending: call again to wait on. The answer is get_allocation's.
         With a progress token, a progress notification tells each change of
         its queue position or of what it waits for, e.g. "queued at position 2
@@ -336,13 +353,7 @@ class AllocationWaits(ToolGroup):
                     due += DEADLINE_GRACE_SECONDS
                 with anyio.move_on_after(min(left, due)):
                     await watch.wake.wait()
-                changed, capacity = watch.take()
-                if changed:
-                    seen = await self._read(allocation_id, visibility)
-                elif capacity is not None and (
-                    seen.capacity is None or capacity.version >= seen.capacity.version
-                ):
-                    seen = replace(seen, capacity=capacity)
+                seen = watch.seen(seen)
 
     async def _time_out(self, allocation_id: str, visibility: Visibility) -> Sighting:
         """At a queued allocation's deadline: run the expiry sweep (the
