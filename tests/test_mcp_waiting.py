@@ -4,6 +4,7 @@ progress notifications, queue timeouts, cancellation and tenants."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,8 +20,10 @@ from mcp.server.auth.provider import AccessToken
 from allocation_ledger.adapters.http.auth import TENANT_CLAIM, Access, expand_scopes
 from allocation_ledger.adapters.mcp.ledger_server import LedgerServer
 from allocation_ledger.adapters.mcp.server import build_server, stdio_server
+from allocation_ledger.adapters.mcp.tools.waiting import Sighting, progress_message
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.values import AllocationRequest
 from tests.mcp_support import call, call_error, text_of
 
 pytestmark = pytest.mark.anyio
@@ -337,3 +340,94 @@ async def test_another_tenants_allocation_is_answered_as_unknown(
         )
         assert text == unknown.replace("get_allocation", "await_allocation")
         assert f"allocation '{queued['allocation_id']}' not found" in text
+
+
+async def first_progress(client: Client, allocation_id: str) -> list[str | None]:
+    """The progress messages of a one-second await_allocation."""
+    blocked = Blocked()
+    await blocked.run(
+        client,
+        "await_allocation",
+        {"allocation_id": allocation_id, "block_seconds": 1},
+    )
+    return blocked.messages()
+
+
+@pytest.mark.parametrize(
+    ("capacity", "ahead", "message"),
+    [
+        (
+            {"workers": 10, "cpu": 4},
+            False,
+            "queued at position 1 of 1 in pool default, "
+            "waiting for 2 CPU cores (1 free)",
+        ),
+        (
+            {"workers": 10, "memory": 8192},
+            False,
+            "queued at position 1 of 1 in pool default, "
+            "waiting for 4096 MB of memory (2048 free)",
+        ),
+        (
+            {"workers": 4},
+            True,
+            "queued at position 2 of 2 in pool default, "
+            "waiting behind the requests ahead of it (it needs 2 workers)",
+        ),
+    ],
+)
+async def test_progress_says_what_the_request_waits_for(
+    client: Client, capacity: dict[str, int], ahead: bool, message: str
+) -> None:
+    await call(client, "set_capacity", **capacity)
+    await ask(client, "holder", 3 if not ahead else 1)
+    if ahead:
+        await ask(client, "big", 4, wait=True)
+    queued = await ask(client, "waiter", 2, wait=True)
+    assert queued["status"] == "queued"
+    assert await first_progress(client, queued["allocation_id"]) == [message]
+
+
+async def test_progress_tells_when_the_tenants_quota_is_what_it_waits_for(
+    client: Client,
+) -> None:
+    await call(client, "set_quota", tenant="team-a", workers=3)
+    theirs = await ask(client, "b-job", 2, tenant="team-b")
+    await ask(client, "a-job", 1, tenant="team-a")
+    queued = await ask(client, "a-waiter", 2, wait=True, tenant="team-a")
+    blocked = Blocked()
+    async with anyio.create_task_group() as group:
+        group.start_soon(
+            blocked.run,
+            client,
+            "await_allocation",
+            {"allocation_id": queued["allocation_id"], "block_seconds": 60},
+        )
+        await until(lambda: len(blocked.progress) == 1)
+        # A higher priority goes first: it takes the last free worker.
+        await ask(client, "a-more", 1, tenant="team-a", priority="high")
+        await until(lambda: len(blocked.progress) == 2)
+        # Room frees, but team-a's quota has only 1 worker left for it.
+        await call(client, "release_resources", allocation_id=theirs["allocation_id"])
+        await until(lambda: len(blocked.progress) == 3)
+        group.cancel_scope.cancel()
+    assert blocked.messages() == [
+        "queued at position 1 of 1 in pool default, waiting for 2 workers (1 free)",
+        "queued at position 1 of 1 in pool default, waiting for 2 workers (0 free)",
+        "queued at position 1 of 1 in pool default, "
+        "waiting for its tenant's quota to allow 2 workers (1 left)",
+    ]
+
+
+def test_a_pending_allocation_is_told_to_wait_for_its_servers(
+    service: AllocationService,
+) -> None:
+    ledger = service.ledger
+    result = ledger.request(AllocationRequest(job_id="j", workers=1))
+    view = service.read_models.allocation(result.allocation.allocation_id)
+    pending = Sighting(dataclasses.replace(view, state="pending"), None)
+    assert pending.waiting
+    assert progress_message(pending, ledger.clock.now()) == (
+        "granted in pool default, waiting for its MCP servers and workers to start"
+    )
+    assert not Sighting(view, None).waiting  # active: an answer

@@ -65,9 +65,8 @@ from allocation_ledger.projections.views import AllocationView, CapacityView
 
 logger = logging.getLogger("allocation_ledger.mcp")
 
-WAITING_STATES = frozenset(
-    {AllocationState.QUEUED.value, AllocationState.PENDING.value}
-)
+QUEUED = AllocationState.QUEUED.value
+WAITING_STATES = frozenset({QUEUED, AllocationState.PENDING.value})
 """States a waiting call waits out: queued (for a grant) and pending (for
 its MCP servers and workers to start). Any other state is an answer."""
 
@@ -224,7 +223,11 @@ def blocked_now(seen: Sighting, place: tuple[int, int] | None) -> Rejection | No
             if wanted > left:
                 return Rejection(QUOTA_EXCEEDED, dimension, wanted, max(left, 0))
     if place is not None and place[0] > 1:
-        return Rejection(QUEUED_AHEAD, Dimension.WORKERS, needed.workers, 0)
+        for dimension in AMOUNTS:
+            if needed.amount(dimension) > 0:
+                return Rejection(QUEUED_AHEAD, dimension, needed.amount(dimension), 0)
+        # MCP servers only
+        return Rejection(QUEUED_AHEAD, Dimension.MCP_PORTS, len(entry.servers), 0)
     return recorded
 
 
@@ -346,7 +349,7 @@ class AllocationWaits(ToolGroup):
                     return seen
                 deadline = seen.view.queue_deadline
                 due = math.inf
-                if deadline is not None and seen.view.state == "queued":
+                if deadline is not None and seen.view.state == QUEUED:
                     due = (deadline - now).total_seconds()
                     if due <= 0:
                         return await self._time_out(allocation_id, visibility)
