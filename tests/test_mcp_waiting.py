@@ -5,6 +5,7 @@ progress notifications, queue timeouts, cancellation and tenants."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -431,3 +432,21 @@ def test_a_pending_allocation_is_told_to_wait_for_its_servers(
         "granted in pool default, waiting for its MCP servers and workers to start"
     )
     assert not Sighting(view, None).waiting  # active: an answer
+
+
+async def test_a_read_failing_while_waiting_answers_the_request_as_saved(
+    client: Client, service: AllocationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await ask(client, "holder", 4)
+
+    def unreadable(*_: object, **__: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    # The request is saved; the first read of the wait fails.
+    monkeypatch.setattr(service.read_models, "allocation", unreadable)
+    reply = await ask(client, "waiter", 1, wait=True, block_seconds=60)
+    monkeypatch.undo()
+    assert reply["status"] == "queued"  # not an error: it was saved
+    assert reply["queue_position"] == 1
+    detail = await call(client, "get_allocation", allocation_id=reply["allocation_id"])
+    assert detail["state"] == "queued"

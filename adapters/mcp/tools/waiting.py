@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 
 from allocation_ledger.adapters.http.auth import Access, Caller
 from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
@@ -300,19 +301,29 @@ class AllocationWaits(ToolGroup):
     ) -> RequestResourcesResult:
         """request_resources' answer after waiting up to `block_seconds` for
         the request `reply` answers (queued or pending) to be decided; other
-        replies are returned as they are."""
+        replies are returned as they are. The request is saved: a read that
+        fails while waiting never turns it into an error (a retry without a
+        request_id would request again); `reply` is returned then."""
         if reply.dry_run or reply.state not in WAITING_STATES:
             return reply
-        seen = await self.wait(
-            reply.allocation_id, caller.visibility, block_seconds, ctx
-        )
+        try:
+            seen = await self.wait(
+                reply.allocation_id, caller.visibility, block_seconds, ctx
+            )
+            capacity = seen.capacity
+            size = (
+                capacity.worker_size
+                if capacity is not None
+                else await self._call(lambda: self._worker_size(seen.view.pool))
+            )
+        except ToolError as error:
+            logger.warning(
+                "waiting for %s stopped, answering it as saved: %s",
+                reply.allocation_id,
+                error,
+            )
+            return reply
         place = seen.queue_place(self.ledger.clock.now())
-        capacity = seen.capacity
-        size = (
-            capacity.worker_size
-            if capacity is not None
-            else await self._call(lambda: self._worker_size(seen.view.pool))
-        )
         return request_result_of_view(
             seen.view,
             worker_size=size,
