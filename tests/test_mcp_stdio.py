@@ -40,7 +40,7 @@ async def test_the_original_behaviours_over_stdio_are_kept_in_the_file(
     database = tmp_path / "ledger.db"
     async with Client(stdio_params(database)) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
-        assert len(tools) == 15
+        assert len(tools) == 16
         history = await original_behaviours(client)
         assert {e["actor"] for e in history["events"]} == {"local"}
 
@@ -165,6 +165,13 @@ def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> N
     assert "replayed=True" in out
     assert "Insufficient workers: requested" in out
     assert "already_released" in out
+    # One agent blocked in its call, granted when another released.
+    assert "wait=True, block_seconds=60" in out
+    assert (
+        "progress 1: queued at position 1 of 1 in pool default, "
+        "waiting for 8 workers (7 free)"
+    ) in out
+    assert "agent B's call returned" in out
     assert str(tmp_path / "ledger.db") in out
     # The time server: started for the first request, called by an agent at
     # the endpoint handed out, shared by the second, stopped once idle.

@@ -51,6 +51,7 @@ TOOLS = {
     "set_scheduling",
     "list_mcp_servers",
     "get_mcp_status",
+    "await_allocation",
 }
 READ_ONLY = {
     "get_capacity",
@@ -61,6 +62,7 @@ READ_ONLY = {
     "get_queue",
     "list_mcp_servers",
     "get_mcp_status",
+    "await_allocation",
 }
 DESTRUCTIVE = {
     "release_resources",
@@ -404,6 +406,7 @@ async def test_unknown_ids_are_tool_errors_that_name_the_id(client: Client) -> N
         "release_resources",
         "renew_allocation",
         "get_allocation_history",
+        "await_allocation",
     ):
         text = await call_error(client, tool, {"allocation_id": UNKNOWN_ID})
         assert f"allocation '{UNKNOWN_ID}' not found" in text, tool
@@ -755,6 +758,19 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("request_resources", {**VALID, "tenant": "team a"}, "tenant"),
     ("request_resources", {**VALID, "tenant": HUGE}, "tenant"),
     ("request_resources", {**VALID, "tenant": 7}, "tenant"),
+    ("request_resources", {**VALID, "block_seconds": 5}, "needs wait=true"),
+    (
+        "request_resources",
+        {**VALID, "wait": True, "dry_run": True, "block_seconds": 5},
+        "no dry_run",
+    ),
+    (
+        "request_resources",
+        {**VALID, "wait": True, "block_seconds": 241},
+        "block_seconds: must be at most 240",
+    ),
+    ("request_resources", {**VALID, "wait": True, "block_seconds": 0}, "at least 1"),
+    ("request_resources", {**VALID, "wait": True, "block_seconds": 1.5}, "block_"),
     ("release_resources", {}, "allocation_id"),
     ("release_resources", {"allocation_id": 5}, "allocation_id"),
     ("release_resources", {"allocation_id": "alloc-XYZ"}, "allocation_id"),
@@ -854,6 +870,15 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("set_scheduling", {"policy": "strict"}, "policy"),
     ("list_mcp_servers", {"pool": "elsewhere"}, "pool 'elsewhere' not found"),
     ("list_mcp_servers", {"pools": "default"}, "pools"),
+    ("await_allocation", {}, "allocation_id"),
+    ("await_allocation", {"allocation_id": "alloc-"}, "allocation_id"),
+    ("await_allocation", {"allocation_id": UNKNOWN_ID}, "not found"),
+    (
+        "await_allocation",
+        {"allocation_id": UNKNOWN_ID, "block_seconds": 241},
+        "block_seconds: must be at most 240",
+    ),
+    ("await_allocation", {"allocation_id": UNKNOWN_ID, "wait": True}, "wait"),
     ("get_mcp_status", {}, "name"),
     ("get_mcp_status", {"name": "nope"}, 'unknown MCP server "nope"'),
     (

@@ -20,6 +20,7 @@ from mcp.server.auth.provider import AccessToken
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.http.auth import TENANT_CLAIM, Access, expand_scopes
 from allocation_ledger.adapters.http.tokens import TOKEN_LIST
+from allocation_ledger.adapters.mcp.server import change_feed
 from allocation_ledger.adapters.mcp.tools.allocations import AllocationTools
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
@@ -181,7 +182,7 @@ def token_of(subject: str, tenant: str, scope: str) -> Iterator[None]:
 def allocation_tools(service: AllocationService) -> AllocationTools:
     """The tools themselves, called without a server around them, so that no
     background sweep expires anything first."""
-    return AllocationTools(service, Access(require_token=True))
+    return AllocationTools(service, Access(require_token=True), change_feed(service))
 
 
 @pytest.mark.anyio

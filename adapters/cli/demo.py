@@ -1,5 +1,6 @@
 """`allocation-ledger demo`: the real server over stdio, driven by a real MCP
-client through requests, a retry, a refusal, a renewal and releases, with a
+client through requests, a retry, a refusal, a request that waits in the
+call until another agent releases, a renewal and releases, with a
 real MCP server (the reference `mcp-server-time`) started on demand, called
 by an agent at the endpoint the ledger handed out, shared, and stopped once
 idle."""
@@ -133,11 +134,16 @@ async def _drive_server(settings: Settings, console: Console, config: Path) -> N
     run = uuid.uuid4().hex[:8]
 
     async with Client(params) as client:
+        from mcp.shared.dispatcher import ProgressFnT
 
-        async def call(tool: str, **arguments: Any) -> dict[str, Any]:
+        async def call(
+            tool: str, *, on_progress: ProgressFnT | None = None, **arguments: Any
+        ) -> dict[str, Any]:
             shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
             console.print(f"[bold cyan]→ {tool}[/]({shown})")
-            result = await client.call_tool(tool, arguments)
+            result = await client.call_tool(
+                tool, arguments, progress_callback=on_progress
+            )
             text = " ".join(
                 c.text for c in result.content if isinstance(c, TextContent)
             )
@@ -220,6 +226,10 @@ async def _drive_server(settings: Settings, console: Console, config: Path) -> N
         console.print(allocations_table(listing["allocations"]))
 
         granted = [r for r in (first, second) if r["status"] == "active"]
+        if len(granted) == 2:
+            # The second agent's allocation goes to a waiting agent instead.
+            waiter = await _one_agent_waits_for_another(console, call, second, run)
+            granted = [first, waiter]
         if granted:
             renewed = await call(
                 "renew_allocation",
@@ -249,6 +259,61 @@ async def _drive_server(settings: Settings, console: Console, config: Path) -> N
         console.print(capacity_summary_table(capacity))
         if granted:
             await _wait_for_idle_stop(console, call, _endpoint(granted[0]))
+
+
+async def _one_agent_waits_for_another(
+    console: Console, call: Call, holder: Mapping[str, Any], run: str
+) -> dict[str, Any]:
+    """An agent asks for more workers than are free, with wait=true and
+    block_seconds: its call waits in the queue, told its place by progress
+    notifications, and returns active as soon as `holder` is released."""
+    capacity = await call("get_capacity")
+    free = int(capacity["available_workers"])
+    wanted = free + int(holder["resources"]["workers"])
+    console.print(
+        f"[bold magenta]agent B[/] needs {wanted} workers, {free} are free: it "
+        "asks with wait=true and block_seconds=60, so its call waits for them"
+    )
+    told = anyio.Event()
+
+    async def progress(
+        progress: float, total: float | None, message: str | None
+    ) -> None:
+        console.print(f"  [magenta]progress {progress:g}[/]: {message}")
+        told.set()
+
+    answer: dict[str, Any] = {}
+
+    async def ask() -> None:
+        answer.update(
+            await call(
+                "request_resources",
+                on_progress=progress,
+                job_id="demo-waiter",
+                mcp_servers=[],
+                workers=wanted,
+                wait=True,
+                block_seconds=60,
+                metadata={"demo_run": run},
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ask)
+        with anyio.fail_after(30):
+            await told.wait()
+        console.print(f"[bold magenta]agent A[/] releases {holder['allocation_id']}")
+        released_at = time.monotonic()
+        await call("release_resources", allocation_id=holder["allocation_id"])
+    waited = time.monotonic() - released_at
+    _show_request(console, answer)
+    if answer.get("status") != "active":
+        raise DemoError(f"the waiting request was not granted: {answer}")
+    console.print(
+        f"  agent B's call returned {waited:.2f} s after agent A's release: "
+        "granted in the release's own transaction"
+    )
+    return answer
 
 
 def _endpoint(result: Mapping[str, Any]) -> str:

@@ -103,7 +103,8 @@ def build_server(
         access = Access(require_token=verifier is not None)
     if metrics is None:
         metrics = LedgerMetrics(service, TOOLS)
-    allocations = AllocationTools(service, access)
+    changes = change_feed(service)
+    allocations = AllocationTools(service, access, changes)
     capacity = CapacityTools(service, access)
     audit = AuditTools(service, access)
     groups = (
@@ -112,9 +113,9 @@ def build_server(
         SchedulingTools(service, access),
         audit,
         McpServerTools(service, access),
+        allocations.waits,
     )
 
-    changes = change_feed(service)
     updates = resource_updates(service)
     updates.follow(changes)
 

@@ -175,6 +175,39 @@ MaxWaitArg = Annotated[
         ),
     ),
 ]
+MAX_BLOCK_SECONDS = 240
+"""The longest one call may block (block_seconds): four minutes, so that the
+answer always comes within the 300 s read timeout the official client's
+HTTP transport has by default, with a minute to spare; wait again for
+longer (await_allocation)."""
+BlockSecondsArg = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=1,
+        le=MAX_BLOCK_SECONDS,
+        description=(
+            "With wait=true: keep the call open up to this many seconds "
+            f"(1-{MAX_BLOCK_SECONDS}) while the request is queued, and answer as "
+            "soon as it is granted (status 'active', with endpoints), fails or "
+            "times out in the queue; after that it answers status 'queued' as "
+            "without it. Cancelling the call leaves the request queued "
+            "(release_resources withdraws it). Omit to answer at once."
+        ),
+    ),
+]
+AwaitSecondsArg = Annotated[
+    int,
+    Field(
+        strict=True,
+        ge=1,
+        le=MAX_BLOCK_SECONDS,
+        description=(
+            f"The longest to wait, in seconds (1-{MAX_BLOCK_SECONDS}); then the "
+            "allocation is shown as it is (still queued or pending)."
+        ),
+    ),
+]
 PreemptArg = Annotated[
     bool,
     Field(

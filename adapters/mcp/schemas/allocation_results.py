@@ -28,6 +28,7 @@ from allocation_ledger.adapters.mcp.schemas.units import (
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.provisioner import Endpoints
 from allocation_ledger.domain.values import AllocationState, Rejection, Resources
+from allocation_ledger.projections.views import AllocationView
 
 
 class RequestResourcesResult(BaseModel):
@@ -206,4 +207,59 @@ def request_result(
         queue_position=queue_position if state is AllocationState.QUEUED else None,
         error=error if state is AllocationState.FAILED else None,
         reason=reason,
+    )
+
+
+def request_result_of_view(
+    view: AllocationView,
+    *,
+    worker_size: Resources,
+    replayed: bool,
+    expired_first: list[str],
+    preempted: list[str],
+    queue_position: int | None,
+) -> RequestResourcesResult:
+    """request_resources' answer after its call waited (block_seconds), from
+    the allocation's listing row as it is now: the same keys and values as
+    `request_result` gives for an allocation in that state. `replayed`,
+    `expired_first` and `preempted` are those of the request itself."""
+    state = AllocationState(view.state)
+    rejection = None if view.rejection is None else Rejection.from_dict(view.rejection)
+    queued = state is AllocationState.QUEUED
+    return RequestResourcesResult(
+        allocation_id=view.allocation_id,
+        status=state.value,
+        job_id=view.job_id,
+        mcp_servers=[server_endpoint(s, s.endpoint, state) for s in view.servers],
+        workers_allocated=[
+            worker_endpoint(w, w.endpoint, state, worker_size) for w in view.workers
+        ],
+        resources=amounts(view.resources),
+        ttl_seconds=view.ttl_seconds,
+        created_at=view.created_at,
+        state=state.value,
+        priority=view.priority,
+        expires_at=view.expires_at,
+        pool=view.pool,
+        request_id=view.request_id,
+        replayed=replayed,
+        dry_run=False,
+        expired_first=expired_first,
+        preempted=preempted,
+        tenant=view.tenant,
+        queue_deadline=view.queue_deadline,
+        waiting_for=(
+            reason_of(Rejection.from_dict(view.waiting_for))
+            if queued and view.waiting_for is not None
+            else None
+        ),
+        queue_position=queue_position if queued else None,
+        error=(
+            (refusal_message(reason_of(rejection)) if rejection else view.error)
+            if state is AllocationState.FAILED
+            else None
+        ),
+        reason=failure_reason(
+            rejection, failed=state is AllocationState.FAILED, error=view.error
+        ),
     )

@@ -236,15 +236,24 @@ def preemption_rules(view: CapacityView) -> PreemptionRules:
 _BY_RANK = {p.rank: p for p in Priority}
 
 
-def queued_requests(view: CapacityView, now: datetime) -> list[QueuedRequest]:
+def _rank(view: CapacityView, entry: QueuedView, now: datetime) -> int:
+    return queue_rank(
+        Priority(entry.priority), entry.enqueued_at, now, view.aging_seconds
+    )
+
+
+def queue_order(view: CapacityView, now: datetime) -> list[QueuedView]:
     """A pool's queue in serving order: effective rank (aged), then arrival."""
+    return sorted(view.queue.values(), key=lambda e: (-_rank(view, e, now), e.arrival))
+
+
+def queued_requests(view: CapacityView, now: datetime) -> list[QueuedRequest]:
+    """A pool's queue in serving order (`queue_order`), as get_queue shows it."""
 
     def rank(entry: QueuedView) -> int:
-        return queue_rank(
-            Priority(entry.priority), entry.enqueued_at, now, view.aging_seconds
-        )
+        return _rank(view, entry, now)
 
-    ordered = sorted(view.queue.values(), key=lambda e: (-rank(e), e.arrival))
+    ordered = queue_order(view, now)
     return [
         QueuedRequest(
             position=position,

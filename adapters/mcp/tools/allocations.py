@@ -1,43 +1,33 @@
-"""The allocation tools: request, release, renew, clean up, get and list."""
+"""The allocation tools: request, release, renew, clean up, get and list
+(get and list in allocation_queries.py), and await (waiting.py)."""
 
 from __future__ import annotations
 
-import json
 from contextlib import suppress
-from typing import Annotated
+from typing import Any
 
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent
 
+from allocation_ledger.adapters.http.auth import Access
+from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
 from allocation_ledger.adapters.mcp.schemas.allocation_arguments import (
-    AfterArg,
     AllocationIdArg,
+    BlockSecondsArg,
     DryRunArg,
     JobIdArg,
-    JobIdFilterArg,
-    LimitArg,
     MaxWaitArg,
     McpServersArg,
     MetadataArg,
     PoolArg,
-    PoolFilterArg,
     PreemptArg,
     PriorityArg,
-    PriorityFilterArg,
     RenewTtlArg,
     RequestIdArg,
-    StateArg,
     TenantArg,
-    TenantFilterArg,
     TtlArg,
     WaitArg,
     WorkersArg,
-)
-from allocation_ledger.adapters.mcp.schemas.allocation_listing import (
-    AllocationDetail,
-    AllocationList,
-    allocation_detail,
-    allocation_summary,
 )
 from allocation_ledger.adapters.mcp.schemas.allocation_results import (
     CleanupResult,
@@ -49,7 +39,8 @@ from allocation_ledger.adapters.mcp.schemas.allocation_results import (
 from allocation_ledger.adapters.mcp.schemas.refusals import retry_conflict_message
 from allocation_ledger.adapters.mcp.schemas.scheduling import queued_requests
 from allocation_ledger.adapters.mcp.schemas.units import cores
-from allocation_ledger.adapters.mcp.tools.group import ToolGroup, logger
+from allocation_ledger.adapters.mcp.tools.allocation_queries import AllocationQueries
+from allocation_ledger.adapters.mcp.tools.group import logger
 from allocation_ledger.adapters.mcp.tools.outcomes import (
     release_settle,
     renew_settle,
@@ -58,14 +49,13 @@ from allocation_ledger.adapters.mcp.tools.outcomes import (
 )
 from allocation_ledger.adapters.mcp.tools.servers import (
     check_servers_known,
-    show_live_servers,
-    show_workers,
 )
+from allocation_ledger.adapters.mcp.tools.waiting import AllocationWaits
+from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.adapters.storage.store_errors import is_store_error
 from allocation_ledger.domain.errors import PoolNotFoundError, RequestIdConflictError
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.results import RequestResult
-from allocation_ledger.domain.tenancy import Visibility
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
@@ -73,11 +63,17 @@ from allocation_ledger.domain.values import (
     Rejection,
     Resources,
 )
-from allocation_ledger.projections.store import MAX_PAGE_SIZE, ListingQuery
 
 
-class AllocationTools(ToolGroup):
-    """Request, release, renew and expire allocations; show and list them."""
+class AllocationTools(AllocationQueries):
+    """Request, release, renew and expire allocations; show and list them;
+    `waits` waits for them (await_allocation, block_seconds) on `changes`."""
+
+    def __init__(
+        self, service: AllocationService, access: Access, changes: ChangeFeed
+    ) -> None:
+        super().__init__(service, access)
+        self.waits = AllocationWaits(service, access, changes, self.detail)
 
     def _waiting_for(self, result: RequestResult) -> Rejection | None:
         """What a queued request waits for: recorded with it, or (dry run)
@@ -141,6 +137,8 @@ class AllocationTools(ToolGroup):
         max_wait_seconds: MaxWaitArg = None,
         preempt: PreemptArg = True,
         tenant: TenantArg = None,
+        block_seconds: BlockSecondsArg = None,
+        ctx: Context[Any, Any] | None = None,
     ) -> RequestResourcesResult:
         """Reserve workers and MCP servers for a job and get their endpoints.
 
@@ -167,6 +165,11 @@ class AllocationTools(ToolGroup):
         "queued", it holds nothing, `waiting_for` says what it waits for,
         `queue_position` its place (get_queue shows the queue), and it is
         granted (becomes active) as soon as room frees, in priority order.
+        With block_seconds (1-240, needs wait=true) the call itself waits
+        that long for the grant and answers as soon as it is active (with
+        endpoints) or failed; progress notifications tell its queue position
+        meanwhile; cancelling the call leaves it queued (await_allocation
+        waits again).
         With max_wait_seconds it fails with reason code "queue_timeout" if not
         granted in time; release_resources cancels it. Under the pool's strict
         queue policy a new request does not pass requests queued ahead of it
@@ -196,6 +199,11 @@ class AllocationTools(ToolGroup):
         """
         caller = self._caller("request_resources")
         actor = caller.actor
+        if block_seconds is not None and (dry_run or not wait):
+            raise ToolError(
+                "block_seconds waits for a queued request: it needs wait=true "
+                "and no dry_run"
+            )
         tenant = (
             caller.tenant
             if tenant is None
@@ -244,7 +252,12 @@ class AllocationTools(ToolGroup):
                 queue_position=self._queue_position(result),
             )
 
-        return await self._call(work, settle=request_settle(request_id))
+        reply = await self._call(work, settle=request_settle(request_id))
+        if block_seconds is None:
+            return reply
+        return await self.waits.finish_request(
+            reply, caller=caller, block_seconds=block_seconds, ctx=ctx
+        )
 
     async def release_resources(
         self, allocation_id: AllocationIdArg
@@ -368,91 +381,3 @@ class AllocationTools(ToolGroup):
             )
 
         return await self._call(work, settle=repeat_settle("cleanup_expired"))
-
-    async def get_allocation(self, allocation_id: AllocationIdArg) -> AllocationDetail:
-        """Show one allocation: state, resources, endpoints, times, lease.
-
-        Includes what it holds, its MCP server and worker endpoints, its
-        timestamps (created, activated, expires, released), whether its lease
-        has run out (is_expired), its tenant and, for a refused request, the
-        error and reason. A queued one (state "queued") holds nothing and
-        shows queue_deadline and waiting_for; a preempted one shows
-        preempted_by, the allocation that took its capacity (left out when that
-        one is another tenant's and you lack the admin scope). An unknown
-        allocation_id is an error; without the admin scope, so is another
-        tenant's, with the same words.
-        """
-        caller = self._caller("get_allocation")
-        return await self._call(lambda: self.detail(allocation_id, caller.visibility))
-
-    def detail(self, allocation_id: str, visibility: Visibility) -> AllocationDetail:
-        """get_allocation's answer (also the allocation resource) for a
-        caller who sees `visibility`; blocking."""
-        view = self.read.allocation(allocation_id, visibility)
-        if view.preempted_by is not None and not self._visible_ids(
-            [view.preempted_by], visibility
-        ):
-            view.preempted_by = None
-        detail = allocation_detail(
-            view,
-            worker_size=self._worker_size(view.pool, caught_up=True),
-            now=self.ledger.clock.now(),
-        )
-        if view.state == AllocationState.ACTIVE.value:
-            show_live_servers(detail, self.ledger.provisioner)
-        show_workers(detail, self.ledger)
-        return detail
-
-    async def list_allocations(
-        self,
-        *,
-        state: StateArg = None,
-        job_id: JobIdFilterArg = None,
-        priority: PriorityFilterArg = None,
-        pool: PoolFilterArg = None,
-        after: AfterArg = 0,
-        limit: LimitArg = MAX_PAGE_SIZE,
-        tenant: TenantFilterArg = None,
-    ) -> Annotated[CallToolResult, AllocationList]:
-        """List allocations, oldest first, optionally filtered.
-
-        Without the admin scope you see your tenant's allocations only; with
-        it (or over stdio), every tenant's. Filters: state (queued, pending,
-        active, releasing, released, expired, failed, preempted), job_id,
-        priority, pool, tenant. Each item has
-        allocation_id, job_id, state, priority, workers, age_seconds and
-        is_expired, plus pool, created_at, expires_at, sequence, tenant,
-        queue_deadline and, when preempted, preempted_by. Returns at most
-        `limit` items; for the next
-        page pass the last item's sequence as `after`. The text result is the
-        JSON list; the structured result is {allocations, count}.
-        """
-        caller = self._caller("list_allocations")
-        query = ListingQuery(
-            state=None if state is None else AllocationState(state),
-            job_id=job_id,
-            priority=None if priority is None else Priority(priority),
-            pool=pool,
-            after=after,
-            limit=limit,
-            tenant=self._tenant_filter(caller, "list_allocations", tenant),
-        )
-
-        def work() -> AllocationList:
-            views = self.read.allocations(query)
-            preemptors = [v.preempted_by for v in views if v.preempted_by]
-            shown = self._visible_ids(preemptors, caller.visibility)
-            for view in views:
-                if view.preempted_by not in shown:
-                    view.preempted_by = None
-            now = self.ledger.clock.now()
-            items = [allocation_summary(v, now=now) for v in views]
-            return AllocationList(allocations=items, count=len(items))
-
-        listing = await self._call(work)
-        structured = listing.model_dump(mode="json")
-        text = json.dumps(structured["allocations"], indent=2)
-        return CallToolResult(
-            content=[TextContent(type="text", text=text)],
-            structured_content=structured,
-        )

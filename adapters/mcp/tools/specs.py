@@ -55,6 +55,7 @@ TOOLS: dict[str, ToolSpec] = {
     "set_scheduling": ToolSpec("Set pool scheduling", "admin", destructive=True),
     "list_mcp_servers": ToolSpec("List MCP servers", "read", read_only=True),
     "get_mcp_status": ToolSpec("Get MCP server status", "read", read_only=True),
+    "await_allocation": ToolSpec("Await allocation", "read", read_only=True),
 }
 """Every tool. Scopes: admin includes write, write includes read. Releasing,
 cleaning up and setting capacity, quotas or scheduling take capacity from
