@@ -228,7 +228,7 @@ async def test_a_cancelled_call_leaves_the_request_queued(
             "queued at position 1 of 1 in pool default, waiting for 1 worker (0 free)"
         ]
         # The server stopped waiting: nobody listens to its changes any more.
-        await until(lambda: not server.changes._listeners)
+        await until(lambda: not server.changes.wanted())
         queued = await call(client, "list_allocations", state="queued")
         [allocation] = queued["allocations"]
         assert allocation["job_id"] == "patient"

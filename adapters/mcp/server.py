@@ -77,7 +77,10 @@ allocation_id, renew_allocation while the job runs past its ttl_seconds, and
 release_resources when done; whatever is not renewed expires and its capacity
 is taken back. A request that does not fit comes back with status "failed"
 and the reason; check get_capacity first to avoid that, or pass wait=true to
-queue (status "queued") until room frees; get_queue shows who waits. Higher
+queue (status "queued") until room frees, with block_seconds to have the call
+itself answer once granted (await_allocation waits again); get_queue shows
+who waits. Subscribe to ledger://allocations/{allocation_id} to be told of
+its changes and before its lease ends. Higher
 priorities may preempt lower ones (pass preempt=false to never do that). Pass
 a request_id to make retries safe. CPU is in cores, memory in MB, times in
 ISO 8601 (UTC).
