@@ -82,6 +82,7 @@ class BulkLoading(Protocol):
 # What an event class is to the folds (found once per class, not per event).
 _OTHER, _REQUESTED, _ALLOCATION, _CREATED, _POOL = range(5)
 _KINDS: dict[type[object], int] = {}
+_TOPIC_KINDS: dict[str, int] = {}  # the same, by the topics in the log
 
 
 def _kind(cls: type[object]) -> int:
@@ -107,9 +108,6 @@ def _topic_kind(topic: str) -> int:
             found = _OTHER  # decoding it will say what is wrong
         _TOPIC_KINDS[topic] = found
     return found
-
-
-_TOPIC_KINDS: dict[str, int] = {}
 
 
 def prefetch(

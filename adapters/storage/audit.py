@@ -154,7 +154,7 @@ def verify(
         settled=comparison.add,
         lookup=service.store,
     )
-    pools: dict[UUID, Pool] = {}
+    pools: dict[UUID, Pool | None] = {}  # None: not foldable here
     with collector_paused():
         for position, event in logged_events(
             service.projector.log,
@@ -166,10 +166,7 @@ def verify(
             if checker.violation is not None:
                 break
             if isinstance(event, Pool.Event):
-                key = event.originator_id
-                mutated = event.mutate(pools.get(key))
-                if isinstance(mutated, Pool):
-                    pools[key] = mutated
+                _fold_pool(pools, event)
         violation = checker.finish()
     report = VerifyReport(
         events=checker.events,
@@ -186,6 +183,20 @@ def verify(
         )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _fold_pool(pools: dict[UUID, Pool | None], event: Pool.Event) -> None:
+    """Apply a pool's event to the pool as its events make it. A pool whose
+    events its own code refuses is left to the ledger's read at the end,
+    which reports that in its own words."""
+    key = event.originator_id
+    if key in pools and pools[key] is None:
+        return
+    try:
+        mutated = event.mutate(pools.get(key))
+    except Exception:  # noqa: BLE001 - any refusal: the ledger's read says it
+        mutated = None
+    pools[key] = mutated if isinstance(mutated, Pool) else None
 
 
 class _RowComparison:
@@ -242,7 +253,9 @@ class _RowComparison:
 
 
 def _compare_pools(
-    service: AllocationService, checker: InvariantChecker, replayed: dict[UUID, Pool]
+    service: AllocationService,
+    checker: InvariantChecker,
+    replayed: dict[UUID, Pool | None],
 ) -> list[str]:
     """The replayed capacity rows against the stored ones and the aggregates.
 
