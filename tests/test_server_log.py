@@ -112,3 +112,19 @@ def test_the_log_format_is_a_setting_too(tmp_path: Path) -> None:
     assert process.returncode == 0, process.stderr
     entries = [json.loads(line) for line in process.stderr.splitlines()]
     assert any(e["logger"] == "allocation_ledger.serve" for e in entries)
+
+
+def test_the_config_lines_are_logged_whole(tmp_path: Path) -> None:
+    """What the server applies from its catalog is the operator's own text:
+    never cut like the values a caller sends (the cut is for those)."""
+    config = tmp_path / "ledger.toml"
+    config.write_text(
+        "[pools.a-pool-with-a-rather-long-name-for-its-log-line]\n"
+        "cpu = 8\nmemory = 8192\nworkers = 4\n"
+        'advertise_host = "ledger-worker-host.example.internal"\n'
+    )
+    _, errors = serve_stdio(tmp_path, "--config", str(config))
+    lines = [line for line in errors.splitlines() if ": config: " in line]
+    assert lines, errors
+    assert any("a-pool-with-a-rather-long-name-for-its-log-line" in x for x in lines)
+    assert not any("characters)" in line for line in lines), lines

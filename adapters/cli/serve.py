@@ -148,7 +148,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         config = os.environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_FILE_LABEL
         for change in apply_catalog(service.ledger, settings.catalog, path=config):
-            logger.info("config: %s", change)
+            # The operator's own catalog, said whole (values passed as
+            # arguments are cut to a field's length, for what callers send).
+            logger.info("config: " + change)
     except CatalogError as error:
         service.close()
         if http_socket is not None:
