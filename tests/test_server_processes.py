@@ -5,6 +5,7 @@ and the reference time server behind the stdio bridge."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -349,13 +350,19 @@ def test_a_start_slower_than_its_timeout_fails_and_leaves_nothing(
 
 
 def test_a_later_run_adopts_a_running_server_and_stops_what_is_not_expected(
-    supervisors: Callable[..., ServerProcesses], events: Events
+    supervisors: Callable[..., ServerProcesses],
+    events: Events,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     spec, port = http_spec(), free_port()
     first = supervisors()
     started = first.ensure_running(POOL, spec, port, HOST)
-    first.close(stop_all=False)
+    with caplog.at_level(logging.INFO):
+        first.close(stop_all=False)
     assert started.pid is not None and control.is_alive(started.pid)
+    # The operator is told what was left running, and how to stop it instead.
+    assert f"{spec.name} of pool {POOL}" in caplog.text
+    assert "ALLOCATION_LEDGER_STOP_MCP_SERVERS_ON_EXIT=true" in caplog.text
 
     second = supervisors(catalog={spec.name: spec})
     reported = second.reconcile({(POOL, spec.name): port}, HOST)

@@ -156,11 +156,19 @@ class ServerProcesses(Supervision):
             restarting = list(self._restart_threads)
         for thread in restarting:
             thread.join()
+        with self._lock:
+            keys = [key for key, server in self._servers.items() if server.pid]
         if stop_all:
-            with self._lock:
-                keys = [key for key, server in self._servers.items() if server.pid]
             for pool, name in keys:
                 self.stop(pool, name)
+        elif keys:
+            logger.info(
+                "left %d MCP server process(es) running for the next start on "
+                "this data directory to adopt: %s (set "
+                "ALLOCATION_LEDGER_STOP_MCP_SERVERS_ON_EXIT=true to stop them)",
+                len(keys),
+                ", ".join(f"{name} of pool {pool}" for pool, name in keys),
+            )
 
     # -- starting, stopping, adopting --------------------------------------
 
