@@ -95,7 +95,7 @@ def reason_of(rejection: Rejection) -> Reason:
         dimension=rejection.dimension.value,
         requested=_client_amount(rejection.dimension, rejection.requested),
         available=_client_amount(rejection.dimension, rejection.available),
-        preemption=rejection.preemption,  # type: ignore[arg-type]
+        preemption=rejection.preemption,
     )
 
 
