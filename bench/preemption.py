@@ -89,7 +89,7 @@ def greedy(
     pool: PoolView, request: AllocationRequest, needed: Resources
 ) -> list[Reservation] | None:
     """The rule the exact search replaced above 12 candidates."""
-    allowed = preemption_candidates(pool, request, T0)
+    allowed = preemption_candidates(pool, request, T0, tenant=None)
     allowed.sort(key=lambda r: r.priority.rank)  # stable: youngest first within
     chosen: list[Reservation] = []
     for reservation in allowed:
@@ -109,7 +109,7 @@ def every_subset(
     pool: PoolView, request: AllocationRequest, needed: Resources
 ) -> list[Reservation] | None:
     """The rule by trying every subset (the reference the tests use)."""
-    youth = preemption_candidates(pool, request, T0)
+    youth = preemption_candidates(pool, request, T0, tenant=None)
     position = {r.allocation_id: i for i, r in enumerate(youth)}
     best: tuple[Any, ...] | None = None
     chosen: list[Reservation] | None = None
@@ -147,7 +147,7 @@ def _time(
 def _exact(
     pool: PoolView, request: AllocationRequest, needed: Resources
 ) -> list[Reservation] | None:
-    return preemption_victims(pool, request, needed, now=T0)
+    return preemption_victims(pool, request, needed, now=T0, tenant=None)
 
 
 def _ids(victims: Sequence[Reservation] | None) -> list[str] | None:
@@ -165,7 +165,7 @@ def run(scale: Scale) -> Result:
         seeds = scale.pick(20, 5)
         for seed in range(seeds):
             pool, request, needed = scenario(candidates, seed)
-            exact = preemption_victims(pool, request, needed, now=T0)
+            exact = preemption_victims(pool, request, needed, now=T0, tenant=None)
             rough = greedy(pool, request, needed)
             assert exact is not None and rough is not None
             fewer += len(exact) < len(rough)

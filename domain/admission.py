@@ -21,7 +21,10 @@ those of docs/scheduling.md, "What happens to a request", in that order:
    that the pool's rules allow (preemption.py), but only of allocations
    that were live before this decision: one granted in the same unit of
    work (`granted_now`) is never preempted by it (invariant 10: nothing is
-   granted and preempted in one decision).
+   granted and preempted in one decision). Of other tenants' allocations,
+   only those the pool's `cross_tenant_preemption` allows are candidates
+   (cross_tenant.py); when that alone kept preemption from helping, the
+   refusal (or what a queued request waits for) says so in `preemption`.
 5. Queue or refuse: a request that does not fit is queued with `wait`, else
    refused (`insufficient_capacity`, what is free now). One bigger than the
    whole pool is never queued (invariant 10: nothing stays queued that can
@@ -32,10 +35,11 @@ those of docs/scheduling.md, "What happens to a request", in that order:
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from allocation_ledger.domain.capacity import never_fits, quota_shortfall, shortfall
+from allocation_ledger.domain.cross_tenant import CrossTenantRule, cross_tenant_rule
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.pool_state import (
     PoolState,
@@ -44,9 +48,12 @@ from allocation_ledger.domain.pool_state import (
     ServerInstance,
 )
 from allocation_ledger.domain.ports import PortRanges
-from allocation_ledger.domain.preemption import preemption_victims
+from allocation_ledger.domain.preemption import (
+    preemption_candidates,
+    preemption_victims,
+)
 from allocation_ledger.domain.queueing import waiting_ahead
-from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.scheduling import CrossTenantPreemption, Scheduling
 from allocation_ledger.domain.values import AllocationRequest, Rejection, Resources
 
 
@@ -98,7 +105,8 @@ def admit(
 ) -> Admission:
     """Decide what becomes of a new request in `pool`, as things are at `now`.
 
-    `tenant`: whose quota it counts against (None: no quota applies);
+    `tenant`: whose quota it counts against (None: no quota applies), and
+    whose allocations are its own for preemption (cross_tenant.py);
     `preempt`: whether it may take lower priorities' capacity; `wait`:
     whether it may be queued instead of refused; `resources`: what its
     allocation holds while live (its workers: millicores, MiB, workers), if
@@ -119,12 +127,18 @@ def admit(
     if ahead is None:
         if short is None:
             return Grant()
+        refusal = short
         if preempt:
             live_before = _LiveBefore(pool, frozenset(granted_now))
-            victims = preemption_victims(live_before, request, needed, now=now)
+            across = cross_tenant_rule(live_before, tenant)
+            victims = preemption_victims(
+                live_before, request, needed, now=now, tenant=tenant, across=across
+            )
             if victims:
                 return Grant(tuple(victims))
-        refusal = short
+            refusal = _noted(
+                live_before, request, needed, short, across=across, now=now
+            )
     else:
         refusal = short or ahead
     if not wait:
@@ -133,6 +147,30 @@ def admit(
         pool, pool.settings.in_empty_pool(request), servers=len(request.servers)
     )
     return Queue(refusal) if never is None else Refuse(never)
+
+
+def _noted(
+    pool: PoolState,
+    request: AllocationRequest,
+    needed: Resources,
+    short: Rejection,
+    *,
+    across: CrossTenantRule,
+    now: datetime,
+) -> Rejection:
+    """`short`, saying so (`preemption`) when preemption did not help only
+    because of the pool's cross-tenant rule: the allocations its priority
+    may preempt, of every tenant, would make room (cross_tenant.py)."""
+    note = across.refusal_note
+    if note is None:
+        return short
+    anyone = CrossTenantRule(CrossTenantPreemption.ANY, across.tenant, {})
+    candidates = preemption_candidates(pool, request, now, tenant=None, across=anyone)
+    if not candidates or (
+        shortfall(pool, request, needed, freeing=candidates) is not None
+    ):
+        return short
+    return replace(short, preemption=note)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,11 @@ from allocation_ledger.domain.pool_state import (
     ServerInstance,
 )
 from allocation_ledger.domain.ports import PortRanges
-from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.scheduling import (
+    CrossTenantPreemption,
+    Scheduling,
+    cross_tenant_of,
+)
 from allocation_ledger.domain.values import (
     AllocationRequest,
     Priority,
@@ -65,9 +69,17 @@ class Pool(PoolDecisions, Aggregate):
         ports: dict[str, int] | None = None
         # Per MCP server, where the catalog gives one; None in older histories.
         server_idle_timeouts: dict[str, int] | None = None
+        # The pool's cross-tenant preemption from the start; None in histories
+        # older than the setting, whose pools compared priorities across
+        # tenants: they read as `any`.
+        cross_tenant_preemption: str | None = None
 
         def apply(self, aggregate: Pool) -> None:
             aggregate.name = self.name
+            aggregate.scheduling = replace(
+                aggregate.scheduling,
+                cross_tenant_preemption=cross_tenant_of(self.cross_tenant_preemption),
+            )
             aggregate.ports = PortRanges(**self.ports) if self.ports else PortRanges()
             aggregate.settings = PoolSettings(
                 capacity=Resources.from_dict(self.capacity),
@@ -238,16 +250,22 @@ class Pool(PoolDecisions, Aggregate):
             aggregate.reserved = aggregate.reserved - server.held
 
     class SchedulingConfigured(Event):
+        """The pool's queue policy, aging, preemption rules and cross-tenant
+        preemption. `cross_tenant_preemption`: None in histories older than
+        the setting, which compared priorities across tenants (`any`)."""
+
         TOPIC = "allocation-ledger:pool:scheduling-configured"
         queue_policy: str
         aging_seconds: int
         preemption: dict[str, list[str]]
+        cross_tenant_preemption: str | None = None
 
         def apply(self, aggregate: Pool) -> None:
             aggregate.scheduling = Scheduling(
                 queue_policy=QueuePolicy(self.queue_policy),
                 aging_seconds=self.aging_seconds,
                 preemption={k: tuple(v) for k, v in self.preemption.items()},
+                cross_tenant_preemption=cross_tenant_of(self.cross_tenant_preemption),
             )
 
     class QuotaSet(Event):
@@ -297,8 +315,11 @@ class Pool(PoolDecisions, Aggregate):
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
-        """Snapshots taken before scheduling existed."""
-        state["scheduling"] = Scheduling()
+        """Snapshots taken before scheduling existed (so before the
+        cross-tenant setting: priorities compared across tenants)."""
+        state["scheduling"] = Scheduling(
+            cross_tenant_preemption=CrossTenantPreemption.ANY
+        )
         state["queue"] = {}
         state["arrivals"] = 0
         state["quotas"] = {}
@@ -345,4 +366,5 @@ class Pool(PoolDecisions, Aggregate):
             idle_timeout_seconds=settings.idle_timeout_seconds,
             ports=(ports or PortRanges()).as_dict(),
             server_idle_timeouts=timeouts_to_event(settings.server_idle_timeouts),
+            cross_tenant_preemption=Scheduling().cross_tenant_preemption.value,
         )

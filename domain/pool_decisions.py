@@ -382,7 +382,8 @@ class PoolDecisions(_Aggregate):
     def configure_scheduling(
         self, scheduling: Scheduling, *, at: datetime, actor: str
     ) -> bool:
-        """Set the queue policy, aging and preemption rules (checked by
+        """Set the queue policy, aging, preemption rules and cross-tenant
+        preemption (checked by
         `scheduling.validate_scheduling` first). False if unchanged."""
         if scheduling == self.scheduling:
             return False
@@ -393,6 +394,7 @@ class PoolDecisions(_Aggregate):
             queue_policy=scheduling.queue_policy.value,
             aging_seconds=scheduling.aging_seconds,
             preemption={k: list(v) for k, v in sorted(scheduling.preemption.items())},
+            cross_tenant_preemption=scheduling.cross_tenant_preemption.value,
         )
         return True
 

@@ -2,7 +2,11 @@
 
 A pure function over a pool's state (`PoolState`). Only live allocations of
 a strictly lower priority that the pool's rules let the request's priority
-preempt are candidates (docs/scheduling.md, "Preemption"). Of the sets of
+preempt are candidates (docs/scheduling.md, "Preemption"), and of other
+tenants' allocations only those the pool's `cross_tenant_preemption` lets
+it take (cross_tenant.py: by default, those of tenants over their quota);
+candidates are filtered before the search, so the rule below is exact over
+them. Of the sets of
 candidates that would make the request fit, the one taken is, in this order
 (the order Kubernetes and Kueue use):
 
@@ -36,6 +40,7 @@ from allocation_ledger.domain.capacity import (
     shortfall,
     starting_costs,
 )
+from allocation_ledger.domain.cross_tenant import CrossTenantRule, cross_tenant_rule
 from allocation_ledger.domain.pool_state import PoolState, Reservation
 from allocation_ledger.domain.values import AllocationRequest, Resources
 
@@ -46,32 +51,49 @@ uses counts in full for each reservation using it (an upper bound)."""
 
 
 def preemption_candidates(
-    pool: PoolState, request: AllocationRequest, now: datetime
+    pool: PoolState,
+    request: AllocationRequest,
+    now: datetime,
+    *,
+    tenant: str | None,
+    across: CrossTenantRule | None = None,
 ) -> list[Reservation]:
-    """Live allocations the request's priority may preempt here, youngest
+    """Live allocations a request of `tenant` may preempt here, youngest
     first: latest reserved first (one reserved before times were kept counts
-    as reserved `now`), then in order of allocation id."""
+    as reserved `now`), then in order of allocation id. Its priority must
+    be allowed to preempt theirs, and `across` (by default the pool's
+    cross-tenant rule, `cross_tenant_rule(pool, tenant)`) must allow them."""
+    rule = cross_tenant_rule(pool, tenant) if across is None else across
     allowed = [
         r
         for r in pool.reservations.values()
-        if pool.scheduling.may_preempt(request.priority, r.priority)
+        if pool.scheduling.may_preempt(request.priority, r.priority) and rule.allows(r)
     ]
     allowed.sort(key=lambda r: (-(r.reserved_at or now).timestamp(), r.allocation_id))
     return allowed
 
 
 def preemption_victims(
-    pool: PoolState, request: AllocationRequest, needed: Resources, *, now: datetime
+    pool: PoolState,
+    request: AllocationRequest,
+    needed: Resources,
+    *,
+    now: datetime,
+    tenant: str | None,
+    across: CrossTenantRule | None = None,
 ) -> list[Reservation] | None:
     """The victims the rule above chooses, youngest first; None if no set
     the pool's rules allow would make the request fit.
+
+    `tenant`: the request's (None: no tenant); `across`: the cross-tenant
+    rule to apply (by default the pool's, worked out now).
 
     `needed`: what the request's allocation holds while live (its workers:
     millicores, MiB, workers; `capacity.shortfall` adds the costs of the
     servers it would start). Call it only for a request that does not fit
     as things are: the answer is then never empty.
     """
-    allowed = preemption_candidates(pool, request, now)
+    allowed = preemption_candidates(pool, request, now, tenant=tenant, across=across)
     if not allowed or shortfall(pool, request, needed, freeing=allowed) is not None:
         return None
     eligible = allowed

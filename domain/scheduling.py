@@ -4,8 +4,9 @@ The rules are in docs/scheduling.md: the queue is served by effective
 priority (aged one level per `aging_seconds` waited, up to critical), then
 arrival; `strict` lets nobody pass the head, `backfill` grants the first
 that fits; a priority preempts only the strictly lower ones its pool's rules
-name. The decisions themselves are in queueing.py, preemption.py and
-admission.py.
+name, and across tenants only where `cross_tenant_preemption` allows
+(cross_tenant.py). The decisions themselves are in queueing.py,
+preemption.py and admission.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.values import Priority, QueuePolicy
@@ -27,6 +29,28 @@ MAX_WAIT_SECONDS = 7 * 24 * 3600
 """The longest a request may wait in a queue, and the longest aging period."""
 
 
+class CrossTenantPreemption(StrEnum):
+    """Whether a request may preempt another tenant's allocations
+    (docs/scheduling.md, "Preemption across tenants"; the rule Kueue applies
+    to the queues of a cohort with `reclaimWithinCohort`).
+
+    Priorities are chosen by the caller, so across tenants they prove
+    nothing: by default another tenant's allocation is a candidate only
+    while that tenant holds more than its quota in the pool.
+    """
+
+    OVER_QUOTA = "over_quota"
+    """Another tenant's allocation may be preempted (by priority, as within
+    a tenant) only while that tenant holds more than its quota in the pool,
+    and only an allocation holding some of a dimension it is over in. A
+    tenant without a quota in the pool is never preempted by another."""
+    ANY = "any"
+    """Priorities compare across tenants as within one (what every pool
+    did before this setting existed; older histories read as this)."""
+    NEVER = "never"
+    """A request preempts only allocations of its own tenant."""
+
+
 def queue_rank(
     priority: Priority, enqueued_at: datetime, now: datetime, aging_seconds: int
 ) -> int:
@@ -35,6 +59,16 @@ def queue_rank(
     waited = max((now - enqueued_at).total_seconds(), 0.0)
     aged = int(waited // max(aging_seconds, 1))
     return min(priority.rank + aged, Priority.CRITICAL.rank)
+
+
+def cross_tenant_of(recorded: str | None) -> CrossTenantPreemption:
+    """The setting an event or snapshot recorded; None (histories older than
+    the setting, when priorities compared across tenants) reads as `any`."""
+    return (
+        CrossTenantPreemption.ANY
+        if recorded is None
+        else CrossTenantPreemption(recorded)
+    )
 
 
 @dataclass(frozen=True)
@@ -46,6 +80,8 @@ class Scheduling:
     such period it has waited (up to critical), so none waits forever behind
     newer, higher-priority ones. `preemption`: which priorities each priority
     may take capacity from (always strictly lower ones).
+    `cross_tenant_preemption`: whether those rules reach other tenants'
+    allocations (CrossTenantPreemption; `over_quota` for a new pool).
     """
 
     queue_policy: QueuePolicy = QueuePolicy.STRICT
@@ -53,6 +89,7 @@ class Scheduling:
     preemption: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_PREEMPTION)
     )
+    cross_tenant_preemption: CrossTenantPreemption = CrossTenantPreemption.OVER_QUOTA
 
     def may_preempt(self, by: Priority, victim: Priority) -> bool:
         """Whether a request of priority `by` may take a `victim`'s capacity:
@@ -78,7 +115,8 @@ def validate_wait(seconds: object) -> None:
 def validate_scheduling(scheduling: Scheduling) -> None:
     """Check a pool's scheduling settings: a known queue policy, an aging
     period of 1 to MAX_WAIT_SECONDS, preemption rules naming known priorities,
-    each only strictly lower ones. Raises InvalidRequestError naming the field.
+    each only strictly lower ones, a known cross-tenant setting. Raises
+    InvalidRequestError naming the field.
     """
     if not isinstance(scheduling.queue_policy, QueuePolicy):
         msg = (
@@ -91,6 +129,12 @@ def validate_scheduling(scheduling: Scheduling) -> None:
             f"got {scheduling.aging_seconds}"
         )
         raise InvalidRequestError(msg, field="aging_seconds")
+    if not isinstance(scheduling.cross_tenant_preemption, CrossTenantPreemption):
+        msg = (
+            "cross_tenant_preemption must be over_quota, any or never, got "
+            f"{scheduling.cross_tenant_preemption!r}"
+        )
+        raise InvalidRequestError(msg, field="cross_tenant_preemption")
     known = {p.value for p in Priority}
     for by, victims in scheduling.preemption.items():
         for victim in victims:

@@ -10,7 +10,7 @@ from eventsourcing.persistence import Transcoding
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.pool_state import QueueEntry, Reservation, ServerInstance
 from allocation_ledger.domain.ports import PortRanges
-from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.scheduling import Scheduling, cross_tenant_of
 from allocation_ledger.domain.values import (
     AllocationRequest,
     Priority,
@@ -94,6 +94,7 @@ class SchedulingAsDict(Transcoding):
             "queue_policy": obj.queue_policy.value,
             "aging_seconds": obj.aging_seconds,
             "preemption": {k: list(v) for k, v in obj.preemption.items()},
+            "cross_tenant_preemption": obj.cross_tenant_preemption.value,
         }
 
     def decode(self, data: dict[str, Any]) -> Scheduling:
@@ -101,6 +102,10 @@ class SchedulingAsDict(Transcoding):
             queue_policy=QueuePolicy(data["queue_policy"]),
             aging_seconds=data["aging_seconds"],
             preemption={k: tuple(v) for k, v in data["preemption"].items()},
+            # Absent in snapshots older than the setting: `any`, as they did.
+            cross_tenant_preemption=cross_tenant_of(
+                data.get("cross_tenant_preemption")
+            ),
         )
 
 

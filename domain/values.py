@@ -147,28 +147,39 @@ class Rejection:
     """Why a request did not fit: the first dimension short, with the amounts.
 
     Amounts are in domain units (millicores, MiB, workers, ports).
+    `preemption`: set when preemption would have made room but the pool's
+    cross-tenant rule kept it from taking other tenants' allocations
+    (cross_tenant.py: "other_tenants_within_quota" or
+    "other_tenants_never_preempted"); absent from events otherwise, as in
+    histories older than it.
     """
 
     code: str
     dimension: Dimension
     requested: int
     available: int
+    preemption: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        recorded: dict[str, Any] = {
             "code": self.code,
             "dimension": str(self.dimension),
             "requested": self.requested,
             "available": self.available,
         }
+        if self.preemption is not None:
+            recorded["preemption"] = self.preemption
+        return recorded
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rejection:
+        preemption = data.get("preemption")
         return cls(
             code=str(data["code"]),
             dimension=Dimension(data["dimension"]),
             requested=int(data["requested"]),
             available=int(data["available"]),
+            preemption=None if preemption is None else str(preemption),
         )
 
 

@@ -67,6 +67,7 @@ def capacity_view_of(pool: Pool) -> CapacityView:
         queue_policy=pool.scheduling.queue_policy.value,
         aging_seconds=pool.scheduling.aging_seconds,
         preemption={by: list(v) for by, v in pool.scheduling.preemption.items()},
+        cross_tenant_preemption=pool.scheduling.cross_tenant_preemption.value,
         quotas=dict(pool.quotas),
         held_by_tenant=held_by_tenant,
     )

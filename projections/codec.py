@@ -132,6 +132,7 @@ def capacity_to_dict(view: CapacityView) -> dict[str, Any]:
         "queue_policy": view.queue_policy,
         "aging_seconds": view.aging_seconds,
         "preemption": view.preemption,
+        "cross_tenant_preemption": view.cross_tenant_preemption,
         "quotas": {t: r.as_dict() for t, r in sorted(view.quotas.items())},
         "held_by_tenant": {
             t: r.as_dict() for t, r in sorted(view.held_by_tenant.items())
@@ -197,6 +198,8 @@ def capacity_from_dict(data: dict[str, Any]) -> CapacityView:
         queue_policy=data.get("queue_policy", "strict"),
         aging_seconds=data.get("aging_seconds", 600),
         preemption=data.get("preemption", {}),
+        # Absent in rows older than the setting: their pools read as `any`.
+        cross_tenant_preemption=data.get("cross_tenant_preemption", "any"),
         quotas={t: Resources.from_dict(r) for t, r in data.get("quotas", {}).items()},
         held_by_tenant={
             t: Resources.from_dict(r) for t, r in data.get("held_by_tenant", {}).items()

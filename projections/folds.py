@@ -13,7 +13,7 @@ from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import worker_id
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.ports import PortRanges
-from allocation_ledger.domain.scheduling import DEFAULT_PREEMPTION
+from allocation_ledger.domain.scheduling import DEFAULT_PREEMPTION, cross_tenant_of
 from allocation_ledger.domain.values import AllocationState, Resources
 from allocation_ledger.projections.views import (
     AllocationView,
@@ -200,6 +200,7 @@ def _created(event: Pool.Created) -> CapacityView:
         updated_at=event.timestamp,
         version=event.originator_version,
         preemption={k: list(v) for k, v in DEFAULT_PREEMPTION.items()},
+        cross_tenant_preemption=cross_tenant_of(event.cross_tenant_preemption).value,
         ports=PortRanges(**event.ports) if event.ports else PortRanges(),
     )
 
@@ -319,6 +320,7 @@ def _scheduling_configured(
     view.queue_policy = event.queue_policy
     view.aging_seconds = event.aging_seconds
     view.preemption = {k: list(v) for k, v in event.preemption.items()}
+    view.cross_tenant_preemption = cross_tenant_of(event.cross_tenant_preemption).value
 
 
 _CAPACITY_FOLDS: dict[type[Any], Callable[[Any, Any], None]] = {

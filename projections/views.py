@@ -123,6 +123,8 @@ class CapacityView:
     queue_policy: str = "strict"
     aging_seconds: int = 600
     preemption: dict[str, list[str]] = field(default_factory=dict)
+    cross_tenant_preemption: str = "over_quota"
+    """over_quota, any or never (domain/scheduling.py, CrossTenantPreemption)."""
     quotas: dict[str, Resources] = field(default_factory=dict)
     held_by_tenant: dict[str, Resources] = field(default_factory=dict)
     ports: PortRanges = field(default_factory=PortRanges)

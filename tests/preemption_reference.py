@@ -2,7 +2,9 @@
 ledger's choice of victims to (docs/scheduling.md, "Preemption").
 
 `PoolView` is a pool's state as the decision functions read it, built
-directly; `reference_victims` tries every subset of the allowed victims and
+directly; `reference_victims` tries every subset of the allowed victims
+(priorities the pool's rules name, and of other tenants only those the
+pool's cross-tenant setting lets go: `may_lose_to`) and
 keeps the one the rule prefers: lowest highest priority, then fewest, then
 youngest (its oldest victim reserved latest, then its next oldest, ...;
 equal times in order of allocation id). Whether a set of victims makes the
@@ -51,6 +53,8 @@ class PoolView:
     also_held: Resources = field(default_factory=Resources)
     """Held by reservations that are not candidates (granted in the same
     decision), beside `reservations`."""
+    also_held_by_tenant: Mapping[str, Resources] = field(default_factory=dict)
+    """`also_held`, by tenant (what counts toward a tenant's holdings)."""
 
     @property
     def available(self) -> Resources:
@@ -70,6 +74,7 @@ def reservation(
     *,
     seconds: float,
     servers: Sequence[str] = (),
+    tenant: str | None = None,
 ) -> Reservation:
     return Reservation(
         allocation_id,
@@ -78,7 +83,40 @@ def reservation(
         servers=tuple(servers),
         expires_at=T0 + timedelta(hours=9),
         priority=priority,
+        tenant=tenant,
         reserved_at=T0 + timedelta(seconds=seconds),
+    )
+
+
+def may_lose_to(pool: PoolView, tenant: str | None, victim: Reservation) -> bool:
+    """Whether the pool's cross-tenant setting lets a request of `tenant`
+    preempt `victim` (docs/scheduling.md, "Preemption across tenants"): its
+    own tenant's always; with `any` every tenant's; with `never` nobody
+    else's; with `over_quota` (the default) another tenant's only if that
+    tenant's live allocations (and those granted in the same decision) hold
+    more than its quota in some dimension the victim holds some of."""
+    if victim.tenant == tenant:
+        return True
+    setting = pool.scheduling.cross_tenant_preemption.value
+    if setting == "any":
+        return True
+    if setting == "never" or victim.tenant is None:
+        return False
+    assert setting == "over_quota", setting
+    quota = pool.quotas.get(victim.tenant)
+    if quota is None:
+        return False
+    held = pool.also_held_by_tenant.get(victim.tenant, Resources())
+    for other in pool.reservations.values():
+        if other.tenant == victim.tenant:
+            held = held + other.resources
+    return (
+        (held.workers > quota.workers and victim.resources.workers > 0)
+        or (
+            held.cpu_millicores > quota.cpu_millicores
+            and victim.resources.cpu_millicores > 0
+        )
+        or (held.memory_mib > quota.memory_mib and victim.resources.memory_mib > 0)
     )
 
 
@@ -120,13 +158,20 @@ def fits_without(
 
 
 def reference_victims(
-    pool: PoolView, request: AllocationRequest, needed: Resources, now: datetime
+    pool: PoolView,
+    request: AllocationRequest,
+    needed: Resources,
+    now: datetime,
+    *,
+    tenant: str | None = None,
 ) -> list[str] | None:
-    """The rule, by trying every subset of the allowed victims."""
+    """The rule, by trying every subset of the allowed victims (`tenant`:
+    the request's)."""
     allowed = [
         r
         for r in pool.reservations.values()
         if pool.scheduling.may_preempt(request.priority, r.priority)
+        and may_lose_to(pool, tenant, r)
     ]
     youth = sorted(
         allowed, key=lambda r: (-(r.reserved_at or now).timestamp(), r.allocation_id)

@@ -40,8 +40,18 @@ reason, preemption victims, expiry order, stopped servers, release status),
 every command the model says writes nothing must leave the notification log
 unmoved, and what a command returned must not change afterwards.
 
-Not covered here: waiting in the queue (`wait=True`), tenants and quotas, and
-`configure_scheduling` (the pools keep the default scheduling).
+Tenants: requests without a request_id may name a tenant (`t1`, `t2` or
+none), and `set_cross_tenant` changes a pool's cross-tenant preemption (only
+that: the rest of its scheduling stays the default). There are no quotas
+here, so no tenant is ever over one: under `over_quota` (a new pool's
+default) and `never` a request preempts only its own tenant's allocations
+and, when only that kept preemption from helping, the refusal says so
+(`preemption`); under `any` priorities compare across tenants
+(docs/scheduling.md, "Preemption across tenants"; quotas with it are in
+tests/test_scheduling_state_machine.py).
+
+Not covered here: waiting in the queue (`wait=True`), quotas, and the rest of
+`configure_scheduling` (queue policy, aging, rules stay the default).
 
 Two ledger bugs are marked rather than failed: see the KNOWN LEDGER BUG
 constants below. The same machine runs on the in-memory store and on a SQLite
@@ -103,6 +113,7 @@ from allocation_ledger.domain.pool import Pool, pool_uuid
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.results import StoppedServer
+from allocation_ledger.domain.scheduling import CrossTenantPreemption, Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
@@ -152,6 +163,7 @@ SERVER_NAMES = ("search", "files", "db")
 TTLS = (60, 90, 600, 3600)
 METADATA: tuple[tuple[tuple[str, str], ...], ...] = ((), (("team", "blue"),))
 REQUEST_IDS = ("r1", "r2", "r3")
+TENANTS = ("t1", "t2", None)
 UNKNOWN_IDS = ("alloc-ffffffffffff", "alloc-nothex12345", "job-a")
 BODY_FIELDS = ("job_id", "servers", "workers", "priority", "ttl_seconds", "metadata")
 
@@ -279,6 +291,9 @@ class ModelPool:
     servers: dict[str, ModelServer] = field(default_factory=dict)
     ceiling: Amount = Amount()
     """Most the pool may hold: its capacity, or what it held when it was lowered."""
+    cross_tenant: str = "over_quota"
+    """Whether preemption reaches other tenants' allocations: over_quota
+    (a new pool's default; with no quotas here, never), any or never."""
 
 
 @dataclass
@@ -299,6 +314,7 @@ class ModelAllocation:
     preempted_by: str | None = None
     preempt: bool = True
     """As requested: a retry must ask the same."""
+    tenant: str | None = None
 
     @property
     def live(self) -> bool:
@@ -440,8 +456,23 @@ class Model:
         new = [n for n in body.servers if n not in settings_.servers]
         return len(new) <= len(MCP_PORTS) - len(settings_.servers)
 
+    def priority_candidates(self, pool: str, body: Body) -> list[ModelAllocation]:
+        """Live allocations of a priority the request's may preempt."""
+        return [
+            a
+            for a in self.live(pool)
+            if a.body.priority in PREEMPTS.get(body.priority, ())
+        ]
+
+    def may_lose(self, pool: str, tenant: str | None, victim: ModelAllocation) -> bool:
+        """Whether the pool lets a request of `tenant` preempt `victim` as far
+        as tenants go: its own tenant's always; another's only under `any`
+        (under `over_quota` only a tenant over its quota, and there are no
+        quotas here)."""
+        return victim.tenant == tenant or self.pools[pool].cross_tenant == "any"
+
     def check_victims(
-        self, pool: str, body: Body, chosen: Sequence[str]
+        self, pool: str, body: Body, chosen: Sequence[str], tenant: str | None
     ) -> list[ModelAllocation]:
         """The ledger's preemption victims, checked against the documented rule
         by trying every subset of the allowed victims (docs/scheduling.md,
@@ -452,8 +483,8 @@ class Model:
         allocation id). No set at all: nobody is preempted."""
         candidates = [
             a
-            for a in self.live(pool)
-            if a.body.priority in PREEMPTS.get(body.priority, ())
+            for a in self.priority_candidates(pool, body)
+            if self.may_lose(pool, tenant, a)
         ]
         youth = sorted(
             candidates,
@@ -531,6 +562,18 @@ class Model:
         )
         return Expect(writes=True, kind="changed")
 
+    def set_cross_tenant(self, name: str, setting: str) -> Expect:
+        if name not in self.pools:
+            if name != DEFAULT_POOL:
+                return Expect(error=PoolNotFoundError)
+            self._new_pool(name)
+            self.pools[name].cross_tenant = setting
+            return Expect(writes=True, kind="created")
+        pool = self.pools[name]
+        changed = pool.cross_tenant != setting
+        pool.cross_tenant = setting
+        return Expect(writes=changed, kind="changed" if changed else "unchanged")
+
     def configure_pool(
         self,
         name: str,
@@ -570,6 +613,7 @@ class Model:
         allocation_id: str,
         preempt: bool = True,
         preempted: Sequence[str] = (),
+        tenant: str | None = None,
     ) -> Expect:
         if request_id is not None and (pool, request_id) in self.keys:
             existing = self.allocations[self.keys[(pool, request_id)]]
@@ -591,6 +635,7 @@ class Model:
                 fails=False,
                 preempt=preempt,
                 preempted=preempted,
+                tenant=tenant,
             )
             self.findings.extend(trial.findings[len(self.findings) :])
             return expect
@@ -603,6 +648,7 @@ class Model:
             fails=provisioning_fails,
             preempt=preempt,
             preempted=preempted,
+            tenant=tenant,
         )
 
     def _place(
@@ -616,6 +662,7 @@ class Model:
         fails: bool,
         preempt: bool,
         preempted: Sequence[str],
+        tenant: str | None,
     ) -> Expect:
         if pool_name not in self.pools:
             self._new_pool(pool_name)
@@ -627,7 +674,22 @@ class Model:
         rejection = self.shortfall(pool_name, body)
         victims: list[ModelAllocation] = []
         if rejection is not None and preempt:
-            victims = self.check_victims(pool_name, body, preempted)
+            victims = self.check_victims(pool_name, body, preempted, tenant)
+            if not victims and pool.cross_tenant != "any":
+                everyone = frozenset(
+                    a.allocation_id for a in self.priority_candidates(pool_name, body)
+                )
+                if everyone and self.shortfall(pool_name, body, everyone) is None:
+                    # Only the tenant rule kept preemption from helping.
+                    _count(f"refused: other tenants protected ({pool.cross_tenant})")
+                    rejection = {
+                        **rejection,
+                        "preemption": (
+                            "other_tenants_within_quota"
+                            if pool.cross_tenant == "over_quota"
+                            else "other_tenants_never_preempted"
+                        ),
+                    }
         else:
             assert not preempted, "preempted without need or leave"
         if victims:
@@ -641,6 +703,7 @@ class Model:
             resources=self.cost(pool_name, body),
             since=self.now,
             preempt=preempt,
+            tenant=tenant,
         )
         if rejection is not None:
             allocation.rejection = rejection
@@ -652,6 +715,8 @@ class Model:
                 allocation=copy.deepcopy(allocation),
                 expired=tuple(expired),
             )
+        if any(v.tenant != tenant for v in victims):
+            _count("another tenant's allocation preempted (any)")
         for victim in victims:
             self._end(victim, PREEMPTED)
             victim.preempted_by = allocation_id
@@ -1187,6 +1252,7 @@ class LedgerMachine(RuleBasedStateMachine):
         dry_run: bool = False,
         provisioning_fails: bool = False,
         preempt: bool = True,
+        tenant: str | None = None,
     ) -> Any:
         before = self._position()
         known = set(self.model.allocations)
@@ -1199,6 +1265,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     request_id=request_id,
                     dry_run=dry_run,
                     preempt=preempt,
+                    tenant=tenant,
                 )
             )
         finally:
@@ -1213,6 +1280,7 @@ class LedgerMachine(RuleBasedStateMachine):
             allocation_id=allocation_id,
             preempt=preempt,
             preempted=() if result is None else result.preempted,
+            tenant=tenant,
         )
         self._report_findings()
         what = "request" + (" (dry run)" if dry_run else "")
@@ -1267,6 +1335,63 @@ class LedgerMachine(RuleBasedStateMachine):
         """Workers only, often more than are left: lows fill, urgent ones preempt."""
         body = Body("job-a", (), workers, priority, ttl_seconds, ())
         return self._request(DEFAULT_POOL, body, None)
+
+    @rule(
+        target=allocations,
+        tenant=st.sampled_from(TENANTS),
+        workers=st.integers(0, 6),
+        priority=st.sampled_from(("low", "critical", "normal", "high")),
+        dry_run=rarely,
+    )
+    def request_as_tenant(
+        self, tenant: str | None, workers: int, priority: str, dry_run: bool
+    ) -> Any:
+        """A tenant's request (no request_id): preempts other tenants' only
+        where the pool's cross-tenant setting lets it."""
+        body = Body("job-t", (), workers, priority, 3_600, ())
+        return self._request(DEFAULT_POOL, body, None, dry_run=dry_run, tenant=tenant)
+
+    @rule(
+        target=allocations,
+        setting=st.sampled_from(("over_quota", "any", "never")),
+        holder=st.sampled_from(TENANTS),
+        urgent=st.sampled_from(TENANTS),
+        workers=st.integers(1, 4),
+    )
+    def one_tenant_fills_another_urgently_asks(
+        self, setting: str, holder: str | None, urgent: str | None, workers: int
+    ) -> Any:
+        """One tenant's low-priority workers, then another's critical request
+        for more than is left: preemption across tenants as the setting says."""
+        self.set_cross_tenant(DEFAULT_POOL, setting)
+        low = self.request_as_tenant(holder, workers, "low", dry_run=False)
+        # The log's checks take what one step wrote as one decision.
+        self.scheduling_and_accounting_hold()
+        free = (
+            self.model.pools[DEFAULT_POOL].capacity.workers
+            - self.model.reserved(DEFAULT_POOL).workers
+        )
+        high = self.request_as_tenant(
+            urgent, min(max(free, 0) + 1, 6), "critical", dry_run=False
+        )
+        return multiple(*[m for m in (low, high) if isinstance(m, str)])
+
+    @rule(
+        pool=st.sampled_from(POOLS),
+        setting=st.sampled_from(("over_quota", "any", "never")),
+    )
+    def set_cross_tenant(self, pool: str, setting: str) -> None:
+        """Only the cross-tenant preemption of a pool's scheduling."""
+        before = self._position()
+        scheduling = Scheduling(cross_tenant_preemption=CrossTenantPreemption(setting))
+        result, error = self._call(
+            lambda: self.ledger.configure_scheduling(scheduling, pool=pool)
+        )
+        expect = self.model.set_cross_tenant(pool, setting)
+        self._settle(expect, error, before, f"set_cross_tenant {expect.kind}")
+        if result is not None:
+            assert result.pool.scheduling.cross_tenant_preemption.value == setting
+            assert result.position == (self._position() if expect.writes else None)
 
     @rule(
         target=allocations,

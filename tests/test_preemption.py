@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from allocation_ledger.adapters.storage.service import AllocationService
@@ -24,6 +24,7 @@ from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.pool_state import Reservation, ServerInstance
 from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.preemption import preemption_victims
+from allocation_ledger.domain.scheduling import CrossTenantPreemption, Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
@@ -47,9 +48,13 @@ LOW, NORMAL, HIGH, CRITICAL = (
 
 
 def chosen_ids(
-    pool: PoolView, request: AllocationRequest, needed: Resources
+    pool: PoolView,
+    request: AllocationRequest,
+    needed: Resources,
+    *,
+    tenant: str | None = None,
 ) -> list[str] | None:
-    victims = preemption_victims(pool, request, needed, now=T0)
+    victims = preemption_victims(pool, request, needed, now=T0, tenant=tenant)
     return None if victims is None else sorted(v.allocation_id for v in victims)
 
 
@@ -61,7 +66,10 @@ SERVER_NAMES = ("fs", "git", "web")
 @st.composite
 def pools_and_requests(
     draw: st.DrawFn,
-) -> tuple[PoolView, AllocationRequest, Resources]:
+) -> tuple[PoolView, AllocationRequest, Resources, str | None]:
+    """A pool, a request that may preempt, what it needs and its tenant.
+    Allocations belong to tenants `a`, `b` or none; `a` and `b` may have
+    quotas, often below what they hold (as after `set_quota` lowered them)."""
     count = draw(st.integers(1, 9))
     reservations: dict[str, Reservation] = {}
     for i in range(count):
@@ -77,7 +85,16 @@ def pools_and_requests(
             # Few distinct times, so that ties in age are common.
             seconds=draw(st.integers(0, 4)),
             servers=draw(st.lists(st.sampled_from(SERVER_NAMES), unique=True)),
+            tenant=draw(TENANTS),
         )
+    quotas = {
+        tenant: Resources(
+            draw(st.integers(0, 6)) * 250,
+            draw(st.integers(0, 6)) * 512,
+            draw(st.integers(0, 4)),
+        )
+        for tenant in draw(st.sets(st.sampled_from(("a", "b"))))
+    }
     held = Resources()
     for r in reservations.values():
         held = held + r.resources
@@ -114,6 +131,10 @@ def pools_and_requests(
         servers=servers,
         ports=PortRanges(mcp_first=9000, mcp_last=9000 + max(mcp_ports, 1) - 1),
         server_costs=costs,
+        scheduling=Scheduling(
+            cross_tenant_preemption=draw(st.sampled_from(list(CrossTenantPreemption)))
+        ),
+        quotas=quotas,
     )
     needed = Resources(
         draw(st.integers(0, 8)) * 250,
@@ -128,21 +149,63 @@ def pools_and_requests(
             draw(st.lists(st.sampled_from(("new", *SERVER_NAMES)), unique=True))
         ),
     )
-    return pool, request, needed
+    return pool, request, needed, draw(TENANTS)
+
+
+TENANTS = st.sampled_from(("a", "b", None))
 
 
 @given(pools_and_requests())
 def test_the_victims_are_those_the_rule_chooses_among_every_subset(
-    case: tuple[PoolView, AllocationRequest, Resources],
+    case: tuple[PoolView, AllocationRequest, Resources, str | None],
 ) -> None:
-    pool, request, needed = case
+    pool, request, needed, tenant = case
     fits = shortfall(pool, request, needed) is None
     assert fits == fits_without(pool, request, needed, ())
     if fits:
         return  # a request that fits as things are preempts nobody
-    assert chosen_ids(pool, request, needed) == reference_victims(
-        pool, request, needed, T0
-    )
+    chosen = chosen_ids(pool, request, needed, tenant=tenant)
+    assert chosen == reference_victims(pool, request, needed, T0, tenant=tenant)
+    if chosen and any(pool.reservations[v].tenant != tenant for v in chosen):
+        event(f"another tenant preempted ({pool.scheduling.cross_tenant_preemption})")
+
+
+@given(pools_and_requests())
+def test_no_tenant_within_its_quota_loses_to_another_under_over_quota(
+    case: tuple[PoolView, AllocationRequest, Resources, str | None],
+) -> None:
+    """Under over_quota, every victim of another tenant belongs to a tenant
+    that held more than its quota, in a dimension the victim holds some of."""
+    pool, request, needed, tenant = case
+    pool.scheduling = Scheduling()  # a new pool's default: over_quota
+    if shortfall(pool, request, needed) is None:
+        return  # a request that fits as things are preempts nobody
+    found = chosen_ids(pool, request, needed, tenant=tenant)
+    assert found == reference_victims(pool, request, needed, T0, tenant=tenant)
+    chosen = found or []
+    for victim_id in chosen:
+        victim = pool.reservations[victim_id]
+        if victim.tenant == tenant:
+            continue
+        assert victim.tenant is not None
+        assert victim.tenant in pool.quotas, "a tenant without a quota lost"
+        limit = pool.quotas[victim.tenant]
+        held = Resources()
+        for r in pool.reservations.values():
+            if r.tenant == victim.tenant:
+                held = held + r.resources
+        over = [
+            (h, q, v)
+            for h, q, v in zip(
+                held.as_dict().values(),
+                limit.as_dict().values(),
+                victim.resources.as_dict().values(),
+                strict=True,
+            )
+            if h > q and v > 0
+        ]
+        assert over, f"{victim_id} of {victim.tenant} preempted within its quota"
+        event("a tenant over its quota preempted by another")
 
 
 # -- the issue's inputs, through the ledger ---------------------------------------

@@ -11,8 +11,11 @@ holds what; it checks the invariants themselves against the ledger's pool:
   than the pool's total, or than its tenant's quota);
 - a request preempts only allocations that were live before it came, never
   one granted in the same decision, and exactly those the rule chooses
-  (lowest highest priority, fewest, youngest), checked against a search of
-  every subset of the pool as the decision saw it;
+  (lowest highest priority, fewest, youngest, among those the pool's
+  cross-tenant setting lets go), checked against a search of every subset of
+  the pool as the decision saw it;
+- under `over_quota` no allocation of a tenant within its quota (or without
+  one) is ever preempted by another tenant's request;
 - every reservation, and only live allocations, are counted (invariant 1);
 - only strictly lower priorities are preempted, and no reservation passed its
   tenant's quota (both checked event by event by `verify`);
@@ -51,7 +54,7 @@ from allocation_ledger.domain.errors import LedgerError
 from allocation_ledger.domain.pool import Pool, pool_uuid
 from allocation_ledger.domain.pool_state import Reservation
 from allocation_ledger.domain.results import RequestResult
-from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.scheduling import CrossTenantPreemption, Scheduling
 from allocation_ledger.domain.values import (
     AllocationRequest,
     AllocationState,
@@ -144,6 +147,10 @@ class SchedulingMachine(RuleBasedStateMachine):
         allocation = result.allocation
         if allocation.state is AllocationState.QUEUED:
             assert wait
+        reason = allocation.rejection or allocation.waiting_for
+        if reason is not None and reason.preemption is not None:
+            event(f"refused or queued: {reason.preemption}")
+            assert before_pool.scheduling.cross_tenant_preemption.value != "any"
         for victim in result.preempted:
             assert victim in before, f"{victim} granted and preempted at once"
             taken = self.ledger.allocation(victim)
@@ -156,8 +163,14 @@ class SchedulingMachine(RuleBasedStateMachine):
         ):
             event("an idle server reclaimed for room")
         if result.preempted:
+            event("preempted")
             self._check_victims(
-                request, allocation.allocation_id, before, before_version, result
+                request,
+                allocation.allocation_id,
+                before,
+                before_version,
+                result,
+                tenant=tenant,
             )
         self.checked_queue = True
         return allocation.allocation_id
@@ -169,6 +182,8 @@ class SchedulingMachine(RuleBasedStateMachine):
         before: dict[str, Reservation],
         before_version: int,
         result: RequestResult,
+        *,
+        tenant: str | None,
     ) -> None:
         """The victims are those the rule chooses (tests/preemption_reference.py)
         in the pool as the decision saw it: after the leases due expired and
@@ -191,8 +206,14 @@ class SchedulingMachine(RuleBasedStateMachine):
         granted_now = {k: r for k, r in pool.reservations.items() if k not in before}
         candidates = {k: r for k, r in pool.reservations.items() if k in before}
         also_held = Resources()
+        also_by_tenant: dict[str, Resources] = {}
         for reservation in granted_now.values():
             also_held = also_held + reservation.resources
+            if reservation.tenant is not None:
+                also_by_tenant[reservation.tenant] = (
+                    also_by_tenant.get(reservation.tenant, Resources())
+                    + reservation.resources
+                )
         view = PoolView(
             capacity=pool.settings.capacity,
             reservations=candidates,
@@ -200,13 +221,95 @@ class SchedulingMachine(RuleBasedStateMachine):
             ports=pool.ports,
             scheduling=pool.scheduling,
             also_held=also_held,
+            also_held_by_tenant=also_by_tenant,
+            quotas=dict(pool.quotas),
             server_costs=pool.settings.server_costs or {},
         )
-        expected = reference_victims(view, request, needed, self.clock.now())
+        expected = reference_victims(
+            view, request, needed, self.clock.now(), tenant=tenant
+        )
+        setting = pool.scheduling.cross_tenant_preemption.value
+        for victim_id in result.preempted:
+            victim = pool.reservations[victim_id]
+            if victim.tenant == tenant:
+                continue
+            event(f"another tenant preempted ({setting})")
+            assert setting != "never", f"{victim_id} of {victim.tenant} preempted"
+            if setting == "over_quota":
+                self._assert_over_quota(pool, victim)
         if any(s.held != Resources() for s in pool.servers.values()):
             event("preempted where servers cost something")
         assert sorted(result.preempted) == expected, (
             f"preempted {sorted(result.preempted)}; the rule chooses {expected}"
+        )
+
+    @staticmethod
+    def _assert_over_quota(pool: Pool, victim: Reservation) -> None:
+        """No allocation of a tenant within its quota is preempted by
+        another tenant under over_quota: its tenant held more than its quota
+        (everything it held, those granted in the same decision too) in a
+        dimension the victim holds some of."""
+        assert victim.tenant is not None
+        assert victim.tenant in pool.quotas, f"{victim.tenant} has no quota"
+        limit = pool.quotas[victim.tenant].as_dict()
+        held = {"cpu_millicores": 0, "memory_mib": 0, "workers": 0}
+        for reservation in pool.reservations.values():
+            if reservation.tenant == victim.tenant:
+                for key, amount in reservation.resources.as_dict().items():
+                    held[key] += amount
+        mine = victim.resources.as_dict()
+        assert any(held[k] > limit[k] and mine[k] > 0 for k in held), (
+            f"{victim.allocation_id} of {victim.tenant} preempted: it holds "
+            f"{held}, within its quota {limit}"
+        )
+        event("a tenant over its quota preempted by another")
+
+    @rule(
+        tenant=st.sampled_from(("team-a", "team-b")),
+        other=st.sampled_from(TENANTS),
+        priority=st.sampled_from((Priority.HIGH, Priority.CRITICAL)),
+        beyond=st.sampled_from((0, 1)),
+    )
+    def a_tenant_over_its_quota_meets_an_urgent_request(
+        self, tenant: str, other: str | None, priority: Priority, beyond: int
+    ) -> None:
+        """Lower a tenant's quota to one worker below what it holds (with
+        `beyond`), then another tenant asks for a little more than is free
+        at a high priority: preemption across tenants, or its refusal. The
+        tenant first asks for a low-priority worker or two, so that it holds
+        something to lose."""
+        self.request(
+            workers=2 - beyond,
+            priority=Priority.LOW,
+            wait=False,
+            max_wait=None,
+            preempt=False,
+            tenant=tenant,
+            servers=(),
+        )
+        self.scheduling_and_accounting_hold()
+        pool = self.ledger.pool("default")
+        held = Resources()
+        for reservation in pool.reservations.values():
+            if reservation.tenant == tenant:
+                held = held + reservation.resources
+        if held.workers == 0:
+            return
+        limit = Resources(
+            held.cpu_millicores, held.memory_mib, max(held.workers - beyond, 0)
+        )
+        self.ledger.set_quota(tenant, limit)
+        # The log's checks take what one step wrote as one decision.
+        self.scheduling_and_accounting_hold()
+        free = max(self.ledger.pool("default").available.workers, 0)
+        self.request(
+            workers=min(free + 1, 4),
+            priority=priority,
+            wait=False,
+            max_wait=None,
+            preempt=True,
+            tenant=other,
+            servers=(),
         )
 
     @rule(allocation_id=allocations)
@@ -236,10 +339,17 @@ class SchedulingMachine(RuleBasedStateMachine):
     @rule(
         policy=st.sampled_from(list(QueuePolicy)),
         aging=st.sampled_from((60, 600)),
+        cross_tenant=st.sampled_from(list(CrossTenantPreemption)),
     )
-    def scheduling(self, policy: QueuePolicy, aging: int) -> None:
+    def scheduling(
+        self, policy: QueuePolicy, aging: int, cross_tenant: CrossTenantPreemption
+    ) -> None:
         self.ledger.configure_scheduling(
-            Scheduling(queue_policy=policy, aging_seconds=aging)
+            Scheduling(
+                queue_policy=policy,
+                aging_seconds=aging,
+                cross_tenant_preemption=cross_tenant,
+            )
         )
         self.checked_queue = True
 

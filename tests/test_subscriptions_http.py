@@ -156,6 +156,9 @@ async def test_over_http_each_tenant_is_told_of_its_own_allocations_only(
         await told["ops"].wait_for(b_uri, "granted")
         await told["a"].wait_for(pool_uri(), "capacity_changed")
 
+        # The admin's request takes other tenants' capacity only where the
+        # pool lets priorities compare across tenants (docs/scheduling.md).
+        await call(ops, "set_scheduling", cross_tenant_preemption="any")
         urgent = await ask(ops, "urgent", 4, priority="critical")
         assert set(urgent["preempted"]) == {
             a_wait["allocation_id"],

@@ -251,6 +251,10 @@ async def test_preemption_names_only_what_the_caller_may_see(
     url, _ = served
     async with connected(url, OPS, A_ONE, BOB) as (ops, alice, bob):
         await call(ops, "set_capacity", workers=2)
+        # Priorities compare across tenants here: under a new pool's default,
+        # over_quota, bob (no quota) would keep his allocation
+        # (tests/test_tenant_preemption_http.py).
+        await call(ops, "set_scheduling", cross_tenant_preemption="any")
         victim = (await request(bob, "b-low", workers=2, priority="low"))[
             "allocation_id"
         ]

@@ -57,7 +57,13 @@ PromptAllocationArg = Annotated[
         description="The allocation_id request_resources answered.",
     ),
 ]
-REASON_CODES = Reason.model_fields["code"].description or ""
+REASON_CODES = " ".join(
+    (
+        Reason.model_fields["code"].description or "",
+        "A reason's 'preemption', when present:",
+        Reason.model_fields["preemption"].description or "",
+    )
+)
 CAPACITY_FACTS = (
     "pool",
     "total_cpu",
@@ -73,6 +79,7 @@ CAPACITY_FACTS = (
     "free_mcp_ports",
     "queue_length",
     "queue_policy",
+    "cross_tenant_preemption",
     "quotas",
     "held_by_tenant",
 )

@@ -14,9 +14,12 @@ from pydantic import (
 
 from allocation_ledger.adapters.mcp.schemas.allocation_arguments import PoolName
 from allocation_ledger.adapters.mcp.schemas.scheduling import (
+    CROSS_TENANT_DESCRIPTION,
+    CrossTenantName,
     PreemptionRules,
     QueuePolicyName,
     QuotaLimits,
+    cross_tenant_name,
     preemption_rules,
     tenant_holdings,
     tenant_quotas,
@@ -165,6 +168,9 @@ class CapacityResult(BaseModel):
     preemption: PreemptionRules = Field(
         description="Which priorities each priority may preempt."
     )
+    cross_tenant_preemption: CrossTenantName = Field(
+        description=CROSS_TENANT_DESCRIPTION
+    )
     quotas: dict[str, QuotaLimits] = Field(
         description="Each tenant's limits in this pool (tenants without: no limit)."
     )
@@ -228,6 +234,7 @@ def capacity_result(view: CapacityView) -> CapacityResult:
         queue_policy=view.queue_policy,
         aging_seconds=view.aging_seconds,
         preemption=preemption_rules(view),
+        cross_tenant_preemption=cross_tenant_name(view),
         quotas=tenant_quotas(view),
         held_by_tenant=tenant_holdings(view),
     )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from allocation_ledger.adapters.mcp.schemas.allocation_fields import OmittedIfNone
 from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.domain.cross_tenant import NOT_ACROSS_TENANTS, WITHIN_QUOTA
 from allocation_ledger.domain.errors import RequestIdConflictError
 from allocation_ledger.domain.provisioning import PROVISIONING_FAILED
 from allocation_ledger.domain.values import (
@@ -53,6 +54,18 @@ class Reason(BaseModel):
             "exceeds_pool, the pool's total."
         ),
     )
+    preemption: OmittedIfNone[
+        Literal["other_tenants_within_quota", "other_tenants_never_preempted"]
+    ] = Field(
+        None,
+        description=(
+            "Why preempting did not help although lower priorities hold the room: "
+            "'other_tenants_within_quota' (it belongs to other tenants, who may "
+            "be preempted only while over their quota in the pool, and they are "
+            "not) or 'other_tenants_never_preempted' (the pool never preempts "
+            "other tenants). Omitted otherwise."
+        ),
+    )
 
 
 PROVISIONING_FAILURE = Reason(code=PROVISIONING_FAILED)
@@ -82,6 +95,7 @@ def reason_of(rejection: Rejection) -> Reason:
         dimension=rejection.dimension.value,
         requested=_client_amount(rejection.dimension, rejection.requested),
         available=_client_amount(rejection.dimension, rejection.available),
+        preemption=rejection.preemption,
     )
 
 
@@ -107,7 +121,26 @@ def refusal_message(reason: Reason) -> str:
         )
     if reason.code == QUEUE_TIMEOUT:
         return f"Queue wait ran out: insufficient {reason.dimension}: {amounts}"
-    return f"Insufficient {reason.dimension}: {amounts}"
+    return f"Insufficient {reason.dimension}: {amounts}{_preemption_note(reason)}"
+
+
+PREEMPTION_NOTES = {
+    WITHIN_QUOTA: (
+        "; preemption would need other tenants' allocations, and they are "
+        "within their quota in this pool (another tenant's allocation may be "
+        "preempted only while that tenant holds more than its quota)"
+    ),
+    NOT_ACROSS_TENANTS: (
+        "; preemption would need other tenants' allocations, and this pool "
+        "never preempts another tenant's allocations"
+    ),
+}
+"""What a refusal adds when the cross-tenant rule kept preemption from
+helping (docs/scheduling.md, "Preemption across tenants")."""
+
+
+def _preemption_note(reason: Reason) -> str:
+    return "" if reason.preemption is None else PREEMPTION_NOTES[reason.preemption]
 
 
 ARGUMENT_NAMES = {"servers": "mcp_servers"}

@@ -95,6 +95,18 @@ ClearArg = Annotated[
 ]
 QueuePolicyName = Literal["strict", "backfill"]
 """What a pool's queue does when its head does not fit."""
+CrossTenantName = Literal["over_quota", "any", "never"]
+"""Whether preemption reaches other tenants' allocations
+(domain/scheduling.py, CrossTenantPreemption)."""
+CROSS_TENANT_DESCRIPTION = (
+    "Whether a request may preempt other tenants' allocations (priorities are "
+    "self-declared, so across tenants they prove nothing): 'over_quota' (the "
+    "default) only allocations of a tenant holding more than its quota in the "
+    "pool, in a dimension they hold some of; a tenant without a quota here is "
+    "never preempted by another; 'any' priorities compare across tenants as "
+    "within one (pools from before this setting); 'never' only the request's "
+    "own tenant's. Within a tenant the preemption rules apply as they are."
+)
 PreemptionRules = dict[str, list[str]]
 """Which priorities each priority may preempt, by name."""
 QueuePolicyArg = Annotated[
@@ -118,6 +130,10 @@ AgingSecondsArg = Annotated[
             f"waited, up to critical (1-{MAX_WAIT_SECONDS}). Omit to keep."
         ),
     ),
+]
+CrossTenantArg = Annotated[
+    CrossTenantName | None,
+    Field(description=CROSS_TENANT_DESCRIPTION + " Omit to keep."),
 ]
 PreemptionArg = Annotated[
     dict[PriorityName, list[PriorityName]] | None,
@@ -175,6 +191,9 @@ class QueueResult(BaseModel):
     queue_policy: QueuePolicyName
     aging_seconds: int
     preemption: PreemptionRules
+    cross_tenant_preemption: CrossTenantName = Field(
+        description=CROSS_TENANT_DESCRIPTION
+    )
     available: Amounts = Field(description="What the pool has free now.")
 
 
@@ -197,6 +216,9 @@ class SchedulingResult(BaseModel):
     queue_policy: QueuePolicyName
     aging_seconds: int
     preemption: PreemptionRules
+    cross_tenant_preemption: CrossTenantName = Field(
+        description=CROSS_TENANT_DESCRIPTION
+    )
     queue_length: int
     changed: bool = Field(description="False when the rules already were these.")
 
@@ -226,6 +248,18 @@ def tenant_quotas(view: CapacityView) -> dict[str, QuotaLimits]:
 def tenant_holdings(view: CapacityView) -> dict[str, Amounts]:
     """What each tenant holds in a pool now, by tenant."""
     return {t: amounts(h) for t, h in sorted(view.held_by_tenant.items())}
+
+
+def cross_tenant_name(view: CapacityView) -> CrossTenantName:
+    """A pool's cross-tenant preemption setting, by name."""
+    return CROSS_TENANT_NAMES[view.cross_tenant_preemption]
+
+
+CROSS_TENANT_NAMES: dict[str, CrossTenantName] = {
+    "over_quota": "over_quota",
+    "any": "any",
+    "never": "never",
+}
 
 
 def preemption_rules(view: CapacityView) -> PreemptionRules:

@@ -73,7 +73,10 @@ class CapacityTools(ToolGroup):
         running_mcp_servers names the servers up (running or idle);
         mcp_servers gives each one's port, status and users. Scheduling:
         queue_length (requests waiting; get_queue lists them), queue_policy,
-        aging_seconds, preemption rules, each tenant's quotas and what each
+        aging_seconds, preemption rules, cross_tenant_preemption (whether
+        those reach other tenants' allocations: over_quota, the default,
+        only those of tenants over their quota here; any; never), each
+        tenant's quotas and what each
         tenant holds (held_by_tenant; without the admin scope, your tenant's
         only: the pool's totals are everyone's to see). With `at`, the
         pool as it was at that past moment, replayed from the event log. An

@@ -8,6 +8,7 @@ from allocation_ledger.adapters.mcp.schemas.scheduling import (
     UNLIMITED,
     AgingSecondsArg,
     ClearArg,
+    CrossTenantArg,
     PreemptionArg,
     QueuePolicyArg,
     QueuePoolArg,
@@ -19,6 +20,7 @@ from allocation_ledger.adapters.mcp.schemas.scheduling import (
     QuotaWorkersArg,
     SchedulingPoolArg,
     SchedulingResult,
+    cross_tenant_name,
     preemption_rules,
     queued_requests,
     quota_limits,
@@ -29,7 +31,7 @@ from allocation_ledger.adapters.mcp.schemas.units import amounts, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
 from allocation_ledger.adapters.mcp.tools.outcomes import repeat_settle
 from allocation_ledger.domain.pool import DEFAULT_POOL
-from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.scheduling import CrossTenantPreemption, Scheduling
 from allocation_ledger.domain.values import QueuePolicy, Resources
 from allocation_ledger.projections.aggregate_views import capacity_view_of
 
@@ -71,6 +73,7 @@ class SchedulingTools(ToolGroup):
                 queue_policy=QueuePolicy(view.queue_policy).value,
                 aging_seconds=view.aging_seconds,
                 preemption=preemption_rules(view),
+                cross_tenant_preemption=cross_tenant_name(view),
                 available=amounts(view.available),
             )
 
@@ -139,6 +142,7 @@ class SchedulingTools(ToolGroup):
         queue_policy: QueuePolicyArg = None,
         aging_seconds: AgingSecondsArg = None,
         preemption: PreemptionArg = None,
+        cross_tenant_preemption: CrossTenantArg = None,
     ) -> SchedulingResult:
         """Set how a pool queues and preempts (needs the admin scope).
 
@@ -150,16 +154,30 @@ class SchedulingTools(ToolGroup):
         many seconds waited, up to critical (default 600). preemption: which
         priorities each priority may preempt, always strictly lower ones,
         e.g. {"critical": ["low", "normal"], "high": ["low"]} (the default);
-        {} turns preemption off; it replaces all the rules. Omitted settings
-        are kept. Setting what the pool already has changes nothing (changed:
-        false). A change that lets waiting requests in grants them at once.
-        Returns the pool's scheduling afterwards.
+        {} turns preemption off; it replaces all the rules.
+        cross_tenant_preemption: whether those rules reach other tenants'
+        allocations (priorities are self-declared, so across tenants they
+        prove nothing): "over_quota" (the default for a new pool: another
+        tenant's allocation may be preempted only while that tenant holds
+        more than its quota in the pool, and only one holding some of a
+        dimension it is over in; a tenant without a quota is never preempted
+        by another), "any" (priorities compare across tenants; pools from
+        before this setting) or "never". Admin callers are no exception.
+        Omitted settings are kept. Setting what the pool already has
+        changes nothing (changed: false). A change that lets waiting
+        requests in grants them at once. Returns the pool's scheduling
+        afterwards.
         """
         actor = self._actor("set_scheduling")
-        if queue_policy is None and aging_seconds is None and preemption is None:
+        if (
+            queue_policy is None
+            and aging_seconds is None
+            and preemption is None
+            and cross_tenant_preemption is None
+        ):
             msg = (
-                "set_scheduling needs at least one of queue_policy, aging_seconds "
-                "and preemption"
+                "set_scheduling needs at least one of queue_policy, aging_seconds, "
+                "preemption and cross_tenant_preemption"
             )
             raise ToolError(msg)
 
@@ -176,6 +194,9 @@ class SchedulingTools(ToolGroup):
                         view.preemption if preemption is None else preemption
                     ).items()
                 },
+                cross_tenant_preemption=CrossTenantPreemption(
+                    cross_tenant_preemption or view.cross_tenant_preemption
+                ),
             )
             result = self.ledger.configure_scheduling(
                 scheduling, pool=pool, actor=actor
@@ -187,6 +208,7 @@ class SchedulingTools(ToolGroup):
                 queue_policy=QueuePolicy(after.queue_policy).value,
                 aging_seconds=after.aging_seconds,
                 preemption=preemption_rules(after),
+                cross_tenant_preemption=cross_tenant_name(after),
                 queue_length=len(after.queue),
                 changed=result.position is not None,
             )
