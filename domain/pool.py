@@ -70,8 +70,8 @@ class Pool(PoolDecisions, Aggregate):
         # Per MCP server, where the catalog gives one; None in older histories.
         server_idle_timeouts: dict[str, int] | None = None
         # The pool's cross-tenant preemption from the start; None in histories
-        # older than the setting, whose pools compared priorities across
-        # tenants: they read as `any`.
+        # older than the setting: they read as `over_quota`, as new pools
+        # start (scheduling.cross_tenant_of).
         cross_tenant_preemption: str | None = None
 
         def apply(self, aggregate: Pool) -> None:

@@ -62,10 +62,13 @@ def queue_rank(
 
 
 def cross_tenant_of(recorded: str | None) -> CrossTenantPreemption:
-    """The setting an event or snapshot recorded; None (histories older than
-    the setting, when priorities compared across tenants) reads as `any`."""
+    """The setting an event or snapshot recorded. None (histories older than
+    the setting) reads as `over_quota`, as a new pool starts: the recorded
+    past is unchanged (events hold outcomes, not rules), and a pool created
+    before the setting is no more open to a self-declared `critical` of
+    another tenant than a new one."""
     return (
-        CrossTenantPreemption.ANY
+        CrossTenantPreemption.OVER_QUOTA
         if recorded is None
         else CrossTenantPreemption(recorded)
     )

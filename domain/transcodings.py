@@ -102,7 +102,8 @@ class SchedulingAsDict(Transcoding):
             queue_policy=QueuePolicy(data["queue_policy"]),
             aging_seconds=data["aging_seconds"],
             preemption={k: tuple(v) for k, v in data["preemption"].items()},
-            # Absent in snapshots older than the setting: `any`, as they did.
+            # Absent in snapshots older than the setting: `over_quota`, as the
+            # pool's events read (scheduling.cross_tenant_of).
             cross_tenant_preemption=cross_tenant_of(
                 data.get("cross_tenant_preemption")
             ),

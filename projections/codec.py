@@ -198,8 +198,9 @@ def capacity_from_dict(data: dict[str, Any]) -> CapacityView:
         queue_policy=data.get("queue_policy", "strict"),
         aging_seconds=data.get("aging_seconds", 600),
         preemption=data.get("preemption", {}),
-        # Absent in rows older than the setting: their pools read as `any`.
-        cross_tenant_preemption=data.get("cross_tenant_preemption", "any"),
+        # Absent in rows older than the setting: as their pools read
+        # (scheduling.cross_tenant_of).
+        cross_tenant_preemption=data.get("cross_tenant_preemption", "over_quota"),
         quotas={t: Resources.from_dict(r) for t, r in data.get("quotas", {}).items()},
         held_by_tenant={
             t: Resources.from_dict(r) for t, r in data.get("held_by_tenant", {}).items()

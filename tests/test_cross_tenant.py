@@ -1,7 +1,8 @@
 """The cross-tenant preemption setting as recorded: a new pool starts at
-`over_quota`; events and snapshots older than the setting read as `any`
-(what those pools did); a refusal records its `preemption` note only when
-there is one (docs/scheduling.md, "Preemption across tenants")."""
+`over_quota`; events and snapshots older than the setting read as
+`over_quota` too (the events hold outcomes, not the rule); a refusal
+records its `preemption` note only when there is one (docs/scheduling.md,
+"Preemption across tenants")."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_a_new_pool_starts_at_over_quota() -> None:
     assert created.cross_tenant_preemption == "over_quota"
 
 
-def test_a_created_event_older_than_the_setting_reads_as_any() -> None:
+def test_a_created_event_older_than_the_setting_reads_as_over_quota() -> None:
     """An event without the field, as every event written before it."""
     pool = Pool._create(
         Pool.Created,
@@ -63,10 +64,10 @@ def test_a_created_event_older_than_the_setting_reads_as_any() -> None:
         server_costs={},
         idle_timeout_seconds=300,
     )
-    assert pool.scheduling.cross_tenant_preemption is ANY
+    assert pool.scheduling.cross_tenant_preemption is OVER_QUOTA
 
 
-def test_scheduling_configured_older_than_the_setting_reads_as_any() -> None:
+def test_scheduling_configured_older_than_the_setting_reads_as_over_quota() -> None:
     pool = Pool.create("default", PoolSettings(), at=T0, actor="local")
     pool.trigger_event(
         Pool.SchedulingConfigured,
@@ -79,7 +80,7 @@ def test_scheduling_configured_older_than_the_setting_reads_as_any() -> None:
     assert pool.scheduling == Scheduling(
         queue_policy=QueuePolicy.BACKFILL,
         preemption={"critical": ("low",)},
-        cross_tenant_preemption=ANY,
+        cross_tenant_preemption=OVER_QUOTA,
     )
     assert pool.configure_scheduling(
         Scheduling(cross_tenant_preemption=NEVER), at=T0, actor="local"
@@ -89,10 +90,10 @@ def test_scheduling_configured_older_than_the_setting_reads_as_any() -> None:
     assert configured.cross_tenant_preemption == "never"
 
 
-def test_a_snapshot_older_than_the_setting_reads_as_any() -> None:
+def test_a_snapshot_older_than_the_setting_reads_as_over_quota() -> None:
     transcoding = SchedulingAsDict()
     old = {"queue_policy": "strict", "aging_seconds": 600, "preemption": {}}
-    assert transcoding.decode(old).cross_tenant_preemption is ANY
+    assert transcoding.decode(old).cross_tenant_preemption is OVER_QUOTA
     for setting in CrossTenantPreemption:
         scheduling = Scheduling(cross_tenant_preemption=setting)
         assert transcoding.decode(transcoding.encode(scheduling)) == scheduling

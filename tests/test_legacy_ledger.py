@@ -147,8 +147,8 @@ async def answers(service: AllocationService) -> dict[str, Any]:
 def _as_recorded(capacity: dict[str, Any]) -> dict[str, Any]:
     """get_capacity's answer without what was added since the answers were
     recorded, checking it first: a pool of a history older than the
-    cross-tenant setting reads as `any`, which is what it did."""
-    assert capacity.pop("cross_tenant_preemption") == "any"
+    cross-tenant setting reads as `over_quota`, as a new pool starts."""
+    assert capacity.pop("cross_tenant_preemption") == "over_quota"
     return capacity
 
 

@@ -70,8 +70,8 @@ def shown(service: AllocationService) -> dict[str, Any]:
     rows = store.list_allocations(ListingQuery(limit=100))
     recorded = capacity_to_dict(capacity)
     # Added since the fixture was written: a pool of a history older than the
-    # cross-tenant setting reads as `any`, which is what it did.
-    assert recorded.pop("cross_tenant_preemption") == "any"
+    # cross-tenant setting reads as `over_quota`, as a new pool starts.
+    assert recorded.pop("cross_tenant_preemption") == "over_quota"
     made = {
         "capacity": recorded,
         "allocations": sorted(
