@@ -3,7 +3,8 @@
 Every command runs as a unit of work (unit_of_work.py): load the aggregates
 it needs, let them decide, save all their new events in one transaction. A
 concurrent writer that got there first makes the save fail on an aggregate's
-version; the unit of work is then discarded and run again from a fresh read.
+version; the unit of work is then discarded and run again from a fresh read
+(command_runner.py).
 
 The commands are grouped by what they act on, one mixin each: pools
 (pool_commands.py), new and queued requests (request_commands.py), releases

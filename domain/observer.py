@@ -11,7 +11,7 @@ RetryReason = Literal["conflict", "stale_read", "time_behind"]
 """Why an attempt was run again: another writer saved an aggregate first
 (`conflict`); a decision not to write rested on a cached read
 (`stale_read`); the attempt's moment was earlier than an event it read
-(`time_behind`). See unit_of_work.py."""
+(`time_behind`). See command_runner.py."""
 
 ProvisioningOutcome = Literal["active", "failed"]
 """What the provisioner did: set the allocation up, or raised."""

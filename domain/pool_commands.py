@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 from allocation_ledger.domain.actors import LOCAL_ACTOR
+from allocation_ledger.domain.command_runner import UnitOfWorkApplication
 from allocation_ledger.domain.errors import InvalidRequestError, PoolExistsError
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.pool_settings import (
@@ -21,11 +22,7 @@ from allocation_ledger.domain.pool_settings import (
 from allocation_ledger.domain.ports import Span, own_conflict, validate_worker_room
 from allocation_ledger.domain.results import PoolResult, StoppedServer
 from allocation_ledger.domain.scheduling import Scheduling, validate_scheduling
-from allocation_ledger.domain.unit_of_work import (
-    UnitOfWork,
-    UnitOfWorkApplication,
-    cached_pool_uuid,
-)
+from allocation_ledger.domain.unit_of_work import UnitOfWork, cached_pool_uuid
 from allocation_ledger.domain.values import (
     Resources,
     validate_pool_name,

@@ -28,10 +28,11 @@ from datetime import datetime
 
 from allocation_ledger.domain.actors import SCHEDULER_ACTOR
 from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.command_runner import UnitOfWorkApplication
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.provisioner import Endpoints
 from allocation_ledger.domain.results import RequestResult, StoppedServer
-from allocation_ledger.domain.unit_of_work import UnitOfWork, UnitOfWorkApplication
+from allocation_ledger.domain.unit_of_work import UnitOfWork
 from allocation_ledger.domain.values import AllocationState
 
 PROVISIONING_FAILED = "provisioning_failed"

@@ -11,9 +11,8 @@ from allocation_ledger.adapters.config.catalog import (
     CONFIG_ACTOR,
     Catalog,
     CatalogError,
-    McpServerEntry,
-    PoolEntry,
 )
+from allocation_ledger.adapters.config.entries import McpServerEntry, PoolEntry
 from allocation_ledger.adapters.config.file import load_catalog
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import AllocationService

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from allocation_ledger.adapters.config.catalog import McpServerEntry
+from allocation_ledger.adapters.config.entries import McpServerEntry
 from allocation_ledger.adapters.provisioning.catalog_specs import server_spec
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from allocation_ledger.adapters.config.catalog import PoolEntry
+from allocation_ledger.adapters.config.entries import PoolEntry
 from allocation_ledger.adapters.provisioning import process_control as control
 from allocation_ledger.adapters.provisioning.cgroups import Mount, group_dir
 from allocation_ledger.adapters.provisioning.limits import (

@@ -39,11 +39,10 @@ from allocation_ledger.adapters.config.catalog import (
     ERROR_KIND_PREFIX,
     Catalog,
     CatalogError,
-    McpServerEntry,
-    PoolEntry,
     Provisioner,
     entry_name,
 )
+from allocation_ledger.adapters.config.entries import McpServerEntry, PoolEntry
 from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.values import validate_pool_name, validate_server_name
 

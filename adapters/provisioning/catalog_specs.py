@@ -10,7 +10,7 @@ import ipaddress
 import sys
 from collections.abc import Sequence
 
-from allocation_ledger.adapters.config.catalog import McpServerEntry
+from allocation_ledger.adapters.config.entries import McpServerEntry
 from allocation_ledger.adapters.provisioning.server_spec import ServerSpec
 
 THIS_PYTHON = ("python", "python3")

@@ -36,7 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from allocation_ledger.adapters.config.catalog import DEFAULT_ADVERTISE_HOST, Catalog
+from allocation_ledger.adapters.config.catalog import Catalog
+from allocation_ledger.adapters.config.entries import DEFAULT_ADVERTISE_HOST
 from allocation_ledger.adapters.provisioning.catalog_specs import (
     bind_host,
     server_spec,
