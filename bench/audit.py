@@ -33,6 +33,7 @@ from bench.common import (
     log,
     now,
     open_bench_service,
+    run_child,
     sqlite_settings,
     temporary_directory,
 )
@@ -91,17 +92,6 @@ def child(database: Path, command: str) -> dict[str, Any]:
     }
 
 
-def _run_child(database: Path, command: str) -> dict[str, Any]:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.audit", str(database), command],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    row: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
-    return row
-
-
 def _log_info(events: int) -> LogInfo:
     """The cached log of about `events` events, generated in another process."""
     subprocess.run(
@@ -115,8 +105,11 @@ def measure(events: int) -> dict[str, Any]:
     info = _log_info(events)
     with temporary_directory() as directory:
         database = copy_log(info, directory)
-        _run_child(database, "prepare")
-        rows = {command: _run_child(database, command) for command in COMMANDS}
+        run_child("bench.audit", str(database), "prepare")
+        rows = {
+            command: run_child("bench.audit", str(database), command)
+            for command in COMMANDS
+        }
     raw = rows["raw"]
     size = raw["events"]
     for command, row in rows.items():

@@ -171,3 +171,19 @@ def timed(function: Callable[[], Any]) -> float:
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_child(module: str, *arguments: str) -> dict[str, Any]:
+    """Run `python -m module arguments...` in a fresh process (so its peak
+    RSS is its own) and answer the JSON object on its last line of output."""
+    import json
+    import subprocess
+
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    row: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return row

@@ -26,6 +26,7 @@ from bench.common import (
     log,
     now,
     open_bench_service,
+    run_child,
     sqlite_settings,
     temporary_directory,
 )
@@ -89,17 +90,6 @@ def child(database: Path, live: int, more: int) -> dict[str, Any]:
     }
 
 
-def _run_child(database: Path, live: int, more: int) -> dict[str, Any]:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.memory", str(database), str(live), str(more)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    row: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
-    return row
-
-
 def run(scale: Scale) -> Result:
     more = scale.pick(1_000, 200)
     live = scale.pick(100_000, 5_000) - more
@@ -109,10 +99,10 @@ def run(scale: Scale) -> Result:
     info = cached_log("memory", allocations=live, live_only=True)
     with temporary_directory() as directory:
         database = copy_log(info, directory)
-        row = _run_child(database, live, more)
+        row = run_child("bench.memory", str(database), str(live), str(more))
         # The same ledger started again: the pool now loads from the snapshot
         # the first start took (if it took one), read models are caught up.
-        again = _run_child(database, live + more, more)
+        again = run_child("bench.memory", str(database), str(live + more), str(more))
     for name, figures in (("first start", row), ("restart", again)):
         log(
             f"item 6 {name}: {figures['live_allocations']:,} live, peak RSS "

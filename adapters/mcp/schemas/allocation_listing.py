@@ -23,6 +23,7 @@ from allocation_ledger.adapters.mcp.schemas.refusals import (
     failure_reason,
     reason_of,
     refusal_message,
+    shown_waiting_for,
 )
 from allocation_ledger.adapters.mcp.schemas.units import UtcTime, cores
 from allocation_ledger.domain.values import AllocationState, Rejection, Resources
@@ -170,11 +171,7 @@ def allocation_detail(
         last_actor=view.last_actor,
         tenant=view.tenant,
         queue_deadline=view.queue_deadline,
-        waiting_for=(
-            reason_of(Rejection.from_dict(view.waiting_for))
-            if queued and view.waiting_for is not None
-            else None
-        ),
+        waiting_for=shown_waiting_for(view.waiting_for, queued=queued),
         preempted_by=view.preempted_by,
         error=(
             refusal_message(reason_of(rejection))

@@ -19,6 +19,7 @@ from allocation_ledger.adapters.mcp.schemas.refusals import (
     failure_reason,
     reason_of,
     refusal_message,
+    shown_waiting_for,
 )
 from allocation_ledger.adapters.mcp.schemas.units import (
     Amounts,
@@ -248,11 +249,7 @@ def request_result_of_view(
         preempted=preempted,
         tenant=view.tenant,
         queue_deadline=view.queue_deadline,
-        waiting_for=(
-            reason_of(Rejection.from_dict(view.waiting_for))
-            if queued and view.waiting_for is not None
-            else None
-        ),
+        waiting_for=shown_waiting_for(view.waiting_for, queued=queued),
         queue_position=queue_position if queued else None,
         error=(
             (refusal_message(reason_of(rejection)) if rejection else view.error)

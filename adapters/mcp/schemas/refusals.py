@@ -99,6 +99,16 @@ def reason_of(rejection: Rejection) -> Reason:
     )
 
 
+def shown_waiting_for(
+    recorded: dict[str, Any] | None, *, queued: bool
+) -> Reason | None:
+    """What a queued allocation's row says it waits for, in client units;
+    None once it no longer waits (or when nothing was recorded)."""
+    if not queued or recorded is None:
+        return None
+    return reason_of(Rejection.from_dict(recorded))
+
+
 def refusal_message(reason: Reason) -> str:
     """The original wording: 'Insufficient workers: requested 10, available 6'.
 
