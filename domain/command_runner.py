@@ -41,6 +41,7 @@ from allocation_ledger.domain.clock import Clock, ClockBehind, RecordedClock
 from allocation_ledger.domain.errors import (
     ConcurrentUpdateError,
     LedgerBusyError,
+    LedgerError,
     PoolNotFoundError,
 )
 from allocation_ledger.domain.observer import LedgerObserver
@@ -190,8 +191,9 @@ class UnitOfWorkApplication(Application[UUID]):
         """Run `body` as a unit of work until it commits, and answer its answer.
 
         On a lost race (IntegrityError) or a stale read the attempt is
-        discarded and run again on fresh reads; any other exception discards
-        it and is raised. Side effects (`_after_commit`) follow a commit,
+        discarded and run again on fresh reads, as is one that refused
+        (raised a LedgerError) on a cached read that may be behind; any
+        other exception discards it and is raised. Side effects (`_after_commit`) follow a commit,
         outside the lock. Raises ConcurrentUpdateError, naming `command`,
         after `max_attempts` attempts; LedgerBusyError when the ledger stayed
         held by other commands for `lock_timeout`.
@@ -218,6 +220,17 @@ class UnitOfWorkApplication(Application[UUID]):
                     self.conflicts += 1
                     fresh = True
                     self.observer.retried(command, "conflict")
+                except LedgerError:
+                    work.discard()
+                    if work.is_current:
+                        raise
+                    # A refusal is a decision not to write: never taken on
+                    # a cached read that may be behind another process's
+                    # writes (say, a queued request another server granted
+                    # meanwhile). Decide again on fresh reads.
+                    fresh = True
+                    self.observer.retried(command, "stale_read")
+                    continue
                 except BaseException:
                     work.discard()
                     raise

@@ -7,7 +7,12 @@ from pathlib import Path
 from allocation_ledger.adapters.config.settings import Settings
 from allocation_ledger.adapters.storage.service import open_service
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.values import AllocationRequest, AllocationState
+from allocation_ledger.domain.values import (
+    AllocationRequest,
+    AllocationState,
+    Resources,
+)
+from tests.ledger_support import OpenService
 
 
 def test_a_stale_cached_pool_loses_on_its_version_and_the_command_retries(
@@ -36,3 +41,29 @@ def test_a_stale_cached_pool_loses_on_its_version_and_the_command_retries(
     finally:
         first.close()
         second.close()
+
+
+def test_a_server_whose_cached_queue_is_behind_decides_again_on_fresh_reads(
+    open_services: OpenService, tmp_path: Path
+) -> None:
+    """Three servers on one SQLite file: a queued request granted by one
+    server is still queued in another's cached pool; that server's release,
+    which serves its queue, must not refuse ("cannot grant ... while it is
+    active") but decide again on fresh reads (found by a break-it session:
+    3 of 3 runs failed)."""
+    settings = Settings(store="sqlite", database=tmp_path / "ledger.db")
+    first, second, third = (open_services(settings).ledger for _ in range(3))
+    first.set_capacity(Resources(16_000, 32_768, 2))
+    held = [
+        first.request(AllocationRequest(f"h{n}", (), 1)).allocation.allocation_id
+        for n in range(2)
+    ]
+    early = first.request(AllocationRequest("q0", (), 1), wait=True).allocation
+    late = second.request(AllocationRequest("q1", (), 1), wait=True).allocation
+    assert (early.state, late.state) == ("queued", "queued")
+
+    third.release(held[0])  # grants q0; the second server's cache still queues it
+    second.release(held[1])  # grants q1
+
+    assert first.allocation(early.allocation_id).state.value == "active"
+    assert first.allocation(late.allocation_id).state.value == "active"
