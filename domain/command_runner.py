@@ -193,8 +193,8 @@ class UnitOfWorkApplication(Application[UUID]):
         On a lost race (IntegrityError) or a stale read the attempt is
         discarded and run again on fresh reads, as is one that refused
         (raised a LedgerError) on a cached read that may be behind; any
-        other exception discards it and is raised. Side effects (`_after_commit`) follow a commit,
-        outside the lock. Raises ConcurrentUpdateError, naming `command`,
+        other exception discards it and is raised. Side effects
+        (`_after_commit`) follow a commit, outside the lock. Raises ConcurrentUpdateError, naming `command`,
         after `max_attempts` attempts; LedgerBusyError when the ledger stayed
         held by other commands for `lock_timeout`.
         """
