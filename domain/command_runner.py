@@ -194,9 +194,10 @@ class UnitOfWorkApplication(Application[UUID]):
         discarded and run again on fresh reads, as is one that refused
         (raised a LedgerError) on a cached read that may be behind; any
         other exception discards it and is raised. Side effects
-        (`_after_commit`) follow a commit, outside the lock. Raises ConcurrentUpdateError, naming `command`,
-        after `max_attempts` attempts; LedgerBusyError when the ledger stayed
-        held by other commands for `lock_timeout`.
+        (`_after_commit`) follow a commit, outside the lock. Raises
+        ConcurrentUpdateError, naming `command`, after `max_attempts`
+        attempts; LedgerBusyError when the ledger stayed held by other
+        commands for `lock_timeout`.
         """
         fresh = False
         for attempt in range(1, self.max_attempts + 1):
