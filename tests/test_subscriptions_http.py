@@ -255,3 +255,58 @@ async def test_a_subscriber_learns_of_another_servers_release_within_two_seconds
                 granted = await each.wait_for(uri, "granted", timeout=2.0)
                 assert granted[STATE] == "active"
             assert time.monotonic() - released < 2.0
+
+
+async def test_a_server_with_open_streams_and_waiting_calls_stops_promptly(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a listen stream is open and a call waits in the queue:
+    the server stops within its grace period (5 s) plus slack, not when the
+    stream's client or the call's block_seconds let it (it hung until the
+    client left; found by a break-it session). Both are cut."""
+    cut: list[str] = []
+    with http_server_process(tmp_path / "ledger.db", "--no-auth") as (base, process):
+        async with (
+            client_of(base + "/mcp", Told()) as client,
+            client_of(base + "/mcp", Told()) as waiter,
+            anyio.create_task_group() as group,
+        ):
+            await call(client, "set_capacity", workers=1)
+            made = await ask(client, "holder", 1)
+            opened = anyio.Event()
+
+            async def hold_a_stream() -> None:
+                uri = allocation_uri(made["allocation_id"])
+                try:
+                    async with client.listen(resource_subscriptions=[uri]) as stream:
+                        opened.set()
+                        async for _ in stream:
+                            pass
+                except Exception:  # noqa: BLE001 - the stop cuts it
+                    cut.append("listen")
+
+            async def wait_in_queue() -> None:
+                try:
+                    await waiter.call_tool(
+                        "request_resources",
+                        {
+                            "job_id": "patient",
+                            "mcp_servers": [],
+                            "workers": 1,
+                            "wait": True,
+                            "block_seconds": 120,
+                        },
+                    )
+                except Exception:  # noqa: BLE001 - the stop cuts it
+                    cut.append("wait")
+
+            group.start_soon(hold_a_stream)
+            group.start_soon(wait_in_queue)
+            await opened.wait()
+            await anyio.sleep(1)
+            stopping = time.monotonic()
+            process.terminate()
+            await anyio.to_thread.run_sync(lambda: process.wait(timeout=60))
+            assert time.monotonic() - stopping < 20
+            group.cancel_scope.cancel()
+    assert sorted(cut) == ["listen", "wait"]

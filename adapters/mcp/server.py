@@ -67,6 +67,11 @@ logger = logging.getLogger("allocation_ledger.mcp")
 
 SERVER_NAME = "allocation-ledger"
 HEALTH_PATH = "/healthz"
+SHUTDOWN_GRACE_SECONDS = 5
+"""Seconds a stopping HTTP server gives open requests to finish: a call
+waiting in the queue (`block_seconds`) or a `subscriptions/listen` stream
+would otherwise hold the stop for as long as it lasts. Past it they are cut
+(a waiting request stays queued; a listener listens again)."""
 HEALTH_DEADLINE = 1.5
 """Seconds /healthz takes at most to answer (checkers give up after 2 s)."""
 
@@ -334,5 +339,6 @@ async def serve_http(
         log_level=log_level.lower(),
         log_config=None,
         lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     await uvicorn.Server(config).serve(sockets=None if sock is None else [sock])
