@@ -204,6 +204,8 @@ async def test_unsubscribing_stops_the_updates_and_unknown_resources_are_refused
             "ledger://allocations/alloc-0123456789ab",
             "ledger://pools/nowhere/capacity",
             "ledger://somewhere/else",
+            # accepted before, and never told (updates name the exact URI)
+            "ledger://pools/default/capacity\n",
         ):
             with pytest.raises(MCPError) as refused:
                 await client.subscribe_resource(unknown)

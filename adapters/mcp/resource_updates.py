@@ -45,8 +45,8 @@ logger = logging.getLogger("allocation_ledger.mcp")
 
 ALLOCATION_URI = "ledger://allocations/{}"
 POOL_CAPACITY_URI = "ledger://pools/{}/capacity"
-_ALLOCATION = re.compile(r"^ledger://allocations/([^/?#]+)$")
-_POOL_CAPACITY = re.compile(r"^ledger://pools/([^/?#]+)/capacity$")
+_ALLOCATION = re.compile(r"ledger://allocations/([^/?#\s]+)")
+_POOL_CAPACITY = re.compile(r"ledger://pools/([^/?#\s]+)/capacity")
 
 EVENT_META = "allocation-ledger/event"
 """`_meta` key of every update: why it was sent (see `allocation_event`)."""
@@ -174,13 +174,13 @@ class UpdateSubscriber:
 
 def allocation_of(uri: str) -> str | None:
     """The allocation id of an allocation resource's URI, else None."""
-    found = _ALLOCATION.match(uri)
+    found = _ALLOCATION.fullmatch(uri)
     return found.group(1) if found else None
 
 
 def pool_of(uri: str) -> str | None:
     """The pool of a pool capacity resource's URI, else None."""
-    found = _POOL_CAPACITY.match(uri)
+    found = _POOL_CAPACITY.fullmatch(uri)
     return found.group(1) if found else None
 
 
