@@ -23,6 +23,7 @@ from allocation_ledger.adapters.mcp.resource_updates import (
     ResourceUpdates,
 )
 from allocation_ledger.adapters.mcp.server import resource_updates, stdio_server
+from allocation_ledger.adapters.mcp.subscriptions import MAX_LISTEN_STREAMS_PER_CALLER
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.server_process import ProcessReport
@@ -320,3 +321,44 @@ async def test_an_allocations_subscribers_hear_when_one_of_its_mcp_servers_fails
         await anyio.sleep(0.3)
         assert told.uris() == {uri}  # not the allocation without servers
         group.cancel_scope.cancel()
+
+
+async def test_one_caller_holds_a_bounded_number_of_listen_streams(
+    service: AllocationService,
+) -> None:
+    """One caller (one token's subject) may hold MAX_LISTEN_STREAMS_PER_CALLER
+    streams: past that it is refused, naming the limit, and a stream it
+    closes frees a place (one read-only token took all 1,024 of a server's
+    streams from every other tenant; found by a break-it session)."""
+    limit = MAX_LISTEN_STREAMS_PER_CALLER
+    async with (
+        connected(service, Told()) as client,
+        anyio.create_task_group() as group,
+    ):
+        closers: list[anyio.Event] = []
+
+        async def hold(opened: anyio.Event, close: anyio.Event) -> None:
+            async with client.listen(resource_subscriptions=[pool_uri()]):
+                opened.set()
+                await close.wait()
+
+        for _ in range(limit):
+            opened, close = anyio.Event(), anyio.Event()
+            closers.append(close)
+            group.start_soon(hold, opened, close)
+            await opened.wait()
+        with pytest.raises(MCPError) as refused:
+            async with client.listen(resource_subscriptions=[pool_uri()]):
+                pass
+        assert f"holds {limit} listen streams" in str(refused.value)
+
+        closers[0].set()
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    async with client.listen(resource_subscriptions=[pool_uri()]):
+                        break
+                except MCPError:
+                    await anyio.sleep(0.05)
+        for close in closers:
+            close.set()

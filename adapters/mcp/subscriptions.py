@@ -57,6 +57,9 @@ from allocation_ledger.domain.tenancy import Visibility
 logger = logging.getLogger("allocation_ledger.mcp")
 
 MAX_LISTEN_STREAMS = 1024
+MAX_LISTEN_STREAMS_PER_CALLER = 64
+"""Listen streams one caller (a token's subject) may hold at once, so that
+one caller cannot take every stream of the server from the others."""
 """Listen streams one server holds open at once (the SDK's bound)."""
 MAX_BUFFERED_UPDATES = 1024
 """Updates waiting for one slow client before its stream is ended (listen)
@@ -127,13 +130,16 @@ class LedgerListenHandler:
         access: Access,
         *,
         max_subscriptions: int = MAX_LISTEN_STREAMS,
+        max_per_caller: int = MAX_LISTEN_STREAMS_PER_CALLER,
         max_buffered_events: int = MAX_BUFFERED_UPDATES,
     ) -> None:
         self.updates = updates
         self.access = access
         self.max_subscriptions = max_subscriptions
+        self.max_per_caller = max_per_caller
         self.max_buffered_events = max_buffered_events
         self._streams: set[MemoryObjectSendStream[ResourceUpdate]] = set()
+        self._held_by: dict[str, int] = {}
 
     async def __call__(
         self,
@@ -147,6 +153,13 @@ class LedgerListenHandler:
         if len(self._streams) >= self.max_subscriptions:
             raise MCPError(INTERNAL_ERROR, "Subscription limit reached")
         caller = _caller(self.access, "subscribing to resources")
+        if self._held_by.get(caller.actor, 0) >= self.max_per_caller:
+            msg = (
+                f"Subscription limit reached: {caller.actor} holds "
+                f"{self.max_per_caller} listen streams; close one (one stream "
+                "may carry many resources)"
+            )
+            raise MCPError(INTERNAL_ERROR, msg)
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}
         send, receive = anyio.create_memory_object_stream[ResourceUpdate](
             self.max_buffered_events
@@ -168,6 +181,7 @@ class LedgerListenHandler:
         # it is written waits in the buffer rather than being lost.
         subscriber = self.updates.subscriber(caller.visibility, deliver)
         self._streams.add(send)
+        self._held_by[caller.actor] = self._held_by.get(caller.actor, 0) + 1
         try:
             honored = await self._honored(params.notifications, caller, subscriber)
             await ctx.session.send_notification(
@@ -187,7 +201,15 @@ class LedgerListenHandler:
             self._streams.discard(send)
             send.close()
             receive.close()
+            self._let_go(caller.actor)
         return SubscriptionsListenResult(_meta=meta)
+
+    def _let_go(self, actor: str) -> None:
+        left = self._held_by.get(actor, 0) - 1
+        if left > 0:
+            self._held_by[actor] = left
+        else:
+            self._held_by.pop(actor, None)
 
     async def _honored(
         self,
