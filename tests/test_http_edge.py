@@ -36,11 +36,13 @@ DASHBOARD = "dashboard-token-0123456789"
 AGENT = "agent-token-0123456789"
 AUDITOR = "auditor-token-0123456789"
 CRAWLER = "crawler-token-0123456789"
+PROBER = "prober-token-0123456789"
 TOKENS = [
     {"subject": "dashboard", "scopes": ["read"], "token": DASHBOARD},
     {"subject": "agent-7", "scopes": ["write"], "token": AGENT},
     {"subject": "auditor", "scopes": ["read"], "token": AUDITOR},
     {"subject": "crawler", "scopes": ["read"], "token": CRAWLER},
+    {"subject": "prober", "scopes": ["read"], "token": PROBER},
 ]
 SESSIONS_PER_TOKEN = 3
 PUBLIC_NAME = "ledger.example.com"
@@ -290,6 +292,36 @@ async def test_one_token_holds_at_most_its_sessions_and_others_carry_on(
     # Eleven refusals, and the log says so once (once a minute at most).
     said = served.log.read_text().count("refused a new MCP session to the token of")
     assert 1 <= said <= 2
+
+
+async def test_at_its_limit_a_token_is_refused_only_what_would_open_a_session(
+    served: Served,
+) -> None:
+    """A request without a session that is not an initialize opens none: at
+    the limit it gets the SDK's answer for a missing session, not 429 (which
+    would send a client looking at its sessions rather than its bug)."""
+    token = PROBER
+    answers = await _open_sessions(served.url, token, SESSIONS_PER_TOKEN)
+    assert [a.status_code for a in answers] == [200] * SESSIONS_PER_TOKEN
+    initialize = httpx2.post(served.url, json=INITIALIZE, headers=_headers(token))
+    assert initialize.status_code == 429
+    stray = httpx2.post(
+        served.url,
+        json=raw_tool_call("get_capacity", {}),
+        headers=_headers(token, **{"Mcp-Protocol-Version": PROTOCOL}),
+    )
+    assert stray.status_code == 400, stray.text
+    assert "session" in stray.text.lower()
+    # Padding an initialize does not get it past the limit.
+    padded = {**INITIALIZE, "padding": "x" * 100_000}
+    assert (
+        httpx2.post(served.url, json=padded, headers=_headers(token)).status_code == 429
+    )
+    for answer in answers:
+        httpx2.delete(
+            served.url,
+            headers=_in_session(token, answer.headers["mcp-session-id"]),
+        )
 
 
 def test_idle_sessions_expire_and_free_their_place(tmp_path: Path) -> None:

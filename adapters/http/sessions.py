@@ -110,10 +110,17 @@ class SessionLimit:
     async def _open(
         self, holder: str, headers: Headers, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """A request without a session id: it may open one, if under the limit."""
+        """A request without a session id: it may open one, if under the limit.
+
+        At the limit only what would open a session (a POST whose body is
+        an `initialize` request) is refused; anything else goes on to the
+        SDK, which answers it as it answers every request without a session.
+        """
         if self.open_sessions(holder) >= self.limit:
-            await self._refuse(holder, headers, scope, receive, send)
-            return
+            receive, opens = await _peek_initialize(scope, receive)
+            if opens:
+                await self._refuse(holder, headers, scope, receive, send)
+                return
         self._opening[holder] = self._opening.get(holder, 0) + 1
         opened: _Session | None = None
 
@@ -262,3 +269,51 @@ def _holder(headers: Headers, scope: Scope) -> str:
     if token is not None:
         return "token:" + hashlib.sha256(token.encode()).hexdigest()
     return "address:" + _address(scope)
+
+
+PEEK_BYTES = 64 * 1024
+"""How much of a request body is read to see whether it is an `initialize`
+(one is a few hundred bytes); a longer body counts as one."""
+
+
+async def _peek_initialize(scope: Scope, receive: Receive) -> tuple[Receive, bool]:
+    """Whether a request would open a session (a POST of an `initialize`
+    request, alone or in a batch), and a `receive` that gives the app the
+    body read to find out, then the rest."""
+    if scope.get("method") != "POST":
+        return receive, False
+    read: list[Message] = []
+    size = 0
+    while size <= PEEK_BYTES:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(m.get("body", b"") for m in read if m["type"] == "http.request")
+    complete = bool(read) and (
+        read[-1]["type"] != "http.request" or not read[-1].get("more_body", False)
+    )
+    # A body too long to read here is counted as one that would open a
+    # session: padding an initialize must not get past the limit.
+    opens = not complete or _is_initialize(body)
+
+    async def replay() -> Message:
+        if read:
+            return read.pop(0)
+        return await receive()
+
+    return replay, opens
+
+
+def _is_initialize(body: bytes) -> bool:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    return any(
+        isinstance(m, dict) and m.get("method") == "initialize" for m in messages
+    )
