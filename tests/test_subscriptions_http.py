@@ -310,3 +310,36 @@ async def test_a_server_with_open_streams_and_waiting_calls_stops_promptly(
             assert time.monotonic() - stopping < 20
             group.cancel_scope.cancel()
     assert sorted(cut) == ["listen", "wait"]
+
+
+@pytest.mark.slow
+async def test_over_http_a_subscriber_is_told_of_its_lease_ending_and_expiry(
+    tmp_path: Path,
+) -> None:
+    """The whole life of a lease over HTTP, through both generations: the
+    warning 58 s before a 60 s lease ends, then its expiry by the sweeper
+    (every second here). Slow: a lease is at least 60 s of real time."""
+    told, told_legacy = Told(), Told()
+    with http_server_process(
+        tmp_path / "ledger.db",
+        "--no-auth",
+        ALLOCATION_LEDGER_LEASE_WARNING_SECONDS="58",
+        ALLOCATION_LEDGER_SWEEP_INTERVAL_SECONDS="1",
+    ) as (base, _):
+        async with (
+            client_of(base + "/mcp", told) as client,
+            client_of(base + "/mcp", told_legacy, mode="legacy") as legacy,
+            listening() as listen,
+        ):
+            made = await ask(client, "short", 1, ttl_seconds=60)
+            uri = allocation_uri(made["allocation_id"])
+            assert await listen(client, [uri]) == [uri]
+            await legacy.subscribe_resource(uri)
+            for heard in (told, told_legacy):
+                warned = await heard.wait_for(uri, "lease_ending", timeout=15)
+                assert warned[STATE] == "active"
+            for heard in (told, told_legacy):
+                ended = await heard.wait_for(uri, "expired", timeout=90)
+                assert ended[STATE] == "expired"
+    assert told.events(uri) == ["lease_ending", "expired"]
+    assert told_legacy.events(uri) == ["lease_ending", "expired"]
