@@ -33,6 +33,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from allocation_ledger.adapters.mcp.change_feed import ChangeFeed
+from allocation_ledger.adapters.mcp.resources import allocation_uri, pool_capacity_uri
 from allocation_ledger.adapters.mcp.schemas.units import iso
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.errors import AllocationNotFoundError
@@ -43,8 +44,6 @@ from allocation_ledger.projections.views import AllocationView
 
 logger = logging.getLogger("allocation_ledger.mcp")
 
-ALLOCATION_URI = "ledger://allocations/{}"
-POOL_CAPACITY_URI = "ledger://pools/{}/capacity"
 _ALLOCATION = re.compile(r"ledger://allocations/([^/?#\s]+)")
 _POOL_CAPACITY = re.compile(r"ledger://pools/([^/?#\s]+)/capacity")
 
@@ -261,7 +260,7 @@ class ResourceUpdates:
         for pool in changes.pools:
             self.publish(
                 ResourceUpdate(
-                    POOL_CAPACITY_URI.format(pool.pool),
+                    pool_capacity_uri(pool.pool),
                     {EVENT_META: "capacity_changed", POOL_META: pool.pool},
                 )
             )
@@ -290,7 +289,7 @@ class ResourceUpdates:
         if watch.expires_at is not None:
             meta[EXPIRES_META] = iso(watch.expires_at)
         return ResourceUpdate(
-            ALLOCATION_URI.format(watch.allocation_id),
+            allocation_uri(watch.allocation_id),
             meta,
             tenant=watch.tenant,
             private=True,

@@ -33,6 +33,22 @@ from allocation_ledger.projections.store import UNFINISHED_STATES
 
 JSON = "application/json"
 
+POOL_CAPACITY_URI = "ledger://pools/{pool}/capacity"
+"""A pool's capacity resource: the template served, and the URI subscribed to."""
+ALLOCATION_URI = "ledger://allocations/{allocation_id}"
+"""An allocation's resource: the template served, and the URI subscribed to."""
+
+
+def pool_capacity_uri(pool: str) -> str:
+    """The URI of a pool's capacity resource."""
+    return POOL_CAPACITY_URI.format(pool=pool)
+
+
+def allocation_uri(allocation_id: str) -> str:
+    """The URI of an allocation's resource."""
+    return ALLOCATION_URI.format(allocation_id=allocation_id)
+
+
 Reader = Callable[[str, Visibility], BaseModel]
 """Builds a resource's answer for a name, for a caller who sees `Visibility`."""
 
@@ -75,7 +91,7 @@ def register_resources(
     """
 
     @server.resource(
-        "ledger://pools/{pool}/capacity",
+        POOL_CAPACITY_URI,
         name="pool_capacity",
         title="Pool capacity",
         description="A pool's capacity as get_capacity returns it (JSON).",
@@ -84,12 +100,12 @@ def register_resources(
     async def pool_capacity(pool: str) -> str:
         return await _resource(
             access,
-            f"ledger://pools/{pool}/capacity",
+            pool_capacity_uri(pool),
             lambda seen: capacity(pool, seen),
         )
 
     @server.resource(
-        "ledger://allocations/{allocation_id}",
+        ALLOCATION_URI,
         name="allocation",
         title="Allocation",
         description="One allocation as get_allocation returns it (JSON).",
@@ -98,7 +114,7 @@ def register_resources(
     async def allocation(allocation_id: str) -> str:
         return await _resource(
             access,
-            f"ledger://allocations/{allocation_id}",
+            allocation_uri(allocation_id),
             lambda seen: detail(allocation_id, seen),
         )
 
@@ -167,7 +183,7 @@ def pool_names(read_models: ReadModels) -> list[str]:
 
 def _capacity_resource(pool: str) -> MCPResource:
     return MCPResource(
-        uri=f"ledger://pools/{pool}/capacity",
+        uri=pool_capacity_uri(pool),
         name=f"pool-{pool}-capacity",
         title=f"Capacity of pool {pool}",
         description=f"Pool {pool}'s capacity as get_capacity returns it (JSON).",
@@ -178,7 +194,7 @@ def _capacity_resource(pool: str) -> MCPResource:
 def _allocation_resource(item: dict[str, Any]) -> MCPResource:
     allocation_id = item["allocation_id"]
     return MCPResource(
-        uri=f"ledger://allocations/{allocation_id}",
+        uri=allocation_uri(allocation_id),
         name=allocation_id,
         title=f"Allocation {allocation_id} of job {item['job_id']} ({item['state']})",
         description=(
