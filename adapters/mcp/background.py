@@ -113,18 +113,6 @@ class BackgroundWork:
         for line in lines:
             logger.info("reconciled: %s", line)
 
-    async def _follow_from_now(self, changes: ChangeFeed) -> None:
-        """Start the feed at the log's end before any request is served (so
-        no change made afterwards is missed); if the log cannot be read now,
-        the feed starts once it can (and says so in the log)."""
-        try:
-            await anyio.to_thread.run_sync(changes.follower.start_at_end)
-        except Exception:  # noqa: BLE001 - an outage at start; ChangeFeed.run retries
-            logger.warning(
-                "the ledger's log could not be read at start; changes are "
-                "followed once it can be"
-            )
-
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BackgroundWork]:
         """Reconcile server processes first (before any request is served),
@@ -134,7 +122,7 @@ class BackgroundWork:
         await self.reconcile()
         async with anyio.create_task_group() as group:
             if self.changes is not None:
-                await self._follow_from_now(self.changes)
+                await self.changes.start()
                 group.start_soon(self.changes.run)
             group.start_soon(
                 _periodically,

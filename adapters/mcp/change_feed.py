@@ -105,6 +105,18 @@ class ChangeFeed:
             self._tell(changes)
         return changes
 
+    async def start(self) -> None:
+        """Take the log's end as the place to follow from, before any
+        request is served (so no change made afterwards is missed); if the
+        log cannot be read now, `run` takes it once it can (logged)."""
+        try:
+            await anyio.to_thread.run_sync(self.follower.start_at_end)
+        except Exception:  # noqa: BLE001 - an outage at start; run retries
+            logger.warning(
+                "the ledger's log could not be read at start; changes are "
+                "followed once it can be"
+            )
+
     async def run(self) -> None:
         """Follow the log until cancelled, from its end when this starts
         (or, if the database cannot be read then, from its end when it
