@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,12 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
     ProcessProvisioner,
 )
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
+from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import Clock
+from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.server_process import server_process_uuid
+from allocation_ledger.domain.values import AllocationRequest
+from allocation_ledger.domain.worker_process import worker_process_uuid
 
 PYTHON = sys.executable
 TEST_SERVER = [PYTHON, str(Path(__file__).with_name("mcp_test_server.py"))]
@@ -245,6 +252,38 @@ def process_events(service: AllocationService, name: str) -> list[Any]:
 def kinds(events: list[Any]) -> list[str]:
     """Event class names, in order."""
     return [type(event).__name__ for event in events]
+
+
+def worker_events(service: AllocationService, worker_id: str) -> list[Any]:
+    """The stored WorkerProcess events of one worker, in order."""
+    store = service.ledger.repository.event_store
+    return list(store.get(worker_process_uuid(worker_id)))
+
+
+def facts_on(port: int) -> dict[str, Any] | None:
+    """What the worker listening on the port says of itself (None: nothing)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+            facts: dict[str, Any] = json.loads(answer.read())
+            return facts
+    except OSError:
+        return None
+
+
+def request_in_thread(
+    service: AllocationService, request: AllocationRequest
+) -> tuple[threading.Thread, dict[str, RequestResult], str]:
+    """Start `request` in POOL (request_id "r1") in a thread, for a request
+    that blocks while its servers or workers start: (the thread, where its
+    result lands under "result", its allocation id)."""
+    answers: dict[str, RequestResult] = {}
+
+    def run() -> None:
+        answers["result"] = service.ledger.request(request, pool=POOL, request_id="r1")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, answers, allocation_id_for_request(POOL, "r1")
 
 
 OpenProcessLedger = Callable[..., AllocationService]

@@ -30,7 +30,6 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
 )
 from allocation_ledger.adapters.storage.audit import verify
 from allocation_ledger.adapters.storage.service import AllocationService
-from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
@@ -47,6 +46,7 @@ from tests.process_support import (
     process_events,
     process_ledgers,
     refuses_connections,
+    request_in_thread,
     wait_until,
 )
 
@@ -231,17 +231,10 @@ def _request_in_thread(
     service: AllocationService, servers: tuple[str, ...], ttl_seconds: int = 3600
 ) -> tuple[threading.Thread, dict[str, RequestResult], str]:
     """Start a request (request_id "r1") that blocks while its servers start."""
-    answers: dict[str, RequestResult] = {}
     request_ = AllocationRequest(
         job_id="slow", servers=servers, ttl_seconds=ttl_seconds
     )
-
-    def run() -> None:
-        answers["result"] = service.ledger.request(request_, pool=POOL, request_id="r1")
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, answers, allocation_id_for_request(POOL, "r1")
+    return request_in_thread(service, request_)
 
 
 def test_a_release_during_a_slow_start_leaves_no_process_behind(

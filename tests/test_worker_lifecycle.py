@@ -9,12 +9,10 @@ process a test starts is killed when it ends (tests/process_support.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,22 +26,23 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
 from allocation_ledger.adapters.storage.audit import verify
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
-from allocation_ledger.domain.allocation_ids import allocation_id_for_request
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.values import AllocationRequest, AllocationState, Priority
-from allocation_ledger.domain.worker_process import worker_process_uuid
 from tests.process_support import (
     MARK,
     POOL,
     POOL_WORKER_FIRST,
     TEST_SERVER,
+    facts_on,
     is_alive,
+    kinds,
     marked_processes,
     marking,
     process_ledgers,
     refuses_connections,
+    request_in_thread,
     wait_until,
+    worker_events,
 )
 
 PROGRAM = str(Path(__file__).with_name("worker_program.py"))
@@ -85,26 +84,6 @@ def provisioner_of(service: AllocationService) -> ProcessProvisioner:
     provisioner = service.ledger.provisioner
     assert isinstance(provisioner, ProcessProvisioner)
     return provisioner
-
-
-def facts_on(port: int) -> dict[str, Any] | None:
-    """What the worker listening on the port says of itself (None: nothing)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
-            facts: dict[str, Any] = json.loads(answer.read())
-            return facts
-    except OSError:
-        return None
-
-
-def worker_events(service: AllocationService, worker_id: str) -> list[Any]:
-    return list(
-        service.ledger.repository.event_store.get(worker_process_uuid(worker_id))
-    )
-
-
-def kinds(events: list[Any]) -> list[str]:
-    return [type(event).__name__ for event in events]
 
 
 def granted(service: AllocationService, **request: Any) -> Allocation:
@@ -192,27 +171,13 @@ def test_a_preempted_allocations_worker_is_stopped_and_its_port_goes_to_the_new_
 # -- releases that race provisioning, and ports still held --------------------
 
 
-def _request_in_thread(
-    service: AllocationService, request: AllocationRequest
-) -> tuple[threading.Thread, dict[str, RequestResult], str]:
-    """Start a request (request_id "r1") that blocks while its server starts."""
-    answers: dict[str, RequestResult] = {}
-
-    def run() -> None:
-        answers["result"] = service.ledger.request(request, pool=POOL, request_id="r1")
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, answers, allocation_id_for_request(POOL, "r1")
-
-
 def test_a_release_while_workers_are_provisioned_leaves_no_worker_behind(
     open_ledger: OpenLedger, mark: str
 ) -> None:
     slow_worker = [*WORKER, "--delay-seconds", "3"]  # listens 3 s after its start
     service = open_ledger({"worker_command": slow_worker}, {"slow": SLOW_SERVER})
     request = AllocationRequest(job_id="slow", servers=("slow",), workers=2)
-    thread, answers, allocation_id = _request_in_thread(service, request)
+    thread, answers, allocation_id = request_in_thread(service, request)
     assert wait_until(lambda: marked_processes(mark) != [])  # the server starts
     assert service.ledger.allocation(allocation_id).state is AllocationState.PENDING
     assert service.ledger.release(allocation_id).result.status == "released"

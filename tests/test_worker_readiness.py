@@ -12,12 +12,9 @@ process a test starts is killed when it ends (tests/process_support.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
-import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -35,21 +32,22 @@ from allocation_ledger.adapters.provisioning.process_provisioner import (
 from allocation_ledger.adapters.storage.audit import verify
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
-from allocation_ledger.domain.allocation_ids import allocation_id_for_request
-from allocation_ledger.domain.results import RequestResult
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
-from allocation_ledger.domain.worker_process import worker_process_uuid
 from tests.mcp_support import call
 from tests.process_support import (
     MARK,
     POOL,
     POOL_WORKER_FIRST,
     TEST_SERVER,
+    facts_on,
+    kinds,
     marked_processes,
     marking,
     process_ledgers,
     refuses_connections,
+    request_in_thread,
     wait_until,
+    worker_events,
 )
 
 PROGRAM = str(Path(__file__).with_name("worker_program.py"))
@@ -97,25 +95,6 @@ def open_ledger(mark: str, tmp_path: Path) -> Iterator[OpenLedger]:
 
     with process_ledgers(mark, tmp_path, None) as opened:
         yield open_
-
-
-def worker_events(service: AllocationService, worker_id: str) -> list[Any]:
-    store = service.ledger.repository.event_store
-    return list(store.get(worker_process_uuid(worker_id)))
-
-
-def kinds(events: list[Any]) -> list[str]:
-    return [type(event).__name__ for event in events]
-
-
-def facts_on(port: int) -> dict[str, Any] | None:
-    """What the worker listening on the port says of itself (None: nothing)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
-            facts: dict[str, Any] = json.loads(answer.read())
-            return facts
-    except OSError:
-        return None
 
 
 def held(service: AllocationService) -> tuple[Any, ...]:
@@ -297,28 +276,13 @@ def test_a_worker_on_a_port_in_use_is_not_started(
 # -- ready ---------------------------------------------------------------------------
 
 
-def _request_in_thread(
-    service: AllocationService, request: AllocationRequest
-) -> tuple[threading.Thread, dict[str, RequestResult], str]:
-    """Start a request (request_id "r1") in a thread; it blocks while its
-    workers start."""
-    answers: dict[str, RequestResult] = {}
-
-    def run() -> None:
-        answers["result"] = service.ledger.request(request, pool=POOL, request_id="r1")
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, answers, allocation_id_for_request(POOL, "r1")
-
-
 def test_a_worker_that_listens_late_is_activated_once_it_listens(
     open_ledger: OpenLedger, mark: str
 ) -> None:
     late = [*WORKER, "--delay-seconds", "2"]  # listens 2 s after its start
     service = open_ledger({"worker_command": late})
     request = AllocationRequest(job_id="late", workers=1)
-    thread, answers, allocation_id = _request_in_thread(service, request)
+    thread, answers, allocation_id = request_in_thread(service, request)
     try:
         assert wait_until(lambda: marked_processes(mark) != [], 15)
         # running, not yet listening: the allocation waits
@@ -376,7 +340,7 @@ def test_a_release_during_a_slow_worker_start_leaves_no_process_behind(
     service = open_ledger({"worker_command": slow})
     before = held(service)
     request = AllocationRequest(job_id="slow", workers=2)
-    thread, answers, allocation_id = _request_in_thread(service, request)
+    thread, answers, allocation_id = request_in_thread(service, request)
     try:
         assert wait_until(lambda: len(marked_processes(mark)) == 2, 15)
         assert service.ledger.allocation(allocation_id).state is (
@@ -443,7 +407,7 @@ async def test_get_allocation_shows_a_worker_starting_until_a_release_stops_it(
     slow = [*WORKER, "--delay-seconds", "20"]
     service = open_ledger({"worker_command": slow})
     request = AllocationRequest(job_id="slow", workers=1)
-    thread, _, allocation_id = _request_in_thread(service, request)
+    thread, _, allocation_id = request_in_thread(service, request)
     try:
         async with Client(stdio_server(service)) as client:
 
