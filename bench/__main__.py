@@ -29,6 +29,7 @@ ITEMS = {
     "7": "bench.provisioning",
     "8": "bench.preemption",
     "9": "bench.audit",
+    "10": "bench.group_commit",
 }
 
 

@@ -1,4 +1,5 @@
-"""The application every Ledger command runs in, and its retry loop.
+"""The application every Ledger command runs in, its retry loop and its
+group commit.
 
 Each command runs its body as a unit of work (unit_of_work.py), one attempt
 at a time. Another writer that saved one of its aggregates first makes the
@@ -14,37 +15,39 @@ Time: the ledger records the injected clock through a `RecordedClock`, which
 never runs back; an attempt whose moment is earlier than what it read is run
 again (`RecordedTimeBehindError`). See docs/operations.md, "Time".
 
+Group commit (group_commit.py): a command's save adds its events to the
+open batch; the batch is recorded in one transaction by whoever lets go of
+the ledger's lock with nobody waiting for it, and every command in it is
+answered once it is durable. A batch that lost a race wrote nothing: each of
+its commands is run again on fresh reads.
+
 Outside any command, `pool`, `allocation` and `pool_names` read the store
 fresh (for audits and tests).
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import (
     AggregateNotFoundError,
-    Application,
-    ProcessingEvent,
 )
 from eventsourcing.domain import Aggregate, Snapshot
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError
 
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import random_allocation_id
+from allocation_ledger.domain.batched_recording import BatchedRecording
 from allocation_ledger.domain.clock import Clock, ClockBehind, RecordedClock
 from allocation_ledger.domain.errors import (
     ConcurrentUpdateError,
-    LedgerBusyError,
     LedgerError,
     PoolNotFoundError,
 )
-from allocation_ledger.domain.observer import LedgerObserver
+from allocation_ledger.domain.group_commit import resolve_position
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.provisioner import Provisioner
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
@@ -85,7 +88,7 @@ def _no_pause(_: float) -> None:
     return None
 
 
-class UnitOfWorkApplication(Application[UUID]):
+class UnitOfWorkApplication(BatchedRecording):
     """An eventsourcing Application whose commands run as units of work.
 
     The base of the Ledger (ledger.py) and of its command mixins: the store,
@@ -101,8 +104,10 @@ class UnitOfWorkApplication(Application[UUID]):
     `clock` is recorded through a RecordedClock (`self.clock`), which starts
     from the time of the last event in the log; `on_clock_behind` is told
     when the clock reads earlier than that mark (the adapter logs it).
-    `observer` is told of retries and provisioning (observer.py); set it to
-    watch the ledger.
+    `observer` is told of retries, provisioning and batches (observer.py);
+    set it to watch the ledger. `group_commit`: concurrent commands' saves
+    recorded together (group_commit.py); off, each save is its own
+    transaction, as the benchmark's baseline.
     """
 
     def __init__(
@@ -117,8 +122,9 @@ class UnitOfWorkApplication(Application[UUID]):
         jitter: Callable[[], float] = lambda: 0.5,
         on_clock_behind: Callable[[ClockBehind], None] | None = None,
         lock_timeout: float | None = None,
+        group_commit: bool = True,
     ) -> None:
-        super().__init__(env)
+        super().__init__(env, lock_timeout=lock_timeout, group_commit=group_commit)
         self.clock = RecordedClock(clock, on_clock_behind)
         latest = self.latest_recorded_time()
         if latest is not None:
@@ -129,44 +135,11 @@ class UnitOfWorkApplication(Application[UUID]):
         self.pause = pause
         self.jitter = jitter
         self.conflicts = 0
-        self.observer = LedgerObserver()
         self.replayer = Replayer()
-        self._lock = threading.RLock()
-        self.lock_timeout = lock_timeout
         # With fast-forwarding, every cached read is brought up to date first.
         self.cache_is_current = bool(
             self.repository.cache is not None and self.repository.fastforward
         )
-
-    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        """Application.save, minus two runtime-protocol checks per aggregate.
-
-        The library asks of every object whether it is a domain event and
-        whether it can collect events (runtime-checkable Protocols, slow on
-        Python 3.11: a quarter of a request + release in memory). The ledger
-        saves only its own aggregates: collect their events directly, then
-        record, snapshot and notify exactly as Application.save does
-        (eventsourcing 9.5).
-        """
-        if kwargs or not all(isinstance(obj, Aggregate) for obj in objs):
-            return super().save(*objs, **kwargs)
-        processing: ProcessingEvent[UUID] = ProcessingEvent()
-        for aggregate in objs:
-            processing.events.extend(aggregate.collect_events())
-            processing.aggregates[aggregate.id] = aggregate
-        recordings = self._record(processing)
-        cache = self.repository.cache
-        if cache is not None and self.repository.fastforward:
-            # The library caches saved aggregates only without fast-forward;
-            # with it, a new allocation would be read back from the store at
-            # once (a release starts by reading it). What was just saved is
-            # the stored state: cache it, to be fast-forwarded from there.
-            for aggregate_id, aggregate in processing.aggregates.items():
-                cache.put(aggregate_id, aggregate)
-        self._take_snapshots(processing)
-        self._notify(recordings)
-        self.notify(processing.events)  # deprecated in the library; kept
-        return recordings
 
     def latest_recorded_time(self) -> datetime | None:
         """The time of the last event in the log (None when it is empty)."""
@@ -180,34 +153,30 @@ class UnitOfWorkApplication(Application[UUID]):
         moment = getattr(event, "timestamp", None)
         return moment if isinstance(moment, datetime) else None
 
-    def forget(self, aggregate_id: UUID) -> None:
-        """Drop an aggregate from the cache so the next read comes from the store."""
-        cache = self.repository.cache
-        if cache is not None:
-            with contextlib.suppress(KeyError):
-                cache.get(aggregate_id, evict=True)
-
     def _run(self, command: str, body: Callable[[UnitOfWork], T]) -> T:
         """Run `body` as a unit of work until it commits, and answer its answer.
 
-        On a lost race (IntegrityError) or a stale read the attempt is
-        discarded and run again on fresh reads, as is one that refused
-        (raised a LedgerError) on a cached read that may be behind; any
-        other exception discards it and is raised. Side effects
-        (`_after_commit`) follow a commit, outside the lock. Raises
-        ConcurrentUpdateError, naming `command`, after `max_attempts`
-        attempts; LedgerBusyError when the ledger stayed held by other
-        commands for `lock_timeout`.
+        On a lost race (IntegrityError, also of the batch it was recorded
+        in) or a stale read the attempt is discarded and run again on fresh
+        reads, as is one that refused (raised a LedgerError) on a cached
+        read that may be behind, or on what a batch that then failed held;
+        any other exception discards it and is raised. The answer is given
+        once what the attempt saved, and what it read of the open batch, is
+        durable. Side effects (`_after_commit`) follow, outside the lock.
+        Raises ConcurrentUpdateError, naming `command`, after
+        `max_attempts` attempts; LedgerBusyError when the ledger stayed held
+        by other commands for `lock_timeout`; what recording its batch
+        raised (the store failed).
         """
         fresh = False
         for attempt in range(1, self.max_attempts + 1):
             with self._held(command), self.clock.unit():
                 work = UnitOfWork(self, fresh)
-                committed = False
+                decided = False
                 try:
                     result = body(work)
                 except StaleReadError as stale:
-                    work.discard()
+                    self._abandon(work)
                     fresh = True
                     self.observer.retried(
                         command,
@@ -217,42 +186,56 @@ class UnitOfWorkApplication(Application[UUID]):
                     )
                     continue
                 except IntegrityError:
-                    work.discard()
+                    self._abandon(work)
                     self.conflicts += 1
                     fresh = True
                     self.observer.retried(command, "conflict")
                 except LedgerError:
-                    work.discard()
-                    if work.is_current:
-                        raise
                     # A refusal is a decision not to write: never taken on
-                    # a cached read that may be behind another process's
-                    # writes (say, a queued request another server granted
-                    # meanwhile). Decide again on fresh reads.
+                    # what may not last (a cached read behind another
+                    # process's writes, or a batch that fails to record).
+                    durable = self._record_batch() and work.batches_recorded
+                    self._abandon(work)
+                    if work.is_current and durable:
+                        raise
                     fresh = True
                     self.observer.retried(command, "stale_read")
                     continue
                 except BaseException:
-                    work.discard()
+                    self._abandon(work)
                     raise
                 else:
-                    committed = True
-            if committed:
-                self._after_commit(work)
-                return result
+                    decided = True
+            if decided:
+                # Answered once what it saved, and what it read of a batch,
+                # is durable (it joined each batch it read from or saved to).
+                failed = self._await_batches(work.members)
+                self._settle_notes(work.members)
+                if failed is None:
+                    position = max(
+                        (p for m in work.members if (p := m.position()) is not None),
+                        default=None,
+                    )
+                    self._after_commit(work)
+                    return cast(T, resolve_position(result, position))
+                error = failed.batch.error
+                assert error is not None
+                if failed.wrote and not isinstance(error, IntegrityError):
+                    raise error  # the store failed: nothing of the batch is durable
+                # Lost a race, or decided on what did not last: decide again.
+                # (What the batch held is no longer cached; see _record_batch.)
+                self.conflicts += isinstance(error, IntegrityError)
+                fresh = True
+                self.observer.retried(command, "conflict")
             self.pause(min(0.002 * 2**attempt, 0.25) * (0.5 + self.jitter()))
         raise ConcurrentUpdateError(command, self.max_attempts)
 
-    @contextlib.contextmanager
-    def _held(self, command: str) -> Iterator[None]:
-        """Hold the ledger's lock, waiting at most `lock_timeout` for it."""
-        timeout = -1 if self.lock_timeout is None else self.lock_timeout
-        if not self._lock.acquire(timeout=timeout):
-            raise LedgerBusyError(command, timeout)
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def _abandon(self, work: UnitOfWork) -> None:
+        """Discard an attempt that raised (with the lock held): forgetting
+        what it touched records the batches it took part in, whose
+        outcomes its saves' notes are then told."""
+        work.discard()
+        self._settle_notes(work.members)
 
     def serve_queue(self, work: UnitOfWork, pool: Pool) -> list[str]:
         """Serve the pool's queue inside `work` (before it saves); answers
@@ -271,7 +254,7 @@ class UnitOfWorkApplication(Application[UUID]):
 
     def pool_names(self) -> list[str]:
         """The names of every pool, in the order they were created."""
-        with self._lock:
+        with self._held():
             self.forget(REGISTRY_ID)
             try:
                 registry: Aggregate = self.repository.get(REGISTRY_ID)
@@ -285,7 +268,7 @@ class UnitOfWorkApplication(Application[UUID]):
 
         Raises PoolNotFoundError.
         """
-        with self._lock:
+        with self._held():
             self.forget(cached_pool_uuid(name))
             found = self._read_in_pages(cached_pool_uuid(name))
             if found is None:
@@ -318,6 +301,6 @@ class UnitOfWorkApplication(Application[UUID]):
 
         Raises AllocationNotFoundError.
         """
-        with self._lock:
+        with self._held():
             work = UnitOfWork(self, fresh=True)
             return work.allocation(allocation_id).snapshot()

@@ -1,5 +1,6 @@
-"""What a ledger tells whoever watches it work: retried units of work and
-provisioning. By default nobody listens; the metrics adapter does.
+"""What a ledger tells whoever watches it work: retried units of work,
+recorded batches and provisioning. By default nobody listens; the metrics
+adapter does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _ignore(_: ProvisioningOutcome) -> None:
 
 
 class LedgerObserver:
-    """Told of a ledger's retries and provisioning as they happen.
+    """Told of a ledger's retries, batches and provisioning as they happen.
 
     Every method here does nothing; an adapter overrides them and sets
     `ledger.observer`. They are called with the ledger's lock held or while
@@ -32,6 +33,11 @@ class LedgerObserver:
     def retried(self, command: str, reason: RetryReason) -> None:
         """An attempt at `command` (e.g. "request_resources") was discarded
         for `reason`; it is run again unless it was the last attempt."""
+
+    def batch_recorded(self, commands: int, events: int, *, ok: bool) -> None:
+        """A batch of `commands` units of work with `events` events in all
+        was recorded in one transaction (`ok`), or failed to be
+        (group_commit.py)."""
 
     def provisioning(self, pool: str) -> Callable[[ProvisioningOutcome], None]:
         """Provisioning of one allocation of `pool` starts now.

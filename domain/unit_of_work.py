@@ -36,6 +36,7 @@ from allocation_ledger.domain.errors import (
     InvalidRequestError,
     PoolNotFoundError,
 )
+from allocation_ledger.domain.group_commit import BatchMember, CommitBatch
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool, pool_uuid
 from allocation_ledger.domain.pool_settings import PoolSettings
 from allocation_ledger.domain.ports import (
@@ -98,11 +99,35 @@ class UnitOfWork:
     teardown: list[Allocation] = field(default_factory=list)
     stopped: list[StoppedServer] = field(default_factory=list)
     to_provision: list[Allocation] = field(default_factory=list)
+    members: list[BatchMember] = field(default_factory=list)
+    """This attempt's part in each batch it saved to or read from
+    (group_commit.py): it is answered once they are all recorded."""
 
     @property
     def is_current(self) -> bool:
         """Every aggregate read here is as recent as the store's."""
         return self.fresh or not self.read_cached or self.ledger.cache_is_current
+
+    def member_of(self, batch: CommitBatch) -> BatchMember:
+        """This attempt's member of `batch` (joined now if it is not yet)."""
+        for member in self.members:
+            if member.batch is batch:
+                return member
+        member = batch.join()
+        self.members.append(member)
+        return member
+
+    @property
+    def batches_recorded(self) -> bool:
+        """No batch this attempt saved to or read from failed to record."""
+        return all(m.batch.error is None for m in self.members)
+
+    def _require_batches_recorded(self) -> None:
+        """Raise StaleReadError if a batch this attempt saved to or read
+        from failed to record (recorded meanwhile, by a fresh read): what it
+        decided on did not last, and what it holds must not be saved."""
+        if not self.batches_recorded:
+            raise StaleReadError
 
     def require_current(self) -> None:
         """Run the attempt again on fresh reads unless this one already was.
@@ -122,8 +147,18 @@ class UnitOfWork:
             return self.touched[aggregate_id]
         if fresh or self.fresh:
             self.ledger.forget(aggregate_id)
+            self._require_batches_recorded()
         else:
             self.read_cached = True
+            batched = self.ledger.batched(aggregate_id)
+            if batched is not None:
+                # Unrecorded events of other commands: decide on them, and
+                # be answered only once they are durable.
+                batch, held = batched
+                self.member_of(batch)
+                self.touched[aggregate_id] = held
+                self._read_at(held.modified_on)
+                return held
         replayer = self.ledger.replayer
         replayer.replayed = 0
         try:
@@ -248,6 +283,7 @@ class UnitOfWork:
             if other == name:
                 continue
             self.ledger.forget(cached_pool_uuid(other))
+            self._require_batches_recorded()
             try:
                 found: Aggregate = self.ledger.repository.get(cached_pool_uuid(other))
             except AggregateNotFoundError:
@@ -291,7 +327,10 @@ class UnitOfWork:
         Each pool with a queue first serves it: whatever this unit of work
         freed goes to waiting requests in the same transaction. With nothing
         to write, first make sure that was decided on fresh reads. Answers
-        the notification position of the last event written (None: none).
+        the notification position of the last event written (None: none;
+        group_commit.PENDING_POSITION while it waits in a batch: the retry
+        loop answers the position). Raises StaleReadError when a batch this
+        attempt read from failed to record meanwhile.
         """
         for aggregate in list(self.touched.values()):
             if isinstance(aggregate, Pool) and aggregate.queue:
@@ -300,10 +339,8 @@ class UnitOfWork:
             self.require_current()
             return None
         self._require_time_not_behind()
-        recordings = self.ledger.save(*self.touched.values())
-        if not recordings:
-            return None
-        return max(r.notification.id for r in recordings)
+        self._require_batches_recorded()
+        return self.ledger.record_saves(self, tuple(self.touched.values()))
 
     def _require_time_not_behind(self) -> None:
         """No new event is earlier than an event of an aggregate read here.

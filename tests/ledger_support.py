@@ -3,7 +3,9 @@ readers of the stored event log."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,3 +114,32 @@ def sequential_ids() -> Callable[[], str]:
         return f"alloc-{next(counter):012x}"
 
     return new_id
+
+
+@contextmanager
+def lined_up(ledger: Ledger, commands: list[Callable[[], Any]]) -> Iterator[list[Any]]:
+    """Run `commands` in threads that all wait for the ledger's lock while
+    the test holds it, then let them go: they decide one after another and
+    the last records them all in one batch. Yields each command's answer (or
+    the exception it raised), in the order given, once all have returned."""
+    answers: list[Any] = [None] * len(commands)
+
+    def run(index: int) -> None:
+        try:
+            answers[index] = commands[index]()
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            answers[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(commands))]
+    with ledger._held("test"):
+        for thread in threads:
+            thread.start()
+        for _ in range(2_000):
+            if ledger.waiting >= len(commands):
+                break
+            threading.Event().wait(0.005)
+        assert ledger.waiting == len(commands)
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    yield answers

@@ -108,15 +108,33 @@ async def test_two_http_servers_on_one_postgres_ledger(
             ]
 
 
+def batches_of_several(metrics: str) -> float:
+    """How many recorded batches held more than one command, from the
+    server's /metrics text (group commit's histogram)."""
+    name = "allocation_ledger_commit_batch_commands"
+    total = single = 0.0
+    for line in metrics.splitlines():
+        if not line.startswith(name) or 'outcome="recorded"' not in line:
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith(name + "_count"):
+            total = value
+        elif line.startswith(name + "_bucket") and 'le="1.0"' in line:
+            single = value
+    return total - single
+
+
 async def burst_then_kill(
     url: str, process_id: int, *, acknowledged_before_kill: int, requests: int
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], str]:
     """Fire requests concurrently; SIGKILL the server after some are answered.
 
-    Returns what each acknowledged request was told, by request_id.
+    Returns what each acknowledged request was told, by request_id, and the
+    server's /metrics text read just before the kill.
     """
     told: dict[str, dict[str, Any]] = {}
     killed = anyio.Event()
+    metrics: list[str] = []
 
     async def one(client: Any, n: int) -> None:
         request_id = f"burst-{n}"
@@ -135,8 +153,11 @@ async def burst_then_kill(
             return  # answered after the kill: cannot be, but never count it
         told[request_id] = result
         if len(told) >= acknowledged_before_kill and not killed.is_set():
-            os.kill(process_id, signal.SIGKILL)
             killed.set()
+            async with httpx2.AsyncClient() as plain:
+                seen = await plain.get(url.removesuffix("/mcp") + "/metrics")
+            metrics.append(seen.text)
+            os.kill(process_id, signal.SIGKILL)
 
     try:
         with anyio.move_on_after(60):
@@ -149,7 +170,7 @@ async def burst_then_kill(
         if not killed.is_set():
             raise
     assert killed.is_set(), "the server was never killed"
-    return told
+    return told, metrics[0]
 
 
 async def check_after_crash(
@@ -190,12 +211,15 @@ async def test_a_server_killed_mid_burst_loses_nothing_it_acknowledged(
     else:
         env, settings = {}, Settings(store="sqlite", database=database)
     with http_server_process(database, "--no-auth", **env) as (base, process):
-        told = await burst_then_kill(
+        told, metrics = await burst_then_kill(
             base + "/mcp", process.pid, acknowledged_before_kill=15, requests=60
         )
         process.wait(timeout=10)
         assert process.returncode == -signal.SIGKILL
     assert len(told) >= 15
+    # The burst overlapped: commands were recorded several to a commit, so
+    # what is checked below is the batched path (group commit).
+    assert batches_of_several(metrics) >= 1, metrics
     await check_after_crash(settings, told)
 
     # A restarted server serves the same ledger, and retries are answered

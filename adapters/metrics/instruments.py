@@ -50,6 +50,9 @@ TOOL_SECONDS_BUCKETS = (
     30.0,
     60.0,
 )
+BATCH_COMMANDS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Commands per recorded batch; the largest is group_commit.MAX_BATCH_MEMBERS."""
+
 PROVISIONING_SECONDS_BUCKETS = (
     0.001,
     0.01,
@@ -156,6 +159,15 @@ class LedgerMetrics:
             buckets=PROVISIONING_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.batch_commands = Histogram(
+            "allocation_ledger_commit_batch_commands",
+            "Commands whose saves were recorded together in one transaction "
+            "(group commit), per batch, by outcome (recorded, failed). Above "
+            "1 when callers overlap: one durable commit served them all.",
+            ["outcome"],
+            buckets=BATCH_COMMANDS_BUCKETS,
+            registry=registry,
+        )
         service.ledger.observer = _Observer(self)
 
     def tool_called(
@@ -218,13 +230,17 @@ def request_outcome(
 
 
 class _Observer(LedgerObserver):
-    """The ledger's retries and provisioning, into the metrics."""
+    """The ledger's retries, batches and provisioning, into the metrics."""
 
     def __init__(self, metrics: LedgerMetrics) -> None:
         self.metrics = metrics
 
     def retried(self, command: str, reason: RetryReason) -> None:
         self.metrics.retries.labels(command, reason).inc()
+
+    def batch_recorded(self, commands: int, events: int, *, ok: bool) -> None:
+        outcome = "recorded" if ok else "failed"
+        self.metrics.batch_commands.labels(outcome).observe(commands)
 
     def provisioning(self, pool: str) -> Callable[[ProvisioningOutcome], None]:
         started = time.perf_counter()

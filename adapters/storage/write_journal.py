@@ -4,7 +4,8 @@ A tool call runs its command in one thread. While the journal is recording
 in that thread, every save the ledger makes there is noted: the allocations
 it wrote (each with the state it was saved in), the pools it held (with
 their settings as saved), and whether it committed or failed, with the
-error. The MCP edge builds a reply from what was committed, and an error
+error (with group commit, once the batch it waited in was recorded or
+failed). The MCP edge builds a reply from what was committed, and an error
 reply says what had been written before the error, if anything, and whether
 the write that failed may have been committed (tools/outcomes.py).
 
@@ -19,10 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from uuid import UUID
 
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError
 
 from allocation_ledger.adapters.storage.postgres_store import unit_deadline
 from allocation_ledger.domain.allocation import Allocation
@@ -164,14 +164,10 @@ class JournaledLedger(Ledger):
         with unit_deadline(self.lock_timeout):
             return super()._run(command, body)
 
-    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        attempt = self.journal.begin(objs)
-        try:
-            recordings = super().save(*objs, **kwargs)
-        except BaseException as error:
-            if attempt is not None:
-                attempt.error = error
-            raise
-        if attempt is not None:
-            attempt.committed = True
-        return recordings
+    def _saving(self, aggregates: tuple[Aggregate, ...]) -> object:
+        return self.journal.begin(aggregates)
+
+    def _saved(self, note: object, error: BaseException | None) -> None:
+        if isinstance(note, SaveAttempt):
+            note.error = error
+            note.committed = error is None
