@@ -117,7 +117,9 @@ def sequential_ids() -> Callable[[], str]:
 
 
 @contextmanager
-def lined_up(ledger: Ledger, commands: list[Callable[[], Any]]) -> Iterator[list[Any]]:
+def lined_up(
+    ledger: Ledger, commands: Sequence[Callable[[], Any]]
+) -> Iterator[list[Any]]:
     """Run `commands` in threads that all wait for the ledger's lock while
     the test holds it, then let them go: they decide one after another and
     the last records them all in one batch. Yields each command's answer (or

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,7 @@ def test_commands_lined_up_are_recorded_in_one_batch_and_each_told_its_position(
     ledger.observer = batches
     before = ledger.recorder.max_notification_id() or 0
     requests = [
-        (lambda n=n: ledger.request(AllocationRequest(f"job-{n}", (), 1)))
-        for n in range(8)
+        partial(ledger.request, AllocationRequest(f"job-{n}", (), 1)) for n in range(8)
     ]
     with lined_up(ledger, requests) as answers:
         pass
@@ -112,8 +112,7 @@ def test_the_last_fitting_request_of_a_batch_is_granted_and_the_rest_refused(
     ledger = store_service.ledger
     ledger.set_capacity(Resources(64_000, 131_072, 4))
     requests = [
-        (lambda n=n: ledger.request(AllocationRequest(f"job-{n}", (), 1)))
-        for n in range(10)
+        partial(ledger.request, AllocationRequest(f"job-{n}", (), 1)) for n in range(10)
     ]
     with lined_up(ledger, requests) as answers:
         states = Counter(a.allocation.state for a in answers)
@@ -163,7 +162,7 @@ def test_a_batch_that_lost_a_race_to_another_server_is_decided_again(
         batches = Batches()
         first.ledger.observer = batches
         requests = [
-            (lambda n=n: first.ledger.request(AllocationRequest(f"job-{n}", (), 1)))
+            partial(first.ledger.request, AllocationRequest(f"job-{n}", (), 1))
             for n in range(4)
         ]
         with lined_up(first.ledger, requests) as answers:
@@ -226,8 +225,7 @@ def test_without_group_commit_each_command_is_its_own_transaction(
     batches = Batches()
     ledger.observer = batches
     requests = [
-        (lambda n=n: ledger.request(AllocationRequest(f"job-{n}", (), 1)))
-        for n in range(4)
+        partial(ledger.request, AllocationRequest(f"job-{n}", (), 1)) for n in range(4)
     ]
     with lined_up(ledger, requests) as answers:
         assert all(a.allocation.state is AllocationState.ACTIVE for a in answers)

@@ -69,6 +69,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from unittest import mock
@@ -1426,12 +1427,8 @@ class LedgerMachine(RuleBasedStateMachine):
         exactly as if they had come one after another."""
         before = self._position()
         commands: list[Callable[[], Any]] = [
-            (lambda body=body: self.ledger.request(body.to_request()))
-            for body in together
-        ] + [
-            (lambda allocation_id=allocation_id: self.ledger.release(allocation_id))
-            for allocation_id in releasing
-        ]
+            partial(self.ledger.request, body.to_request()) for body in together
+        ] + [partial(self.ledger.release, allocation_id) for allocation_id in releasing]
         with lined_up(self.ledger, commands) as answers:
             pass
         for answer in answers:
