@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
@@ -39,6 +39,20 @@ ORPHAN_CHECK_SECONDS = 0.2
 record it (see `_await_batches`)."""
 
 
+class WriterLock(Protocol):
+    """A lock several processes on one store take before deciding (the
+    PostgreSQL adapter's writer_lock.py), so that none decides on what
+    another is about to commit. Held from a command's first decision until
+    its batch is recorded."""
+
+    def acquire(self, timeout: float | None) -> bool:
+        """Take it, waiting at most `timeout` seconds (None: as long as it
+        takes); whether it was taken. Raises the store's errors."""
+
+    def release(self) -> None:
+        """Give it up."""
+
+
 class BatchedRecording(Application[UUID]):
     """An eventsourcing Application whose saves are recorded in batches.
 
@@ -46,7 +60,9 @@ class BatchedRecording(Application[UUID]):
     save is its own transaction (the benchmark's baseline). `lock_timeout`:
     the longest a command waits (seconds) for the lock while other commands
     hold it (None: as long as it takes), then LedgerBusyError. `observer` is
-    told of each batch recorded (observer.py).
+    told of each batch recorded (observer.py). `writer_lock`, when set
+    (several processes on one PostgreSQL ledger), is held from a command's
+    first decision until its batch is recorded.
     """
 
     def __init__(
@@ -65,6 +81,8 @@ class BatchedRecording(Application[UUID]):
         self._waiters = 0
         self._waiters_lock = threading.Lock()
         self._depth = 0
+        self.writer_lock: WriterLock | None = None
+        self._writer_held = False
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Application.save, minus two runtime-protocol checks per aggregate.
@@ -246,6 +264,7 @@ class BatchedRecording(Application[UUID]):
                     try:
                         if self._batch is batch:
                             self._record_batch()
+                            self._give_writer_lock_up()
                     finally:
                         self._lock.release()
         return next((m for m in members if m.batch.error is not None), None)
@@ -281,6 +300,8 @@ class BatchedRecording(Application[UUID]):
             raise LedgerBusyError(command or "read", timeout)
         self._depth += 1
         try:
+            if command is not None and self._depth == 1:
+                self._take_writer_lock(command)
             yield
         finally:
             self._depth -= 1
@@ -293,4 +314,24 @@ class BatchedRecording(Application[UUID]):
                 ):
                     self._record_batch()
             finally:
-                self._lock.release()
+                try:
+                    if self._depth == 0 and self._batch is None:
+                        self._give_writer_lock_up()
+                finally:
+                    self._lock.release()
+
+    def _take_writer_lock(self, command: str) -> None:
+        """Hold the writer lock (if any) before deciding; kept while a batch
+        is open. Raises LedgerBusyError when another process held it for
+        `lock_timeout`; the store's errors."""
+        if self.writer_lock is None or self._writer_held:
+            return
+        if not self.writer_lock.acquire(self.lock_timeout):
+            raise LedgerBusyError(command, self.lock_timeout or 0.0)
+        self._writer_held = True
+
+    def _give_writer_lock_up(self) -> None:
+        """Give the writer lock up: nothing decided here waits to be recorded."""
+        if self.writer_lock is not None and self._writer_held:
+            self._writer_held = False
+            self.writer_lock.release()

@@ -45,6 +45,7 @@ from allocation_ledger.adapters.storage.write_journal import (
     JournaledLedger,
     WriteJournal,
 )
+from allocation_ledger.adapters.storage.writer_lock import PostgresWriterLock
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Provisioner
@@ -137,6 +138,12 @@ def open_service(
         lock_timeout=settings.store_timeout_seconds,
         **extra,
     )
+    if settings.store == "postgres":
+        writer_lock = PostgresWriterLock(
+            settings.postgres_conninfo(), settings.postgres_schema or "public"
+        )
+        ledger.writer_lock = writer_lock
+        closers.append(writer_lock.close)
     if isinstance(provisioner, ProcessProvisioner):
         provisioner.connect(ledger)
     store: ReadModelStore
