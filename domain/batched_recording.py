@@ -327,7 +327,7 @@ class BatchedRecording(Application[UUID]):
         if self.writer_lock is None or self._writer_held:
             return
         if not self.writer_lock.acquire(self.lock_timeout):
-            raise LedgerBusyError(command, self.lock_timeout or 0.0)
+            raise LedgerBusyError(command, self.lock_timeout or 0.0, elsewhere=True)
         self._writer_held = True
 
     def _give_writer_lock_up(self) -> None:

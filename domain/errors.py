@@ -140,13 +140,22 @@ class LeaseNotDueError(LedgerError):
 
 class LedgerBusyError(LedgerError):
     """A command waited its longest for the ledger, which other commands of
-    this process held (each waiting for the store, as a rule); this command
-    wrote nothing itself. `waited_seconds`: how long it waited."""
+    this process held (each waiting for the store, as a rule), or, with
+    `elsewhere`, another server on the same PostgreSQL ledger held (its
+    writers' lock); this command wrote nothing itself. `waited_seconds`: how
+    long it waited."""
 
-    def __init__(self, command: str, waited_seconds: float) -> None:
-        super().__init__(
-            f"{command} waited {waited_seconds:g} s for this server's other "
-            "commands, which held the ledger (waiting for its database)"
+    def __init__(
+        self, command: str, waited_seconds: float, *, elsewhere: bool = False
+    ) -> None:
+        holder = (
+            "another ledger server on this database, which held the writers' "
+            "lock (docs/deployment.md, 'Several servers')"
+            if elsewhere
+            else "this server's other commands, which held the ledger (waiting "
+            "for its database)"
         )
+        super().__init__(f"{command} waited {waited_seconds:g} s for {holder}")
         self.command = command
+        self.elsewhere = elsewhere
         self.waited_seconds = waited_seconds

@@ -88,8 +88,9 @@ def test_a_server_holding_the_lock_too_long_makes_others_refuse_not_hang(
         holder.execute(
             "SELECT pg_advisory_lock(%s)", (writer_lock_key(postgres_schema),)
         )
-        with pytest.raises(LedgerBusyError):
+        with pytest.raises(LedgerBusyError, match="another ledger server") as busy:
             first.ledger.request(AllocationRequest("waits", (), 1))
+        assert busy.value.elsewhere
         holder.execute(
             "SELECT pg_advisory_unlock(%s)", (writer_lock_key(postgres_schema),)
         )
