@@ -143,20 +143,51 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                 ),
             ]
     for row in _get(items, "5", "rows") or []:
-        n = row["writers"]
+        n, lock = row["writers"], row.get("writer_lock", False)
+        how = "with the writers' lock" if lock else "without it"
+        key = f"5.{n}" + ("" if lock else ".unlocked")
         out += [
-            (f"5.{n}.rate", f"5 {n} writer(s): cycles/s", row["cycles_per_s"], ".1f"),
             (
-                f"5.{n}.conflicts",
-                f"5 {n} writer(s): conflicts/command",
+                f"{key}.rate",
+                f"5 {n} writer(s), {how}: cycles/s",
+                row["cycles_per_s"],
+                ".1f",
+            ),
+            (
+                f"{key}.conflicts",
+                f"5 {n} writer(s), {how}: conflicts/command",
                 row["conflicts_per_command"],
                 ".2f",
             ),
             (
-                f"5.{n}.ratio",
-                f"5 {n} writer(s) / 1 writer (4: ≥ 0.8)",
+                f"{key}.ratio",
+                f"5 {n} writer(s) / 1 writer, {how} (4: ≥ 1.0)",
                 row["over_one_writer"],
                 ".2f",
+            ),
+        ]
+    for row in _get(items, "10", "rows") or []:
+        store, n = row["store"], row["callers"]
+        how = "group commit" if row["group_commit"] else "one commit each"
+        key = f"10.{store}.{n}.{'gc' if row['group_commit'] else 'each'}"
+        out += [
+            (
+                f"{key}.rate",
+                f"10 {store}, {n} caller(s), {how}: cycles/s",
+                row["cycles_per_s"],
+                ".0f",
+            ),
+            (
+                f"{key}.ratio",
+                f"10 {store}, {n} caller(s) / 1, {how} (16, group commit: ≥ 3)",
+                row["over_one_caller"],
+                ".2f",
+            ),
+            (
+                f"{key}.batch",
+                f"10 {store}, {n} caller(s), {how}: commands per commit",
+                row["commands_per_batch"],
+                ".1f",
             ),
         ]
     six = _get(items, "6", "row")
