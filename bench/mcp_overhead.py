@@ -4,8 +4,10 @@ The real server (`adapters.mcp.server.http_app`, served by uvicorn through
 `serve_http`, on a SQLite file, with the endpoints provisioner) runs in a
 process of its own, with one extra tool, `bench_noop`, that returns a
 constant: the baseline, registered on the same server and measured in the
-same run. 1, 4 and 16 clients (the official `mcp.Client`, each holding its
-own persistent session) call, in turns of a few seconds each:
+same run (starting it and the clients: bench/mcp_server.py; this module
+makes the load and measures it). 1, 4 and 16 clients (the official
+`mcp.Client`, each holding its own persistent session) call, in turns of a
+few seconds each:
 
 - `cycle`: request_resources (one worker, one MCP server) then
   release_resources of what it got;
@@ -38,159 +40,32 @@ import contextlib
 import json
 import os
 import resource
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    BENCH_DIR,
     Result,
     Scale,
     log,
     median,
     now,
-    open_bench_service,
     percentile,
-    sqlite_settings,
     temporary_directory,
 )
+from bench.mcp_server import (
+    NOOP,
+    call_checked,
+    mcp_client,
+    mcp_server_missing,
+    serve,
+    server_process,
+    set_room,
+)
 
-NOOP = "bench_noop"
 KINDS = ("noop", "capacity", "cycle", "mixed")
 CLIENT_COUNTS = (1, 4, 16)
 TARGET = 1.3
-POOL_ROOM = {"cpu": 256, "memory": 1_048_576, "workers": 256}
-"""Room enough that 16 clients' requests are always granted."""
-
-
-def mcp_server_missing() -> str | None:
-    """None when adapters.mcp.server can be built, else why not."""
-    try:
-        from allocation_ledger.adapters.mcp.server import http_app  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - reported as "not measured"
-        return f"adapters.mcp.server is not importable: {error!r}"
-    return None
-
-
-# -- the server process ---------------------------------------------------------
-
-
-def serve(database: Path, port: int) -> None:
-    """Serve the ledger over streamable HTTP on 127.0.0.1:`port`, with the
-    no-op tool added to the server `http_app` builds."""
-    import anyio
-
-    from allocation_ledger.adapters.mcp import server as server_module
-
-    service = open_bench_service(sqlite_settings(database))
-    build = server_module.build_server
-
-    def build_with_noop(*args: Any, **kwargs: Any) -> Any:
-        server = build(*args, **kwargs)
-
-        async def bench_noop() -> dict[str, str]:
-            """Does nothing: the round-trip baseline."""
-            return {"status": "ok"}
-
-        server.add_tool(bench_noop, name=NOOP)
-        return server
-
-    # http_app builds its server through this module attribute: the app is
-    # the real one, with one more tool.
-    server_module.build_server = build_with_noop
-    try:
-        app = server_module.http_app(service, verifier=None)
-    finally:
-        server_module.build_server = build
-    try:
-        anyio.run(
-            lambda: server_module.serve_http(
-                app, host="127.0.0.1", port=port, log_level="WARNING"
-            )
-        )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        service.close()
-
-
-@contextlib.contextmanager
-def server_process(
-    database: Path, *, source: Path | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The server in a subprocess on a free port; its MCP URL. `source`: a
-    folder whose `allocation_ledger` package the server runs instead of the
-    installed one (see `compare`)."""
-    import socket
-
-    import httpx2
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "ALLOCATION_LEDGER_LOG_LEVEL": "WARNING"}
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.mcp_overhead", "serve", str(database), str(port)],
-        env=env,
-        cwd=str(BENCH_DIR.parent),
-        stdout=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                msg = f"the bench server exited with {process.returncode}"
-                raise RuntimeError(msg)
-            with contextlib.suppress(httpx2.TransportError):
-                if httpx2.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                msg = "the bench server did not become healthy in 60 s"
-                raise RuntimeError(msg)
-            time.sleep(0.1)
-        yield base + "/mcp", process
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-# -- the clients ------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _client(url: str) -> AsyncIterator[Any]:
-    import httpx2
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    async with (
-        httpx2.AsyncClient(timeout=60) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
-    ):
-        yield client
-
-
-def _failed(result: Any) -> bool:
-    return bool(getattr(result, "is_error", False) or getattr(result, "isError", False))
-
-
-async def _checked(client: Any, tool: str, arguments: dict[str, Any]) -> Any:
-    result = await client.call_tool(tool, arguments)
-    if _failed(result):
-        msg = f"{tool} failed: {result}"
-        raise RuntimeError(msg)
-    return result.structured_content
 
 
 def _cpu_seconds(pid: int | None) -> float:
@@ -229,7 +104,7 @@ async def _timed(
     client: Any, tool: str, arguments: dict[str, Any], samples: Samples, name: str
 ) -> Any:
     begin = now()
-    result = await _checked(client, tool, arguments)
+    result = await call_checked(client, tool, arguments)
     samples.add(name, now() - begin)
     return result
 
@@ -300,7 +175,7 @@ async def _measure(
     take turns too, within each round, in a rotating order."""
     async with contextlib.AsyncExitStack() as stack:
         opened = [
-            [await stack.enter_async_context(_client(url)) for _ in range(clients)]
+            [await stack.enter_async_context(mcp_client(url)) for _ in range(clients)]
             for url, _ in servers
         ]
         for sessions in opened:
@@ -390,12 +265,7 @@ def run(scale: Scale, client_counts: tuple[int, ...] = CLIENT_COUNTS) -> Result:
             process,
         ),
     ):
-
-        async def prepare() -> None:
-            async with _client(url) as client:
-                await _checked(client, "set_capacity", dict(POOL_ROOM))
-
-        anyio.run(prepare)
+        anyio.run(set_room, url)
         for clients in client_counts:
             [results] = anyio.run(
                 _measure, [(url, process.pid)], clients, rounds, seconds
@@ -440,12 +310,7 @@ def compare(
         server_process(directory / "after.db") as (new, new_p),
     ):
         for url in (old, new):
-
-            async def prepare(url: str = url) -> None:
-                async with _client(url) as client:
-                    await _checked(client, "set_capacity", dict(POOL_ROOM))
-
-            anyio.run(prepare)
+            anyio.run(set_room, url)
         for clients in client_counts:
             before, after = anyio.run(
                 _measure, [(old, old_p.pid), (new, new_p.pid)], clients, 10, 1.0

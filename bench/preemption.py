@@ -15,48 +15,21 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from allocation_ledger.domain.capacity import shortfall
-from allocation_ledger.domain.pool_settings import PoolSettings
-from allocation_ledger.domain.pool_state import QueueEntry, Reservation, ServerInstance
-from allocation_ledger.domain.ports import PortRanges
+from allocation_ledger.domain.pool_state import Reservation
 from allocation_ledger.domain.preemption import (
     preemption_candidates,
     preemption_victims,
 )
-from allocation_ledger.domain.scheduling import Scheduling
 from allocation_ledger.domain.values import AllocationRequest, Priority, Resources
 from bench.common import Result, Scale, log, now, percentile
+from tests.pool_view import PoolView
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class PoolView:
-    """A pool's state as the decision functions read it."""
-
-    capacity: Resources
-    reservations: Mapping[str, Reservation]
-    servers: Mapping[str, ServerInstance] = field(default_factory=dict)
-    ports: PortRanges = field(default_factory=PortRanges)
-    scheduling: Scheduling = field(default_factory=Scheduling)
-    queue: Mapping[str, QueueEntry] = field(default_factory=dict)
-    quotas: Mapping[str, Resources] = field(default_factory=dict)
-
-    @property
-    def settings(self) -> PoolSettings:
-        return PoolSettings(capacity=self.capacity)
-
-    @property
-    def available(self) -> Resources:
-        held = Resources()
-        for r in self.reservations.values():
-            held = held + r.resources
-        return self.capacity - held
 
 
 def scenario(

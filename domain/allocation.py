@@ -1,16 +1,22 @@
-"""The Allocation aggregate: one request for capacity, from request to its end."""
+"""The Allocation aggregate: one request for capacity, from request to its end.
+
+This module has its events (each with the stable TOPIC stored history names),
+the state they build, how a request is recorded (`requested`, `rejected`,
+`queued`) and `RequestFacts`, what every request records; the commands that
+move an allocation along are in allocation_decisions.py
+(`AllocationDecisions`, mixed in here).
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NotRequired, TypedDict, Unpack
 
 from eventsourcing.domain import Aggregate
 
+from allocation_ledger.domain.allocation_decisions import AllocationDecisions
 from allocation_ledger.domain.allocation_ids import allocation_uuid, worker_id
-from allocation_ledger.domain.errors import AllocationNotLiveError, AllocationStateError
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
 from allocation_ledger.domain.values import (
     AdmissionOptions,
@@ -44,18 +50,10 @@ class RequestFacts(TypedDict):
     options: NotRequired[AdmissionOptions]
 
 
-@dataclass(frozen=True)
-class ReleaseResult:
-    """What a release did. `status` is released, already_released or failed."""
+class Allocation(AllocationDecisions, Aggregate):
+    """One request for capacity: its events and state here, its commands in
+    AllocationDecisions."""
 
-    status: str
-    allocation_id: str
-    freed: Resources
-    released_at: datetime | None
-    duration_seconds: float | None
-
-
-class Allocation(Aggregate):
     TOPIC = "allocation-ledger:allocation"
 
     class Event(Aggregate.Event):
@@ -322,132 +320,3 @@ class Allocation(Aggregate):
         clone = copy.copy(self)
         clone.__dict__["_pending_events"] = []
         return clone
-
-    # -- decisions -----------------------------------------------------------
-
-    @property
-    def holds_capacity(self) -> bool:
-        return self.state.is_live
-
-    def is_due(self, now: datetime) -> bool:
-        return (
-            self.state.is_live
-            and self.expires_at is not None
-            and self.expires_at <= now
-        )
-
-    def grant(
-        self,
-        worker_ports: tuple[int, ...],
-        servers: tuple[tuple[str, int, bool], ...],
-        *,
-        resources: Resources | None = None,
-        at: datetime,
-        actor: str,
-    ) -> None:
-        """Room was found: hold `resources` (what the pool reserved, at the
-        pool's sizes now) on these ports. Raises if not queued."""
-        self._require(AllocationState.QUEUED, "grant")
-        self.trigger_event(
-            self.Granted,
-            timestamp=at,
-            actor=actor,
-            resources=None if resources is None else resources.as_dict(),
-            worker_ports=list(worker_ports),
-            servers=[[name, port, started] for name, port, started in servers],
-            expires_at=at + timedelta(seconds=self.request.ttl_seconds),
-        )
-
-    def refuse_queued(self, rejection: Rejection, *, at: datetime, actor: str) -> None:
-        """A queued request that will not be granted: its wait ran out
-        (`queue_timeout`), or it can never be granted in its pool as it is
-        now (`exceeds_pool`, `quota_exceeded`). It held nothing."""
-        self._require(AllocationState.QUEUED, "refuse")
-        self.trigger_event(
-            self.Rejected, timestamp=at, actor=actor, reason=rejection.as_dict()
-        )
-
-    def preempt(self, by: str, *, at: datetime, actor: str) -> None:
-        if not self.state.is_live:
-            raise AllocationNotLiveError(self.allocation_id, self.state, "preempt")
-        self.trigger_event(self.Preempted, timestamp=at, actor=actor, by=by)
-
-    def activate(self, endpoints: Endpoints, *, at: datetime, actor: str) -> None:
-        self._require(AllocationState.PENDING, "activate")
-        self.trigger_event(
-            self.Activated,
-            timestamp=at,
-            actor=actor,
-            worker_endpoints=dict(endpoints.workers),
-            server_endpoints=dict(endpoints.servers),
-            expires_at=at + timedelta(seconds=self.request.ttl_seconds),
-        )
-
-    def renew(self, ttl_seconds: int | None, *, at: datetime, actor: str) -> datetime:
-        self._require(AllocationState.ACTIVE, "renew")
-        ttl = self.request.ttl_seconds if ttl_seconds is None else ttl_seconds
-        expires_at = at + timedelta(seconds=ttl)
-        self.trigger_event(
-            self.Renewed,
-            timestamp=at,
-            actor=actor,
-            ttl_seconds=ttl,
-            expires_at=expires_at,
-        )
-        return expires_at
-
-    def cancel(self, *, at: datetime, actor: str) -> ReleaseResult:
-        """Release a queued request: it held nothing, so it ends at once."""
-        self._require(AllocationState.QUEUED, "cancel")
-        self.trigger_event(self.Released, timestamp=at, actor=actor)
-        return ReleaseResult(
-            status="released",
-            allocation_id=self.allocation_id,
-            freed=Resources(),
-            released_at=at,
-            duration_seconds=0.0,
-        )
-
-    def request_release(self, *, at: datetime, actor: str) -> None:
-        if self.state is AllocationState.RELEASING:
-            return
-        if not self.state.is_live:
-            raise AllocationNotLiveError(self.allocation_id, self.state, "release")
-        self.trigger_event(self.ReleaseRequested, timestamp=at, actor=actor)
-
-    def release(self, *, at: datetime, actor: str) -> ReleaseResult:
-        self._require(AllocationState.RELEASING, "complete the release of")
-        self.trigger_event(self.Released, timestamp=at, actor=actor)
-        return ReleaseResult(
-            status="released",
-            allocation_id=self.allocation_id,
-            freed=self.resources,
-            released_at=at,
-            duration_seconds=self.held_seconds(at),
-        )
-
-    def expire(self, *, at: datetime, actor: str) -> None:
-        if not self.state.is_live:
-            raise AllocationNotLiveError(self.allocation_id, self.state, "expire")
-        assert self.expires_at is not None
-        self.trigger_event(
-            self.Expired, timestamp=at, actor=actor, expires_at=self.expires_at
-        )
-
-    def fail(self, error: str, *, at: datetime, actor: str) -> None:
-        if not self.state.is_live:
-            raise AllocationNotLiveError(self.allocation_id, self.state, "fail")
-        self.trigger_event(self.Failed, timestamp=at, actor=actor, error=error)
-
-    def held_seconds(self, until: datetime) -> float:
-        start = self.activated_at or self.requested_at
-        if start is None:
-            return 0.0
-        return max((until - start).total_seconds(), 0.0)
-
-    def _require(self, state: AllocationState, action: str) -> None:
-        if self.state is state:
-            return
-        if self.state.is_terminal:
-            raise AllocationNotLiveError(self.allocation_id, self.state, action)
-        raise AllocationStateError(self.allocation_id, self.state, action)

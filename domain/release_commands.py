@@ -11,7 +11,8 @@ a crash interrupted.
 from __future__ import annotations
 
 from allocation_ledger.domain.actors import LOCAL_ACTOR, SWEEPER_ACTOR
-from allocation_ledger.domain.allocation import Allocation, ReleaseResult
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_decisions import ReleaseResult
 from allocation_ledger.domain.errors import ProvisioningError
 from allocation_ledger.domain.provisioning import Provisioning
 from allocation_ledger.domain.results import ReleaseOutcome, RequestResult

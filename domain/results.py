@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from allocation_ledger.domain.allocation import Allocation, ReleaseResult
+from allocation_ledger.domain.allocation import Allocation
+from allocation_ledger.domain.allocation_decisions import ReleaseResult
 from allocation_ledger.domain.pool import Pool
 
 

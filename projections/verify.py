@@ -1,10 +1,13 @@
 """Checking the design's invariants over the whole history, event by event.
 
 The checker folds the log with the live folds and, alongside, keeps what it
-needs to judge each event: the ports in use, the live allocations' resources
-and the MCP servers they name. Checks that span two aggregates (an allocation
-and its pool) are made when a unit of work is complete, that is, at the end of
-each run of events with the same timestamp: one unit of work writes all its
+needs to judge each event: the live allocations' resources and the MCP servers
+they name, and (through `projections/pool_invariants.py`, the checks of each
+pool's event) the ports in use and what running MCP server instances reserve.
+This module holds the checks of allocations' events (invariants 4 and 9), of
+time (8) and those that span two aggregates (an allocation and its pool:
+invariants 1 and 3), made when a unit of work is complete, that is, at the end
+of each run of events with the same timestamp: one unit of work writes all its
 events at one moment of the ledger's clock.
 
 Memory does not grow with the history: an allocation that ended (a terminal
@@ -24,25 +27,24 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.pool import Pool
-from allocation_ledger.domain.ports import PortRanges
 from allocation_ledger.domain.values import (
     LIVE_STATES,
     TERMINAL_STATES,
-    Dimension,
     Priority,
     Resources,
 )
 from allocation_ledger.projections.catchup import Batch, fold_event
 from allocation_ledger.projections.folds import fold_allocation
+from allocation_ledger.projections.pool_invariants import PoolInvariants
 from allocation_ledger.projections.store import InMemoryReadModels, ReadModelStore
-from allocation_ledger.projections.views import AllocationView, CapacityView
+from allocation_ledger.projections.views import AllocationView
 
 _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
@@ -70,22 +72,6 @@ class Violation:
             f"invariant {self.invariant} broken at position {self.position} "
             f"({self.event}): {self.message}"
         )
-
-
-@dataclass
-class _PoolState:
-    worker_ports: set[int] = field(default_factory=set)
-    server_ports: dict[str, int] = field(default_factory=dict)
-    ranges: PortRanges = field(default_factory=PortRanges)
-    server_costs: dict[str, Resources] = field(default_factory=dict)
-    """What each running instance reserves (none for one started before
-    instances held their cost)."""
-
-    def instance_costs(self) -> Resources:
-        total = Resources()
-        for cost in self.server_costs.values():
-            total = total + cost
-        return total
 
 
 Settled = Callable[[UUID, AllocationView], None]
@@ -118,8 +104,7 @@ class InvariantChecker:
         self._latest: tuple[datetime, int] | None = None  # and its position
         self.batch = Batch()
         self.models = InMemoryReadModels()
-        self.pools: dict[UUID, _PoolState] = {}
-        self._owners: dict[int, UUID] = {}  # port: the pool holding it
+        self._pools = PoolInvariants(self._fail)
         self.violation: Violation | None = None
         self.events = 0
         self._moment: datetime | None = None
@@ -143,7 +128,9 @@ class InvariantChecker:
             if self.violation is None:
                 self._fold_allocation(position, event, before)
         else:
-            self._check_event(position, event)
+            if isinstance(event, Pool.Event):
+                capacity = self.batch.capacities.get(event.originator_id)
+                self._pools.check(position, event, capacity)
             if self.violation is None:
                 fold_event(self.batch, event, position, self.models)
         self._moment = moment if isinstance(moment, datetime) else None
@@ -264,138 +251,6 @@ class InvariantChecker:
         if isinstance(event, Allocation.Preempted) and view is not None:
             self._preemptions.append((position, view.priority, event.by))
 
-    def _check_event(self, position: int, event: object) -> None:
-        """The checks of a pool's event (invariants 1, 2 and 10)."""
-        name = type(event).__name__
-        if not isinstance(event, Pool.Event):
-            return
-        key = event.originator_id
-        state = self.pools.get(key)
-        if state is None:
-            state = self.pools[key] = _PoolState()
-        capacity = self.batch.capacities.get(key)
-        if isinstance(event, Pool.Created | Pool.PortsChanged):
-            state.ranges = PortRanges(**event.ports) if event.ports else PortRanges()
-            for other_key, other in self.pools.items():
-                if other_key != key and other.ranges.overlaps(state.ranges):
-                    self._fail(position, name, 2, "two pools share port ranges")
-            for port, owner in self._owners.items():
-                if owner != key and state.ranges.has_port(port):
-                    self._fail(
-                        position,
-                        name,
-                        2,
-                        f"a pool's ranges take port {port}, which another pool holds",
-                    )
-                    break
-        elif isinstance(event, Pool.ServerStarted):
-            ranges = state.ranges
-            if not ranges.has_mcp_port(event.port):
-                self._fail(position, name, 2, f"MCP port {event.port} out of range")
-            if (
-                event.port in state.server_ports.values()
-                or event.port in state.worker_ports
-            ):
-                self._fail(position, name, 2, f"MCP port {event.port} already in use")
-            self._check_not_elsewhere(position, name, key, [event.port])
-            state.server_ports[event.name] = event.port
-            if event.cost is not None:
-                cost = Resources.from_dict(event.cost)
-                state.server_costs[event.name] = cost
-                self._check_room(position, name, capacity, cost)
-        elif isinstance(event, Pool.ServerCharged):
-            if event.name not in state.server_ports:
-                self._fail(position, name, 1, f"MCP server {event.name!r} not running")
-            elif event.name in state.server_costs:
-                self._fail(
-                    position, name, 1, f"MCP server {event.name!r} charged twice"
-                )
-            else:
-                cost = Resources.from_dict(event.cost)
-                state.server_costs[event.name] = cost
-                self._check_room(position, name, capacity, cost)
-        elif isinstance(event, Pool.ServerStopped):
-            stopped = state.server_ports.pop(event.name, None)
-            if stopped is not None and self._owners.get(stopped) == key:
-                del self._owners[stopped]
-            held = state.server_costs.pop(event.name, None)
-            freed = None if event.cost is None else Resources.from_dict(event.cost)
-            if held != freed:
-                self._fail(
-                    position,
-                    name,
-                    1,
-                    f"MCP server {event.name!r} gives back {freed} but held {held}",
-                )
-        elif isinstance(event, Pool.Reserved):
-            for port in event.worker_ports:
-                if not state.ranges.has_worker_port(port):
-                    self._fail(position, name, 2, f"worker port {port} out of range")
-                if port in state.worker_ports or port in state.server_ports.values():
-                    self._fail(position, name, 2, f"worker port {port} already in use")
-            self._check_not_elsewhere(position, name, key, event.worker_ports)
-            state.worker_ports.update(event.worker_ports)
-            if capacity is not None and event.tenant in capacity.quotas:
-                added = Resources.from_dict(event.resources)
-                held = capacity.held_by_tenant.get(event.tenant, Resources()) + added
-                limit = capacity.quotas[event.tenant]
-                for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-                    if added.amount(dimension) > 0 and held.amount(
-                        dimension
-                    ) > limit.amount(dimension):
-                        self._fail(
-                            position,
-                            name,
-                            10,
-                            f"tenant {event.tenant!r} over its quota in "
-                            f"{dimension}: {held.amount(dimension)} of "
-                            f"{limit.amount(dimension)}",
-                        )
-            self._check_room(
-                position, name, capacity, Resources.from_dict(event.resources)
-            )
-        elif isinstance(event, Pool.Freed):
-            state.worker_ports.difference_update(event.worker_ports)
-            for port in event.worker_ports:
-                if self._owners.get(port) == key:
-                    del self._owners[port]
-
-    def _check_room(
-        self,
-        position: int,
-        name: str,
-        capacity: CapacityView | None,
-        added: Resources,
-    ) -> None:
-        """Invariant 1: what a reservation or a server start adds never
-        takes a dimension it adds to past the pool's capacity."""
-        if capacity is None:
-            return
-        after = capacity.reserved + added
-        for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-            if added.amount(dimension) > 0 and after.amount(
-                dimension
-            ) > capacity.total.amount(dimension):
-                self._fail(
-                    position,
-                    name,
-                    1,
-                    f"pool {capacity.pool!r} over-committed in {dimension}: "
-                    f"{after.amount(dimension)} reserved of "
-                    f"{capacity.total.amount(dimension)}",
-                )
-                return
-
-    def _check_not_elsewhere(
-        self, position: int, name: str, key: UUID, ports: list[int]
-    ) -> None:
-        """Invariant 2 across pools: no port is held by two pools at once."""
-        for port in ports:
-            if self._owners.get(port, key) != key:
-                self._fail(position, name, 2, f"port {port} held by another pool too")
-                return
-            self._owners[port] = key
-
     # -- across aggregates ---------------------------------------------------
 
     def _count_live(self, view: AllocationView, was_live: bool) -> None:
@@ -445,8 +300,7 @@ class InvariantChecker:
         naming = self._naming
         for key, capacity in self.batch.capacities.items():
             live = held.get(capacity.pool, _NOTHING)
-            pool_state = self.pools.get(key)
-            instances = _NOTHING if pool_state is None else pool_state.instance_costs()
+            instances = self._pools.instance_costs(key)
             if capacity.reserved != live + instances:
                 self._fail(
                     position,

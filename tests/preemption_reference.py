@@ -1,11 +1,11 @@
 """The preemption rule by brute force: the reference the tests hold the
 ledger's choice of victims to (docs/scheduling.md, "Preemption").
 
-`PoolView` is a pool's state as the decision functions read it, built
-directly; `reference_victims` tries every subset of the allowed victims
-(priorities the pool's rules name, and of other tenants only those the
-pool's cross-tenant setting lets go: `may_lose_to`) and
-keeps the one the rule prefers: lowest highest priority, then fewest, then
+`reference_victims` takes a pool built directly (`PoolView`, from
+tests/pool_view.py), tries every subset of the allowed victims (priorities
+the pool's rules name, and of other tenants only those the pool's
+cross-tenant setting lets go: `may_lose_to`) and keeps the one the rule
+prefers: lowest highest priority, then fewest, then
 youngest (its oldest victim reserved latest, then its next oldest, ...;
 equal times in order of allocation id). Whether a set of victims makes the
 request fit is worked out here from the accounting of docs/scheduling.md,
@@ -19,52 +19,14 @@ before instances held their cost).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from allocation_ledger.domain.pool_settings import PoolSettings
-from allocation_ledger.domain.pool_state import QueueEntry, Reservation, ServerInstance
-from allocation_ledger.domain.ports import PortRanges
-from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.pool_state import Reservation
 from allocation_ledger.domain.values import AllocationRequest, Priority, Resources
+from tests.pool_view import PoolView
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class PoolView:
-    """A pool's state as the decision functions read it, built directly."""
-
-    capacity: Resources
-    reservations: Mapping[str, Reservation]
-    servers: Mapping[str, ServerInstance] = field(default_factory=dict)
-    ports: PortRanges = field(default_factory=PortRanges)
-    scheduling: Scheduling = field(default_factory=Scheduling)
-    queue: Mapping[str, QueueEntry] = field(default_factory=dict)
-    quotas: Mapping[str, Resources] = field(default_factory=dict)
-    server_costs: Mapping[str, Resources] = field(default_factory=dict)
-    """What a server started now costs, by name."""
-
-    @property
-    def settings(self) -> PoolSettings:
-        return PoolSettings(capacity=self.capacity, server_costs=self.server_costs)
-
-    also_held: Resources = field(default_factory=Resources)
-    """Held by reservations that are not candidates (granted in the same
-    decision), beside `reservations`."""
-    also_held_by_tenant: Mapping[str, Resources] = field(default_factory=dict)
-    """`also_held`, by tenant (what counts toward a tenant's holdings)."""
-
-    @property
-    def available(self) -> Resources:
-        held = self.also_held
-        for reservation in self.reservations.values():
-            held = held + reservation.resources
-        for server in self.servers.values():
-            if server.cost is not None:
-                held = held + server.cost
-        return self.capacity - held
 
 
 def reservation(

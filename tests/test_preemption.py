@@ -31,9 +31,9 @@ from allocation_ledger.domain.values import (
     Priority,
     Resources,
 )
+from tests.pool_view import PoolView
 from tests.preemption_reference import (
     T0,
-    PoolView,
     fits_without,
     reference_victims,
     reservation,

@@ -64,7 +64,8 @@ from allocation_ledger.domain.values import (
 )
 from tests.ledger_properties import LedgerProperties
 from tests.ledger_support import assert_decoder_agrees
-from tests.preemption_reference import PoolView, reference_victims
+from tests.pool_view import PoolView
+from tests.preemption_reference import reference_victims
 
 TENANTS = ("team-a", "team-b", None)
 
