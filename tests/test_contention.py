@@ -1,4 +1,5 @@
-"""Several processes writing to one PostgreSQL ledger never over-commit it."""
+"""Several processes writing to one PostgreSQL ledger never over-commit it,
+and, deciding one at a time under the writers' lock, never lose a race."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def test_four_writers_on_one_small_pool(postgres_schema: str, tmp_path: Path) ->
         capacity = service.read_models.capacity()
         assert capacity is not None
         assert capacity.reserved.workers <= 4
-        # The writers really did contend for the pool.
-        assert total_conflicts > 0
+        # They contended for the one pool, one at a time under the writers'
+        # lock (adapters/storage/writer_lock.py): none ever lost a race.
+        assert total_conflicts == 0
     finally:
         service.close()
