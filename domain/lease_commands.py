@@ -58,7 +58,7 @@ class LeaseCommands(Provisioning):
             allocation = work.allocation(allocation_id)
             visibility.check(allocation_id, allocation.tenant)
             now = self.clock.now()
-            pool = work.pool(allocation.pool)
+            pool = work.pool_of(allocation)
             if allocation.is_due(now):
                 allocation.expire(at=now, actor=SWEEPER_ACTOR)
                 pool.free(allocation_id, "expired", at=now, actor=SWEEPER_ACTOR)
@@ -86,10 +86,9 @@ class LeaseCommands(Provisioning):
             if not allocation.is_due(now):
                 assert allocation.expires_at is not None
                 raise LeaseNotDueError(allocation_id, allocation.expires_at)
+            pool = work.pool_of(allocation)
             allocation.expire(at=now, actor=actor)
-            work.pool(allocation.pool).free(
-                allocation_id, "expired", at=now, actor=actor
-            )
+            pool.free(allocation_id, "expired", at=now, actor=actor)
             return RenewOutcome(allocation.snapshot(), work.save())
 
         outcome = self._run("expire", body)

@@ -118,7 +118,7 @@ class Provisioning(UnitOfWorkApplication):
                 at=now,
                 actor=actor,
             )
-            pool = work.pool(allocation.pool)
+            pool = work.pool_of(allocation)
             held = pool.reservations.get(allocation.allocation_id)
             assert allocation.expires_at is not None
             if held is not None and held.expires_at != allocation.expires_at:
@@ -178,8 +178,8 @@ class Provisioning(UnitOfWorkApplication):
                 self._undo_provisioning(work, allocation, actor)
                 return RequestResult(allocation.snapshot(), reserved.position)
             now = self.clock.now()
+            pool = work.pool_of(allocation)
             allocation.fail(error, at=now, actor=actor)
-            pool = work.pool(allocation.pool)
             pool.free(allocation_id, "failed", at=now, actor=actor)
             for slot in allocation.servers:
                 port = pool.stop_unused_server(slot.name, at=now, actor=actor)

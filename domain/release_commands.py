@@ -73,11 +73,10 @@ class ReleaseCommands(Provisioning):
             if not allocation.state.is_live:
                 return self._unchanged_release(allocation.snapshot())
             now = self.clock.now()
+            pool = work.pool_of(allocation)
             allocation.request_release(at=now, actor=actor)
             result = allocation.release(at=now, actor=actor)
-            work.pool(allocation.pool).free(
-                allocation_id, "released", at=now, actor=actor
-            )
+            pool.free(allocation_id, "released", at=now, actor=actor)
             return ReleaseOutcome(result, allocation.snapshot(), work.save())
 
         return self._run("release_resources", body)
@@ -98,10 +97,9 @@ class ReleaseCommands(Provisioning):
             visibility.check(allocation_id, allocation.tenant)
             if allocation.state is AllocationState.QUEUED:
                 now = self.clock.now()
+                pool = work.pool_of(allocation)
                 result = allocation.cancel(at=now, actor=actor)
-                work.pool(allocation.pool).dequeue(
-                    allocation_id, "cancelled", at=now, actor=actor
-                )
+                pool.dequeue(allocation_id, "cancelled", at=now, actor=actor)
                 return ReleaseOutcome(result, allocation.snapshot(), work.save())
             if not allocation.state.is_live:
                 return self._unchanged_release(allocation.snapshot())
@@ -115,11 +113,10 @@ class ReleaseCommands(Provisioning):
             except Exception as error:
                 raise TeardownError(error) from error
             now = self.clock.now()
+            pool = work.pool_of(allocation)
             allocation.request_release(at=now, actor=actor)
             result = allocation.release(at=now, actor=actor)
-            work.pool(allocation.pool).free(
-                allocation_id, "released", at=now, actor=actor
-            )
+            pool.free(allocation_id, "released", at=now, actor=actor)
             return ReleaseOutcome(result, allocation.snapshot(), work.save())
 
         try:
@@ -136,10 +133,9 @@ class ReleaseCommands(Provisioning):
             if allocation.state is not AllocationState.QUEUED:
                 raise StaleReadError  # granted or timed out meanwhile: look again
             now = self.clock.now()
+            pool = work.pool_of(allocation)
             result = allocation.cancel(at=now, actor=actor)
-            work.pool(allocation.pool).dequeue(
-                allocation_id, "cancelled", at=now, actor=actor
-            )
+            pool.dequeue(allocation_id, "cancelled", at=now, actor=actor)
             return ReleaseOutcome(result, allocation.snapshot(), work.save())
 
         outcome = self._run("release_resources", body)

@@ -52,6 +52,7 @@ from allocation_ledger.domain.ports import (
 )
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
 from allocation_ledger.domain.results import StoppedServer
+from allocation_ledger.domain.values import AllocationState
 
 if TYPE_CHECKING:
     from allocation_ledger.domain.command_runner import UnitOfWorkApplication
@@ -210,6 +211,27 @@ class UnitOfWork:
             return self.create_pool(name, PoolSettings(), actor=actor)
         assert isinstance(found, Pool)
         return found
+
+    def pool_of(self, allocation: Allocation) -> Pool:
+        """The pool of a queued or live allocation, which must hold its
+        place in the queue or its reservation.
+
+        A pool read from the cache that does not is behind another
+        process's writes (the cache of a store it is not brought up to date
+        from: SQLite). Taking the allocation out of it would change nothing
+        in the pool, so no version conflict would show the mistake: the
+        allocation alone would be saved and the pool's capacity leaked.
+        Raises StaleReadError unless this attempt's reads are current.
+        """
+        pool = self.pool(allocation.pool)
+        holds = (
+            pool.queue
+            if allocation.state is AllocationState.QUEUED
+            else pool.reservations
+        )
+        if allocation.allocation_id not in holds:
+            self.require_current()
+        return pool
 
     def create_pool(
         self,

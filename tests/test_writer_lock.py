@@ -99,3 +99,24 @@ def test_a_server_holding_the_lock_too_long_makes_others_refuse_not_hang(
     # The refused request wrote nothing.
     jobs = {a.job_id for a in first.read_models.allocations()}
     assert "waits" not in jobs
+
+
+def test_a_lock_connection_the_database_dropped_while_idle_is_replaced(
+    two_servers: list[AllocationService], postgres_schema: str
+) -> None:
+    """PostgreSQL ends the writers' lock's idle connection (a restart, an
+    administrator, an idle-session timeout): it held nothing, so the next
+    command takes the lock on a new connection instead of failing, as the
+    event store's own connections do."""
+    first, _ = two_servers
+    first.ledger.request(AllocationRequest("warm", (), 1))
+    conninfo = postgres_settings(postgres_schema).postgres_conninfo()
+    with psycopg.connect(**conninfo, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'allocation-ledger writer lock'"
+            " AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert ended
+    made = first.ledger.request(AllocationRequest("after", (), 1))
+    assert made.allocation.state is AllocationState.ACTIVE

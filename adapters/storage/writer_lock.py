@@ -58,7 +58,26 @@ class PostgresWriterLock:
     def acquire(self, timeout: float | None) -> bool:
         """Take the lock, waiting at most `timeout` seconds (None: as long
         as it takes); whether it was taken. Raises psycopg's errors when the
-        database cannot be reached (nothing is held then)."""
+        database cannot be reached (nothing is held then).
+
+        A connection kept from an earlier hold that PostgreSQL ended while
+        it sat idle (a restart, an administrator, an idle-session timeout)
+        held nothing: the lock is asked for once more on a new connection,
+        as the event store's pool replaces such connections, rather than
+        failing a command while the database is up.
+        """
+        kept = self._connection is not None and not (
+            self._connection.closed or self._connection.broken
+        )
+        try:
+            return self._take(timeout)
+        except psycopg.OperationalError:
+            if not kept:
+                raise
+        return self._take(timeout)
+
+    def _take(self, timeout: float | None) -> bool:
+        """One try of `acquire`; the connection is closed if it raised."""
         connection = self._connect()
         milliseconds = 0 if timeout is None else max(1, round(timeout * 1000))
         try:
