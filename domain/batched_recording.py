@@ -81,6 +81,7 @@ class BatchedRecording(Application[UUID]):
         self._waiters = 0
         self._waiters_lock = threading.Lock()
         self._depth = 0
+        self._holder: int | None = None
         self.writer_lock: WriterLock | None = None
         self._writer_held = False
 
@@ -259,6 +260,11 @@ class BatchedRecording(Application[UUID]):
         """
         for member in members:
             batch = member.batch
+            if self._holder == threading.get_ident() and self._batch is batch:
+                # A command run inside another's (the lock is still held
+                # here): nobody else can record its batch; record it now,
+                # keeping the writers' lock for the outer command.
+                self._record_batch()
             while not batch.wait(ORPHAN_CHECK_SECONDS):
                 if self._lock.acquire(blocking=False):
                     try:
@@ -299,6 +305,7 @@ class BatchedRecording(Application[UUID]):
         if not acquired:
             raise LedgerBusyError(command or "read", timeout)
         self._depth += 1
+        self._holder = threading.get_ident()
         try:
             if command is not None and self._depth == 1:
                 self._take_writer_lock(command)
@@ -318,6 +325,8 @@ class BatchedRecording(Application[UUID]):
                     if self._depth == 0 and self._batch is None:
                         self._give_writer_lock_up()
                 finally:
+                    if self._depth == 0:
+                        self._holder = None
                     self._lock.release()
 
     def _take_writer_lock(self, command: str) -> None:

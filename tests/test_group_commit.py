@@ -233,3 +233,47 @@ def test_without_group_commit_each_command_is_its_own_transaction(
     assert sorted(a.position for a in answers) == sorted(
         set(a.position for a in answers)
     )
+
+
+class CountingWriterLock:
+    """A writers' lock for one process: counts takes and releases."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.takes = 0
+
+    def acquire(self, timeout: float | None) -> bool:
+        assert not self.held, "taken twice"
+        self.held = True
+        self.takes += 1
+        return True
+
+    def release(self) -> None:
+        assert self.held
+        self.held = False
+
+
+def test_a_command_run_inside_another_is_recorded_at_once_under_the_same_hold(
+    open_services: OpenService,
+) -> None:
+    """A command run from inside another's body records its batch itself
+    (nobody else can while the lock is held), and the writers' lock stays
+    held until the outer command is done."""
+    ledger = open_services(Settings(store="memory")).ledger
+    lock = CountingWriterLock()
+    ledger.writer_lock = lock
+    batches = Batches()
+    ledger.observer = batches
+    seen: list[bool] = []
+
+    def outer(work: Any) -> Any:
+        inner = ledger.request(AllocationRequest("inner", (), 1))
+        seen.append(lock.held)
+        return inner
+
+    made = ledger._run("outer", outer)
+    assert made.allocation.state is AllocationState.ACTIVE
+    assert made.position is not None
+    assert seen == [True]  # still held for the outer command
+    assert not lock.held and lock.takes == 1
+    assert batches.seen == Counter({(1, True): 1})
