@@ -5,6 +5,7 @@ holds the lock too long makes the others wait, then refuse, never hang."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -16,7 +17,10 @@ from allocation_ledger.adapters.storage.service import (
     init_database,
     open_service,
 )
-from allocation_ledger.adapters.storage.writer_lock import writer_lock_key
+from allocation_ledger.adapters.storage.writer_lock import (
+    RECHECK_SECONDS,
+    writer_lock_key,
+)
 from allocation_ledger.domain.errors import LedgerBusyError
 from allocation_ledger.domain.values import (
     AllocationRequest,
@@ -120,3 +124,37 @@ def test_a_lock_connection_the_database_dropped_while_idle_is_replaced(
     assert ended
     made = first.ledger.request(AllocationRequest("after", (), 1))
     assert made.allocation.state is AllocationState.ACTIVE
+
+
+def test_a_server_alone_on_its_ledger_does_not_take_the_lock(
+    postgres_schema: str,
+) -> None:
+    """Alone, a server has nobody to wait for: it decides without the
+    writers' lock (two round trips a batch saved), so even a session that
+    holds the key does not hold it up; once a second server serves the
+    ledger, it takes the lock again (within RECHECK_SECONDS)."""
+    settings = postgres_settings(postgres_schema)
+    init_database(settings)
+    first = open_service(settings)
+    try:
+        first.ledger.lock_timeout = 0.5
+        key = writer_lock_key(postgres_schema)
+        with psycopg.connect(**settings.postgres_conninfo(), autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", (key,))
+            made = first.ledger.request(AllocationRequest("alone", (), 1))
+            assert made.allocation.state is AllocationState.ACTIVE
+            second = open_service(settings)
+            try:
+                deadline = time.monotonic() + RECHECK_SECONDS + 5
+                while time.monotonic() < deadline:
+                    try:
+                        first.ledger.request(AllocationRequest("shared", (), 1))
+                    except LedgerBusyError:
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise AssertionError("the lock was never taken with two servers")
+            finally:
+                second.close()
+    finally:
+        first.close()

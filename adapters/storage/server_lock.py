@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 from typing import Any, Literal
 
 import psycopg
@@ -71,6 +72,7 @@ class ServerLock:
     def __init__(self, conninfo: dict[str, Any], schema: str, mode: Mode) -> None:
         self.key = lock_key(schema)
         self.mode = mode
+        self._guard = threading.Lock()
         self._connection = psycopg.connect(
             **conninfo, autocommit=True, application_name=describe_self(mode)
         )
@@ -92,16 +94,22 @@ class ServerLock:
     def holders(self) -> list[str]:
         """The application names of the other sessions that hold the lock."""
         unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
-        rows = self._connection.execute(
-            "SELECT a.application_name, l.mode FROM pg_locks l "
-            "JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-            "AND l.classid = %s AND l.objid = %s AND l.pid <> pg_backend_pid() "
-            "AND l.database = (SELECT oid FROM pg_database "
-            "WHERE datname = current_database())",
-            (unsigned >> 32, unsigned & 0xFFFF_FFFF),
-        ).fetchall()
+        with self._guard:  # the writers' lock asks from other threads
+            rows = self._connection.execute(
+                "SELECT a.application_name, l.mode FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.classid = %s AND l.objid = %s AND l.pid <> pg_backend_pid() "
+                "AND l.database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database())",
+                (unsigned >> 32, unsigned & 0xFFFF_FFFF),
+            ).fetchall()
         return sorted(str(name) or "an unnamed session" for name, _ in rows)
+
+    def others_serve(self) -> bool:
+        """Whether another server holds the lock too (shared mode: other
+        endpoints servers on this ledger). Raises psycopg's errors."""
+        return bool(self.holders())
 
     def _refusal(self, holders: list[str]) -> str:
         by = "; ".join(holders) or "another ledger server"

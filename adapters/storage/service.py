@@ -124,7 +124,9 @@ def open_service(
     env["CREATE_TABLE"] = "y" if create_tables else "n"
     clock = clock or SystemClock()
     closers: list[Callable[[], None]] = []
+    server_lock: ServerLock | None = None
     if provisioner is None:
+        server_lock = _server_lock(settings, closers)
         provisioner = _configured_provisioner(settings, clock, closers)
     writes = WriteJournal()
     ledger = JournaledLedger(
@@ -139,8 +141,13 @@ def open_service(
         **extra,
     )
     if settings.store == "postgres":
+        # With the servers' lock, the writers' lock is taken only while
+        # other servers serve the ledger; without it (a provisioner given
+        # here), always.
         writer_lock = PostgresWriterLock(
-            settings.postgres_conninfo(), settings.postgres_schema or "public"
+            settings.postgres_conninfo(),
+            settings.postgres_schema or "public",
+            others=None if server_lock is None else server_lock.others_serve,
         )
         ledger.writer_lock = writer_lock
         closers.append(writer_lock.close)
@@ -228,6 +235,24 @@ def data_directory(settings: Settings) -> Path:
     return Path(tempfile.mkdtemp(prefix="allocation-ledger-"))
 
 
+def _server_lock(
+    settings: Settings, closers: list[Callable[[], None]]
+) -> ServerLock | None:
+    """On PostgreSQL, this server's lock on the ledger (server_lock.py):
+    exclusive with the process provisioner, shared with the endpoints one;
+    ServerLockError when another server excludes it. None on other stores."""
+    if settings.store != "postgres":
+        return None
+    runs_processes = settings.catalog.effective_provisioner == "process"
+    lock = ServerLock(
+        settings.postgres_conninfo(),
+        settings.postgres_schema or "public",
+        "exclusive" if runs_processes else "shared",
+    )
+    closers.append(lock.close)
+    return lock
+
+
 def _configured_provisioner(
     settings: Settings, clock: Clock, closers: list[Callable[[], None]]
 ) -> Provisioner:
@@ -236,20 +261,9 @@ def _configured_provisioner(
     The process provisioner is closed first when the service closes; its
     processes keep running for the next start to adopt, unless the settings
     ask to stop them (always with the in-memory store, which forgets them).
-    On PostgreSQL the server first takes its lock on the ledger
-    (server_lock.py): exclusive with the process provisioner, shared with
-    the endpoints one; ServerLockError when another server excludes it.
     """
     catalog = settings.catalog
-    runs_processes = catalog.effective_provisioner == "process"
-    if settings.store == "postgres":
-        lock = ServerLock(
-            settings.postgres_conninfo(),
-            settings.postgres_schema or "public",
-            "exclusive" if runs_processes else "shared",
-        )
-        closers.append(lock.close)
-    if not runs_processes:
+    if catalog.effective_provisioner != "process":
         hosts = {name: pool.advertise_host for name, pool in catalog.pools.items()}
         return LocalProvisioner(hosts=hosts)
     processes = ProcessProvisioner(catalog, data_directory(settings), now=clock.now)

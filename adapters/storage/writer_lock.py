@@ -13,16 +13,28 @@ never loses a race to another server that holds the lock too.
 The lock is taken by a connection of its own, waiting at most the store
 timeout (`ALLOCATION_LEDGER_STORE_TIMEOUT_SECONDS`); PostgreSQL drops it when
 that connection ends, so a server that dies holding it blocks nobody.
+
+A server alone on its ledger has nobody to wait for, and taking the lock
+costs two round trips a batch: it asks every `RECHECK_SECONDS` whether other
+servers serve the ledger (the servers' lock's holders, server_lock.py) and
+takes the writers' lock only while they do. A server that starts meanwhile
+may race the others for up to that long: races are still safe (the loser
+decides again on fresh reads), only slower.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import errors
+
+RECHECK_SECONDS = 1.0
+"""How often a server asks whether other servers serve its ledger."""
 
 
 def writer_lock_key(schema: str) -> int:
@@ -35,14 +47,40 @@ def writer_lock_key(schema: str) -> int:
 class PostgresWriterLock:
     """The writers' advisory lock of one ledger (see the module).
 
-    `conninfo`: psycopg connection keywords; `schema`: the ledger's schema.
+    `conninfo`: psycopg connection keywords; `schema`: the ledger's schema;
+    `others`: whether other servers serve the ledger now (asked at most
+    every RECHECK_SECONDS; None: assume they do, always take the lock).
     Connects on first use and again after its connection broke.
     """
 
-    def __init__(self, conninfo: dict[str, Any], schema: str) -> None:
+    def __init__(
+        self,
+        conninfo: dict[str, Any],
+        schema: str,
+        *,
+        others: Callable[[], bool] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.key = writer_lock_key(schema)
         self._conninfo = conninfo
         self._connection: psycopg.Connection[Any] | None = None
+        self._timeout_set: int | None = None
+        self._others = others
+        self._monotonic = monotonic
+        self._asked_at: float | None = None
+        self._shared = True
+        self.held = False
+        """Whether the lock is held now (False while this server is alone)."""
+
+    def shared(self) -> bool:
+        """Whether other servers serve the ledger, as last asked."""
+        if self._others is None:
+            return True
+        now = self._monotonic()
+        if self._asked_at is None or now - self._asked_at >= RECHECK_SECONDS:
+            self._shared = self._others()
+            self._asked_at = now
+        return self._shared
 
     def _connect(self) -> psycopg.Connection[Any]:
         connection = self._connection
@@ -53,6 +91,7 @@ class PostgresWriterLock:
                 application_name="allocation-ledger writer lock",
             )
             self._connection = connection
+            self._timeout_set = None
         return connection
 
     def acquire(self, timeout: float | None) -> bool:
@@ -66,22 +105,27 @@ class PostgresWriterLock:
         as the event store's pool replaces such connections, rather than
         failing a command while the database is up.
         """
+        if not self.shared():
+            return True  # alone: nobody to wait for, nothing to hold
         kept = self._connection is not None and not (
             self._connection.closed or self._connection.broken
         )
         try:
-            return self._take(timeout)
+            self.held = self._take(timeout)
         except psycopg.OperationalError:
             if not kept:
                 raise
-        return self._take(timeout)
+            self.held = self._take(timeout)
+        return self.held
 
     def _take(self, timeout: float | None) -> bool:
         """One try of `acquire`; the connection is closed if it raised."""
         connection = self._connect()
         milliseconds = 0 if timeout is None else max(1, round(timeout * 1000))
         try:
-            connection.execute(f"SET lock_timeout = {milliseconds}")
+            if self._timeout_set != milliseconds:
+                connection.execute(f"SET lock_timeout = {milliseconds}")
+                self._timeout_set = milliseconds
             connection.execute("SELECT pg_advisory_lock(%s)", (self.key,))
         except errors.LockNotAvailable:
             return False
@@ -94,8 +138,9 @@ class PostgresWriterLock:
         """Give the lock up. A connection that broke meanwhile held nothing
         any more (PostgreSQL dropped the lock with it): it is closed."""
         connection = self._connection
-        if connection is None:
+        if connection is None or not self.held:
             return
+        self.held = False
         try:
             connection.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
         except psycopg.Error:
@@ -104,6 +149,8 @@ class PostgresWriterLock:
     def close(self) -> None:
         """Close the lock's connection (giving the lock up if held)."""
         connection, self._connection = self._connection, None
+        self._timeout_set = None
+        self.held = False
         if connection is not None:
             with contextlib.suppress(psycopg.Error):
                 connection.close()
