@@ -18,7 +18,6 @@ from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import (
     AllocationService,
     init_database,
-    open_service,
 )
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.errors import PoolNotFoundError
@@ -144,76 +143,75 @@ def test_a_refusal_in_a_batch_never_fails_its_neighbours(
     assert audit.verify(store_service).clean
 
 
+@pytest.fixture
+def servers_on_one_file(
+    tmp_path: Path, open_services: OpenService
+) -> tuple[AllocationService, AllocationService]:
+    """Two servers on one SQLite file (on one clock)."""
+    settings = Settings(store="sqlite", database=tmp_path / "shared.db")
+    clock = ManualClock()
+    return (
+        open_services(settings, clock=clock),
+        open_services(settings, clock=clock),
+    )
+
+
 def test_a_batch_that_lost_a_race_to_another_server_is_decided_again(
-    tmp_path: Path,
+    servers_on_one_file: tuple[AllocationService, AllocationService],
 ) -> None:
     """Two servers on one SQLite file: the second writes to the pool after
     the first cached it, so the first's batch of four fails on the pool's
     version; all four are decided again on fresh reads and granted, nothing
     written twice."""
-    settings = Settings(store="sqlite", database=tmp_path / "shared.db")
-    clock = ManualClock()
-    first = open_service(settings, clock=clock)
-    second = open_service(settings, clock=clock)
-    try:
-        first.ledger.set_capacity(Resources(64_000, 131_072, 16))
-        first.ledger.request(AllocationRequest("warm", (), 1))  # pool cached
-        second.ledger.request(AllocationRequest("other", (), 2))
-        batches = Batches()
-        first.ledger.observer = batches
-        requests = [
-            partial(first.ledger.request, AllocationRequest(f"job-{n}", (), 1))
-            for n in range(4)
-        ]
-        with lined_up(first.ledger, requests) as answers:
-            pass
-        assert batches.seen[(4, False)] == 1
-        assert first.ledger.conflicts >= 4
-        assert all(a.allocation.state is AllocationState.ACTIVE for a in answers)
-        pool = first.ledger.pool("default")
-        assert pool.reserved.workers == 1 + 2 + 4
-        assert len(pool.reservations) == 6
-        jobs = [r.event for r in stored_events(first.ledger)]
-        requested = [e for e in jobs if type(e).__name__ == "Requested"]
-        assert len(requested) == 6  # warm, other and the four: none twice
-        assert audit.verify(first).clean
-    finally:
-        first.close()
-        second.close()
+    first, second = servers_on_one_file
+    first.ledger.set_capacity(Resources(64_000, 131_072, 16))
+    first.ledger.request(AllocationRequest("warm", (), 1))  # pool cached
+    second.ledger.request(AllocationRequest("other", (), 2))
+    batches = Batches()
+    first.ledger.observer = batches
+    requests = [
+        partial(first.ledger.request, AllocationRequest(f"job-{n}", (), 1))
+        for n in range(4)
+    ]
+    with lined_up(first.ledger, requests) as answers:
+        pass
+    assert batches.seen[(4, False)] == 1
+    assert first.ledger.conflicts >= 4
+    assert all(a.allocation.state is AllocationState.ACTIVE for a in answers)
+    pool = first.ledger.pool("default")
+    assert pool.reserved.workers == 1 + 2 + 4
+    assert len(pool.reservations) == 6
+    jobs = [r.event for r in stored_events(first.ledger)]
+    requested = [e for e in jobs if type(e).__name__ == "Requested"]
+    assert len(requested) == 6  # warm, other and the four: none twice
+    assert audit.verify(first).clean
 
 
 def test_a_command_that_read_a_failed_batch_is_not_answered_from_it(
-    tmp_path: Path,
+    servers_on_one_file: tuple[AllocationService, AllocationService],
 ) -> None:
     """A release that read the pool as a failing batch left it is decided
     again: its answer rests only on what was recorded."""
-    settings = Settings(store="sqlite", database=tmp_path / "shared.db")
-    clock = ManualClock()
-    first = open_service(settings, clock=clock)
-    second = open_service(settings, clock=clock)
-    try:
-        first.ledger.set_capacity(Resources(64_000, 131_072, 2))
-        held = first.ledger.request(AllocationRequest("held", (), 1))
-        second.ledger.request(AllocationRequest("other", (), 1))  # pool full now
-        commands: list[Callable[[], Any]] = [
-            # Decided on the stale cache: fits (the first server thinks one
-            # worker is free); its batch then fails on the pool's version.
-            lambda: first.ledger.request(AllocationRequest("late", (), 1)),
-            lambda: first.ledger.release(held.allocation.allocation_id),
-        ]
-        with lined_up(first.ledger, commands) as (late, released):
-            pass
-        assert released.result.status == "released"
-        # Decided again on fresh reads: "late" fits only once "held" is
-        # released, and the order of the retries decides which comes first.
-        pool = first.ledger.pool("default")
-        assert pool.reserved.workers == (
-            2 if late.allocation.state is AllocationState.ACTIVE else 1
-        )
-        assert audit.verify(first).clean
-    finally:
-        first.close()
-        second.close()
+    first, second = servers_on_one_file
+    first.ledger.set_capacity(Resources(64_000, 131_072, 2))
+    held = first.ledger.request(AllocationRequest("held", (), 1))
+    second.ledger.request(AllocationRequest("other", (), 1))  # pool full now
+    commands: list[Callable[[], Any]] = [
+        # Decided on the stale cache: fits (the first server thinks one
+        # worker is free); its batch then fails on the pool's version.
+        lambda: first.ledger.request(AllocationRequest("late", (), 1)),
+        lambda: first.ledger.release(held.allocation.allocation_id),
+    ]
+    with lined_up(first.ledger, commands) as (late, released):
+        pass
+    assert released.result.status == "released"
+    # Decided again on fresh reads: "late" fits only once "held" is
+    # released, and the order of the retries decides which comes first.
+    pool = first.ledger.pool("default")
+    assert pool.reserved.workers == (
+        2 if late.allocation.state is AllocationState.ACTIVE else 1
+    )
+    assert audit.verify(first).clean
 
 
 def test_without_group_commit_each_command_is_its_own_transaction(
