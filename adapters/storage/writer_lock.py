@@ -49,7 +49,8 @@ class PostgresWriterLock:
 
     `conninfo`: psycopg connection keywords; `schema`: the ledger's schema;
     `others`: whether other servers serve the ledger now (asked at most
-    every RECHECK_SECONDS; None: assume they do, always take the lock).
+    every RECHECK_SECONDS; None, or when asking raises: assume they do and
+    take the lock).
     Connects on first use and again after its connection broke.
     """
 
@@ -78,7 +79,12 @@ class PostgresWriterLock:
             return True
         now = self._monotonic()
         if self._asked_at is None or now - self._asked_at >= RECHECK_SECONDS:
-            self._shared = self._others()
+            try:
+                self._shared = self._others()
+            except psycopg.Error:
+                # Cannot tell (the servers' lock's connection was lost in an
+                # outage): take the lock, as when others serve.
+                self._shared = True
             self._asked_at = now
         return self._shared
 
