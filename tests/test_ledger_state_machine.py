@@ -69,7 +69,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from unittest import mock
@@ -130,7 +129,7 @@ from allocation_ledger.projections.store import (
 )
 from allocation_ledger.projections.views import AllocationView, CapacityView
 from tests.ledger_properties import LedgerProperties
-from tests.ledger_support import assert_decoder_agrees, lined_up
+from tests.ledger_support import assert_decoder_agrees
 
 T = TypeVar("T")
 
@@ -1413,81 +1412,6 @@ class LedgerMachine(RuleBasedStateMachine):
             body = Body("job-b", (), workers, priority, 3_600, ())
             made.append(self._request(DEFAULT_POOL, body, None))
         return multiple(*[m for m in made if isinstance(m, str)])
-
-    @precondition(lambda self: self.provisioner.instant)
-    @rule(
-        target=allocations,
-        together=st.lists(bodies, min_size=1, max_size=5),
-        releasing=st.lists(allocations, max_size=3, unique=True),
-    )
-    def decide_together(self, together: list[Body], releasing: list[str]) -> Any:
-        """Requests and releases from several threads at once, lined up on
-        the ledger's lock and recorded in one batch (group commit): each
-        decision sees the ones before it, in the order of their positions,
-        exactly as if they had come one after another."""
-        before = self._position()
-        commands: list[Callable[[], Any]] = [
-            partial(self.ledger.request, body.to_request()) for body in together
-        ] + [partial(self.ledger.release, allocation_id) for allocation_id in releasing]
-        with lined_up(self.ledger, commands) as answers:
-            pass
-        for answer in answers:
-            if isinstance(answer, Exception) and not isinstance(answer, LedgerError):
-                raise answer
-
-        def decided(index: int) -> float:
-            # Refused before deciding: changes nothing. Wrote nothing (a
-            # release of what had ended): holds after the others too.
-            answer = answers[index]
-            if isinstance(answer, LedgerError):
-                return -1
-            return float("inf") if answer.position is None else answer.position
-
-        made = []
-        for index in sorted(range(len(commands)), key=decided):
-            answer = answers[index]
-            error = answer if isinstance(answer, LedgerError) else None
-            if index >= len(together):
-                self._check_release_together(releasing[index - len(together)], answer)
-                continue
-            result = None if error is not None else answer
-            expect = self.model.request(
-                DEFAULT_POOL,
-                together[index],
-                None,
-                dry_run=False,
-                provisioning_fails=False,
-                allocation_id="" if result is None else result.allocation.allocation_id,
-                preempted=() if result is None else result.preempted,
-            )
-            self._report_findings()
-            if expect.error is None:
-                assert error is None, f"request together: unexpected {error!r}"
-            else:
-                assert type(error) is expect.error, (expect.error, error)
-            if result is None:
-                continue
-            assert expect.allocation is not None
-            assert before < result.position <= self._position()
-            self._assert_allocation(result.allocation, expect.allocation)
-            self._keep(result.allocation)
-            assert result.preempted == expect.preempted
-            made.append(result.allocation.allocation_id)
-        _count(f"decided together: {len(together)} requests, {len(releasing)} releases")
-        return multiple(*made)
-
-    def _check_release_together(self, allocation_id: str, answer: Any) -> None:
-        """A release decided in a batch, against the model at its turn."""
-        expect = self.model.release(allocation_id, deprovision_fails=False)
-        if expect.error is not None:
-            assert type(answer) is expect.error, (expect.error, answer)
-            return
-        assert not isinstance(answer, Exception), answer
-        assert expect.allocation is not None
-        self._assert_allocation(answer.allocation, expect.allocation)
-        self._keep(answer.allocation)
-        assert answer.result.status == expect.status
-        assert (answer.position is not None) == expect.writes
 
     @rule(
         target=allocations,

@@ -164,7 +164,9 @@ async def burst_then_kill(
             async with http_client(url) as client, anyio.create_task_group() as group:
                 for n in range(requests):
                     group.start_soon(one, client, n)
-                    await anyio.sleep(0.005)
+                    await anyio.sleep(
+                        0.001
+                    )  # overlapping: recorded several to a commit
     except* Exception:
         # The client's connection broke when the server died: expected then.
         if not killed.is_set():
