@@ -26,6 +26,31 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in completed.stderr
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ("verify", "--time-tolerance", "-1"),
+            "argument --time-tolerance: must be 0 or more seconds, got -1",
+        ),
+        (
+            ("export", "--since", "-5"),
+            "argument --since: must be 0 (the start) or a later position, got -5",
+        ),
+    ],
+)
+def test_a_negative_tolerance_or_position_is_a_usage_error(
+    tmp_path: Path, arguments: tuple[str, ...], message: str
+) -> None:
+    """A negative tolerance found a healthy ledger broken (exit 1); a
+    negative position exported everything: both are refused, naming the
+    argument, before anything is opened."""
+    completed = run_cli(*arguments, cwd=tmp_path)
+    assert completed.returncode == 2
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 @pytest.mark.parametrize("by", ["environment", "option"])
 def test_a_config_file_that_does_not_exist(tmp_path: Path, by: str) -> None:
     missing = tmp_path / "ledger.toml"

@@ -47,6 +47,20 @@ def moment(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def seconds_at_least_zero(text: str) -> float:
+    """A number of seconds, zero or more (a negative tolerance would find a
+    healthy ledger broken)."""
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"{text!r} is not a number of seconds (e.g. 5 or 0.5)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not value >= 0:  # also refuses nan
+        msg = f"must be 0 or more seconds, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """Register the audit commands on the command line's subparsers; each
     takes the `common` options too."""
@@ -83,7 +97,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     verify.add_argument(
         "--time-tolerance",
-        type=float,
+        type=seconds_at_least_zero,
         default=DEFAULT_TIME_TOLERANCE.total_seconds(),
         metavar="SECONDS",
         help="how much earlier than the latest event before it an event of "

@@ -33,6 +33,19 @@ from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.projections.usage import UsageQuery
 
 
+def position_at_least_zero(text: str) -> int:
+    """A log position, zero (the start) or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"{text!r} is not a log position (a whole number, 0 for the start)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 0:
+        msg = f"must be 0 (the start) or a later position, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def add_commands(
     command: Callable[..., argparse.ArgumentParser],
     moment: Callable[[str], Any],
@@ -40,7 +53,9 @@ def add_commands(
     """Register export, usage and timeline with `command` (which adds a
     subcommand with the common options); `moment` parses a time."""
     export = command("export", help="the event log as JSON lines")
-    export.add_argument("--since", type=int, default=0, help="after this position")
+    export.add_argument(
+        "--since", type=position_at_least_zero, default=0, help="after this position"
+    )
     export.add_argument("--out", type=Path, help="file to write (default: stdout)")
 
     usage = command("usage", help="accounting per job and pool")
