@@ -30,7 +30,10 @@ class PoolNotFoundError(LedgerError):
 
     def __init__(self, pool: str, at: datetime | None = None) -> None:
         if at is None:
-            super().__init__(f"pool {pool!r} not found")
+            super().__init__(
+                f"pool {pool!r} not found: a pool is declared as [pools.NAME] "
+                "in the catalog file (docs/provisioning.md)"
+            )
         else:
             super().__init__(f"pool {pool!r} did not exist at {at.isoformat()}")
         self.pool = pool

@@ -331,7 +331,10 @@ def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
         2,
     )
     assert line == "allocation-ledger: usage: --since must be before --until"
-    unknown = "allocation-ledger: pool 'nope' not found"
+    unknown = (
+        "allocation-ledger: pool 'nope' not found: a pool is declared as "
+        "[pools.NAME] in the catalog file (docs/provisioning.md)"
+    )
     usage = run_cli("usage", "--pool", "nope", *database, cwd=tmp_path)
     assert one_line_error(usage, 1) == unknown
     timeline = run_cli(
