@@ -158,7 +158,7 @@ _ALLOCATION_FOLDS: dict[type[Any], Callable[[Any, Any], None]] = {
 }
 
 
-def _fold_for(
+def fold_of(
     folds: dict[type[Any], Callable[[Any, Any], None]], kind: type[Any]
 ) -> Callable[[Any, Any], None]:
     """The fold of an event class: its own, else its nearest base's (cached)."""
@@ -186,7 +186,7 @@ def fold_allocation(
     view.updated_at = event.timestamp
     view.last_actor = event.actor
     view.version = event.originator_version
-    _fold_for(_ALLOCATION_FOLDS, type(event))(view, event)
+    fold_of(_ALLOCATION_FOLDS, type(event))(view, event)
     return view
 
 
@@ -351,5 +351,5 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
         raise ValueError(msg)
     view.updated_at = event.timestamp
     view.version = event.originator_version
-    _fold_for(_CAPACITY_FOLDS, type(event))(view, event)
+    fold_of(_CAPACITY_FOLDS, type(event))(view, event)
     return view

@@ -33,11 +33,13 @@ from allocation_ledger.adapters.storage.sql_rows import (
     allocation_row,
     capacity_row,
     decode_document,
+    listing_row,
 )
 from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.pool import pool_uuid
 from allocation_ledger.domain.values import MILLICORES_PER_CORE
 from allocation_ledger.projections.codec import allocation_from_dict, capacity_from_dict
+from allocation_ledger.projections.listing_documents import ListingDocument
 from allocation_ledger.projections.store import UNFINISHED_STATES, ListingQuery
 from allocation_ledger.projections.usage import UsageQuery, UsageRow
 from allocation_ledger.projections.views import AllocationView, CapacityView
@@ -176,6 +178,34 @@ class SQLReadModels:
         allocations: Sequence[AllocationView],
         capacities: Sequence[CapacityView],
     ) -> bool:
+        return self._commit(
+            expected, position, [allocation_row(v) for v in allocations], capacities
+        )
+
+    def commit_documents(
+        self,
+        *,
+        expected: int,
+        position: int,
+        allocations: Sequence[ListingDocument],
+        capacities: Sequence[CapacityView],
+    ) -> bool:
+        """`commit`, the allocations' rows given as their documents (what
+        catch-up folds for this store: projections/listing_documents.py)."""
+        return self._commit(
+            expected, position, [listing_row(r) for r in allocations], capacities
+        )
+
+    def _commit(
+        self,
+        expected: int,
+        position: int,
+        allocation_rows: list[tuple[Any, ...]],
+        capacities: Sequence[CapacityView],
+    ) -> bool:
+        """Write the rows (encoded before the write lock is taken) and the
+        position, if the position is still `expected`."""
+        capacity_rows = [capacity_row(c) for c in capacities]
         with self.dialect.transaction(write=True) as cursor:
             cursor.execute(
                 self._q(
@@ -187,15 +217,10 @@ class SQLReadModels:
             row = cursor.fetchone()
             if int(row[0]) != expected:
                 return False
-            if allocations:
-                cursor.executemany(
-                    self._q(UPSERT_ALLOCATION),
-                    [allocation_row(v) for v in allocations],
-                )
-            if capacities:
-                cursor.executemany(
-                    self._q(UPSERT_CAPACITY), [capacity_row(c) for c in capacities]
-                )
+            if allocation_rows:
+                cursor.executemany(self._q(UPSERT_ALLOCATION), allocation_rows)
+            if capacity_rows:
+                cursor.executemany(self._q(UPSERT_CAPACITY), capacity_rows)
             cursor.execute(
                 self._q("UPDATE ledger_view_position SET position = ? WHERE name = ?"),
                 (position, POSITION_KEY),

@@ -19,7 +19,11 @@ from allocation_ledger.domain.allocation_ids import allocation_uuid_hex
 from allocation_ledger.domain.pool import pool_uuid
 from allocation_ledger.domain.values import LIVE_STATES, TERMINAL_STATES
 from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
-from allocation_ledger.projections.usage import held_until
+from allocation_ledger.projections.listing_documents import (
+    ListingDocument,
+    stored_document,
+)
+from allocation_ledger.projections.usage import held_until, held_until_from
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
 SCHEMA_VERSION = 4
@@ -29,7 +33,7 @@ counts from. 3: `tenant`, indexed, which a tenant's listing and usage filter
 on. 4: each pool's port ranges (`ports`) in its capacity document. Raise it
 whenever the tables or their documents change shape."""
 
-_LIVE = tuple(sorted(s.value for s in LIVE_STATES))
+_LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 VIEW_TABLES = ("ledger_allocation_view", "ledger_capacity_view")
 
@@ -147,6 +151,40 @@ def allocation_row(view: AllocationView) -> tuple[Any, ...]:
         len(view.servers_requested),
         view.tenant,
         encode_document(allocation_to_dict(view)),
+    )
+
+
+def listing_row(row: ListingDocument) -> tuple[Any, ...]:
+    """`allocation_row` of the view whose document this is, the same values
+    (projections/listing_documents.py), computed from the document."""
+    state = row["state"]
+    expires_at = row["expires_at"]
+    resources = row["resources"]
+    allocation_id = row["allocation_id"]
+    return (
+        allocation_uuid_hex(allocation_id),
+        allocation_id,
+        row["sequence"],
+        row["pool"],
+        row["job_id"],
+        state,
+        row["priority"],
+        _epoch(expires_at) if state in _LIVE else None,
+        row["created_at"].timestamp(),
+        _epoch(row["reserved_at"]),
+        (
+            held_until_from(
+                state, expires_at, row["ended_at"], row["updated_at"]
+            ).timestamp()
+            if state in _TERMINAL
+            else None
+        ),
+        resources["cpu_millicores"],
+        resources["memory_mib"],
+        resources["workers"],
+        len(row["servers_requested"]),
+        row["tenant"],
+        encode_document(stored_document(row)),
     )
 
 
