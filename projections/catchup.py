@@ -233,6 +233,11 @@ def fold_documents(
     }
     capacities = store.capacities(load_pools) if load_pools else {}
     kinds = _KINDS
+    # The pool of the last pool event, and its row: a pool's events follow
+    # one another all along the log, and the log hands out one id object
+    # per aggregate (adapters/storage/event_log.py), so most need no look-up.
+    pool_key: UUID | None = None
+    pool_row: CapacityView | None = None
     for notification in notifications:
         event: Any = decode(notification)
         cls = type(event)
@@ -250,8 +255,12 @@ def fold_documents(
                 fold_document(row, event)
         elif kind == _REQUESTED:
             rows[event.originator_id] = requested_document(event, notification.id)
+        elif kind == _POOL and event.originator_id is pool_key:
+            fold_capacity(pool_row, event)
         elif kind != _OTHER:
             _fold_pool(capacities, event, kind, store)
+            pool_key = event.originator_id
+            pool_row = capacities[pool_key]
     return rows, capacities
 
 

@@ -235,25 +235,28 @@ _TEXTS: dict[int, tuple[datetime, str]] = {}
 _TEXTS_KEPT = 4096
 
 
-def _text(moment: datetime | None) -> str | None:
+def _text(moment: datetime) -> str:
     """moment.isoformat(), remembered by identity: the decoder hands out one
     datetime per distinct moment, which a row holds several times over
-    (requested, reserved and activated at once; released when updated)."""
-    if moment is None:
-        return None
-    found = _TEXTS.get(id(moment))
-    if found is not None and found[0] is moment:
-        return found[1]
+    (requested, reserved and activated at once; released when updated).
+    Equal datetimes in different zones are different objects, each written
+    as itself."""
     text = moment.isoformat()
     if len(_TEXTS) >= _TEXTS_KEPT:
         _TEXTS.clear()
-    _TEXTS[id(moment)] = (moment, text)
+    _TEXTS[id(moment)] = (moment, text)  # holding it: its id is not reused
     return text
 
 
 def stored_document(row: ListingDocument) -> dict[str, Any]:
     """The dictionary to store: `allocation_to_dict` of the row's view."""
     stored = row.copy()
+    texts = _TEXTS
     for name in MOMENTS:
-        stored[name] = _text(row[name])
+        moment = row[name]
+        if moment is not None:
+            found = texts.get(id(moment))
+            stored[name] = (
+                found[1] if found is not None and found[0] is moment else _text(moment)
+            )
     return stored
