@@ -221,17 +221,27 @@ def fold_documents(
     notifications: Sequence[LoggedNotification],
     decode: Decode,
     store: ReadModelStore,
+    *,
+    prefetching: bool = True,
 ) -> tuple[dict[UUID, ListingDocument], dict[UUID, CapacityView]]:
     """Decode and fold a batch of events into the rows they change, as
     `prefetch` and `fold_event` do, allocation rows as their documents
     (projections/listing_documents.py): (allocation rows, pool rows), by
-    aggregate id. Events are decoded and folded one at a time."""
-    load_allocations, load_pools = rows_to_load(notifications)
-    rows = {
-        key: document_of(view)
-        for key, view in store.allocations(load_allocations).items()
-    }
-    capacities = store.capacities(load_pools) if load_pools else {}
+    aggregate id. Events are decoded and folded one at a time.
+
+    With `prefetching`, the rows to fold into are read first, in one query per
+    read model (finding them costs a pass over the notifications); without,
+    each is read when its first event comes (one query per row: for big
+    batches, which few aggregates straddle)."""
+    rows: dict[UUID, ListingDocument] = {}
+    capacities: dict[UUID, CapacityView] = {}
+    if prefetching:
+        load_allocations, load_pools = rows_to_load(notifications)
+        if load_allocations:
+            views = store.allocations(load_allocations)
+            rows = {key: document_of(view) for key, view in views.items()}
+        if load_pools:
+            capacities = store.capacities(load_pools)
     kinds = _KINDS
     # The pool of the last pool event, and its row: a pool's events follow
     # one another all along the log, and the log hands out one id object
@@ -315,14 +325,19 @@ class Projector:
         with self._lock:
             if until is not None and self.reached >= until:
                 return self.reached
-            return self._catch_up(until, progress, self.batch_size)
+            return self._catch_up(until, progress, self.batch_size, prefetching=True)
 
     def _catch_up(
-        self, until: int | None, progress: Progress | None, batch_size: int
+        self,
+        until: int | None,
+        progress: Progress | None,
+        batch_size: int,
+        *,
+        prefetching: bool,
     ) -> int:
         while True:
             with collector_paused():
-                position, last = self._apply_batch(until, batch_size)
+                position, last = self._apply_batch(until, batch_size, prefetching)
             if last is None:
                 self.reached = max(self.reached, position)
                 return position
@@ -331,9 +346,11 @@ class Projector:
                 progress(last, self._end())
 
     def _apply_batch(
-        self, until: int | None, batch_size: int
+        self, until: int | None, batch_size: int, prefetching: bool
     ) -> tuple[int, int | None]:
-        """Fold and commit the next batch: (position before, last applied or None)."""
+        """Fold and commit the next batch: (position before, last applied or
+        None). `prefetching`: read the rows it folds into first, in one query
+        per read model (see `fold_documents`)."""
         position = self.store.position()
         if until is not None and position >= until:
             return position, None
@@ -349,7 +366,9 @@ class Projector:
         store = self.store
         last = notifications[-1].id
         if isinstance(store, DocumentCommits):
-            rows, capacities = fold_documents(notifications, decode, store)
+            rows, capacities = fold_documents(
+                notifications, decode, store, prefetching=prefetching
+            )
             store.commit_documents(
                 expected=position,
                 position=last,
@@ -358,7 +377,8 @@ class Projector:
             )
             return position, last
         batch = Batch()
-        prefetch(batch, notifications, store)
+        if prefetching:
+            prefetch(batch, notifications, store)
         for notification in notifications:
             fold_event(batch, decode(notification), notification.id, store)
         store.commit(
@@ -375,8 +395,13 @@ class Projector:
             self.store.clear()
             self.reached = 0
             with self._bulk():
+                # Few allocations straddle two of its big batches: each
+                # such row is read when its first event comes.
                 return self._catch_up(
-                    None, progress, max(self.batch_size, REBUILD_BATCH_SIZE)
+                    None,
+                    progress,
+                    max(self.batch_size, REBUILD_BATCH_SIZE),
+                    prefetching=False,
                 )
 
     def _bulk(self) -> AbstractContextManager[None]:

@@ -27,6 +27,7 @@ from allocation_ledger.adapters.storage.sql_rows import (
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.values import AllocationRequest
+from allocation_ledger.projections import catchup
 from allocation_ledger.projections.catchup import DocumentCommits, Projector
 from allocation_ledger.projections.codec import allocation_from_dict
 from allocation_ledger.projections.folds import fold_allocation
@@ -155,11 +156,19 @@ def _tables(path: Path) -> list[list[tuple[Any, ...]]]:
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 1000])
+@pytest.mark.parametrize("replay", ["catch_up", "rebuild"])
 def test_the_tables_hold_the_rows_the_views_give(
-    history: AllocationService, tmp_path: Path, batch_size: int
+    history: AllocationService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    batch_size: int,
+    replay: str,
 ) -> None:
     """Folded as documents, in batches that split allocations' histories or
-    not, the tables are the ones folding views gives, byte for byte."""
+    not, the tables are the ones folding views gives, byte for byte: rows
+    read ahead of each batch (catch-up) or as their first event comes
+    (rebuild, here in batches as small)."""
+    monkeypatch.setattr(catchup, "REBUILD_BATCH_SIZE", 1)
     paths = {}
     for name, as_documents in (("documents", True), ("views", False)):
         paths[name] = tmp_path / f"{name}.db"
@@ -174,7 +183,10 @@ def test_the_tables_hold_the_rows_the_views_give(
             store,
             batch_size=batch_size,
         )
-        projector.catch_up()
+        if replay == "rebuild":
+            projector.rebuild()
+        else:
+            projector.catch_up()
         dialect.close()
     documents, views = _tables(paths["documents"]), _tables(paths["views"])
     assert documents == views
