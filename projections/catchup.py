@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 from uuid import UUID
 
 from eventsourcing.utils import TopicError, resolve_topic
@@ -21,6 +21,12 @@ from eventsourcing.utils import TopicError, resolve_topic
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.projections.folds import fold_allocation, fold_capacity
+from allocation_ledger.projections.listing_documents import (
+    ListingDocument,
+    document_of,
+    fold_document,
+    requested_document,
+)
 from allocation_ledger.projections.store import ReadModelStore
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
@@ -79,6 +85,22 @@ class BulkLoading(Protocol):
     def bulk(self) -> AbstractContextManager[None]: ...
 
 
+@runtime_checkable
+class DocumentCommits(Protocol):
+    """A store that keeps allocation rows as documents, and takes them as
+    such (projections/listing_documents.py): catch-up then folds into the
+    documents, without views. `commit_documents` is `commit` otherwise."""
+
+    def commit_documents(
+        self,
+        *,
+        expected: int,
+        position: int,
+        allocations: Sequence[ListingDocument],
+        capacities: Sequence[CapacityView],
+    ) -> bool: ...
+
+
 # What an event class is to the folds (found once per class, not per event).
 _OTHER, _REQUESTED, _ALLOCATION, _CREATED, _POOL = range(5)
 _KINDS: dict[type[object], int] = {}
@@ -110,15 +132,17 @@ def _topic_kind(topic: str) -> int:
     return found
 
 
-def prefetch(
-    batch: Batch, notifications: Sequence[LoggedNotification], store: ReadModelStore
-) -> None:
-    """Load, one query per read model, the rows these events will fold into.
+def rows_to_load(
+    notifications: Sequence[LoggedNotification],
+    allocations_held: Collection[UUID] = (),
+    capacities_held: Collection[UUID] = (),
+) -> tuple[set[UUID], set[UUID]]:
+    """The allocation and pool rows these events will fold into that must be
+    read from the store: those of aggregates whose first event here is not
+    their creation (and that are not held already).
 
-    Exactly the rows `fold_event` would otherwise load one by one: those of
-    aggregates whose first event in the batch is not their creation. Read
-    off the notifications (their topics and aggregate ids) before they are
-    decoded, so that events can be decoded and folded one at a time, not
+    Read off the notifications (their topics and aggregate ids) before they
+    are decoded, so that events can be decoded and folded one at a time, not
     held all at once (which cost a rebuild a tenth of its time)."""
     created: set[UUID | str] = set()
     allocations: set[UUID] = set()
@@ -136,10 +160,21 @@ def prefetch(
             created.add(key)
         elif key not in created and isinstance(key, UUID):
             if kind == _ALLOCATION:
-                if key not in batch.allocations:
+                if key not in allocations_held:
                     allocations.add(key)
-            elif key not in batch.capacities:
+            elif key not in capacities_held:
                 pools.add(key)
+    return allocations, pools
+
+
+def prefetch(
+    batch: Batch, notifications: Sequence[LoggedNotification], store: ReadModelStore
+) -> None:
+    """Load, one query per read model, the rows these events will fold into:
+    exactly the rows `fold_event` would otherwise load one by one."""
+    allocations, pools = rows_to_load(
+        notifications, batch.allocations, batch.capacities
+    )
     if allocations:
         batch.allocations.update(store.allocations(allocations))
     if pools:
@@ -166,12 +201,77 @@ def fold_event(
         view.sequence = position
         batch.allocations[requested.originator_id] = view
     elif kind in (_POOL, _CREATED):
-        pool_event = cast(Pool.Event, event)
-        key = pool_event.originator_id
-        capacity = batch.capacities.get(key)
-        if capacity is None and kind == _POOL:
-            capacity = store.capacities([key]).get(key)
-        batch.capacities[key] = fold_capacity(capacity, pool_event)
+        _fold_pool(batch.capacities, cast(Pool.Event, event), kind, store)
+
+
+def _fold_pool(
+    capacities: dict[UUID, CapacityView],
+    event: Pool.Event,
+    kind: int,
+    store: ReadModelStore,
+) -> None:
+    key = event.originator_id
+    capacity = capacities.get(key)
+    if capacity is None and kind == _POOL:
+        capacity = store.capacities([key]).get(key)
+    capacities[key] = fold_capacity(capacity, event)
+
+
+def fold_documents(
+    notifications: Sequence[LoggedNotification],
+    decode: Decode,
+    store: ReadModelStore,
+    *,
+    prefetching: bool = True,
+) -> tuple[dict[UUID, ListingDocument], dict[UUID, CapacityView]]:
+    """Decode and fold a batch of events into the rows they change, as
+    `prefetch` and `fold_event` do, allocation rows as their documents
+    (projections/listing_documents.py): (allocation rows, pool rows), by
+    aggregate id. Events are decoded and folded one at a time.
+
+    With `prefetching`, the rows to fold into are read first, in one query per
+    read model (finding them costs a pass over the notifications); without,
+    each is read when its first event comes (one query per row: for big
+    batches, which few aggregates straddle)."""
+    rows: dict[UUID, ListingDocument] = {}
+    capacities: dict[UUID, CapacityView] = {}
+    if prefetching:
+        load_allocations, load_pools = rows_to_load(notifications)
+        if load_allocations:
+            views = store.allocations(load_allocations)
+            rows = {key: document_of(view) for key, view in views.items()}
+        if load_pools:
+            capacities = store.capacities(load_pools)
+    kinds = _KINDS
+    # The pool of the last pool event, and its row: a pool's events follow
+    # one another all along the log, and the log hands out one id object
+    # per aggregate (adapters/storage/event_log.py), so most need no look-up.
+    pool_key: UUID | None = None
+    pool_row: CapacityView | None = None
+    for notification in notifications:
+        event: Any = decode(notification)
+        cls = type(event)
+        kind = kinds.get(cls)
+        if kind is None:
+            kind = _kind(cls)
+        if kind == _ALLOCATION:
+            key = event.originator_id
+            row = rows.get(key)
+            if row is None:
+                loaded = store.allocations([key]).get(key)
+                row = None if loaded is None else document_of(loaded)
+                rows[key] = fold_document(row, event)
+            else:
+                fold_document(row, event)
+        elif kind == _REQUESTED:
+            rows[event.originator_id] = requested_document(event, notification.id)
+        elif kind == _POOL and event.originator_id is pool_key:
+            fold_capacity(pool_row, event)
+        elif kind != _OTHER:
+            _fold_pool(capacities, event, kind, store)
+            pool_key = event.originator_id
+            pool_row = capacities[pool_key]
+    return rows, capacities
 
 
 @contextlib.contextmanager
@@ -225,14 +325,19 @@ class Projector:
         with self._lock:
             if until is not None and self.reached >= until:
                 return self.reached
-            return self._catch_up(until, progress, self.batch_size)
+            return self._catch_up(until, progress, self.batch_size, prefetching=True)
 
     def _catch_up(
-        self, until: int | None, progress: Progress | None, batch_size: int
+        self,
+        until: int | None,
+        progress: Progress | None,
+        batch_size: int,
+        *,
+        prefetching: bool,
     ) -> int:
         while True:
             with collector_paused():
-                position, last = self._apply_batch(until, batch_size)
+                position, last = self._apply_batch(until, batch_size, prefetching)
             if last is None:
                 self.reached = max(self.reached, position)
                 return position
@@ -241,9 +346,11 @@ class Projector:
                 progress(last, self._end())
 
     def _apply_batch(
-        self, until: int | None, batch_size: int
+        self, until: int | None, batch_size: int, prefetching: bool
     ) -> tuple[int, int | None]:
-        """Fold and commit the next batch: (position before, last applied or None)."""
+        """Fold and commit the next batch: (position before, last applied or
+        None). `prefetching`: read the rows it folds into first, in one query
+        per read model (see `fold_documents`)."""
         position = self.store.position()
         if until is not None and position >= until:
             return position, None
@@ -257,12 +364,24 @@ class Projector:
             return position, None
         decode = self.decode
         store = self.store
+        last = notifications[-1].id
+        if isinstance(store, DocumentCommits):
+            rows, capacities = fold_documents(
+                notifications, decode, store, prefetching=prefetching
+            )
+            store.commit_documents(
+                expected=position,
+                position=last,
+                allocations=list(rows.values()),
+                capacities=list(capacities.values()),
+            )
+            return position, last
         batch = Batch()
-        prefetch(batch, notifications, store)
+        if prefetching:
+            prefetch(batch, notifications, store)
         for notification in notifications:
             fold_event(batch, decode(notification), notification.id, store)
-        last = notifications[-1].id
-        self.store.commit(
+        store.commit(
             expected=position,
             position=last,
             allocations=list(batch.allocations.values()),
@@ -276,8 +395,13 @@ class Projector:
             self.store.clear()
             self.reached = 0
             with self._bulk():
+                # Few allocations straddle two of its big batches: each
+                # such row is read when its first event comes.
                 return self._catch_up(
-                    None, progress, max(self.batch_size, REBUILD_BATCH_SIZE)
+                    None,
+                    progress,
+                    max(self.batch_size, REBUILD_BATCH_SIZE),
+                    prefetching=False,
                 )
 
     def _bulk(self) -> AbstractContextManager[None]:

@@ -158,7 +158,7 @@ _ALLOCATION_FOLDS: dict[type[Any], Callable[[Any, Any], None]] = {
 }
 
 
-def _fold_for(
+def fold_of(
     folds: dict[type[Any], Callable[[Any, Any], None]], kind: type[Any]
 ) -> Callable[[Any, Any], None]:
     """The fold of an event class: its own, else its nearest base's (cached)."""
@@ -186,7 +186,10 @@ def fold_allocation(
     view.updated_at = event.timestamp
     view.last_actor = event.actor
     view.version = event.originator_version
-    _fold_for(_ALLOCATION_FOLDS, type(event))(view, event)
+    fold = _ALLOCATION_FOLDS.get(type(event))
+    if fold is None:
+        fold = fold_of(_ALLOCATION_FOLDS, type(event))
+    fold(view, event)
     return view
 
 
@@ -238,12 +241,30 @@ def _server_charged(view: CapacityView, event: Pool.ServerCharged) -> None:
     view.reserved = view.reserved + cost
 
 
+def _plus(resources: Resources, amounts: dict[str, int]) -> Resources:
+    """`resources + Resources.from_dict(amounts)`, making one Resources, not
+    two (a rebuild adds and takes back every allocation's amounts)."""
+    return Resources(
+        resources.cpu_millicores + amounts["cpu_millicores"],
+        resources.memory_mib + amounts["memory_mib"],
+        resources.workers + amounts["workers"],
+    )
+
+
+def _minus(resources: Resources, amounts: dict[str, int]) -> Resources:
+    """`resources - Resources.from_dict(amounts)`, making one Resources."""
+    return Resources(
+        resources.cpu_millicores - amounts["cpu_millicores"],
+        resources.memory_mib - amounts["memory_mib"],
+        resources.workers - amounts["workers"],
+    )
+
+
 def _reserved(view: CapacityView, event: Pool.Reserved) -> None:
-    resources = Resources.from_dict(event.resources)
-    view.reserved = view.reserved + resources
+    view.reserved = _plus(view.reserved, event.resources)
     if event.tenant is not None:
         held = view.held_by_tenant.get(event.tenant, Resources())
-        view.held_by_tenant[event.tenant] = held + resources
+        view.held_by_tenant[event.tenant] = _plus(held, event.resources)
     view.live_allocations += 1
     view.worker_ports_in_use += len(event.worker_ports)
     servers = view.servers
@@ -255,10 +276,11 @@ def _reserved(view: CapacityView, event: Pool.Reserved) -> None:
 
 
 def _freed(view: CapacityView, event: Pool.Freed) -> None:
-    resources = Resources.from_dict(event.resources)
-    view.reserved = view.reserved - resources
+    view.reserved = _minus(view.reserved, event.resources)
     if event.tenant is not None:
-        left = view.held_by_tenant.get(event.tenant, Resources()) - resources
+        left = _minus(
+            view.held_by_tenant.get(event.tenant, Resources()), event.resources
+        )
         if left == Resources():
             view.held_by_tenant.pop(event.tenant, None)
         else:
@@ -351,5 +373,8 @@ def fold_capacity(view: CapacityView | None, event: Pool.Event) -> CapacityView:
         raise ValueError(msg)
     view.updated_at = event.timestamp
     view.version = event.originator_version
-    _fold_for(_CAPACITY_FOLDS, type(event))(view, event)
+    fold = _CAPACITY_FOLDS.get(type(event))
+    if fold is None:
+        fold = fold_of(_CAPACITY_FOLDS, type(event))
+    fold(view, event)
     return view

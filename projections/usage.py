@@ -75,12 +75,23 @@ def held_until(view: AllocationView, now: datetime) -> datetime:
     An expired allocation is charged up to its lease's end, not up to the
     sweep that noticed; a live one up to now, or its lease's end if sooner.
     """
-    if view.state == AllocationState.EXPIRED.value and view.expires_at is not None:
-        return view.expires_at
-    if view.ended_at is not None:
-        return view.ended_at
-    if view.expires_at is not None:
-        return min(now, view.expires_at)
+    return held_until_from(view.state, view.expires_at, view.ended_at, now)
+
+
+_EXPIRED = AllocationState.EXPIRED.value
+
+
+def held_until_from(
+    state: str, expires_at: datetime | None, ended_at: datetime | None, now: datetime
+) -> datetime:
+    """`held_until` of a row given as its state (an AllocationState value),
+    lease end and end: for rows kept as documents, not views."""
+    if state == _EXPIRED and expires_at is not None:
+        return expires_at
+    if ended_at is not None:
+        return ended_at
+    if expires_at is not None:
+        return min(now, expires_at)
     return now
 
 

@@ -1,5 +1,5 @@
-"""Helpers shared by the unit tests of the ledger: a recording provisioner and
-readers of the stored event log."""
+"""Helpers shared by the unit tests of the ledger: a recording provisioner,
+readers of the stored event log, and a history with every kind of event."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from eventsourcing.domain import Aggregate
+
 from allocation_ledger.adapters.provisioning.local import LocalProvisioner
 from allocation_ledger.adapters.storage.event_log import EventDecoder
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.ledger import Ledger
 from allocation_ledger.domain.provisioner import Endpoints, ServerSlot, WorkerSlot
+from allocation_ledger.domain.scheduling import Scheduling
+from allocation_ledger.domain.values import AllocationRequest, Priority, Resources
 
 OpenService = Callable[..., AllocationService]
 """What `open_ledger_service` and `open_services` give: open a service (closed
@@ -145,3 +150,46 @@ def lined_up(
         thread.join(timeout=60)
         assert not thread.is_alive()
     yield answers
+
+
+def event_classes(aggregate: type[Any]) -> set[str]:
+    """The names of an aggregate's event classes (less the library's default
+    `Created`, unused where the aggregate names its own creation event)."""
+    base = aggregate.Event
+    classes = [
+        value
+        for value in vars(aggregate).values()
+        if isinstance(value, type) and issubclass(value, base) and value is not base
+    ]
+    creations = [c for c in classes if issubclass(c, Aggregate.Created)]
+    if len(creations) > 1:
+        classes = [c for c in classes if c.__name__ != "Created"]
+    return {c.__qualname__ for c in classes}
+
+
+def every_kind_of_event(ledger: Ledger, manual_clock: ManualClock) -> None:
+    """Every kind of allocation and pool event but Failed (a failing
+    provisioner makes it) and ServerCharged (tests/test_server_cost_ledger.py)."""
+    ledger.set_capacity(Resources(4000, 8192, 4))
+    ledger.configure_pool("default", mcp_ports=(9000, 9050))
+    ledger.set_quota("team-a", Resources(3000, 6144, 3))
+    ledger.configure_scheduling(Scheduling(aging_seconds=60))
+    ledger.configure_pool("default", idle_timeout_seconds=120)
+    ledger.set_capacity(Resources(4000, 8192, 5))
+    ledger.set_capacity(Resources(4000, 8192, 4))
+    first = ledger.request(AllocationRequest("first", ("github",), 3), tenant="team-a")
+    waiting = ledger.request(AllocationRequest("waits", (), 2), wait=True)
+    timing_out = ledger.request(
+        AllocationRequest("times-out", (), 4), wait=True, max_wait_seconds=30
+    )
+    ledger.release(first.allocation.allocation_id)  # grants "waits"
+    manual_clock.advance(31)
+    ledger.expire_due()  # "times-out" leaves the queue
+    ledger.renew(waiting.allocation.allocation_id)
+    low = ledger.request(AllocationRequest("low", (), 2, priority=Priority.LOW))
+    ledger.request(AllocationRequest("critical", (), 4, priority=Priority.CRITICAL))
+    ledger.request(AllocationRequest("refused", (), 40), wait=False)
+    manual_clock.advance(7200)
+    ledger.expire_due()
+    ledger.stop_idle_servers()
+    assert timing_out.allocation.allocation_id and low.allocation.allocation_id

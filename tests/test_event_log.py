@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import MapperDeserialisationError
 
 from allocation_ledger.adapters.config.settings import Settings
@@ -20,13 +19,17 @@ from allocation_ledger.adapters.storage.event_log import (
 from allocation_ledger.adapters.storage.service import AllocationService, open_service
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.ledger import SNAPSHOT_AFTER_EVENTS, Ledger
+from allocation_ledger.domain.ledger import SNAPSHOT_AFTER_EVENTS
 from allocation_ledger.domain.pool import Pool, pool_uuid
-from allocation_ledger.domain.scheduling import Scheduling
-from allocation_ledger.domain.values import AllocationRequest, Priority, Resources
+from allocation_ledger.domain.values import AllocationRequest, Resources
 from allocation_ledger.projections.catchup import Projector
 from allocation_ledger.projections.store import InMemoryReadModels, ListingQuery
-from tests.ledger_support import RecordingProvisioner, assert_decoder_agrees
+from tests.ledger_support import (
+    RecordingProvisioner,
+    assert_decoder_agrees,
+    event_classes,
+    every_kind_of_event,
+)
 
 PLAIN_METADATA: list[dict[str, Any]] = [
     {},
@@ -237,21 +240,6 @@ def test_a_long_replay_of_a_pool_leaves_a_snapshot_that_loads_the_same(
     assert vars(from_snapshot) == vars(replayed)
 
 
-def _event_classes(aggregate: type[Any]) -> set[str]:
-    """The names of an aggregate's event classes (less the library's default
-    `Created`, unused where the aggregate names its own creation event)."""
-    base = aggregate.Event
-    classes = [
-        value
-        for value in vars(aggregate).values()
-        if isinstance(value, type) and issubclass(value, base) and value is not base
-    ]
-    creations = [c for c in classes if issubclass(c, Aggregate.Created)]
-    if len(creations) > 1:
-        classes = [c for c in classes if c.__name__ != "Created"]
-    return {c.__qualname__ for c in classes}
-
-
 def test_every_allocation_and_pool_event_decodes_as_the_mapper_decodes(
     tmp_path: Path,
 ) -> None:
@@ -263,41 +251,15 @@ def test_every_allocation_and_pool_event_decodes_as_the_mapper_decodes(
         provisioner=provisioner,
     )
     try:
-        _every_kind_of_event(service.ledger, manual_clock)
+        every_kind_of_event(service.ledger, manual_clock)
         provisioner.fail_provision = RuntimeError("no room on the host")
         with contextlib.suppress(Exception):
             service.ledger.request(AllocationRequest("fails", (), 1))
         checked = assert_decoder_agrees(service.ledger)
     finally:
         service.close()
-    missing = (_event_classes(Allocation) | _event_classes(Pool)) - checked
+    missing = (event_classes(Allocation) | event_classes(Pool)) - checked
     # Written only when a history of the per-allocation cost rule meets the
     # per-instance one: tests/test_server_cost_ledger.py decodes it.
     missing.discard("Pool.ServerCharged")
     assert not missing, checked
-
-
-def _every_kind_of_event(ledger: Ledger, manual_clock: ManualClock) -> None:
-    ledger.set_capacity(Resources(4000, 8192, 4))
-    ledger.configure_pool("default", mcp_ports=(9000, 9050))
-    ledger.set_quota("team-a", Resources(3000, 6144, 3))
-    ledger.configure_scheduling(Scheduling(aging_seconds=60))
-    ledger.configure_pool("default", idle_timeout_seconds=120)
-    ledger.set_capacity(Resources(4000, 8192, 5))
-    ledger.set_capacity(Resources(4000, 8192, 4))
-    first = ledger.request(AllocationRequest("first", ("github",), 3), tenant="team-a")
-    waiting = ledger.request(AllocationRequest("waits", (), 2), wait=True)
-    timing_out = ledger.request(
-        AllocationRequest("times-out", (), 4), wait=True, max_wait_seconds=30
-    )
-    ledger.release(first.allocation.allocation_id)  # grants "waits"
-    manual_clock.advance(31)
-    ledger.expire_due()  # "times-out" leaves the queue
-    ledger.renew(waiting.allocation.allocation_id)
-    low = ledger.request(AllocationRequest("low", (), 2, priority=Priority.LOW))
-    ledger.request(AllocationRequest("critical", (), 4, priority=Priority.CRITICAL))
-    ledger.request(AllocationRequest("refused", (), 40), wait=False)
-    manual_clock.advance(7200)
-    ledger.expire_due()
-    ledger.stop_idle_servers()
-    assert timing_out.allocation.allocation_id and low.allocation.allocation_id

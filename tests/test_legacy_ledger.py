@@ -41,10 +41,8 @@ from allocation_ledger.adapters.storage.service import (
     init_database,
     open_service,
 )
-from allocation_ledger.adapters.storage.sql_read_models import (
-    SCHEMA_VERSION,
-    SQLReadModels,
-)
+from allocation_ledger.adapters.storage.sql_read_models import SQLReadModels
+from allocation_ledger.adapters.storage.sql_rows import SCHEMA_VERSION
 from allocation_ledger.domain.clock import ManualClock
 from tests.mcp_support import call
 from tests.postgres import postgres_schema, postgres_settings

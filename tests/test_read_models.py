@@ -400,13 +400,19 @@ class RacedStore:
         self.results: list[bool] = []
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        found = getattr(self.inner, name)
+        if name == "commit_documents":  # what catch-up calls on a SQL store
+            return lambda **kwargs: self._raced(found, kwargs)
+        return found
 
     def commit(self, **kwargs: Any) -> bool:
+        return self._raced(self.inner.commit, kwargs)
+
+    def _raced(self, commit: Callable[..., bool], kwargs: dict[str, Any]) -> bool:
         hook, self.before_commit = self.before_commit, None
         if hook is not None:
             hook()
-        done = self.inner.commit(**kwargs)
+        done = commit(**kwargs)
         self.results.append(done)
         return done
 

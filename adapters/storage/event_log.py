@@ -117,26 +117,34 @@ class SQLiteNotificationLog:
         params.append(limit)
         with self._lock:
             rows = self._connect().execute(statement, params).fetchall()
+            if len(self._uuids) >= _UUID_CACHE_SIZE:
+                self._older_uuids = self._uuids
+                self._uuids = {}
+        # tuple.__new__ and the cache's look-up inline: no Python call per row
+        # (a rebuild reads a million).
+        make = tuple.__new__
+        cached = self._uuids.get
+        uuid = self._uuid
         return [
-            StoredNotification(row_id, self._uuid(originator), version, topic, state)
+            make(
+                StoredNotification,
+                (row_id, cached(originator) or uuid(originator), version, topic, state),
+            )
             for row_id, originator, version, topic, state in rows
         ]
 
     def _uuid(self, value: str) -> UUID:
-        """The UUID of an aggregate id, the same object each time while it
-        keeps coming: dictionaries keyed by it then find it by identity,
-        without comparing. Two generations of ids are kept: one seen in the
-        older is moved to the newer, so a pool's id, which recurs all along
-        the log, never changes object."""
-        found = self._uuids.get(value)
+        """The UUID of an aggregate id the newer generation of the cache
+        lacks, the same object each time while it keeps coming: dictionaries
+        keyed by it then find it by identity, without comparing. Two
+        generations of ids are kept (the newer replaces the older when it
+        holds `_UUID_CACHE_SIZE`, between batches): one seen in the older is
+        moved to the newer, so a pool's id, which recurs all along the log,
+        never changes object."""
+        found = self._older_uuids.get(value)
         if found is None:
-            found = self._older_uuids.get(value)
-            if found is None:
-                found = UUID(value)
-            if len(self._uuids) >= _UUID_CACHE_SIZE:
-                self._older_uuids = self._uuids
-                self._uuids = {}
-            self._uuids[value] = found
+            found = UUID(value)
+        self._uuids[value] = found
         return found
 
     def max_notification_id(self) -> int | None:

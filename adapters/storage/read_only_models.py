@@ -23,10 +23,9 @@ from allocation_ledger.adapters.storage.sql_dialects import SQLiteDialect
 from allocation_ledger.adapters.storage.sql_read_models import (
     POSITION_KEY,
     SCHEMA_KEY,
-    SCHEMA_VERSION,
-    VIEW_TABLES,
     SQLReadModels,
 )
+from allocation_ledger.adapters.storage.sql_rows import SCHEMA_VERSION, VIEW_TABLES
 from allocation_ledger.projections.store import ListingQuery
 from allocation_ledger.projections.usage import UsageQuery, UsageRow
 from allocation_ledger.projections.views import AllocationView, CapacityView

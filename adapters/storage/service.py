@@ -32,10 +32,8 @@ from allocation_ledger.adapters.storage.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
 )
-from allocation_ledger.adapters.storage.sql_read_models import (
-    SCHEMA_VERSION,
-    SQLReadModels,
-)
+from allocation_ledger.adapters.storage.sql_read_models import SQLReadModels
+from allocation_ledger.adapters.storage.sql_rows import SCHEMA_VERSION
 from allocation_ledger.adapters.storage.store_health import EVENTS_TABLE, StoreProbe
 from allocation_ledger.adapters.storage.system_clock import (
     SystemClock,

@@ -13,169 +13,44 @@ log: they are derived data, and the log holds every fact they need.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import orjson
-
 from allocation_ledger.adapters.storage.sql_dialects import (
     Cursor,
     PostgresDialect,
     SQLiteDialect,
 )
-from allocation_ledger.domain.allocation_ids import allocation_uuid, allocation_uuid_hex
+from allocation_ledger.adapters.storage.sql_rows import (
+    SCHEMA_VERSION,
+    UPSERT_ALLOCATION,
+    UPSERT_CAPACITY,
+    VIEW_SCHEMA,
+    VIEW_TABLES,
+    allocation_row,
+    capacity_row,
+    decode_document,
+    listing_row,
+)
+from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.pool import pool_uuid
-from allocation_ledger.domain.values import (
-    LIVE_STATES,
-    MILLICORES_PER_CORE,
-    TERMINAL_STATES,
-)
-from allocation_ledger.projections.codec import (
-    allocation_from_dict,
-    allocation_to_dict,
-    capacity_from_dict,
-    capacity_to_dict,
-)
+from allocation_ledger.domain.values import MILLICORES_PER_CORE
+from allocation_ledger.projections.codec import allocation_from_dict, capacity_from_dict
+from allocation_ledger.projections.listing_documents import ListingDocument
 from allocation_ledger.projections.store import UNFINISHED_STATES, ListingQuery
-from allocation_ledger.projections.usage import UsageQuery, UsageRow, held_until
+from allocation_ledger.projections.usage import UsageQuery, UsageRow
 from allocation_ledger.projections.views import AllocationView, CapacityView
 
 POSITION_KEY = "read_models"
 SCHEMA_KEY = "schema_version"
-SCHEMA_VERSION = 4
-"""The layout of the read-model tables. 1 (no version row): before
-`reserved_at`. 2: `reserved_at`, the moment capacity was reserved, which usage
-counts from. 3: `tenant`, indexed, which a tenant's listing and usage filter
-on. 4: each pool's port ranges (`ports`) in its capacity document. Raise it
-whenever the tables or their documents change shape."""
-
-_LIVE = tuple(sorted(s.value for s in LIVE_STATES))
-_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
-VIEW_TABLES = ("ledger_allocation_view", "ledger_capacity_view")
 
 POSITION_TABLE = """CREATE TABLE IF NOT EXISTS ledger_view_position (
         name TEXT PRIMARY KEY,
         position BIGINT NOT NULL
     )"""
-
-VIEW_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS ledger_allocation_view (
-        aggregate_id TEXT PRIMARY KEY,
-        allocation_id TEXT NOT NULL,
-        sequence BIGINT NOT NULL,
-        pool TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        state TEXT NOT NULL,
-        priority TEXT NOT NULL,
-        expires_at DOUBLE PRECISION,
-        started_at DOUBLE PRECISION NOT NULL,
-        reserved_at DOUBLE PRECISION,
-        ended_at DOUBLE PRECISION,
-        cpu_millicores BIGINT NOT NULL,
-        memory_mib BIGINT NOT NULL,
-        workers INTEGER NOT NULL,
-        server_count INTEGER NOT NULL,
-        tenant TEXT,
-        doc TEXT NOT NULL
-    )""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_started
-        ON ledger_allocation_view (started_at)""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_reserved
-        ON ledger_allocation_view (reserved_at)
-        WHERE reserved_at IS NOT NULL""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_sequence
-        ON ledger_allocation_view (sequence)""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_state
-        ON ledger_allocation_view (state, sequence)""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_job
-        ON ledger_allocation_view (job_id, sequence)""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_tenant
-        ON ledger_allocation_view (tenant, sequence)""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_tenant_reserved
-        ON ledger_allocation_view (tenant, reserved_at)""",
-    """CREATE INDEX IF NOT EXISTS ledger_allocation_view_due
-        ON ledger_allocation_view (expires_at, allocation_id)
-        WHERE expires_at IS NOT NULL""",
-    """CREATE TABLE IF NOT EXISTS ledger_capacity_view (
-        aggregate_id TEXT PRIMARY KEY,
-        pool TEXT NOT NULL,
-        doc TEXT NOT NULL
-    )""",
-)
-
-UPSERT_ALLOCATION = """INSERT INTO ledger_allocation_view
-    (aggregate_id, allocation_id, sequence, pool, job_id, state, priority,
-     expires_at, started_at, reserved_at, ended_at, cpu_millicores, memory_mib,
-     workers, server_count, tenant, doc)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (aggregate_id) DO UPDATE SET
-        state = excluded.state,
-        expires_at = excluded.expires_at,
-        reserved_at = excluded.reserved_at,
-        ended_at = excluded.ended_at,
-        doc = excluded.doc"""
-
-UPSERT_CAPACITY = """INSERT INTO ledger_capacity_view (aggregate_id, pool, doc)
-    VALUES (?, ?, ?)
-    ON CONFLICT (aggregate_id) DO UPDATE SET doc = excluded.doc"""
-
-
-# json.dumps with separators builds a new encoder on every call; this is the same.
-_json_encode = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _encode(document: dict[str, Any]) -> str:
-    """A row's document as JSON text: orjson's, several times faster than the
-    standard library's; the standard library's for what orjson refuses
-    (keys that are not strings, integers over 64 bits)."""
-    try:
-        return orjson.dumps(document).decode()
-    except TypeError:
-        return _json_encode(document)
-
-
-def _decode(text: str | bytes) -> Any:
-    """A stored document, parsed: by orjson, or by the standard library for
-    what orjson refuses (say, an unpaired surrogate escaped in a string)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
-def _epoch(moment: datetime | None) -> float | None:
-    return None if moment is None else moment.timestamp()
-
-
-def _allocation_row(view: AllocationView) -> tuple[Any, ...]:
-    """The row of an allocation. `started_at`: its request (what the counts
-    of allocations requested in a period go by); `reserved_at` to `ended_at`:
-    the span usage bills (`ended_at` empty until it is over)."""
-    live = view.state in _LIVE
-    ended = view.state in _TERMINAL
-    return (
-        allocation_uuid_hex(view.allocation_id),
-        view.allocation_id,
-        view.sequence,
-        view.pool,
-        view.job_id,
-        view.state,
-        view.priority,
-        _epoch(view.expires_at) if live else None,
-        view.created_at.timestamp(),
-        _epoch(view.reserved_at),
-        _epoch(held_until(view, view.updated_at)) if ended else None,
-        view.resources.cpu_millicores,
-        view.resources.memory_mib,
-        view.resources.workers,
-        len(view.servers_requested),
-        view.tenant,
-        _encode(allocation_to_dict(view)),
-    )
 
 
 class SQLReadModels:
@@ -293,7 +168,7 @@ class SQLReadModels:
                 keys,
             )
             rows = cursor.fetchall()
-        return {UUID(row[0]): _decode(row[1]) for row in rows}
+        return {UUID(row[0]): decode_document(row[1]) for row in rows}
 
     def commit(
         self,
@@ -303,6 +178,34 @@ class SQLReadModels:
         allocations: Sequence[AllocationView],
         capacities: Sequence[CapacityView],
     ) -> bool:
+        return self._commit(
+            expected, position, [allocation_row(v) for v in allocations], capacities
+        )
+
+    def commit_documents(
+        self,
+        *,
+        expected: int,
+        position: int,
+        allocations: Sequence[ListingDocument],
+        capacities: Sequence[CapacityView],
+    ) -> bool:
+        """`commit`, the allocations' rows given as their documents (what
+        catch-up folds for this store: projections/listing_documents.py)."""
+        return self._commit(
+            expected, position, [listing_row(r) for r in allocations], capacities
+        )
+
+    def _commit(
+        self,
+        expected: int,
+        position: int,
+        allocation_rows: list[tuple[Any, ...]],
+        capacities: Sequence[CapacityView],
+    ) -> bool:
+        """Write the rows (encoded before the write lock is taken) and the
+        position, if the position is still `expected`."""
+        capacity_rows = [capacity_row(c) for c in capacities]
         with self.dialect.transaction(write=True) as cursor:
             cursor.execute(
                 self._q(
@@ -314,23 +217,10 @@ class SQLReadModels:
             row = cursor.fetchone()
             if int(row[0]) != expected:
                 return False
-            if allocations:
-                cursor.executemany(
-                    self._q(UPSERT_ALLOCATION),
-                    [_allocation_row(v) for v in allocations],
-                )
-            if capacities:
-                cursor.executemany(
-                    self._q(UPSERT_CAPACITY),
-                    [
-                        (
-                            pool_uuid(c.pool).hex,
-                            c.pool,
-                            _encode(capacity_to_dict(c)),
-                        )
-                        for c in capacities
-                    ],
-                )
+            if allocation_rows:
+                cursor.executemany(self._q(UPSERT_ALLOCATION), allocation_rows)
+            if capacity_rows:
+                cursor.executemany(self._q(UPSERT_CAPACITY), capacity_rows)
             cursor.execute(
                 self._q("UPDATE ledger_view_position SET position = ? WHERE name = ?"),
                 (position, POSITION_KEY),
@@ -363,7 +253,7 @@ class SQLReadModels:
         with self.dialect.transaction(write=False) as cursor:
             cursor.execute(self._q(statement), params)
             rows = cursor.fetchall()
-        return [allocation_from_dict(_decode(row[0])) for row in rows]
+        return [allocation_from_dict(decode_document(row[0])) for row in rows]
 
     def due_allocations(self, now: datetime, limit: int) -> list[AllocationView]:
         with self.dialect.transaction(write=False) as cursor:
@@ -376,7 +266,7 @@ class SQLReadModels:
                 (now.timestamp(), limit),
             )
             rows = cursor.fetchall()
-        return [allocation_from_dict(_decode(row[0])) for row in rows]
+        return [allocation_from_dict(decode_document(row[0])) for row in rows]
 
     def count_unfinished(self) -> dict[tuple[str, str], int]:
         """Counted over the (state, sequence) index: the rows of terminal
@@ -401,7 +291,7 @@ class SQLReadModels:
         with self.dialect.transaction(write=False) as cursor:
             cursor.execute("SELECT doc FROM ledger_capacity_view ORDER BY pool")
             rows = cursor.fetchall()
-        return [capacity_from_dict(_decode(row[0])) for row in rows]
+        return [capacity_from_dict(decode_document(row[0])) for row in rows]
 
     def usage(self, query: UsageQuery, now: datetime) -> list[UsageRow]:
         """Summed in the database over indexed columns: no documents decoded.
