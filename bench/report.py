@@ -308,14 +308,10 @@ def _targets(results: dict[str, Any]) -> str:
         elif "error" in item:
             rows.append([key, title, "-", "error: " + item["error"]])
         elif "met" in item:
-            rows.append(
-                [
-                    key,
-                    title,
-                    item.get("target", ""),
-                    "met" if item["met"] else "NOT met",
-                ]
-            )
+            verdict = "met" if item["met"] else "NOT met"
+            if results.get("quick"):
+                verdict += " (quick run: one short round, not a verdict)"
+            rows.append([key, title, item.get("target", ""), verdict])
         else:
             rows.append([key, title, item.get("target", ""), "reported"])
     return _table(["item", "what", "target", "result"], rows)
