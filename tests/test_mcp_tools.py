@@ -16,6 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from allocation_ledger.adapters.mcp.server import stdio_server
 from allocation_ledger.adapters.mcp.tools.specs import TOOLS as TOOL_SPECS
+from allocation_ledger.adapters.metrics.instruments import LedgerMetrics
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.actors import SWEEPER_ACTOR
 from allocation_ledger.domain.clock import ManualClock
@@ -214,25 +215,41 @@ async def test_every_refusal_uses_the_original_wording_and_a_reason(
 
 
 async def test_a_request_that_does_not_fit_first_expires_what_is_due(
-    client: Client, clock: ManualClock
+    service: AllocationService, clock: ManualClock
 ) -> None:
-    old = await call(
-        client,
-        "request_resources",
-        job_id="old",
-        mcp_servers=[],
-        workers=8,
-        ttl_seconds=60,
+    # The server sweeps once as it starts: wait for that sweep, so that the
+    # lease below is expired by the request, not by a late first sweep.
+    metrics = LedgerMetrics(service, TOOL_SPECS)
+    async with Client(stdio_server(service, metrics=metrics)) as client:
+        with anyio.fail_after(30):
+            while not sweeps_run(metrics):
+                await anyio.sleep(0.01)
+        old = await call(
+            client,
+            "request_resources",
+            job_id="old",
+            mcp_servers=[],
+            workers=8,
+            ttl_seconds=60,
+        )
+        clock.advance(61)
+        new = await call(
+            client, "request_resources", job_id="new", mcp_servers=[], workers=8
+        )
+        assert new["status"] == "active"
+        assert new["expired_first"] == [old["allocation_id"]]
+        gone = await call(client, "get_allocation", allocation_id=old["allocation_id"])
+        assert gone["state"] == "expired"
+        assert gone["is_expired"] is True
+
+
+def sweeps_run(metrics: LedgerMetrics) -> float:
+    """How many expiry sweeps the server of `metrics` has finished."""
+    value = metrics.registry.get_sample_value(
+        "allocation_ledger_background_runs_total",
+        {"job": "expiry_sweep", "outcome": "ok"},
     )
-    clock.advance(61)
-    new = await call(
-        client, "request_resources", job_id="new", mcp_servers=[], workers=8
-    )
-    assert new["status"] == "active"
-    assert new["expired_first"] == [old["allocation_id"]]
-    gone = await call(client, "get_allocation", allocation_id=old["allocation_id"])
-    assert gone["state"] == "expired"
-    assert gone["is_expired"] is True
+    return value or 0.0
 
 
 # -- retries and dry runs ------------------------------------------------------
