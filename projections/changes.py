@@ -6,7 +6,9 @@ server may have folded the events first. A `ChangeFollower` keeps its own
 position in the notification log instead. Each `poll` reads the
 notifications after it (ids, aggregates and topics only; nothing is
 decoded), catches the read models up, and returns the rows now current for
-every allocation, pool and MCP server those notifications touched.
+every allocation, pool and MCP server those notifications touched (for a
+server, what `server_status` says of it now, when the follower was given
+that reading: the edge knows the server's processes).
 
 It is the source of what agents are told without polling: blocking requests
 wake on it, subscriptions are fed by it (adapters/mcp/change_feed.py).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from allocation_ledger.domain.server_process import server_process_uuid
@@ -56,12 +59,33 @@ class PoolChanged:
 
 
 @dataclass(frozen=True)
+class ServerNow:
+    """What an MCP server of a pool is now, in get_mcp_status' words.
+
+    `status`: starting, running, idle, stopping, stopped or failed;
+    `endpoint`: where agents reach it (None while it has no port);
+    `last_exit`: how its last process ended (code, signal, forced, reason:
+    those known), only while it is stopped or failed.
+    """
+
+    status: str
+    endpoint: str | None = None
+    last_exit: dict[str, Any] | None = None
+
+
+ServerStatus = Callable[[str, str], ServerNow | None]
+"""Reads what the server (pool, name) is now; None when unknown. Blocking."""
+
+
+@dataclass(frozen=True)
 class ServerChanged:
     """An MCP server of a pool whose processes changed (started, exited,
-    restarted, failed, stopped)."""
+    restarted, failed, stopped); `now`, what it is after the change (None
+    when the follower has no `server_status`, or it could not be read)."""
 
     pool: str
     name: str
+    now: ServerNow | None = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +118,10 @@ class ChangeFollower:
     a query of this process already took them there); `store`, the read
     models it then reads rows from; `server_names`, the MCP server names
     the catalog knows (those of pools' running servers are always known),
-    used to name a server process from its aggregate id. Not thread-safe:
-    poll from one thread at a time.
+    used to name a server process from its aggregate id; `server_status`,
+    what a changed server is now, read once the read models caught up (the
+    same reading get_mcp_status answers with). Not thread-safe: poll from
+    one thread at a time.
     """
 
     def __init__(
@@ -105,12 +131,14 @@ class ChangeFollower:
         catch_up: Callable[[int], int],
         *,
         server_names: Iterable[str] = (),
+        server_status: ServerStatus | None = None,
         page: int = FOLLOW_PAGE,
     ) -> None:
         self.log = log
         self.store = store
         self.catch_up = catch_up
         self.server_names = frozenset(server_names)
+        self.server_status = server_status
         self.page = page
         self.position: int | None = None
         self._servers: dict[UUID, tuple[str, str]] = {}
@@ -186,11 +214,16 @@ class ChangeFollower:
         if any(key not in self._servers for key in keys):
             self._learn_servers()
         return tuple(
-            ServerChanged(pool=pool, name=name)
+            ServerChanged(pool=pool, name=name, now=self._now(pool, name))
             for key in keys
             if (found := self._servers.get(key)) is not None
             for pool, name in (found,)
         )
+
+    def _now(self, pool: str, name: str) -> ServerNow | None:
+        if self.server_status is None:
+            return None
+        return self.server_status(pool, name)
 
     def _learn_servers(self) -> None:
         """Name every server process id that pools and the catalog can make

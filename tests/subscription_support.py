@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -11,6 +12,9 @@ EVENT = "allocation-ledger/event"
 STATE = "allocation-ledger/state"
 EXPIRES = "allocation-ledger/expires_at"
 SERVER = "allocation-ledger/server"
+SERVER_STATUS = "allocation-ledger/server_status"
+SERVER_ENDPOINT = "allocation-ledger/server_endpoint"
+SERVER_LAST_EXIT = "allocation-ledger/server_last_exit"
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 LEGACY_SUBSCRIBE = "ignore:resources/(un)?subscribe is removed"
 """A filterwarnings mark for the tests of resources/subscribe, which the
@@ -49,22 +53,33 @@ class Told:
         return {uri for uri, _ in self.updates}
 
     async def wait_for(
-        self, uri: str, event: str, *, timeout: float = 5.0, nth: int = 1
+        self,
+        uri: str,
+        event: str,
+        *,
+        timeout: float = 5.0,
+        nth: int = 1,
+        where: Mapping[str, Any] | None = None,
+        after: int = 0,
     ) -> dict[str, Any]:
-        """The `_meta` of the `nth` update about `uri` with `event`, waiting
-        at most `timeout` seconds for it (TimeoutError naming what came)."""
+        """The `_meta` of the `nth` update about `uri` with `event` (and the
+        `_meta` items `where`) among those told from the `after`-th on,
+        waiting at most `timeout` seconds for it (AssertionError naming what
+        came)."""
+        wanted = {EVENT: event, **(where or {})}
         try:
             with anyio.fail_after(timeout):
                 while True:
                     found = [
                         meta
-                        for told, meta in self.updates
-                        if told == uri and meta.get(EVENT) == event
+                        for told, meta in self.updates[after:]
+                        if told == uri
+                        and all(meta.get(k) == v for k, v in wanted.items())
                     ]
                     if len(found) >= nth:
                         return found[nth - 1]
                     await self._arrived.wait()
         except TimeoutError:
-            msg = f"no {event!r} update #{nth} for {uri} in {timeout} s"
+            msg = f"no {wanted!r} update #{nth} for {uri} in {timeout} s"
             msg += f"; told: {self.updates}"
             raise AssertionError(msg) from None

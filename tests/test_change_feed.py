@@ -9,10 +9,14 @@ import anyio
 import pytest
 
 from allocation_ledger.adapters.config.settings import Settings
+from allocation_ledger.adapters.http.auth import Access
 from allocation_ledger.adapters.mcp.server import change_feed
+from allocation_ledger.adapters.mcp.tools.mcp_servers import McpServerTools
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.server_process import ProcessReport
 from allocation_ledger.domain.values import AllocationRequest
-from allocation_ledger.projections.changes import Changes
+from allocation_ledger.projections.changes import Changes, ServerChanged, ServerNow
 from tests.ledger_support import OpenService
 
 
@@ -45,6 +49,31 @@ def test_a_follower_reports_each_changed_allocation_and_pool_once(
     assert [p.pool for p in changes.pools] == ["default"]
     assert changes.pools[0].capacity.reserved.workers == 1
     assert not follower.poll()  # nothing new: nothing reported again
+
+
+def test_a_follower_reports_a_changed_server_as_get_mcp_status_shows_it(
+    ledger_service: AllocationService,
+) -> None:
+    feed = change_feed(ledger_service)
+    follower = feed.follower
+    ledger = ledger_service.ledger
+    made = ledger.request(AllocationRequest(job_id="a", servers=("github",)))
+    follower.start_at_end()
+    [slot] = made.allocation.servers
+    report = ProcessReport("exited", DEFAULT_POOL, "github", slot.port, None, {})
+    ledger.record_server_process(report)
+
+    changes = follower.poll()
+
+    shown = McpServerTools(ledger_service, Access(require_token=False)).status(
+        "github", DEFAULT_POOL
+    )
+    assert changes.servers == (
+        ServerChanged(
+            DEFAULT_POOL, "github", ServerNow(shown.status, shown.endpoint, None)
+        ),
+    )
+    assert shown.endpoint is not None and shown.status == "running"
 
 
 def test_a_follower_learns_of_another_servers_writes(

@@ -2,7 +2,8 @@
 allocation is told of its grant from the queue, its preemption, the end of
 its lease coming and its expiry, through subscriptions/listen (2026-07-28)
 and through resources/subscribe (earlier versions); docs/tools.md,
-"Subscriptions"."""
+"Subscriptions". What subscribers hear of an allocation's MCP server
+processes: test_mcp_server_subscriptions.py."""
 
 from __future__ import annotations
 
@@ -26,13 +27,11 @@ from allocation_ledger.adapters.mcp.server import resource_updates, stdio_server
 from allocation_ledger.adapters.mcp.subscriptions import MAX_LISTEN_STREAMS_PER_CALLER
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
-from allocation_ledger.domain.server_process import ProcessReport
 from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility
 from tests.mcp_support import OpenMemory, call
 from tests.subscription_support import (
     EXPIRES,
     LEGACY_SUBSCRIBE,
-    SERVER,
     STATE,
     SUBSCRIPTION_ID,
     Told,
@@ -289,38 +288,6 @@ async def test_a_sessions_subscriptions_end_with_it(
 async def ask_once(server: Any) -> str:
     async with Client(server) as client:
         return str((await ask(client, "job", 1))["allocation_id"])
-
-
-async def test_an_allocations_subscribers_hear_when_one_of_its_mcp_servers_fails(
-    service: AllocationService,
-) -> None:
-    told = Told()
-    async with connected(service, told) as client, anyio.create_task_group() as group:
-        made = await call(
-            client, "request_resources", job_id="job", mcp_servers=["github"]
-        )
-        other = await ask(client, "no-servers", 1)
-        uri = allocation_uri(made["allocation_id"])
-        opened = anyio.Event()
-
-        async def hold() -> None:
-            uris = [uri, allocation_uri(other["allocation_id"])]
-            async with client.listen(resource_subscriptions=uris) as stream:
-                opened.set()
-                async for _ in stream:
-                    pass
-
-        group.start_soon(hold)
-        await opened.wait()
-        port = made["mcp_servers"][0]["port"]
-        report = ProcessReport("failed", "default", "github", port, None, {})
-        await anyio.to_thread.run_sync(service.ledger.record_server_process, report)
-        failed = await told.wait_for(uri, "mcp_server_changed")
-        assert failed[SERVER] == "github"
-        assert failed[STATE] == "active"
-        await anyio.sleep(0.3)
-        assert told.uris() == {uri}  # not the allocation without servers
-        group.cancel_scope.cancel()
 
 
 async def test_one_caller_holds_a_bounded_number_of_listen_streams(

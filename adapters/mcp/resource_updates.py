@@ -14,6 +14,10 @@ carries the allocation's tenant, read with the change itself, and is
 checked against that visibility at every delivery, so no event about
 another tenant's allocation reaches it; a pool's capacity is visible to all.
 
+When one of an allocation's MCP servers changes (`mcp_server_changed`), the
+update says what the server is now, in get_mcp_status' words, as the change
+feed read it (`ServerChanged.now`).
+
 It also tells an allocation's subscribers `lease_warning_seconds` before its
 lease runs out (event `lease_ending`), on the ledger's own clock; a renewal
 moves the warning. Only subscribed allocations are watched.
@@ -38,7 +42,7 @@ from allocation_ledger.adapters.mcp.schemas.units import iso
 from allocation_ledger.domain.clock import Clock
 from allocation_ledger.domain.errors import AllocationNotFoundError
 from allocation_ledger.domain.tenancy import Visibility
-from allocation_ledger.projections.changes import Changes
+from allocation_ledger.projections.changes import Changes, ServerChanged
 from allocation_ledger.projections.queries import ReadModels
 from allocation_ledger.projections.views import AllocationView
 
@@ -53,6 +57,10 @@ STATE_META = "allocation-ledger/state"
 EXPIRES_META = "allocation-ledger/expires_at"
 POOL_META = "allocation-ledger/pool"
 SERVER_META = "allocation-ledger/server"
+SERVER_STATUS_META = "allocation-ledger/server_status"
+"""With `mcp_server_changed`: the server's status now, get_mcp_status' word."""
+SERVER_ENDPOINT_META = "allocation-ledger/server_endpoint"
+SERVER_LAST_EXIT_META = "allocation-ledger/server_last_exit"
 
 LEASE_CHECK_SECONDS = 1.0
 """Longest the lease watcher sleeps before reading the clock again (a
@@ -102,6 +110,22 @@ class _Watch:
         self.renewals = view.renewals
         self.servers = frozenset(s.name for s in view.servers)
         self.version = view.version
+
+
+def server_meta(server: ServerChanged) -> dict[str, Any]:
+    """What an `mcp_server_changed` update says of the server: its name,
+    and, when read, its status now (get_mcp_status' word), its endpoint
+    and, stopped or failed, how its last process ended."""
+    meta: dict[str, Any] = {SERVER_META: server.name}
+    now = server.now
+    if now is None:
+        return meta
+    meta[SERVER_STATUS_META] = now.status
+    if now.endpoint is not None:
+        meta[SERVER_ENDPOINT_META] = now.endpoint
+    if now.last_exit:
+        meta[SERVER_LAST_EXIT_META] = dict(now.last_exit)
+    return meta
 
 
 def allocation_event(
@@ -272,7 +296,7 @@ class ResourceUpdates:
                     and watch.state in LIVE_STATES
                 ):
                     update = self._allocation_update(watch, "mcp_server_changed")
-                    update.meta[SERVER_META] = server.name
+                    update.meta.update(server_meta(server))
                     self.publish(update)
         self._wake()
 

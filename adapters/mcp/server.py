@@ -53,6 +53,7 @@ from allocation_ledger.adapters.mcp.tools.audit import AuditTools
 from allocation_ledger.adapters.mcp.tools.capacity import CapacityTools
 from allocation_ledger.adapters.mcp.tools.mcp_servers import McpServerTools
 from allocation_ledger.adapters.mcp.tools.scheduling import SchedulingTools
+from allocation_ledger.adapters.mcp.tools.server_status import ServerStatuses
 from allocation_ledger.adapters.mcp.tools.specs import TOOLS, served_tools
 from allocation_ledger.adapters.metrics.exposition import (
     METRICS_PATH,
@@ -192,13 +193,15 @@ def build_server(
 
 def change_feed(service: AllocationService) -> ChangeFeed:
     """The feed of the ledger's changes a server's waiters listen to,
-    following the service's event log (change_feed.py)."""
+    following the service's event log (change_feed.py); a changed MCP
+    server comes with what get_mcp_status says of it now."""
     projector = service.projector
     follower = ChangeFollower(
         projector.log,
         service.store,
         lambda position: projector.catch_up(until=position),
         server_names=service.settings.catalog.mcp_servers,
+        server_status=ServerStatuses(service).now,
     )
     return ChangeFeed(follower)
 
