@@ -19,12 +19,10 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from allocation_ledger.adapters.mcp import server as server_module
-from allocation_ledger.adapters.mcp.resource_updates import (
-    ResourceUpdate,
-    ResourceUpdates,
-)
+from allocation_ledger.adapters.mcp.resource_updates import ResourceUpdates
 from allocation_ledger.adapters.mcp.server import resource_updates, stdio_server
 from allocation_ledger.adapters.mcp.subscriptions import MAX_LISTEN_STREAMS_PER_CALLER
+from allocation_ledger.adapters.mcp.update_meta import ResourceUpdate
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.tenancy import EVERY_TENANT, Visibility

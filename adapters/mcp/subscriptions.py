@@ -48,10 +48,10 @@ from mcp_types import (
 
 from allocation_ledger.adapters.http.auth import Access, Caller
 from allocation_ledger.adapters.mcp.resource_updates import (
-    ResourceUpdate,
     ResourceUpdates,
     UpdateSubscriber,
 )
+from allocation_ledger.adapters.mcp.update_meta import ResourceUpdate
 from allocation_ledger.domain.tenancy import Visibility
 
 logger = logging.getLogger("allocation_ledger.mcp")
