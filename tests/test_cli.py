@@ -396,6 +396,33 @@ def test_out_into_a_missing_directory_or_onto_a_directory_is_refused(
     assert not missing.parent.exists()
 
 
+@pytest.mark.parametrize("named", ["the file", "its -wal", "a hard link"])
+def test_out_onto_the_ledger_itself_is_refused_and_the_ledger_kept(
+    written: Written, tmp_path: Path, named: str
+) -> None:
+    """`export --out` the ledger's own file truncated it before reading it:
+    the whole ledger was lost. It is refused before anything is opened,
+    however the file is named."""
+    database = written.database
+    before = database.read_bytes()
+    out = {
+        "the file": database,
+        "its -wal": database.with_name(database.name + "-wal"),
+        "a hard link": tmp_path / "same.db",
+    }[named]
+    if named == "a hard link":
+        os.link(database, out)
+    line = one_line_error(
+        run_cli("export", "--out", str(out), "--database", str(database), cwd=tmp_path),
+        2,
+    )
+    assert f"--out {out} would overwrite the ledger {database}" in line
+    assert database.read_bytes() == before
+    assert not database.with_name(database.name + "-wal").exists()
+    verified = run_cli("verify", "--database", str(database), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+
+
 def test_export_names_its_ledger_on_stderr(written: Written, tmp_path: Path) -> None:
     completed = run_cli(
         "export",

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -115,14 +116,17 @@ def _json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def check_arguments(args: argparse.Namespace) -> str | None:
+def check_arguments(
+    args: argparse.Namespace, ledger_file: Path | None = None
+) -> str | None:
     """What is wrong with the command's arguments, checked before the
-    ledger is opened (a usage error, exit 2); None when nothing is."""
+    ledger is opened (a usage error, exit 2); None when nothing is.
+    `ledger_file` is the SQLite file it reads (None for another store)."""
     if args.command == "history" and (args.server is None) == (
         args.allocation_id is None
     ):
         return "history: give an allocation id or --server NAME (not both)"
-    return report_commands.check_arguments(args)
+    return report_commands.check_arguments(args, ledger_file)
 
 
 Handler = Callable[[argparse.Namespace, AllocationService, Console], int]
