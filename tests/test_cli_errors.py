@@ -78,6 +78,48 @@ def test_invalid_json_in_the_tokens_variable(tmp_path: Path) -> None:
     assert "it takes a JSON list" in line
 
 
+@pytest.mark.parametrize(
+    ("entries", "problem", "secret"),
+    [
+        (
+            '[{"subject": "ci", "scopes": ["read"], "token": "short-secret"}]',
+            "[0]: token must be at least 16 characters",
+            "short-secret",
+        ),
+        (
+            '[{"subject": "ci", "scopes": ["read"], "token_sha256": "not-a-digest"}]',
+            "[0].token_sha256: string should match pattern",
+            "not-a-digest",
+        ),
+        ("hunter2-is-not-json", "the file: invalid JSON", "hunter2"),
+    ],
+)
+@pytest.mark.parametrize("where", ["file", "variable"])
+def test_a_bad_token_entry_is_one_line_that_never_repeats_the_secret(
+    tmp_path: Path, entries: str, problem: str, secret: str, where: str
+) -> None:
+    """A tokens file that did not validate printed pydantic's report: several
+    lines, quoting the entry with its token; a log must never learn one."""
+    if where == "file":
+        tokens = tmp_path / "tokens.json"
+        tokens.write_text(entries)
+        completed = run_cli(
+            "serve", "--transport", "http", cwd=tmp_path, TOKENS_FILE=str(tokens)
+        )
+        expected = f"tokens file {tokens} is not a JSON list of tokens: {problem}"
+    else:
+        completed = run_cli(
+            "serve", "--transport", "http", cwd=tmp_path, TOKENS=entries
+        )
+        if not entries.startswith("["):
+            expected = "ALLOCATION_LEDGER_TOKENS is not valid JSON"
+        else:
+            expected = f"ALLOCATION_LEDGER_TOKENS{problem}"
+    line = one_line_error(completed, 2)
+    assert expected in line
+    assert secret not in line
+
+
 def test_an_invalid_setting_names_its_variable(tmp_path: Path) -> None:
     line = one_line_error(run_cli("status", cwd=tmp_path, HTTP_PORT="99999"), 2)
     assert (

@@ -15,6 +15,10 @@ from pydantic_settings import SettingsError
 
 from allocation_ledger.adapters.config.catalog import CatalogError
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.http.tokens import SECRET_KEYS
+
+SECRET_SETTINGS = (*SECRET_KEYS, "postgres_password", "postgres_dsn")
+"""Settings (and token keys) whose values a message never repeats."""
 
 TOKENS_SHAPE = (
     'a JSON list such as [{"subject": "ci", "scopes": ["read", "write"], '
@@ -80,7 +84,8 @@ def _validation_problem(error: ValidationError) -> str:
         name = ENV_PREFIX + location[0].upper() if location else "settings"
         where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in location[1:])
         got = item.get("input")
-        shown = "" if isinstance(got, dict) else f", got {got!r}"
+        secret = bool(location) and location[-1] in SECRET_SETTINGS
+        shown = "" if secret or isinstance(got, dict) else f", got {got!r}"
         message = item["msg"].removeprefix("Value error, ")
         problems.append(f"{name}{where}: {message[:1].lower()}{message[1:]}{shown}")
     return "invalid settings: " + "; ".join(problems)
