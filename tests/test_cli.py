@@ -352,6 +352,32 @@ def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
     assert line == f"allocation-ledger: pool 'default' did not exist at {before}"
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("timeline", "--out", "x.svg", "--until", "9999-12-31T23:59:59-12:00"),
+        ("usage", "--since", "0001-01-01T00:00:00+14:00"),
+        ("capacity", "--at", "9999-12-31T23:30:00-01:00"),
+    ],
+)
+def test_a_time_beyond_the_calendar_in_utc_is_a_usage_error(
+    written: Written, tmp_path: Path, arguments: tuple[str, ...]
+) -> None:
+    """A time that is still in the calendar where it was written but not in
+    UTC stopped `timeline` with an unexpected error (and `get_usage` too):
+    it is refused as the argument it is, before the ledger is opened."""
+    option, given = arguments[-2:]
+    completed = run_cli(*arguments, "--database", str(written.database), cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stdout == ""
+    assert "Traceback" not in completed.stderr
+    assert (
+        f"argument {option}: must be a time between 0001-01-01 and 9999-12-31 "
+        f"in UTC, got {given}"
+    ) in completed.stderr
+    assert not (tmp_path / "x.svg").exists()
+
+
 def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert data[12:16] == b"IHDR"

@@ -803,6 +803,21 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("get_capacity", {"at": 5}, "at"),
     ("get_usage", {"since": "last week"}, "since"),
     ("get_usage", {"until": [2026]}, "until"),
+    (
+        "get_usage",
+        {"until": "9999-12-31T23:59:59-12:00"},
+        "until: must be a time between 0001-01-01 and 9999-12-31 in UTC",
+    ),
+    (
+        "get_usage",
+        {"since": "0001-01-01T00:00:00+14:00"},
+        "since: must be a time between 0001-01-01 and 9999-12-31 in UTC",
+    ),
+    (
+        "get_capacity",
+        {"at": "9999-12-31T23:59:59-01:00"},
+        "at: must be a time between 0001-01-01 and 9999-12-31 in UTC",
+    ),
     ("get_usage", {"job_id": HUGE}, "job_id"),
     ("get_usage", {"pool": "Bad Pool!"}, "pool"),
     ("get_usage", {"job": "x"}, "job"),

@@ -24,7 +24,7 @@ from allocation_ledger.adapters.cli.console import capacity_summary_table
 from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
 from allocation_ledger.adapters.mcp.schemas.capacity import capacity_result
 from allocation_ledger.adapters.mcp.schemas.history import history_result
-from allocation_ledger.adapters.mcp.schemas.units import amounts
+from allocation_ledger.adapters.mcp.schemas.units import amounts, representable
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
@@ -45,7 +45,10 @@ def moment(text: str) -> datetime:
     except ValueError:
         msg = f"{text!r} is not an ISO 8601 time (e.g. 2026-11-26T20:00:00Z)"
         raise argparse.ArgumentTypeError(msg) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        return representable(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def seconds_at_least_zero(text: str) -> float:

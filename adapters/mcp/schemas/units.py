@@ -60,6 +60,25 @@ UtcTime = Annotated[datetime, PlainSerializer(iso, return_type=str)]
 """A time, written as ISO 8601 with an explicit +00:00 offset."""
 
 
+def representable(moment: datetime) -> datetime:
+    """`moment` itself, if it can be told in UTC: one near the ends of the
+    calendar (9999-12-31T23:00:00-12:00) lies outside it there, and every
+    answer speaks UTC. Raises ValueError."""
+    try:
+        utc(moment).astimezone(UTC)
+    except OverflowError:
+        msg = (
+            "must be a time between 0001-01-01 and 9999-12-31 in UTC, got "
+            f"{moment.isoformat()}"
+        )
+        raise ValueError(msg) from None
+    return moment
+
+
+Moment = Annotated[datetime, AfterValidator(representable)]
+"""A time argument (ISO 8601) that can be told in UTC."""
+
+
 def utc(moment: datetime) -> datetime:
     """A time as given, or taken as UTC when it has no offset."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
