@@ -37,6 +37,11 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
             ("export", "--since", "-5"),
             "argument --since: must be 0 (the start) or a later position, got -5",
         ),
+        (
+            ("export", "--since", "100000000000000000000"),
+            "argument --since: must be at most 9223372036854775807 (the last a log "
+            "can hold), got 100000000000000000000",
+        ),
     ],
 )
 def test_a_negative_tolerance_or_position_is_a_usage_error(

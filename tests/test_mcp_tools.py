@@ -804,6 +804,11 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("get_usage", {"since": "last week"}, "since"),
     ("get_usage", {"until": [2026]}, "until"),
     (
+        "list_allocations",
+        {"after": 10**20},
+        "after: must be at most 9223372036854775807, got 100000000000000000000",
+    ),
+    (
         "get_usage",
         {"until": "9999-12-31T23:59:59-12:00"},
         "until: must be a time between 0001-01-01 and 9999-12-31 in UTC",

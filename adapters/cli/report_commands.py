@@ -26,6 +26,7 @@ from allocation_ledger.adapters.charts.timeline_chart import (
 )
 from allocation_ledger.adapters.cli.console import fail
 from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
+from allocation_ledger.adapters.mcp.schemas.units import MAX_LOG_POSITION
 from allocation_ledger.adapters.mcp.schemas.usage import UsageResult, UsageRowResult
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
@@ -42,6 +43,11 @@ def position_at_least_zero(text: str) -> int:
         raise argparse.ArgumentTypeError(msg) from None
     if value < 0:
         msg = f"must be 0 (the start) or a later position, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    if value > MAX_LOG_POSITION:
+        msg = (
+            f"must be at most {MAX_LOG_POSITION} (the last a log can hold), got {text}"
+        )
         raise argparse.ArgumentTypeError(msg)
     return value
 

@@ -22,6 +22,9 @@ from allocation_ledger.domain.pool_settings import (
 from allocation_ledger.domain.values import MILLICORES_PER_CORE, Resources
 
 MAX_CPU_CORES = MAX_CPU_MILLICORES // MILLICORES_PER_CORE
+MAX_LOG_POSITION = 2**63 - 1
+"""The largest position (or sequence) a log can give: a signed 64-bit
+integer, as SQLite and PostgreSQL store it."""
 
 
 def cores(millicores: int) -> float:
