@@ -34,6 +34,11 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
             "argument --time-tolerance: must be 0 or more seconds, got -1",
         ),
         (
+            ("verify", "--time-tolerance", "inf"),
+            "argument --time-tolerance: must be at most 31622400 seconds (a year), "
+            "got inf",
+        ),
+        (
             ("export", "--since", "-5"),
             "argument --since: must be 0 (the start) or a later position, got -5",
         ),

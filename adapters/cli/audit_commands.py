@@ -51,6 +51,11 @@ def moment(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+MAX_TIME_TOLERANCE_SECONDS = 366 * 24 * 3600
+"""The most --time-tolerance takes: far past any clock's drift (more would
+overflow the replay's time arithmetic, and tolerate nothing more)."""
+
+
 def seconds_at_least_zero(text: str) -> float:
     """A number of seconds, zero or more (a negative tolerance would find a
     healthy ledger broken)."""
@@ -61,6 +66,11 @@ def seconds_at_least_zero(text: str) -> float:
         raise argparse.ArgumentTypeError(msg) from None
     if not value >= 0:  # also refuses nan
         msg = f"must be 0 or more seconds, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    if value > MAX_TIME_TOLERANCE_SECONDS:  # also refuses inf
+        msg = (
+            f"must be at most {MAX_TIME_TOLERANCE_SECONDS} seconds (a year), got {text}"
+        )
         raise argparse.ArgumentTypeError(msg)
     return value
 
