@@ -139,6 +139,28 @@ def test_an_invalid_setting_names_its_variable(tmp_path: Path) -> None:
     assert "got '99999'" in line
 
 
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("hunter2-garbage", "is not a PostgreSQL connection string"),
+        ("postgresql://ci:hunter2@db:fivefour/ledger", "its port is not a number"),
+    ],
+)
+def test_a_postgres_dsn_that_cannot_be_read_is_a_setting_error(
+    tmp_path: Path, dsn: str, problem: str
+) -> None:
+    """A connection string psycopg could not read ended in an unexpected
+    error over two lines (exit 1), quoting part of it: it is a wrong
+    setting, named, with the shape it takes, and never echoed (it may hold
+    a password)."""
+    completed = run_cli("status", cwd=tmp_path, STORE="postgres", POSTGRES_DSN=dsn)
+    line = one_line_error(completed, 2)
+    named = "allocation-ledger: invalid settings: ALLOCATION_LEDGER_POSTGRES_DSN"
+    assert line.startswith(f"{named}: {problem}")
+    assert "postgresql://USER:PASSWORD@HOST:PORT/DBNAME" in line
+    assert "hunter2" not in line
+
+
 @pytest.mark.parametrize("command", ["status", "serve"])
 def test_a_database_path_that_is_a_directory(tmp_path: Path, command: str) -> None:
     line = one_line_error(

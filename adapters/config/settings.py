@@ -216,6 +216,30 @@ class Settings(BaseSettings):
     def _check_origins(cls, value: list[str]) -> list[str]:
         return [allowed_origin(entry) for entry in value]
 
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _check_postgres_dsn(cls, value: str | None) -> str | None:
+        """A connection string psycopg can read, whose port is a number; the
+        message never repeats it (it may hold a password)."""
+        if value is None:
+            return None
+        from psycopg import Error as PsycopgError
+        from psycopg.conninfo import conninfo_to_dict
+
+        shape = (
+            "write postgresql://USER:PASSWORD@HOST:PORT/DBNAME or "
+            "host=HOST port=PORT dbname=DBNAME"
+        )
+        try:
+            port = conninfo_to_dict(value).get("port")
+        except PsycopgError:
+            msg = f"is not a PostgreSQL connection string ({shape})"
+            raise ValueError(msg) from None
+        if port is not None and not str(port).isdigit():
+            msg = f"its port is not a number ({shape})"
+            raise ValueError(msg)
+        return value
+
     @model_validator(mode="after")
     def _postgres_dsn_parts(self) -> Settings:
         if self.store == "postgres" and self.postgres_dsn:
