@@ -140,6 +140,30 @@ def test_an_invalid_setting_names_its_variable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "SWEEP_INTERVAL_SECONDS",
+        "IDLE_CHECK_INTERVAL_SECONDS",
+        "LEASE_WARNING_SECONDS",
+        "PROVISIONING_TIMEOUT_SECONDS",
+        "HTTP_SESSION_IDLE_SECONDS",
+    ],
+)
+def test_an_endless_interval_is_a_setting_error(tmp_path: Path, name: str) -> None:
+    """`inf` passed as seconds: a sweeper that never swept again, or (for
+    the session idle time) an unexpected error when serving began."""
+    completed = run_cli(
+        "serve", "--transport", "http", "--no-auth", cwd=tmp_path, env={name: "inf"}
+    )
+    line = one_line_error(completed, 2)
+    assert line == (
+        f"allocation-ledger: invalid settings: ALLOCATION_LEDGER_{name}: "
+        "input should be a finite number, got 'inf'"
+    )
+    assert not (tmp_path / "allocation-ledger.db").exists()
+
+
+@pytest.mark.parametrize(
     ("dsn", "problem"),
     [
         ("hunter2-garbage", "is not a PostgreSQL connection string"),

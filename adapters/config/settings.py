@@ -76,11 +76,12 @@ class Settings(BaseSettings):
             "connection, in all); then it fails, naming the cause."
         ),
     )
-    sweep_interval_seconds: float = Field(300.0, gt=0)
-    idle_check_interval_seconds: float = Field(60.0, gt=0)
+    sweep_interval_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
+    idle_check_interval_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
     lease_warning_seconds: float = Field(
         60.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "How long before an allocation's lease runs out its subscribers "
             "are told (a resources/updated notification with event "
@@ -90,6 +91,7 @@ class Settings(BaseSettings):
     provisioning_timeout_seconds: float = Field(
         60.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "An allocation still pending or releasing this long after its last "
             "event was interrupted (a crash between provisioning steps): the "
@@ -154,6 +156,7 @@ class Settings(BaseSettings):
     http_session_idle_seconds: float = Field(
         DEFAULT_SESSION_IDLE_SECONDS,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "An HTTP MCP session with no request in flight for this long is "
             "closed; its client must initialize a new one."
