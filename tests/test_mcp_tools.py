@@ -901,6 +901,11 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("set_scheduling", {"preemption": {"low": ["low"]}}, "strictly lower"),
     (
         "set_scheduling",
+        {"preemption": {"critical": ["low", "normal", "low"]}},
+        "preemption.critical names low more than once",
+    ),
+    (
+        "set_scheduling",
         {"queue_policy": "backfill", "pool": "elsewhere"},
         "pool 'elsewhere' not found",
     ),
