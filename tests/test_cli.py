@@ -520,6 +520,85 @@ def test_an_unreadable_ledger_is_named(written: Written, tmp_path: Path) -> None
     assert f"cannot read the ledger {written.database}: Permission denied" in line
 
 
+def _in_a_read_only_directory(
+    directory: Path, *arguments: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """The command run while `directory` may not be written: by its mode
+    (and its files') for a user; for root, whom modes do not stop, on a
+    read-only bind mount of it in a mount namespace of its own."""
+    if os.geteuid() != 0:
+        files = [p for p in directory.iterdir() if p.is_file()]
+        for file in files:
+            file.chmod(0o444)
+        directory.chmod(0o555)
+        try:
+            return run_cli(*arguments, cwd=cwd)
+        finally:
+            directory.chmod(0o755)
+            for file in files:
+                file.chmod(0o644)
+    if shutil.which("unshare") is None:
+        pytest.skip("root needs unshare for a read-only file system")
+    mount = f"mount --bind {directory} {directory} && "
+    mount += f"mount -o remount,bind,ro {directory} && "
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", mount + "true"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip("no mount namespace here for a read-only file system")
+    return subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            mount + 'exec "$@"',
+            "sh",
+            str(COMMAND),
+            *arguments,
+        ],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["rebuild", "init-db", "serve"])
+def test_a_ledger_that_cannot_be_written_is_named_by_the_commands_that_write(
+    written: Written, tmp_path: Path, command: str
+) -> None:
+    """SQLite says only "unable to open database file" (and init-db ended in
+    an unexpected error): the commands that write name the file, the cause
+    and the fix; the ones that read still read it."""
+    directory = written.database.parent
+    before = written.database.read_bytes()
+    database = ("--database", str(written.database))
+    cause = r"(it is on a read-only file system|permission denied)"
+    completed = _in_a_read_only_directory(directory, command, *database, cwd=tmp_path)
+    line = one_line_error(completed, 1)
+    shown = re.escape(str(written.database))
+    assert re.fullmatch(
+        rf"allocation-ledger: cannot write the ledger {shown}: "
+        rf"{cause} \(make it writable, or set ALLOCATION_LEDGER_DATABASE or --database "
+        r"to a ledger this user may write; status, verify and the other commands "
+        r"that only read can still read it\)",
+        line,
+    ), line
+    new = directory / "new.db"
+    completed = _in_a_read_only_directory(
+        directory, "init-db", "--database", str(new), cwd=tmp_path
+    )
+    line = one_line_error(completed, 1)
+    assert f"cannot create the ledger {new}: its directory {directory}: " in line
+    assert not new.exists()
+    verified = _in_a_read_only_directory(directory, "verify", *database, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert written.database.read_bytes() == before
+
+
 def test_tables_sent_to_a_pipe_keep_every_value_whole(
     written: Written, tmp_path: Path
 ) -> None:
