@@ -800,7 +800,16 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("get_capacity", {"pool": "elsewhere"}, "not found"),
     ("get_capacity", {"verbose": True}, "verbose"),
     ("get_capacity", {"at": "yesterday"}, "at"),
-    ("get_capacity", {"at": 5}, "at"),
+    (
+        "get_capacity",
+        {"at": 5},
+        "at: must be an ISO 8601 time such as 2026-11-26T09:00:00Z, got 5",
+    ),
+    (
+        "get_usage",
+        {"since": 1764547200},
+        "since: must be an ISO 8601 time such as 2026-11-26T09:00:00Z, got 1764547200",
+    ),
     ("get_usage", {"since": "last week"}, "since"),
     ("get_usage", {"until": [2026]}, "until"),
     (

@@ -8,11 +8,18 @@ go out as ISO 8601 with an explicit UTC offset.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+)
 
 from allocation_ledger.domain.pool_settings import (
     MAX_CPU_MILLICORES,
@@ -78,8 +85,21 @@ def representable(moment: datetime) -> datetime:
     return moment
 
 
-Moment = Annotated[datetime, AfterValidator(representable)]
-"""A time argument (ISO 8601) that can be told in UTC."""
+def iso_text(value: object) -> object:
+    """`value` itself unless it is a number: JSON has no time type, so a
+    time comes as ISO 8601 text; a number would be read as seconds since
+    1970, which nothing here promises. Raises ValueError."""
+    if isinstance(value, int | float):
+        msg = (
+            "must be an ISO 8601 time such as 2026-11-26T09:00:00Z, got "
+            f"{json.dumps(value)}"
+        )
+        raise ValueError(msg)
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(representable)]
+"""A time argument (ISO 8601 text) that can be told in UTC."""
 
 
 def utc(moment: datetime) -> datetime:
