@@ -185,6 +185,31 @@ def test_a_postgres_dsn_that_cannot_be_read_is_a_setting_error(
     assert "hunter2" not in line
 
 
+def test_an_invalid_setting_of_the_config_file_names_the_file_and_key(
+    tmp_path: Path,
+) -> None:
+    """A bad value in the config file was told as the environment variable
+    (ALLOCATION_LEDGER_HTTP_PORT), which was not set: the operator looked
+    in the wrong place. The file and its key are named; a variable that is
+    set, and so wins, is still named as the variable."""
+    config = tmp_path / "ledger.toml"
+    config.write_text('http_port = "abc"\nsweep_interval_seconds = -1\n')
+    line = one_line_error(run_cli("status", "--config", str(config), cwd=tmp_path), 2)
+    assert line == (
+        f"allocation-ledger: invalid settings: {config}: sweep_interval_seconds: "
+        f"input should be greater than 0, got -1; {config}: http_port: input should "
+        "be a valid integer, unable to parse string as an integer, got 'abc'"
+    )
+    line = one_line_error(
+        run_cli(
+            "status", "--config", str(config), cwd=tmp_path, SWEEP_INTERVAL_SECONDS="0"
+        ),
+        2,
+    )
+    assert "ALLOCATION_LEDGER_SWEEP_INTERVAL_SECONDS: input should be greater" in line
+    assert f"{config}: http_port" in line
+
+
 @pytest.mark.parametrize("command", ["status", "serve"])
 def test_a_database_path_that_is_a_directory(tmp_path: Path, command: str) -> None:
     line = one_line_error(

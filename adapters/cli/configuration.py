@@ -62,7 +62,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     except SettingsError as error:
         raise SettingsProblem(_source_problem(error)) from None
     except ValidationError as error:
-        raise SettingsProblem(_validation_problem(error)) from None
+        raise SettingsProblem(_validation_problem(error, config)) from None
 
 
 def _source_problem(error: SettingsError) -> str:
@@ -76,12 +76,16 @@ def _source_problem(error: SettingsError) -> str:
     return f"{name} cannot be read: {cause or error}"
 
 
-def _validation_problem(error: ValidationError) -> str:
-    """Each invalid setting, as `NAME: problem, got value`, on one line."""
+def _validation_problem(error: ValidationError, config: Path | None = None) -> str:
+    """Each invalid setting, as `NAME: problem, got value`, on one line.
+    NAME is the environment variable, or `FILE: key` when the value came
+    from the config file (the variable, which wins, is not set)."""
     problems = []
     for item in error.errors(include_url=False):
         location = [str(part) for part in item["loc"]]
         name = ENV_PREFIX + location[0].upper() if location else "settings"
+        if location and config is not None and name not in os.environ:
+            name = f"{config}: {location[0]}"
         where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in location[1:])
         got = item.get("input")
         secret = bool(location) and location[-1] in SECRET_SETTINGS
