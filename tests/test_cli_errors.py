@@ -241,6 +241,30 @@ def test_a_sqlite_database_that_holds_no_ledger(tmp_path: Path) -> None:
     assert other.read_bytes() == before
 
 
+@pytest.mark.parametrize("command", ["init-db", "serve", "demo"])
+def test_another_applications_sqlite_database_is_never_made_a_ledger(
+    tmp_path: Path, command: str
+) -> None:
+    """init-db (and serve, demo) on another application's SQLite file wrote
+    the ledger's tables into it, beside that application's own: pointed at
+    the wrong file, an operator changed someone else's database. It is
+    refused, naming its tables, and left byte for byte as it was."""
+    other = tmp_path / "notes.db"
+    with closing(sqlite3.connect(other)) as connection:
+        connection.execute("CREATE TABLE notes (text)")
+        connection.execute("INSERT INTO notes VALUES ('keep me')")
+        connection.commit()
+    before = other.read_bytes()
+    line = one_line_error(run_cli(command, "--database", str(other), cwd=tmp_path), 1)
+    assert line == (
+        f"allocation-ledger: {other} is a SQLite database of something else "
+        "(tables notes), not a ledger: nothing was written to it (set "
+        "ALLOCATION_LEDGER_DATABASE or --database to a new file or to a ledger)"
+    )
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="Linux only")
 @pytest.mark.parametrize("command", ["status", "serve"])
 def test_a_database_that_cannot_be_read(tmp_path: Path, command: str) -> None:

@@ -53,7 +53,8 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
     path, when it is a directory, its directory is missing, it is not a
     regular file, it cannot be read, or it is not a SQLite database; and,
     unless `must_exist` (commands that write), when it or the directory it
-    is to be created in may not be written.
+    is to be created in may not be written, or it is another application's
+    SQLite database (tables, but no event log).
     """
     shown = str(path.absolute())
     if path.is_dir():
@@ -95,6 +96,36 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
             f"{DATABASE_HINT} to a ledger this user may write; status, verify "
             "and the other commands that only read can still read it",
         )
+        if header:
+            _check_not_foreign(path, shown)
+
+
+def _check_not_foreign(path: Path, shown: str) -> None:
+    """Raise DatabaseError when the SQLite file at `path` holds tables but no
+    ledger's event log: another application's database, which a command
+    that creates the ledger's tables would otherwise write into. A file it
+    cannot read is left for SQLite to name when it is opened."""
+    try:
+        uri = read_only_uri(path)
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            tables = [
+                name
+                for (name,) in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
+    except sqlite3.DatabaseError:
+        return
+    if not tables or SQLITE_EVENTS_TABLE in tables:
+        return
+    named = ", ".join(tables[:3]) + (", …" if len(tables) > 3 else "")
+    msg = (
+        f"{shown} is a SQLite database of something else (tables {named}), not "
+        f"a ledger: nothing was written to it ({DATABASE_HINT} to a new file "
+        "or to a ledger)"
+    )
+    raise DatabaseError(msg)
 
 
 def _check_writable(path: Path, what: str, otherwise: str) -> None:
