@@ -331,6 +331,15 @@ def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
         2,
     )
     assert line == "allocation-ledger: usage: --since must be before --until"
+    # Without --until the period ends now: a --since after it was answered
+    # as an empty, backwards period.
+    future = run_cli(
+        "usage", "--since", "2999-01-01T00:00:00Z", *database, cwd=tmp_path
+    )
+    assert one_line_error(future, 2).startswith(
+        "allocation-ledger: usage: --since must be before --until, which is now "
+        "when not given ("
+    )
     unknown = (
         "allocation-ledger: pool 'nope' not found: a pool is declared as "
         "[pools.NAME] in the catalog file (docs/provisioning.md)"

@@ -813,6 +813,11 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("get_usage", {"since": "last week"}, "since"),
     ("get_usage", {"until": [2026]}, "until"),
     (
+        "get_usage",
+        {"since": "2999-01-01T00:00:00Z"},
+        "since must be before until, which is now when not given",
+    ),
+    (
         "list_allocations",
         {"after": 10**20},
         "after: must be at most 9223372036854775807, got 100000000000000000000",

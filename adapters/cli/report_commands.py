@@ -180,6 +180,12 @@ def usage(
         job_id=args.job, pool=args.pool, since=args.since, until=args.until
     )
     now = service.ledger.clock.now()
+    if args.since is not None and args.until is None and args.since >= now:
+        return fail(
+            "usage: --since must be before --until, which is now when not given "
+            f"({now.isoformat()}): give a past --since, or an --until after it",
+            2,
+        )
     rows = audit.usage(service, query, now)
     if args.json:
         result = UsageResult(
