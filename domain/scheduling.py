@@ -118,7 +118,7 @@ def validate_wait(seconds: object) -> None:
 def validate_scheduling(scheduling: Scheduling) -> None:
     """Check a pool's scheduling settings: a known queue policy, an aging
     period of 1 to MAX_WAIT_SECONDS, preemption rules naming known priorities,
-    each only strictly lower ones, a known cross-tenant setting. Raises
+    each only strictly lower ones and each once, a known cross-tenant setting. Raises
     InvalidRequestError naming the field.
     """
     if not isinstance(scheduling.queue_policy, QueuePolicy):
@@ -140,6 +140,10 @@ def validate_scheduling(scheduling: Scheduling) -> None:
         raise InvalidRequestError(msg, field="cross_tenant_preemption")
     known = {p.value for p in Priority}
     for by, victims in scheduling.preemption.items():
+        repeated = sorted({v for v in victims if list(victims).count(v) > 1})
+        if repeated:
+            msg = f"preemption.{by} names {', '.join(repeated)} more than once"
+            raise InvalidRequestError(msg, field="preemption")
         for victim in victims:
             if by not in known or victim not in known:
                 msg = f"preemption names an unknown priority: {by} -> {victim}"

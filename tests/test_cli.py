@@ -331,6 +331,15 @@ def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
         2,
     )
     assert line == "allocation-ledger: usage: --since must be before --until"
+    # Without --until the period ends now: a --since after it was answered
+    # as an empty, backwards period.
+    future = run_cli(
+        "usage", "--since", "2999-01-01T00:00:00Z", *database, cwd=tmp_path
+    )
+    assert one_line_error(future, 2).startswith(
+        "allocation-ledger: usage: --since must be before --until, which is now "
+        "when not given ("
+    )
     unknown = (
         "allocation-ledger: pool 'nope' not found: a pool is declared as "
         "[pools.NAME] in the catalog file (docs/provisioning.md)"
@@ -350,6 +359,32 @@ def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
         1,
     )
     assert line == f"allocation-ledger: pool 'default' did not exist at {before}"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("timeline", "--out", "x.svg", "--until", "9999-12-31T23:59:59-12:00"),
+        ("usage", "--since", "0001-01-01T00:00:00+14:00"),
+        ("capacity", "--at", "9999-12-31T23:30:00-01:00"),
+    ],
+)
+def test_a_time_beyond_the_calendar_in_utc_is_a_usage_error(
+    written: Written, tmp_path: Path, arguments: tuple[str, ...]
+) -> None:
+    """A time that is still in the calendar where it was written but not in
+    UTC stopped `timeline` with an unexpected error (and `get_usage` too):
+    it is refused as the argument it is, before the ledger is opened."""
+    option, given = arguments[-2:]
+    completed = run_cli(*arguments, "--database", str(written.database), cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stdout == ""
+    assert "Traceback" not in completed.stderr
+    assert (
+        f"argument {option}: must be a time between 0001-01-01 and 9999-12-31 "
+        f"in UTC, got {given}"
+    ) in completed.stderr
+    assert not (tmp_path / "x.svg").exists()
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -394,6 +429,33 @@ def test_out_into_a_missing_directory_or_onto_a_directory_is_refused(
     )
     assert f"--out {tmp_path} is a directory" in line
     assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize("named", ["the file", "its -wal", "a hard link"])
+def test_out_onto_the_ledger_itself_is_refused_and_the_ledger_kept(
+    written: Written, tmp_path: Path, named: str
+) -> None:
+    """`export --out` the ledger's own file truncated it before reading it:
+    the whole ledger was lost. It is refused before anything is opened,
+    however the file is named."""
+    database = written.database
+    before = database.read_bytes()
+    out = {
+        "the file": database,
+        "its -wal": database.with_name(database.name + "-wal"),
+        "a hard link": tmp_path / "same.db",
+    }[named]
+    if named == "a hard link":
+        os.link(database, out)
+    line = one_line_error(
+        run_cli("export", "--out", str(out), "--database", str(database), cwd=tmp_path),
+        2,
+    )
+    assert f"--out {out} would overwrite the ledger {database}" in line
+    assert database.read_bytes() == before
+    assert not database.with_name(database.name + "-wal").exists()
+    verified = run_cli("verify", "--database", str(database), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_export_names_its_ledger_on_stderr(written: Written, tmp_path: Path) -> None:
@@ -465,6 +527,85 @@ def test_an_unreadable_ledger_is_named(written: Written, tmp_path: Path) -> None
     finally:
         written.database.chmod(0o644)
     assert f"cannot read the ledger {written.database}: Permission denied" in line
+
+
+def _in_a_read_only_directory(
+    directory: Path, *arguments: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """The command run while `directory` may not be written: by its mode
+    (and its files') for a user; for root, whom modes do not stop, on a
+    read-only bind mount of it in a mount namespace of its own."""
+    if os.geteuid() != 0:
+        files = [p for p in directory.iterdir() if p.is_file()]
+        for file in files:
+            file.chmod(0o444)
+        directory.chmod(0o555)
+        try:
+            return run_cli(*arguments, cwd=cwd)
+        finally:
+            directory.chmod(0o755)
+            for file in files:
+                file.chmod(0o644)
+    if shutil.which("unshare") is None:
+        pytest.skip("root needs unshare for a read-only file system")
+    mount = f"mount --bind {directory} {directory} && "
+    mount += f"mount -o remount,bind,ro {directory} && "
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", mount + "true"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip("no mount namespace here for a read-only file system")
+    return subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            mount + 'exec "$@"',
+            "sh",
+            str(COMMAND),
+            *arguments,
+        ],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["rebuild", "init-db", "serve"])
+def test_a_ledger_that_cannot_be_written_is_named_by_the_commands_that_write(
+    written: Written, tmp_path: Path, command: str
+) -> None:
+    """SQLite says only "unable to open database file" (and init-db ended in
+    an unexpected error): the commands that write name the file, the cause
+    and the fix; the ones that read still read it."""
+    directory = written.database.parent
+    before = written.database.read_bytes()
+    database = ("--database", str(written.database))
+    cause = r"(it is on a read-only file system|permission denied)"
+    completed = _in_a_read_only_directory(directory, command, *database, cwd=tmp_path)
+    line = one_line_error(completed, 1)
+    shown = re.escape(str(written.database))
+    assert re.fullmatch(
+        rf"allocation-ledger: cannot write the ledger {shown}: "
+        rf"{cause} \(make it writable, or set ALLOCATION_LEDGER_DATABASE or --database "
+        r"to a ledger this user may write; status, verify and the other commands "
+        r"that only read can still read it\)",
+        line,
+    ), line
+    new = directory / "new.db"
+    completed = _in_a_read_only_directory(
+        directory, "init-db", "--database", str(new), cwd=tmp_path
+    )
+    line = one_line_error(completed, 1)
+    assert f"cannot create the ledger {new}: its directory {directory}: " in line
+    assert not new.exists()
+    verified = _in_a_read_only_directory(directory, "verify", *database, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert written.database.read_bytes() == before
 
 
 def test_tables_sent_to_a_pipe_keep_every_value_whole(

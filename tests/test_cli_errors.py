@@ -34,8 +34,18 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
             "argument --time-tolerance: must be 0 or more seconds, got -1",
         ),
         (
+            ("verify", "--time-tolerance", "inf"),
+            "argument --time-tolerance: must be at most 31622400 seconds (a year), "
+            "got inf",
+        ),
+        (
             ("export", "--since", "-5"),
             "argument --since: must be 0 (the start) or a later position, got -5",
+        ),
+        (
+            ("export", "--since", "100000000000000000000"),
+            "argument --since: must be at most 9223372036854775807 (the last a log "
+            "can hold), got 100000000000000000000",
         ),
     ],
 )
@@ -78,6 +88,48 @@ def test_invalid_json_in_the_tokens_variable(tmp_path: Path) -> None:
     assert "it takes a JSON list" in line
 
 
+@pytest.mark.parametrize(
+    ("entries", "problem", "secret"),
+    [
+        (
+            '[{"subject": "ci", "scopes": ["read"], "token": "short-secret"}]',
+            "[0]: token must be at least 16 characters",
+            "short-secret",
+        ),
+        (
+            '[{"subject": "ci", "scopes": ["read"], "token_sha256": "not-a-digest"}]',
+            "[0].token_sha256: string should match pattern",
+            "not-a-digest",
+        ),
+        ("hunter2-is-not-json", "the file: invalid JSON", "hunter2"),
+    ],
+)
+@pytest.mark.parametrize("where", ["file", "variable"])
+def test_a_bad_token_entry_is_one_line_that_never_repeats_the_secret(
+    tmp_path: Path, entries: str, problem: str, secret: str, where: str
+) -> None:
+    """A tokens file that did not validate printed pydantic's report: several
+    lines, quoting the entry with its token; a log must never learn one."""
+    if where == "file":
+        tokens = tmp_path / "tokens.json"
+        tokens.write_text(entries)
+        completed = run_cli(
+            "serve", "--transport", "http", cwd=tmp_path, TOKENS_FILE=str(tokens)
+        )
+        expected = f"tokens file {tokens} is not a JSON list of tokens: {problem}"
+    else:
+        completed = run_cli(
+            "serve", "--transport", "http", cwd=tmp_path, TOKENS=entries
+        )
+        if not entries.startswith("["):
+            expected = "ALLOCATION_LEDGER_TOKENS is not valid JSON"
+        else:
+            expected = f"ALLOCATION_LEDGER_TOKENS{problem}"
+    line = one_line_error(completed, 2)
+    assert expected in line
+    assert secret not in line
+
+
 def test_an_invalid_setting_names_its_variable(tmp_path: Path) -> None:
     line = one_line_error(run_cli("status", cwd=tmp_path, HTTP_PORT="99999"), 2)
     assert (
@@ -85,6 +137,77 @@ def test_an_invalid_setting_names_its_variable(tmp_path: Path) -> None:
         in line
     )
     assert "got '99999'" in line
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SWEEP_INTERVAL_SECONDS",
+        "IDLE_CHECK_INTERVAL_SECONDS",
+        "LEASE_WARNING_SECONDS",
+        "PROVISIONING_TIMEOUT_SECONDS",
+        "HTTP_SESSION_IDLE_SECONDS",
+    ],
+)
+def test_an_endless_interval_is_a_setting_error(tmp_path: Path, name: str) -> None:
+    """`inf` passed as seconds: a sweeper that never swept again, or (for
+    the session idle time) an unexpected error when serving began."""
+    completed = run_cli(
+        "serve", "--transport", "http", "--no-auth", cwd=tmp_path, env={name: "inf"}
+    )
+    line = one_line_error(completed, 2)
+    assert line == (
+        f"allocation-ledger: invalid settings: ALLOCATION_LEDGER_{name}: "
+        "input should be a finite number, got 'inf'"
+    )
+    assert not (tmp_path / "allocation-ledger.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("hunter2-garbage", "is not a PostgreSQL connection string"),
+        ("postgresql://ci:hunter2@db:fivefour/ledger", "its port is not a number"),
+    ],
+)
+def test_a_postgres_dsn_that_cannot_be_read_is_a_setting_error(
+    tmp_path: Path, dsn: str, problem: str
+) -> None:
+    """A connection string psycopg could not read ended in an unexpected
+    error over two lines (exit 1), quoting part of it: it is a wrong
+    setting, named, with the shape it takes, and never echoed (it may hold
+    a password)."""
+    completed = run_cli("status", cwd=tmp_path, STORE="postgres", POSTGRES_DSN=dsn)
+    line = one_line_error(completed, 2)
+    named = "allocation-ledger: invalid settings: ALLOCATION_LEDGER_POSTGRES_DSN"
+    assert line.startswith(f"{named}: {problem}")
+    assert "postgresql://USER:PASSWORD@HOST:PORT/DBNAME" in line
+    assert "hunter2" not in line
+
+
+def test_an_invalid_setting_of_the_config_file_names_the_file_and_key(
+    tmp_path: Path,
+) -> None:
+    """A bad value in the config file was told as the environment variable
+    (ALLOCATION_LEDGER_HTTP_PORT), which was not set: the operator looked
+    in the wrong place. The file and its key are named; a variable that is
+    set, and so wins, is still named as the variable."""
+    config = tmp_path / "ledger.toml"
+    config.write_text('http_port = "abc"\nsweep_interval_seconds = -1\n')
+    line = one_line_error(run_cli("status", "--config", str(config), cwd=tmp_path), 2)
+    assert line == (
+        f"allocation-ledger: invalid settings: {config}: sweep_interval_seconds: "
+        f"input should be greater than 0, got -1; {config}: http_port: input should "
+        "be a valid integer, unable to parse string as an integer, got 'abc'"
+    )
+    line = one_line_error(
+        run_cli(
+            "status", "--config", str(config), cwd=tmp_path, SWEEP_INTERVAL_SECONDS="0"
+        ),
+        2,
+    )
+    assert "ALLOCATION_LEDGER_SWEEP_INTERVAL_SECONDS: input should be greater" in line
+    assert f"{config}: http_port" in line
 
 
 @pytest.mark.parametrize("command", ["status", "serve"])
@@ -116,6 +239,30 @@ def test_a_sqlite_database_that_holds_no_ledger(tmp_path: Path) -> None:
     line = one_line_error(run_cli("verify", "--database", str(other), cwd=tmp_path), 1)
     assert line.startswith(f"allocation-ledger: no ledger at {other} (")
     assert other.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["init-db", "serve", "demo"])
+def test_another_applications_sqlite_database_is_never_made_a_ledger(
+    tmp_path: Path, command: str
+) -> None:
+    """init-db (and serve, demo) on another application's SQLite file wrote
+    the ledger's tables into it, beside that application's own: pointed at
+    the wrong file, an operator changed someone else's database. It is
+    refused, naming its tables, and left byte for byte as it was."""
+    other = tmp_path / "notes.db"
+    with closing(sqlite3.connect(other)) as connection:
+        connection.execute("CREATE TABLE notes (text)")
+        connection.execute("INSERT INTO notes VALUES ('keep me')")
+        connection.commit()
+    before = other.read_bytes()
+    line = one_line_error(run_cli(command, "--database", str(other), cwd=tmp_path), 1)
+    assert line == (
+        f"allocation-ledger: {other} is a SQLite database of something else "
+        "(tables notes), not a ledger: nothing was written to it (set "
+        "ALLOCATION_LEDGER_DATABASE or --database to a new file or to a ledger)"
+    )
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="Linux only")

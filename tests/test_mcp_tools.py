@@ -800,9 +800,43 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("get_capacity", {"pool": "elsewhere"}, "not found"),
     ("get_capacity", {"verbose": True}, "verbose"),
     ("get_capacity", {"at": "yesterday"}, "at"),
-    ("get_capacity", {"at": 5}, "at"),
+    (
+        "get_capacity",
+        {"at": 5},
+        "at: must be an ISO 8601 time such as 2026-11-26T09:00:00Z, got 5",
+    ),
+    (
+        "get_usage",
+        {"since": 1764547200},
+        "since: must be an ISO 8601 time such as 2026-11-26T09:00:00Z, got 1764547200",
+    ),
     ("get_usage", {"since": "last week"}, "since"),
     ("get_usage", {"until": [2026]}, "until"),
+    (
+        "get_usage",
+        {"since": "2999-01-01T00:00:00Z"},
+        "since must be before until, which is now when not given",
+    ),
+    (
+        "list_allocations",
+        {"after": 10**20},
+        "after: must be at most 9223372036854775807, got 100000000000000000000",
+    ),
+    (
+        "get_usage",
+        {"until": "9999-12-31T23:59:59-12:00"},
+        "until: must be a time between 0001-01-01 and 9999-12-31 in UTC",
+    ),
+    (
+        "get_usage",
+        {"since": "0001-01-01T00:00:00+14:00"},
+        "since: must be a time between 0001-01-01 and 9999-12-31 in UTC",
+    ),
+    (
+        "get_capacity",
+        {"at": "9999-12-31T23:59:59-01:00"},
+        "at: must be a time between 0001-01-01 and 9999-12-31 in UTC",
+    ),
     ("get_usage", {"job_id": HUGE}, "job_id"),
     ("get_usage", {"pool": "Bad Pool!"}, "pool"),
     ("get_usage", {"job": "x"}, "job"),
@@ -879,6 +913,11 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("set_scheduling", {"preemption": {"high": "low"}}, "preemption"),
     ("set_scheduling", {"preemption": {"normal": ["high"]}}, "strictly lower"),
     ("set_scheduling", {"preemption": {"low": ["low"]}}, "strictly lower"),
+    (
+        "set_scheduling",
+        {"preemption": {"critical": ["low", "normal", "low"]}},
+        "preemption.critical names low more than once",
+    ),
     (
         "set_scheduling",
         {"queue_policy": "backfill", "pool": "elsewhere"},

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +24,7 @@ from allocation_ledger.adapters.cli.console import capacity_summary_table
 from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
 from allocation_ledger.adapters.mcp.schemas.capacity import capacity_result
 from allocation_ledger.adapters.mcp.schemas.history import history_result
-from allocation_ledger.adapters.mcp.schemas.units import amounts
+from allocation_ledger.adapters.mcp.schemas.units import amounts, representable
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
@@ -44,7 +45,15 @@ def moment(text: str) -> datetime:
     except ValueError:
         msg = f"{text!r} is not an ISO 8601 time (e.g. 2026-11-26T20:00:00Z)"
         raise argparse.ArgumentTypeError(msg) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        return representable(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+MAX_TIME_TOLERANCE_SECONDS = 366 * 24 * 3600
+"""The most --time-tolerance takes: far past any clock's drift (more would
+overflow the replay's time arithmetic, and tolerate nothing more)."""
 
 
 def seconds_at_least_zero(text: str) -> float:
@@ -57,6 +66,11 @@ def seconds_at_least_zero(text: str) -> float:
         raise argparse.ArgumentTypeError(msg) from None
     if not value >= 0:  # also refuses nan
         msg = f"must be 0 or more seconds, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    if value > MAX_TIME_TOLERANCE_SECONDS:  # also refuses inf
+        msg = (
+            f"must be at most {MAX_TIME_TOLERANCE_SECONDS} seconds (a year), got {text}"
+        )
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -115,14 +129,17 @@ def _json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def check_arguments(args: argparse.Namespace) -> str | None:
+def check_arguments(
+    args: argparse.Namespace, ledger_file: Path | None = None
+) -> str | None:
     """What is wrong with the command's arguments, checked before the
-    ledger is opened (a usage error, exit 2); None when nothing is."""
+    ledger is opened (a usage error, exit 2); None when nothing is.
+    `ledger_file` is the SQLite file it reads (None for another store)."""
     if args.command == "history" and (args.server is None) == (
         args.allocation_id is None
     ):
         return "history: give an allocation id or --server NAME (not both)"
-    return report_commands.check_arguments(args)
+    return report_commands.check_arguments(args, ledger_file)
 
 
 Handler = Callable[[argparse.Namespace, AllocationService, Console], int]

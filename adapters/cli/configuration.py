@@ -15,6 +15,10 @@ from pydantic_settings import SettingsError
 
 from allocation_ledger.adapters.config.catalog import CatalogError
 from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
+from allocation_ledger.adapters.http.tokens import SECRET_KEYS
+
+SECRET_SETTINGS = (*SECRET_KEYS, "postgres_password", "postgres_dsn")
+"""Settings (and token keys) whose values a message never repeats."""
 
 TOKENS_SHAPE = (
     'a JSON list such as [{"subject": "ci", "scopes": ["read", "write"], '
@@ -58,7 +62,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     except SettingsError as error:
         raise SettingsProblem(_source_problem(error)) from None
     except ValidationError as error:
-        raise SettingsProblem(_validation_problem(error)) from None
+        raise SettingsProblem(_validation_problem(error, config)) from None
 
 
 def _source_problem(error: SettingsError) -> str:
@@ -72,15 +76,20 @@ def _source_problem(error: SettingsError) -> str:
     return f"{name} cannot be read: {cause or error}"
 
 
-def _validation_problem(error: ValidationError) -> str:
-    """Each invalid setting, as `NAME: problem, got value`, on one line."""
+def _validation_problem(error: ValidationError, config: Path | None = None) -> str:
+    """Each invalid setting, as `NAME: problem, got value`, on one line.
+    NAME is the environment variable, or `FILE: key` when the value came
+    from the config file (the variable, which wins, is not set)."""
     problems = []
     for item in error.errors(include_url=False):
         location = [str(part) for part in item["loc"]]
         name = ENV_PREFIX + location[0].upper() if location else "settings"
+        if location and config is not None and name not in os.environ:
+            name = f"{config}: {location[0]}"
         where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in location[1:])
         got = item.get("input")
-        shown = "" if isinstance(got, dict) else f", got {got!r}"
+        secret = bool(location) and location[-1] in SECRET_SETTINGS
+        shown = "" if secret or isinstance(got, dict) else f", got {got!r}"
         message = item["msg"].removeprefix("Value error, ")
         problems.append(f"{name}{where}: {message[:1].lower()}{message[1:]}{shown}")
     return "invalid settings: " + "; ".join(problems)

@@ -250,7 +250,8 @@ def _main(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
         return 0
-    problem = audit_commands.check_arguments(args)
+    ledger_file = settings.database if settings.store == "sqlite" else None
+    problem = audit_commands.check_arguments(args, ledger_file)
     if problem is not None:
         return fail(problem, 2)
     try:

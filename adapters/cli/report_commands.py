@@ -26,6 +26,7 @@ from allocation_ledger.adapters.charts.timeline_chart import (
 )
 from allocation_ledger.adapters.cli.console import fail
 from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
+from allocation_ledger.adapters.mcp.schemas.units import MAX_LOG_POSITION
 from allocation_ledger.adapters.mcp.schemas.usage import UsageResult, UsageRowResult
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
@@ -42,6 +43,11 @@ def position_at_least_zero(text: str) -> int:
         raise argparse.ArgumentTypeError(msg) from None
     if value < 0:
         msg = f"must be 0 (the start) or a later position, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    if value > MAX_LOG_POSITION:
+        msg = (
+            f"must be at most {MAX_LOG_POSITION} (the last a log can hold), got {text}"
+        )
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -79,9 +85,14 @@ def add_commands(
     )
 
 
-def check_arguments(args: argparse.Namespace) -> str | None:
+def check_arguments(
+    args: argparse.Namespace, ledger_file: Path | None = None
+) -> str | None:
     """What is wrong with the arguments of export, usage or timeline; None
-    when nothing is (or for another command)."""
+    when nothing is (or for another command). `ledger_file` is the SQLite
+    file the command reads (None for another store): --out may not be it,
+    nor one of SQLite's files beside it, or writing would destroy the
+    ledger before it is read."""
     since, until = getattr(args, "since", None), getattr(args, "until", None)
     if args.command in ("usage", "timeline") and since and until and since >= until:
         return f"{args.command}: --since must be before --until"
@@ -95,11 +106,35 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return (
             f"--out {out}: its directory {directory} does not exist (create it first)"
         )
+    if ledger_file is not None and _is_ledger_file(out, ledger_file):
+        return (
+            f"--out {out} would overwrite the ledger {ledger_file} (a file "
+            "of its own): name another file to write"
+        )
     if args.command == "timeline" and _chart_format(out) is None:
         suffixes = " or ".join(f".{f}" for f in CHART_FORMATS)
         given = out.suffix or "a name without a suffix"
         return f"--out {out}: a chart is written as {suffixes}, not {given}"
     return None
+
+
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+"""What SQLite keeps beside a database file, by suffix of its name."""
+
+
+def _is_ledger_file(out: Path, ledger_file: Path) -> bool:
+    """Whether `out` is the ledger's file, or one SQLite keeps beside it
+    (by name, or the same file under another name: a link)."""
+    for companion in SQLITE_COMPANIONS:
+        kept = ledger_file.with_name(ledger_file.name + companion)
+        if out.resolve() == kept.resolve():
+            return True
+        try:
+            if out.exists() and kept.exists() and out.samefile(kept):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _chart_format(out: Path) -> ChartFormat | None:
@@ -145,6 +180,12 @@ def usage(
         job_id=args.job, pool=args.pool, since=args.since, until=args.until
     )
     now = service.ledger.clock.now()
+    if args.since is not None and args.until is None and args.since >= now:
+        return fail(
+            "usage: --since must be before --until, which is now when not given "
+            f"({now.isoformat()}): give a past --since, or an --until after it",
+            2,
+        )
     rows = audit.usage(service, query, now)
     if args.json:
         result = UsageResult(

@@ -76,11 +76,12 @@ class Settings(BaseSettings):
             "connection, in all); then it fails, naming the cause."
         ),
     )
-    sweep_interval_seconds: float = Field(300.0, gt=0)
-    idle_check_interval_seconds: float = Field(60.0, gt=0)
+    sweep_interval_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
+    idle_check_interval_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
     lease_warning_seconds: float = Field(
         60.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "How long before an allocation's lease runs out its subscribers "
             "are told (a resources/updated notification with event "
@@ -90,6 +91,7 @@ class Settings(BaseSettings):
     provisioning_timeout_seconds: float = Field(
         60.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "An allocation still pending or releasing this long after its last "
             "event was interrupted (a crash between provisioning steps): the "
@@ -154,6 +156,7 @@ class Settings(BaseSettings):
     http_session_idle_seconds: float = Field(
         DEFAULT_SESSION_IDLE_SECONDS,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "An HTTP MCP session with no request in flight for this long is "
             "closed; its client must initialize a new one."
@@ -215,6 +218,30 @@ class Settings(BaseSettings):
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
         return [allowed_origin(entry) for entry in value]
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _check_postgres_dsn(cls, value: str | None) -> str | None:
+        """A connection string psycopg can read, whose port is a number; the
+        message never repeats it (it may hold a password)."""
+        if value is None:
+            return None
+        from psycopg import Error as PsycopgError
+        from psycopg.conninfo import conninfo_to_dict
+
+        shape = (
+            "write postgresql://USER:PASSWORD@HOST:PORT/DBNAME or "
+            "host=HOST port=PORT dbname=DBNAME"
+        )
+        try:
+            port = conninfo_to_dict(value).get("port")
+        except PsycopgError:
+            msg = f"is not a PostgreSQL connection string ({shape})"
+            raise ValueError(msg) from None
+        if port is not None and not str(port).isdigit():
+            msg = f"its port is not a number ({shape})"
+            raise ValueError(msg)
+        return value
 
     @model_validator(mode="after")
     def _postgres_dsn_parts(self) -> Settings:

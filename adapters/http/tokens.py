@@ -109,8 +109,32 @@ def load_tokens_file(path: Path) -> list[TokenEntry]:
         msg = f"cannot read tokens file {path}: {error.strerror or error}"
         raise ValueError(msg) from None
     except ValidationError as error:
-        msg = f"tokens file {path} is not a JSON list of tokens: {error}"
+        msg = f"tokens file {path} is not a JSON list of tokens: " + "; ".join(
+            _problems(error)
+        )
         raise ValueError(msg) from None
+
+
+SECRET_KEYS = ("token", "token_sha256")
+"""Keys whose values are never repeated in a message: a log must not
+learn a token, nor its digest."""
+
+
+def _problems(error: ValidationError) -> list[str]:
+    """Each problem of a tokens file as `[i].key: what, got value`, on one
+    line; the values of secrets are left out, and so is the file's text
+    when it is not JSON."""
+    problems = []
+    for item in error.errors(include_url=False):
+        location = [str(part) for part in item["loc"]]
+        where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in location)
+        message = item["msg"].removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        got = item.get("input")
+        secret = bool(location) and location[-1] in SECRET_KEYS
+        shown = "" if secret or isinstance(got, dict | bytes) else f", got {got!r}"
+        problems.append(f"{where.lstrip('.') or 'the file'}: {message}{shown}")
+    return problems
 
 
 def token_digest(token: str) -> bytes:

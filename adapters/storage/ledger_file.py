@@ -16,6 +16,7 @@ read-only mode, so a backup copy or a file nobody may write can be read:
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,10 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
     (LedgerMissingError when there is none); one that may create it needs
     its directory, never creating that. Raises DatabaseError, naming the
     path, when it is a directory, its directory is missing, it is not a
-    regular file, it cannot be read, or it is not a SQLite database.
+    regular file, it cannot be read, or it is not a SQLite database; and,
+    unless `must_exist` (commands that write), when it or the directory it
+    is to be created in may not be written, or it is another application's
+    SQLite database (tables, but no event log).
     """
     shown = str(path.absolute())
     if path.is_dir():
@@ -67,6 +71,11 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
                 f"{what} (create it first, or {DATABASE_HINT})"
             )
             raise DatabaseError(msg)
+        _check_writable(
+            directory,
+            f"cannot create the ledger {shown}: its directory",
+            f"{DATABASE_HINT} to a file in a directory this user may write",
+        )
         return
     if not path.is_file():  # a FIFO, a device: reading it could block
         msg = f"{shown} is not a regular file, so not a ledger ({DATABASE_HINT})"
@@ -80,6 +89,61 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
     if header and header != SQLITE_HEADER:
         msg = f"{shown} is not a SQLite database, so not a ledger ({DATABASE_HINT})"
         raise DatabaseError(msg)
+    if not must_exist:
+        _check_writable(
+            path,
+            "cannot write the ledger",
+            f"{DATABASE_HINT} to a ledger this user may write; status, verify "
+            "and the other commands that only read can still read it",
+        )
+        if header:
+            _check_not_foreign(path, shown)
+
+
+def _check_not_foreign(path: Path, shown: str) -> None:
+    """Raise DatabaseError when the SQLite file at `path` holds tables but no
+    ledger's event log: another application's database, which a command
+    that creates the ledger's tables would otherwise write into. A file it
+    cannot read is left for SQLite to name when it is opened."""
+    try:
+        uri = read_only_uri(path)
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            tables = [
+                name
+                for (name,) in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
+    except sqlite3.DatabaseError:
+        return
+    if not tables or SQLITE_EVENTS_TABLE in tables:
+        return
+    named = ", ".join(tables[:3]) + (", …" if len(tables) > 3 else "")
+    msg = (
+        f"{shown} is a SQLite database of something else (tables {named}), not "
+        f"a ledger: nothing was written to it ({DATABASE_HINT} to a new file "
+        "or to a ledger)"
+    )
+    raise DatabaseError(msg)
+
+
+def _check_writable(path: Path, what: str, otherwise: str) -> None:
+    """Raise DatabaseError (`what` PATH: the cause (make it writable, or
+    `otherwise`)) when this process may not write `path`: a read-only file
+    system, or no permission. SQLite itself only says "unable to open
+    database file"."""
+    if os.access(path, os.W_OK):
+        return
+    probe = path if path.is_dir() else path.absolute().parent
+    cause = "it is on a read-only file system"
+    try:
+        if not os.statvfs(probe).f_flag & os.ST_RDONLY:
+            cause = "permission denied"
+    except OSError:
+        cause = "permission denied"
+    msg = f"{what} {path.absolute()}: {cause} (make it writable, or {otherwise})"
+    raise DatabaseError(msg)
 
 
 def read_only_uri(path: Path) -> str:

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from allocation_ledger.adapters.mcp.schemas.units import MAX_LOG_POSITION
 from allocation_ledger.domain.ports import MCP_PORT_FIRST, MCP_PORT_LAST
 from allocation_ledger.domain.scheduling import MAX_WAIT_SECONDS
 from allocation_ledger.domain.values import (
@@ -284,6 +285,7 @@ AfterArg = Annotated[
     Field(
         strict=True,
         ge=0,
+        le=MAX_LOG_POSITION,
         description=(
             "Paging: only allocations whose `sequence` is greater than this; pass "
             "the last item's `sequence` to get the next page. 0 starts at the "

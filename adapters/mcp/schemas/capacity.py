@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -28,6 +27,7 @@ from allocation_ledger.adapters.mcp.schemas.units import (
     Amounts,
     CoresSetting,
     MemorySetting,
+    Moment,
     UtcTime,
     WorkersSetting,
     amounts,
@@ -70,7 +70,7 @@ CapacityPoolArg = Annotated[
     ),
 ]
 AtArg = Annotated[
-    datetime | None,
+    Moment | None,
     Field(
         description=(
             "A past moment (ISO 8601 with offset, e.g. 2026-11-26T09:00:00Z): the "

@@ -8,11 +8,18 @@ go out as ISO 8601 with an explicit UTC offset.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+)
 
 from allocation_ledger.domain.pool_settings import (
     MAX_CPU_MILLICORES,
@@ -22,6 +29,9 @@ from allocation_ledger.domain.pool_settings import (
 from allocation_ledger.domain.values import MILLICORES_PER_CORE, Resources
 
 MAX_CPU_CORES = MAX_CPU_MILLICORES // MILLICORES_PER_CORE
+MAX_LOG_POSITION = 2**63 - 1
+"""The largest position (or sequence) a log can give: a signed 64-bit
+integer, as SQLite and PostgreSQL store it."""
 
 
 def cores(millicores: int) -> float:
@@ -58,6 +68,38 @@ def iso(moment: datetime) -> str:
 
 UtcTime = Annotated[datetime, PlainSerializer(iso, return_type=str)]
 """A time, written as ISO 8601 with an explicit +00:00 offset."""
+
+
+def representable(moment: datetime) -> datetime:
+    """`moment` itself, if it can be told in UTC: one near the ends of the
+    calendar (9999-12-31T23:00:00-12:00) lies outside it there, and every
+    answer speaks UTC. Raises ValueError."""
+    try:
+        utc(moment).astimezone(UTC)
+    except OverflowError:
+        msg = (
+            "must be a time between 0001-01-01 and 9999-12-31 in UTC, got "
+            f"{moment.isoformat()}"
+        )
+        raise ValueError(msg) from None
+    return moment
+
+
+def iso_text(value: object) -> object:
+    """`value` itself unless it is a number: JSON has no time type, so a
+    time comes as ISO 8601 text; a number would be read as seconds since
+    1970, which nothing here promises. Raises ValueError."""
+    if isinstance(value, int | float):
+        msg = (
+            "must be an ISO 8601 time such as 2026-11-26T09:00:00Z, got "
+            f"{json.dumps(value)}"
+        )
+        raise ValueError(msg)
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(representable)]
+"""A time argument (ISO 8601 text) that can be told in UTC."""
 
 
 def utc(moment: datetime) -> datetime:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from allocation_ledger.adapters.mcp.schemas.units import UtcTime
+from allocation_ledger.adapters.mcp.schemas.units import Moment, UtcTime
 
 SinceArg = Annotated[
-    datetime | None,
+    Moment | None,
     Field(description="Start of the period (ISO 8601); omit for the beginning."),
 ]
 UntilArg = Annotated[
-    datetime | None,
+    Moment | None,
     Field(description="End of the period (ISO 8601, exclusive); omit for now."),
 ]
 

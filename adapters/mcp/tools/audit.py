@@ -11,7 +11,7 @@ from allocation_ledger.adapters.mcp.schemas.allocation_arguments import (
     TenantFilterArg,
 )
 from allocation_ledger.adapters.mcp.schemas.history import HistoryResult, history_result
-from allocation_ledger.adapters.mcp.schemas.units import utc
+from allocation_ledger.adapters.mcp.schemas.units import iso, utc
 from allocation_ledger.adapters.mcp.schemas.usage import (
     SinceArg,
     UntilArg,
@@ -125,6 +125,12 @@ class AuditTools(ToolGroup):
         )
         if query.since and query.until and query.since >= query.until:
             msg = "since must be before until"
+            raise ToolError(msg)
+        if query.since and query.until is None and query.since >= now:
+            msg = (
+                "since must be before until, which is now when not given "
+                f"({iso(now)}): give a past since, or an until after it"
+            )
             raise ToolError(msg)
 
         def work() -> UsageResult:
