@@ -372,6 +372,12 @@ def validate_ttl(ttl_seconds: object) -> None:
 
 
 def validate_request_id(request_id: object) -> None:
+    """Refuse a request_id that is not 1-200 characters of Unicode text.
+
+    Raises InvalidRequestError (field "request_id"). Lone surrogates (which
+    Python strings can hold but UTF-8, the store's encoding, cannot) are
+    refused here, before anything is decided, rather than failing the write.
+    """
     if not isinstance(request_id, str) or not request_id:
         msg = "request_id must be a non-empty string"
         raise InvalidRequestError(msg, field="request_id")
@@ -381,10 +387,37 @@ def validate_request_id(request_id: object) -> None:
             f"at most {MAX_REQUEST_ID_LENGTH}"
         )
         raise InvalidRequestError(msg, field="request_id")
+    _utf8_bytes(request_id, "request_id")
+
+
+def _utf8_bytes(text: str, field: str) -> bytes:
+    """`text` as UTF-8, as the event store writes it.
+
+    Raises InvalidRequestError naming `field` when `text` holds a lone
+    surrogate (such as "\\ud800", one half of a pair): it has no UTF-8 form.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        msg = (
+            f"{field} is not valid Unicode text: it holds a lone surrogate "
+            f"({text[error.start]!r}); send whole characters "
+            "(a surrogate pair's two halves together, or the character itself)"
+        )
+        raise InvalidRequestError(msg, field=field) from None
 
 
 def canonical_metadata(metadata: object) -> dict[str, Any]:
-    """Validate metadata and return it as it reads back from JSON."""
+    """Validate metadata and return it as it reads back from JSON.
+
+    Metadata is a JSON object of at most MAX_METADATA_BYTES (16,384) bytes,
+    counted as JSON (json.dumps' default separators) in UTF-8, characters
+    unescaped as the store keeps them (so "é" is 2 bytes, not the 6 of
+    "\\u00e9"). Raises InvalidRequestError (field "metadata") for a
+    non-object, non-string keys, values JSON cannot hold (NaN, infinities,
+    sets), lone surrogates, oversize metadata, or objects shaped like the
+    store's own encoded values.
+    """
     if not isinstance(metadata, dict):
         msg = f"metadata must be an object, got {type(metadata).__name__}"
         raise InvalidRequestError(msg, field="metadata")
@@ -392,14 +425,18 @@ def canonical_metadata(metadata: object) -> dict[str, Any]:
         msg = "metadata keys must be strings"
         raise InvalidRequestError(msg, field="metadata")
     try:
-        encoded = json.dumps(metadata, sort_keys=True, allow_nan=False)
+        encoded = json.dumps(
+            metadata, sort_keys=True, allow_nan=False, ensure_ascii=False
+        )
     except (TypeError, ValueError) as error:
         msg = f"metadata must be plain JSON: {error}"
         raise InvalidRequestError(msg, field="metadata") from None
-    if len(encoded.encode()) > MAX_METADATA_BYTES:
+    size = len(_utf8_bytes(encoded, "metadata"))
+    if size > MAX_METADATA_BYTES:
         msg = (
-            f"metadata is {len(encoded.encode())} bytes as JSON; "
-            f"at most {MAX_METADATA_BYTES}"
+            f"metadata is {size} bytes as JSON in UTF-8; at most "
+            f"{MAX_METADATA_BYTES}: keep large payloads elsewhere and put a "
+            "reference in metadata"
         )
         raise InvalidRequestError(msg, field="metadata")
     canonical: dict[str, Any] = json.loads(encoded)

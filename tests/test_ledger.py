@@ -606,6 +606,21 @@ def test_renewal_with_a_bad_ttl_is_refused(ledger: Ledger, ttl: int) -> None:
     assert last_position(ledger) == position
 
 
+def test_text_the_store_cannot_write_is_refused_before_anything_is_written(
+    ledger: Ledger,
+) -> None:
+    """A lone surrogate fails UTF-8 encoding; it once failed the write itself."""
+    request(ledger, workers=1)
+    position, before = last_position(ledger), reserved(ledger)
+    with pytest.raises(InvalidRequestError) as raised:
+        request(ledger, "job-2", workers=1, request_id="retry-\ud800")
+    assert raised.value.field == "request_id"
+    assert (last_position(ledger), reserved(ledger)) == (position, before)
+    made = request(ledger, "job-2", workers=1, request_id="retry-\U0001f680")
+    assert made.state is AllocationState.ACTIVE
+    assert reserved(ledger).workers == before.workers + 1
+
+
 # -- workers: unique ids and ports -----------------------------------------------------
 
 

@@ -279,3 +279,41 @@ def test_metadata_shaped_like_the_stores_own_encoding_is_refused(
 def test_metadata_merely_mentioning_type_is_kept() -> None:
     metadata = {"_type_": "only one key", "text": '"_type_"'}
     assert AllocationRequest("job", (), 1, metadata=metadata).metadata == metadata
+
+
+# -- text the store can write: UTF-8, sizes as stored ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"note": "a\ud800b"}, {"\udfff": 1}, {"deep": [{"x": "\udc80"}]}],
+)
+def test_metadata_with_a_lone_surrogate_is_refused_naming_it(
+    metadata: dict[str, object],
+) -> None:
+    """A lone surrogate has no UTF-8 form: the store could not write it."""
+    with pytest.raises(InvalidRequestError, match="lone surrogate") as raised:
+        AllocationRequest("job", metadata=metadata)
+    assert raised.value.field == "metadata"
+
+
+def test_a_request_id_with_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="lone surrogate") as raised:
+        validate_request_id("retry-\ud83d")
+    assert raised.value.field == "request_id"
+
+
+def test_whole_characters_outside_ascii_are_kept() -> None:
+    metadata = {"note": "café 🚀", "名前": "ジョブ"}
+    assert AllocationRequest("job", metadata=metadata).metadata == metadata
+    validate_request_id("retry-🚀-é")
+
+
+def test_metadata_size_counts_utf8_bytes_not_json_escapes() -> None:
+    """8,000 "é" are 16,000 bytes in UTF-8 (as stored), 48,000 as \\u escapes."""
+    accented = {"note": "é" * 8_000}
+    assert AllocationRequest("job", metadata=accented).metadata == accented
+    with pytest.raises(InvalidRequestError, match="16384") as raised:
+        AllocationRequest("job", metadata={"note": "é" * 8_200})
+    assert raised.value.field == "metadata"
+    assert "16412 bytes" in str(raised.value)  # {"note": "…"}: 12 + 16,400
