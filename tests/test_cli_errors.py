@@ -164,6 +164,31 @@ def test_an_endless_interval_is_a_setting_error(tmp_path: Path, name: str) -> No
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "minimum"),
+    [
+        ("SWEEP_INTERVAL_SECONDS", "1e-9", "0.01"),
+        ("IDLE_CHECK_INTERVAL_SECONDS", "0.001", "0.01"),
+        ("PROVISIONING_TIMEOUT_SECONDS", "0.5", "1"),
+    ],
+)
+def test_an_interval_too_short_to_mean_anything_is_a_setting_error(
+    tmp_path: Path, name: str, value: str, minimum: str
+) -> None:
+    """A sweep every nanosecond ran back to back, holding the store from
+    commands; a provisioning timeout under a second took servers still
+    starting for interrupted ones. Each is refused with its minimum."""
+    completed = run_cli(
+        "serve", "--transport", "http", "--no-auth", cwd=tmp_path, env={name: value}
+    )
+    line = one_line_error(completed, 2)
+    assert line == (
+        f"allocation-ledger: invalid settings: ALLOCATION_LEDGER_{name}: "
+        f"input should be greater than or equal to {minimum}, got '{value}'"
+    )
+    assert not (tmp_path / "allocation-ledger.db").exists()
+
+
+@pytest.mark.parametrize(
     ("dsn", "problem"),
     [
         ("hunter2-garbage", "is not a PostgreSQL connection string"),
@@ -197,7 +222,8 @@ def test_an_invalid_setting_of_the_config_file_names_the_file_and_key(
     line = one_line_error(run_cli("status", "--config", str(config), cwd=tmp_path), 2)
     assert line == (
         f"allocation-ledger: invalid settings: {config}: sweep_interval_seconds: "
-        f"input should be greater than 0, got -1; {config}: http_port: input should "
+        f"input should be greater than or equal to 0.01, got -1; {config}: "
+        "http_port: input should "
         "be a valid integer, unable to parse string as an integer, got 'abc'"
     )
     line = one_line_error(

@@ -29,6 +29,9 @@ ENV_PREFIX = "ALLOCATION_LEDGER_"
 DEFAULT_DATABASE = "allocation-ledger.db"
 DEFAULT_HTTP_PORT = 8765
 DEFAULT_SESSIONS_PER_TOKEN = 32
+MIN_INTERVAL_SECONDS = 0.01
+"""The shortest sweep or idle-check interval: 1e-9 s was accepted and kept a
+background job running back to back, holding the store from commands."""
 """A client holds one MCP session while connected; 32 leaves room for a few
 agents sharing a token and for reconnects, while what one token can hold
 stays small (a session costs the server about 45 KB; docs/deployment.md)."""
@@ -76,8 +79,21 @@ class Settings(BaseSettings):
             "connection, in all); then it fails, naming the cause."
         ),
     )
-    sweep_interval_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
-    idle_check_interval_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
+    sweep_interval_seconds: float = Field(
+        300.0,
+        ge=MIN_INTERVAL_SECONDS,
+        allow_inf_nan=False,
+        description=(
+            "How often expired leases are swept; at least 0.01 s (a shorter "
+            "interval would keep the sweeper holding the store)."
+        ),
+    )
+    idle_check_interval_seconds: float = Field(
+        60.0,
+        ge=MIN_INTERVAL_SECONDS,
+        allow_inf_nan=False,
+        description="How often idle MCP servers are looked for; at least 0.01 s.",
+    )
     lease_warning_seconds: float = Field(
         60.0,
         gt=0,
@@ -90,12 +106,13 @@ class Settings(BaseSettings):
     )
     provisioning_timeout_seconds: float = Field(
         60.0,
-        gt=0,
+        ge=1,
         allow_inf_nan=False,
         description=(
             "An allocation still pending or releasing this long after its last "
             "event was interrupted (a crash between provisioning steps): the "
-            "sweeper finishes it."
+            "sweeper finishes it. At least 1 s: shorter, the sweeper would "
+            "take a server still starting for an interrupted one."
         ),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
