@@ -21,7 +21,11 @@ from allocation_ledger.domain.allocation_ids import (
     pre_tenant_allocation_id,
 )
 from allocation_ledger.domain.capacity import fits_as_is
-from allocation_ledger.domain.errors import ArgumentChange, RequestIdConflictError
+from allocation_ledger.domain.errors import (
+    ArgumentChange,
+    InvalidRequestError,
+    RequestIdConflictError,
+)
 from allocation_ledger.domain.lease_commands import expire_due_leases
 from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.pool_state import Reservation
@@ -82,12 +86,24 @@ class RequestCommands(Provisioning):
         recorded as rejected, with the reason. Under the pool's strict queue
         policy a newcomer does not pass requests already waiting ahead of it.
         A tenant over its quota in the pool is refused, waiting or not.
+
+        Raises InvalidRequestError for a bad pool name, request_id, tenant or
+        max_wait_seconds (1 to MAX_WAIT_SECONDS, and only with `wait`),
+        before anything is read or written.
         """
         validate_pool_name(pool)
         if request_id is not None:
             validate_request_id(request_id)
         if max_wait_seconds is not None:
             validate_wait(max_wait_seconds)
+            if not wait:
+                msg = (
+                    "max_wait_seconds bounds how long a queued request waits, "
+                    "so it needs wait=true: without wait, a request that does "
+                    "not fit is refused at once (add wait=true, or drop "
+                    "max_wait_seconds)"
+                )
+                raise InvalidRequestError(msg, field="max_wait_seconds")
         if tenant is not None:
             validate_tenant(tenant)
 

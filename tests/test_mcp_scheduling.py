@@ -511,7 +511,10 @@ async def test_room_freed_by_expiry_goes_by_rank_to_the_newcomer_and_the_queue(
     ("changes", "wording"),
     [
         ({"wait": True}, "wait was false, now true"),
-        ({"max_wait_seconds": 600}, "max_wait_seconds was null, now 600"),
+        (
+            {"wait": True, "max_wait_seconds": 600},
+            "wait was false, now true; max_wait_seconds was null, now 600",
+        ),
         ({"preempt": False}, "preempt was true, now false"),
         ({"dry_run": True}, "dry_run was false, now true"),
         (

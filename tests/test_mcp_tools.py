@@ -770,6 +770,8 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("request_resources", {**VALID, "max_wait_seconds": 0}, "max_wait_seconds"),
     ("request_resources", {**VALID, "max_wait_seconds": 10**9}, "max_wait_seconds"),
     ("request_resources", {**VALID, "max_wait_seconds": "60"}, "max_wait_seconds"),
+    ("request_resources", {**VALID, "max_wait_seconds": 60}, "it needs wait=true"),
+    ("request_resources", {**VALID, "metadata": {"é": "x" * 16_380}}, "in UTF-8"),
     ("request_resources", {**VALID, "preempt": "no"}, "preempt"),
     ("request_resources", {**VALID, "tenant": ""}, "tenant"),
     ("request_resources", {**VALID, "tenant": "team a"}, "tenant"),

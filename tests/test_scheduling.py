@@ -17,6 +17,7 @@ from allocation_ledger.domain.values import (
     QueuePolicy,
     Resources,
 )
+from tests.ledger_support import last_position
 
 WORKERS_4 = Resources(4000, 8192, 4)
 
@@ -278,6 +279,25 @@ def test_scheduling_settings_are_validated(small: AllocationService) -> None:
         small.ledger.request(
             AllocationRequest("a", (), 1), wait=True, max_wait_seconds=0
         )
+
+
+def test_max_wait_seconds_without_wait_is_refused_and_writes_nothing(
+    small: AllocationService,
+) -> None:
+    """It bounds a queued request's wait; without wait nothing is queued, so
+    it was accepted, recorded and meant nothing (the caller believed it would
+    wait). block_seconds without wait was already refused."""
+    ledger = small.ledger
+    before = last_position(ledger)
+    with pytest.raises(InvalidRequestError, match="needs wait=true") as raised:
+        ledger.request(AllocationRequest("a", (), 1), max_wait_seconds=60)
+    assert raised.value.field == "max_wait_seconds"
+    assert last_position(ledger) == before
+    ask(ledger, "holder", 4)
+    queued = ledger.request(
+        AllocationRequest("a", (), 1), wait=True, max_wait_seconds=60
+    )
+    assert queued.allocation.state is AllocationState.QUEUED
 
 
 def test_rebuilt_read_models_keep_the_queue(small: AllocationService) -> None:

@@ -334,7 +334,13 @@ def test_a_request_granted_from_the_queue_is_never_preempted_in_the_same_decisio
     ("changes", "expected"),
     [
         ({"wait": True}, [ArgumentChange("wait", False, True)]),
-        ({"max_wait_seconds": 600}, [ArgumentChange("max_wait_seconds", None, 600)]),
+        (
+            {"wait": True, "max_wait_seconds": 600},
+            [
+                ArgumentChange("wait", False, True),
+                ArgumentChange("max_wait_seconds", None, 600),
+            ],
+        ),
         ({"preempt": False}, [ArgumentChange("preempt", True, False)]),
         ({"dry_run": True}, [ArgumentChange("dry_run", False, True)]),
         (

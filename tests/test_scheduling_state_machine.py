@@ -141,7 +141,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         result = self.ledger.request(
             request,
             wait=wait,
-            max_wait_seconds=max_wait,
+            max_wait_seconds=max_wait if wait else None,
             preempt=preempt,
             tenant=tenant,
         )

@@ -170,9 +170,10 @@ class AllocationTools(AllocationQueries):
         endpoints) or failed; progress notifications tell its queue position
         meanwhile; cancelling the call leaves it queued (await_allocation
         waits again).
-        With max_wait_seconds it fails with reason code "queue_timeout" if not
-        granted in time; release_resources cancels it. Under the pool's strict
-        queue policy a new request does not pass requests queued ahead of it
+        With max_wait_seconds (needs wait=true) it fails with reason code
+        "queue_timeout" if not granted in time; release_resources cancels it.
+        Under the pool's strict queue policy a new request does not pass
+        requests queued ahead of it
         (code "queued_ahead"). A request bigger than the whole pool is never
         queued: with wait=true it is refused with code "exceeds_pool". A queued
         request that the pool can no longer ever hold (capacity or quota
