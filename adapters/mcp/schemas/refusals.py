@@ -126,12 +126,27 @@ def refusal_message(reason: Reason) -> str:
         )
     if reason.code == EXCEEDS_POOL:
         return (
-            f"Exceeds the pool: requested {reason.requested} {reason.dimension}, "
-            f"the pool has {reason.available} in all"
+            f"Exceeds the pool: requested {_amount(reason.requested, reason.dimension)}"
+            f", the pool has {reason.available} in all"
         )
     if reason.code == QUEUE_TIMEOUT:
         return f"Queue wait ran out: insufficient {reason.dimension}: {amounts}"
     return f"Insufficient {reason.dimension}: {amounts}{_preemption_note(reason)}"
+
+
+AMOUNT_WORDS = {
+    "workers": ("worker", "workers"),
+    "cpu": ("core of CPU", "cores of CPU"),
+    "memory": ("MB of memory", "MB of memory"),
+    "mcp_ports": ("MCP port", "MCP ports"),
+}
+"""How an amount of each dimension reads, one and many (client units)."""
+
+
+def _amount(value: float | None, dimension: str | None) -> str:
+    """'1 worker', '5 workers', '2.5 cores of CPU': an amount with its unit."""
+    one, many = AMOUNT_WORDS.get(dimension or "", (str(dimension), str(dimension)))
+    return f"{value} {one if value == 1 else many}"
 
 
 PREEMPTION_NOTES = {
