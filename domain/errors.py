@@ -40,6 +40,21 @@ class PoolNotFoundError(LedgerError):
         self.at = at
 
 
+class ServerHistoryNotFoundError(LedgerError):
+    """No process of MCP server `server` ever ran in `pool`: there is no
+    history to show. `known`: the servers the pool does know, sorted."""
+
+    def __init__(self, pool: str, server: str, known: tuple[str, ...]) -> None:
+        listed = ", ".join(known) if known else "none yet"
+        super().__init__(
+            f"no process of MCP server {server!r} has run in pool {pool!r}, so "
+            f"it has no history (servers that pool knows: {listed})"
+        )
+        self.pool = pool
+        self.server = server
+        self.known = known
+
+
 class PoolExistsError(LedgerError):
     def __init__(self, pool: str) -> None:
         super().__init__(f"pool {pool!r} already exists")

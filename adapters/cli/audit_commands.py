@@ -29,8 +29,13 @@ from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
-from allocation_ledger.domain.errors import AllocationNotFoundError
+from allocation_ledger.domain.errors import (
+    AllocationNotFoundError,
+    InvalidRequestError,
+    ServerHistoryNotFoundError,
+)
 from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.values import validate_server_name
 from allocation_ledger.projections.verify import DEFAULT_TIME_TOLERANCE
 from allocation_ledger.projections.views import AllocationView
 
@@ -49,6 +54,16 @@ def moment(text: str) -> datetime:
         return representable(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def server_name(text: str) -> str:
+    """An MCP server's name, checked against the naming rule (a name that
+    breaks it never ran, so its history would be empty, not an answer)."""
+    try:
+        validate_server_name(text)
+    except InvalidRequestError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 MAX_TIME_TOLERANCE_SECONDS = 366 * 24 * 3600
@@ -92,6 +107,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     history.add_argument(
         "--server",
         metavar="NAME",
+        type=server_name,
         help="the MCP server whose processes' history to show (instead of an id)",
     )
     history.add_argument(
@@ -201,6 +217,10 @@ def _server_history(
 ) -> int:
     audit.require_pool(service, args.pool)
     entries = audit.server_process_history(service, args.pool, args.server)
+    if not entries:
+        capacity = service.read_models.capacity(args.pool)
+        known = tuple(sorted(capacity.servers)) if capacity is not None else ()
+        raise ServerHistoryNotFoundError(args.pool, args.server, known)
     if args.json:
         print_json(
             service,
