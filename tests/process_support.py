@@ -325,3 +325,26 @@ def process_ledgers(
             if isinstance(provisioner, ProcessProvisioner):
                 provisioner.close(stop_all=True)
             service.close()
+
+
+def kill_on(
+    service: AllocationService, name: str, pool: str = POOL
+) -> Callable[[], bool]:
+    """A condition for `wait_until` that kills MCP server `name` of `pool`
+    whenever a process of it runs; true once its supervisor gave up on it
+    (failed)."""
+    killed: list[int] = []
+
+    def kill_again() -> bool:
+        record = service.ledger.server_process(pool, name)
+        assert record is not None
+        if record.status == "failed":
+            return True
+        if record.status == "running" and record.pid not in killed:
+            assert record.pid is not None
+            killed.append(record.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record.pid, signal.SIGKILL)
+        return False
+
+    return kill_again

@@ -6,8 +6,6 @@ ends (tests/process_support.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ from tests.process_support import (
     POOL_MCP_FIRST,
     TEST_SERVER,
     is_alive,
+    kill_on,
     kinds,
     marking,
     process_events,
@@ -157,22 +156,7 @@ async def test_a_server_in_use_that_keeps_dying_is_failed(
             client, "request_resources", job_id="a", mcp_servers=["echo"], pool=POOL
         )
         assert result["status"] == "active"
-        killed: list[int] = []
-
-        def kill_again() -> bool:
-            """Kill the server whenever a process of it runs; True once the
-            supervisor gave up on it."""
-            info = service.ledger.server_process(POOL, "echo")
-            assert info is not None
-            if info.status == "failed":
-                return True
-            if info.status == "running" and info.pid not in killed:
-                assert info.pid is not None
-                killed.append(info.pid)
-                os.killpg(info.pid, signal.SIGKILL)
-            return False
-
-        assert await anyio.to_thread.run_sync(wait_until, kill_again, 60)
+        assert await anyio.to_thread.run_sync(wait_until, kill_on(service, "echo"), 60)
         failed = await status_of(client, "echo")
         assert failed["status"] == "failed"
         assert failed["references"] == 1  # the allocation keeps it

@@ -7,10 +7,9 @@ is killed when it ends (tests/process_support.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from allocation_ledger.adapters.mcp.server import stdio_server
-from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from tests.mcp_support import call
@@ -29,6 +27,7 @@ from tests.process_support import (
     POOL,
     TEST_SERVER,
     OpenProcessLedger,
+    kill_on,
     marking,
     process_ledgers,
     request_in_thread,
@@ -123,7 +122,7 @@ async def test_an_allocations_subscribers_hear_what_its_mcp_server_is_now(
         assert SERVER_LAST_EXIT not in back
 
         mark = len(told.updates)
-        assert await anyio.to_thread.run_sync(wait_until, kill_on(service), 60)
+        assert await anyio.to_thread.run_sync(wait_until, kill_on(service, "echo"), 60)
         failed = await told.wait_for(
             uri, "mcp_server_changed", where={SERVER_STATUS: "failed"}, after=mark
         )
@@ -184,23 +183,3 @@ async def status_now(client: Client, allocation_id: str) -> dict[str, Any]:
     [server] = detail["mcp_servers"]
     assert server["endpoint"] == status["endpoint"]
     return {**status, "in_allocation": server["status"]}
-
-
-def kill_on(service: AllocationService) -> Callable[[], bool]:
-    """A condition for `wait_until` that kills the `echo` server whenever a
-    process of it runs, true once its supervisor gave up on it (failed)."""
-    killed: list[int] = []
-
-    def kill_again() -> bool:
-        record = service.ledger.server_process(POOL, "echo")
-        assert record is not None
-        if record.status == "failed":
-            return True
-        if record.status == "running" and record.pid not in killed:
-            assert record.pid is not None
-            killed.append(record.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record.pid, signal.SIGKILL)
-        return False
-
-    return kill_again
