@@ -7,6 +7,7 @@ Every process a test starts is killed when it ends (tests/process_support.py).""
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -19,6 +20,7 @@ from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from tests.process_support import (
     MARK,
     POOL,
+    POOL_MCP_FIRST,
     kinds,
     marked_processes,
     marking,
@@ -118,3 +120,64 @@ def test_a_worker_whose_command_crashes_fails_at_once_with_its_code_and_output(
     assert SAYS in record.last_exit["log_tail"]
     assert service.ledger.pool(POOL).reservations == before
     assert marked_processes(mark) == []
+
+
+RUN_SAYS = [
+    sys.executable,
+    "-c",
+    "import os, sys; print('ran', 'as', os.getpid(), file=sys.stderr); sys.exit(3)",
+]
+
+
+def test_a_failed_start_quotes_only_its_own_lines_of_the_log(
+    open_ledger: OpenLedger,
+) -> None:
+    """The log keeps every run of a server; a failure quoted the last lines
+    of the file, earlier runs' included, which could read as if the server
+    had come up. Each failure quotes what its own start wrote."""
+    service = open_ledger({"crashing": {"command": RUN_SAYS}})
+    errors: list[str] = []
+    for job in ("first", "second"):
+        result = service.ledger.request(
+            AllocationRequest(job_id=job, servers=("crashing",)), pool=POOL
+        )
+        errors.append(
+            service.ledger.allocation(result.allocation.allocation_id).error or ""
+        )
+    tails = [
+        e.detail["stderr_tail"]
+        for e in process_events(service, "crashing")
+        if kinds([e]) == ["HealthFailed"]
+    ]
+    assert len(tails) == 2
+    for tail, error in zip(tails, errors, strict=True):
+        assert tail.count("starting:") == 1, tail
+        assert tail.count("ran as ") == 1, tail
+        assert tail in error
+    pids = [tail.split("ran as ")[1].split()[0] for tail in tails]
+    assert pids[0] != pids[1]  # each quotes its own run
+
+
+def test_a_start_refused_before_spawning_quotes_no_log(
+    open_ledger: OpenLedger,
+) -> None:
+    """A port already in use fails the start before anything runs: nothing
+    of the log (an earlier run's lines) is quoted as if it were this one's."""
+    service = open_ledger({"crashing": {"command": RUN_SAYS}})
+    service.ledger.request(
+        AllocationRequest(job_id="earlier", servers=("crashing",)), pool=POOL
+    )
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", POOL_MCP_FIRST))
+        taken.listen()
+        result = service.ledger.request(
+            AllocationRequest(job_id="busy", servers=("crashing",)), pool=POOL
+        )
+    error = service.ledger.allocation(result.allocation.allocation_id).error or ""
+    assert f"port {POOL_MCP_FIRST} on 127.0.0.1 is already in use" in error
+    assert "last lines of its log" not in error
+    assert "ran as " not in error
+    last = process_events(service, "crashing")[-1]
+    assert kinds([last]) == ["HealthFailed"]
+    assert last.detail["stderr_tail"] == ""

@@ -49,6 +49,8 @@ class ProcessLaunch:
         self.start_ticks: int | None = None
         self.started_at: datetime | None = None
         self.exit: ExitStatus | None = None
+        self.log_start: int | None = None
+        """Where this start's lines begin in the log (None: never spawned)."""
 
     def spawn_with(
         self, start: Callable[[], subprocess.Popen[bytes]]
@@ -56,6 +58,7 @@ class ProcessLaunch:
         """Note the start in the log, make the process with `start()` (which
         raises OSError when it cannot be executed); the process."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_start = control.log_size(self.log_path)
         with open(self.log_path, "a") as log:
             stamp = self._now().isoformat()
             log.write(f"--- {stamp} starting: {shlex.join(self.argv)}\n")
@@ -195,7 +198,11 @@ class ServerLaunch(ProcessLaunch):
 
     def _fail(self, reason: str) -> NoReturn:
         self.abort()
-        tail = control.log_tail(self.log_path)
+        # Only this start's lines: the log keeps every earlier run's, which
+        # read as if the server had come up (a failure before the spawn, such
+        # as a port in use, has none).
+        start = self.log_start
+        tail = "" if start is None else control.log_tail(self.log_path, since=start)
         self._note("health_failed", {"reason": reason, "stderr_tail": tail})
         raise ServerStartError(self.spec.name, self.pool, reason, tail)
 

@@ -213,13 +213,23 @@ def wait_port_free(host: str, port: int, timeout_seconds: float) -> bool:
     return True
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a log file ('' when it does not exist)."""
+def log_size(path: Path) -> int:
+    """The size of a log file in bytes (0 when it does not exist): where the
+    next start's lines will begin."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_tail(path: Path, lines: int = 20, since: int = 0) -> str:
+    """The last `lines` lines of a log file written after byte offset `since`
+    ('' when it does not exist); earlier runs' lines are never quoted."""
     try:
         with open(path, "rb") as log:
             log.seek(0, os.SEEK_END)
             size = log.tell()
-            log.seek(max(0, size - TAIL_BYTES))
+            log.seek(max(since, size - TAIL_BYTES))
             data = log.read()
     except OSError:
         return ""
