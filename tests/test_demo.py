@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from allocation_ledger.adapters.cli.demo import (
+from allocation_ledger.adapters.cli.demo_setup import (
     IDLE_TIMEOUT_SECONDS,
     SERVER,
     demo_catalog,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -130,6 +131,44 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
     assert by_id[2]["result"]["isError"] is True
     assert by_id[3]["result"]["structuredContent"]["status"] == "active"
     assert "get_allocation" in errors  # its log line went to stderr
+
+
+def test_demo_whose_server_port_is_taken_stops_saying_how_to_go_on(
+    tmp_path: Path,
+) -> None:
+    """With another program on the time server's port, the first request
+    failed and the demo skipped the rest of its walk-through, exit 0."""
+    port = POOL_MCP_FIRST + 20
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "allocation_ledger.adapters.cli",
+                "demo",
+                "--mcp-ports",
+                f"{port}-{port + 9}",
+            ],
+            capture_output=True,
+            text=True,
+            env={**server_env(tmp_path / "ledger.db"), "COLUMNS": "200"},
+            cwd=REPO,
+            timeout=300,
+            check=False,
+        )
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.splitlines() == [
+        "allocation-ledger: the demo's first request failed, so it stops here: "
+        f"MCP server 'time' of pool 'default' did not start: port {port} on "
+        "127.0.0.1 is already in use",
+        "Another program listens on that port: run the demo with other ports, "
+        "e.g. `allocation-ledger demo --mcp-ports 62000-62009`",
+    ]
+    assert "agent B" not in completed.stdout
 
 
 def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> None:

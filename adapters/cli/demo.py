@@ -8,8 +8,6 @@ idle."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import socket
 import sys
 import tempfile
@@ -30,83 +28,18 @@ from allocation_ledger.adapters.cli.console import (
     fail,
     history_table,
 )
-from allocation_ledger.adapters.config.settings import ENV_PREFIX, Settings
-
-SERVER = "time"
-"""The one MCP server of the demo's catalog: the reference `mcp-server-time`."""
-IDLE_TIMEOUT_SECONDS = 5
-"""The demo's idle timeout: short, so that the idle stop is seen."""
-IDLE_CHECK_INTERVAL_SECONDS = 0.5
-IDLE_STOP_BOUND_SECONDS = IDLE_TIMEOUT_SECONDS + 20.0
-"""How long the demo waits for the idle server to be stopped before failing."""
+from allocation_ledger.adapters.cli.demo_setup import (
+    IDLE_STOP_BOUND_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    SERVER,
+    child_env,
+    demo_catalog,
+    parse_port_range,
+    server_command,
+)
+from allocation_ledger.adapters.config.settings import Settings
 
 Call = Callable[..., Awaitable[dict[str, Any]]]
-
-
-def _server_command() -> tuple[str, list[str]]:
-    return sys.executable, ["-m", "allocation_ledger.adapters.cli", "serve"]
-
-
-def demo_catalog(mcp_ports: tuple[int, int] | None = None) -> str:
-    """The demo's config file: one MCP server, `time`, run by this Python.
-
-    The same shape as examples/ledger.toml, with this interpreter (so the
-    server runs in the environment the ledger is installed in) and a short
-    idle timeout. `mcp_ports`: (first, last) of the default pool's MCP
-    server ports (None: the pool's own, 9000-9099 on a new ledger).
-    """
-    command = json.dumps([sys.executable, "-m", "mcp_server_time"])
-    text = (
-        "# Written by `allocation-ledger demo` for its own ledger server.\n"
-        f"idle_check_interval_seconds = {IDLE_CHECK_INTERVAL_SECONDS}\n"
-        "stop_mcp_servers_on_exit = true\n"
-        "\n"
-        f"[mcp_servers.{SERVER}]\n"
-        f"command = {command}\n"
-        'transport = "stdio"\n'
-        f"idle_timeout_seconds = {IDLE_TIMEOUT_SECONDS}\n"
-    )
-    if mcp_ports is not None:
-        text += f"\n[pools.default]\nmcp_ports = [{mcp_ports[0]}, {mcp_ports[1]}]\n"
-    return text
-
-
-def parse_port_range(text: str) -> tuple[int, int]:
-    """`FIRST-LAST` (e.g. 9000-9099) as (first, last), both included.
-
-    Raises ValueError with a message for the operator when it is not two
-    port numbers (1-65535), the first not after the last.
-    """
-    first, dash, last = text.partition("-")
-    try:
-        span = (int(first), int(last))
-    except ValueError:
-        span = None
-    if not dash or span is None:
-        msg = f"expected FIRST-LAST, e.g. 9000-9099, got {text!r}"
-        raise ValueError(msg)
-    if not 1 <= span[0] <= span[1] <= 65_535:
-        msg = f"expected ports 1-65535 with FIRST <= LAST, got {text!r}"
-        raise ValueError(msg)
-    return span
-
-
-def _child_env(settings: Settings, config: Path) -> dict[str, str]:
-    """The settings the served ledger should see: this process's own store
-    and database, with the demo's catalog (config file) instead of any other."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-    env.setdefault(ENV_PREFIX + "LOG_LEVEL", "WARNING")
-    env[ENV_PREFIX + "CONFIG"] = str(config)
-    env[ENV_PREFIX + "STORE"] = settings.store
-    if settings.store == "sqlite":
-        env[ENV_PREFIX + "DATABASE"] = str(settings.database.resolve())
-    # Environment variables win over the file: the demo's own, whatever is set.
-    env[ENV_PREFIX + "IDLE_CHECK_INTERVAL_SECONDS"] = str(IDLE_CHECK_INTERVAL_SECONDS)
-    env[ENV_PREFIX + "STOP_MCP_SERVERS_ON_EXIT"] = "true"
-    for name in ("PYTHONPATH", "HOME", "TMPDIR", "PATH", "LANG", "TZ"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return env
 
 
 class DemoError(Exception):
@@ -127,9 +60,9 @@ async def _drive_server(settings: Settings, console: Console, config: Path) -> N
     from mcp import Client, StdioServerParameters
     from mcp_types import TextContent
 
-    command, arguments = _server_command()
+    command, arguments = server_command()
     params = StdioServerParameters(
-        command=command, args=arguments, env=_child_env(settings, config)
+        command=command, args=arguments, env=child_env(settings, config)
     )
     run = uuid.uuid4().hex[:8]
 
@@ -191,8 +124,9 @@ async def _drive_server(settings: Settings, console: Console, config: Path) -> N
             f"  retry with the same request_id: {again['allocation_id']} "
             f"(replayed={again['replayed']}); nothing new was reserved"
         )
-        if first["status"] == "active":
-            await _agent_calls_the_server(console, _endpoint(first))
+        if first["status"] != "active":
+            raise DemoError(_first_request_failed(first))
+        await _agent_calls_the_server(console, _endpoint(first))
 
         began = time.monotonic()
         second = await call(
@@ -366,6 +300,15 @@ async def _wait_for_idle_stop(console: Console, call: Call, endpoint: str) -> No
         )
         if waited > IDLE_STOP_BOUND_SECONDS:
             raise DemoError(f"{SERVER} was not stopped {waited:.0f} s after release")
+    # The pool frees the port in its books first (ServerStopped); the process
+    # is then stopped, and its status is "stopped" once the port refuses.
+    while (await call("get_mcp_status", name=SERVER))["status"] != "stopped":
+        waited = time.monotonic() - began
+        if waited > IDLE_STOP_BOUND_SECONDS:
+            raise DemoError(
+                f"{SERVER}'s process still runs {waited:.0f} s after release"
+            )
+        await anyio.sleep(0.1)
     where = urlsplit(endpoint)
     refused = _refuses_connections(where.hostname or "localhost", where.port or 80)
     console.print(
@@ -383,14 +326,28 @@ def _refuses_connections(host: str, port: int) -> bool:
         return True
 
 
+def _first_request_failed(result: Mapping[str, Any]) -> str:
+    """Why the demo cannot go on: its first request (which starts `time`)
+    failed; with the fix when another program holds the server's port."""
+    message = f"the demo's first request failed, so it stops here: {result['error']}"
+    if "already in use" in str(result.get("error")):
+        message += (
+            "\nAnother program listens on that port: run the demo with other "
+            "ports, e.g. `allocation-ledger demo --mcp-ports 62000-62009`"
+        )
+    return message
+
+
 def _show_request(
     console: Console, result: Mapping[str, Any], seconds: float | None = None
 ) -> None:
     allocation = result["allocation_id"]
     if result["status"] != "active":
+        reason = result.get("reason") or {}
+        facts = ", ".join(f"{k} {v}" for k, v in reason.items())
         console.print(
             f"  {allocation}: [bold red]{result['status']}[/] - "
-            f"{result.get('error')} (reason: {result.get('reason')})"
+            f"{result.get('error')}" + (f" ({facts})" if facts else "")
         )
         return
     servers = ", ".join(
@@ -424,6 +381,20 @@ def run_demo(settings: Settings, console: Console, mcp_ports: str | None = None)
         )
     try:
         anyio.run(_drive_demo, settings, console, span)
-    except DemoError as error:
-        return fail(str(error), 1)
+    except (DemoError, BaseExceptionGroup) as error:
+        # Raised inside the client's task group, a DemoError arrives wrapped.
+        found = _demo_error(error)
+        if found is None:
+            raise
+        return fail(str(found), 1)
     return 0
+
+
+def _demo_error(error: BaseException) -> DemoError | None:
+    """The DemoError that `error` is or holds (as task groups nest); None if
+    it holds something else (an unexpected error, shown as such)."""
+    if isinstance(error, DemoError):
+        return error
+    if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        return _demo_error(error.exceptions[0])
+    return None
