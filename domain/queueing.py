@@ -77,6 +77,8 @@ def waiting_ahead(
     """
     if pool.scheduling.queue_policy is not QueuePolicy.STRICT or not pool.queue:
         return None
+    if takes_nothing(pool, request, needed):
+        return None
     head = queue_order(pool, now)[0]
     if effective_rank(pool, head, now) < request.priority.rank:
         return None
@@ -93,6 +95,21 @@ def waiting_ahead(
         else (needed + starting_costs(pool, request)).amount(dimension)
     )
     return Rejection(QUEUED_AHEAD, dimension, requested, max(available, 0))
+
+
+def takes_nothing(
+    pool: PoolState, request: AllocationRequest, needed: Resources
+) -> bool:
+    """Whether granting `request` takes nothing from the pool: no workers
+    (`needed` is zero) and only MCP servers that already have an instance
+    holding its cost (shared, no port or cost of a new start). Such a request
+    cannot delay anyone queued, so the strict policy lets it pass: refusing
+    it as `queued_ahead` read "requested 0, available 0 after them"."""
+    return (
+        needed == Resources()
+        and starting_costs(pool, request) == Resources()
+        and all(name in pool.servers for name in request.servers)
+    )
 
 
 def next_to_grant(

@@ -154,6 +154,24 @@ def test_under_strict_order_a_newcomer_does_not_pass_the_head(
     assert state(small, head) == "queued"
 
 
+def test_under_strict_order_a_request_that_takes_nothing_passes(
+    small: AllocationService,
+) -> None:
+    """It cannot delay the head: refused, it read "requested 0, available 0
+    after them". One naming a server already running shares it, so it takes
+    nothing either; one that would start a server takes a port and waits."""
+    ledger = small.ledger
+    ledger.request(AllocationRequest("uses-github", ("github",), 3))
+    head = ask(ledger, "big", 3, wait=True)
+    for job, servers in (("nothing", ()), ("shares-github", ("github",))):
+        answer = ledger.request(AllocationRequest(job, servers, 0))
+        assert answer.allocation.state is AllocationState.ACTIVE, job
+    starts = ledger.request(AllocationRequest("starts-fs", ("filesystem",), 0))
+    assert starts.allocation.rejection is not None
+    assert starts.allocation.rejection.code == "queued_ahead"
+    assert state(small, head) == "queued"
+
+
 def test_backfill_lets_smaller_requests_through(small: AllocationService) -> None:
     ledger = small.ledger
     ledger.configure_scheduling(Scheduling(queue_policy=QueuePolicy.BACKFILL))
