@@ -44,11 +44,24 @@ def worker_enforcement(service: AllocationService, pool: str) -> dict[str, str] 
         limiter.close()
 
 
+GONE = "exited while no ledger server watched it"
+"""What status says of a recorded process that no longer runs here."""
+
+
 def server_processes(
     service: AllocationService, view: CapacityView
 ) -> list[dict[str, Any]]:
     """The pool's MCP servers with what happened to their processes (the
-    ServerProcess records): name, port, status, references, pid, restarts."""
+    ServerProcess records): name, port, status, references, pid, restarts,
+    and `process_alive`: whether the recorded process still runs, checked
+    where this machine started it (its state file in the data directory),
+    else None (another machine's, or none recorded). The ledger records an
+    exit only while a server watches the process; one that died meanwhile is
+    shown as such here, and recorded when the next `serve` reconciles."""
+    from allocation_ledger.adapters.provisioning import process_control
+    from allocation_ledger.adapters.provisioning.run_records import RunRecords
+
+    started_here = RunRecords(data_directory(service.settings) / "run")
     shown: list[dict[str, Any]] = []
     for name in sorted(view.servers):
         server = view.servers[name]
@@ -56,13 +69,21 @@ def server_processes(
         status = "running" if server.references > 0 else "idle"
         if record is not None and record.status in ("starting", "failed"):
             status = record.status
+        pid = None if record is None else record.pid
+        alive: bool | None = None
+        state_file = started_here.read(view.pool, name)
+        if pid is not None and state_file is not None and state_file.pid == pid:
+            alive = process_control.is_same_process(
+                pid, state_file.argv, state_file.start_ticks
+            )
         shown.append(
             {
                 "name": name,
                 "port": server.port,
                 "status": status,
                 "references": server.references,
-                "pid": None if record is None else record.pid,
+                "pid": pid,
+                "process_alive": alive,
                 "restarts": 0 if record is None else record.restarts,
             }
         )
@@ -107,8 +128,11 @@ def run_status(service: AllocationService, console: Console, *, as_json: bool) -
             said = enforcement
         console.print(f"workers of pool {pool['pool']!r}: {said}")
         for server in pool["mcp_server_processes"]:
+            pid = f"pid {server['pid'] or '-'}"
+            if server["process_alive"] is False:
+                pid += f" ({GONE}; the next `serve` records it)"
             console.print(
                 f"  MCP server {server['name']} on port {server['port']}: "
                 f"{server['status']}, {server['references']} allocation(s), "
-                f"pid {server['pid'] or '-'}, restarts {server['restarts']}"
+                f"{pid}, restarts {server['restarts']}"
             )
