@@ -35,15 +35,19 @@ def mark(tmp_path: Path) -> Iterator[str]:
 
 def status_of(tmp_path: Path) -> tuple[dict[str, object], str]:
     """The `echo` server as `status --json` shows it, and the table's line."""
-    settings = {
-        "DATABASE": str(tmp_path / "ledger.db"),
-        "DATA_DIRECTORY": str(tmp_path / "data"),
-    }
-    answer = json.loads(run_cli("status", "--json", cwd=tmp_path, **settings).stdout)
+    database, data = str(tmp_path / "ledger.db"), str(tmp_path / "data")
+
+    def status(*flags: str) -> str:
+        shown = run_cli(
+            "status", *flags, cwd=tmp_path, DATABASE=database, DATA_DIRECTORY=data
+        )
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout
+
+    answer = json.loads(status("--json"))
     [pool] = [p for p in answer["pools"] if p["pool"] == POOL]
     [server] = pool["mcp_server_processes"]
-    table = run_cli("status", cwd=tmp_path, **settings).stdout
-    [line] = [x for x in table.splitlines() if "MCP server echo" in x]
+    [line] = [x for x in status().splitlines() if "MCP server echo" in x]
     return server, line
 
 
