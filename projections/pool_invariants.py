@@ -46,6 +46,18 @@ class _PoolState:
             total = total + cost
         return total
 
+    def instance_amounts(self) -> tuple[int, int, int] | None:
+        """`instance_costs` as (cpu, memory, workers); None when no
+        running instance reserves anything of its own."""
+        if not self.server_costs:
+            return None
+        cpu = memory = workers = 0
+        for cost in self.server_costs.values():
+            cpu += cost.cpu_millicores
+            memory += cost.memory_mib
+            workers += cost.workers
+        return cpu, memory, workers
+
 
 class PoolInvariants:
     """Feed it every pool's events in log order with the pool's capacity
@@ -60,6 +72,11 @@ class PoolInvariants:
         """What the running MCP server instances of pool `key` reserve."""
         state = self.pools.get(key)
         return _NOTHING if state is None else state.instance_costs()
+
+    def instance_amounts(self, key: UUID) -> tuple[int, int, int] | None:
+        """`instance_costs` as integers (cpu, memory, workers), None for none."""
+        state = self.pools.get(key)
+        return None if state is None else state.instance_amounts()
 
     def check(
         self, position: int, event: Pool.Event, capacity: CapacityView | None

@@ -185,18 +185,23 @@ def verify(
     return report
 
 
+_UNSEEN: Any = object()  # a pool not met yet in the log
+
+
 def _fold_pool(pools: dict[UUID, Pool | None], event: Pool.Event) -> None:
     """Apply a pool's event to the pool as its events make it. A pool whose
     events its own code refuses is left to the ledger's read at the end,
     which reports that in its own words."""
     key = event.originator_id
-    if key in pools and pools[key] is None:
+    pool = pools.get(key, _UNSEEN)
+    if pool is None:
         return
     try:
-        mutated = event.mutate(pools.get(key))
+        mutated = event.mutate(None if pool is _UNSEEN else pool)
     except Exception:  # noqa: BLE001 - any refusal: the ledger's read says it
         mutated = None
-    pools[key] = mutated if isinstance(mutated, Pool) else None
+    if mutated is not pool:  # a new pool, or a refusal (the same one: no change)
+        pools[key] = mutated if isinstance(mutated, Pool) else None
 
 
 class _RowComparison:

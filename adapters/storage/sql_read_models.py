@@ -157,7 +157,8 @@ class SQLReadModels:
         """The JSON documents of these aggregates' rows in a read-model table."""
         if not ids:
             return {}
-        keys = [i.hex for i in ids]
+        by_key = {i.hex: i for i in ids}
+        keys = list(by_key)
         marks = ", ".join("?" for _ in keys)
         with self.dialect.transaction(write=False) as cursor:
             cursor.execute(
@@ -168,7 +169,10 @@ class SQLReadModels:
                 keys,
             )
             rows = cursor.fetchall()
-        return {UUID(row[0]): decode_document(row[1]) for row in rows}
+        # The caller's ids, not new UUIDs made from the stored keys.
+        return {
+            by_key.get(row[0]) or UUID(row[0]): decode_document(row[1]) for row in rows
+        }
 
     def commit(
         self,
