@@ -18,8 +18,12 @@ from allocation_ledger.domain.server_process import server_process_uuid
 from allocation_ledger.domain.values import LIVE_STATES
 from allocation_ledger.projections.catchup import Progress, collector_paused
 from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
-from allocation_ledger.projections.history import HistoryEntry, describe
-from allocation_ledger.projections.replay import logged_events, replay
+from allocation_ledger.projections.history import (
+    HistoryEntry,
+    describe,
+    describe_record,
+)
+from allocation_ledger.projections.replay import logged_batches, logged_events, replay
 from allocation_ledger.projections.usage import UsageQuery, UsageRow
 from allocation_ledger.projections.verify import (
     DEFAULT_TIME_TOLERANCE,
@@ -155,18 +159,22 @@ def verify(
         lookup=service.store,
     )
     pools: dict[UUID, Pool | None] = {}  # None: not foldable here
+    decode = service.projector.decode
+    feed = checker.feed
+    pool_event = Pool.Event
     with collector_paused():
-        for position, event in logged_events(
-            service.projector.log,
-            service.projector.decode,
-            until=end,
-            progress=progress,
+        for notifications in logged_batches(
+            service.projector.log, until=end, progress=progress
         ):
-            checker.feed(position, event)
+            for notification in notifications:
+                event = decode(notification)
+                feed(notification.id, event)
+                if checker.violation is not None:
+                    break
+                if isinstance(event, pool_event):
+                    _fold_pool(pools, event)
             if checker.violation is not None:
                 break
-            if isinstance(event, Pool.Event):
-                _fold_pool(pools, event)
         violation = checker.finish()
     report = VerifyReport(
         events=checker.events,
@@ -349,7 +357,7 @@ def export_events(
             after=since,
             progress=progress,
         ):
-            record = describe(event, position).as_dict()
+            record = describe_record(event, position)
             key = record["aggregate"]
             if key in ("allocation", "pool"):
                 record["name"] = _public_name(service, names, event, key)
