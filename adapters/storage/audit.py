@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from allocation_ledger.adapters.storage.row_comparison import RowComparison
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
@@ -17,7 +18,7 @@ from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.server_process import server_process_uuid
 from allocation_ledger.domain.values import LIVE_STATES
 from allocation_ledger.projections.catchup import Progress, collector_paused
-from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
+from allocation_ledger.projections.codec import capacity_to_dict
 from allocation_ledger.projections.history import (
     HistoryEntry,
     describe,
@@ -152,7 +153,7 @@ def verify(
     """
     started = time.perf_counter()
     end = service.projector.catch_up()
-    comparison = _RowComparison(service)
+    comparison = RowComparison(service.store)
     checker = InvariantChecker(
         time_tolerance=time_tolerance,
         settled=comparison.add,
@@ -210,59 +211,6 @@ def _fold_pool(pools: dict[UUID, Pool | None], event: Pool.Event) -> None:
         mutated = None
     if mutated is not pool:  # a new pool, or a refusal (the same one: no change)
         pools[key] = mutated if isinstance(mutated, Pool) else None
-
-
-class _RowComparison:
-    """Compares replayed allocation rows with the stored ones, 500 at a time.
-
-    A stored row is read as its JSON document where the store offers that
-    (`allocation_documents`) and compared with the replayed row's; only when
-    they differ is it read as a row too, so that two spellings of one row
-    (a document written by an older version) are not called a difference.
-    """
-
-    CHUNK = 500
-
-    def __init__(self, service: AllocationService) -> None:
-        self._store = service.store
-        self._documents: Callable[[Collection[UUID]], dict[UUID, Any]] | None = getattr(
-            service.store, "allocation_documents", None
-        )
-        self._pending: list[tuple[UUID, AllocationView]] = []
-        self.mismatches: list[str] = []
-
-    def add(self, key: UUID, view: AllocationView) -> None:
-        self._pending.append((key, view))
-        if len(self._pending) >= self.CHUNK:
-            self._compare()
-
-    def finish(self) -> list[str]:
-        self._compare()
-        return self.mismatches
-
-    def _compare(self) -> None:
-        chunk, self._pending = self._pending, []
-        if not chunk:
-            return
-        keys = [key for key, _ in chunk]
-        documents = {} if self._documents is None else self._documents(keys)
-        differing: list[tuple[UUID, AllocationView]] = []
-        for key, view in chunk:
-            if documents.get(key) != allocation_to_dict(view):
-                differing.append((key, view))
-        if not differing:
-            return
-        stored_rows = self._store.allocations([key for key, _ in differing])
-        for key, view in differing:
-            stored = stored_rows.get(key)
-            if stored is None:
-                self.mismatches.append(
-                    f"allocation {view.allocation_id} is not in read model"
-                )
-            elif allocation_to_dict(stored) != allocation_to_dict(view):
-                self.mismatches.append(
-                    f"allocation {view.allocation_id} differs in read model"
-                )
 
 
 def _compare_pools(
