@@ -98,10 +98,12 @@ class PoolInvariants:
             state.worker_ports.update(event.worker_ports)
             if capacity is not None and event.tenant in capacity.quotas:
                 added = Resources.from_dict(event.resources)
-                held = capacity.held_by_tenant.get(event.tenant, Resources()) + added
+                tenant_holds = (
+                    capacity.held_by_tenant.get(event.tenant, Resources()) + added
+                )
                 limit = capacity.quotas[event.tenant]
                 for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-                    if added.amount(dimension) > 0 and held.amount(
+                    if added.amount(dimension) > 0 and tenant_holds.amount(
                         dimension
                     ) > limit.amount(dimension):
                         self._fail(
@@ -109,7 +111,7 @@ class PoolInvariants:
                             name,
                             10,
                             f"tenant {event.tenant!r} over its quota in "
-                            f"{dimension}: {held.amount(dimension)} of "
+                            f"{dimension}: {tenant_holds.amount(dimension)} of "
                             f"{limit.amount(dimension)}",
                         )
             self._check_room_amounts(position, name, capacity, event.resources)
