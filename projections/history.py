@@ -61,14 +61,26 @@ def json_safe(value: Any) -> Any:
     plain = _PLAIN
     if isinstance(value, dict):
         return {
-            str(k): v if type(v) in plain else json_safe(v) for k, v in value.items()
+            k if type(k) is str else str(k): v if type(v) in plain else json_safe(v)
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [v if type(v) in plain else json_safe(v) for v in value]
     return value
 
 
+_KINDS: dict[type[Any], str] = {}  # event class: its aggregate's kind
+
+
 def aggregate_kind(event: object) -> str:
+    """The kind of aggregate an event belongs to (found once per class)."""
+    found = _KINDS.get(type(event))
+    if found is None:
+        found = _KINDS[type(event)] = _kind_of(event)
+    return found
+
+
+def _kind_of(event: object) -> str:
     if isinstance(event, Allocation.Event):
         return "allocation"
     if isinstance(event, Pool.Event):

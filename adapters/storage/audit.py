@@ -297,6 +297,7 @@ def export_events(
     models. Streams: memory does not grow with the history.
     """
     names: dict[Any, str] = {}
+    ids: dict[UUID, str] = {}  # aggregate ids as text (str of a UUID is slow)
     service.read_models.catch_up()
     with collector_paused():
         for position, event in logged_events(
@@ -305,7 +306,15 @@ def export_events(
             after=since,
             progress=progress,
         ):
-            record = describe_record(event, position)
+            uuid = getattr(event, "originator_id", None)
+            text = None
+            if type(uuid) is UUID:
+                text = ids.get(uuid)
+                if text is None:
+                    if len(ids) >= EXPORT_NAMES:
+                        ids.clear()
+                    text = ids[uuid] = str(uuid)
+            record = describe_record(event, position, text)
             key = record["aggregate"]
             if key in ("allocation", "pool"):
                 record["name"] = _public_name(service, names, event, key)
