@@ -16,9 +16,29 @@ from allocation_ledger.projections.views import (
     WorkerView,
 )
 
+MOMENT_TEXTS: dict[int, tuple[datetime, str]] = {}
+"""moment.isoformat() of recent moments, by identity (see `moment_text`)."""
+_TEXTS_KEPT = 4096
+
+
+def moment_text(moment: datetime) -> str:
+    """moment.isoformat(), remembered by identity: the decoder hands out one
+    datetime per distinct moment, which a row holds several times over
+    (requested, reserved and activated at once; released when updated), and
+    audits write a million of them. Equal datetimes in different zones are
+    different objects, each written as itself."""
+    found = MOMENT_TEXTS.get(id(moment))
+    if found is not None and found[0] is moment:
+        return found[1]
+    text = moment.isoformat()
+    if len(MOMENT_TEXTS) >= _TEXTS_KEPT:
+        MOMENT_TEXTS.clear()
+    MOMENT_TEXTS[id(moment)] = (moment, text)  # holding it: its id is not reused
+    return text
+
 
 def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return None if value is None else moment_text(value)
 
 
 def _parse(value: Any) -> datetime | None:

@@ -20,13 +20,16 @@ and the stored rows, byte for byte.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import worker_id
 from allocation_ledger.domain.values import AllocationState
-from allocation_ledger.projections.codec import allocation_to_dict
+from allocation_ledger.projections.codec import (
+    MOMENT_TEXTS,
+    allocation_to_dict,
+    moment_text,
+)
 from allocation_ledger.projections.folds import fold_of
 from allocation_ledger.projections.views import AllocationView
 
@@ -231,32 +234,17 @@ def fold_document(
     return row
 
 
-_TEXTS: dict[int, tuple[datetime, str]] = {}
-_TEXTS_KEPT = 4096
-
-
-def _text(moment: datetime) -> str:
-    """moment.isoformat(), remembered by identity: the decoder hands out one
-    datetime per distinct moment, which a row holds several times over
-    (requested, reserved and activated at once; released when updated).
-    Equal datetimes in different zones are different objects, each written
-    as itself."""
-    text = moment.isoformat()
-    if len(_TEXTS) >= _TEXTS_KEPT:
-        _TEXTS.clear()
-    _TEXTS[id(moment)] = (moment, text)  # holding it: its id is not reused
-    return text
-
-
 def stored_document(row: ListingDocument) -> dict[str, Any]:
     """The dictionary to store: `allocation_to_dict` of the row's view."""
     stored = row.copy()
-    texts = _TEXTS
+    texts = MOMENT_TEXTS
     for name in MOMENTS:
         moment = row[name]
         if moment is not None:
             found = texts.get(id(moment))
             stored[name] = (
-                found[1] if found is not None and found[0] is moment else _text(moment)
+                found[1]
+                if found is not None and found[0] is moment
+                else moment_text(moment)
             )
     return stored

@@ -46,6 +46,18 @@ class _PoolState:
             total = total + cost
         return total
 
+    def instance_amounts(self) -> tuple[int, int, int] | None:
+        """`instance_costs` as (cpu, memory, workers); None when no
+        running instance reserves anything of its own."""
+        if not self.server_costs:
+            return None
+        cpu = memory = workers = 0
+        for cost in self.server_costs.values():
+            cpu += cost.cpu_millicores
+            memory += cost.memory_mib
+            workers += cost.workers
+        return cpu, memory, workers
+
 
 class PoolInvariants:
     """Feed it every pool's events in log order with the pool's capacity
@@ -61,6 +73,11 @@ class PoolInvariants:
         state = self.pools.get(key)
         return _NOTHING if state is None else state.instance_costs()
 
+    def instance_amounts(self, key: UUID) -> tuple[int, int, int] | None:
+        """`instance_costs` as integers (cpu, memory, workers), None for none."""
+        state = self.pools.get(key)
+        return None if state is None else state.instance_amounts()
+
     def check(
         self, position: int, event: Pool.Event, capacity: CapacityView | None
     ) -> None:
@@ -71,7 +88,39 @@ class PoolInvariants:
         state = self.pools.get(key)
         if state is None:
             state = self.pools[key] = _PoolState()
-        if isinstance(event, Pool.Created | Pool.PortsChanged):
+        if isinstance(event, Pool.Reserved):
+            for port in event.worker_ports:
+                if not state.ranges.has_worker_port(port):
+                    self._fail(position, name, 2, f"worker port {port} out of range")
+                if port in state.worker_ports or port in state.server_ports.values():
+                    self._fail(position, name, 2, f"worker port {port} already in use")
+            self._check_not_elsewhere(position, name, key, event.worker_ports)
+            state.worker_ports.update(event.worker_ports)
+            if capacity is not None and event.tenant in capacity.quotas:
+                added = Resources.from_dict(event.resources)
+                tenant_holds = (
+                    capacity.held_by_tenant.get(event.tenant, Resources()) + added
+                )
+                limit = capacity.quotas[event.tenant]
+                for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
+                    if added.amount(dimension) > 0 and tenant_holds.amount(
+                        dimension
+                    ) > limit.amount(dimension):
+                        self._fail(
+                            position,
+                            name,
+                            10,
+                            f"tenant {event.tenant!r} over its quota in "
+                            f"{dimension}: {tenant_holds.amount(dimension)} of "
+                            f"{limit.amount(dimension)}",
+                        )
+            self._check_room_amounts(position, name, capacity, event.resources)
+        elif isinstance(event, Pool.Freed):
+            state.worker_ports.difference_update(event.worker_ports)
+            for port in event.worker_ports:
+                if self._owners.get(port) == key:
+                    del self._owners[port]
+        elif isinstance(event, Pool.Created | Pool.PortsChanged):
             state.ranges = PortRanges(**event.ports) if event.ports else PortRanges()
             for other_key, other in self.pools.items():
                 if other_key != key and other.ranges.overlaps(state.ranges):
@@ -124,38 +173,30 @@ class PoolInvariants:
                     1,
                     f"MCP server {event.name!r} gives back {freed} but held {held}",
                 )
-        elif isinstance(event, Pool.Reserved):
-            for port in event.worker_ports:
-                if not state.ranges.has_worker_port(port):
-                    self._fail(position, name, 2, f"worker port {port} out of range")
-                if port in state.worker_ports or port in state.server_ports.values():
-                    self._fail(position, name, 2, f"worker port {port} already in use")
-            self._check_not_elsewhere(position, name, key, event.worker_ports)
-            state.worker_ports.update(event.worker_ports)
-            if capacity is not None and event.tenant in capacity.quotas:
-                added = Resources.from_dict(event.resources)
-                held = capacity.held_by_tenant.get(event.tenant, Resources()) + added
-                limit = capacity.quotas[event.tenant]
-                for dimension in (Dimension.WORKERS, Dimension.CPU, Dimension.MEMORY):
-                    if added.amount(dimension) > 0 and held.amount(
-                        dimension
-                    ) > limit.amount(dimension):
-                        self._fail(
-                            position,
-                            name,
-                            10,
-                            f"tenant {event.tenant!r} over its quota in "
-                            f"{dimension}: {held.amount(dimension)} of "
-                            f"{limit.amount(dimension)}",
-                        )
-            self._check_room(
-                position, name, capacity, Resources.from_dict(event.resources)
-            )
-        elif isinstance(event, Pool.Freed):
-            state.worker_ports.difference_update(event.worker_ports)
-            for port in event.worker_ports:
-                if self._owners.get(port) == key:
-                    del self._owners[port]
+
+    def _check_room_amounts(
+        self,
+        position: int,
+        name: str,
+        capacity: CapacityView | None,
+        added: dict[str, int],
+    ) -> None:
+        """`_check_room` of amounts as events hold them, on plain integers
+        (a reservation's, a million times in a long history); the Resources
+        are made only to word a failure."""
+        if capacity is None:
+            return
+        reserved = capacity.reserved
+        total = capacity.total
+        cpu = added["cpu_millicores"]
+        memory = added["memory_mib"]
+        workers = added["workers"]
+        if (
+            (workers > 0 and reserved.workers + workers > total.workers)
+            or (cpu > 0 and reserved.cpu_millicores + cpu > total.cpu_millicores)
+            or (memory > 0 and reserved.memory_mib + memory > total.memory_mib)
+        ):
+            self._check_room(position, name, capacity, Resources.from_dict(added))
 
     def _check_room(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,6 +11,7 @@ from allocation_ledger.domain.values import TERMINAL_STATES
 from allocation_ledger.projections.catchup import (
     Batch,
     Decode,
+    LoggedNotification,
     NotificationLog,
     Progress,
     collector_paused,
@@ -32,6 +33,25 @@ def logged_events(
     progress: Progress | None = None,
 ) -> Iterator[tuple[int, object]]:
     """Every event in the log after `after` (up to `until`), with its position."""
+    for notifications in logged_batches(
+        log, after=after, until=until, batch_size=batch_size, progress=progress
+    ):
+        for notification in notifications:
+            yield notification.id, decode(notification)
+
+
+def logged_batches(
+    log: NotificationLog,
+    *,
+    after: int = 0,
+    until: int | None = None,
+    batch_size: int = REPLAY_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> Iterator[Sequence[LoggedNotification]]:
+    """The log after `after` (up to `until`) as batches of notifications,
+    not decoded: for a caller that decodes each in its own loop (an audit
+    of a million events, without a generator's step per event). Progress
+    is told after each batch has been handed over."""
     end = until if until is not None else (log.max_notification_id() or 0)
     position = after
     while True:
@@ -40,8 +60,7 @@ def logged_events(
         )
         if not notifications:
             return
-        for notification in notifications:
-            yield notification.id, decode(notification)
+        yield notifications
         position = notifications[-1].id
         if progress is not None:
             progress(position, max(end, position))

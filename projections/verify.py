@@ -25,10 +25,10 @@ log slightly out of time order (see docs/operations.md, "Time").
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 from uuid import UUID
 
 from allocation_ledger.domain.allocation import Allocation
@@ -41,7 +41,7 @@ from allocation_ledger.domain.values import (
     Resources,
 )
 from allocation_ledger.projections.catchup import Batch, fold_event
-from allocation_ledger.projections.folds import fold_allocation
+from allocation_ledger.projections.folds import fold_allocation, fold_capacity
 from allocation_ledger.projections.pool_invariants import PoolInvariants
 from allocation_ledger.projections.store import InMemoryReadModels, ReadModelStore
 from allocation_ledger.projections.views import AllocationView
@@ -50,8 +50,26 @@ _LIVE = frozenset(s.value for s in LIVE_STATES)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 
 # Read only: what a pool with no live allocations holds, and the servers they name.
-_NOTHING = Resources()
-_NO_NAMES: Counter[str] = Counter()
+_NONE_HELD = (0, 0, 0)
+_NO_NAMES: dict[str, int] = {}
+
+# What an event class is to the checker (found once per class, not per event).
+_OTHER, _REQUESTED, _ALLOCATION, _POOL = range(4)
+_KINDS: dict[type[object], int] = {}
+
+
+def _kind(cls: type[object]) -> int:
+    found = _KINDS.get(cls)
+    if found is None:
+        if issubclass(cls, Allocation.Event):
+            found = _REQUESTED if issubclass(cls, Allocation.Requested) else _ALLOCATION
+        elif issubclass(cls, Pool.Event):
+            found = _POOL
+        else:
+            found = _OTHER
+        _KINDS[cls] = found
+    return found
+
 
 DEFAULT_TIME_TOLERANCE = timedelta(seconds=5)
 """How much earlier than the latest event before it an event of another
@@ -95,6 +113,7 @@ class InvariantChecker:
         lookup: ReadModelStore | None = None,
     ) -> None:
         self.time_tolerance = time_tolerance
+        self._negative_tolerance = time_tolerance < timedelta(0)
         self._settled = settled
         self._lookup = lookup
         self._ending: list[UUID] = []
@@ -109,8 +128,11 @@ class InvariantChecker:
         self.events = 0
         self._moment: datetime | None = None
         self._last_position = 0
-        self._held: dict[str, Resources] = {}
-        self._naming: dict[str, Counter[str]] = {}
+        # Per pool, what its live allocations hold (cpu, memory, workers) and
+        # how many of them name each MCP server: plain integers, kept as
+        # states change (a long history changes them a million times).
+        self._held: dict[str, list[int]] = {}
+        self._naming: dict[str, dict[str, int]] = {}
         self._preemptions: list[tuple[int, str, str]] = []  # position, victim, by
 
     def feed(self, position: int, event: object) -> None:
@@ -119,21 +141,41 @@ class InvariantChecker:
         moment = getattr(event, "timestamp", None)
         if self._moment is not None and moment != self._moment:
             self._check_balance(self._last_position, "end of unit of work")
-        if self.violation is not None:
-            return
-        self._check_time(position, event)
-        if isinstance(event, Allocation.Event):
-            before = self.batch.allocations.get(event.originator_id)
-            self._check_allocation_event(position, event, before)
-            if self.violation is None:
-                self._fold_allocation(position, event, before)
+            if self.violation is not None:
+                return
+        key = getattr(event, "originator_id", None)
+        if type(moment) is datetime and type(key) is UUID:
+            # Invariant 8 inline (see the module's notes); `_check_time`
+            # words a fault and takes any other kind of moment or id.
+            times = self._times
+            previous = times.get(key)
+            latest = self._latest
+            if (previous is not None and moment < previous) or (
+                latest is not None
+                and (moment < latest[0] or self._negative_tolerance)
+                and latest[0] - moment > self.time_tolerance
+            ):
+                self._check_time(position, event)
+            else:
+                if previous is None or moment > previous:
+                    times[key] = moment
+                if latest is None or moment > latest[0]:
+                    self._latest = (moment, position)
+            self._moment = moment
         else:
-            if isinstance(event, Pool.Event):
-                capacity = self.batch.capacities.get(event.originator_id)
-                self._pools.check(position, event, capacity)
-            if self.violation is None:
-                fold_event(self.batch, event, position, self.models)
-        self._moment = moment if isinstance(moment, datetime) else None
+            self._check_time(position, event)
+            self._moment = moment if isinstance(moment, datetime) else None
+        kind = _KINDS.get(type(event))
+        if kind is None:
+            kind = _kind(type(event))
+        if kind == _ALLOCATION:
+            self._allocation_event(position, cast(Allocation.Event, event))
+        elif kind == _REQUESTED:
+            self._requested(position, cast(Allocation.Requested, event))
+        elif kind == _POOL:
+            self._pool_event(position, cast(Pool.Event, event))
+        elif self.violation is None:
+            fold_event(self.batch, event, position, self.models)
         self._last_position = position
         self.events += 1
 
@@ -142,27 +184,58 @@ class InvariantChecker:
             self._check_balance(self._last_position, "end of log")
         return self.violation
 
-    def _fold_allocation(
-        self, position: int, event: Allocation.Event, before: AllocationView | None
-    ) -> None:
-        """Fold an allocation's event into its row `before` (as `fold_event`
-        does, without looking the row up again), keeping the live totals per
-        pool and noting the allocations that end."""
+    def _requested(self, position: int, event: Allocation.Requested) -> None:
+        """A request starts a row (and counts as live unless it failed)."""
+        if self.violation is not None:
+            return
         key = event.originator_id
-        was_live = before is not None and before.state in _LIVE
-        if isinstance(event, Allocation.Requested):
-            self.allocations += 1
-            view = fold_allocation(None, event)
-            view.sequence = position
-            self.batch.allocations[key] = view
-        elif before is None:  # not held (an audit stops before: invariant 4)
+        before = self.batch.allocations.get(key)
+        self.allocations += 1
+        view = fold_allocation(None, event)
+        view.sequence = position
+        self.batch.allocations[key] = view
+        self._count_live(view, before is not None and before.state in _LIVE)
+
+    def _allocation_event(self, position: int, event: Allocation.Event) -> None:
+        """Invariant 4 (nothing after the end, nothing before the request),
+        preemptions noted, then the event folded into its row in place."""
+        key = event.originator_id
+        before = self.batch.allocations.get(key)
+        if before is None:
+            self._fail(position, type(event).__name__, 4, self._unknown(key))
+            return
+        was = before.state
+        if was in _TERMINAL:
+            self._fail(
+                position,
+                type(event).__name__,
+                4,
+                f"allocation {before.allocation_id} is already {was}",
+            )
+            return
+        if isinstance(event, Allocation.Preempted):
+            self._preemptions.append((position, before.priority, event.by))
+        if self.violation is not None:
+            return
+        fold_allocation(before, event)  # changes `before` in place
+        state = before.state
+        if state is not was:
+            self._count_live(before, was in _LIVE)
+            if state in _TERMINAL:
+                self._ending.append(key)
+
+    def _pool_event(self, position: int, event: Pool.Event) -> None:
+        """The pool's own checks, then the event folded into its row."""
+        capacities = self.batch.capacities
+        key = event.originator_id
+        capacity = capacities.get(key)
+        self._pools.check(position, event, capacity)
+        if self.violation is not None:
+            return
+        if capacity is None:  # not created yet: as the live folds say it
             fold_event(self.batch, event, position, self.models)
-            view = self.batch.allocations[key]
         else:
-            view = fold_allocation(before, event)  # changes `before` in place
-        self._count_live(view, was_live)
-        if view.state in _TERMINAL:
-            self._ending.append(key)
+            capacities[key] = fold_capacity(capacity, event)
 
     def _settle(self) -> None:
         """Hand over and forget the allocations that ended in this unit."""
@@ -230,27 +303,6 @@ class InvariantChecker:
             return f"pool {capacity.pool!r}"
         return f"aggregate {key}"
 
-    def _check_allocation_event(
-        self, position: int, event: Allocation.Event, view: AllocationView | None
-    ) -> None:
-        """Invariant 4 (nothing after the end) for an event of an allocation
-        whose row, before the event, is `view`; notes preemptions."""
-        if isinstance(event, Allocation.Requested):
-            return
-        if view is None:
-            self._fail(
-                position, type(event).__name__, 4, self._unknown(event.originator_id)
-            )
-        elif view.state in _TERMINAL:
-            self._fail(
-                position,
-                type(event).__name__,
-                4,
-                f"allocation {view.allocation_id} is already {view.state}",
-            )
-        if isinstance(event, Allocation.Preempted) and view is not None:
-            self._preemptions.append((position, view.priority, event.by))
-
     # -- across aggregates ---------------------------------------------------
 
     def _count_live(self, view: AllocationView, was_live: bool) -> None:
@@ -260,15 +312,18 @@ class InvariantChecker:
             return
         pool = view.pool
         held = self._held.get(pool)
+        if held is None:
+            held = self._held[pool] = [0, 0, 0]
         naming = self._naming.get(pool)
         if naming is None:
-            naming = self._naming[pool] = Counter()
-        if is_live:
-            self._held[pool] = view.resources if held is None else held + view.resources
-            naming.update(view.servers_requested)
-        else:
-            self._held[pool] = (Resources() if held is None else held) - view.resources
-            naming.subtract(view.servers_requested)
+            naming = self._naming[pool] = {}
+        resources = view.resources
+        step = 1 if is_live else -1
+        held[0] += step * resources.cpu_millicores
+        held[1] += step * resources.memory_mib
+        held[2] += step * resources.workers
+        for name in view.servers_requested:
+            naming[name] = naming.get(name, 0) + step
 
     def _check_preemptions(self) -> None:
         """Only strictly lower priorities are preempted (checked once the
@@ -298,32 +353,45 @@ class InvariantChecker:
     def _check_totals(self, position: int, where: str) -> None:
         held = self._held
         naming = self._naming
+        pools = self._pools
         for key, capacity in self.batch.capacities.items():
-            live = held.get(capacity.pool, _NOTHING)
-            instances = self._pools.instance_costs(key)
-            if capacity.reserved != live + instances:
+            cpu, memory, workers = held.get(capacity.pool, _NONE_HELD)
+            instances = pools.instance_amounts(key)
+            if instances is not None:
+                cpu += instances[0]
+                memory += instances[1]
+                workers += instances[2]
+            reserved = capacity.reserved
+            if (
+                reserved.cpu_millicores != cpu
+                or reserved.memory_mib != memory
+                or reserved.workers != workers
+            ):
+                live = Resources(*held.get(capacity.pool, _NONE_HELD))
                 self._fail(
                     position,
                     where,
                     1,
                     f"pool {capacity.pool!r} reserves {capacity.reserved} but its "
                     f"live allocations hold {live} and its running MCP server "
-                    f"instances {instances}",
+                    f"instances {pools.instance_costs(key)}",
                 )
                 return
             counts = naming.get(capacity.pool, _NO_NAMES)
             for server in capacity.servers.values():
-                if server.references != counts[server.name]:
+                count = counts.get(server.name, 0)
+                if server.references != count:
                     self._fail(
                         position,
                         where,
                         3,
                         f"MCP server {server.name!r} in pool {capacity.pool!r} has "
-                        f"{server.references} references but {counts[server.name]} "
+                        f"{server.references} references but {count} "
                         "live allocations name it",
                     )
                     return
-            missing = {n for n, c in counts.items() if c > 0} - set(capacity.servers)
+            servers = capacity.servers
+            missing = {n for n, c in counts.items() if c > 0 and n not in servers}
             if missing:
                 self._fail(
                     position,

@@ -11,7 +11,9 @@ The figures are worked out by hand from the script in `scripted`:
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from allocation_ledger.adapters.charts.timeline import collect
 from allocation_ledger.adapters.charts.timeline_chart import render_chart
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.allocation_ids import allocation_uuid
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.pool import Pool, pool_uuid
 from allocation_ledger.domain.values import AllocationRequest, Dimension
@@ -227,3 +230,73 @@ def test_timeline_marks_expiries_and_rejections(scripted: Script) -> None:
     assert "lease ran out" in svg
     png = render_chart(timeline, fmt="png")
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _rewrite_stored_row(
+    service: AllocationService, allocation_id: str, text: str | None
+) -> None:
+    """Replace (or, with None, delete) an allocation's stored listing row
+    behind the read models' back; only stores that keep rows as text."""
+    store: Any = service.store
+    if not hasattr(store, "allocation_documents"):
+        pytest.skip("the store keeps no row documents")
+    key = allocation_uuid(allocation_id).hex
+    with store.dialect.transaction(write=True) as cursor:
+        if text is None:
+            cursor.execute(
+                store.dialect.sql(
+                    "DELETE FROM ledger_allocation_view WHERE aggregate_id = ?"
+                ),
+                [key],
+            )
+        else:
+            cursor.execute(
+                store.dialect.sql(
+                    "UPDATE ledger_allocation_view SET doc = ? WHERE aggregate_id = ?"
+                ),
+                [text, key],
+            )
+
+
+def _stored_document(service: AllocationService, allocation_id: str) -> Any:
+    key = allocation_uuid(allocation_id)
+    return dict(service.store.allocation_documents([key])[key])  # type: ignore[attr-defined]
+
+
+def test_verify_reports_a_stored_row_that_differs_from_the_replay(
+    scripted: Script,
+) -> None:
+    scripted.service.read_models.catch_up()
+    if not hasattr(scripted.service.store, "allocation_documents"):
+        pytest.skip("the store keeps no row documents")
+    document = _stored_document(scripted.service, scripted.job_a)
+    document["renewals"] = 7
+    _rewrite_stored_row(scripted.service, scripted.job_a, json.dumps(document))
+
+    report = audit.verify(scripted.service)
+    assert report.violation is None
+    assert report.mismatches == [
+        f"allocation {scripted.job_a} differs in read model"
+    ], report.as_dict()
+
+
+def test_verify_reports_a_stored_row_that_is_missing(scripted: Script) -> None:
+    scripted.service.read_models.catch_up()
+    _rewrite_stored_row(scripted.service, scripted.job_b, None)
+
+    report = audit.verify(scripted.service)
+    assert report.mismatches == [f"allocation {scripted.job_b} is not in read model"]
+
+
+def test_verify_takes_a_row_spelled_otherwise_as_the_same_row(
+    scripted: Script,
+) -> None:
+    scripted.service.read_models.catch_up()
+    if not hasattr(scripted.service.store, "allocation_documents"):
+        pytest.skip("the store keeps no row documents")
+    document = _stored_document(scripted.service, scripted.job_c)
+    respelled = json.dumps(dict(reversed(document.items())), indent=2)
+    _rewrite_stored_row(scripted.service, scripted.job_c, respelled)
+
+    report = audit.verify(scripted.service)
+    assert report.clean, report.as_dict()

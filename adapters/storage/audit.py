@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from allocation_ledger.adapters.storage.row_comparison import RowComparison
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.allocation import Allocation
 from allocation_ledger.domain.allocation_ids import allocation_uuid, is_allocation_id
@@ -17,9 +18,13 @@ from allocation_ledger.domain.pool import DEFAULT_POOL, Pool
 from allocation_ledger.domain.server_process import server_process_uuid
 from allocation_ledger.domain.values import LIVE_STATES
 from allocation_ledger.projections.catchup import Progress, collector_paused
-from allocation_ledger.projections.codec import allocation_to_dict, capacity_to_dict
-from allocation_ledger.projections.history import HistoryEntry, describe
-from allocation_ledger.projections.replay import logged_events, replay
+from allocation_ledger.projections.codec import capacity_to_dict
+from allocation_ledger.projections.history import (
+    HistoryEntry,
+    describe,
+    describe_record,
+)
+from allocation_ledger.projections.replay import logged_batches, logged_events, replay
 from allocation_ledger.projections.usage import UsageQuery, UsageRow
 from allocation_ledger.projections.verify import (
     DEFAULT_TIME_TOLERANCE,
@@ -148,25 +153,29 @@ def verify(
     """
     started = time.perf_counter()
     end = service.projector.catch_up()
-    comparison = _RowComparison(service)
+    comparison = RowComparison(service.store)
     checker = InvariantChecker(
         time_tolerance=time_tolerance,
         settled=comparison.add,
         lookup=service.store,
     )
     pools: dict[UUID, Pool | None] = {}  # None: not foldable here
+    decode = service.projector.decode
+    feed = checker.feed
+    pool_event = Pool.Event
     with collector_paused():
-        for position, event in logged_events(
-            service.projector.log,
-            service.projector.decode,
-            until=end,
-            progress=progress,
+        for notifications in logged_batches(
+            service.projector.log, until=end, progress=progress
         ):
-            checker.feed(position, event)
+            for notification in notifications:
+                event = decode(notification)
+                feed(notification.id, event)
+                if checker.violation is not None:
+                    break
+                if isinstance(event, pool_event):
+                    _fold_pool(pools, event)
             if checker.violation is not None:
                 break
-            if isinstance(event, Pool.Event):
-                _fold_pool(pools, event)
         violation = checker.finish()
     report = VerifyReport(
         events=checker.events,
@@ -185,71 +194,23 @@ def verify(
     return report
 
 
+_UNSEEN: Any = object()  # a pool not met yet in the log
+
+
 def _fold_pool(pools: dict[UUID, Pool | None], event: Pool.Event) -> None:
     """Apply a pool's event to the pool as its events make it. A pool whose
     events its own code refuses is left to the ledger's read at the end,
     which reports that in its own words."""
     key = event.originator_id
-    if key in pools and pools[key] is None:
+    pool = pools.get(key, _UNSEEN)
+    if pool is None:
         return
     try:
-        mutated = event.mutate(pools.get(key))
+        mutated = event.mutate(None if pool is _UNSEEN else pool)
     except Exception:  # noqa: BLE001 - any refusal: the ledger's read says it
         mutated = None
-    pools[key] = mutated if isinstance(mutated, Pool) else None
-
-
-class _RowComparison:
-    """Compares replayed allocation rows with the stored ones, 500 at a time.
-
-    A stored row is read as its JSON document where the store offers that
-    (`allocation_documents`) and compared with the replayed row's; only when
-    they differ is it read as a row too, so that two spellings of one row
-    (a document written by an older version) are not called a difference.
-    """
-
-    CHUNK = 500
-
-    def __init__(self, service: AllocationService) -> None:
-        self._store = service.store
-        self._documents: Callable[[Collection[UUID]], dict[UUID, Any]] | None = getattr(
-            service.store, "allocation_documents", None
-        )
-        self._pending: list[tuple[UUID, AllocationView]] = []
-        self.mismatches: list[str] = []
-
-    def add(self, key: UUID, view: AllocationView) -> None:
-        self._pending.append((key, view))
-        if len(self._pending) >= self.CHUNK:
-            self._compare()
-
-    def finish(self) -> list[str]:
-        self._compare()
-        return self.mismatches
-
-    def _compare(self) -> None:
-        chunk, self._pending = self._pending, []
-        if not chunk:
-            return
-        keys = [key for key, _ in chunk]
-        documents = {} if self._documents is None else self._documents(keys)
-        differing: list[tuple[UUID, AllocationView]] = []
-        for key, view in chunk:
-            if documents.get(key) != allocation_to_dict(view):
-                differing.append((key, view))
-        if not differing:
-            return
-        stored_rows = self._store.allocations([key for key, _ in differing])
-        for key, view in differing:
-            stored = stored_rows.get(key)
-            if stored is None:
-                self.mismatches.append(
-                    f"allocation {view.allocation_id} is not in read model"
-                )
-            elif allocation_to_dict(stored) != allocation_to_dict(view):
-                self.mismatches.append(
-                    f"allocation {view.allocation_id} differs in read model"
-                )
+    if mutated is not pool:  # a new pool, or a refusal (the same one: no change)
+        pools[key] = mutated if isinstance(mutated, Pool) else None
 
 
 def _compare_pools(
@@ -336,6 +297,7 @@ def export_events(
     models. Streams: memory does not grow with the history.
     """
     names: dict[Any, str] = {}
+    ids: dict[UUID, str] = {}  # aggregate ids as text (str of a UUID is slow)
     service.read_models.catch_up()
     with collector_paused():
         for position, event in logged_events(
@@ -344,7 +306,15 @@ def export_events(
             after=since,
             progress=progress,
         ):
-            record = describe(event, position).as_dict()
+            uuid = getattr(event, "originator_id", None)
+            text = None
+            if type(uuid) is UUID:
+                text = ids.get(uuid)
+                if text is None:
+                    if len(ids) >= EXPORT_NAMES:
+                        ids.clear()
+                    text = ids[uuid] = str(uuid)
+            record = describe_record(event, position, text)
             key = record["aggregate"]
             if key in ("allocation", "pool"):
                 record["name"] = _public_name(service, names, event, key)

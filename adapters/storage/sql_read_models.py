@@ -149,15 +149,27 @@ class SQLReadModels:
         what an audit compares, without making rows of them."""
         return self._documents("ledger_allocation_view", ids)
 
+    def allocation_texts(self, ids: Collection[UUID]) -> dict[UUID, str]:
+        """The stored JSON text of these allocations' rows, as written
+        (`encode_document` of `allocation_to_dict`), not parsed: an audit
+        encodes its own row the same way and compares the texts."""
+        return self._texts("ledger_allocation_view", ids)
+
     def capacities(self, ids: Collection[UUID]) -> dict[UUID, CapacityView]:
         docs = self._documents("ledger_capacity_view", ids)
         return {key: capacity_from_dict(doc) for key, doc in docs.items()}
 
     def _documents(self, table: str, ids: Collection[UUID]) -> dict[UUID, Any]:
         """The JSON documents of these aggregates' rows in a read-model table."""
+        texts = self._texts(table, ids)
+        return {key: decode_document(text) for key, text in texts.items()}
+
+    def _texts(self, table: str, ids: Collection[UUID]) -> dict[UUID, str]:
+        """The JSON text of these aggregates' rows in a read-model table."""
         if not ids:
             return {}
-        keys = [i.hex for i in ids]
+        by_key = {i.hex: i for i in ids}
+        keys = list(by_key)
         marks = ", ".join("?" for _ in keys)
         with self.dialect.transaction(write=False) as cursor:
             cursor.execute(
@@ -168,7 +180,8 @@ class SQLReadModels:
                 keys,
             )
             rows = cursor.fetchall()
-        return {UUID(row[0]): decode_document(row[1]) for row in rows}
+        # The caller's ids, not new UUIDs made from the stored keys.
+        return {by_key.get(row[0]) or UUID(row[0]): row[1] for row in rows}
 
     def commit(
         self,
