@@ -476,6 +476,31 @@ def test_export_names_its_ledger_on_stderr(written: Written, tmp_path: Path) -> 
     )
 
 
+def test_tables_name_their_ledger_in_their_last_line(
+    written: Written, tmp_path: Path
+) -> None:
+    """history and capacity --at printed their tables and never said which
+    ledger they read (status says so first, the others last)."""
+    last = f"ledger: sqlite {written.database}, read-only"
+    for arguments in (
+        ("history", written.released),
+        ("history", written.refused),
+        ("capacity", "--at", (START + timedelta(seconds=70)).isoformat()),
+        ("usage",),
+    ):
+        shown = run_cli(*arguments, "--database", str(written.database), cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[-1] == last, arguments
+    deep = tmp_path / ("a-directory-with-a-long-name-" * 4) / "ledger.db"
+    deep.parent.mkdir()
+    shutil.copyfile(written.database, deep)
+    shown = run_cli(
+        "capacity", "--at", START.isoformat(), "--database", str(deep), cwd=tmp_path
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1] == f"ledger: sqlite {deep}, read-only"
+
+
 def test_demo_then_status_on_the_configured_file(tmp_path: Path) -> None:
     """The demo requests, lists and releases on the file; status shows the result.
 

@@ -21,7 +21,12 @@ from rich.table import Table
 
 from allocation_ledger.adapters.cli import report_commands
 from allocation_ledger.adapters.cli.console import capacity_summary_table
-from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
+from allocation_ledger.adapters.cli.output import (
+    ledger_line,
+    print_json,
+    print_ledger_line,
+    progress_bar,
+)
 from allocation_ledger.adapters.mcp.schemas.capacity import capacity_result
 from allocation_ledger.adapters.mcp.schemas.history import history_result
 from allocation_ledger.adapters.mcp.schemas.units import amounts, representable
@@ -209,6 +214,7 @@ def _history(
             _changes(event["changes"]),
         )
     console.print(table)
+    print_ledger_line(console, service)
     return 0
 
 
@@ -244,6 +250,7 @@ def _server_history(
             _changes(entry.changes),
         )
     console.print(table)
+    print_ledger_line(console, service)
     return 0
 
 
@@ -316,6 +323,7 @@ def _capacity(
             server["status"],
         )
     console.print(servers)
+    print_ledger_line(console, service)
     return 0
 
 
