@@ -501,6 +501,32 @@ def test_tables_name_their_ledger_in_their_last_line(
     assert shown.stdout.splitlines()[-1] == f"ledger: sqlite {deep}, read-only"
 
 
+def test_a_malformed_allocation_id_is_a_usage_error_an_unknown_one_not_found(
+    written: Written, tmp_path: Path
+) -> None:
+    """`history nope` said "allocation 'nope' not found", as if such an id
+    could exist; the MCP tool says the id has the wrong shape."""
+    database = ("--database", str(written.database))
+    for malformed in (
+        "nope",
+        "alloc-0123456789AB",
+        "alloc-0123456789a",
+        "0123456789ab",
+    ):
+        refused = run_cli("history", malformed, *database, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stdout == ""
+        assert refused.stderr.splitlines()[-1] == (
+            "allocation-ledger history: error: argument ALLOCATION_ID: "
+            f"{malformed!r} is not an allocation id: one is 'alloc-' followed by "
+            "12 lowercase hex digits (0-9, a-f), such as alloc-6cb23e46b979"
+        )
+    unknown = run_cli("history", "alloc-0123456789ab", *database, cwd=tmp_path)
+    assert one_line_error(unknown, 1) == (
+        "allocation-ledger: allocation 'alloc-0123456789ab' not found"
+    )
+
+
 def test_demo_then_status_on_the_configured_file(tmp_path: Path) -> None:
     """The demo requests, lists and releases on the file; status shows the result.
 
