@@ -1,7 +1,10 @@
 """Every relative link in README.md and docs/*.md reaches a file, and every
-#anchor a heading of it (GitHub's heading slugs)."""
+#anchor a heading of it (GitHub's heading slugs); the README's Python
+example fits the README's example catalog."""
 
+import ast
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +54,17 @@ def test_every_relative_link_and_anchor_in_the_docs_resolves() -> None:
             ):
                 broken.append(f"{where} (no such heading)")
     assert broken == []
+
+
+def test_the_readme_python_example_asks_for_a_server_of_the_example_catalog() -> None:
+    """It asked for "github", which examples/ledger.toml (the README's
+    catalog) does not name, and printed the result without checking it, so
+    it printed None. (It was run against `serve` with that catalog.)"""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    example = next(b for b in blocks if "request_resources" in b)
+    ast.parse(example)
+    catalog = tomllib.loads((ROOT / "examples" / "ledger.toml").read_text())
+    for servers in re.findall(r'"mcp_servers": (\[[^]]*\])', example):
+        assert set(ast.literal_eval(servers)) <= set(catalog["mcp_servers"])
+    assert "if result.is_error:" in example
