@@ -369,6 +369,7 @@ def _verify(
             console.print(f"[red]{report.violation}[/red]")
         for mismatch in report.mismatches:
             console.print(f"[red]mismatch:[/red] {mismatch}")
+        print_ledger_line(console, service)
     return 0 if report.clean else 1
 
 
