@@ -1,6 +1,8 @@
 """Writes a day-like history on a SQLite file, on a simulated clock.
 
-Used to produce the examples in docs/operations.md:
+The same file every run: the clock is simulated, the choices come from a
+seeded generator and so do the allocation ids (not random ones), so the
+examples in docs/operations.md, made with it, can be run again as shown:
 
     .venv/bin/python scripts/demo-history.py /tmp/history.db
     ALLOCATION_LEDGER_DATABASE=/tmp/history.db .venv/bin/allocation-ledger usage
@@ -27,7 +29,12 @@ SERVERS = ("filesystem", "github", "search", "browser")
 def main(path: str) -> None:
     Path(path).unlink(missing_ok=True)
     clock = ManualClock(datetime(2026, 11, 26, 8, 0, tzinfo=UTC))
-    service = open_service(Settings(store="sqlite", database=Path(path)), clock=clock)
+    ids = random.Random(26)
+    service = open_service(
+        Settings(store="sqlite", database=Path(path)),
+        clock=clock,
+        new_allocation_id=lambda: f"alloc-{ids.getrandbits(48):012x}",
+    )
     ledger = service.ledger
     rng = random.Random(7)
     live: list[str] = []

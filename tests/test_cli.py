@@ -476,6 +476,57 @@ def test_export_names_its_ledger_on_stderr(written: Written, tmp_path: Path) -> 
     )
 
 
+def test_tables_name_their_ledger_in_their_last_line(
+    written: Written, tmp_path: Path
+) -> None:
+    """history and capacity --at printed their tables and never said which
+    ledger they read (status says so first, the others last)."""
+    last = f"ledger: sqlite {written.database}, read-only"
+    for arguments in (
+        ("history", written.released),
+        ("history", written.refused),
+        ("capacity", "--at", (START + timedelta(seconds=70)).isoformat()),
+        ("usage",),
+    ):
+        shown = run_cli(*arguments, "--database", str(written.database), cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[-1] == last, arguments
+    deep = tmp_path / ("a-directory-with-a-long-name-" * 4) / "ledger.db"
+    deep.parent.mkdir()
+    shutil.copyfile(written.database, deep)
+    shown = run_cli(
+        "capacity", "--at", START.isoformat(), "--database", str(deep), cwd=tmp_path
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1] == f"ledger: sqlite {deep}, read-only"
+
+
+def test_a_malformed_allocation_id_is_a_usage_error_an_unknown_one_not_found(
+    written: Written, tmp_path: Path
+) -> None:
+    """`history nope` said "allocation 'nope' not found", as if such an id
+    could exist; the MCP tool says the id has the wrong shape."""
+    database = ("--database", str(written.database))
+    for malformed in (
+        "nope",
+        "alloc-0123456789AB",
+        "alloc-0123456789a",
+        "0123456789ab",
+    ):
+        refused = run_cli("history", malformed, *database, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stdout == ""
+        assert refused.stderr.splitlines()[-1] == (
+            "allocation-ledger history: error: argument ALLOCATION_ID: "
+            f"{malformed!r} is not an allocation id: one is 'alloc-' followed by "
+            "12 lowercase hex digits (0-9, a-f), such as alloc-6cb23e46b979"
+        )
+    unknown = run_cli("history", "alloc-0123456789ab", *database, cwd=tmp_path)
+    assert one_line_error(unknown, 1) == (
+        "allocation-ledger: allocation 'alloc-0123456789ab' not found"
+    )
+
+
 def test_demo_then_status_on_the_configured_file(tmp_path: Path) -> None:
     """The demo requests, lists and releases on the file; status shows the result.
 

@@ -38,6 +38,8 @@ def test_a_server_that_ran_shows_each_event_of_its_processes(tmp_path: Path) -> 
     assert shown.returncode == 0, shown.stderr
     for event in ("Started", "HealthPassed", "Stopped"):
         assert event in shown.stdout
+    database = tmp_path / "allocation-ledger.db"
+    assert shown.stdout.splitlines()[-1] == f"ledger: sqlite {database}, read-only"
     answer = json.loads(
         run_cli("history", "--server", "time", "--json", cwd=tmp_path).stdout
     )

@@ -324,3 +324,9 @@ def test_the_verify_command_reports_time_running_back(
     report = json.loads(capfd.readouterr().out)
     assert report["violation"]["position"] == position
     assert report["violation"]["invariant"] == 8
+    # The table form says which ledger it read in its last line, as a clean
+    # verify does (a broken one named none).
+    assert main(["verify"]) == 1
+    lines = capfd.readouterr().out.splitlines()
+    assert lines[0].startswith(f"invariant 8 broken at position {position} ")
+    assert lines[-1] == f"ledger: sqlite {database}, read-only"

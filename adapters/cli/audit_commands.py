@@ -21,7 +21,12 @@ from rich.table import Table
 
 from allocation_ledger.adapters.cli import report_commands
 from allocation_ledger.adapters.cli.console import capacity_summary_table
-from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
+from allocation_ledger.adapters.cli.output import (
+    ledger_line,
+    print_json,
+    print_ledger_line,
+    progress_bar,
+)
 from allocation_ledger.adapters.mcp.schemas.capacity import capacity_result
 from allocation_ledger.adapters.mcp.schemas.history import history_result
 from allocation_ledger.adapters.mcp.schemas.units import amounts, representable
@@ -66,6 +71,19 @@ def server_name(text: str) -> str:
     return text
 
 
+def allocation_id(text: str) -> str:
+    """An allocation's public id, `alloc-` and 12 lowercase hex digits, as
+    the MCP tools check it: a malformed one is a usage error, not an
+    allocation that was not found."""
+    if not is_allocation_id(text):
+        msg = (
+            f"{text!r} is not an allocation id: one is 'alloc-' followed by 12 "
+            "lowercase hex digits (0-9, a-f), such as alloc-6cb23e46b979"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 MAX_TIME_TOLERANCE_SECONDS = 366 * 24 * 3600
 """The most --time-tolerance takes: far past any clock's drift (more would
 overflow the replay's time arithmetic, and tolerate nothing more)."""
@@ -103,7 +121,13 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     history = command(
         "history", help="every event of an allocation, or of an MCP server's processes"
     )
-    history.add_argument("allocation_id", nargs="?")
+    history.add_argument(
+        "allocation_id",
+        nargs="?",
+        type=allocation_id,
+        metavar="ALLOCATION_ID",
+        help="alloc- and 12 hex digits (or give --server NAME)",
+    )
     history.add_argument(
         "--server",
         metavar="NAME",
@@ -181,11 +205,10 @@ def _history(
     if args.server is not None:
         return _server_history(args, service, console)
     events: list[Allocation.Event] = []
-    if is_allocation_id(args.allocation_id):
-        store = service.ledger.repository.event_store
-        for event in store.get(allocation_uuid(args.allocation_id)):
-            if isinstance(event, Allocation.Event):
-                events.append(event)
+    store = service.ledger.repository.event_store
+    for event in store.get(allocation_uuid(args.allocation_id)):
+        if isinstance(event, Allocation.Event):
+            events.append(event)
     if not events:
         raise AllocationNotFoundError(args.allocation_id)
     # What get_allocation_history answers (cpu in cores, memory in MB).
@@ -209,6 +232,7 @@ def _history(
             _changes(event["changes"]),
         )
     console.print(table)
+    print_ledger_line(console, service)
     return 0
 
 
@@ -244,6 +268,7 @@ def _server_history(
             _changes(entry.changes),
         )
     console.print(table)
+    print_ledger_line(console, service)
     return 0
 
 
@@ -316,6 +341,7 @@ def _capacity(
             server["status"],
         )
     console.print(servers)
+    print_ledger_line(console, service)
     return 0
 
 
@@ -343,6 +369,7 @@ def _verify(
             console.print(f"[red]{report.violation}[/red]")
         for mismatch in report.mismatches:
             console.print(f"[red]mismatch:[/red] {mismatch}")
+        print_ledger_line(console, service)
     return 0 if report.clean else 1
 
 

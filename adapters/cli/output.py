@@ -29,6 +29,12 @@ def ledger_line(service: AllocationService) -> str:
     return f"{described['store']} {described['location']}{mode}"
 
 
+def print_ledger_line(console: Console, service: AllocationService) -> None:
+    """The last line of a command's tables: `ledger: sqlite /path, read-only`,
+    whole on one line (a table's caption would be wrapped to its width)."""
+    console.print(f"ledger: {ledger_line(service)}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def progress_bar(label: str, enabled: bool = True) -> Iterator[ProgressCallback]:
     """A progress bar on stderr, fed with (position, last position); nothing

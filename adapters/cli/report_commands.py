@@ -25,7 +25,12 @@ from allocation_ledger.adapters.charts.timeline_chart import (
     render_chart,
 )
 from allocation_ledger.adapters.cli.console import fail
-from allocation_ledger.adapters.cli.output import ledger_line, print_json, progress_bar
+from allocation_ledger.adapters.cli.output import (
+    ledger_line,
+    print_json,
+    print_ledger_line,
+    progress_bar,
+)
 from allocation_ledger.adapters.mcp.schemas.units import MAX_LOG_POSITION
 from allocation_ledger.adapters.mcp.schemas.usage import UsageResult, UsageRowResult
 from allocation_ledger.adapters.storage import audit
@@ -196,7 +201,7 @@ def usage(
         )
         print_json(service, result.model_dump(mode="json"))
         return 0
-    table = Table(title="Usage", caption=f"ledger: {ledger_line(service)}")
+    table = Table(title="Usage")
     for column in (
         "job",
         "pool",
@@ -218,6 +223,7 @@ def usage(
             ", ".join(f"{k} {v}" for k, v in sorted(row.allocations.items())),
         )
     console.print(table)
+    print_ledger_line(console, service)
     return 0
 
 

@@ -50,8 +50,8 @@ QuotaTenantArg = Annotated[
         pattern=TENANT_PATTERN.pattern,
         description=(
             "The tenant, e.g. 'team-a' or a token subject such as 'agent-7': 1-128 "
-            "letters, digits, '.', '_', ':', '@' or '-', starting with a letter or "
-            "digit."
+            "letters, digits, '.', '_', ':', '@', '/' or '-', starting with a letter "
+            "or digit."
         ),
     ),
 ]
