@@ -1,0 +1,124 @@
+"""A release that comes after the lease ran out: the allocation is expired,
+as the sweeper would have expired it, so what a job is billed for never
+depends on whether the sweeper or the release came first (docs/tools.md,
+release_resources)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.clock import ManualClock
+from allocation_ledger.domain.values import AllocationRequest, AllocationState
+from tests.ledger_support import OpenService, RecordingProvisioner, last_position
+from tests.mcp_support import call
+from tests.test_tenancy import TeardownLater
+
+TTL = 60
+
+
+async def held(client: Client, job_id: str) -> str:
+    made = await call(
+        client,
+        "request_resources",
+        job_id=job_id,
+        mcp_servers=[],
+        workers=2,
+        ttl_seconds=TTL,
+    )
+    return str(made["allocation_id"])
+
+
+async def usage_of(client: Client, job_id: str) -> dict[str, Any]:
+    found = await call(client, "get_usage", job_id=job_id)
+    [row] = found["usage"]
+    return dict(row)
+
+
+@pytest.mark.anyio
+async def test_a_release_after_the_lease_ran_out_bills_what_a_sweep_bills(
+    client: Client, clock: ManualClock
+) -> None:
+    swept = await held(client, "swept")
+    released = await held(client, "released-late")
+    clock.advance(250)  # the lease ended at 60 s; no sweep has run since
+
+    answer = await call(client, "release_resources", allocation_id=released)
+    await call(client, "cleanup_expired")
+
+    assert answer["status"] == "already_released"
+    assert answer["state"] == "expired"
+    assert answer["duration_seconds"] is None
+    assert answer["workers_released"] == 0
+    assert "lease ran out at 2026-01-01T00:01:00+00:00" in answer["message"]
+    assert "it is expired" in answer["message"]
+    late = await usage_of(client, "released-late")
+    sweep = await usage_of(client, "swept")
+    assert late["worker_seconds"] == sweep["worker_seconds"] == 2 * TTL
+    assert late["allocations"] == {"expired": 1}
+    swept_now = await call(client, "get_allocation", allocation_id=swept)
+    assert swept_now["state"] == "expired"
+    shown = await call(client, "get_allocation", allocation_id=released)
+    assert shown["state"] == "expired"
+    history = await call(client, "get_allocation_history", allocation_id=released)
+    last = history["events"][-1]
+    assert (last["event"], last["actor"]) == ("expired", "system:sweeper")
+    capacity = await call(client, "get_capacity")
+    assert capacity["allocated_workers"] == 0
+    again = await call(client, "release_resources", allocation_id=released)
+    assert again["status"] == "already_released"
+
+
+@pytest.mark.anyio
+async def test_at_the_exact_end_of_its_lease_a_release_expires_it_as_renew_does(
+    client: Client, clock: ManualClock
+) -> None:
+    ending = await held(client, "ends-now")
+    renewing = await held(client, "renews-now")
+    clock.advance(TTL)
+
+    renewed = await client.call_tool("renew_allocation", {"allocation_id": renewing})
+    released = await call(client, "release_resources", allocation_id=ending)
+
+    assert renewed.is_error
+    assert (released["status"], released["state"]) == ("already_released", "expired")
+
+
+@pytest.mark.anyio
+async def test_a_microsecond_before_the_end_a_release_is_a_release(
+    client: Client, clock: ManualClock
+) -> None:
+    allocation_id = await held(client, "just-in-time")
+    clock.advance(TTL - 0.000001)
+
+    released = await call(client, "release_resources", allocation_id=allocation_id)
+
+    assert (released["status"], released["state"]) == ("released", "released")
+    assert released["workers_released"] == 2
+    assert released["duration_seconds"] == pytest.approx(TTL - 0.000001)
+
+
+@pytest.mark.parametrize("instant", [True, False], ids=["instant", "teardown-later"])
+def test_the_ledger_expires_an_overdue_lease_and_tears_it_down_once(
+    open_ledger_service: OpenService, manual_clock: ManualClock, instant: bool
+) -> None:
+    provisioner = RecordingProvisioner() if instant else TeardownLater()
+    service: AllocationService = open_ledger_service(provisioner=provisioner)
+    ledger = service.ledger
+    made = ledger.request(AllocationRequest("late", workers=1, ttl_seconds=TTL))
+    allocation_id = made.allocation.allocation_id
+    manual_clock.advance(TTL + 5)
+
+    outcome = ledger.release(allocation_id)
+    after = last_position(ledger)
+
+    assert outcome.result.status == "already_released"
+    assert outcome.allocation.state is AllocationState.EXPIRED
+    assert provisioner.deprovisioned == [allocation_id]
+    assert ledger.allocation(allocation_id).state is AllocationState.EXPIRED
+    assert ledger.release(allocation_id).result.status == "already_released"
+    assert last_position(ledger) == after  # the second release wrote nothing
+    assert provisioner.deprovisioned == [allocation_id]
