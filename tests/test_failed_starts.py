@@ -7,6 +7,7 @@ Every process a test starts is killed when it ends (tests/process_support.py).""
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -19,6 +20,7 @@ from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from tests.process_support import (
     MARK,
     POOL,
+    POOL_MCP_FIRST,
     TEST_SERVER,
     kinds,
     marked_processes,
@@ -200,4 +202,30 @@ def test_a_server_on_another_path_than_the_catalogs_is_told_apart_from_silence(
 
     error = service.ledger.allocation(result.allocation.allocation_id).error or ""
     assert "it answered, but not as an MCP server: MCPError: Not Found" in error
+    assert marked_processes(mark) == []
+
+
+def test_a_server_on_a_port_another_program_holds_names_the_fix(
+    open_ledger: OpenLedger, mark: str
+) -> None:
+    command = [*TEST_SERVER, "--transport", "http", "--port", "{port}"]
+    service = open_ledger({"echo": {"command": command, "transport": "http"}})
+    before = service.ledger.pool(POOL).reservations
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", POOL_MCP_FIRST))
+        squatter.listen(1)
+        result = service.ledger.request(
+            AllocationRequest(job_id="squatted", servers=("echo",)), pool=POOL
+        )
+
+    allocation = service.ledger.allocation(result.allocation.allocation_id)
+    assert allocation.state is AllocationState.FAILED
+    assert (
+        f"port {POOL_MCP_FIRST} on 127.0.0.1 is already in use by another program "
+        "(not a process of this ledger): stop that program, or give pool 'procs' "
+        "ports nothing else uses (mcp_ports = [FIRST, LAST] in [pools.procs] of "
+        'the catalog; docs/provisioning.md, "Port ranges")'
+    ) in (allocation.error or "")
+    assert service.ledger.pool(POOL).reservations == before
     assert marked_processes(mark) == []

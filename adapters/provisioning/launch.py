@@ -36,6 +36,17 @@ CONNECTION_ERRORS = ("ConnectError", "ConnectTimeout", "RemoteProtocolError")
 """How a check starts that never reached the server's answer (httpx's names)."""
 
 
+def port_taken(port: int, host: str, pool: str, ports_key: str) -> str:
+    """Why a start failed on a port another program holds, and the fix: the
+    pool gives the port out again until that program lets it go."""
+    return (
+        f"port {port} on {host} is already in use by another program (not a "
+        f"process of this ledger): stop that program, or give pool {pool!r} "
+        f"ports nothing else uses ({ports_key} = [FIRST, LAST] in "
+        f'[pools.{pool}] of the catalog; docs/provisioning.md, "Port ranges")'
+    )
+
+
 class ProcessLaunch:
     """One start of `argv`, its output appended to `log_path`: the process,
     what identifies it, and (`exit`) how it ended, once it did."""
@@ -117,7 +128,7 @@ class ServerLaunch(ProcessLaunch):
     def spawn(self, environ: Mapping[str, str] = os.environ) -> subprocess.Popen[bytes]:
         """Start the process (spec.env over `environ`) once the port is free."""
         if not control.port_is_free(self.host, self.port):
-            self._fail(f"port {self.port} on {self.host} is already in use")
+            self._fail(port_taken(self.port, self.host, self.pool, "mcp_ports"))
         env = dict(environ) | dict(self.spec.env)
         try:
             process = self.spawn_with(
