@@ -1,20 +1,25 @@
 """A release that comes after the lease ran out: the allocation is expired,
 as the sweeper would have expired it, so what a job is billed for never
 depends on whether the sweeper or the release came first (docs/tools.md,
-release_resources)."""
+release_resources). And a lease counts from activation: a pending allocation
+whose provisioning outlasts its ttl is not expired meanwhile
+(docs/provisioning.md, "What the slow path keeps")."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from mcp import Client
 
+from allocation_ledger.adapters.storage.audit import verify
 from allocation_ledger.adapters.storage.service import AllocationService
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from tests.ledger_support import OpenService, RecordingProvisioner, last_position
 from tests.mcp_support import call
+from tests.test_server_process import GatedProvisioner, start_request
 from tests.test_tenancy import TeardownLater
 
 TTL = 60
@@ -122,3 +127,55 @@ def test_the_ledger_expires_an_overdue_lease_and_tears_it_down_once(
     assert ledger.release(allocation_id).result.status == "already_released"
     assert last_position(ledger) == after  # the second release wrote nothing
     assert provisioner.deprovisioned == [allocation_id]
+
+
+# -- a lease counts from activation, however long provisioning takes -----------
+
+
+def test_a_start_slower_than_the_lease_is_neither_expired_nor_released_early(
+    open_ledger_service: OpenService, manual_clock: ManualClock
+) -> None:
+    gate = GatedProvisioner()
+    service = open_ledger_service(provisioner=gate)
+    ledger = service.ledger
+    thread, answers, allocation_id = start_request(service, "time", ttl_seconds=TTL)
+    assert gate.entered.wait(10)
+    manual_clock.advance(TTL + 30)  # the server takes 90 s to answer
+
+    swept = ledger.expire_due()
+    pending = ledger.allocation(allocation_id)
+    gate.go.set()
+    thread.join(10)
+
+    assert swept.expired == ()
+    assert pending.state is AllocationState.PENDING
+    activated = answers["result"].allocation
+    assert activated.state is AllocationState.ACTIVE
+    assert activated.expires_at == manual_clock.now() + timedelta(seconds=TTL)
+    assert gate.stopped == []
+    manual_clock.advance(TTL - 1)
+    assert ledger.expire_due().expired == ()
+    manual_clock.advance(1)
+    assert ledger.expire_due().expired == (allocation_id,)
+    assert verify(service).clean
+
+
+def test_a_release_while_a_slow_start_runs_past_the_lease_is_a_release(
+    open_ledger_service: OpenService, manual_clock: ManualClock
+) -> None:
+    gate = GatedProvisioner()
+    service = open_ledger_service(provisioner=gate)
+    thread, answers, allocation_id = start_request(service, "time", ttl_seconds=TTL)
+    assert gate.entered.wait(10)
+    manual_clock.advance(TTL + 30)
+
+    released = service.ledger.release(allocation_id)
+    gate.go.set()
+    thread.join(10)
+
+    assert (released.result.status, released.allocation.state) == (
+        "released",
+        AllocationState.RELEASED,
+    )
+    assert answers["result"].allocation.state is AllocationState.RELEASED
+    assert verify(service).clean
