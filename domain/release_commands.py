@@ -75,10 +75,17 @@ class ReleaseCommands(Provisioning):
             return self._unchanged_release(current)
         if _ran_out(current, self.clock.now()):
             return self._expire_instead(allocation_id, actor, visibility)
-        if not self.provisions_instantly:
-            # Record the intent first: a crash while tearing down then leaves
-            # the allocation `releasing`, for `resume` to finish.
-            self._mark_releasing(allocation_id, actor)
+        with self.in_hand.holding(allocation_id):
+            return self._release_after_teardown(current, actor)
+
+    def _release_after_teardown(
+        self, current: Allocation, actor: str
+    ) -> ReleaseOutcome:
+        """Mark a live allocation releasing, tear it down, record it released."""
+        allocation_id = current.allocation_id
+        # Record the intent first: a crash while tearing down then leaves
+        # the allocation `releasing`, for `resume` to finish.
+        self._mark_releasing(allocation_id, actor)
         try:
             self.provisioner.deprovision(
                 allocation_id, current.workers, current.servers, pool=current.pool
@@ -229,6 +236,8 @@ class ReleaseCommands(Provisioning):
             return work.allocation(allocation_id, fresh=True).snapshot()
 
         current = self._run("resume", look)
+        if allocation_id in self.in_hand:
+            return current  # a command of this process is at it right now
         if current.state is AllocationState.PENDING:
             return self._provision(RequestResult(current, None), actor=actor).allocation
         if current.state is AllocationState.RELEASING:

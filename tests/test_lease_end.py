@@ -7,6 +7,7 @@ whose provisioning outlasts its ttl is not expired meanwhile
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,10 @@ import pytest
 from mcp import Client
 
 from allocation_ledger.adapters.storage.audit import verify
-from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.adapters.storage.service import (
+    AllocationService,
+    resume_interrupted,
+)
 from allocation_ledger.domain.clock import ManualClock
 from allocation_ledger.domain.values import AllocationRequest, AllocationState
 from tests.ledger_support import OpenService, RecordingProvisioner, last_position
@@ -178,4 +182,49 @@ def test_a_release_while_a_slow_start_runs_past_the_lease_is_a_release(
         AllocationState.RELEASED,
     )
     assert answers["result"].allocation.state is AllocationState.RELEASED
+    assert verify(service).clean
+
+
+class CountingGate(GatedProvisioner):
+    """The gate, counting the provisioning calls that went through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def provision(self, *arguments: Any, **options: Any) -> Any:
+        self.calls += 1
+        return super().provision(*arguments, **options)
+
+
+def test_a_start_slower_than_the_provisioning_timeout_is_not_taken_for_interrupted(
+    open_ledger_service: OpenService, manual_clock: ManualClock
+) -> None:
+    """The sweeper looked for work a crash left half done among pending
+    allocations untouched for the provisioning timeout (60 s), and took a
+    start still under way in this very process for one: it provisioned it a
+    second time, the sweep stalled until the start ended (no lease expired
+    meanwhile), and it logged an interruption that never happened."""
+    gate = CountingGate()
+    service = open_ledger_service(provisioner=gate)
+    thread, answers, _ = start_request(service, "time", ttl_seconds=TTL)
+    assert gate.entered.wait(10)
+    manual_clock.advance(service.settings.provisioning_timeout_seconds + 30)
+    found: dict[str, list[str]] = {}
+    sweep = threading.Thread(
+        target=lambda: found.setdefault("resumed", resume_interrupted(service))
+    )
+
+    sweep.start()
+    sweep.join(5)
+    stalled = sweep.is_alive()
+    gate.go.set()
+    sweep.join(10)
+    thread.join(10)
+
+    assert not stalled, "the sweep waited for a start under way in this process"
+    assert found["resumed"] == []
+    assert gate.calls == 1
+    assert answers["result"].allocation.state is AllocationState.ACTIVE
+    assert resume_interrupted(service) == []
     assert verify(service).clean
