@@ -73,8 +73,12 @@ class AllocationDecisions(_Aggregate):
         return self.state.is_live
 
     def is_due(self, now: datetime) -> bool:
+        """Whether its lease has run out by `now`. A pending allocation's
+        lease has not begun (it counts from activation, however long
+        provisioning takes), so it is never due."""
         return (
             self.state.is_live
+            and self.state is not AllocationState.PENDING
             and self.expires_at is not None
             and self.expires_at <= now
         )

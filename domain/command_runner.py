@@ -48,6 +48,7 @@ from allocation_ledger.domain.errors import (
     PoolNotFoundError,
 )
 from allocation_ledger.domain.group_commit import resolve_position
+from allocation_ledger.domain.in_hand import InHand
 from allocation_ledger.domain.pool import Pool
 from allocation_ledger.domain.provisioner import Provisioner
 from allocation_ledger.domain.registry import REGISTRY_ID, PoolRegistry
@@ -130,6 +131,7 @@ class UnitOfWorkApplication(BatchedRecording):
         if latest is not None:
             self.clock.observe(latest)
         self.provisioner = provisioner
+        self.in_hand = InHand()
         self.new_allocation_id = new_allocation_id
         self.max_attempts = max_attempts
         self.pause = pause

@@ -9,9 +9,7 @@ their ports freed (design contract, "Rules").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
-from typing import TypeVar
 
 from allocation_ledger.domain.actors import LOCAL_ACTOR, SWEEPER_ACTOR
 from allocation_ledger.domain.allocation import Allocation
@@ -30,8 +28,6 @@ from allocation_ledger.domain.values import AllocationState, validate_ttl
 
 SWEEP_BATCH = 500
 """Allocations expired per unit of work by a sweep."""
-
-T = TypeVar("T")
 
 
 class LeaseCommands(Provisioning):
@@ -157,16 +153,20 @@ def expire_due_leases(
 ) -> list[str]:
     """Expire, inside `work`, the pool's reservations whose lease ran out at
     `now`, in (expires_at, id) order, at most `limit` (None: all); answers
-    their allocation ids. Their teardown is the caller's to arrange."""
+    their allocation ids. Their teardown is the caller's to arrange.
+
+    A pending allocation is left alone: its lease counts from its
+    activation, which provisioning has not reached yet (one a crash left
+    pending is finished by `resume`, not expired)."""
     expired: list[str] = []
-    for reservation in _first(pool.due(now), limit):
+    for reservation in pool.due(now):
+        if limit is not None and len(expired) >= limit:
+            break
         allocation = work.allocation(reservation.allocation_id)
+        if allocation.state is AllocationState.PENDING:
+            continue
         if allocation.state.is_live:
             allocation.expire(at=now, actor=actor)
         pool.free(reservation.allocation_id, "expired", at=now, actor=actor)
         expired.append(reservation.allocation_id)
     return expired
-
-
-def _first(items: list[T], limit: int | None) -> Iterator[T]:
-    return iter(items if limit is None else items[:limit])

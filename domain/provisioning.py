@@ -93,12 +93,13 @@ class Provisioning(UnitOfWorkApplication):
         pending = reserved.allocation
         done = self.observer.provisioning(pending.pool)
         try:
-            endpoints = self.provisioner.provision(
-                pending.allocation_id,
-                pending.workers,
-                pending.servers,
-                pool=pending.pool,
-            )
+            with self.in_hand.holding(pending.allocation_id):
+                endpoints = self.provisioner.provision(
+                    pending.allocation_id,
+                    pending.workers,
+                    pending.servers,
+                    pool=pending.pool,
+                )
         except Exception as error:  # noqa: BLE001 - any provisioner failure
             done("failed")
             return self._fail_provisioning(

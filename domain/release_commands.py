@@ -3,12 +3,16 @@
 Releasing gives an allocation's capacity back (a queued one is cancelled: it
 held nothing); releasing one already released or expired changes nothing and
 says `already_released`, a failed one says `failed` (design contract,
-"Rules"). A provisioner that is not instant tears down between two units of
-work, the allocation `releasing` meanwhile, so that `resume` can finish what
-a crash interrupted.
+"Rules"). One whose lease has run out is expired instead, as the sweeper
+would (and as `renew` does): its usage ends at its `expires_at`, whether the
+sweeper came first or the release did. A provisioner that is not instant
+tears down between two units of work, the allocation `releasing` meanwhile,
+so that `resume` can finish what a crash interrupted.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from allocation_ledger.domain.actors import LOCAL_ACTOR, SWEEPER_ACTOR
 from allocation_ledger.domain.allocation import Allocation
@@ -25,6 +29,17 @@ from allocation_ledger.domain.unit_of_work import (
 from allocation_ledger.domain.values import AllocationState, Resources
 
 
+class _LeaseRanOutError(Exception):
+    """Raised out of an instant release's unit of work (writing nothing):
+    the allocation's lease has run out, so it is expired instead."""
+
+
+def _ran_out(allocation: Allocation, now: datetime) -> bool:
+    """A pending or active allocation whose lease has run out by `now` (a
+    `releasing` one was asked to go before; its release goes on)."""
+    return allocation.state is not AllocationState.RELEASING and allocation.is_due(now)
+
+
 class ReleaseCommands(Provisioning):
     """Releasing and resuming allocations (a mixin of `ledger.Ledger`)."""
 
@@ -39,7 +54,9 @@ class ReleaseCommands(Provisioning):
 
         Releasing one that is already released or expired changes nothing and
         says `already_released`; releasing a failed one changes nothing and
-        says `failed`. One of a tenant outside `visibility` raises
+        says `failed`. A pending or active one whose lease has run out is
+        expired, not released (actor `system:sweeper`, as a sweep would), and
+        also says `already_released`. One of a tenant outside `visibility` raises
         AllocationNotFoundError, as an unknown one does, and changes nothing.
         """
 
@@ -56,10 +73,19 @@ class ReleaseCommands(Provisioning):
             return self._cancel_queued(allocation_id, actor)
         if not current.state.is_live:
             return self._unchanged_release(current)
-        if not self.provisions_instantly:
-            # Record the intent first: a crash while tearing down then leaves
-            # the allocation `releasing`, for `resume` to finish.
-            self._mark_releasing(allocation_id, actor)
+        if _ran_out(current, self.clock.now()):
+            return self._expire_instead(allocation_id, actor, visibility)
+        with self.in_hand.holding(allocation_id):
+            return self._release_after_teardown(current, actor)
+
+    def _release_after_teardown(
+        self, current: Allocation, actor: str
+    ) -> ReleaseOutcome:
+        """Mark a live allocation releasing, tear it down, record it released."""
+        allocation_id = current.allocation_id
+        # Record the intent first: a crash while tearing down then leaves
+        # the allocation `releasing`, for `resume` to finish.
+        self._mark_releasing(allocation_id, actor)
         try:
             self.provisioner.deprovision(
                 allocation_id, current.workers, current.servers, pool=current.pool
@@ -103,6 +129,8 @@ class ReleaseCommands(Provisioning):
                 return ReleaseOutcome(result, allocation.snapshot(), work.save())
             if not allocation.state.is_live:
                 return self._unchanged_release(allocation.snapshot())
+            if _ran_out(allocation, self.clock.now()):
+                raise _LeaseRanOutError
             try:
                 self.provisioner.deprovision(
                     allocation_id,
@@ -121,9 +149,39 @@ class ReleaseCommands(Provisioning):
 
         try:
             return self._run("release_resources", body)
+        except _LeaseRanOutError:
+            return self._expire_instead(allocation_id, actor, visibility)
         except TeardownError as failed:
             self._mark_releasing(allocation_id, actor)
             raise ProvisioningError(allocation_id, str(failed.error)) from failed.error
+
+    def _expire_instead(
+        self, allocation_id: str, actor: str, visibility: Visibility
+    ) -> ReleaseOutcome:
+        """Expire an allocation whose lease ran out, as the sweeper would
+        have, instead of releasing it; then tear it down as a sweep does.
+
+        Renewed (or ended) meanwhile, it is released (or left) as usual."""
+
+        def body(work: UnitOfWork) -> ReleaseOutcome | None:
+            allocation = work.allocation(allocation_id)
+            now = self.clock.now()
+            if not allocation.state.is_live:
+                return self._unchanged_release(allocation.snapshot())
+            if not _ran_out(allocation, now):
+                return None
+            pool = work.pool_of(allocation)
+            allocation.expire(at=now, actor=SWEEPER_ACTOR)
+            pool.free(allocation_id, "expired", at=now, actor=SWEEPER_ACTOR)
+            unchanged = self._unchanged_release(allocation.snapshot())
+            return ReleaseOutcome(unchanged.result, unchanged.allocation, work.save())
+
+        outcome = self._run("release_resources", body)
+        if outcome is None:
+            return self.release(allocation_id, actor=actor, visibility=visibility)
+        if outcome.position is not None:
+            self._deprovision_quietly([outcome.allocation])
+        return outcome
 
     def _cancel_queued(self, allocation_id: str, actor: str) -> ReleaseOutcome:
         """Releasing a queued request takes it out of the queue; it held nothing."""
@@ -178,6 +236,8 @@ class ReleaseCommands(Provisioning):
             return work.allocation(allocation_id, fresh=True).snapshot()
 
         current = self._run("resume", look)
+        if allocation_id in self.in_hand:
+            return current  # a command of this process is at it right now
         if current.state is AllocationState.PENDING:
             return self._provision(RequestResult(current, None), actor=actor).allocation
         if current.state is AllocationState.RELEASING:

@@ -21,6 +21,7 @@ from tests.process_support import (
     MARK,
     POOL,
     POOL_MCP_FIRST,
+    TEST_SERVER,
     kinds,
     marked_processes,
     marking,
@@ -76,7 +77,7 @@ def test_a_server_that_crashes_at_start_fails_at_once_with_its_code_and_output(
     error = allocation.error or ""
     assert "MCP server 'crashing' of pool 'procs' did not start" in error
     assert "it exited before its endpoint answered (exit code 3)" in error
-    assert "did not answer within" not in error
+    assert "did not answer MCP within" not in error
     assert SAYS in error
     assert allocation.requested_at is not None and allocation.ended_at is not None
     waited = allocation.ended_at - allocation.requested_at
@@ -181,3 +182,111 @@ def test_a_start_refused_before_spawning_quotes_no_log(
     last = process_events(service, "crashing")[-1]
     assert kinds([last]) == ["HealthFailed"]
     assert last.detail["stderr_tail"] == ""
+
+
+NOT_JSON_HTTP = [
+    sys.executable,
+    "-c",
+    "import socket, sys\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('127.0.0.1', int(sys.argv[1])))\n"
+    "s.listen()\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    c.recv(65536)\n"
+    "    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n'\n"
+    "              b'Content-Length: 7\\r\\n\\r\\ngarbage')\n"
+    "    c.close()\n",
+    "{port}",
+]
+"""Listens on its port and answers every request with a body that is not JSON."""
+NOT_JSON_STDIO = [
+    sys.executable,
+    "-c",
+    "import time\nprint('hello, I am no MCP server', flush=True)\ntime.sleep(600)",
+]
+"""Writes a line that is no JSON-RPC on stdout, then says nothing more."""
+SILENT_HTTP = [sys.executable, "-c", "import time; time.sleep(600)"]
+"""Never listens on the port it is given."""
+MISBEHAVING = {
+    "not-json-http": (
+        {"command": NOT_JSON_HTTP, "transport": "http"},
+        "it answered, but not as an MCP server: MCPError: Failed to parse JSON",
+    ),
+    "not-json-stdio": (
+        {"command": NOT_JSON_STDIO, "transport": "stdio"},
+        "it did not answer the MCP handshake on its stdout, so the ledger's "
+        "bridge never listened on the port",
+    ),
+    "silent-http": (
+        {"command": SILENT_HTTP, "transport": "http"},
+        "nothing listens on the port",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISBEHAVING))
+def test_a_server_that_never_answers_mcp_fails_saying_what_it_did_instead(
+    open_ledger: OpenLedger, mark: str, name: str
+) -> None:
+    entry, says = MISBEHAVING[name]
+    service = open_ledger({name: {**entry, "start_timeout_seconds": 2}})
+
+    result = service.ledger.request(
+        AllocationRequest(job_id="odd", servers=(name,)), pool=POOL
+    )
+
+    allocation = service.ledger.allocation(result.allocation.allocation_id)
+    assert allocation.state is AllocationState.FAILED
+    error = allocation.error or ""
+    assert f"MCP server '{name}' of pool 'procs' did not start" in error
+    assert f"its endpoint did not answer MCP within 2 s ({says}" in error, error
+    assert "no answer within 0." not in error
+    assert marked_processes(mark) == []
+
+
+def test_a_server_on_another_path_than_the_catalogs_is_told_apart_from_silence(
+    open_ledger: OpenLedger, mark: str
+) -> None:
+    entry = {
+        "command": [*TEST_SERVER, "--transport", "http", "--port", "{port}"],
+        "transport": "http",
+        "path": "/elsewhere",
+        "start_timeout_seconds": 3,
+    }
+    service = open_ledger({"moved": entry})
+
+    result = service.ledger.request(
+        AllocationRequest(job_id="moved", servers=("moved",)), pool=POOL
+    )
+
+    error = service.ledger.allocation(result.allocation.allocation_id).error or ""
+    assert "it answered, but not as an MCP server: MCPError: Not Found" in error
+    assert marked_processes(mark) == []
+
+
+def test_a_server_on_a_port_another_program_holds_names_the_fix(
+    open_ledger: OpenLedger, mark: str
+) -> None:
+    command = [*TEST_SERVER, "--transport", "http", "--port", "{port}"]
+    service = open_ledger({"echo": {"command": command, "transport": "http"}})
+    before = service.ledger.pool(POOL).reservations
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", POOL_MCP_FIRST))
+        squatter.listen(1)
+        result = service.ledger.request(
+            AllocationRequest(job_id="squatted", servers=("echo",)), pool=POOL
+        )
+
+    allocation = service.ledger.allocation(result.allocation.allocation_id)
+    assert allocation.state is AllocationState.FAILED
+    assert (
+        f"port {POOL_MCP_FIRST} on 127.0.0.1 is already in use by another program "
+        "(not a process of this ledger): stop that program, or give pool 'procs' "
+        "ports nothing else uses (mcp_ports = [FIRST, LAST] in [pools.procs] of "
+        'the catalog; docs/provisioning.md, "Port ranges")'
+    ) in (allocation.error or "")
+    assert service.ledger.pool(POOL).reservations == before
+    assert marked_processes(mark) == []

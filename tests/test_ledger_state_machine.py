@@ -830,6 +830,15 @@ class Model:
         if not allocation.live:
             status = "failed" if allocation.state == FAILED else "already_released"
             return Expect(status=status, allocation=copy.deepcopy(allocation))
+        if allocation.state != RELEASING and self.is_due(allocation):
+            # Its lease ran out: it is expired, as a sweep would, and torn
+            # down as a sweep does (a failed teardown is not the caller's).
+            self._end(allocation, EXPIRED)
+            return Expect(
+                writes=True,
+                status="already_released",
+                allocation=copy.deepcopy(allocation),
+            )
         if deprovision_fails:
             writes = allocation.state != RELEASING
             allocation.state = RELEASING
@@ -1539,7 +1548,8 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             assert result.freed == Resources()
             assert result.released_at == expect.allocation.ended_at
-            assert outcome.position is None
+            expired_now = expect.writes  # its lease had run out
+            assert outcome.position == (self._position() if expired_now else None)
 
     @rule(
         allocation_id=allocations,

@@ -339,7 +339,7 @@ def test_a_start_slower_than_its_timeout_fails_and_leaves_nothing(
     port = free_port()
     began = time.monotonic()
 
-    with pytest.raises(ServerStartError, match=r"did not answer within 1\.5 s"):
+    with pytest.raises(ServerStartError, match=r"did not answer MCP within 1\.5 s"):
         processes.ensure_running(POOL, spec, port, HOST)
 
     assert time.monotonic() - began < 10

@@ -268,7 +268,12 @@ def test_a_worker_on_a_port_in_use_is_not_started(
         )
     allocation = result.allocation
     assert allocation.state is AllocationState.FAILED
-    assert f"port {POOL_WORKER_FIRST} is already in use" in (allocation.error or "")
+    assert (
+        f"port {POOL_WORKER_FIRST} on 127.0.0.1 is already in use by another "
+        "program (not a process of this ledger): stop that program, or give "
+        "pool 'procs' ports nothing else uses (worker_ports = [FIRST, LAST] in "
+        "[pools.procs] of the catalog"
+    ) in (allocation.error or "")
     assert held(service) == before
     assert marked_processes(mark) == []
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from allocation_ledger.adapters.cli import report_commands
-from allocation_ledger.adapters.cli.console import capacity_summary_table
+from allocation_ledger.adapters.cli.console import capacity_summary_table, fail
 from allocation_ledger.adapters.cli.output import (
     ledger_line,
     print_json,
@@ -294,6 +294,14 @@ def _reservation(view: AllocationView) -> dict[str, Any]:
 def _capacity(
     args: argparse.Namespace, service: AllocationService, console: Console
 ) -> int:
+    now = service.ledger.clock.now()
+    if args.at > now:
+        return fail(
+            f"capacity: --at must be a past moment (or now), got "
+            f"{args.at.isoformat()}, after now ({now.isoformat()}): what the "
+            "pool will hold is not known; `allocation-ledger status` shows it now",
+            2,
+        )
     with progress_bar("replaying", not args.json) as progress:
         found = audit.capacity_at(service, args.at, args.pool, progress)
     # What get_capacity answers with `at` (cpu in cores, memory in MB).

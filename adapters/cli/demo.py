@@ -332,8 +332,8 @@ def _first_request_failed(result: Mapping[str, Any]) -> str:
     message = f"the demo's first request failed, so it stops here: {result['error']}"
     if "already in use" in str(result.get("error")):
         message += (
-            "\nAnother program listens on that port: run the demo with other "
-            "ports, e.g. `allocation-ledger demo --mcp-ports 62000-62009`"
+            "\nFor the demo, the simplest fix is other ports: "
+            "`allocation-ledger demo --mcp-ports 62000-62009`"
         )
     return message
 

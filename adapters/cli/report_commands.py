@@ -35,8 +35,21 @@ from allocation_ledger.adapters.mcp.schemas.units import MAX_LOG_POSITION
 from allocation_ledger.adapters.mcp.schemas.usage import UsageResult, UsageRowResult
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
+from allocation_ledger.domain.errors import InvalidRequestError
 from allocation_ledger.domain.pool import DEFAULT_POOL
+from allocation_ledger.domain.values import validate_job_id
 from allocation_ledger.projections.usage import UsageQuery
+
+
+def job_id(text: str) -> str:
+    """A job id as request_resources takes it: one no allocation can have
+    would only ever find nothing."""
+    try:
+        validate_job_id(text)
+    except InvalidRequestError as error:
+        msg = f"{error}: no allocation has such a job id"
+        raise argparse.ArgumentTypeError(msg) from None
+    return text
 
 
 def position_at_least_zero(text: str) -> int:
@@ -70,7 +83,7 @@ def add_commands(
     export.add_argument("--out", type=Path, help="file to write (default: stdout)")
 
     usage = command("usage", help="accounting per job and pool")
-    usage.add_argument("--job", help="only this job")
+    usage.add_argument("--job", type=job_id, help="only this job")
     usage.add_argument("--pool", help="only this pool")
     usage.add_argument("--since", type=moment, help="from (ISO 8601)")
     usage.add_argument("--until", type=moment, help="until (ISO 8601; default now)")

@@ -7,6 +7,7 @@ MCP SDK.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,6 +27,9 @@ from allocation_ledger.domain.values import TENANT_PATTERN
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
 MIN_TOKEN_LENGTH = 16
+SENDABLE_TOKEN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+"""What a bearer token may be so that a client can send it: a header value
+is ASCII, and HTTP drops the spaces at its ends (matched in full)."""
 ANONYMOUS_ACTOR = "anonymous"
 
 Subject = Annotated[
@@ -78,6 +82,15 @@ class TokenEntry(BaseModel):
             MIN_TOKEN_LENGTH
         ):
             msg = f"token must be at least {MIN_TOKEN_LENGTH} characters"
+            raise ValueError(msg)
+        if self.token is not None and not SENDABLE_TOKEN.fullmatch(
+            self.token.get_secret_value()
+        ):
+            msg = (
+                "token must be printable ASCII with no space at either end: "
+                "an HTTP client can send nothing else in the Authorization "
+                "header, so no client could present this one"
+            )
             raise ValueError(msg)
         if self.subject in (LOCAL_ACTOR, ANONYMOUS_ACTOR) or self.subject.startswith(
             "system:"

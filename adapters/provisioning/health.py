@@ -18,7 +18,9 @@ class HealthResult:
     `ok` is true when the client connected (at whatever protocol version it
     negotiated: `protocol_version`) and listed the tools (`tools`, their names
     in the server's order). Otherwise `error` says what went wrong, in one
-    line. `elapsed_seconds` is the time the check took.
+    line, and `timed_out` whether it was the end of the time given (no
+    answer at all) rather than a wrong answer or a refused connection.
+    `elapsed_seconds` is the time the check took.
     """
 
     url: str
@@ -28,6 +30,7 @@ class HealthResult:
     server_name: str | None = None
     error: str | None = None
     elapsed_seconds: float = 0.0
+    timed_out: bool = False
 
 
 async def check_endpoint(url: str, timeout_seconds: float = 5.0) -> HealthResult:
@@ -65,6 +68,7 @@ async def check_endpoint(url: str, timeout_seconds: float = 5.0) -> HealthResult
             server_name=server_name,
             error=f"no answer within {timeout_seconds:g} s",
             elapsed_seconds=time.monotonic() - started,
+            timed_out=True,
         )
     except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not a crash
         return HealthResult(

@@ -32,6 +32,19 @@ KILL_GRACE_SECONDS = 2.0
 """How long a failed start's process has between SIGTERM and SIGKILL."""
 RETRY_SECONDS = 0.1
 CONNECT_PROBE_SECONDS = 0.5
+CONNECTION_ERRORS = ("ConnectError", "ConnectTimeout", "RemoteProtocolError")
+"""How a check starts that never reached the server's answer (httpx's names)."""
+
+
+def port_taken(port: int, host: str, pool: str, ports_key: str) -> str:
+    """Why a start failed on a port another program holds, and the fix: the
+    pool gives the port out again until that program lets it go."""
+    return (
+        f"port {port} on {host} is already in use by another program (not a "
+        f"process of this ledger): stop that program, or give pool {pool!r} "
+        f"ports nothing else uses ({ports_key} = [FIRST, LAST] in "
+        f'[pools.{pool}] of the catalog; docs/provisioning.md, "Port ranges")'
+    )
 
 
 class ProcessLaunch:
@@ -118,7 +131,7 @@ class ServerLaunch(ProcessLaunch):
     def spawn(self, environ: Mapping[str, str] = os.environ) -> subprocess.Popen[bytes]:
         """Start the process (spec.env over `environ`) once the port is free."""
         if not control.port_is_free(self.host, self.port):
-            self._fail(f"port {self.port} on {self.host} is already in use")
+            self._fail(port_taken(self.port, self.host, self.pool, "mcp_ports"))
         env = dict(environ) | dict(self.spec.env)
         try:
             process = self.spawn_with(
@@ -168,7 +181,7 @@ class ServerLaunch(ProcessLaunch):
         assert process is not None, "spawn() first"
         timeout = self.spec.start_timeout_seconds
         deadline = self._began + timeout
-        last_error = "nothing listens on the port"
+        last_error = self._silent_port()
         while True:
             ended = self.exited()
             if ended is not None:
@@ -178,13 +191,13 @@ class ServerLaunch(ProcessLaunch):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._fail(
-                    f"its endpoint did not answer within {timeout:g} s ({last_error})"
+                    f"its endpoint did not answer MCP within {timeout:g} s "
+                    f"({last_error})"
                 )
             probe = min(CONNECT_PROBE_SECONDS, remaining)
             if control.accepts_connections(self.host, self.port, probe):
-                health = check_endpoint_sync(
-                    self.endpoint, min(self._health_timeout, remaining)
-                )
+                budget = min(self._health_timeout, remaining)
+                health = check_endpoint_sync(self.endpoint, budget)
                 if health.ok:
                     detail = {
                         "tools": list(health.tools),
@@ -193,8 +206,34 @@ class ServerLaunch(ProcessLaunch):
                     }
                     self._note("health_passed", detail)
                     return health
-                last_error = health.error or "no answer"
+                last_error = self._why_not(health, budget, last_error)
             time.sleep(RETRY_SECONDS)
+
+    def _silent_port(self) -> str:
+        """Why the start failed while nothing accepted connections on the
+        port: behind the stdio bridge, the bridge listens only once the
+        server has answered the MCP handshake on its stdout."""
+        if self.spec.transport == "stdio":
+            return (
+                "it did not answer the MCP handshake on its stdout, so the "
+                "ledger's bridge never listened on the port"
+            )
+        return "nothing listens on the port"
+
+    def _why_not(self, health: HealthResult, budget: float, before: str) -> str:
+        """Why the endpoint is not healthy, after a failed check that had
+        `budget` seconds: a wrong answer is named as one and is not hidden
+        by a last check cut short by the start timeout."""
+        error = health.error or "no answer"
+        if error.startswith(CONNECTION_ERRORS):
+            return f"connecting to it failed: {error}"
+        if not health.timed_out:
+            return f"it answered, but not as an MCP server: {error}"
+        if before.startswith("it answered"):
+            return before
+        if budget < self._health_timeout:
+            return "it accepted connections but did not answer MCP in time"
+        return f"it accepted connections but gave {error}"
 
     def _fail(self, reason: str) -> NoReturn:
         self.abort()

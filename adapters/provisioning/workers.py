@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from allocation_ledger.adapters.provisioning import process_control as control
+from allocation_ledger.adapters.provisioning.launch import port_taken
 from allocation_ledger.adapters.provisioning.supervised import WorkerStart
 from allocation_ledger.adapters.provisioning.worker_reports import (
     WorkerEvent,
@@ -134,7 +135,7 @@ class WorkerProcesses(WorkerSupervision):
                 ),
             }
             if port_must_be_free and not control.port_is_free(READY_HOSTS[0], port):
-                reason = f"port {port} is already in use"
+                reason = port_taken(port, READY_HOSTS[0], pool, "worker_ports")
                 raise WorkerStartError(worker_id, reason)
             limits = self._prepare(worker_id, cpu_millicores, memory_mib)
             worker = self._spawn(asked, environment, limits, events)

@@ -323,14 +323,17 @@ def resume_interrupted(service: AllocationService) -> list[str]:
     """Finish allocations a crash left pending or releasing; their ids.
 
     Only those untouched for the provisioning timeout are taken up, so work
-    another process is doing right now is left to it.
+    another process is doing right now is left to it; work a command of this
+    process has in hand (a server slower to start than the timeout) is
+    never taken for interrupted.
     """
     now = service.ledger.clock.now()
     cutoff = now - timedelta(seconds=service.settings.provisioning_timeout_seconds)
     resumed: list[str] = []
     for state in (AllocationState.PENDING, AllocationState.RELEASING):
         for view in service.read_models.allocations(ListingQuery(state=state)):
-            if view.updated_at <= cutoff:
+            in_hand = view.allocation_id in service.ledger.in_hand
+            if view.updated_at <= cutoff and not in_hand:
                 service.ledger.resume(view.allocation_id)
                 resumed.append(view.allocation_id)
     return resumed

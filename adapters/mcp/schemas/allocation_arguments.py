@@ -252,8 +252,14 @@ StateArg = Annotated[
 JobIdFilterArg = Annotated[
     str | None,
     Field(
+        min_length=1,
         max_length=MAX_JOB_ID_LENGTH,
-        description="Only allocations of this job id (omit for all jobs).",
+        pattern=JOB_ID_PATTERN.pattern,
+        description=(
+            "Only allocations of this job id (omit for all jobs): a job id as "
+            "request_resources takes it (printable ASCII, no leading or "
+            "trailing spaces); any other is refused, as no allocation has it."
+        ),
     ),
 ]
 PriorityFilterArg = Annotated[

@@ -112,9 +112,12 @@ class AllocationList(BaseModel):
 
 
 def _is_expired(view: AllocationView, now: datetime) -> bool:
+    """Expired, or live past its lease; a pending one's lease has not begun
+    (it counts from activation), as the ledger's `Allocation.is_due` says."""
     if view.state == AllocationState.EXPIRED.value:
         return True
-    live = AllocationState(view.state).is_live
+    state = AllocationState(view.state)
+    live = state.is_live and state is not AllocationState.PENDING
     return live and view.expires_at is not None and view.expires_at <= now
 
 

@@ -38,7 +38,7 @@ from allocation_ledger.adapters.mcp.schemas.allocation_results import (
 )
 from allocation_ledger.adapters.mcp.schemas.refusals import retry_conflict_message
 from allocation_ledger.adapters.mcp.schemas.scheduling import queued_requests
-from allocation_ledger.adapters.mcp.schemas.units import cores
+from allocation_ledger.adapters.mcp.schemas.units import cores, iso
 from allocation_ledger.adapters.mcp.tools.allocation_queries import AllocationQueries
 from allocation_ledger.adapters.mcp.tools.group import logger
 from allocation_ledger.adapters.mcp.tools.outcomes import (
@@ -272,6 +272,8 @@ class AllocationTools(AllocationQueries):
         cancels it (status "released"; it held nothing). Safe to repeat:
         releasing an allocation that was already released, has expired or was
         preempted changes nothing and returns status "already_released";
+        one whose lease has run out (is_expired) is expired, not released,
+        its usage counted until expires_at, and says "already_released" too;
         releasing one that failed changes nothing and returns status
         "failed". An unknown allocation_id is an error, and so is, without
         the admin scope, another tenant's (the same error: it is not told
@@ -285,7 +287,16 @@ class AllocationTools(AllocationQueries):
             )
             result, allocation = outcome.result, outcome.allocation
             message = None
-            if result.status == "already_released":
+            if (
+                allocation.state is AllocationState.EXPIRED
+                and allocation.expires_at is not None
+            ):
+                message = (
+                    f"allocation {allocation_id}'s lease ran out at "
+                    f"{iso(allocation.expires_at)}: it is expired, its usage "
+                    "counted until then; nothing is left to release"
+                )
+            elif result.status == "already_released":
                 message = (
                     f"allocation {allocation_id} was already {allocation.state.value};"
                     " nothing changed"

@@ -14,7 +14,7 @@ from allocation_ledger.adapters.mcp.schemas.capacity import (
     SetCapacityResult,
     capacity_result,
 )
-from allocation_ledger.adapters.mcp.schemas.units import utc, with_amounts
+from allocation_ledger.adapters.mcp.schemas.units import iso, utc, with_amounts
 from allocation_ledger.adapters.mcp.tools.group import ToolGroup
 from allocation_ledger.adapters.mcp.tools.outcomes import repeat_settle
 from allocation_ledger.adapters.provisioning.process_provisioner import (
@@ -80,7 +80,8 @@ class CapacityTools(ToolGroup):
         tenant holds (held_by_tenant; without the admin scope, your tenant's
         only: the pool's totals are everyone's to see). With `at`, the
         pool as it was at that past moment, replayed from the event log. An
-        unknown pool (or one that did not exist yet at `at`) is an error.
+        unknown pool (or one that did not exist yet at `at`) is an error, and
+        so is an `at` after now (the future is not known).
         """
         caller = self._caller("get_capacity")
         if at is None:
@@ -88,6 +89,14 @@ class CapacityTools(ToolGroup):
                 lambda: self.capacity(pool, caller.visibility), at_once=True
             )
         moment = utc(at)
+        now = self.ledger.clock.now()
+        if moment > now:
+            msg = (
+                f"at must be a past moment (or now), got {iso(moment)}, after now "
+                f"({iso(now)}): what the pool will hold is not known; omit at "
+                "for the pool now"
+            )
+            raise ToolError(msg)
         return await self._call(
             lambda: _tenants_seen(
                 self._enforced(
