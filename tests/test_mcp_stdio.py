@@ -133,6 +133,29 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
     assert "get_allocation" in errors  # its log line went to stderr
 
 
+def run_demo(tmp_path: Path, first_port: int) -> subprocess.CompletedProcess[str]:
+    """`allocation-ledger demo` on a ledger in `tmp_path`, its time server on
+    this test run's own ports from `first_port` (not 9000, which another run
+    may use)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "allocation_ledger.adapters.cli",
+            "demo",
+            "--mcp-ports",
+            f"{first_port}-{first_port + 9}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**server_env(tmp_path / "ledger.db"), "COLUMNS": "200"},
+        cwd=REPO,
+        # About 15 s on a quiet machine; generous for a loaded CI machine.
+        timeout=300,
+        check=False,
+    )
+
+
 def test_demo_whose_server_port_is_taken_stops_saying_how_to_go_on(
     tmp_path: Path,
 ) -> None:
@@ -143,22 +166,7 @@ def test_demo_whose_server_port_is_taken_stops_saying_how_to_go_on(
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        completed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "allocation_ledger.adapters.cli",
-                "demo",
-                "--mcp-ports",
-                f"{port}-{port + 9}",
-            ],
-            capture_output=True,
-            text=True,
-            env={**server_env(tmp_path / "ledger.db"), "COLUMNS": "200"},
-            cwd=REPO,
-            timeout=300,
-            check=False,
-        )
+        completed = run_demo(tmp_path, port)
     assert completed.returncode == 1, completed.stdout + completed.stderr
     assert "Traceback" not in completed.stderr
     said, fix = completed.stderr.splitlines()
@@ -175,24 +183,7 @@ def test_demo_whose_server_port_is_taken_stops_saying_how_to_go_on(
 
 
 def test_demo_starts_the_server_and_drives_it_with_a_client(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "allocation_ledger.adapters.cli",
-            "demo",
-            # This test run's own ports, not 9000 (which another run may use).
-            "--mcp-ports",
-            f"{POOL_MCP_FIRST}-{POOL_MCP_FIRST + 9}",
-        ],
-        capture_output=True,
-        text=True,
-        env={**server_env(tmp_path / "ledger.db"), "COLUMNS": "200"},
-        cwd=REPO,
-        # About 15 s on a quiet machine; generous for a loaded CI machine.
-        timeout=300,
-        check=False,
-    )
+    completed = run_demo(tmp_path, POOL_MCP_FIRST)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     out = completed.stdout
     assert "Connected over stdio to allocation-ledger" in out, out
