@@ -31,6 +31,12 @@ class UsageQuery:
     until: datetime | None = None
     tenant: str | None = None
 
+    def billed_until(self, now: datetime) -> datetime:
+        """Where the billed period ends: `until`, but never after `now`
+        (nothing is billed past now: a live allocation counts up to now), so
+        an answer never claims a future it did not count."""
+        return now if self.until is None else min(self.until, now)
+
 
 @dataclass
 class UsageRow:

@@ -220,6 +220,23 @@ async def test_get_usage_answers_the_same(queue: Queue) -> None:
     assert usage == queue.usage()
 
 
+@pytest.mark.anyio
+async def test_an_until_in_the_future_is_answered_as_now(queue: Queue) -> None:
+    """Nothing is billed past now; the answer said `until: 2099-…` all the
+    same, as if it had counted up to then. It says where billing ended."""
+    queue.until(630)  # A holds its worker: billed up to now
+    async with Client(stdio_server(queue.service)) as client:
+        # B's wait ran out at 600: its timeout is recorded first, so that the
+        # server's own sweep cannot record it between the two calls.
+        await call(client, "cleanup_expired")
+        far = await call(client, "get_usage", until="2099-01-01T00:00:00Z")
+        plain = await call(client, "get_usage")
+        past = await call(client, "get_usage", until=queue.at(300).isoformat())
+    assert far == plain
+    assert datetime.fromisoformat(far["until"]) == queue.at(630)
+    assert datetime.fromisoformat(past["until"]) == queue.at(300)
+
+
 def test_the_timeline_charts_reserved_time_only(queue: Queue) -> None:
     run_to_the_end(queue)
     service = queue.service

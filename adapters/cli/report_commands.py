@@ -210,7 +210,7 @@ def usage(
             usage=[UsageRowResult.model_validate(r.as_dict()) for r in rows],
             count=len(rows),
             since=query.since,
-            until=query.until or now,
+            until=query.billed_until(now),
         )
         print_json(service, result.model_dump(mode="json"))
         return 0

@@ -139,7 +139,7 @@ class AuditTools(ToolGroup):
                 usage=[UsageRowResult.model_validate(r.as_dict()) for r in rows],
                 count=len(rows),
                 since=query.since,
-                until=query.until or now,
+                until=query.billed_until(now),
             )
 
         return await self._call(work)
