@@ -331,15 +331,18 @@ def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
         2,
     )
     assert line == "allocation-ledger: usage: --since must be before --until"
-    # Without --until the period ends now: a --since after it was answered
-    # as an empty, backwards period.
-    future = run_cli(
-        "usage", "--since", "2999-01-01T00:00:00Z", *database, cwd=tmp_path
-    )
-    assert one_line_error(future, 2).startswith(
-        "allocation-ledger: usage: --since must be before --until, which is now "
-        "when not given ("
-    )
+    # Nothing is billed after now: a --since after it was answered as an
+    # empty period (backwards, without --until), as if nothing had been held.
+    for until in ((), ("--until", "3000-01-01T00:00:00Z")):
+        future = run_cli(
+            "usage", "--since", "2999-01-01T00:00:00Z", *until, *database, cwd=tmp_path
+        )
+        line = one_line_error(future, 2)
+        assert line.startswith("allocation-ledger: usage: --since must be before now (")
+        assert line.endswith(
+            "nothing is billed after now, so a period that starts later holds "
+            "nothing yet"
+        )
     unknown = (
         "allocation-ledger: pool 'nope' not found: a pool is declared as "
         "[pools.NAME] in the catalog file (docs/provisioning.md)"

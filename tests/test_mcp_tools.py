@@ -817,7 +817,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     (
         "get_usage",
         {"since": "2999-01-01T00:00:00Z"},
-        "since must be before until, which is now when not given",
+        "since must be before now",
+    ),
+    (
+        "get_usage",
+        {"since": "2999-01-01T00:00:00Z", "until": "3000-01-01T00:00:00Z"},
+        "nothing is billed after now, so a period that starts later holds nothing",
     ),
     (
         "list_allocations",

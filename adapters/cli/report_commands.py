@@ -198,10 +198,10 @@ def usage(
         job_id=args.job, pool=args.pool, since=args.since, until=args.until
     )
     now = service.ledger.clock.now()
-    if args.since is not None and args.until is None and args.since >= now:
+    if args.since is not None and args.since >= now:
         return fail(
-            "usage: --since must be before --until, which is now when not given "
-            f"({now.isoformat()}): give a past --since, or an --until after it",
+            f"usage: --since must be before now ({now.isoformat()}): nothing is "
+            "billed after now, so a period that starts later holds nothing yet",
             2,
         )
     rows = audit.usage(service, query, now)

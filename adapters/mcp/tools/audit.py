@@ -126,10 +126,10 @@ class AuditTools(ToolGroup):
         if query.since and query.until and query.since >= query.until:
             msg = "since must be before until"
             raise ToolError(msg)
-        if query.since and query.until is None and query.since >= now:
+        if query.since and query.since >= now:
             msg = (
-                "since must be before until, which is now when not given "
-                f"({iso(now)}): give a past since, or an until after it"
+                f"since must be before now ({iso(now)}): nothing is billed after "
+                "now, so a period that starts later holds nothing yet"
             )
             raise ToolError(msg)
 
