@@ -362,6 +362,25 @@ def test_usage_and_timeline_check_their_arguments_as_the_tools_do(
         1,
     )
     assert line == f"allocation-ledger: pool 'default' did not exist at {before}"
+    # The timeline too: it drew an empty pool before it existed, and charted
+    # today's reservations as those of a --since far in the future.
+    earlier = run_cli(
+        "timeline", "--until", before, "--out", "x.svg", *database, cwd=tmp_path
+    )
+    assert one_line_error(earlier, 1) == line
+    later = run_cli(
+        "timeline",
+        "--since",
+        "2999-01-01T00:00:00Z",
+        "--out",
+        "x.svg",
+        *database,
+        cwd=tmp_path,
+    )
+    assert one_line_error(later, 2).startswith(
+        "allocation-ledger: timeline: --since must be before now ("
+    )
+    assert not (tmp_path / "x.svg").exists()
 
 
 @pytest.mark.parametrize(

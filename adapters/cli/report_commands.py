@@ -35,7 +35,7 @@ from allocation_ledger.adapters.mcp.schemas.units import MAX_LOG_POSITION
 from allocation_ledger.adapters.mcp.schemas.usage import UsageResult, UsageRowResult
 from allocation_ledger.adapters.storage import audit
 from allocation_ledger.adapters.storage.service import AllocationService
-from allocation_ledger.domain.errors import InvalidRequestError
+from allocation_ledger.domain.errors import InvalidRequestError, PoolNotFoundError
 from allocation_ledger.domain.pool import DEFAULT_POOL
 from allocation_ledger.domain.values import validate_job_id
 from allocation_ledger.projections.usage import UsageQuery
@@ -247,6 +247,13 @@ def timeline(
     fmt = _chart_format(args.out)
     assert fmt is not None  # check_arguments refused other suffixes
     audit.require_pool(service, args.pool)
+    now = service.ledger.clock.now()
+    if args.since is not None and args.since >= now:
+        return fail(
+            f"timeline: --since must be before now ({now.isoformat()}): the "
+            "chart shows what happened, and nothing has after now",
+            2,
+        )
     with progress_bar("replaying") as progress:
         found = collect(
             service.ledger.recorder,
@@ -256,6 +263,10 @@ def timeline(
             until=args.until,
             progress=progress,
         )
+    if not any(found.points.values()):
+        # The pool was created after --until: a chart of it would be drawn
+        # from nothing, as if it had been empty then.
+        raise PoolNotFoundError(args.pool, args.until)
     chart = render_chart(found, fmt=fmt, until=args.until)
     try:
         args.out.write_bytes(chart)
