@@ -35,8 +35,9 @@ class _LeaseRanOutError(Exception):
 
 
 def _ran_out(allocation: Allocation, now: datetime) -> bool:
-    """A pending or active allocation whose lease has run out by `now` (a
-    `releasing` one was asked to go before; its release goes on)."""
+    """An active allocation whose lease has run out by `now` (a pending
+    one's lease has not begun, `Allocation.is_due`; a `releasing` one was
+    asked to go before, and its release goes on)."""
     return allocation.state is not AllocationState.RELEASING and allocation.is_due(now)
 
 
@@ -54,7 +55,7 @@ class ReleaseCommands(Provisioning):
 
         Releasing one that is already released or expired changes nothing and
         says `already_released`; releasing a failed one changes nothing and
-        says `failed`. A pending or active one whose lease has run out is
+        says `failed`. An active one whose lease has run out is
         expired, not released (actor `system:sweeper`, as a sweep would), and
         also says `already_released`. One of a tenant outside `visibility` raises
         AllocationNotFoundError, as an unknown one does, and changes nothing.

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +199,14 @@ def usage(
         job_id=args.job, pool=args.pool, since=args.since, until=args.until
     )
     now = service.ledger.clock.now()
-    if args.since is not None and args.since >= now:
-        return fail(
-            f"usage: --since must be before now ({now.isoformat()}): nothing is "
-            "billed after now, so a period that starts later holds nothing yet",
-            2,
-        )
+    late = _since_after(
+        "usage",
+        args.since,
+        now,
+        "nothing is billed after now, so a period that starts later holds nothing yet",
+    )
+    if late is not None:
+        return fail(late, 2)
     rows = audit.usage(service, query, now)
     if args.json:
         result = UsageResult(
@@ -240,6 +243,16 @@ def usage(
     return 0
 
 
+def _since_after(
+    command: str, since: datetime | None, now: datetime, why: str
+) -> str | None:
+    """The usage error of a --since at or after `now` (None when it is
+    before): `why` says what the command shows that makes it empty."""
+    if since is None or since < now:
+        return None
+    return f"{command}: --since must be before now ({now.isoformat()}): {why}"
+
+
 def timeline(
     args: argparse.Namespace, service: AllocationService, console: Console
 ) -> int:
@@ -247,13 +260,14 @@ def timeline(
     fmt = _chart_format(args.out)
     assert fmt is not None  # check_arguments refused other suffixes
     audit.require_pool(service, args.pool)
-    now = service.ledger.clock.now()
-    if args.since is not None and args.since >= now:
-        return fail(
-            f"timeline: --since must be before now ({now.isoformat()}): the "
-            "chart shows what happened, and nothing has after now",
-            2,
-        )
+    late = _since_after(
+        "timeline",
+        args.since,
+        service.ledger.clock.now(),
+        "the chart shows what happened, and nothing has after now",
+    )
+    if late is not None:
+        return fail(late, 2)
     with progress_bar("replaying") as progress:
         found = collect(
             service.ledger.recorder,
