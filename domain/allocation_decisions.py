@@ -77,8 +77,7 @@ class AllocationDecisions(_Aggregate):
         lease has not begun (it counts from activation, however long
         provisioning takes), so it is never due."""
         return (
-            self.state.is_live
-            and self.state is not AllocationState.PENDING
+            self.state.lease_runs
             and self.expires_at is not None
             and self.expires_at <= now
         )

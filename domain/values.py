@@ -64,6 +64,12 @@ class AllocationState(StrEnum):
         return self in LIVE_STATES
 
     @property
+    def lease_runs(self) -> bool:
+        """Whether its lease is counting down: live, and past pending (a
+        lease counts from activation, however long provisioning takes)."""
+        return self.is_live and self is not AllocationState.PENDING
+
+    @property
     def is_terminal(self) -> bool:
         """Terminal allocations never change again."""
         return self in TERMINAL_STATES

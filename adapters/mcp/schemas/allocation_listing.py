@@ -116,9 +116,8 @@ def _is_expired(view: AllocationView, now: datetime) -> bool:
     (it counts from activation), as the ledger's `Allocation.is_due` says."""
     if view.state == AllocationState.EXPIRED.value:
         return True
-    state = AllocationState(view.state)
-    live = state.is_live and state is not AllocationState.PENDING
-    return live and view.expires_at is not None and view.expires_at <= now
+    runs = AllocationState(view.state).lease_runs
+    return runs and view.expires_at is not None and view.expires_at <= now
 
 
 def _age(view: AllocationView, now: datetime) -> float:
